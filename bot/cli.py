@@ -1,0 +1,101 @@
+"""``aegis`` command line: ``serve``, ``migrate``, ``config check``.
+
+``aegis serve`` with no Slack credentials runs the embedded default: SQLite store, built-in Slack
+emulator, and prints the emulator page's URL to open in a browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from bot.config import ConfigError, load_config
+from bot.logs import setup_logging
+from statemachines.store import Store
+
+log = logging.getLogger("aegis")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bot.runtime import Runtime, SlackSettings, emulator_settings, slack_settings_from_env
+
+    config = load_config(args.config)
+    store = Store()
+    store.migrate()
+    slack = slack_settings_from_env()
+    emulator = None
+    if slack is None:
+        from bot.emulator.server import EmulatorServer
+
+        token, secret = emulator_settings()
+        bot_url = f"http://{args.host}:{args.port}"
+        emulator = EmulatorServer(host=args.host, port=args.emulator_port, bot_url=bot_url,
+                                  signing_secret=secret, bot_token=token)
+        emulator.start()
+        slack = SlackSettings(token=token, signing_secret=secret, api_url=emulator.api_url)
+    runtime = Runtime(config, store, slack, sweep_seconds=args.sweep_seconds)
+    http = runtime.start(args.host, args.port)
+    print(f"Aegis is listening on {http.url}/slack/events (health: {http.url}/healthz)", flush=True)
+    if emulator is not None:
+        print(f"Built-in Slack emulator: open {emulator.url}/ in a browser "
+              f"(store: {store.url.split('://', 1)[0]})", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    runtime.stop()
+    if emulator is not None:
+        emulator.stop()
+    return 0
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    store = Store()
+    store.migrate()
+    print("schema is up to date")
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"config OK: locale {config.locale}, {len(config.services)} service(s), "
+          f"{sum(len(v) for v in config.roster.values())} rostered user(s), {len(config.hooks)} hook(s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aegis", description="Aegis disaster-recovery ChatOps bot")
+    parser.add_argument("--config", help="config file (default: $AEGIS_CONFIG or ./aegis.yaml)")
+    parser.add_argument("--log-level", default=os.environ.get("AEGIS_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the bot (HTTP mode; Socket Mode when SLACK_APP_TOKEN is set)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--emulator-port", type=int, default=3001,
+                       help="port of the built-in Slack emulator (used when SLACK_BOT_TOKEN is unset)")
+    serve.add_argument("--sweep-seconds", type=float, default=5.0,
+                       help="how often to look for steps a crash interrupted")
+    serve.set_defaults(func=_serve)
+    sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(func=_migrate)
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    config_sub.add_parser("check", help="validate the config file").set_defaults(func=_config_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"aegis: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

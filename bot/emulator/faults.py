@@ -1,0 +1,74 @@
+"""Injected Web API failures, so tests can prove the bot survives rate limits and Slack errors.
+
+A fault answers the next ``count`` calls of one method (or ``"*"`` for any method) instead of
+the real handler: HTTP 429 with ``Retry-After`` (Slack's rate limit), another HTTP status, or
+HTTP 200 with ``{"ok": false, "error": ...}``. Faults for one method are used in the order added.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class Fault:
+    method: str
+    remaining: int
+    status: int = 200
+    error: str = "internal_error"
+    retry_after: int | None = None
+    delay_seconds: float = 0.0
+
+    def response(self) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """(HTTP status, JSON body, extra headers) for one faulted call."""
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        return self.status, {"ok": False, "error": self.error}, headers
+
+
+def fault_from_json(spec: dict[str, Any]) -> Fault:
+    """Build a fault from the ``POST /_emulator/faults`` body; raises ValueError when malformed."""
+    method = spec.get("method")
+    if not isinstance(method, str) or not method:
+        raise ValueError("'method' is required, e.g. \"chat.postMessage\" or \"*\"")
+    count = int(spec.get("count", 1))
+    if count < 1:
+        raise ValueError("'count' must be at least 1")
+    status = int(spec.get("status", 200))
+    if status == 429:
+        retry_after = int(spec.get("retry_after", 1))
+        error = str(spec.get("error", "ratelimited"))
+    else:
+        retry_after = int(spec["retry_after"]) if "retry_after" in spec else None
+        error = str(spec.get("error", "internal_error"))
+    return Fault(method, count, status, error, retry_after, float(spec.get("delay_seconds", 0.0)))
+
+
+class FaultInjector:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+
+    def add(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def take(self, method: str) -> Fault | None:
+        """Consume one use of the first fault that matches ``method``, if any."""
+        with self._lock:
+            for fault in self._faults:
+                if fault.method in (method, "*"):
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                    return fault
+            return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def pending(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [asdict(f) for f in self._faults]

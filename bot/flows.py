@@ -1,0 +1,526 @@
+"""Incident flows: what each user action does, and the side effects of each committed change.
+
+Each flow is: authorise (``statemachines.policy``) → one transaction in the store → after commit,
+side effects (Slack posts, assessment, the engine) handed to a worker. Refusals and user mistakes
+raise ``Refused`` with a message key; the Slack layer turns it into an ephemeral reply. Side effects
+go through ``on_transition``, the single dispatcher from a state change to what follows it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+from sqlmodel import Session
+
+from bot import wiring
+from bot.config import ROLES, Config
+from bot.presenters import incident_view
+from bot.slack_gateway import SlackCallFailed, SlackGateway
+from messages import blocks
+from messages.views import Message, ObjectiveReport, TransitionView
+from recovery import planner
+from recovery.engine import Engine
+from recovery.health import run_checks
+from recovery.redact import redact
+from statemachines import policy
+from statemachines import service as svc
+from statemachines.machine import OPEN_STATES, IllegalTransition
+from statemachines.models import Incident, PlanStep, utcnow
+from statemachines.service import StaleVersion, Transition
+from statemachines.store import Store
+
+log = logging.getLogger("aegis.flows")
+
+
+class Refused(Exception):
+    """A user action that is not allowed or not possible now; ``reason`` is a refusal key."""
+
+    def __init__(self, reason: str, **ctx: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.ctx = ctx
+
+
+class Flows:
+    def __init__(self, config: Config, store: Store, gateway: SlackGateway, *, owner: str,
+                 workers: int = 8) -> None:
+        self.config = config
+        self.store = store
+        self.gateway = gateway
+        self.locale = config.locale
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aegis-work")
+        self._locks: dict[int, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.on_reminder_schedule: Callable[[int], None] = lambda _id: None
+        self.on_reminder_cancel: Callable[[int], None] = lambda _id: None
+        self.engine = Engine(
+            store, lambda step, ctx: wiring.build_action(config, step, ctx), self, owner=owner,
+            lease=timedelta(seconds=config.engine.lease_seconds),
+            approval_ttl=timedelta(minutes=config.engine.approval_expiry_minutes),
+        )
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` on a worker; an exception is logged, never lost silently."""
+        def run() -> None:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("background work %s failed", getattr(fn, "__name__", fn))
+        self.pool.submit(run)
+
+    def _lock(self, incident_id: int) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(incident_id, threading.Lock())
+
+    def _slack(self, incident_id: int | None, what: str, call: Callable[[], Any]) -> Any:
+        """Make a Slack call; on final failure record it on the timeline instead of losing it."""
+        try:
+            return call()
+        except SlackCallFailed as exc:
+            log.error("slack call for %s failed: %s", what, exc)
+            if incident_id is not None:
+                with self.store.session() as session:
+                    svc.add_event(session, incident_id=incident_id, kind="slack_error", actor="aegis",
+                                  text=f"could not {what}: {exc.error}")
+            return None
+
+    def view(self, session: Session, incident: Incident, *, timeline: bool = False) -> Any:
+        return incident_view(session, incident, self.config, with_timeline=timeline)
+
+    def _incident_for_step(self, session: Session, step_id: int) -> tuple[Incident, PlanStep]:
+        try:
+            step = svc.get_step(session, step_id)
+        except svc.NotFound:
+            raise Refused("wrong_state", action="approve", state="unknown step") from None
+        return svc.get(session, step.incident_id), step
+
+    # --- declare -----------------------------------------------------------------------------
+
+    def declare(self, *, user_id: str, scenario: str, severity: str, summary: str) -> Incident:
+        with self.store.session() as session:
+            incident = svc.declare(session, scenario=scenario, severity=severity, summary=summary,
+                                   declared_by=user_id, locale=self.locale,
+                                   stakeholder_channel=self.config.slack.stakeholder_channel)
+        self.submit(self._open_incident_room, incident.id)
+        return incident
+
+    def _open_incident_room(self, incident_id: int) -> None:
+        """Channel, invites, incident card, stakeholder thread, reminder job (R1, P1)."""
+        with self.store.session() as session:
+            incident = svc.get(session, incident_id)
+        name = f"{self.config.slack.incident_channel_prefix}-{incident.id}-{incident.scenario.replace('_', '-')}"
+        channel = self._slack(incident_id, "create the incident channel", lambda: self.gateway.create_channel(name))
+        if channel:
+            with self.store.session() as session:
+                svc.set_fields(session, incident_id=incident_id, channel_id=channel)
+            self._slack(incident_id, "invite the response team",
+                        lambda: self.gateway.invite(channel, self._team(incident)))
+        self.refresh_card(incident_id)
+        self._stakeholder_root(incident_id)
+        self.on_reminder_schedule(incident_id)
+
+    def _team(self, incident: Incident) -> list[str]:
+        roles = self.config.slack.scenario_roles.get(incident.scenario) or list(ROLES)
+        users = [incident.declared_by] if incident.declared_by.startswith("U") else []
+        for role in roles:
+            users += self.config.roster.get(role, [])
+        return list(dict.fromkeys(users))
+
+    # --- roles -------------------------------------------------------------------------------
+
+    def claim_role(self, *, user_id: str, incident_id: int, role: str) -> None:
+        if role not in ROLES:
+            raise Refused("not_on_roster", role=role)
+        transition = None
+        with self.store.session() as session:
+            incident = svc.get(session, incident_id)
+            if incident.state == "closed":
+                raise Refused("wrong_state", action="claim", state=incident.state)
+            decision = policy.may_claim(role, user_id, roster=self.config.roster, declared_by=incident.declared_by)
+            if not decision.allowed:
+                svc.add_event(session, incident_id=incident_id, kind="audit", actor=user_id,
+                              text=f"refused: claim {role} (not on the roster)")
+                session.commit()
+                raise Refused("not_on_roster", role=role)
+            try:
+                svc.assign_role(session, incident_id=incident_id, role=role, user_id=user_id)
+            except svc.RoleTaken as exc:
+                raise Refused("role_taken", role=role, holder=exc.holder) from None
+            if role == policy.COMMANDER and incident.state == "detected":
+                transition = svc.transition(session, incident_id=incident_id, trigger="assemble", actor=user_id,
+                                            reason="incident commander took command")
+        self.refresh_card(incident_id)
+        if transition:
+            self.on_transition(transition)
+
+    # --- assessment --------------------------------------------------------------------------
+
+    def assess(self, incident_id: int) -> None:
+        """Health checks → classification → plan → ``assessed`` (C1). Read-only; safe to repeat."""
+        with self.store.session() as session:
+            incident = svc.get(session, incident_id)
+        if incident.state not in ("assembled", "assessed"):
+            return
+        results = run_checks(wiring.component_specs(self.config) + wiring.service_specs(self.config))
+        plan = planner.propose(wiring.facts(self.config, incident.scenario, results))
+        checks = [{"name": r.name, "kind": r.kind, "ok": r.ok, "detail": redact(r.detail)} for r in results]
+        trigger = "assess" if incident.state == "assembled" else "reassess"
+        try:
+            with self.store.session() as session:
+                transition = svc.transition(session, incident_id=incident_id, trigger=trigger, actor="aegis",
+                                            reason=f"{plan.strategy}: {plan.rationale}",
+                                            expected_version=incident.version, values={"checks": checks})
+                svc.replace_plan(session, incident_id=incident_id, strategy=plan.strategy, specs=plan.steps)
+        except (StaleVersion, IllegalTransition):
+            return   # someone else assessed first
+        self._post_assessment(incident_id)
+        self.on_transition(transition)
+
+    def _post_assessment(self, incident_id: int) -> None:
+        with self.store.session() as session:
+            incident = svc.get(session, incident_id)
+            view = self.view(session, incident)
+        if not incident.channel_id:
+            return
+        message = blocks.assessment(view, self.locale)
+        self._slack(incident_id, "post the assessment", lambda: self.gateway.post(
+            incident.channel_id or "", message.text, message.blocks))
+        plan = blocks.plan_message(view, self.locale)
+        ts = self._slack(incident_id, "post the plan", lambda: self.gateway.post(
+            incident.channel_id or "", plan.text, plan.blocks))
+        if ts:
+            with self.store.session() as session:
+                svc.set_fields(session, incident_id=incident_id, plan_ts=ts)
+
+    # --- approvals ---------------------------------------------------------------------------
+
+    def _authorise_step(self, session: Session, incident: Incident, step: PlanStep, user_id: str,
+                        verb: str) -> policy.Decision:
+        holders = svc.roles(session, incident.id or 0)
+        decision = policy.may_approve(list(step.approver_roles or []), user_id,
+                                      roster=self.config.roster, holders=holders)
+        if not decision.allowed:
+            svc.add_event(session, incident_id=incident.id or 0, kind="audit", actor=user_id,
+                          text=f"refused: {verb} step {step.position} ({step.title}) — not an approver",
+                          data={"step_id": step.id})
+            session.commit()
+            raise Refused("not_allowed_to_approve", step_title=step.title,
+                          roles=sorted(set(step.approver_roles or []) | {policy.COMMANDER}))
+        return decision
+
+    def approve(self, *, user_id: str, step_id: int) -> None:
+        transition = None
+        with self.store.session() as session:
+            incident, step = self._incident_for_step(session, step_id)
+            if incident.state not in ("assessed", "recovering") or step.revision != incident.plan_revision:
+                raise Refused("wrong_state", action="approve", state=incident.state)
+            decision = self._authorise_step(session, incident, step, user_id, "approve")
+            if step.status != "awaiting_approval":
+                if any(a.user_id == user_id for a in svc.approvals(session, step)):
+                    raise Refused("already_approved", step_title=step.title)
+                raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+            ttl = timedelta(minutes=self.config.engine.approval_expiry_minutes)
+            if not svc.record_vote(session, step=step, user_id=user_id, decision="approve",
+                                   roles_used=list(decision.roles), expires_in=ttl):
+                raise Refused("already_approved", step_title=step.title)
+            svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
+                          text=f"approved step {step.position}: {step.title}", data={"step_id": step.id})
+            votes = [(a.user_id, tuple(a.roles)) for a in svc.approvals(session, step) if a.decision == "approve"]
+            satisfied = policy.approvals_satisfied(votes, step.approvals_required)
+            if satisfied and not svc.move_step(session, step=step, to="approved",
+                                               from_statuses=("awaiting_approval",)):
+                raise Refused("already_approved", step_title=step.title)
+            if incident.state == "assessed":
+                transition = svc.transition(session, incident_id=incident.id or 0, trigger="start_recovery",
+                                            actor=user_id, reason=f"approved: {step.title}",
+                                            expected_version=incident.version)
+        if not satisfied and step.approvals_required > 1:
+            self.refresh_plan(incident.id or 0)
+            if transition:
+                self.on_transition(transition)
+            raise Refused("second_approver_required", step_title=step.title)
+        self.refresh_plan(incident.id or 0)
+        if transition:
+            self.on_transition(transition)
+        self.submit(self.engine.advance, incident.id)
+
+    def reject(self, *, user_id: str, step_id: int) -> None:
+        with self.store.session() as session:
+            incident, step = self._incident_for_step(session, step_id)
+            if incident.state not in ("assessed", "recovering"):
+                raise Refused("wrong_state", action="reject", state=incident.state)
+            self._authorise_step(session, incident, step, user_id, "reject")
+            if not svc.move_step(session, step=step, to="rejected", from_statuses=("awaiting_approval", "failed")):
+                raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+            svc.record_vote(session, step=step, user_id=user_id, decision="reject", roles_used=[], expires_in=None)
+            svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
+                          text=f"rejected step {step.position}: {step.title}", data={"step_id": step.id})
+            transition = self._back_to_assessed(session, incident, user_id, f"rejected: {step.title}")
+        self.refresh_plan(incident.id or 0)
+        if transition:
+            self.on_transition(transition)
+        else:
+            self.submit(self.assess, incident.id)
+
+    def retry(self, *, user_id: str, step_id: int) -> None:
+        with self.store.session() as session:
+            incident, step = self._incident_for_step(session, step_id)
+            if incident.state != "recovering":
+                raise Refused("wrong_state", action="retry", state=incident.state)
+            decision = self._authorise_step(session, incident, step, user_id, "retry")
+            if step.status != "failed":
+                raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+            needs_more = step.approvals_required > 1
+            target = "awaiting_approval" if needs_more else ("approved" if step.approvals_required else "pending")
+            if not svc.move_step(session, step=step, to=target, from_statuses=("failed",), new_attempt=True,
+                                 detail=""):
+                raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+            step = svc.get_step(session, step_id)
+            if step.approvals_required:
+                svc.record_vote(session, step=step, user_id=user_id, decision="approve",
+                                roles_used=list(decision.roles),
+                                expires_in=timedelta(minutes=self.config.engine.approval_expiry_minutes))
+            svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
+                          text=f"retry of step {step.position}: {step.title} (attempt {step.attempt})")
+        self.refresh_plan(incident.id or 0)
+        self.submit(self.engine.advance, incident.id)
+
+    def abort(self, *, user_id: str, step_id: int) -> None:
+        with self.store.session() as session:
+            incident, step = self._incident_for_step(session, step_id)
+            if incident.state != "recovering":
+                raise Refused("wrong_state", action="abort", state=incident.state)
+            self._authorise_step(session, incident, step, user_id, "abort")
+            if step.status == "running":
+                raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+            transition = self._back_to_assessed(session, incident, user_id, f"aborted at: {step.title}")
+        self.refresh_plan(incident.id or 0)
+        if transition:
+            self.on_transition(transition)
+
+    def _back_to_assessed(self, session: Session, incident: Incident, user_id: str,
+                          reason: str) -> Transition | None:
+        if incident.state != "recovering":
+            return None
+        return svc.transition(session, incident_id=incident.id or 0, trigger="abort_recovery", actor=user_id,
+                              reason=reason, expected_version=incident.version)
+
+    # --- close -------------------------------------------------------------------------------
+
+    def close_modal(self, *, user_id: str, incident_id: int) -> dict[str, Any]:
+        with self.store.session() as session:
+            incident = svc.get(session, incident_id)
+            self._authorise_close(session, incident, user_id)
+            return blocks.close_modal(self.view(session, incident), self.locale)
+
+    def _authorise_close(self, session: Session, incident: Incident, user_id: str) -> None:
+        if incident.state not in ("detected", "assembled", "assessed", "verified"):
+            raise Refused("wrong_state", action="close", state=incident.state)
+        holders = svc.roles(session, incident.id or 0)
+        decision = policy.may_close(user_id, holders=holders, declared_by=incident.declared_by,
+                                    state=incident.state)
+        if not decision.allowed:
+            svc.add_event(session, incident_id=incident.id or 0, kind="audit", actor=user_id,
+                          text="refused: close (not the incident commander)")
+            session.commit()
+            raise Refused("not_commander", commander=holders.get(policy.COMMANDER))
+
+    def close(self, *, user_id: str, incident_id: int, summary: str) -> None:
+        with self.store.session() as session:
+            incident = svc.get(session, incident_id)
+            self._authorise_close(session, incident, user_id)
+            trigger = "close" if incident.state == "verified" else "close_false_alarm"
+            transition = svc.transition(session, incident_id=incident_id, trigger=trigger, actor=user_id,
+                                        reason=summary if trigger == "close" else f"false alarm: {summary}",
+                                        expected_version=incident.version,
+                                        values={"closed_at": utcnow(), "close_summary": summary})
+        self.on_transition(transition)
+
+    # --- the dispatcher: committed transition → side effects --------------------------------
+
+    def on_transition(self, transition: Transition) -> None:
+        incident_id = transition.incident_id
+        self.refresh_card(incident_id)
+        self._stakeholder_root(incident_id)
+        if transition.source != transition.dest:
+            self._stakeholder_update(transition)
+        if transition.dest == "assembled":
+            self.submit(self.assess, incident_id)
+        elif transition.dest == "assessed" and transition.trigger in ("abort_recovery", "verification_failed"):
+            self.submit(self.assess, incident_id)
+        elif transition.dest == "recovering":
+            self.refresh_plan(incident_id)
+        elif transition.dest == "closed":
+            self.on_reminder_cancel(incident_id)
+            self._closing_report(incident_id)
+
+    # the engine's listener interface
+    def transitioned(self, transition: Transition) -> None:
+        self.on_transition(transition)
+
+    def step_changed(self, incident_id: int, step_id: int, event: str, detail: str) -> None:
+        if event == "progress":
+            self.refresh_plan(incident_id, throttle=True)
+            return
+        self.refresh_plan(incident_id)
+        if event in ("succeeded", "failed", "reapproval"):
+            with self.store.session() as session:
+                incident = svc.get(session, incident_id)
+                view = self.view(session, incident)
+            step = next((s for s in view.steps if s.id == step_id), None)
+            if step is None or not incident.channel_id:
+                return
+            message = (blocks.reapproval_request(view, step, self.locale) if event == "reapproval"
+                       else blocks.step_result(view, step, self.locale))
+            self._slack(incident_id, "post a step result", lambda: self.gateway.post(
+                incident.channel_id or "", message.text, message.blocks))
+
+    # --- messages kept up to date ------------------------------------------------------------
+
+    def refresh_card(self, incident_id: int) -> None:
+        with self._lock(incident_id):
+            with self.store.session() as session:
+                incident = svc.get(session, incident_id)
+                message = blocks.incident_card(self.view(session, incident), self.locale)
+            if not incident.channel_id:
+                return
+            if incident.card_ts:
+                self._slack(incident_id, "update the incident card", lambda: self.gateway.update(
+                    incident.channel_id or "", incident.card_ts or "", message.text, message.blocks))
+                return
+            ts = self._slack(incident_id, "post the incident card", lambda: self.gateway.post(
+                incident.channel_id or "", message.text, message.blocks))
+            if ts:
+                with self.store.session() as session:
+                    svc.set_fields(session, incident_id=incident_id, card_ts=ts)
+
+    _last_plan_refresh: dict[int, float] = {}
+
+    def refresh_plan(self, incident_id: int, *, throttle: bool = False) -> None:
+        import time
+
+        now = time.monotonic()
+        if throttle and now - self._last_plan_refresh.get(incident_id, 0) < 1.0:
+            return
+        with self._lock(incident_id):
+            self._last_plan_refresh[incident_id] = now
+            with self.store.session() as session:
+                incident = svc.get(session, incident_id)
+                message = blocks.plan_message(self.view(session, incident), self.locale)
+            if incident.channel_id and incident.plan_ts:
+                self._slack(incident_id, "update the plan", lambda: self.gateway.update(
+                    incident.channel_id or "", incident.plan_ts or "", message.text, message.blocks))
+
+    def _stakeholder_root(self, incident_id: int) -> None:
+        with self._lock(incident_id):
+            with self.store.session() as session:
+                incident = svc.get(session, incident_id)
+                message = blocks.stakeholder_root(self.view(session, incident), self.locale)
+            channel = incident.stakeholder_channel
+            if not channel:
+                return
+            if incident.stakeholder_ts:
+                self._slack(incident_id, "update the stakeholder post", lambda: self.gateway.update(
+                    channel, incident.stakeholder_ts or "", message.text, message.blocks))
+                return
+            ts = self._slack(incident_id, "start the stakeholder thread",
+                             lambda: self.gateway.post(channel, message.text, message.blocks))
+            if ts:
+                with self.store.session() as session:
+                    svc.set_fields(session, incident_id=incident_id, stakeholder_ts=ts)
+
+    def _stakeholder_update(self, transition: Transition) -> None:
+        with self.store.session() as session:
+            incident = svc.get(session, transition.incident_id)
+            view = self.view(session, incident)
+        if not incident.stakeholder_channel:
+            return
+        t = TransitionView(transition.source, transition.dest, transition.actor, transition.reason, transition.at)
+        message = blocks.stakeholder_update(view, t, self.locale)
+        self._post_thread(incident, message, "post a stakeholder update")
+
+    def _post_thread(self, incident: Incident, message: Message, what: str) -> None:
+        self._slack(incident.id, what, lambda: self.gateway.post(
+            incident.stakeholder_channel or "", message.text, message.blocks, thread_ts=incident.stakeholder_ts))
+
+    def objective_report(self, incident: Incident) -> ObjectiveReport:
+        objectives = self.config.objectives
+        rto = (incident.verified_at - incident.declared_at).total_seconds() if incident.verified_at else None
+        mttr = (incident.closed_at - incident.declared_at).total_seconds() if incident.closed_at else None
+        return ObjectiveReport(
+            rto_seconds=rto, rto_target_seconds=objectives.rto_minutes * 60,
+            rpo_seconds=incident.rpo_seconds, rpo_target_seconds=objectives.rpo_minutes * 60,
+            rpo_basis=incident.rpo_basis or "not measured (no database promotion in this incident)",
+            mttr_seconds=mttr, mttr_target_seconds=objectives.mttr_minutes * 60,
+        )
+
+    def _closing_report(self, incident_id: int) -> None:
+        with self.store.session() as session:
+            incident = svc.get(session, incident_id)
+            message = blocks.closing_report(self.view(session, incident, timeline=True),
+                                            self.objective_report(incident), self.locale)
+        if incident.channel_id:
+            self._slack(incident_id, "post the closing report", lambda: self.gateway.post(
+                incident.channel_id or "", message.text, message.blocks))
+        if incident.stakeholder_channel:
+            self._post_thread(incident, message, "post the closing report to stakeholders")
+
+    # --- reminders and queries ---------------------------------------------------------------
+
+    def remind(self, incident_id: int) -> bool:
+        interval = timedelta(minutes=self.config.slack.reminder_minutes)
+        with self.store.session() as session:
+            if not svc.claim_reminder(session, incident_id=incident_id, not_before=utcnow() - interval / 2):
+                return False
+            incident = svc.get(session, incident_id)
+            view = self.view(session, incident)
+        open_seconds = (utcnow() - incident.declared_at).total_seconds()
+        message = blocks.reminder(view, open_seconds, self.locale)
+        if incident.stakeholder_channel:
+            self._post_thread(incident, message, "post a reminder")
+        return True
+
+    def status(self, *, key: str | None, channel_id: str | None) -> Message:
+        with self.store.session() as session:
+            incident = svc.find_by_key(session, key) if key else (
+                svc.find_by_channel(session, channel_id) if channel_id else None)
+            if incident is None:
+                if key:
+                    return blocks.usage_error("incident_not_found", self.locale, key=key)
+                return blocks.usage_error("no_incident_here", self.locale)
+            return blocks.status_reply(self.view(session, incident), self.locale)
+
+    def list_open(self) -> Message:
+        with self.store.session() as session:
+            views = [self.view(session, i) for i in svc.open_incidents(session)]
+        return blocks.incident_list(views, self.locale)
+
+    # --- crash recovery ----------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Pick up what a crash or a lost worker left: interrupted steps, stalled incidents."""
+        for incident_id in set(self.engine.resume_interrupted()):
+            self.refresh_plan(incident_id)
+        with self.store.session() as session:
+            stalled = [(i.id, i.state) for i in svc.open_incidents(session)]
+        for incident_id, state in stalled:
+            if state == "assembled":
+                self.assess(incident_id or 0)
+            elif state == "recovering":
+                self.engine.advance(incident_id or 0)
+
+
+def reference() -> str:
+    """An opaque id for an internal error, shown to the user and logged with the traceback."""
+    return uuid.uuid4().hex[:8]
+
+
+__all__ = ["Flows", "Refused", "reference", "OPEN_STATES"]

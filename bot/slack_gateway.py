@@ -1,0 +1,98 @@
+"""The only door to the Slack Web API: retries what can be retried, reports what cannot.
+
+- HTTP 429 → wait ``Retry-After`` and retry (slack_sdk's rate-limit handler, up to 4 times);
+- connection errors and transient ``ok: false`` errors (``internal_error``, ``fatal_error``,
+  ``service_unavailable``, ``request_timeout``) → retried with backoff;
+- anything else → ``SlackCallFailed`` with Slack's error code, so the caller records it on the
+  incident's timeline. The incident's state is already committed before any call is made, so a
+  Slack outage can delay a message but never lose state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+
+from recovery.redact import redact
+
+log = logging.getLogger("aegis.slack")
+TRANSIENT = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
+DEFAULT_API_URL = "https://slack.com/api/"
+
+
+class SlackCallFailed(Exception):
+    def __init__(self, method: str, error: str) -> None:
+        super().__init__(f"{method} failed: {error}")
+        self.method = method
+        self.error = error
+
+
+class SlackGateway:
+    def __init__(self, token: str, base_url: str = DEFAULT_API_URL, *, attempts: int = 4,
+                 backoff_seconds: float = 0.5) -> None:
+        if not base_url.endswith("/"):
+            base_url += "/"
+        self.client = WebClient(token=token, base_url=base_url, timeout=15)
+        self.client.retry_handlers.extend([
+            RateLimitErrorRetryHandler(max_retry_count=4),
+            ConnectionErrorRetryHandler(max_retry_count=2),
+        ])
+        self.attempts = attempts
+        self.backoff = backoff_seconds
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """Call a Web API method; raise SlackCallFailed once retries are exhausted."""
+        params = {k: v for k, v in params.items() if v is not None}
+        error = "unknown"
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return dict(self.client.api_call(method, json=params).data)  # type: ignore[arg-type]
+            except SlackApiError as exc:
+                error = str(exc.response.get("error", "unknown")) if exc.response is not None else "unknown"
+                transient = error in TRANSIENT
+            except Exception as exc:  # network trouble after the SDK's own retries
+                error, transient = type(exc).__name__, True
+            if not transient:
+                break
+            log.warning("slack %s failed (%s), attempt %d/%d", method, redact(error), attempt, self.attempts)
+            time.sleep(self.backoff * 2 ** (attempt - 1))
+        raise SlackCallFailed(method, redact(error))
+
+    # thin, typed helpers for the calls the bot makes
+    def post(self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None,
+             thread_ts: str | None = None) -> str:
+        data = self.call("chat.postMessage", channel=channel, text=text, blocks=blocks, thread_ts=thread_ts)
+        return str(data["ts"])
+
+    def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
+        self.call("chat.update", channel=channel, ts=ts, text=text, blocks=blocks)
+
+    def ephemeral(self, channel: str, user: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
+        self.call("chat.postEphemeral", channel=channel, user=user, text=text, blocks=blocks)
+
+    def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        self.call("views.open", trigger_id=trigger_id, view=view)
+
+    def create_channel(self, name: str) -> str:
+        """Create a channel; when the name is taken, try name-2, name-3, …"""
+        for n in range(1, 20):
+            candidate = name if n == 1 else f"{name}-{n}"
+            try:
+                return str(self.call("conversations.create", name=candidate[:80])["channel"]["id"])
+            except SlackCallFailed as exc:
+                if exc.error != "name_taken":
+                    raise
+        raise SlackCallFailed("conversations.create", "name_taken")
+
+    def invite(self, channel: str, users: list[str]) -> None:
+        if users:
+            try:
+                self.call("conversations.invite", channel=channel, users=",".join(users))
+            except SlackCallFailed as exc:
+                if exc.error != "already_in_channel":
+                    raise

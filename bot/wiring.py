@@ -1,0 +1,98 @@
+"""Turn configuration into the things recovery/ works with: health specs, planner facts, actions.
+
+This is the one place that reads secrets (passwords from the environment) on their way to an
+action; plan steps in the database only name config entries (``{"node": "standby"}``).
+"""
+
+from __future__ import annotations
+
+from bot.config import Config, PostgresNode
+from recovery.actions.base import Action, ActionError
+from recovery.actions.hook import HookAction
+from recovery.actions.manual import ManualStep
+from recovery.actions.postgres import PostgresConfirmDown, PostgresPromote, PostgresWritable
+from recovery.actions.verify import VerifyRecovery
+from recovery.health import CheckResult, HealthSpec
+from recovery.planner import Facts, ServiceInfo
+from statemachines.models import PlanStep
+
+
+def _node(config: Config, which: str) -> PostgresNode:
+    pg = config.components.postgres
+    node = getattr(pg, which, None) if pg else None
+    if node is None:
+        raise ActionError(f"no PostgreSQL {which} is configured (components.postgres.{which})")
+    return node
+
+
+def _label(node: PostgresNode, which: str) -> str:
+    return node.label or f"postgres {which}"
+
+
+def component_specs(config: Config) -> list[HealthSpec]:
+    specs: list[HealthSpec] = []
+    pg = config.components.postgres
+    if pg:
+        specs.append(HealthSpec(_label(pg.primary, "primary"), "postgres", pg.primary.full_dsn()))
+        if pg.standby:
+            specs.append(HealthSpec(_label(pg.standby, "standby"), "postgres", pg.standby.full_dsn()))
+    return specs
+
+
+def service_specs(config: Config) -> list[HealthSpec]:
+    import os
+
+    specs: list[HealthSpec] = []
+    for service in config.services:
+        check = service.health
+        if check is None:
+            continue
+        if check.tcp:
+            specs.append(HealthSpec(service.name, "tcp", check.tcp, check.timeout_seconds))
+        elif check.http:
+            specs.append(HealthSpec(service.name, "http", check.http, check.timeout_seconds))
+        elif check.postgres_dsn_env:
+            dsn = os.environ.get(check.postgres_dsn_env, "")
+            specs.append(HealthSpec(service.name, "postgres", dsn, check.timeout_seconds))
+    return specs
+
+
+def facts(config: Config, scenario: str, results: list[CheckResult]) -> Facts:
+    pg = config.components.postgres
+    return Facts(
+        scenario=scenario,
+        has_postgres_primary=pg is not None,
+        has_postgres_standby=bool(pg and pg.standby),
+        hooks=frozenset(config.hooks),
+        services=tuple(ServiceInfo(s.name, s.tier, tuple(s.depends_on)) for s in config.services),
+        failing=frozenset(r.name for r in results if not r.ok),
+    )
+
+
+def build_action(config: Config, step: PlanStep, context: dict[str, str]) -> Action:
+    """The action that carries out ``step``, built from the *current* config."""
+    params = step.params or {}
+    if step.action == "postgres_confirm_down":
+        node = _node(config, params.get("node", "primary"))
+        return PostgresConfirmDown(node.full_dsn(), _label(node, "primary"))
+    if step.action == "postgres_promote":
+        node = _node(config, params.get("node", "standby"))
+        return PostgresPromote(node.full_dsn(), _label(node, "standby"))
+    if step.action == "hook":
+        name = str(params.get("hook"))
+        hook = config.hooks.get(name)
+        if hook is None:
+            raise ActionError(f"hook {name!r} is not configured (hooks.{name})")
+        return HookAction(name, command=hook.command, webhook=hook.webhook,
+                          timeout_seconds=hook.timeout_seconds, headers_env=hook.headers_env,
+                          done_check=hook.done_check, context=context)
+    if step.action == "manual":
+        return ManualStep(str(params.get("instruction", step.title)))
+    if step.action == "verify":
+        database = None
+        if params.get("postgres_writable"):
+            which = str(params["postgres_writable"])
+            node = _node(config, which)
+            database = PostgresWritable(node.full_dsn(), _label(node, which))
+        return VerifyRecovery(service_specs(config) if params.get("services") else [], database)
+    raise ActionError(f"unknown action {step.action!r}")

@@ -1,0 +1,241 @@
+"""Site-specific steps (fencing, DNS/traffic switch, …): run a command or call a webhook.
+
+Commands run without a shell in their own process group, so a timeout kills the hook *and*
+everything it started. Their environment is ours plus the hook's ``env`` plus ``AEGIS_*`` context
+variables (``AEGIS_HOOK``, ``AEGIS_INCIDENT``, ``AEGIS_STEP``, …). Output is redacted before it
+reaches progress lines, errors or the ledger; webhook header values are read from environment
+variables at call time and never stored on the action or echoed back.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import requests
+
+from recovery.actions.base import Action, ActionError, Progress
+from recovery.redact import redact, secret_values
+
+STDOUT_TAIL_CHARS = 2000
+_KILL_GRACE_SECONDS = 2.0
+_PIPE_GRACE_SECONDS = 1.0
+
+
+def _pump(stream: IO[str], tag: str, lines: queue.Queue[tuple[str, str | None]]) -> None:
+    """Forward a pipe line by line to the main thread (which owns the progress callback)."""
+    try:
+        for line in stream:
+            lines.put((tag, line.rstrip("\n")))
+    finally:
+        lines.put((tag, None))
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM the hook's process group, then SIGKILL whatever is left after a short grace."""
+    for sig, grace in ((signal.SIGTERM, _KILL_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            # the leader is gone; children may still linger in the group
+            os.killpg(proc.pid, signal.SIGKILL)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class HookAction(Action):
+    """Run ``command`` (argv list, no shell) or POST to ``webhook``; exactly one of the two."""
+
+    kind = "hook"
+    destructive = True
+
+    def __init__(
+        self,
+        name: str,
+        command: list[str] | None = None,
+        webhook: str | None = None,
+        timeout_seconds: float = 60,
+        env: dict[str, str] | None = None,
+        headers_env: dict[str, str] | None = None,
+        done_check: list[str] | None = None,
+        context: dict[str, str] | None = None,
+    ) -> None:
+        if (command is None) == (webhook is None):
+            raise ValueError(f"hook {name}: give exactly one of command or webhook")
+        if command is not None and not command:
+            raise ValueError(f"hook {name}: command must not be empty")
+        self.name = name
+        self.command = list(command) if command is not None else None
+        self.webhook = webhook
+        self.timeout_seconds = float(timeout_seconds)
+        self.env = dict(env or {})
+        self.headers_env = dict(headers_env or {})
+        self.done_check = list(done_check) if done_check else None
+        self.context = dict(context or {})
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        # Secret-looking names in the hook's own env are masked too, not only those in os.environ.
+        return redact(text, secret_values(self.env))
+
+    def _environment(self) -> dict[str, str]:
+        env = {**os.environ, **self.env, "AEGIS_HOOK": self.name}
+        for key, value in self.context.items():
+            env[f"AEGIS_{key.upper()}"] = str(value)
+        return env
+
+    def describe(self) -> str:
+        if self.command is not None:
+            # Only the program name: arguments may carry tokens.
+            return f"Run hook {self.name} ({Path(self.command[0]).name})"
+        host = urlsplit(self.webhook or "").hostname or "?"
+        return f"Call hook {self.name} (webhook on {host})"
+
+    # -- execute -----------------------------------------------------------------------------
+
+    def execute(self, progress: Progress) -> dict[str, Any]:
+        if self.command is not None:
+            return self._run_command(self.command, progress)
+        return self._call_webhook()
+
+    def _run_command(self, command: list[str], progress: Progress) -> dict[str, Any]:
+        proc = self._spawn(command, capture=True)
+        lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = [threading.Thread(target=_pump, args=(s, t, lines), daemon=True)
+                   for s, t in ((proc.stdout, "out"), (proc.stderr, "err"))]
+        for reader in readers:
+            reader.start()
+        tail = _Tail(STDOUT_TAIL_CHARS)
+        last_stderr = ""
+        open_streams = 2
+        deadline = time.monotonic() + self.timeout_seconds
+        exited_at: float | None = None
+        try:
+            while open_streams:
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                if exited_at is None and proc.poll() is not None:
+                    exited_at = now
+                # A daemon started by the hook may keep our pipes open after the hook exits.
+                if exited_at is not None and now - exited_at > _PIPE_GRACE_SECONDS:
+                    break
+                try:
+                    tag, line = lines.get(timeout=min(deadline - now, 0.2))
+                except queue.Empty:
+                    continue
+                if line is None:
+                    open_streams -= 1
+                elif tag == "out":
+                    safe = self._redact(line)
+                    progress(safe)
+                    tail.add(safe)
+                elif line.strip():
+                    last_stderr = line.strip()
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        finally:
+            timed_out = proc.poll() is None
+            # Also on success: whatever the hook left running in its group does not outlive it.
+            _kill_group(proc)
+            for reader in readers:
+                reader.join(timeout=1)
+        if timed_out:
+            raise ActionError(f"hook {self.name} timed out after {self.timeout_seconds:g}s")
+        if proc.returncode != 0:
+            reason = f": {self._redact(last_stderr)[:300]}" if last_stderr else ""
+            raise ActionError(f"hook {self.name} failed with exit code {proc.returncode}{reason}")
+        return {"exit_code": proc.returncode, "stdout_tail": tail.text()}
+
+    def _spawn(self, command: list[str], capture: bool) -> subprocess.Popen[str]:
+        sink = subprocess.PIPE if capture else subprocess.DEVNULL
+        try:
+            return subprocess.Popen(
+                command,
+                env=self._environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=sink,
+                text=True,
+                errors="replace",
+                start_new_session=True,  # own process group: a timeout kills the whole tree
+            )
+        except OSError as exc:
+            raise ActionError(f"hook {self.name} could not start {Path(command[0]).name}: "
+                              f"{self._redact(exc.strerror or str(exc))}") from None
+
+    def _call_webhook(self) -> dict[str, Any]:
+        assert self.webhook is not None
+        headers: dict[str, str] = {}
+        for header, var in self.headers_env.items():
+            value = os.environ.get(var)
+            if not value:
+                raise ActionError(
+                    f"hook {self.name}: environment variable {var} (for header {header}) is not set")
+            headers[header] = value
+        secrets = list(headers.values())
+        host = urlsplit(self.webhook).hostname or "?"
+        try:
+            resp = requests.post(self.webhook, json={"hook": self.name, **self.context}, headers=headers,
+                                 timeout=self.timeout_seconds)
+        except requests.Timeout:
+            raise ActionError(f"hook {self.name} timed out after {self.timeout_seconds:g}s") from None
+        except requests.RequestException as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}", secrets)[:300]
+            raise ActionError(f"hook {self.name}: webhook on {host} unreachable ({reason})") from None
+        body = self._redact(redact(resp.text[-500:], secrets))
+        if not 200 <= resp.status_code < 300:
+            raise ActionError(f"hook {self.name}: webhook on {host} answered HTTP {resp.status_code}")
+        return {"status_code": resp.status_code, "response_tail": body}
+
+    # -- resume ------------------------------------------------------------------------------
+
+    def is_done(self) -> bool | None:
+        if not self.done_check:
+            return None
+        try:
+            proc = self._spawn(self.done_check, capture=False)
+        except ActionError:
+            return None
+        try:
+            return proc.wait(timeout=self.timeout_seconds) == 0
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            _kill_group(proc)
+
+
+class _Tail:
+    """The last ``limit`` characters of a line stream, without keeping the whole stream."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lines: deque[str] = deque()
+        self.size = 0
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        self.size += len(line) + 1
+        while len(self.lines) > 1 and self.size - len(self.lines[0]) - 1 >= self.limit:
+            self.size -= len(self.lines.popleft()) + 1
+
+    def text(self) -> str:
+        return "\n".join(self.lines)[-self.limit:]

@@ -1,0 +1,199 @@
+"""Health checks: TCP, HTTP and PostgreSQL probes that never raise.
+
+Each check returns a :class:`CheckResult` whose ``detail`` is a short human sentence safe to post
+in Slack (passwords and tokens are masked with :func:`recovery.redact.redact`) and whose ``facts``
+are plain JSON-able values the planner uses to classify the scenario (e.g. ``in_recovery``).
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import requests
+
+from recovery.redact import redact
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    name: str
+    kind: str  # "tcp" | "http" | "postgres"
+    target: str  # "host:port" | URL | libpq DSN
+    timeout_seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    kind: str
+    ok: bool
+    detail: str
+    latency_ms: float
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line, secret-free reason for a failed connection (the full libpq text is multi-line)."""
+    text = str(exc) or type(exc).__name__
+    lowered = text.lower()
+    for needle, reason in (
+        ("connection refused", "connection refused"),
+        ("no such file or directory", "connection refused (no server at that socket)"),
+        ("timeout expired", "timed out"),
+        ("timed out", "timed out"),
+        ("password authentication failed", "password authentication failed"),
+        ("could not translate host name", "unknown host"),
+        ("name or service not known", "unknown host"),
+        ("the database system is starting up", "server is starting up"),
+        ("the database system is shutting down", "server is shutting down"),
+        ("the database system is in recovery mode", "server is in crash recovery"),
+    ):
+        if needle in lowered:
+            return reason
+    # libpq prefixes the useful part with "FATAL:"; otherwise keep the first line.
+    line = text.split("FATAL:", 1)[-1].strip().splitlines()[0] if text.strip() else text
+    return redact(line.strip())[:200]
+
+
+def server_answered(exc: BaseException) -> bool:
+    """True when the error came from a PostgreSQL server (it is up, it just refused us)."""
+    return "FATAL:" in str(exc)
+
+
+def _split_host_port(target: str) -> tuple[str, int]:
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"tcp target must be host:port, got {redact(target)!r}")
+    return host.strip("[]"), int(port)
+
+
+def check_tcp(spec: HealthSpec) -> CheckResult:
+    started = time.monotonic()
+    try:
+        host, port = _split_host_port(spec.target)
+        with socket.create_connection((host, port), timeout=spec.timeout_seconds):
+            pass
+    except (OSError, ValueError) as exc:
+        detail = f"unreachable: {describe_error(exc)}"
+        return CheckResult(spec.name, spec.kind, False, detail, _elapsed_ms(started), {"reachable": False})
+    return CheckResult(spec.name, spec.kind, True, f"accepting connections on port {port}",
+                       _elapsed_ms(started), {"reachable": True})
+
+
+def check_http(spec: HealthSpec) -> CheckResult:
+    started = time.monotonic()
+    try:
+        # Redirects are not followed: a 3xx proves the service is up, and following one could
+        # leave the host we were asked to probe.
+        resp = requests.get(spec.target, timeout=spec.timeout_seconds, allow_redirects=False)
+    except requests.RequestException as exc:
+        detail = f"unreachable: {describe_error(exc)}"
+        return CheckResult(spec.name, spec.kind, False, detail, _elapsed_ms(started), {"reachable": False})
+    ok = 200 <= resp.status_code < 400
+    host = urlsplit(spec.target).hostname or "?"
+    detail = f"HTTP {resp.status_code} from {host}"
+    facts = {"reachable": True, "status_code": resp.status_code}
+    return CheckResult(spec.name, spec.kind, ok, detail, _elapsed_ms(started), facts)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+_STANDBY_SQL = """
+SELECT pg_last_wal_receive_lsn()::text,
+       pg_last_wal_replay_lsn()::text,
+       pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()),
+       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
+"""
+_PRIMARY_SQL = """
+SELECT count(*), extract(epoch FROM max(replay_lag))::float8 FROM pg_stat_replication
+"""
+
+
+def postgres_facts(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Role and replication facts from an open connection (shared with the postgres actions)."""
+    role = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    in_recovery = bool(role and role[0])
+    facts: dict[str, Any] = {"reachable": True, "in_recovery": in_recovery}
+    if in_recovery:
+        row = conn.execute(_STANDBY_SQL).fetchone()
+        assert row is not None
+        facts.update(
+            receive_lsn=row[0],
+            replay_lsn=row[1],
+            # NULL receive LSN (standby restoring from archive only): unknown, not zero
+            unreplayed_bytes=_jsonable(row[2]),
+            replay_lag_seconds=row[3],
+        )
+    else:
+        row = conn.execute(_PRIMARY_SQL).fetchone()
+        assert row is not None
+        facts.update(replicas=int(row[0]), max_replay_lag_seconds=row[1])
+    return facts
+
+
+def _postgres_detail(facts: dict[str, Any]) -> str:
+    if not facts["in_recovery"]:
+        n = facts["replicas"]
+        return f"primary, accepting writes, {n} replica{'' if n == 1 else 's'}"
+    behind = facts["unreplayed_bytes"]
+    behind_text = "replay position unknown" if behind is None else f"{behind} bytes behind"
+    return f"standby in recovery, {behind_text}"
+
+
+def check_postgres(spec: HealthSpec) -> CheckResult:
+    started = time.monotonic()
+    # libpq takes whole seconds and treats 1 as 2; round up so short timeouts still work.
+    connect_timeout = max(2, math.ceil(spec.timeout_seconds))
+    try:
+        with psycopg.connect(spec.target, connect_timeout=connect_timeout, autocommit=True) as conn:
+            conn.execute(f"SET statement_timeout = {int(spec.timeout_seconds * 1000)}")
+            facts = postgres_facts(conn)
+    except Exception as exc:  # a check reports, it never raises
+        facts = {"reachable": False, "server_answered": server_answered(exc)}
+        detail = f"unreachable: {describe_error(exc)}"
+        return CheckResult(spec.name, spec.kind, False, detail, _elapsed_ms(started), facts)
+    return CheckResult(spec.name, spec.kind, True, _postgres_detail(facts), _elapsed_ms(started), facts)
+
+
+_CHECKS: dict[str, Callable[[HealthSpec], CheckResult]] = {
+    "tcp": check_tcp,
+    "http": check_http,
+    "postgres": check_postgres,
+}
+
+
+def run_check(spec: HealthSpec) -> CheckResult:
+    """Dispatch on ``spec.kind``; anything unexpected becomes a failed result, never an exception."""
+    check = _CHECKS.get(spec.kind)
+    if check is None:
+        return CheckResult(spec.name, spec.kind, False, f"unknown check kind {spec.kind!r}", 0.0, {})
+    try:
+        return check(spec)
+    except Exception as exc:  # a bug in one check must not hide the others
+        return CheckResult(spec.name, spec.kind, False, f"check failed: {describe_error(exc)}", 0.0,
+                           {"reachable": False})
+
+
+def run_checks(specs: list[HealthSpec], max_workers: int = 8) -> list[CheckResult]:
+    """Run every check concurrently; results come back in the order of ``specs``."""
+    if not specs:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(specs)))) as pool:
+        return list(pool.map(run_check, specs))

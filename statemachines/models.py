@@ -1,0 +1,137 @@
+"""SQLModel tables of the incident store.
+
+Rows are never updated through stale ORM objects: every state change is an explicit
+``UPDATE … WHERE version = :seen`` (see ``statemachines.service``), so two bot replicas or a
+Slack retry cannot both win. JSON columns hold plain data only, never secrets.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on SQLite (which drops tzinfo) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Incident(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    key: str | None = Field(default=None, index=True, unique=True)   # "INC-7"
+    scenario: str
+    severity: str
+    summary: str
+    state: str = Field(default="detected", index=True)
+    version: int = 1
+    declared_by: str
+    declared_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    locale: str = "en"
+    strategy: str | None = None
+    plan_revision: int = 0
+    channel_id: str | None = None
+    card_ts: str | None = None
+    plan_ts: str | None = None
+    stakeholder_channel: str | None = None
+    stakeholder_ts: str | None = None
+    checks: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    close_summary: str | None = None
+    rpo_seconds: float | None = None
+    rpo_basis: str | None = None
+    last_reminder_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class TimelineEvent(SQLModel, table=True):
+    __tablename__ = "timeline_event"
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    kind: str                      # transition | approval | step | audit | note | slack_error
+    actor: str | None = None
+    source_state: str | None = None
+    dest_state: str | None = None
+    text: str = ""
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class RoleAssignment(SQLModel, table=True):
+    __tablename__ = "role_assignment"
+    __table_args__ = (UniqueConstraint("incident_id", "role", name="uq_role_per_incident"),)
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True)
+    role: str
+    user_id: str
+    assigned_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PlanStep(SQLModel, table=True):
+    __tablename__ = "plan_step"
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True)
+    revision: int                  # plan revision; a new assessment supersedes older steps
+    position: int
+    title: str
+    action: str                    # action kind: postgres_promote, hook, manual, check, …
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))   # config names only
+    risk: str = "low"
+    approver_roles: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    approvals_required: int = 1
+    status: str = "pending"
+    attempt: int = 1
+    version: int = 1
+    detail: str = ""
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Approval(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("step_id", "attempt", "user_id", name="uq_one_vote_per_attempt"),)
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True)
+    step_id: int = Field(foreign_key="plan_step.id", index=True)
+    attempt: int
+    user_id: str
+    decision: str                  # approve | reject
+    roles: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # roles that authorised it
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """One execution attempt of one step, written *before* the action starts (C1-C4)."""
+
+    __tablename__ = "action_ledger"
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True)
+    step_id: int = Field(foreign_key="plan_step.id", index=True)
+    idempotency_key: str = Field(unique=True)   # "<incident>:<step>:<attempt>"
+    attempt: int
+    action: str
+    status: str = "running"        # running | succeeded | failed | interrupted
+    owner: str = ""                # process that runs it (host:pid:boot)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    lease_until: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    output: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))

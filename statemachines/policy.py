@@ -1,0 +1,69 @@
+"""Who may do what (P3, R1): pure functions over the roster and the incident's role holders.
+
+- A role may be claimed by the users the roster lists for it. A role the roster does not list may
+  be claimed by anyone in the channel — except the incident commander, which, with no roster for
+  it, only the declarer may claim (someone has to be accountable).
+- A step may be approved by anyone who holds, or is rostered for, one of the step's approver
+  roles. The incident commander may approve every step.
+- A step needing two approvals (ransomware restores) needs two different people, one of them the
+  security lead.
+- Only the incident commander closes an incident; before anyone holds that role, the declarer
+  may close it as a false alarm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COMMANDER = "incident_commander"
+SECURITY_LEAD = "security_lead"
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str = ""              # refusal key for the message layer
+    roles: tuple[str, ...] = ()   # roles that authorise the user
+
+
+def user_roles(user_id: str, *, roster: dict[str, list[str]], holders: dict[str, str]) -> set[str]:
+    """Roles the user has for this incident: claimed ones plus rostered ones."""
+    claimed = {role for role, holder in holders.items() if holder == user_id}
+    rostered = {role for role, users in roster.items() if user_id in users}
+    return claimed | rostered
+
+
+def may_claim(role: str, user_id: str, *, roster: dict[str, list[str]], declared_by: str) -> Decision:
+    listed = roster.get(role)
+    if listed:
+        return Decision(user_id in listed, "not_on_roster")
+    if role == COMMANDER:
+        return Decision(user_id == declared_by, "not_on_roster")
+    return Decision(True)
+
+
+def may_approve(
+    approver_roles: list[str], user_id: str, *, roster: dict[str, list[str]], holders: dict[str, str],
+) -> Decision:
+    allowed_roles = set(approver_roles) | {COMMANDER}
+    mine = user_roles(user_id, roster=roster, holders=holders) & allowed_roles
+    return Decision(bool(mine), "not_allowed_to_approve", tuple(sorted(mine)))
+
+
+def approvals_satisfied(
+    votes: list[tuple[str, tuple[str, ...]]], required: int,
+) -> bool:
+    """``votes`` are (user, roles) of distinct approvers; two-person steps need the security lead."""
+    users = {user for user, _ in votes}
+    if len(users) < required:
+        return False
+    if required >= 2:
+        return any(SECURITY_LEAD in roles for _, roles in votes)
+    return True
+
+
+def may_close(user_id: str, *, holders: dict[str, str], declared_by: str, state: str) -> Decision:
+    commander = holders.get(COMMANDER)
+    if commander is not None:
+        return Decision(user_id == commander, "not_commander")
+    return Decision(user_id == declared_by and state != "verified", "not_commander")

@@ -1,0 +1,348 @@
+"""Domain service of the incident store: plain operations with keyword-only arguments.
+
+Every state change is one transaction: an ``UPDATE … WHERE version = :seen`` compare-and-set
+plus the timeline event that explains it. A caller holding a stale version loses with
+``StaleVersion`` and changes nothing; that is what makes Slack retries, double clicks and two bot
+replicas safe. Nothing here performs side effects outside the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from statemachines.machine import OPEN_STATES, next_state
+from statemachines.models import (
+    Approval,
+    Incident,
+    LedgerEntry,
+    PlanStep,
+    RoleAssignment,
+    TimelineEvent,
+    utcnow,
+)
+
+
+class StaleVersion(Exception):
+    """Someone else changed the row first; reload and decide again."""
+
+
+class NotFound(Exception):
+    pass
+
+
+class RoleTaken(Exception):
+    def __init__(self, role: str, holder: str) -> None:
+        super().__init__(f"{role} is held by {holder}")
+        self.role = role
+        self.holder = holder
+
+
+@dataclass(frozen=True)
+class Transition:
+    incident_id: int
+    trigger: str
+    source: str
+    dest: str
+    actor: str | None
+    reason: str
+    at: datetime
+    version: int
+
+
+@dataclass
+class StepSpec:
+    """A step as the planner proposes it (before it is stored)."""
+
+    title: str
+    action: str
+    risk: str = "low"
+    approver_roles: list[str] = field(default_factory=list)
+    approvals_required: int = 1
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# --- incidents -------------------------------------------------------------------------------
+
+def declare(
+    session: Session, *, scenario: str, severity: str, summary: str, declared_by: str,
+    locale: str, stakeholder_channel: str | None,
+) -> Incident:
+    incident = Incident(
+        scenario=scenario, severity=severity, summary=summary, declared_by=declared_by,
+        locale=locale, stakeholder_channel=stakeholder_channel,
+    )
+    session.add(incident)
+    session.flush()
+    incident.key = f"INC-{incident.id}"
+    session.add(TimelineEvent(
+        incident_id=incident.id, kind="transition", actor=declared_by, dest_state="detected",
+        text=f"declared: {scenario} / {severity}: {summary}",
+    ))
+    session.flush()
+    return incident
+
+
+def get(session: Session, incident_id: int) -> Incident:
+    incident = session.get(Incident, incident_id, populate_existing=True)
+    if incident is None:
+        raise NotFound(f"incident {incident_id}")
+    return incident
+
+
+def find_by_key(session: Session, key: str) -> Incident | None:
+    key = key.strip().upper()
+    if key.isdigit():
+        key = f"INC-{key}"
+    return session.exec(select(Incident).where(Incident.key == key)).first()
+
+
+def find_by_channel(session: Session, channel_id: str) -> Incident | None:
+    return session.exec(
+        select(Incident).where(Incident.channel_id == channel_id).order_by(col(Incident.id).desc())
+    ).first()
+
+
+def open_incidents(session: Session) -> list[Incident]:
+    return list(session.exec(
+        select(Incident).where(col(Incident.state).in_(OPEN_STATES)).order_by(col(Incident.id))
+    ))
+
+
+def transition(
+    session: Session, *, incident_id: int, trigger: str, actor: str | None, reason: str = "",
+    expected_version: int | None = None, values: dict[str, Any] | None = None,
+) -> Transition:
+    """Fire ``trigger``; write state, version+1 and a timeline event in this transaction."""
+    incident = get(session, incident_id)
+    seen = incident.version if expected_version is None else expected_version
+    source = incident.state
+    dest = next_state(source, trigger)
+    now = utcnow()
+    result = session.execute(
+        update(Incident)
+        .where(col(Incident.id) == incident_id, col(Incident.version) == seen,
+               col(Incident.state) == source)
+        .values(state=dest, version=seen + 1, updated_at=now, **(values or {}))
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleVersion(f"{incident.key} changed while {trigger} was being applied")
+    session.add(TimelineEvent(
+        incident_id=incident_id, at=now, kind="transition", actor=actor, source_state=source,
+        dest_state=dest, text=reason or trigger, data={"trigger": trigger},
+    ))
+    session.flush()
+    return Transition(incident_id, trigger, source, dest, actor, reason, now, seen + 1)
+
+
+def set_fields(session: Session, *, incident_id: int, **values: Any) -> None:
+    """Update bookkeeping columns (message refs, RPO) without touching state or version."""
+    session.execute(update(Incident).where(col(Incident.id) == incident_id).values(**values))
+
+
+def add_event(
+    session: Session, *, incident_id: int, kind: str, actor: str | None, text: str,
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(TimelineEvent(incident_id=incident_id, kind=kind, actor=actor, text=text, data=data or {}))
+    session.flush()
+
+
+def timeline(session: Session, incident_id: int) -> list[TimelineEvent]:
+    return list(session.exec(
+        select(TimelineEvent).where(TimelineEvent.incident_id == incident_id)
+        .order_by(col(TimelineEvent.at), col(TimelineEvent.id))
+    ))
+
+
+def claim_reminder(session: Session, *, incident_id: int, not_before: datetime) -> bool:
+    """Compare-and-set on ``last_reminder_at`` so that two replicas post one reminder."""
+    incident = get(session, incident_id)
+    if incident.state not in OPEN_STATES:
+        return False
+    last = incident.last_reminder_at
+    if last is not None and last > not_before:
+        return False
+    query = update(Incident).where(col(Incident.id) == incident_id)
+    query = query.where(col(Incident.last_reminder_at).is_(None) if last is None
+                        else col(Incident.last_reminder_at) == last)
+    return session.execute(query.values(last_reminder_at=utcnow())).rowcount == 1  # type: ignore[attr-defined]
+
+
+# --- roles -----------------------------------------------------------------------------------
+
+def roles(session: Session, incident_id: int) -> dict[str, str]:
+    rows = session.exec(select(RoleAssignment).where(RoleAssignment.incident_id == incident_id))
+    return {row.role: row.user_id for row in rows}
+
+
+def assign_role(session: Session, *, incident_id: int, role: str, user_id: str) -> bool:
+    """Give ``role`` to ``user_id``. Returns False when they already hold it; RoleTaken otherwise."""
+    holder = roles(session, incident_id).get(role)
+    if holder == user_id:
+        return False
+    if holder is not None:
+        raise RoleTaken(role, holder)
+    try:
+        with session.begin_nested():
+            session.add(RoleAssignment(incident_id=incident_id, role=role, user_id=user_id))
+    except IntegrityError:
+        holder = roles(session, incident_id).get(role) or "someone else"
+        if holder == user_id:
+            return False
+        raise RoleTaken(role, holder) from None
+    add_event(session, incident_id=incident_id, kind="role", actor=user_id, text=f"took the role {role}")
+    return True
+
+
+# --- plan steps ------------------------------------------------------------------------------
+
+def replace_plan(session: Session, *, incident_id: int, strategy: str, specs: list[StepSpec]) -> int:
+    """Store a new plan revision; unfinished steps of older revisions become ``skipped``."""
+    incident = get(session, incident_id)
+    revision = incident.plan_revision + 1
+    session.execute(
+        update(PlanStep)
+        .where(col(PlanStep.incident_id) == incident_id,
+               col(PlanStep.status).in_(("pending", "awaiting_approval", "approved", "failed")))
+        .values(status="skipped", version=PlanStep.version + 1, updated_at=utcnow())
+    )
+    for position, spec in enumerate(specs, start=1):
+        session.add(PlanStep(
+            incident_id=incident_id, revision=revision, position=position, title=spec.title,
+            action=spec.action, params=spec.params, risk=spec.risk, approver_roles=spec.approver_roles,
+            approvals_required=spec.approvals_required,
+            status="awaiting_approval" if spec.approvals_required > 0 else "pending",
+        ))
+    set_fields(session, incident_id=incident_id, plan_revision=revision, strategy=strategy)
+    session.flush()
+    return revision
+
+
+def current_steps(session: Session, incident_id: int) -> list[PlanStep]:
+    incident = get(session, incident_id)
+    return list(session.exec(
+        select(PlanStep).where(PlanStep.incident_id == incident_id,
+                               PlanStep.revision == incident.plan_revision)
+        .order_by(col(PlanStep.position))
+    ))
+
+
+def get_step(session: Session, step_id: int) -> PlanStep:
+    step = session.get(PlanStep, step_id, populate_existing=True)
+    if step is None:
+        raise NotFound(f"step {step_id}")
+    return step
+
+
+def move_step(
+    session: Session, *, step: PlanStep, to: str, detail: str | None = None,
+    from_statuses: tuple[str, ...] | None = None, new_attempt: bool = False,
+) -> bool:
+    """Compare-and-set a step's status; False when another request moved it first."""
+    values: dict[str, Any] = {"status": to, "version": step.version + 1, "updated_at": utcnow()}
+    if detail is not None:
+        values["detail"] = detail
+    if new_attempt:
+        values["attempt"] = step.attempt + 1
+    query = update(PlanStep).where(col(PlanStep.id) == step.id, col(PlanStep.version) == step.version)
+    if from_statuses:
+        query = query.where(col(PlanStep.status).in_(from_statuses))
+    return session.execute(query.values(**values)).rowcount == 1  # type: ignore[attr-defined]
+
+
+def approvals(session: Session, step: PlanStep, *, attempt: int | None = None) -> list[Approval]:
+    return list(session.exec(
+        select(Approval).where(Approval.step_id == step.id,
+                               Approval.attempt == (step.attempt if attempt is None else attempt))
+        .order_by(col(Approval.at))
+    ))
+
+
+def all_approvals(session: Session, incident_id: int) -> list[Approval]:
+    return list(session.exec(
+        select(Approval).where(Approval.incident_id == incident_id).order_by(col(Approval.at))
+    ))
+
+
+def record_vote(
+    session: Session, *, step: PlanStep, user_id: str, decision: str, roles_used: list[str],
+    expires_in: timedelta | None,
+) -> bool:
+    """Record one user's vote on the step's current attempt; False when they already voted."""
+    try:
+        with session.begin_nested():
+            session.add(Approval(
+                incident_id=step.incident_id, step_id=step.id, attempt=step.attempt, user_id=user_id,
+                decision=decision, roles=roles_used,
+                expires_at=utcnow() + expires_in if expires_in else None,
+            ))
+    except IntegrityError:
+        return False
+    return True
+
+
+# --- the action ledger (the narrow interface recovery/ uses) ----------------------------------
+
+def ledger_start(
+    session: Session, *, step: PlanStep, owner: str, lease: timedelta,
+) -> LedgerEntry | None:
+    """Claim the step for execution: ledger row first, then status. None = someone else has it."""
+    key = f"{step.incident_id}:{step.id}:{step.attempt}"
+    entry = LedgerEntry(
+        incident_id=step.incident_id, step_id=step.id, idempotency_key=key, attempt=step.attempt,
+        action=step.action, owner=owner, lease_until=utcnow() + lease,
+    )
+    try:
+        with session.begin_nested():
+            session.add(entry)
+    except IntegrityError:
+        return None
+    if not move_step(session, step=step, to="running", from_statuses=("pending", "approved")):
+        raise StaleVersion(f"step {step.id} moved while it was being claimed")
+    return entry
+
+
+def ledger_renew(session: Session, *, entry_id: int, owner: str, lease: timedelta) -> bool:
+    return session.execute(
+        update(LedgerEntry)
+        .where(col(LedgerEntry.id) == entry_id, col(LedgerEntry.owner) == owner,
+               col(LedgerEntry.status) == "running")
+        .values(lease_until=utcnow() + lease)
+    ).rowcount == 1  # type: ignore[attr-defined]
+
+
+def ledger_finish(
+    session: Session, *, entry_id: int, status: str, output: dict[str, Any],
+    only_if_owner: str | None = None,
+) -> bool:
+    query = update(LedgerEntry).where(col(LedgerEntry.id) == entry_id, col(LedgerEntry.status) == "running")
+    if only_if_owner is not None:
+        query = query.where(col(LedgerEntry.owner) == only_if_owner)
+    return session.execute(
+        query.values(status=status, output=output, finished_at=utcnow())
+    ).rowcount == 1  # type: ignore[attr-defined]
+
+
+def ledger_for_step(session: Session, step_id: int) -> list[LedgerEntry]:
+    return list(session.exec(
+        select(LedgerEntry).where(LedgerEntry.step_id == step_id).order_by(col(LedgerEntry.attempt))
+    ))
+
+
+def ledger_for_incident(session: Session, incident_id: int) -> list[LedgerEntry]:
+    return list(session.exec(
+        select(LedgerEntry).where(LedgerEntry.incident_id == incident_id).order_by(col(LedgerEntry.id))
+    ))
+
+
+def expired_running(session: Session, *, now: datetime) -> list[LedgerEntry]:
+    """Ledger rows still ``running`` whose lease ran out: their process died mid-step."""
+    return list(session.exec(
+        select(LedgerEntry).where(LedgerEntry.status == "running", col(LedgerEntry.lease_until) < now)
+    ))
