@@ -19,5 +19,5 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("waitress", "werkzeug", "apscheduler.executors.default", "urllib3"):
+    for noisy in ("waitress", "werkzeug", "apscheduler.executors.default", "urllib3", "transitions", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -148,10 +148,12 @@ def _sections(lines: Iterable[str], block_prefix: str) -> list[dict[str, Any]]:
 def _message(fallback: str, blocks: list[dict[str, Any]], locale: str) -> Message:
     """Apply the message-wide limits; builders stay under them, this is the safety net."""
     if len(blocks) > MAX_BLOCKS:
-        dropped = len(blocks) - (MAX_BLOCKS - 1)
-        blocks = blocks[: MAX_BLOCKS - 1] + [
-            _context(_t(locale, "common", "truncated", count=dropped), "truncated")
-        ]
+        kept = blocks[: MAX_BLOCKS - 1]
+        # Never leave a step's text without the buttons that belonged under it.
+        if kept[-1]["type"] != "actions" and blocks[len(kept)]["type"] == "actions":
+            kept.pop()
+        dropped = len(blocks) - len(kept)
+        blocks = kept + [_context(_t(locale, "common", "truncated", count=dropped), "truncated")]
     return Message(text=_clip(fallback or "Aegis", FALLBACK_CHARS), blocks=blocks)
 
 
@@ -220,34 +222,41 @@ def incident_card(v: IncidentView, locale: str) -> Message:
     return _message(_t(locale, "incident_card", "text", v=v), blocks, locale)
 
 
-def _plan_body(rows: list[StepRow], layout: str, locale: str) -> list[dict[str, Any]]:
-    """Step blocks. ``full``: detail in its own context block; ``compact``: detail inline;
-    ``grouped``: also merge consecutive steps without buttons into shared sections."""
-    blocks: list[dict[str, Any]] = []
-    pending: list[tuple[int, str]] = []   # (step id, text) of button-less steps awaiting grouping
+def _step_text(row: StepRow, locale: str, *, inline_detail: bool) -> tuple[str, str]:
+    """(section text, detail text); the detail is folded into the section when ``inline_detail``."""
+    text = _t(locale, "plan", "step", row=row)
+    detail = _t(locale, "plan", "detail", step=row.step) if row.step.detail else ""
+    if inline_detail and detail:
+        return f"{text}\n{detail}", ""
+    return text, detail
 
-    def flush() -> None:
-        if pending:
-            blocks.extend(_sections((text for _, text in pending), f"steps_{pending[0][0]}"))
-            pending.clear()
 
+def _plan_body(rows: list[StepRow], intro: str, layout: str, locale: str) -> list[dict[str, Any]]:
+    """Blocks after the header, in one of three layouts, roomiest first:
+    ``full`` (detail in its own context block), ``compact`` (detail inline), and ``dense`` (steps
+    without buttons share a section with the next step that has buttons, so a plan costs about
+    two blocks per step awaiting a decision)."""
+    if layout != "dense":
+        blocks = [_section(intro, "plan_intro")]
+        for row in rows:
+            step = row.step
+            text, detail = _step_text(row, locale, inline_detail=layout == "compact")
+            blocks.append(_section(text, f"step_{step.id}_text"))
+            if detail:
+                blocks.append(_context(detail, f"step_{step.id}_detail"))
+            if buttons := _step_buttons(step, locale):
+                blocks.append(_actions(f"step_{step.id}", buttons))
+        return blocks
+    blocks = []
+    pending = [intro]
     for row in rows:
-        step = row.step
-        text = _t(locale, "plan", "step", row=row)
-        detail = _t(locale, "plan", "detail", step=step) if step.detail else ""
-        buttons = _step_buttons(step, locale)
-        if layout != "full" and detail:
-            text = f"{text}\n{detail}"
-        if layout == "grouped" and not buttons:
-            pending.append((step.id, text))
-            continue
-        flush()
-        blocks.append(_section(text, f"step_{step.id}_text"))
-        if layout == "full" and detail:
-            blocks.append(_context(detail, f"step_{step.id}_detail"))
-        if buttons:
-            blocks.append(_actions(f"step_{step.id}", buttons))
-    flush()
+        pending.append(_step_text(row, locale, inline_detail=True)[0])
+        if buttons := _step_buttons(row.step, locale):
+            blocks.extend(_sections(pending, f"step_{row.step.id}_text"))
+            blocks.append(_actions(f"step_{row.step.id}", buttons))
+            pending = []
+    if pending:
+        blocks.extend(_sections(pending, "plan_tail"))
     return blocks
 
 
@@ -259,17 +268,16 @@ def plan_message(v: IncidentView, locale: str) -> Message:
         "awaiting": sum(r.step.status == "awaiting_approval" for r in rows),
         "failed": sum(r.step.status == "failed" for r in rows),
     }
-    blocks = [
-        _header(_t(locale, "plan", "header", v=v), "plan_header"),
-        _section(_t(locale, "plan", "intro", v=v, **counts), "plan_intro"),
-    ]
+    intro = _t(locale, "plan", "intro", v=v, **counts)
+    blocks = [_header(_t(locale, "plan", "header", v=v), "plan_header")]
     if not rows:
-        blocks.append(_section(_t(locale, "plan", "empty", v=v), "plan_empty"))
+        blocks += [_section(intro, "plan_intro"), _section(_t(locale, "plan", "empty", v=v), "plan_empty")]
     else:
-        for layout in ("full", "compact", "grouped"):
-            body = _plan_body(rows, layout, locale)
+        for layout in ("full", "compact", "dense"):
+            body = _plan_body(rows, intro, layout, locale)
             if len(blocks) + len(body) <= MAX_BLOCKS:
                 break
+        # Still too long (dozens of steps awaiting a decision): _message cuts it cleanly.
         blocks.extend(body)
     return _message(_t(locale, "plan", "text", v=v, **counts), blocks, locale)
 

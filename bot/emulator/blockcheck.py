@@ -57,7 +57,8 @@ class _Checker:
             if el.get("style") not in (None, "primary", "danger"):
                 self.fail(pointer + "/style", "must be one of primary, danger")
         elif kind in ("static_select", "multi_static_select"):
-            options = el.get("options") or [o for g in el.get("option_groups") or [] for o in g.get("options", [])]
+            groups = el.get("option_groups") or []
+            options = el.get("options") or [o for g in groups for o in g.get("options", [])]
             if not options or len(options) > 100:
                 self.fail(pointer + "/options", "must provide between 1 and 100 options")
             for i, option in enumerate(options):
@@ -67,7 +68,8 @@ class _Checker:
 
     def block(self, block: Any, pointer: str, block_ids: set[str]) -> None:
         if not isinstance(block, dict) or block.get("type") not in KNOWN_BLOCKS:
-            self.fail(pointer + "/type", f"unsupported type: {block.get('type') if isinstance(block, dict) else block}")
+            kind = block.get("type") if isinstance(block, dict) else block
+            self.fail(pointer + "/type", f"unsupported type: {kind}")
             return
         block_id = block.get("block_id")
         if block_id is not None:

@@ -74,9 +74,9 @@ def create_control_blueprint(state: EmulatorState) -> Blueprint:
             return _error(400, "the 'user' query parameter is required")
         channel = request.args.get("channel") or None
         shown = state.ephemeral_for(user, channel)
-        # response_url replies that became channel posts or rewrote a message are listed too.
-        others = [{**r, "is_ephemeral": False} for r in state.responses_for(user)
-                  if r["outcome"] != "posted_ephemeral" and (channel is None or r["channel"] == channel)]
+        # response_url replies that everyone sees (in_channel posts, rewritten channel messages) too.
+        others = [r for r in state.responses_for(user)
+                  if not r["is_ephemeral"] and (channel is None or r["channel"] == channel)]
         return jsonify(shown + others)
 
     @bp.get("/views")
@@ -124,8 +124,8 @@ def create_control_blueprint(state: EmulatorState) -> Blueprint:
     def view_submission(view_id: str) -> Any:
         body = _json_body() or {}
         try:
-            view = state.record_submission(view_id, body.get("values") or {}, int(body.get("http_status", 200)),
-                                           body.get("body"))
+            view = state.record_submission(view_id, body.get("values") or {},
+                                           int(body.get("http_status", 200)), body.get("body"))
         except SlackError as err:
             return _error(404, err.code)
         return jsonify(view)

@@ -52,8 +52,19 @@ class SlackDriver:
         self.bot_url = bot_url
         self.timeout = timeout
         self._verifier = SignatureVerifier(signing_secret)
+        self._state = emulator
+        self._emulator_url = emulator_url
         self._link = link_for(emulator, emulator_url)
         self._last_body: str | None = None
+
+    @property
+    def emulator_url(self) -> str | None:
+        return self._emulator_url
+
+    @emulator_url.setter
+    def emulator_url(self, value: str | None) -> None:
+        self._emulator_url = value
+        self._link = link_for(self._state, value)
 
     @property
     def events_url(self) -> str:
@@ -175,9 +186,9 @@ class SlackDriver:
         if view is None:
             raise LookupError(f"no view {view_id} has been opened in the emulator")
         trigger_id, _ = self._link.interaction(user_id, None, None)
-        keep = ("id", "team_id", "type", "title", "submit", "close", "blocks", "private_metadata", "callback_id",
-                "external_id", "clear_on_close", "notify_on_close", "hash", "previous_view_id", "root_view_id",
-                "app_id", "app_installed_team_id", "bot_id")
+        keep = ("id", "team_id", "type", "title", "submit", "close", "blocks", "private_metadata",
+                "callback_id", "external_id", "clear_on_close", "notify_on_close", "hash", "previous_view_id",
+                "root_view_id", "app_id", "app_installed_team_id", "bot_id")
         view_payload = {k: view.get(k) for k in keep} | {"state": {"values": values}}
         payload = {
             "type": "view_submission",

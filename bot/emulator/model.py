@@ -77,8 +77,6 @@ class Message:
             out["edited"] = {"user": self.user, "ts": self.edited_ts}
         if self.thread_ts:
             out["thread_ts"] = self.thread_ts
-            if self.thread_ts != self.ts:
-                out["parent_user_id"] = self.user
         if replies:
             users = sorted({r.user for r in replies})
             out.update(thread_ts=self.ts, reply_count=len(replies), reply_users=users,
@@ -100,6 +98,9 @@ class Channel:
     topic: str = ""
     purpose: str = ""
 
+    def _text_field(self, value: str) -> dict[str, Any]:
+        return {"value": value, "creator": self.creator if value else "", "last_set": 0}
+
     def to_slack(self, viewer: str = BOT_USER_ID) -> dict[str, Any]:
         if self.is_im:
             other = next((m for m in self.members if m != BOT_USER_ID), BOT_USER_ID)
@@ -120,8 +121,8 @@ class Channel:
             "creator": self.creator,
             "is_member": viewer in self.members,
             "num_members": len(self.members),
-            "topic": {"value": self.topic, "creator": self.creator if self.topic else "", "last_set": 0},
-            "purpose": {"value": self.purpose, "creator": self.creator if self.purpose else "", "last_set": 0},
+            "topic": self._text_field(self.topic),
+            "purpose": self._text_field(self.purpose),
         }
 
 

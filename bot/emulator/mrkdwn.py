@@ -15,7 +15,8 @@ from collections.abc import Callable
 from markupsafe import Markup
 
 EMOJI = {
-    "white_check_mark": "\u2705", "heavy_check_mark": "\u2714\ufe0f", "x": "\u274c", "warning": "\u26a0\ufe0f",
+    "white_check_mark": "\u2705", "heavy_check_mark": "\u2714\ufe0f", "x": "\u274c",
+    "warning": "\u26a0\ufe0f",
     "rotating_light": "\U0001f6a8", "red_circle": "\U0001f534", "large_green_circle": "\U0001f7e2",
     "large_yellow_circle": "\U0001f7e1", "large_blue_circle": "\U0001f535", "hourglass": "\u231b",
     "hourglass_flowing_sand": "\u23f3", "fire": "\U0001f525", "lock": "\U0001f512", "key": "\U0001f511",
@@ -54,7 +55,8 @@ def _special(token: str, names: NameLookup) -> str:
         name = label or target[1:].split("^")[0]
         return f'<span class="mention">{esc(name if name.startswith("@") else "@" + name)}</span>'
     if re.match(r"(https?|mailto):", target):
-        return f'<a href="{esc(target)}" target="_blank" rel="noopener">{esc(_slack_unescape(label or target))}</a>'
+        shown = esc(_slack_unescape(label or target))
+        return f'<a href="{esc(target)}" target="_blank" rel="noopener">{shown}</a>'
     return esc(_slack_unescape("<" + token + ">"))
 
 

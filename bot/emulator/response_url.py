@@ -59,6 +59,7 @@ def deliver(state: EmulatorState, response_id: str, payload: dict[str, Any], *,
     entry = {"source": source, "user": inter.user, "channel": channel, "response_type": response_type,
              "replace_original": _flag(payload.get("replace_original")),
              "delete_original": _flag(payload.get("delete_original")),
-             "text": text, "blocks": blocks, "outcome": outcome, "ts": ts, "payload": payload}
+             "text": text, "blocks": blocks, "outcome": outcome, "ts": ts, "payload": payload,
+             "is_ephemeral": outcome == "posted_ephemeral" or is_ephemeral_original}
     state.record_response(entry)
     return entry

@@ -45,6 +45,7 @@ DEFAULT_USERS: tuple[tuple[str, str, str], ...] = (
 
 # Long-running `aegis serve` sessions must not grow without bound; tests never get near this.
 MAX_RECORDED_CALLS = 20_000
+MAX_INTERACTIONS = 10_000
 
 
 def _view_payload(view: Any) -> dict[str, Any]:
@@ -84,6 +85,7 @@ class EmulatorState:
             seeded = {cid: self._channels[cid] for cid in SEEDED_CHANNEL_IDS}
             for channel in seeded.values():
                 channel.messages.clear()
+                channel.topic = channel.purpose = ""
             self._channels = seeded
             self._ephemerals.clear()
             self._views.clear()
@@ -253,18 +255,23 @@ class EmulatorState:
         with self._lock:
             out = []
             for channel in self._channels.values():
+                messages = [self._message_dict(channel, m, inspect=True) for m in channel.messages]
                 entry = channel.to_slack()
-                entry.update(name=channel.name, members=list(channel.members),
-                             messages=[self._message_dict(channel, m) for m in channel.messages])
+                entry.update(name=channel.name, members=list(channel.members), messages=messages)
                 out.append(entry)
             return copy.deepcopy(out)
 
     # ---- messages ----------------------------------------------------------------------------
 
-    def _message_dict(self, channel: Channel, message: Message) -> dict[str, Any]:
-        replies = self._replies_to(channel, message) if message.thread_ts in (None, message.ts) else []
-        out = message.to_slack(replies)
-        out.update(channel=channel.id, edits=message.edits)
+    def _message_dict(self, channel: Channel, message: Message, *, inspect: bool = False) -> dict[str, Any]:
+        """Slack's message shape; ``inspect`` adds the channel id and the edit history for tests."""
+        is_root = message.thread_ts in (None, message.ts)
+        out = message.to_slack(self._replies_to(channel, message) if is_root else [])
+        parent = None if is_root else self._find(channel, message.thread_ts or "")
+        if parent is not None:
+            out["parent_user_id"] = parent.user
+        if inspect:
+            out.update(channel=channel.id, edits=message.edits)
         return out
 
     @staticmethod
@@ -328,7 +335,7 @@ class EmulatorState:
             except SlackError:
                 return None
             message = self._find(channel, ts)
-            return copy.deepcopy(self._message_dict(channel, message)) if message else None
+            return copy.deepcopy(self._message_dict(channel, message, inspect=True)) if message else None
 
     def history(self, ref: str, *, limit: int, latest: str | None = None, oldest: str | None = None,
                 inclusive: bool = False, viewer: str = BOT_USER_ID) -> tuple[list[dict[str, Any]], bool]:
@@ -410,6 +417,9 @@ class EmulatorState:
             inter = Interaction(trigger_id, uuid.uuid4().hex, user, channel, message_ts)
             self._interactions[trigger_id] = inter
             self._responses[inter.response_id] = inter
+            if len(self._interactions) > MAX_INTERACTIONS:  # Slack expires them too; drop the oldest
+                oldest = next(iter(self._interactions.values()))
+                del self._interactions[oldest.trigger_id], self._responses[oldest.response_id]
             return copy.copy(inter)
 
     def use_trigger(self, trigger_id: str) -> Interaction:
@@ -455,7 +465,9 @@ class EmulatorState:
 
     def _view(self, view_id: str | None, external_id: str | None = None) -> View:
         for view in self._views.values():
-            if (view_id and view.id == view_id) or (external_id and view.payload.get("external_id") == external_id):
+            if view_id and view.id == view_id:
+                return view
+            if external_id and view.payload.get("external_id") == external_id:
                 return view
         raise SlackError("not_found")
 
@@ -474,12 +486,15 @@ class EmulatorState:
 
     def views(self, *, user: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
-            return copy.deepcopy([v.to_dict() for v in self._views.values()
-                                  if (user is None or v.user == user) and (status is None or v.status == status)])
+            found = [v for v in self._views.values()
+                     if (user is None or v.user == user) and (status is None or v.status == status)]
+            return copy.deepcopy([v.to_dict() for v in found])
 
-    def set_view_errors(self, view_id: str, errors: dict[str, str]) -> None:
+    def set_view_errors(self, view_id: str, errors: dict[str, str], values: dict[str, Any]) -> None:
+        """Errors the Slack client finds itself (e.g. a required field left empty); keeps what was typed."""
         with self._lock:
-            self._view(view_id).errors = dict(errors)
+            view = self._view(view_id)
+            view.errors, view.values = dict(errors), copy.deepcopy(values)
 
     def close_view(self, view_id: str) -> None:
         with self._lock:
@@ -496,7 +511,8 @@ class EmulatorState:
         with self._lock:
             view = self._view(view_id)
             view.values = copy.deepcopy(values)
-            view.submissions.append({"values": copy.deepcopy(values), "http_status": http_status, "body": body})
+            view.submissions.append({"values": copy.deepcopy(values), "http_status": http_status,
+                                     "body": copy.deepcopy(body)})
             action = (body or {}).get("response_action")
             new_payload = _view_payload((body or {}).get("view"))
             if http_status != 200:

@@ -34,12 +34,12 @@ class Params:
     def __init__(self, values: dict[str, Any]) -> None:
         self.values = values
 
-    def str(self, key: str, default: str = "") -> str:
+    def text(self, key: str, default: str = "") -> str:
         value = self.values.get(key)
         return default if value is None else str(value)
 
     def required(self, key: str, error: str) -> str:
-        value = self.str(key).strip()
+        value = self.text(key).strip()
         if not value:
             raise SlackError(error)
         return value
@@ -47,7 +47,7 @@ class Params:
     def flag(self, key: str) -> bool:
         return str(self.values.get(key, "")).lower() in ("1", "true")
 
-    def int(self, key: str, default: int) -> int:
+    def number(self, key: str, default: int) -> int:
         try:
             return int(self.values.get(key, default))
         except (TypeError, ValueError):
@@ -69,7 +69,8 @@ class Params:
     def view(self) -> dict[str, Any]:
         view = self.values.get("view")
         if not isinstance(view, dict):
-            raise SlackError("invalid_arguments", response_metadata={"messages": ["[ERROR] missing required field: view"]})
+            missing = ["[ERROR] missing required field: view"]
+            raise SlackError("invalid_arguments", response_metadata={"messages": missing})
         problems = view_problems(view)
         if problems:
             raise SlackError("invalid_arguments", response_metadata={"messages": problems})
@@ -94,7 +95,7 @@ def read_params(req: Request) -> dict[str, Any]:
 
 
 def _message_text(p: Params, blocks: list[dict[str, Any]] | None) -> str:
-    text = p.str("text")
+    text = p.text("text")
     if not text and not blocks:
         raise SlackError("no_text")
     if len(text) > MAX_MESSAGE_TEXT:
@@ -113,7 +114,8 @@ def chat_post_message(state: EmulatorState, p: Params) -> dict[str, Any]:
     channel = p.required("channel", "channel_not_found")
     blocks = p.blocks()
     text = _message_text(p, blocks)
-    channel_id, message = state.post_message(channel, text, blocks or [], thread_ts=p.str("thread_ts") or None)
+    thread_ts = p.text("thread_ts") or None
+    channel_id, message = state.post_message(channel, text, blocks or [], thread_ts=thread_ts)
     return {"ok": True, "channel": channel_id, "ts": message["ts"], "message": message}
 
 
@@ -121,7 +123,7 @@ def chat_update(state: EmulatorState, p: Params) -> dict[str, Any]:
     channel = p.required("channel", "channel_not_found")
     ts = p.required("ts", "message_not_found")
     blocks = p.blocks()
-    text = p.str("text") if "text" in p.values else None
+    text = p.text("text") if "text" in p.values else None
     if text is None and blocks is None:
         raise SlackError("no_text")
     channel_id, message = state.update_message(channel, ts, text, blocks)
@@ -142,7 +144,7 @@ def chat_post_ephemeral(state: EmulatorState, p: Params) -> dict[str, Any]:
     blocks = p.blocks()
     text = _message_text(p, blocks)
     eph = state.post_ephemeral(channel, user, text, blocks or [], source="chat.postEphemeral",
-                               thread_ts=p.str("thread_ts") or None)
+                               thread_ts=p.text("thread_ts") or None)
     return {"ok": True, "message_ts": eph["message_ts"]}
 
 
@@ -156,7 +158,7 @@ def chat_get_permalink(state: EmulatorState, p: Params) -> dict[str, Any]:
 
 
 def conversations_create(state: EmulatorState, p: Params) -> dict[str, Any]:
-    name = p.str("name")
+    name = p.text("name")
     if not name:
         raise SlackError("invalid_name_required")
     if len(name) > 80:
@@ -170,7 +172,7 @@ def conversations_create(state: EmulatorState, p: Params) -> dict[str, Any]:
 
 def conversations_invite(state: EmulatorState, p: Params) -> dict[str, Any]:
     channel = p.required("channel", "channel_not_found")
-    users = [u.strip() for u in p.str("users").split(",") if u.strip()]
+    users = [u.strip() for u in p.text("users").split(",") if u.strip()]
     return {"ok": True, "channel": state.invite(channel, users)}
 
 
@@ -192,7 +194,7 @@ def conversations_members(state: EmulatorState, p: Params) -> dict[str, Any]:
 
 
 def conversations_open(state: EmulatorState, p: Params) -> dict[str, Any]:
-    users = [u.strip() for u in p.str("users").split(",") if u.strip()]
+    users = [u.strip() for u in p.text("users").split(",") if u.strip()]
     if len(users) != 1:
         raise SlackError("not_implemented" if users else "users_list_not_supplied")
     return {"ok": True, "channel": state.open_dm(users[0])}
@@ -201,7 +203,7 @@ def conversations_open(state: EmulatorState, p: Params) -> dict[str, Any]:
 def _set_channel_text(which: str) -> Callable[[EmulatorState, Params], dict[str, Any]]:
     def handler(state: EmulatorState, p: Params) -> dict[str, Any]:
         channel = p.required("channel", "channel_not_found")
-        return {"ok": True, "channel": state.set_channel_text(channel, which, p.str(which))}
+        return {"ok": True, "channel": state.set_channel_text(channel, which, p.text(which))}
     return handler
 
 
@@ -222,9 +224,9 @@ def _decimal_ts(value: str, error: str) -> str | None:
 
 def conversations_history(state: EmulatorState, p: Params) -> dict[str, Any]:
     channel = p.required("channel", "channel_not_found")
-    limit = max(1, min(p.int("limit", 100), 999))
-    latest = _decimal_ts(p.str("latest"), "invalid_ts_latest")
-    cursor = p.str("cursor")
+    limit = max(1, min(p.number("limit", 100), 999))
+    latest = _decimal_ts(p.text("latest"), "invalid_ts_latest")
+    cursor = p.text("cursor")
     if cursor:
         # The cursor carries the oldest ts already returned; the next page is strictly older.
         try:
@@ -232,7 +234,7 @@ def conversations_history(state: EmulatorState, p: Params) -> dict[str, Any]:
             Decimal(latest)
         except (binascii.Error, UnicodeDecodeError, InvalidOperation):
             raise SlackError("invalid_cursor") from None
-    oldest = _decimal_ts(p.str("oldest"), "invalid_ts_oldest")
+    oldest = _decimal_ts(p.text("oldest"), "invalid_ts_oldest")
     messages, has_more = state.history(channel, limit=limit, latest=latest, oldest=oldest,
                                        inclusive=p.flag("inclusive") and not cursor)
     next_cursor = base64.b64encode(f"ts:{messages[-1]['ts']}".encode()).decode() if has_more else ""
@@ -253,10 +255,10 @@ def views_open(state: EmulatorState, p: Params) -> dict[str, Any]:
 
 
 def views_update(state: EmulatorState, p: Params) -> dict[str, Any]:
-    view_id, external_id = p.str("view_id") or None, p.str("external_id") or None
+    view_id, external_id = p.text("view_id") or None, p.text("external_id") or None
     if not view_id and not external_id:
         raise SlackError("not_found")
-    view = state.update_view(p.view(), view_id=view_id, external_id=external_id, hash=p.str("hash") or None)
+    view = state.update_view(p.view(), view_id=view_id, external_id=external_id, hash=p.text("hash") or None)
     return {"ok": True, "view": view}
 
 
@@ -293,7 +295,8 @@ HANDLERS: dict[str, Callable[[EmulatorState, Params], dict[str, Any]]] = {
 }
 
 
-def _json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def _json_response(body: dict[str, Any], status: int = 200,
+                   headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(body), status=status, headers=headers or {},
                     content_type="application/json; charset=utf-8")
 

@@ -1,0 +1,458 @@
+"""End to end: ``aegis serve`` as a process, the emulator as Slack, a real primary + standby.
+
+Every request reaches the bot as signed HTTP, exactly as Slack sends it; every assertion reads
+what the bot posted (emulator) or stored (its database) or did (PostgreSQL, hook output files).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.emulator.driver import SlackDriver
+from bot.emulator.faults import fault_from_json
+from bot.emulator.server import EmulatorServer
+from statemachines import service as svc
+from tests.aegis_process import BOT_TOKEN, PG_PASSWORD, SIGNING_SECRET, AegisProcess, wait_for
+from tests.pgcluster import PgPair, PgSingle
+from tests.slack_reading import all_text, channel, channel_by_id, message_with_button
+
+HOOK = """#!/usr/bin/env bash
+# test hook: count each run, mark done, then take a while (so a crash can land mid-step)
+echo "run $AEGIS_INCIDENT step $AEGIS_STEP" >> "{workdir}/$1.count"
+echo "hook $1 running for $AEGIS_INCIDENT"
+var="HOOK_SLEEP_$1"
+sleep "${{!var:-0}}"
+touch "{workdir}/$1.done"
+"""
+
+
+def make_config(pair: PgPair, workdir: Path) -> dict[str, Any]:
+    hook = workdir / "hook.sh"
+    hook.write_text(HOOK.format(workdir=workdir))
+    hook.chmod(0o755)
+    return {
+        "locale": "en",
+        "slack": {"stakeholder_channel": "C0STAKE", "ops_channel": "C0OPS", "reminder_minutes": 0.05},
+        "roster": {
+            "incident_commander": ["U0IC"], "database_lead": ["U0DB"], "infrastructure_lead": ["U0INFRA"],
+            "application_lead": ["U0APP"], "security_lead": ["U0SEC"], "communication_manager": ["U0COMM"],
+        },
+        "components": {"postgres": {
+            "primary": {"dsn": pair.primary.dsn(), "password_env": "AEGIS_TEST_PG_PASSWORD", "label": "pg-primary"},
+            "standby": {"dsn": pair.standby.dsn(), "password_env": "AEGIS_TEST_PG_PASSWORD", "label": "pg-standby"},
+        }},
+        "hooks": {
+            "fence_primary": {"command": [str(hook), "fence"], "timeout_seconds": 60,
+                              "done_check": ["test", "-f", str(workdir / "fence.done")]},
+            # no done_check: after a crash its outcome is unknown and it must be approved again
+            "update_traffic": {"command": [str(hook), "traffic"], "timeout_seconds": 60},
+        },
+        "engine": {"lease_seconds": 3},
+    }
+
+
+def runs(workdir: Path, hook: str) -> int:
+    path = workdir / f"{hook}.count"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+class Walk:
+    """A responder team walking one incident through Slack."""
+
+    def __init__(self, bot: AegisProcess, emulator: EmulatorServer, driver: SlackDriver | None = None) -> None:
+        self.bot = bot
+        self.emulator = emulator
+        self.state = emulator.state
+        self.driver = driver or emulator.driver
+        self.store = bot.store()
+        self.channel_id = ""
+        self.incident_id = 0
+
+    def declare(self, text: str = "incident database_failure critical primary database is down") -> None:
+        started = time.monotonic()
+        response = self.driver.slash("U0IC", text)
+        assert response.status_code == 200 and time.monotonic() - started < 3
+        chan = wait_for(lambda: channel(self.state, "inc-"), what="the incident channel")
+        self.channel_id = chan["id"]
+        with self.store.session() as session:
+            incident = svc.find_by_channel(session, self.channel_id)
+            assert incident is not None
+            self.incident_id = incident.id or 0
+
+    def chan(self) -> dict[str, Any]:
+        return channel_by_id(self.state, self.channel_id)
+
+    def click(self, user: str, action_id: str, value: str, driver: SlackDriver | None = None) -> Any:
+        message = wait_for(lambda: message_with_button(self.chan(), action_id, value),
+                           what=f"a {action_id} button with value {value}")
+        started = time.monotonic()
+        response = (driver or self.driver).click(user, action_id, value, self.channel_id, message["ts"])
+        assert response.status_code == 200 and time.monotonic() - started < 3, response.text
+        return response
+
+    def incident(self) -> Any:
+        with self.store.session() as session:
+            return svc.get(session, self.incident_id)
+
+    def wait_state(self, state: str, timeout: float = 60) -> None:
+        wait_for(lambda: self.incident().state == state, timeout=timeout,
+                 what=f"state {state} (now {self.incident().state}); log:\n{self.bot.log()[-3000:]}")
+
+    def steps(self) -> list[Any]:
+        with self.store.session() as session:
+            return svc.current_steps(session, self.incident_id)
+
+    def step(self, action: str, hook: str | None = None) -> Any:
+        return next(s for s in self.steps() if s.action == action and (hook is None or s.params.get("hook") == hook))
+
+    def wait_step(self, step_id: int, status: str, timeout: float = 60) -> Any:
+        def current() -> Any:
+            with self.store.session() as session:
+                return svc.get_step(session, step_id)
+        return wait_for(lambda: current().status == status and current(), timeout=timeout,
+                        what=f"step {step_id} {status} (now {current().status})")
+
+    def assemble_and_assess(self) -> None:
+        self.click("U0IC", "aegis_claim_role", "incident_commander")
+        self.wait_state("assessed")
+        wait_for(lambda: message_with_button(self.chan(), "aegis_approve"), what="the plan message")
+
+    def ledger(self, step_id: int) -> list[Any]:
+        with self.store.session() as session:
+            return svc.ledger_for_step(session, step_id)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    tmp_path.chmod(0o755)
+    return tmp_path
+
+
+@pytest.fixture
+def failed_primary(pg_pair: PgPair) -> PgPair:
+    pg_pair.primary.sql("CREATE TABLE orders (id int primary key, note text)")
+    pg_pair.primary.sql("INSERT INTO orders SELECT g, 'before failure' FROM generate_series(1, 100) g")
+    pg_pair.wait_replicated()
+    pg_pair.primary.stop("immediate")
+    return pg_pair
+
+
+def start_bot(workdir: Path, pair: PgPair, emulator: EmulatorServer, *, database_url: str | None = None,
+              name: str = "aegis") -> AegisProcess:
+    bot = AegisProcess(workdir, make_config(pair, workdir), database_url or f"sqlite:///{workdir}/aegis.db",
+                       emulator.api_url, name=name)
+    emulator.bot_url = bot.url
+    return bot.start()
+
+
+def assert_no_secrets(workdir: Path, emulator: EmulatorServer, bots: list[AegisProcess]) -> None:
+    posted = json.dumps(emulator.state.calls())
+    logs = "".join(bot.log() for bot in bots)
+    stored = b"".join(p.read_bytes() for p in workdir.glob("*.db*"))
+    for secret in (BOT_TOKEN, SIGNING_SECRET, PG_PASSWORD):
+        assert secret not in posted, "a secret was posted to Slack"
+        assert secret not in logs, "a secret was logged"
+        assert secret.encode() not in stored, "a secret was stored"
+
+
+def test_database_failure_walk_from_slash_command_to_closed(
+    workdir: Path, failed_primary: PgPair, emulator: EmulatorServer,
+) -> None:
+    bot = start_bot(workdir, failed_primary, emulator)
+    try:
+        walk = Walk(bot, emulator)
+        walk.declare()
+        card = wait_for(lambda: message_with_button(walk.chan(), "aegis_claim_role", "incident_commander"),
+                        what="the incident card")
+        assert "INC-" in all_text(card)
+        # the response team of the scenario was invited (R1)
+        assert {"U0IC", "U0DB", "U0INFRA"} <= set(walk.chan()["members"])
+        walk.assemble_and_assess()
+        steps = walk.steps()
+        assert [s.action for s in steps] == ["postgres_confirm_down", "hook", "postgres_promote", "hook", "verify"]
+        assert walk.incident().strategy == "failover"
+        # while the plan waits for approval, stakeholders get a reminder every reminder_minutes (3 s here)
+        wait_for(lambda: [m for m in channel_by_id(emulator.state, "C0STAKE")["messages"]
+                          if "still open" in all_text(m) and m.get("thread_ts")], timeout=20, what="a reminder")
+
+        fence, promote = walk.step("hook", "fence_primary"), walk.step("postgres_promote")
+        traffic = walk.step("hook", "update_traffic")
+        walk.click("U0INFRA", "aegis_approve", str(fence.id))        # first approval → recovering
+        walk.wait_step(fence.id, "succeeded")
+        assert walk.incident().state == "recovering"
+        assert failed_primary.standby.sql("SELECT pg_is_in_recovery()")[0][0] is True  # not before approval
+        walk.click("U0DB", "aegis_approve", str(promote.id))
+        walk.wait_step(promote.id, "succeeded")
+        walk.click("U0INFRA", "aegis_approve", str(traffic.id))
+        walk.wait_state("verified")
+
+        # the standby really was promoted: it accepts writes and kept the data
+        standby = failed_primary.standby
+        assert standby.sql("SELECT pg_is_in_recovery()")[0][0] is False
+        standby.sql("INSERT INTO orders VALUES (101, 'after failover')")
+        assert standby.sql("SELECT count(*) FROM orders")[0][0] == 101
+
+        # status shows the state name, the steps and who approved what
+        walk.driver.slash("U0IC", "status", channel_id=walk.channel_id)
+        status = wait_for(lambda: [r for r in emulator.state.responses_for("U0IC") if "verified" in json.dumps(r)],
+                          what="the status reply")
+        assert "U0DB" in json.dumps(status[-1]) and "Promote" in json.dumps(status[-1])
+
+        # close: the commander's button opens a modal; submitting it closes the incident
+        walk.click("U0IC", "aegis_close", str(walk.incident_id))
+        view = wait_for(lambda: [v for v in emulator.state.views() if v.get("callback_id") == "aegis_close_submit"],
+                        what="the close modal")[-1]
+        response = walk.driver.submit_view("U0IC", view["id"], {
+            "summary": {"value": {"type": "plain_text_input", "value": "Standby promoted; primary fenced."}}})
+        assert response.status_code == 200
+        walk.wait_state("closed")
+
+        incident = walk.incident()
+        assert incident.rpo_seconds is not None and incident.verified_at and incident.closed_at
+        closing = wait_for(lambda: [m for m in walk.chan()["messages"] if "RTO" in all_text(m)
+                                    and "RPO" in all_text(m)], what="the closing post")[-1]
+        closing_text = all_text(closing)
+        assert "target 4h" in closing_text and "replication lag" in closing_text
+
+        # stakeholders: one thread, its root shows the current state, one post per transition
+        stake = channel_by_id(emulator.state, "C0STAKE")
+        roots = [m for m in stake["messages"] if not m.get("thread_ts") or m.get("thread_ts") == m["ts"]]
+        assert len(roots) == 1 and "Closed" in all_text(roots[0]) or "closed" in all_text(roots[0])
+        replies = [m for m in stake["messages"] if m.get("thread_ts") == roots[0]["ts"] and m["ts"] != roots[0]["ts"]]
+        replies_text = "\n".join(all_text(m) for m in replies)
+        for state in ("assembled", "assessed", "recovering", "verified", "closed"):
+            assert state in replies_text.lower(), f"no stakeholder post for {state}"
+        assert "still open" in replies_text, "no reminder was posted while the incident was open"
+
+        # the timeline is complete: every transition, every approval, every step
+        with walk.store.session() as session:
+            events = svc.timeline(session, walk.incident_id)
+        transitions = [(e.source_state, e.dest_state) for e in events if e.kind == "transition"]
+        assert transitions == [(None, "detected"), ("detected", "assembled"), ("assembled", "assessed"),
+                               ("assessed", "recovering"), ("recovering", "verified"), ("verified", "closed")]
+        assert len([e for e in events if e.kind == "approval"]) == 3
+        assert len([e for e in events if e.kind == "step" and "succeeded" in e.text]) == 5
+        assert runs(workdir, "fence") == 1 and runs(workdir, "traffic") == 1
+    finally:
+        bot.stop()
+    assert_no_secrets(workdir, emulator, [bot])
+
+
+def test_bad_signatures_are_rejected_and_change_nothing(
+    workdir: Path, pg_pair: PgPair, emulator: EmulatorServer,
+) -> None:
+    bot = start_bot(workdir, pg_pair, emulator)
+    try:
+        body = "command=%2Faegis&text=incident+database_failure+critical+x&user_id=U0IC&channel_id=C0OPS"
+        assert emulator.driver.post_raw(body, {"Content-Type": "application/x-www-form-urlencoded"}).status_code == 401
+        wrong = SlackDriver(bot.url, "not-the-secret", emulator.state, emulator.url)
+        assert wrong.slash("U0IC", "incident database_failure critical x").status_code == 401
+        stale = emulator.driver.sign(body, int(time.time()) - 6 * 60)
+        stale["Content-Type"] = "application/x-www-form-urlencoded"
+        assert emulator.driver.post_raw(body, stale).status_code == 401
+        time.sleep(1)
+        with bot.store().session() as session:
+            assert svc.open_incidents(session) == []
+        assert channel(emulator.state, "inc-") is None
+    finally:
+        bot.stop()
+
+
+def test_unauthorised_click_is_refused_and_duplicate_approvals_execute_once(
+    workdir: Path, failed_primary: PgPair, emulator: EmulatorServer,
+) -> None:
+    bot = start_bot(workdir, failed_primary, emulator)
+    try:
+        walk = Walk(bot, emulator)
+        walk.declare()
+        walk.assemble_and_assess()
+        fence, promote = walk.step("hook", "fence_primary"), walk.step("postgres_promote")
+
+        # an outsider presses Approve on the promotion: ephemeral refusal, audit event, nothing changes
+        walk.click("U0OUT", "aegis_approve", str(promote.id))
+        refusal = wait_for(lambda: emulator.state.responses_for("U0OUT"), what="the refusal")
+        assert "not allowed" in json.dumps(refusal).lower() or "approve" in json.dumps(refusal).lower()
+        with walk.store.session() as session:
+            audits = [e for e in svc.timeline(session, walk.incident_id) if e.kind == "audit"]
+            assert audits and "U0OUT" == audits[-1].actor
+            assert svc.get_step(session, promote.id).status == "awaiting_approval"
+            assert svc.get(session, walk.incident_id).state == "assessed"
+
+        # the same approval delivered twice at once, then again as a Slack retry
+        message = message_with_button(walk.chan(), "aegis_approve", str(fence.id))
+        barrier = threading.Barrier(2)
+
+        def press() -> None:
+            barrier.wait()
+            walk.driver.click("U0INFRA", "aegis_approve", str(fence.id), walk.channel_id, message["ts"])
+
+        threads = [threading.Thread(target=press) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        walk.driver.click("U0INFRA", "aegis_approve", str(fence.id), walk.channel_id, message["ts"], retry_num=1)
+        walk.wait_step(fence.id, "succeeded")
+
+        message = message_with_button(walk.chan(), "aegis_approve", str(promote.id))
+        barrier = threading.Barrier(3)
+
+        def promote_click(retry: int | None) -> None:
+            barrier.wait()
+            walk.driver.click("U0DB", "aegis_approve", str(promote.id), walk.channel_id, message["ts"],
+                              retry_num=retry)
+
+        threads = [threading.Thread(target=promote_click, args=(r,)) for r in (None, None, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        walk.wait_step(promote.id, "succeeded")
+        time.sleep(2)   # give any duplicate a chance to show up
+        assert runs(workdir, "fence") == 1
+        assert len(walk.ledger(fence.id)) == 1 and len(walk.ledger(promote.id)) == 1
+        with walk.store.session() as session:
+            approvals = [a for a in svc.all_approvals(session, walk.incident_id) if a.step_id == promote.id]
+        assert len(approvals) == 1
+        # the standby was promoted once: one timeline switch, 1 → 2
+        assert failed_primary.standby.sql("SELECT timeline_id FROM pg_control_checkpoint()")[0][0] in (1, 2)
+        assert failed_primary.standby.sql("SELECT pg_is_in_recovery()")[0][0] is False
+    finally:
+        bot.stop()
+    assert_no_secrets(workdir, emulator, [bot])
+
+
+def test_sigkill_mid_step_resumes_by_the_ledger_rule(
+    workdir: Path, failed_primary: PgPair, emulator: EmulatorServer,
+) -> None:
+    bot = start_bot(workdir, failed_primary, emulator)
+    bot.env["HOOK_SLEEP_fence"] = "6"
+    bot.env["HOOK_SLEEP_traffic"] = "6"
+    bot.stop()
+    bot.start()
+    bots = [bot]
+    walk = Walk(bot, emulator)
+    try:
+        walk.declare()
+        walk.assemble_and_assess()
+        fence = walk.step("hook", "fence_primary")
+        promote, traffic = walk.step("postgres_promote"), walk.step("hook", "update_traffic")
+
+        # 1) killed while a step with an is_done probe runs: after restart it is confirmed, not re-run
+        walk.click("U0INFRA", "aegis_approve", str(fence.id))
+        wait_for(lambda: runs(workdir, "fence") == 1, what="the fence hook to start")
+        bot.kill()
+        # the hook outlives the bot (its own process group) and finishes while the bot is down
+        wait_for(lambda: (workdir / "fence.done").exists(), timeout=15, what="the orphaned hook to finish")
+        bot.start()
+        walk.wait_step(fence.id, "succeeded", timeout=60)
+        assert runs(workdir, "fence") == 1
+        assert walk.ledger(fence.id)[0].status == "interrupted"
+
+        # 2) killed while a step without a probe runs: it is not re-run; approval is asked again
+        walk.click("U0DB", "aegis_approve", str(promote.id))
+        walk.wait_step(promote.id, "succeeded")
+        walk.click("U0INFRA", "aegis_approve", str(traffic.id))
+        wait_for(lambda: runs(workdir, "traffic") == 1, what="the traffic hook to start")
+        bot.kill()
+        bot.start()
+        step = walk.wait_step(traffic.id, "awaiting_approval", timeout=60)
+        assert step.attempt == 2 and runs(workdir, "traffic") == 1
+        wait_for(lambda: [m for m in walk.chan()["messages"] if "restart" in all_text(m).lower()],
+                 what="a re-approval request in the channel")
+        time.sleep(2)
+        assert runs(workdir, "traffic") == 1, "a destructive step ran again without a new approval"
+
+        # a responder approves again: it runs (once more) and the incident is verified
+        walk.click("U0INFRA", "aegis_approve", str(traffic.id))
+        walk.wait_state("verified")
+        assert runs(workdir, "traffic") == 2 and runs(workdir, "fence") == 1
+        assert failed_primary.standby.sql("SELECT pg_is_in_recovery()")[0][0] is False
+    finally:
+        bot.stop()
+    assert_no_secrets(workdir, emulator, bots)
+
+
+def test_two_replicas_on_one_postgresql_store_execute_a_click_once(
+    workdir: Path, failed_primary: PgPair, emulator: EmulatorServer,
+) -> None:
+    store_server = PgSingle.create()
+    try:
+        store_server.primary.sql("CREATE DATABASE aegis")
+        node = store_server.primary
+        url = f"postgresql+psycopg://postgres@/aegis?host={node.socket_dir}&port={node.port}"
+        first = start_bot(workdir, failed_primary, emulator, database_url=url, name="first")
+        second = AegisProcess(workdir, make_config(failed_primary, workdir), url, emulator.api_url,
+                              name="second").start()
+        second_driver = SlackDriver(second.url, SIGNING_SECRET, emulator.state, emulator.url)
+        try:
+            walk = Walk(first, emulator)
+            walk.declare()
+            walk.assemble_and_assess()
+            fence, promote = walk.step("hook", "fence_primary"), walk.step("postgres_promote")
+            for step, user in ((fence, "U0INFRA"), (promote, "U0DB")):
+                message = message_with_button(walk.chan(), "aegis_approve", str(step.id))
+                barrier = threading.Barrier(2)
+
+                def press(driver: SlackDriver, step_id: int = step.id, who: str = user,
+                          ts: str = message["ts"]) -> None:
+                    barrier.wait()
+                    driver.click(who, "aegis_approve", str(step_id), walk.channel_id, ts)
+
+                threads = [threading.Thread(target=press, args=(d,)) for d in (emulator.driver, second_driver)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                walk.wait_step(step.id, "succeeded")
+            time.sleep(2)
+            assert runs(workdir, "fence") == 1
+            assert len(walk.ledger(fence.id)) == 1 and len(walk.ledger(promote.id)) == 1
+        finally:
+            first.stop()
+            second.stop()
+        assert_no_secrets(workdir, emulator, [first, second])
+    finally:
+        store_server.destroy()
+
+
+def test_slack_errors_are_retried_or_recorded_and_state_survives(
+    workdir: Path, failed_primary: PgPair, emulator: EmulatorServer,
+) -> None:
+    bot = start_bot(workdir, failed_primary, emulator)
+    try:
+        faults = emulator.state.faults
+        faults.add(fault_from_json({"method": "chat.postMessage", "count": 2, "status": 429, "retry_after": 1}))
+        faults.add(fault_from_json({"method": "chat.update", "count": 1, "error": "internal_error"}))
+        walk = Walk(bot, emulator)
+        walk.declare()
+        # rate-limited twice, then posted: the card arrives and the lifecycle goes on
+        wait_for(lambda: message_with_button(walk.chan(), "aegis_claim_role", "incident_commander"), timeout=30,
+                 what="the card after 429s")
+        limited = [c for c in emulator.state.calls("chat.postMessage") if c.get("http_status") == 429]
+        assert len(limited) == 2
+        walk.assemble_and_assess()
+
+        # a permanent error: the post is recorded as failed on the timeline, the state is kept
+        faults.add(fault_from_json({"method": "chat.postMessage", "count": 50, "error": "channel_not_found"}))
+        fence = walk.step("hook", "fence_primary")
+        walk.click("U0INFRA", "aegis_approve", str(fence.id))
+        walk.wait_step(fence.id, "succeeded")
+        with walk.store.session() as session:
+            errors = wait_for(lambda: [e for e in svc.timeline(session, walk.incident_id)
+                                       if e.kind == "slack_error"], what="a recorded Slack error")
+            assert "channel_not_found" in errors[-1].text
+        assert walk.incident().state == "recovering"
+        faults.clear()
+        walk.driver.slash("U0IC", f"status INC-{walk.incident_id}")
+        wait_for(lambda: [r for r in emulator.state.responses_for("U0IC") if "recovering" in json.dumps(r)],
+                 what="status after the outage")
+    finally:
+        bot.stop()
+    assert_no_secrets(workdir, emulator, [bot])

@@ -1,0 +1,741 @@
+"""Message layer: Block Kit structure, the button contract, both locales, and Slack's limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from messages import blocks, render
+from messages.views import (
+    ApprovalView,
+    CheckView,
+    IncidentView,
+    Message,
+    ObjectiveReport,
+    RoleView,
+    StepView,
+    TimelineItem,
+    TransitionView,
+)
+
+T0 = datetime(2026, 11, 26, 9, 58, tzinfo=UTC)
+LOCALES = render.LOCALES
+STATE_NAMES = {"en": "recovering", "ko": "복구 중"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Realistic views
+
+
+def make_steps() -> list[StepView]:
+    return [
+        StepView(11, 1, "Check primary health", "check", "low", [], 0, "succeeded",
+                 detail="pg-primary: connection refused"),
+        StepView(12, 2, "Fence old primary pg-primary", "hook", "high", ["infrastructure_lead"], 1,
+                 "succeeded", [ApprovalView("U0INFRA", "approve", T0 + timedelta(minutes=5))]),
+        StepView(13, 3, "Promote standby pg-standby", "postgres_promote", "critical", ["database_lead"], 1,
+                 "awaiting_approval"),
+        StepView(14, 4, "Restore orders from backup", "restore", "critical",
+                 ["security_lead", "database_lead"], 2, "failed",
+                 [ApprovalView("U0SEC", "approve", T0 + timedelta(minutes=9)),
+                  ApprovalView("U0DB", "approve", T0 + timedelta(minutes=10))],
+                 detail="checksum mismatch in chunk 17"),
+        StepView(15, 5, "Tell customers", "manual", "low", ["communication_manager"], 1,
+                 "awaiting_approval", manual=True),
+        StepView(16, 6, "Repoint application", "hook", "high", ["infrastructure_lead"], 1, "pending"),
+    ]
+
+
+def make_view(state: str = "recovering", **overrides: Any) -> IncidentView:
+    fields: dict[str, Any] = {
+        "key": "INC-7",
+        "id": 7,
+        "scenario": "database_failure",
+        "severity": "critical",
+        "summary": "Primary database is not accepting writes",
+        "state": state,
+        "declared_by": "U0IC",
+        "declared_at": T0,
+        "channel_id": "C0INC7",
+        "roles": [
+            RoleView("incident_commander", "U0IC"),
+            RoleView("database_lead", None),
+            RoleView("infrastructure_lead", "U0INFRA"),
+            RoleView("security_lead", None),
+        ],
+        "steps": make_steps(),
+        "strategy": "failover",
+        "checks": [
+            CheckView("pg-primary", "postgres", False, "connection refused"),
+            CheckView("user-authentication", "http", True, "200 OK in 12 ms"),
+            CheckView("pg-standby", "tcp", True, "accepting connections on port 5433"),
+        ],
+        "timeline": [
+            TimelineItem(T0, "transition", "U0IC", "declared"),
+            TimelineItem(T0 + timedelta(minutes=2), "transition", "U0IC", "took command"),
+            TimelineItem(T0 + timedelta(minutes=4), "step", "aegis", "health checks ran"),
+        ],
+        "updated_at": T0 + timedelta(hours=1, minutes=2),
+    }
+    fields.update(overrides)
+    return IncidentView(**fields)
+
+
+def make_report(rto: float | None = 5 * 3600) -> ObjectiveReport:
+    return ObjectiveReport(
+        rto_seconds=rto, rto_target_seconds=4 * 3600,
+        rpo_seconds=12, rpo_target_seconds=15 * 60, rpo_basis="replication lag at failover",
+        mttr_seconds=5.5 * 3600, mttr_target_seconds=2 * 3600,
+    )
+
+
+def long_timeline(n: int) -> list[TimelineItem]:
+    return [TimelineItem(T0 + timedelta(minutes=i), "note", "U0IC" if i % 2 else "aegis",
+                         f"event {i}: " + "x" * 150) for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def buttons(msg: Message) -> list[tuple[str, str, str]]:
+    """(block_id, action_id, value) of every button, in order."""
+    return [(b["block_id"], e["action_id"], e["value"])
+            for b in msg.blocks if b["type"] == "actions" for e in b["elements"]]
+
+
+def button_labels(msg: Message) -> dict[tuple[str, str], str]:
+    return {(e["action_id"], e["value"]): e["text"]["text"]
+            for b in msg.blocks if b["type"] == "actions" for e in b["elements"]}
+
+
+def all_text(msg: Message) -> str:
+    parts = [msg.text]
+    for b in msg.blocks:
+        if "text" in b:
+            parts.append(b["text"]["text"])
+        for e in b.get("elements", []):
+            parts.append(e["text"]["text"] if e.get("type") == "button" else e.get("text", ""))
+    return "\n".join(parts)
+
+
+def assert_slack_valid(msg: Message) -> None:
+    assert isinstance(msg, Message)
+    assert msg.text.strip(), "the notification fallback must never be empty"
+    assert len(msg.blocks) <= 50
+    block_ids = [b["block_id"] for b in msg.blocks]
+    assert len(block_ids) == len(set(block_ids)), f"duplicate block_id in {block_ids}"
+    for b in msg.blocks:
+        if b["type"] == "section":
+            assert 0 < len(b["text"]["text"]) <= 3000
+        elif b["type"] == "header":
+            assert b["text"]["type"] == "plain_text" and 0 < len(b["text"]["text"]) <= 150
+        elif b["type"] == "context":
+            assert 1 <= len(b["elements"]) <= 10
+            assert all(len(e["text"]) <= 3000 for e in b["elements"])
+        elif b["type"] == "actions":
+            assert 1 <= len(b["elements"]) <= 25
+            ids = [e["action_id"] for e in b["elements"]]
+            assert len(ids) == len(set(ids)), "action_id must be unique within a block"
+            assert all(0 < len(e["text"]["text"]) <= 75 for e in b["elements"])
+        else:
+            pytest.fail(f"unexpected block type {b['type']}")
+    # A variable that rendered as Python's None is a template bug that StrictUndefined cannot see.
+    assert "None" not in all_text(msg)
+
+
+def assert_modal_valid(view: dict[str, Any]) -> None:
+    assert view["type"] == "modal"
+    for key in ("title", "submit", "close"):
+        assert view[key]["type"] == "plain_text" and 0 < len(view[key]["text"]) <= 24
+    for b in view["blocks"]:
+        if b["type"] == "input":
+            assert 0 < len(b["label"]["text"]) <= 2000
+            assert b["element"]["action_id"] == "value"
+
+
+def every_message(locale: str) -> dict[str, Message]:
+    """One of every message, with the context each refusal/usage problem needs."""
+    v = make_view()
+    step = v.steps[2]
+    t = TransitionView("assessed", "recovering", "U0DB", "plan approved", T0)
+    msgs: dict[str, Message] = {
+        "incident_card": blocks.incident_card(v, locale),
+        "incident_card_closed": blocks.incident_card(make_view("closed"), locale),
+        "plan": blocks.plan_message(v, locale),
+        "plan_empty": blocks.plan_message(make_view("assembled", steps=[], strategy=None), locale),
+        "assessment": blocks.assessment(v, locale),
+        "assessment_empty": blocks.assessment(make_view(checks=[], strategy=None), locale),
+        "stakeholder_root": blocks.stakeholder_root(v, locale),
+        "stakeholder_update": blocks.stakeholder_update(v, t, locale),
+        "stakeholder_update_auto": blocks.stakeholder_update(
+            v, TransitionView("recovering", "verified", None, "", T0), locale),
+        "reminder": blocks.reminder(v, 3725, locale),
+        "closing_report": blocks.closing_report(make_view("closed", close_summary="Failed over"),
+                                                make_report(), locale),
+        "closing_report_false_alarm": blocks.closing_report(
+            make_view("closed", steps=[], timeline=[]),
+            ObjectiveReport(None, 14400, None, 900, "not measured", None, 7200), locale),
+        "status_reply": blocks.status_reply(v, locale),
+        "status_reply_empty": blocks.status_reply(make_view("detected", steps=[], roles=[]), locale),
+        "incident_list": blocks.incident_list([v, make_view("assessed", key="INC-8", id=8, channel_id=None)],
+                                              locale),
+        "incident_list_empty": blocks.incident_list([], locale),
+        "help": blocks.help_text(locale),
+        "reapproval": blocks.reapproval_request(v, step, locale),
+        "step_result_ok": blocks.step_result(v, v.steps[1], locale),
+        "step_result_failed": blocks.step_result(v, v.steps[3], locale),
+        "step_result_other": blocks.step_result(v, v.steps[5], locale),
+        "ops_notice": blocks.ops_notice("Backup failed", "pg_basebackup: disk full", locale),
+    }
+    for waiting_state in ("detected", "assembled", "assessed", "recovering", "verified", "closed"):
+        msgs[f"reminder_{waiting_state}"] = blocks.reminder(make_view(waiting_state, steps=[]), 60, locale)
+    for problem, ctx in USAGE_PROBLEMS.items():
+        msgs[f"usage_{problem}"] = blocks.usage_error(problem, locale, **ctx)
+    for reason, ctx in REFUSALS.items():
+        msgs[f"refusal_{reason}"] = blocks.refusal(reason, locale, **ctx)
+    msgs["refusal_not_commander_nobody"] = blocks.refusal("not_commander", locale, commander=None)
+    return msgs
+
+
+USAGE_PROBLEMS: dict[str, dict[str, Any]] = {
+    "unknown_command": {"text": "frobnicate now"},
+    "unknown_scenario": {"value": "meteor"},
+    "unknown_severity": {"value": "apocalyptic"},
+    "missing_summary": {},
+    "incident_not_found": {"key": "INC-99"},
+    "no_incident_here": {},
+}
+REFUSALS: dict[str, dict[str, Any]] = {
+    "not_allowed_to_approve": {"step_title": "Promote standby",
+                               "roles": ["database_lead", "incident_commander"]},
+    "not_commander": {"commander": "U0IC"},
+    "role_taken": {"role": "database_lead", "holder": "U0DB"},
+    "not_on_roster": {"role": "security_lead"},
+    "step_not_awaiting": {"step_title": "Promote standby", "status": "running"},
+    "already_approved": {"step_title": "Promote standby"},
+    "second_approver_required": {"step_title": "Restore orders from backup"},
+    "wrong_state": {"action": "close", "state": "recovering"},
+    "internal_error": {"reference": "err-4f2a9c"},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Templates and names
+
+
+def test_every_template_exists_in_both_locales() -> None:
+    en, ko = set(render.template_names("en")), set(render.template_names("ko"))
+    assert en == ko
+    assert {"names.j2", "incident_card.j2", "plan.j2", "refusal.j2", "usage_error.j2"} <= en
+
+
+@pytest.mark.parametrize("table", render.NAME_TABLES)
+def test_name_tables_have_the_same_keys_in_both_locales(table: str) -> None:
+    assert list(render.name_table("en", table)) == list(render.name_table("ko", table))
+
+
+@pytest.mark.parametrize("table, keys", [
+    ("states", ["detected", "assembled", "assessed", "recovering", "verified", "closed"]),
+    ("roles", ["incident_commander", "infrastructure_lead", "database_lead", "application_lead",
+               "security_lead", "communication_manager"]),
+    ("scenarios", ["datacenter_outage", "database_failure", "ransomware"]),
+    ("severities", ["critical", "high", "medium", "low"]),
+    ("risks", ["low", "high", "critical"]),
+    ("step_statuses", ["pending", "awaiting_approval", "approved", "running", "succeeded", "failed",
+                       "rejected", "skipped"]),
+    ("strategies", ["failover", "restore_from_backup", "partial_recovery", "manual"]),
+    ("check_kinds", ["tcp", "http", "postgres"]),
+    ("operations", ["claim", "claim_role", "approve", "reject", "retry", "abort", "close"]),
+])
+def test_every_known_id_has_a_display_name(table: str, keys: list[str]) -> None:
+    for locale in LOCALES:
+        names = render.name_table(locale, table)
+        assert set(keys) <= set(names), (locale, set(keys) - set(names))
+        assert all(names[k].strip() for k in keys)
+
+
+def test_korean_names_are_operational_korean() -> None:
+    states = render.name_table("ko", "states")
+    assert states == {"detected": "탐지됨", "assembled": "소집됨", "assessed": "평가됨",
+                      "recovering": "복구 중", "verified": "검증됨", "closed": "종료됨"}
+    roles = render.name_table("ko", "roles")
+    assert roles["incident_commander"] == "인시던트 지휘관"
+    assert roles["database_lead"] == "데이터베이스 리드"
+
+
+def test_filters() -> None:
+    assert render.format_user("U123") == "<@U123>"
+    assert render.format_user("aegis") == "Aegis"
+    assert render.format_user("<!channel>") == "&lt;!channel&gt;"
+    assert render.format_dt(datetime(2026, 11, 26, 18, 58, tzinfo=UTC)) == "2026-11-26 18:58 UTC"
+    kst = datetime(2026, 11, 26, 18, 58, tzinfo=UTC).astimezone(timezone(timedelta(hours=9)))
+    assert render.format_dt(kst) == "2026-11-26 18:58 UTC"
+    en, ko = render.name_table("en", "durations"), render.name_table("ko", "durations")
+    assert render.format_duration(en, 3720) == "1h 02m"
+    assert render.format_duration(en, 45) == "45s"
+    assert render.format_duration(en, 190) == "3m 10s"
+    assert render.format_duration(en, None) == "—"
+    assert render.format_duration(ko, 3720) == "1시간 2분"
+    assert render.format_duration(ko, 4 * 3600) == "4시간"
+    assert render.format_duration(ko, None) == "—"
+
+
+def test_unknown_locale_falls_back_to_english() -> None:
+    assert render.text("fr", "buttons", part="approve") == "Approve"
+    assert blocks.help_text("xx").text == blocks.help_text("en").text
+
+
+def test_missing_variable_is_an_error() -> None:
+    from jinja2 import UndefinedError
+
+    with pytest.raises(UndefinedError):
+        render.text("en", "refusal", reason="role_taken", role="database_lead")  # no holder
+
+
+# ---------------------------------------------------------------------------------------------
+# Every message, both locales: limits hold and nothing is undefined
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_every_message_renders_within_slack_limits(locale: str) -> None:
+    for name, msg in every_message(locale).items():
+        try:
+            assert_slack_valid(msg)
+        except AssertionError as exc:
+            raise AssertionError(f"{locale}/{name}: {exc}") from exc
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_locales_really_differ(locale: str) -> None:
+    other = "ko" if locale == "en" else "en"
+    mine, theirs = every_message(locale), every_message(other)
+    for name in mine:
+        if name != "ops_notice":  # the caller renders ops notices
+            assert all_text(mine[name]) != all_text(theirs[name]), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Incident card
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_incident_card_buttons(locale: str) -> None:
+    msg = blocks.incident_card(make_view(), locale)
+    assert buttons(msg) == [
+        ("claim_database_lead", "aegis_claim_role", "database_lead"),
+        ("claim_security_lead", "aegis_claim_role", "security_lead"),
+        ("incident_actions", "aegis_close", "7"),
+    ]
+    close = next(e for b in msg.blocks if b["type"] == "actions" for e in b["elements"]
+                 if e["action_id"] == "aegis_close")
+    assert close["style"] == "danger"
+    assert msg.blocks[0]["type"] == "header"
+    assert "INC-7" in msg.blocks[0]["text"]["text"]
+    assert STATE_NAMES[locale] in all_text(msg)
+    labels = button_labels(msg)
+    assert labels[("aegis_claim_role", "database_lead")] == (
+        "Claim database lead" if locale == "en" else "데이터베이스 리드 맡기")
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_closed_incident_card_has_no_close_button(locale: str) -> None:
+    v = make_view("closed", roles=[RoleView("incident_commander", "U0IC")])
+    msg = blocks.incident_card(v, locale)
+    assert buttons(msg) == []
+    assert ("closed" if locale == "en" else "종료됨") in all_text(msg)
+
+
+def test_incident_card_shows_holders_and_unclaimed() -> None:
+    text = all_text(blocks.incident_card(make_view(), "en"))
+    assert "<@U0IC>" in text and "<@U0INFRA>" in text and "unclaimed" in text
+    assert "미지정" in all_text(blocks.incident_card(make_view(), "ko"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_plan_buttons_only_where_a_decision_is_needed(locale: str) -> None:
+    msg = blocks.plan_message(make_view(), locale)
+    assert buttons(msg) == [
+        ("step_13", "aegis_approve", "13"), ("step_13", "aegis_reject", "13"),
+        ("step_14", "aegis_retry", "14"), ("step_14", "aegis_abort", "14"),
+        ("step_15", "aegis_approve", "15"), ("step_15", "aegis_reject", "15"),
+    ]
+    styles = {(e["action_id"], e["value"]): e.get("style")
+              for b in msg.blocks if b["type"] == "actions" for e in b["elements"]}
+    assert styles[("aegis_approve", "13")] == "primary"
+    assert styles[("aegis_reject", "13")] == "danger"
+    assert styles[("aegis_abort", "14")] == "danger"
+    labels = button_labels(msg)
+    if locale == "en":
+        assert labels[("aegis_approve", "13")] == "Approve"
+        assert labels[("aegis_approve", "15")] == "Mark done"
+    else:
+        assert labels[("aegis_approve", "13")] == "승인"
+        assert labels[("aegis_approve", "15")] == "완료 표시"
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_plan_shows_steps_statuses_and_approvals(locale: str) -> None:
+    msg = blocks.plan_message(make_view(), locale)
+    text = all_text(msg)
+    assert msg.blocks[0]["type"] == "header"
+    assert ("failover" if locale == "en" else "페일오버") in msg.blocks[0]["text"]["text"]
+    for n, title in enumerate(["Check primary health", "Fence old primary pg-primary",
+                               "Promote standby pg-standby", "Restore orders from backup"], start=1):
+        assert f"{n}. {title}" in text
+    assert "✅" in text and "❌" in text and "🔒" in text and "⏳" in text
+    assert "<@U0SEC>, <@U0DB> (2/2)" in text
+    assert "<@U0INFRA> (1/1)" in text
+    # The failure detail is shown in a context block under its step.
+    detail = next(b for b in msg.blocks if b["block_id"] == "step_14_detail")
+    assert detail["type"] == "context" and "checksum mismatch" in detail["elements"][0]["text"]
+    if locale == "en":
+        assert "approved by" in text.lower() and "database lead" in text and "awaiting approval" in text
+    else:
+        assert "승인 대기" in text and "데이터베이스 리드" in text
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_plan_without_steps(locale: str) -> None:
+    msg = blocks.plan_message(make_view("assembled", steps=[], strategy=None), locale)
+    assert buttons(msg) == []
+    assert ("No plan yet" if locale == "en" else "아직 복구 계획이 없습니다") in all_text(msg)
+
+
+def huge_plan(n: int) -> list[StepView]:
+    statuses = ["succeeded", "awaiting_approval", "pending", "failed", "running"]
+    return [StepView(100 + i, i + 1, f"Step number {i}", "hook", "high", ["database_lead"], 1,
+                     statuses[i % len(statuses)], detail="some output " * 20) for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [30, 60])
+def test_long_plan_keeps_every_button_within_50_blocks(n: int) -> None:
+    steps = huge_plan(n)
+    for locale in LOCALES:
+        msg = blocks.plan_message(make_view(steps=steps), locale)
+        assert_slack_valid(msg)
+        assert {v for _, _, v in buttons(msg)} == {
+            str(s.id) for s in steps if s.status in ("awaiting_approval", "failed")}
+        assert f"Step number {n - 1}" in all_text(msg)
+
+
+def test_absurd_plan_is_cut_cleanly() -> None:
+    msg = blocks.plan_message(make_view(steps=huge_plan(120)), "en")
+    assert_slack_valid(msg)
+    assert msg.blocks[-1]["block_id"] == "truncated" and "more blocks" in all_text(msg)
+    # Every actions block still follows the section describing its step.
+    for i, b in enumerate(msg.blocks):
+        if b["type"] == "actions":
+            assert msg.blocks[i - 1]["type"] == "section"
+            assert msg.blocks[i - 1]["block_id"].startswith(b["block_id"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Assessment, status, list
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_assessment(locale: str) -> None:
+    msg = blocks.assessment(make_view("assessed"), locale)
+    text = all_text(msg)
+    assert "❌ *pg-primary* (PostgreSQL) — connection refused" in text
+    assert "✅ *user-authentication* (HTTP)" in text
+    assert ("failover to the standby" if locale == "en" else "스탠바이로 페일오버") in text
+    assert buttons(msg) == []
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_status_reply(locale: str) -> None:
+    msg = blocks.status_reply(make_view(), locale)
+    text = all_text(msg)
+    assert STATE_NAMES[locale] in text
+    assert "<@U0SEC>, <@U0DB> (2/2)" in text
+    assert "<@U0INFRA>" in text
+    assert ("database lead" if locale == "en" else "데이터베이스 리드") in text.lower()
+    assert buttons(msg) == []
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_incident_list(locale: str) -> None:
+    items = [make_view(), make_view("assessed", key="INC-8", id=8, channel_id="C0INC8"),
+             make_view("closed", key="INC-3", id=3)]
+    msg = blocks.incident_list(items, locale)
+    text = all_text(msg)
+    assert "INC-7" in text and "INC-8" in text and "INC-3" not in text
+    assert "<#C0INC7>" in text and "<#C0INC8>" in text
+    assert STATE_NAMES[locale] in text
+    empty = blocks.incident_list([make_view("closed")], locale)
+    assert empty.text == ("No open incidents. 🎉" if locale == "en" else "진행 중인 인시던트가 없습니다. 🎉")
+
+
+def test_many_incidents_split_into_sections() -> None:
+    items = [make_view(key=f"INC-{i}", id=i, summary="s" * 500) for i in range(40)]
+    msg = blocks.incident_list(items, "en")
+    assert_slack_valid(msg)
+    assert len([b for b in msg.blocks if b["type"] == "section"]) > 1
+    assert "INC-39" in all_text(msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stakeholders and reminders
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_stakeholder_root_shows_current_state_in_bold(locale: str) -> None:
+    for state in ("detected", "recovering", "closed"):
+        msg = blocks.stakeholder_root(make_view(state), locale)
+        name = render.name_table(locale, "states")[state]
+        assert f"*{name}*" in msg.blocks[0]["text"]["text"]
+        assert name in msg.text
+    msg = blocks.stakeholder_root(make_view(), locale)
+    assert "2026-11-26 11:00 UTC" in all_text(msg)  # last update
+    assert "INC-7" in msg.text
+
+
+def test_stakeholder_update() -> None:
+    v = make_view()
+    t = TransitionView("assessed", "recovering", "U0DB", "plan approved", T0)
+    en = blocks.stakeholder_update(v, t, "en")
+    assert en.text == "INC-7 moved from *assessed* to *recovering* (by <@U0DB>): plan approved"
+    ko = blocks.stakeholder_update(v, t, "ko")
+    assert "*평가됨* → *복구 중*" in ko.text and "<@U0DB>" in ko.text
+    auto = blocks.stakeholder_update(v, TransitionView("recovering", "verified", "aegis", "", T0), "en")
+    assert auto.text == "INC-7 moved from *recovering* to *verified* (by Aegis)"
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_reminder_names_what_is_awaited(locale: str) -> None:
+    v = make_view(steps=[s for s in make_steps() if s.status != "failed"])
+    msg = blocks.reminder(v, 3725, locale)
+    text = all_text(msg)
+    assert STATE_NAMES[locale] in text
+    assert ("1h 02m" if locale == "en" else "1시간 2분") in text
+    assert "Promote standby pg-standby" in text  # the first step awaiting approval, by name
+    failed = blocks.reminder(make_view(), 60, locale)
+    assert "Restore orders from backup" in failed.text  # a failed step is the most urgent
+
+
+def test_reminder_waiting_for_commander() -> None:
+    v = make_view("detected", steps=[], roles=[RoleView("incident_commander", None)])
+    assert "incident commander" in blocks.reminder(v, 600, "en").text
+    assert "인시던트 지휘관" in blocks.reminder(v, 600, "ko").text
+
+
+# ---------------------------------------------------------------------------------------------
+# Closing report
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_closing_report_marks_missed_rto(locale: str) -> None:
+    msg = blocks.closing_report(make_view("closed", close_summary="Failed over to pg-standby"),
+                                make_report(rto=5 * 3600), locale)
+    objectives = next(b for b in msg.blocks if b["block_id"] == "report_objectives")["text"]["text"]
+    rto_line = next(line for line in objectives.splitlines() if "RTO" in line)
+    assert "⚠️" in rto_line and ("missed" if locale == "en" else "목표 초과") in rto_line
+    assert ("5h 00m" if locale == "en" else "5시간") in rto_line
+    rpo_line = next(line for line in objectives.splitlines() if "RPO" in line)
+    assert "✅" in rpo_line and "replication lag at failover" in rpo_line
+    assert "MTTR" in objectives
+    assert "⚠️" in msg.text  # the notification says it too
+    text = all_text(msg)
+    assert "Failed over to pg-standby" in text and "took command" in text
+
+
+def test_closing_report_met_rto_and_false_alarm() -> None:
+    met = blocks.closing_report(make_view("closed"), make_report(rto=3600), "en")
+    objectives = next(b for b in met.blocks if b["block_id"] == "report_objectives")["text"]["text"]
+    assert "✅ met" in next(line for line in objectives.splitlines() if "RTO" in line)
+    false_alarm = blocks.closing_report(
+        make_view("closed", steps=[]),
+        ObjectiveReport(None, 14400, None, 900, "not measured", 600, 7200), "en")
+    assert "not reached" in all_text(false_alarm)
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_closing_report_with_200_timeline_items(locale: str) -> None:
+    msg = blocks.closing_report(make_view("closed", timeline=long_timeline(200)), make_report(), locale)
+    assert_slack_valid(msg)
+    text = all_text(msg)
+    lines = [line for line in text.splitlines() if line.startswith("`2026-")]
+    assert len(lines) == 40
+    assert "event 0:" in text and "event 199:" in text and "event 100:" not in text
+    assert ("160 more events" if locale == "en" else "이벤트 160건 생략") in text
+
+
+def test_timeline_of_very_long_lines_is_split_into_sections() -> None:
+    items = [TimelineItem(T0, "note", "U0IC", "y" * 5000) for _ in range(40)]
+    msg = blocks.closing_report(make_view("closed", timeline=items), make_report(), "en")
+    assert_slack_valid(msg)
+    assert len([b for b in msg.blocks if b["block_id"].startswith("report_timeline")]) > 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Help, usage errors, refusals
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_help_lists_every_command(locale: str) -> None:
+    text = all_text(blocks.help_text(locale))
+    for command in ("/aegis incident <scenario> <severity> <summary…>", "/aegis status [INC-id]",
+                    "/aegis list", "/aegis help", "datacenter_outage", "database_failure", "ransomware",
+                    "critical", "high", "medium", "low"):
+        assert command in text
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+@pytest.mark.parametrize("problem", list(USAGE_PROBLEMS))
+def test_usage_errors_say_what_to_type(locale: str, problem: str) -> None:
+    msg = blocks.usage_error(problem, locale, **USAGE_PROBLEMS[problem])
+    text = all_text(msg)
+    assert "/aegis incident <scenario> <severity> <summary…>" in text  # the usage line
+    for value in USAGE_PROBLEMS[problem].values():
+        assert value in text
+    assert "/aegis incident <scenario>" not in msg.text  # the notification is just the problem
+
+
+def test_usage_error_hints() -> None:
+    assert "`datacenter_outage`, `database_failure`, `ransomware`" in blocks.usage_error(
+        "unknown_scenario", "en", value="meteor").text
+    assert "`critical`, `high`, `medium`, `low`" in blocks.usage_error(
+        "unknown_severity", "en", value="x").text
+    assert "/aegis status INC-7" in blocks.usage_error("no_incident_here", "en").text
+    assert "``" not in blocks.usage_error("unknown_severity", "en", value="").text  # nothing typed
+    assert "/aegis list" in blocks.usage_error("incident_not_found", "ko", key="INC-9").text
+
+
+def test_user_text_in_usage_errors_is_escaped() -> None:
+    msg = blocks.usage_error("unknown_command", "en", text="<!channel> hi")
+    assert "<!channel>" not in all_text(msg) and "&lt;!channel&gt;" in msg.text
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+@pytest.mark.parametrize("reason", list(REFUSALS))
+def test_refusals(locale: str, reason: str) -> None:
+    msg = blocks.refusal(reason, locale, **REFUSALS[reason])
+    assert_slack_valid(msg)
+    assert buttons(msg) == []
+
+
+def test_refusal_contents() -> None:
+    text = blocks.refusal("not_allowed_to_approve", "en", **REFUSALS["not_allowed_to_approve"]).text
+    assert "Promote standby" in text and "database lead or incident commander" in text
+    assert "데이터베이스 리드 또는 인시던트 지휘관" in blocks.refusal(
+        "not_allowed_to_approve", "ko", **REFUSALS["not_allowed_to_approve"]).text
+    assert "<@U0DB>" in blocks.refusal("role_taken", "en", role="database_lead", holder="U0DB").text
+    assert "<@U0IC>" in blocks.refusal("not_commander", "en", commander="U0IC").text
+    assert "nobody" in blocks.refusal("not_commander", "en", commander=None).text
+    assert "security lead" in blocks.refusal("second_approver_required", "en", step_title="Restore").text
+    internal = blocks.refusal("internal_error", "en", reference="err-4f2a9c").text
+    assert "err-4f2a9c" in internal and "Nothing was changed" in internal
+    ko_internal = blocks.refusal("internal_error", "ko", reference="err-4f2a9c").text
+    assert "err-4f2a9c" in ko_internal and "변경되지 않았" in ko_internal
+    wrong = blocks.refusal("wrong_state", "en", action="close", state="recovering").text
+    assert "recovering" in wrong and "losing the incident" in wrong
+
+
+# ---------------------------------------------------------------------------------------------
+# Step posts
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_reapproval_request(locale: str) -> None:
+    v = make_view()
+    step = v.steps[2]
+    msg = blocks.reapproval_request(v, step, locale)
+    assert buttons(msg) == [("step_13", "aegis_approve", "13"), ("step_13", "aegis_reject", "13")]
+    text = all_text(msg)
+    assert "Promote standby pg-standby" in text
+    assert ("not* run again" if locale == "en" else "다시 실행하지 *않았습니다*") in text
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_step_result(locale: str) -> None:
+    v = make_view()
+    failed = blocks.step_result(v, v.steps[3], locale)
+    text = all_text(failed)
+    assert "checksum mismatch in chunk 17" in text
+    assert ("*Retry* or *Abort*" if locale == "en" else "*재시도* 또는 *중단*") in text
+    assert buttons(failed) == []
+    ok = blocks.step_result(v, v.steps[1], locale)
+    assert "✅" in ok.text and "Fence old primary pg-primary" in ok.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Modals and ops notices
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_declare_modal(locale: str) -> None:
+    view = blocks.declare_modal(locale)
+    assert_modal_valid(view)
+    assert view["callback_id"] == "aegis_declare"
+    by_id = {b["block_id"]: b for b in view["blocks"]}
+    assert [o["value"] for o in by_id["scenario"]["element"]["options"]] == [
+        "datacenter_outage", "database_failure", "ransomware"]
+    assert [o["value"] for o in by_id["severity"]["element"]["options"]] == [
+        "critical", "high", "medium", "low"]
+    assert by_id["scenario"]["element"]["type"] == "static_select"
+    summary = by_id["summary"]["element"]
+    assert summary["type"] == "plain_text_input" and summary["multiline"] is True
+    assert all(b["element"]["action_id"] == "value" for b in by_id.values())
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_close_modal_label_depends_on_state(locale: str) -> None:
+    verified = blocks.close_modal(make_view("verified"), locale)
+    early = blocks.close_modal(make_view("assessed"), locale)
+    for view in (verified, early):
+        assert_modal_valid(view)
+        assert view["callback_id"] == "aegis_close_submit"
+        assert view["private_metadata"] == "7"
+        summary = next(b for b in view["blocks"] if b["block_id"] == "summary")
+        assert summary["element"]["action_id"] == "value" and summary["element"]["multiline"]
+    label = next(b for b in verified["blocks"] if b["block_id"] == "summary")["label"]["text"]
+    reason = next(b for b in early["blocks"] if b["block_id"] == "summary")["label"]["text"]
+    if locale == "en":
+        assert (label, reason) == ("Closing summary", "Reason (false alarm)")
+    else:
+        assert (label, reason) == ("종료 요약", "사유 (오탐)")
+
+
+def test_ops_notice() -> None:
+    msg = blocks.ops_notice("Backup failed", "pg_basebackup: disk full", "en")
+    assert msg.text == "Backup failed: pg_basebackup: disk full"
+    assert msg.blocks[0]["text"]["text"] == "*Backup failed*\npg_basebackup: disk full"
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits and safety
+
+
+LONG_BUILDERS: list[Callable[[IncidentView, str], Message]] = [
+    blocks.incident_card, blocks.plan_message, blocks.assessment, blocks.stakeholder_root,
+    blocks.status_reply,
+]
+
+
+@pytest.mark.parametrize("builder", LONG_BUILDERS)
+def test_long_free_text_is_truncated(builder: Callable[[IncidentView, str], Message]) -> None:
+    steps = [StepView(1, 1, "t" * 4000, "hook", "high", ["database_lead"], 1, "awaiting_approval",
+                      detail="d" * 5000)]
+    v = make_view(summary="s" * 5000, steps=steps,
+                  checks=[CheckView("c" * 100, "tcp", False, "e" * 4000)] * 30)
+    for locale in LOCALES:
+        msg = builder(v, locale)
+        assert_slack_valid(msg)
+        assert len(msg.text) <= 3000
+
+
+def test_summary_markup_is_escaped() -> None:
+    v = make_view(summary="<!channel> please <@U999> & <https://evil|click>")
+    for msg in (blocks.incident_card(v, "en"), blocks.stakeholder_root(v, "ko")):
+        text = all_text(msg)
+        assert "<!channel>" not in text and "<@U999>" not in text and "<https://evil" not in text
+        assert "&lt;!channel&gt; please &lt;@U999&gt; &amp;" in text

@@ -1,0 +1,157 @@
+"""The state machine, the store's compare-and-set, the ledger's uniqueness and the approval policy."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect
+
+from statemachines import policy
+from statemachines import service as svc
+from statemachines.machine import STATES, IllegalTransition, next_state, triggers_from
+from statemachines.service import StaleVersion, StepSpec
+from statemachines.store import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(f"sqlite:///{tmp_path}/aegis.db")
+    s.migrate()
+    return s
+
+
+def _declare(store: Store) -> int:
+    with store.session() as session:
+        return svc.declare(session, scenario="database_failure", severity="critical", summary="db down",
+                           declared_by="U1", locale="en", stakeholder_channel="C0STAKE").id or 0
+
+
+def test_happy_path_and_false_alarm_rules() -> None:
+    state = "detected"
+    for trigger in ("assemble", "assess", "start_recovery", "verify", "close"):
+        state = next_state(state, trigger)
+    assert state == "closed"
+    assert next_state("recovering", "abort_recovery") == "assessed"
+    assert next_state("recovering", "verification_failed") == "assessed"
+    for before in ("detected", "assembled", "assessed"):
+        assert next_state(before, "close_false_alarm") == "closed"
+    for late in ("recovering", "verified", "closed"):
+        with pytest.raises(IllegalTransition):
+            next_state(late, "close_false_alarm")
+    with pytest.raises(IllegalTransition):
+        next_state("detected", "start_recovery")
+    assert triggers_from("closed") == []
+    assert STATES[0] == "detected"
+
+
+def test_migrations_create_every_table_and_are_idempotent(store: Store) -> None:
+    store.migrate()   # a second run is a no-op
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"incident", "timeline_event", "role_assignment", "plan_step", "approval", "action_ledger",
+            "alembic_version"} <= tables
+
+
+def test_transition_writes_state_version_and_timeline_together(store: Store) -> None:
+    incident_id = _declare(store)
+    with store.session() as session:
+        t = svc.transition(session, incident_id=incident_id, trigger="assemble", actor="U1", reason="IC")
+    assert (t.source, t.dest, t.version) == ("detected", "assembled", 2)
+    with store.session() as session:
+        incident = svc.get(session, incident_id)
+        events = svc.timeline(session, incident_id)
+    assert incident.key == f"INC-{incident_id}" and incident.state == "assembled" and incident.version == 2
+    assert [(e.source_state, e.dest_state) for e in events] == [(None, "detected"), ("detected", "assembled")]
+
+
+def test_stale_version_loses_and_changes_nothing(store: Store) -> None:
+    incident_id = _declare(store)
+    with store.session() as session:
+        svc.transition(session, incident_id=incident_id, trigger="assemble", actor="U1")
+    with pytest.raises(StaleVersion), store.session() as session:
+        svc.transition(session, incident_id=incident_id, trigger="assess", actor="U2", expected_version=1)
+    with store.session() as session:
+        assert svc.get(session, incident_id).state == "assembled"
+        assert len(svc.timeline(session, incident_id)) == 2
+
+
+def test_concurrent_transitions_one_winner(store: Store) -> None:
+    incident_id = _declare(store)
+    results: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def fire() -> None:
+        barrier.wait()
+        try:
+            with store.session() as session:
+                svc.transition(session, incident_id=incident_id, trigger="assemble", actor="U1",
+                               expected_version=1)
+            results.append("won")
+        except (StaleVersion, IllegalTransition):
+            results.append("lost")
+
+    threads = [threading.Thread(target=fire) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("won") == 1
+    with store.session() as session:
+        assert len([e for e in svc.timeline(session, incident_id) if e.dest_state == "assembled"]) == 1
+
+
+def test_votes_and_ledger_claims_are_unique(store: Store) -> None:
+    incident_id = _declare(store)
+    with store.session() as session:
+        svc.replace_plan(session, incident_id=incident_id, strategy="failover", specs=[
+            StepSpec(title="promote", action="postgres_promote", risk="critical", approver_roles=["database_lead"]),
+        ])
+    with store.session() as session:
+        step = svc.current_steps(session, incident_id)[0]
+        assert step.status == "awaiting_approval"
+        assert svc.record_vote(session, step=step, user_id="U1", decision="approve", roles_used=[], expires_in=None)
+        assert not svc.record_vote(session, step=step, user_id="U1", decision="approve", roles_used=[],
+                                   expires_in=None)
+        assert svc.move_step(session, step=step, to="approved", from_statuses=("awaiting_approval",))
+    with store.session() as session:
+        step = svc.get_step(session, step.id or 0)
+        first = svc.ledger_start(session, step=step, owner="a", lease=timedelta(seconds=30))
+    with store.session() as session:
+        again = svc.ledger_start(session, step=svc.get_step(session, step.id or 0), owner="b",
+                                 lease=timedelta(seconds=30))
+    assert first is not None and again is None
+    with store.session() as session:
+        assert svc.get_step(session, step.id or 0).status == "running"
+        assert len(svc.ledger_for_step(session, step.id or 0)) == 1
+
+
+def test_new_plan_revision_supersedes_unfinished_steps(store: Store) -> None:
+    incident_id = _declare(store)
+    spec = StepSpec(title="x", action="manual")
+    with store.session() as session:
+        svc.replace_plan(session, incident_id=incident_id, strategy="failover", specs=[spec, spec])
+        old = [s.id for s in svc.current_steps(session, incident_id)]
+        svc.replace_plan(session, incident_id=incident_id, strategy="failover", specs=[spec])
+    with store.session() as session:
+        assert [svc.get_step(session, i or 0).status for i in old] == ["skipped", "skipped"]
+        assert len(svc.current_steps(session, incident_id)) == 1
+
+
+def test_policy_roster_commander_and_two_person_rule() -> None:
+    roster = {"database_lead": ["UDB"], "security_lead": ["USEC"]}
+    assert policy.may_claim("incident_commander", "U1", roster={}, declared_by="U1").allowed
+    assert not policy.may_claim("incident_commander", "U2", roster={}, declared_by="U1").allowed
+    assert not policy.may_claim("database_lead", "U2", roster=roster, declared_by="U1").allowed
+    assert policy.may_approve(["database_lead"], "UDB", roster=roster, holders={}).allowed
+    assert policy.may_approve(["database_lead"], "UIC", roster=roster,
+                              holders={"incident_commander": "UIC"}).allowed
+    refused = policy.may_approve(["database_lead"], "UOUT", roster=roster, holders={})
+    assert not refused.allowed and refused.reason == "not_allowed_to_approve"
+    assert not policy.approvals_satisfied([("UDB", ("database_lead",))], 2)
+    assert not policy.approvals_satisfied([("UDB", ("database_lead",)), ("UIC", ("incident_commander",))], 2)
+    assert policy.approvals_satisfied([("UDB", ("database_lead",)), ("USEC", ("security_lead",))], 2)
+    assert policy.may_close("UIC", holders={"incident_commander": "UIC"}, declared_by="U1", state="verified").allowed
+    assert not policy.may_close("U1", holders={"incident_commander": "UIC"}, declared_by="U1",
+                                state="assessed").allowed
