@@ -401,8 +401,8 @@ def test_two_replicas_on_one_postgresql_store_execute_a_click_once(
                 barrier = threading.Barrier(2)
 
                 def press(driver: SlackDriver, step_id: int = step.id, who: str = user,
-                          ts: str = message["ts"]) -> None:
-                    barrier.wait()
+                          ts: str = message["ts"], gate: threading.Barrier = barrier) -> None:
+                    gate.wait()
                     driver.click(who, "aegis_approve", str(step_id), walk.channel_id, ts)
 
                 threads = [threading.Thread(target=press, args=(d,)) for d in (emulator.driver, second_driver)]
