@@ -53,8 +53,11 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -
             work()
         except Refused as exc:
             _ephemeral(respond, blocks.refusal(exc.reason, locale, **exc.ctx))
-        except (StaleVersion, IllegalTransition) as exc:
-            _ephemeral(respond, blocks.refusal("wrong_state", locale, action="this", state=str(exc)))
+        except IllegalTransition as exc:
+            _ephemeral(respond, blocks.refusal("wrong_state", locale, action=exc.trigger, state=exc.state))
+        except StaleVersion:
+            # someone else changed the incident in the same instant; their change stands
+            _ephemeral(respond, blocks.refusal("changed_meanwhile", locale))
         except Exception:
             ref = reference()
             log.exception("handler failed (reference %s)", ref)
@@ -101,7 +104,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -
 
     def step_id(value: str) -> int:
         if not value.isdigit():
-            raise Refused("wrong_state", action="this button", state="unknown step")
+            raise Refused("unknown_step")
         return int(value)
 
     def incident_of(body: dict[str, Any]) -> int:
@@ -111,7 +114,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -
         with flows.store.session() as session:
             incident = svc.find_by_channel(session, channel) if channel else None
         if incident is None:
-            raise Refused("wrong_state", action="this button", state="no incident in this channel")
+            raise Refused("no_incident_here")
         return incident.id or 0
 
     button("aegis_claim_role", lambda u, v, b: flows.claim_role(user_id=u, incident_id=incident_of(b), role=v))

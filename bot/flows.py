@@ -99,7 +99,7 @@ class Flows:
         try:
             step = svc.get_step(session, step_id)
         except svc.NotFound:
-            raise Refused("wrong_state", action="approve", state="unknown step") from None
+            raise Refused("unknown_step") from None
         return svc.get(session, step.incident_id), step
 
     # --- declare -----------------------------------------------------------------------------
