@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from recovery.health import run_checks
 from recovery.redact import redact
 from statemachines import policy
 from statemachines import service as svc
-from statemachines.machine import OPEN_STATES, IllegalTransition
+from statemachines.machine import IllegalTransition
 from statemachines.models import Incident, PlanStep, utcnow
 from statemachines.service import StaleVersion, Transition
 from statemachines.store import Store
@@ -57,6 +58,7 @@ class Flows:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aegis-work")
         self._locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._last_plan_refresh: dict[int, float] = {}
         self.on_reminder_schedule: Callable[[int], None] = lambda _id: None
         self.on_reminder_cancel: Callable[[int], None] = lambda _id: None
         self.engine = Engine(
@@ -402,11 +404,8 @@ class Flows:
                 with self.store.session() as session:
                     svc.set_fields(session, incident_id=incident_id, card_ts=ts)
 
-    _last_plan_refresh: dict[int, float] = {}
-
     def refresh_plan(self, incident_id: int, *, throttle: bool = False) -> None:
-        import time
-
+        """Re-render the plan message in place; progress lines update it at most once a second."""
         now = time.monotonic()
         if throttle and now - self._last_plan_refresh.get(incident_id, 0) < 1.0:
             return
@@ -522,5 +521,3 @@ def reference() -> str:
     """An opaque id for an internal error, shown to the user and logged with the traceback."""
     return uuid.uuid4().hex[:8]
 
-
-__all__ = ["Flows", "Refused", "reference", "OPEN_STATES"]
