@@ -85,7 +85,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -
             elif isinstance(parsed, commands.Declare):
                 incident = flows.declare(user_id=user, scenario=parsed.scenario, severity=parsed.severity,
                                          summary=parsed.summary)
-                _ephemeral(respond, Message(f"{incident.key} declared.", []))
+                _ephemeral(respond, blocks.declared_ack(incident.key or "", locale))
             elif isinstance(parsed, commands.Status):
                 _ephemeral(respond, flows.status(key=parsed.key, channel_id=command.get("channel_id")))
             elif isinstance(parsed, commands.ListOpen):
@@ -163,7 +163,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -
             ack(response_action="errors", errors={"summary": blocks.usage_error("missing_summary", locale).text[:150]})
             return
         if not metadata.isdigit():
-            ack(response_action="errors", errors={"summary": "unknown incident"})
+            ack(response_action="errors", errors={"summary": blocks.refusal("no_incident_here", locale).text[:150]})
             return
         ack()
         user = body["user"]["id"]

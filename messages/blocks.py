@@ -532,3 +532,9 @@ def close_modal(v: IncidentView, locale: str) -> dict[str, Any]:
     view = _modal(CLOSE_CALLBACK, locale, "close_modal", ctx, blocks)
     view["private_metadata"] = str(v.id)
     return view
+
+
+def declared_ack(key: str, locale: str) -> Message:
+    """The declarer's ephemeral confirmation, sent before the channel exists."""
+    body = _t(locale, "declared", key=key)
+    return _message(body, [_section(body, "declared")], locale)
