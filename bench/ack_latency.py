@@ -166,6 +166,33 @@ class Child:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
 
+def _self_ticks() -> int:
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _system_busy_ticks() -> int:
+    """Busy CPU ticks of the whole machine (all CPUs) from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(values) - values[3] - values[4]  # minus idle and iowait
+
+
+class OtherLoad:
+    """CPU used by processes other than this bench and its children (other jobs on the box): noise."""
+
+    def __init__(self, children: Sequence[Child]) -> None:
+        self.children = children
+        self._start = self._sample()
+        self._t0 = time.perf_counter()
+
+    def _sample(self) -> int:
+        return _system_busy_ticks() - _self_ticks() - sum(c.cpu_ticks() for c in self.children)
+
+    def cores(self) -> float:
+        wall = time.perf_counter() - self._t0
+        return max(0.0, (self._sample() - self._start) / CLK_TCK / wall) if wall > 0 else 0.0
+
+
 def settle(children: Sequence[Child], window: float = 0.25, quiet_ticks: int = 1, calm_windows: int = 3,
            timeout: float = 120) -> bool:
     """Wait until no child burns more than ``quiet_ticks`` of CPU per window, ``calm_windows`` in a row."""
@@ -304,6 +331,7 @@ class Cell:
     failures: list[str] = field(default_factory=list)
     wall: float = 0.0
     cpu_ms_per_request: float = 0.0
+    other_cores: float = 0.0  # CPU other processes on the machine used while the cell ran
     settled: bool = True
 
     def pct(self, q: int) -> float:
@@ -372,8 +400,9 @@ def measure(target: Child, children: Sequence[Child], workload: Workload, concur
         cell.settled &= settle(children)
         client.run(warm)
         cell.settled &= settle(children)
-        ticks = target.cpu_ticks()
+        ticks, other = target.cpu_ticks(), OtherLoad(children)
         cell.wall = client.run(bodies, cell)
+        cell.other_cores = other.cores()
         cell.settled &= settle(children)  # count the background work these requests caused, too
         cell.cpu_ms_per_request = (target.cpu_ticks() - ticks) * 1000 / CLK_TCK / requests_n
     finally:
@@ -424,6 +453,10 @@ def print_report(results: dict[tuple[str, int, str], Cell], kinds: list[str], le
                   f"{b.cpu_ms_per_request:>9.2f} ms")
     print("  (rps = requests / wall time of the cell; cpu/req = server process CPU per request, "
           "including work done after the ack, until idle)")
+    noisy = [f"{kind}/{level}/{name} {cell.other_cores:.2f}" for (kind, level, name), cell in results.items()
+             if cell.other_cores >= 0.1]
+    if noisy:
+        print(f"  NOISE: other processes on this machine used CPU (cores) during: {', '.join(noisy)}")
     top = max(levels)
     print()
     print(f"goals at {top} concurrent: p99 ratio aegis/bare <= {GOAL_RATIO} and aegis p99 < {GOAL_P99_MS:.0f} ms")
@@ -496,7 +529,8 @@ def run(args: argparse.Namespace) -> int:
                             failures += len(cell.failures)
                             note = "" if cell.settled else " (children never went idle; background work overlaps)"
                             print(f"  {kind:<6} c={level:<3} {name:<5} p50 {cell.pct(50):7.1f} ms  "
-                                  f"p99 {cell.pct(99):7.1f} ms  failures {len(cell.failures)}{note}", flush=True)
+                                  f"p99 {cell.pct(99):7.1f} ms  failures {len(cell.failures)}  "
+                                  f"other load {cell.other_cores:.2f} cores{note}", flush=True)
                             for failure in cell.failures[:3]:
                                 print(f"    e.g. {failure}")
                             for child in children:
@@ -511,8 +545,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"bench failed: {exc}", file=sys.stderr)
             return 1
         finally:
+            stopping = time.monotonic()
             for child in reversed(children):
                 child.stop()
+            if children:
+                print(f"stopped {len(children)} child process(es) in {time.monotonic() - stopping:.1f}s", flush=True)
     if failures:
         print(f"{failures} request(s) did not get HTTP 200", file=sys.stderr)
         return 1
@@ -534,6 +571,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.serve_bare:
         return serve_bare(args.host, args.port)
+    # Ctrl-C, kill and a closed terminal all end in run()'s finally, which stops the children (they run in
+    # their own sessions, so they never see the terminal's Ctrl-C themselves). SIGINT is set explicitly
+    # because a shell starts background jobs with it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
     try:

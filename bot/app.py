@@ -1,8 +1,10 @@
 """The Slack surface: a Bolt app whose handlers ack at once and hand the work to ``Flows``.
 
-Every handler acks before doing any I/O (Slack's 3-second rule); Bolt then runs the rest of the
-listener on its executor. Bolt verifies every request's signature and timestamp (401 otherwise).
-All errors end in one place, ``_reply_error``: a ``Refused`` becomes an ephemeral explanation, an
+Every handler acks before doing any I/O (Slack's 3-second rule) and hands the rest to a small
+interaction pool, so the request thread answers Slack at once (``process_before_response=True``:
+no polling for the ack) and the after-ack work — database, Slack calls — never competes with the
+threads that are acking (see bench/ack_latency.py). Bolt verifies every request's signature and
+timestamp (401 otherwise). All errors end in one place, ``guarded``: a ``Refused`` becomes an ephemeral explanation, an
 unexpected exception an ephemeral "nothing was changed, reference X" plus a logged traceback.
 """
 
@@ -43,10 +45,15 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -
         client=WebClient(token=token, base_url=api_url),
         signing_secret=signing_secret,
         token_verification_enabled=False,      # no auth.test at start: the bot must boot during a Slack outage
-        process_before_response=False,
-        listener_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="aegis-bolt"),
+        process_before_response=True,
         raise_error_for_unhandled_request=False,
     )
+    # Two threads: enough to keep up with people clicking, few enough that acks keep the CPU they need.
+    interactions = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aegis-interaction")
+
+    def later(respond: Respond | None, work: Callable[[], None]) -> None:
+        """Run ``work`` after the ack, off the request thread."""
+        interactions.submit(guarded, respond, work)
 
     def guarded(respond: Respond | None, work: Callable[[], None]) -> None:
         try:
@@ -91,7 +98,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -
             elif isinstance(parsed, commands.ListOpen):
                 _ephemeral(respond, flows.list_open())
 
-        guarded(respond, work)
+        later(respond, work)
 
     # --- buttons -----------------------------------------------------------------------------
 
@@ -100,7 +107,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -
         def _on_click(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
             ack()
             user = body["user"]["id"]
-            guarded(respond, lambda: handler(user, str(action.get("value", "")), body))
+            later(respond, lambda: handler(user, str(action.get("value", "")), body))
 
     def step_id(value: str) -> int:
         if not value.isdigit():
@@ -152,8 +159,8 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -
             return
         ack()
         user = body["user"]["id"]
-        guarded(None, lambda: flows.declare(user_id=user, scenario=scenario, severity=severity,
-                                            summary=summary[:1000]))
+        later(None, lambda: flows.declare(user_id=user, scenario=scenario, severity=severity,
+                                          summary=summary[:1000]))
 
     @app.view("aegis_close_submit")
     def close_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -179,6 +186,6 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -
                 if incident.channel_id:
                     flows.gateway.ephemeral(incident.channel_id, user, message.text, message.blocks)
 
-        guarded(None, work)
+        later(None, work)
 
     return app
