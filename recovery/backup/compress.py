@@ -1,0 +1,70 @@
+"""Streaming zstd compression and decompression with bounded output pieces."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Iterator
+
+import zstandard
+
+DEFAULT_LEVEL = 3
+DEFAULT_PIECE = 1024 * 1024
+
+
+def default_threads() -> int:
+    # Two workers are enough to keep up with the network; more would steal CPU from the database being backed up.
+    return min(2, os.cpu_count() or 1)
+
+
+def compress_chunks(
+    chunks: Iterable[bytes], level: int = DEFAULT_LEVEL, threads: int | None = None, piece_size: int = DEFAULT_PIECE
+) -> Iterator[bytes]:
+    """Compress ``chunks`` into one zstd frame, yielding pieces of exactly ``piece_size`` (the last may be short).
+
+    Fixed-size pieces let the encryptor use full chunks without another buffering layer.
+    """
+    workers = default_threads() if threads is None else threads
+    # threads=1 would still start one worker thread; 0 keeps compression on the calling thread.
+    cctx = zstandard.ZstdCompressor(level=level, threads=workers if workers > 1 else 0, write_checksum=True)
+    chunker = cctx.chunker(chunk_size=piece_size)
+    for chunk in chunks:
+        if chunk:
+            yield from chunker.compress(chunk)
+    yield from chunker.finish()
+
+
+class _IterReader(io.RawIOBase):
+    """A read-only file object over an iterator of byte pieces, for zstd's stream reader."""
+
+    def __init__(self, pieces: Iterable[bytes]) -> None:
+        self._it = iter(pieces)
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]  # buffer is any writable memoryview
+        while not self._rest:
+            try:
+                self._rest = next(self._it)
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._rest))
+        buffer[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
+
+
+def decompress_chunks(chunks: Iterable[bytes], piece_size: int = DEFAULT_PIECE) -> Iterator[bytes]:
+    """Decompress a zstd stream, yielding at most ``piece_size`` bytes at a time.
+
+    Reading through a stream reader bounds memory even when a small input expands enormously.
+    """
+    dctx = zstandard.ZstdDecompressor()
+    with dctx.stream_reader(_IterReader(chunks), read_size=piece_size, read_across_frames=True) as reader:
+        while True:
+            piece = reader.read(piece_size)
+            if not piece:
+                return
+            yield piece

@@ -1,0 +1,384 @@
+"""Restore a ``pg_basebackup`` tar stream into a fresh data directory and start it.
+
+Used for restore tests (drills), verification copies and point-in-time recovery. The tar is read
+as a stream (``tarfile`` mode ``r|``), so a backup coming out of decryption is never held in memory
+or staged whole on disk before extraction. An existing data directory is never touched: in-place
+restore of a production server with rollback (C4) is a separate step built on top of this.
+
+The restored copy is isolated from production: it listens on 127.0.0.1 and its own socket
+directory and port, ``archive_mode = off`` (it must never push into the production archive —
+after a PITR promotion it is on a new timeline whose history would otherwise mix in), and
+``synchronous_standby_names = ''`` (commits must not wait for production standbys).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import stat
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+import psycopg
+
+from recovery.backup.postgres import pg_bin_dir
+from recovery.redact import redact
+
+PG_OS_USER = "postgres"
+CHUNK = 1024 * 1024
+TARGET_ACTIONS = ("promote", "pause")
+# Files whose presence marks a pg_basebackup data directory; anything else is not restorable.
+_REQUIRED = ("PG_VERSION", "global/pg_control", "backup_label")
+# Left behind by the source server or its role; a restored copy must decide these itself.
+_STALE = ("postmaster.pid", "postmaster.opts", "standby.signal", "recovery.signal")
+_DEFAULT_HBA = """\
+# Written by Aegis for a restored copy: only local socket connections. Keep the socket directory
+# private (0700/0755 owned by postgres) — other users on the host could otherwise connect.
+local   all   all   trust
+"""
+
+
+class RestoreError(RuntimeError):
+    """A base backup could not be restored or the restored server did not come up (redacted)."""
+
+
+@dataclass
+class RestoredCluster:
+    """A running PostgreSQL started from a restored base backup."""
+
+    data_dir: Path
+    port: int
+    socket_dir: Path
+    log_file: Path
+    pg_bin: Path
+    db_user: str = "postgres"
+    os_user: str = PG_OS_USER
+
+    @property
+    def dsn(self) -> str:
+        return f"host={self.socket_dir} port={self.port} user={self.db_user} dbname=postgres"
+
+    def _pg_ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.pg_bin / "pg_ctl"), "-D", str(self.data_dir), *args],
+            capture_output=True, text=True, timeout=timeout, check=False, cwd=self.data_dir,
+            **_as_user(self.os_user),
+        )
+
+    def is_running(self) -> bool:
+        return self.data_dir.is_dir() and self._pg_ctl("status").returncode == 0
+
+    def stop(self, mode: str = "fast") -> None:
+        if mode not in ("smart", "fast", "immediate"):
+            raise ValueError(f"unknown stop mode {mode!r}")
+        if not self.is_running():
+            return
+        proc = self._pg_ctl("-m", mode, "-w", "-t", "60", "stop")
+        if proc.returncode != 0:
+            raise RestoreError(f"pg_ctl stop failed: {redact(proc.stderr.strip())}")
+
+    def destroy(self) -> None:
+        """Stop the server (immediately: it is a throwaway copy) and delete its data and log."""
+        if self.is_running():
+            self.stop("immediate")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.log_file.unlink(missing_ok=True)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return redact(self.log_file.read_text(errors="replace")[-chars:])
+        except OSError:
+            return ""
+
+
+def _owner(os_user: str) -> tuple[int, int] | None:
+    """uid/gid to hand files to when running as root; None when we already are that user."""
+    if os.geteuid() != 0:
+        return None
+    entry = pwd.getpwnam(os_user)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _as_user(os_user: str) -> dict[str, Any]:
+    """subprocess kwargs that drop from root to ``os_user`` (postgres refuses to run as root)."""
+    owner = _owner(os_user)
+    if owner is None:
+        return {}
+    return {"user": owner[0], "group": owner[1], "extra_groups": []}
+
+
+def _chown(path: Path | int, owner: tuple[int, int] | None) -> None:
+    if owner is None:
+        return
+    if isinstance(path, int):
+        os.fchown(path, *owner)
+    else:
+        os.chown(path, *owner, follow_symlinks=False)
+
+
+def _check_reachable(path: Path, owner: tuple[int, int] | None) -> None:
+    """Fail early (not in a cryptic pg_ctl error) when the server user cannot traverse to ``path``."""
+    if owner is None:
+        return
+    uid, gid = owner
+    for parent in path.resolve().parents:
+        st = parent.stat()
+        if st.st_uid == uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid == gid:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            raise RestoreError(f"the postgres user cannot reach {path}: {parent} is not traversable for it")
+
+
+def _prepare_data_dir(data_dir: Path, owner: tuple[int, int] | None) -> None:
+    """Create ``data_dir`` or accept it if empty; anything else is refused, never overwritten."""
+    if data_dir.is_symlink() or (data_dir.exists() and not data_dir.is_dir()):
+        raise RestoreError(f"refusing to restore into {data_dir}: not a directory")
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise RestoreError(f"refusing to restore into {data_dir}: it is not empty (an existing data directory?)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _chown(data_dir, owner)
+    data_dir.chmod(0o700)  # PostgreSQL refuses a data directory readable by others
+
+
+def _member_path(name: str) -> PurePosixPath | None:
+    """The member's path relative to the data dir; refuses absolute paths and ``..``."""
+    path = PurePosixPath(name)
+    if path.is_absolute():
+        raise RestoreError(f"unsafe path in backup tar: {name!r} is absolute")
+    parts = [part for part in path.parts if part not in ("", ".")]
+    if ".." in parts:
+        raise RestoreError(f"unsafe path in backup tar: {name!r} contains '..'")
+    return PurePosixPath(*parts) if parts else None
+
+
+def _ensure_dirs(root: Path, rel: PurePosixPath, owner: tuple[int, int] | None) -> Path:
+    """Create ``root/rel`` component by component (0700, owned by postgres) and return it."""
+    current = root
+    for part in rel.parts:
+        current = current / part
+        if current.is_symlink():
+            raise RestoreError(f"unexpected symlink at {current}")
+        if not current.exists():
+            current.mkdir(mode=0o700)
+            _chown(current, owner)
+            current.chmod(0o700)
+    return current
+
+
+def _extract(tar_stream: BinaryIO, data_dir: Path, owner: tuple[int, int] | None) -> int:
+    """Stream-extract regular files and directories only; links/devices are refused. Returns bytes."""
+    total = 0
+    try:
+        with tarfile.open(fileobj=tar_stream, mode="r|") as tar:
+            for member in tar:
+                rel = _member_path(member.name)
+                if rel is None:
+                    continue
+                if member.isdir():
+                    _ensure_dirs(data_dir, rel, owner)
+                    continue
+                if not member.isreg():
+                    # pg_basebackup -D - emits only files and dirs (no tablespace links allowed).
+                    raise RestoreError(f"unsupported entry in backup tar: {member.name!r} (type {member.type!r})")
+                parent = _ensure_dirs(data_dir, rel.parent, owner)
+                src = tar.extractfile(member)
+                assert src is not None
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                try:
+                    fd = os.open(parent / rel.name, flags, 0o600)
+                except FileExistsError:
+                    raise RestoreError(f"duplicate entry in backup tar: {member.name!r}") from None
+                _chown(fd, owner)
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(src, out, CHUNK)
+                total += member.size
+    except tarfile.TarError as exc:
+        raise RestoreError(f"backup stream is not a valid tar: {exc}") from None
+    return total
+
+
+def _conf_value(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _write_owned(path: Path, text: str, owner: tuple[int, int] | None, append: bool = False) -> None:
+    with open(path, "a" if append else "w", encoding="utf-8") as f:
+        f.write(text)
+    _chown(path, owner)
+    path.chmod(0o600)
+
+
+def _run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return redact(lines[-1]) if lines else "(no output)"
+
+
+def _check_major(data_dir: Path, bin_dir: Path) -> None:
+    """The binaries must match the backup's major version; say so plainly instead of a startup FATAL."""
+    backup_major = (data_dir / "PG_VERSION").read_text(encoding="ascii").strip()
+    proc = _run([str(bin_dir / "postgres"), "--version"])
+    found = re.search(r"\)\s+(\d+)", proc.stdout)
+    if found and found.group(1) != backup_major:
+        raise RestoreError(f"backup is PostgreSQL {backup_major} but {bin_dir} has PostgreSQL {found.group(1)}")
+
+
+def _verify_manifest(data_dir: Path, bin_dir: Path) -> None:
+    """pg_verifybackup: every file's checksum and the WAL range against ``backup_manifest``."""
+    if not (data_dir / "backup_manifest").exists():
+        return
+    proc = _run([str(bin_dir / "pg_verifybackup"), "--quiet", str(data_dir)], timeout=3600)
+    if proc.returncode != 0:
+        raise RestoreError(f"restored files fail verification against backup_manifest: {_last_line(proc.stderr)}")
+
+
+def _wait_ready(cluster: RestoredCluster, target_action: str, deadline: float) -> None:
+    """Block until recovery is over (promote) or paused at the target (pause)."""
+    query = (
+        "SELECT NOT pg_is_in_recovery()"
+        if target_action == "promote"
+        else "SELECT pg_is_in_recovery() AND pg_get_wal_replay_pause_state() = 'paused'"
+    )
+    while True:
+        try:
+            with psycopg.connect(cluster.dsn, autocommit=True, connect_timeout=5) as conn:
+                row = conn.execute(query).fetchone()
+            if row and row[0]:
+                return
+        except psycopg.OperationalError:
+            # Connections fail while the server is still replaying; a dead postmaster is the real error.
+            if not cluster.is_running():
+                raise RestoreError(f"restored server stopped during recovery:\n{cluster.log_tail()}") from None
+        if time.monotonic() > deadline:
+            raise RestoreError(f"restored server did not finish recovery in time:\n{cluster.log_tail()}")
+        time.sleep(0.2)
+
+
+def restore_base_backup(
+    tar_stream: BinaryIO,
+    data_dir: Path,
+    *,
+    port: int,
+    socket_dir: Path,
+    restore_command: str | None = None,
+    target_time: datetime | None = None,
+    target_action: str = "promote",
+    pg_bin: str | Path | None = None,
+    log_file: Path | None = None,
+    extra_settings: dict[str, str | int | bool] | None = None,
+    pg_hba: str | None = None,
+    verify_manifest: bool = True,
+    db_user: str = "postgres",
+    os_user: str = PG_OS_USER,
+    start_timeout: int = 120,
+    recovery_timeout: float = 900,
+) -> RestoredCluster:
+    """Extract a base backup tar stream into a new ``data_dir``, configure it, start it, wait for it.
+
+    Without ``restore_command`` the server replays only the WAL inside the backup (crash recovery to
+    the end of the backup). With it, ``recovery.signal`` makes it an archive recovery that fetches
+    further WAL (e.g. ``aegis wal fetch %f %p``) up to ``target_time`` (timezone-aware) or the end
+    of the archive, then ``target_action`` ("promote": wait until writable; "pause": wait until
+    replay is paused at the target for inspection).
+
+    ``extra_settings`` override the production configuration carried in the backup (e.g. a smaller
+    ``shared_buffers`` for a copy on a busy host; do not lower ``max_connections`` and friends below
+    the primary's — hot standby recovery refuses that). When the backup has no ``postgresql.conf`` /
+    ``pg_hba.conf`` (Debian keeps them in /etc) minimal ones are written; ``pg_hba`` replaces the
+    latter either way. On failure the server is stopped and the files are left for diagnosis.
+    """
+    if target_action not in TARGET_ACTIONS:
+        raise ValueError(f"target_action must be one of {TARGET_ACTIONS}")
+    if target_time is not None:
+        if target_time.tzinfo is None:
+            raise ValueError("target_time must be timezone-aware (a naive time is ambiguous for PITR)")
+        if not restore_command:
+            raise ValueError("point-in-time recovery needs a restore_command to fetch archived WAL")
+    bin_dir = pg_bin_dir(pg_bin)
+    data_dir = Path(data_dir)
+    socket_dir = Path(socket_dir)
+    owner = _owner(os_user)
+
+    _check_reachable(data_dir, owner)
+    _prepare_data_dir(data_dir, owner)
+    _extract(tar_stream, data_dir, owner)
+    missing = [name for name in _REQUIRED if not (data_dir / name).is_file()]
+    if missing:
+        raise RestoreError(f"stream is not a pg_basebackup tar: missing {', '.join(missing)}")
+    _check_major(data_dir, bin_dir)
+    if verify_manifest:
+        _verify_manifest(data_dir, bin_dir)
+
+    for name in _STALE:
+        (data_dir / name).unlink(missing_ok=True)
+    if not (data_dir / "postgresql.conf").exists():
+        _write_owned(data_dir / "postgresql.conf", "# written by Aegis restore; see postgresql.auto.conf\n", owner)
+    if pg_hba is not None or not (data_dir / "pg_hba.conf").exists():
+        _write_owned(data_dir / "pg_hba.conf", pg_hba if pg_hba is not None else _DEFAULT_HBA, owner)
+
+    settings: dict[str, str | int | bool] = {
+        "port": port,
+        "listen_addresses": "127.0.0.1",
+        "unix_socket_directories": str(socket_dir),
+        "archive_mode": False,
+        "synchronous_standby_names": "",
+        "logging_collector": False,  # keep server output in our log file, for error reports
+        "hot_standby": True,  # accept connections during replay: progress checks, and pause needs it
+    }
+    if restore_command:
+        settings["restore_command"] = restore_command
+    if target_time is not None:
+        # recovery_target_time is a timestamptz literal; UTC with an explicit offset is unambiguous.
+        settings["recovery_target_time"] = target_time.astimezone(UTC).isoformat(sep=" ")
+        settings["recovery_target_action"] = target_action
+    settings.update(extra_settings or {})
+    lines = "".join(f"{key} = {_conf_value(value)}\n" for key, value in settings.items())
+    # postgresql.auto.conf is read last, so these win over the production postgresql.conf.
+    _write_owned(data_dir / "postgresql.auto.conf", f"\n# --- Aegis restore ---\n{lines}", owner, append=True)
+    if restore_command:
+        _write_owned(data_dir / "recovery.signal", "", owner)
+
+    if not socket_dir.exists():
+        socket_dir.mkdir(parents=True, mode=0o755)
+        _chown(socket_dir, owner)
+    log_path = Path(log_file) if log_file is not None else data_dir.with_name(data_dir.name + ".log")
+    log_path.touch()
+    _chown(log_path, owner)
+
+    cluster = RestoredCluster(data_dir, port, socket_dir, log_path, bin_dir, db_user=db_user, os_user=os_user)
+    deadline = time.monotonic() + recovery_timeout
+    try:
+        proc = _run(
+            [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(log_path), "-w", "-t", str(start_timeout),
+             "start"],
+            cwd=data_dir, timeout=start_timeout + 30, **_as_user(os_user),
+        )
+        if proc.returncode != 0:
+            raise RestoreError(f"restored server did not start: {_last_line(proc.stderr)}\n{cluster.log_tail()}")
+        # Without a target, archive recovery promotes by itself at the end of the archive.
+        _wait_ready(cluster, target_action if target_time is not None else "promote", deadline)
+    except BaseException:
+        try:
+            cluster.stop("immediate")
+        except (RestoreError, subprocess.SubprocessError, OSError):
+            pass  # the original error is the one worth reporting
+        raise
+    return cluster
