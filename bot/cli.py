@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 
+from bot import backup_cli
 from bot.config import ConfigError, load_config
 from bot.logs import setup_logging
 from statemachines.store import Store
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_sub.add_parser("check", help="validate the config file").set_defaults(func=_config_check)
+    backup_cli.add_commands(sub)
     return parser
 
 
@@ -92,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
-        print(f"aegis: {exc}", file=sys.stderr)
+    except (ConfigError, *backup_cli.FRIENDLY_ERRORS) as exc:
+        print(f"aegis: {str(exc).strip(chr(39))}", file=sys.stderr)
         return 2
 
 

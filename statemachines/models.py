@@ -135,3 +135,34 @@ class LedgerEntry(SQLModel, table=True):
     lease_until: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     output: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class BackupRecord(SQLModel, table=True):
+    """One stored backup object (B4): a base backup, a WAL segment, a dump or an export.
+
+    ``run_id`` is the ``backup_YYYYMMDD_HHMMSS`` id of the run that took it; ``targets`` holds each
+    storage target's outcome (``{"s3": {"ok": true, "error": null}}``). No key material is stored,
+    only the key id.
+    """
+
+    __tablename__ = "backup_catalog"
+    __table_args__ = (UniqueConstraint("run_id", "object_name", name="uq_backup_object"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)             # backup_YYYYMMDD_HHMMSS
+    kind: str                                   # pg_full | pg_incremental | pg_logical | pg_wal | neo4j | milvus
+    component: str                              # postgres | neo4j | milvus
+    object_name: str                            # key on every target
+    status: str = "running"                     # running | ok | failed | deleted
+    reason: str = ""                            # e.g. why an incremental slot took a full backup
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    start_lsn: str | None = None
+    stop_lsn: str | None = None
+    timeline: int | None = None
+    source_size: int = 0
+    stored_size: int = 0
+    sha256: str | None = None
+    key_id: str | None = None
+    targets: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    verify_result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))

@@ -9,7 +9,7 @@ import pytest
 from bot.emulator.server import EmulatorServer
 from tests.aegis_process import BOT_TOKEN, SIGNING_SECRET
 
-pytest_plugins = ["tests.pgcluster"]
+pytest_plugins = ["tests.pgcluster", "tests.neo4j_server"]
 
 
 @pytest.fixture

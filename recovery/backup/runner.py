@@ -1,0 +1,251 @@
+"""A backup run (B4): one id, every database the run's type covers, each through the pipeline.
+
+``run_backup("postgresql" | "neo4j" | "milvus" | "full", …)``:
+- the run id is ``backup_YYYYMMDD_HHMMSS`` (UTC); every object it stores is a catalog row;
+- each source streams through ``pipeline.backup_stream`` to every target at once;
+- an object counts when at least one target holds it (B6); a source that fails afterwards (e.g.
+  ``pg_basebackup`` exiting non-zero) marks the row failed and its objects are deleted, so a
+  half-taken backup is never listed as usable;
+- the local staging copy is deleted only once two remote targets hold the object (B6);
+- on PostgreSQL < 17 the incremental slot takes a full backup and the row says why.
+The caller (CLI, scheduler, Slack) reports failures; this module only records them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
+
+from recovery.backup.crypto import BackupKey
+from recovery.backup.pipeline import PipelineResult, backup_stream
+from recovery.backup.storage import LocalTarget, Target
+from recovery.redact import redact
+from statemachines.models import BackupRecord, utcnow
+from statemachines.store import Store
+
+Progress = Callable[[str, int], None]      # (object name, source bytes so far)
+
+
+@dataclass
+class Sources:
+    """What can be backed up, resolved from config (secrets already read from the environment)."""
+
+    postgres_dsn: str | None = None
+    neo4j: dict[str, Any] | None = None      # {uri, user, password, database}
+    milvus_uri: str | None = None
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    kind: str
+    records: list[BackupRecord] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and all(r.status == "ok" for r in self.records)
+
+
+def new_run_id(store: Store, now: datetime | None = None) -> str:
+    from sqlmodel import select
+
+    base = f"backup_{(now or datetime.now(UTC)):%Y%m%d_%H%M%S}"
+    with store.session() as session:
+        taken = {r.run_id for r in session.exec(select(BackupRecord).where(
+            BackupRecord.run_id.startswith(base)))}  # type: ignore[attr-defined]
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}_{n}" in taken:
+        n += 1
+    return f"{base}_{n}"
+
+
+@contextlib.contextmanager
+def produced(write: Callable[[BinaryIO], Any]) -> Iterator[BinaryIO]:
+    """Run ``write(out)`` in a thread feeding a pipe; yield the pipe's read end.
+
+    The exporters write to a file object, the pipeline reads one: a pipe joins them with a bounded
+    kernel buffer, so memory stays flat. A writer error is re-raised when the block exits.
+    """
+    read_fd, write_fd = os.pipe()
+    reader, writer = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            write(writer)
+        except BaseException as exc:  # handed to the consumer below
+            failure.append(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                writer.close()
+
+    thread = threading.Thread(target=run, name="aegis-export", daemon=True)
+    thread.start()
+    try:
+        yield reader
+    finally:
+        reader.close()
+        thread.join()
+    if failure:
+        raise failure[0]
+
+
+class BackupRunner:
+    def __init__(self, store: Store, targets: list[Target], key: BackupKey, sources: Sources,
+                 progress: Progress | None = None) -> None:
+        self.store = store
+        self.targets = targets
+        self.key = key
+        self.sources = sources
+        self.progress = progress
+
+    # --- one object -----------------------------------------------------------------------
+
+    def _store_object(self, run_id: str, kind: str, component: str, object_name: str,
+                      source_cm: Any, reason: str = "") -> BackupRecord:
+        record = BackupRecord(run_id=run_id, kind=kind, component=component, object_name=object_name,
+                              reason=reason, key_id=self.key.key_id)
+        with self.store.session() as session:
+            session.add(record)
+        result: PipelineResult | None = None
+        error = ""
+        facts: dict[str, Any] = {}
+        try:
+            with source_cm as source:
+                stream = getattr(source, "stream", source)
+                result = backup_stream(stream, object_name, self.targets, self.key,
+                                       progress=(lambda n: self.progress(object_name, n)) if self.progress else None)
+            facts = {k: getattr(source, k, None) for k in ("start_lsn", "stop_lsn", "timeline")}
+        except Exception as exc:   # the source failed: whatever was stored is not a backup
+            error = redact(f"{type(exc).__name__}: {exc}")[:500]
+            if result is not None:
+                self._delete_everywhere(object_name)
+        return self._finish(record, result, error, facts)
+
+    def _finish(self, record: BackupRecord, result: PipelineResult | None, error: str,
+                facts: dict[str, Any]) -> BackupRecord:
+        targets: dict[str, Any] = {}
+        if result is not None:
+            targets = {name: {"ok": t.ok, "error": t.error} for name, t in result.targets.items()}
+        ok = not error and result is not None and result.ok
+        remotes = [t.name for t in self.targets if not isinstance(t, LocalTarget)]
+        if ok and result is not None and remotes and not any(result.targets[n].ok for n in remotes):
+            # only the local staging copy exists: keep it, but this is not an off-site backup
+            ok = False
+            error = "every remote target failed; the local staging copy is kept"
+        if ok and result is not None:
+            self._drop_staging_copy(record.object_name, result, targets)
+        with self.store.session() as session:
+            row = session.get(BackupRecord, record.id)
+            assert row is not None
+            row.status = "ok" if ok else "failed"
+            row.finished_at = utcnow()
+            row.targets = targets
+            if not ok:
+                failed = "; ".join(f"{n}: {t.get('error')}" for n, t in targets.items() if not t["ok"])
+                why = error or "every target failed"
+                row.reason = (row.reason + " " if row.reason else "") + (f"{why} ({failed})" if failed else why)
+            if result is not None:
+                row.source_size, row.stored_size, row.sha256 = result.source_size, result.stored_size, result.sha256
+            row.start_lsn, row.stop_lsn, row.timeline = (facts.get("start_lsn"), facts.get("stop_lsn"),
+                                                         facts.get("timeline"))
+            session.add(row)
+            session.flush()
+            session.refresh(row)
+            return row
+
+    def _drop_staging_copy(self, name: str, result: PipelineResult, targets: dict[str, Any]) -> None:
+        """B6: the local copy goes only once two remote targets hold the object."""
+        remote_ok = [t for t in self.targets if not isinstance(t, LocalTarget) and result.targets[t.name].ok]
+        if len(remote_ok) < 2:
+            return
+        for target in self.targets:
+            if isinstance(target, LocalTarget) and result.targets[target.name].ok:
+                with contextlib.suppress(Exception):
+                    target.delete(name)
+                    targets[target.name] = {"ok": True, "error": None, "removed": "held by two remote targets"}
+
+    def _delete_everywhere(self, name: str) -> None:
+        for target in self.targets:
+            with contextlib.suppress(Exception):
+                target.delete(name)
+
+    # --- sources ---------------------------------------------------------------------------
+
+    def _postgres(self, run_id: str, incremental: bool) -> list[BackupRecord]:
+        from recovery.backup.postgres import base_backup, supports_incremental
+
+        dsn = self.sources.postgres_dsn
+        assert dsn
+        reason = ""
+        kind = "pg_full"
+        if incremental:
+            supported, why = supports_incremental(dsn)
+            # The incremental chain (PostgreSQL 17+) is not wired yet; the row always says why.
+            reason = why if not supported else "incremental chains are not wired yet: took a full backup"
+        name = f"{run_id}/postgres-base.tar.zst.aes"
+        return [self._store_object(run_id, kind, "postgres", name, base_backup(dsn, label=run_id), reason)]
+
+    def _neo4j(self, run_id: str) -> list[BackupRecord]:
+        from neo4j import GraphDatabase
+
+        from recovery.backup.neo4j_export import export_graph
+
+        cfg = self.sources.neo4j
+        assert cfg
+        auth = (cfg["user"], cfg["password"]) if cfg.get("password") else None
+        database = cfg.get("database", "neo4j")
+        with GraphDatabase.driver(cfg["uri"], auth=auth) as driver:
+            source = produced(lambda out: export_graph(driver, database, out))
+            return [self._store_object(run_id, "neo4j", "neo4j", f"{run_id}/neo4j-{database}.jsonl.zst.aes", source)]
+
+    def _milvus(self, run_id: str) -> list[BackupRecord]:
+        from pymilvus import MilvusClient
+
+        from recovery.backup.milvus_export import export_collection, list_collections
+
+        client = MilvusClient(uri=self.sources.milvus_uri or "")
+        try:
+            records = []
+            for collection in list_collections(client):
+                source = produced(lambda out, c=collection: export_collection(client, c, out))
+                records.append(self._store_object(run_id, "milvus", "milvus",
+                                                  f"{run_id}/milvus-{collection}.jsonl.zst.aes", source))
+            return records
+        finally:
+            client.close()
+
+    def run(self, kind: str, *, incremental: bool = False) -> RunReport:
+        """``incremental`` is the daily PostgreSQL slot (B1); a manual run takes a full backup."""
+        if kind not in ("full", "postgresql", "neo4j", "milvus"):
+            raise ValueError("backup kind must be full, postgresql, neo4j or milvus")
+        run_id = new_run_id(self.store)
+        report = RunReport(run_id, kind)
+        wanted = {
+            "postgresql": self.sources.postgres_dsn is not None and kind in ("full", "postgresql"),
+            "neo4j": self.sources.neo4j is not None and kind in ("full", "neo4j"),
+            "milvus": self.sources.milvus_uri is not None and kind in ("full", "milvus"),
+        }
+        if kind != "full" and not wanted[kind]:
+            report.errors.append(f"no {kind} component is configured (components.{kind})")
+        for component, enabled in wanted.items():
+            if not enabled:
+                continue
+            try:
+                if component == "postgresql":
+                    report.records += self._postgres(run_id, incremental)
+                elif component == "neo4j":
+                    report.records += self._neo4j(run_id)
+                else:
+                    report.records += self._milvus(run_id)
+            except Exception as exc:  # e.g. the database is unreachable before anything streamed
+                report.errors.append(redact(f"{component}: {type(exc).__name__}: {exc}")[:500])
+        return report
