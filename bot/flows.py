@@ -165,11 +165,18 @@ class Flows:
 
     # --- assessment --------------------------------------------------------------------------
 
-    def assess(self, incident_id: int) -> None:
-        """Health checks → classification → plan → ``assessed`` (C1). Read-only; safe to repeat."""
+    def assess(self, incident_id: int, *, after_version: int | None = None) -> None:
+        """Health checks → classification → plan → ``assessed`` (C1). Read-only; safe to repeat.
+
+        Without ``after_version`` this is the first assessment (state ``assembled``). With it, it is a
+        re-assessment of an ``assessed`` incident, done only if nothing changed the incident since
+        the abort/reject that asked for it — so a sweep or a second replica never re-plans twice.
+        """
         with self.store.session() as session:
             incident = svc.get(session, incident_id)
-        if incident.state not in ("assembled", "assessed"):
+        if after_version is None and incident.state != "assembled":
+            return
+        if after_version is not None and (incident.state != "assessed" or incident.version != after_version):
             return
         results = run_checks(wiring.component_specs(self.config) + wiring.service_specs(self.config))
         plan = planner.propose(wiring.facts(self.config, incident.scenario, results))
@@ -270,7 +277,8 @@ class Flows:
         if transition:
             self.on_transition(transition)
         else:
-            self.submit(self.assess, incident.id)
+            version = incident.version    # reject in ``assessed``: re-plan unless someone else moved first
+            self.submit(lambda: self.assess(incident.id or 0, after_version=version))
 
     def retry(self, *, user_id: str, step_id: int) -> None:
         with self.store.session() as session:
@@ -357,7 +365,7 @@ class Flows:
         if transition.dest == "assembled":
             self.submit(self.assess, incident_id)
         elif transition.dest == "assessed" and transition.trigger in ("abort_recovery", "verification_failed"):
-            self.submit(self.assess, incident_id)
+            self.submit(lambda: self.assess(incident_id, after_version=transition.version))
         elif transition.dest == "recovering":
             self.refresh_plan(incident_id)
         elif transition.dest == "closed":
