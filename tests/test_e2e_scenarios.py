@@ -225,3 +225,34 @@ def test_embedded_default_serves_the_emulator_page_and_runs_a_command(tmp_path: 
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_abort_after_a_failed_step_goes_back_to_assessed_with_a_new_plan(
+    tmp_path: Path, emulator: EmulatorServer,
+) -> None:
+    hook = tmp_path / "isolate.sh"
+    hook.write_text("#!/usr/bin/env bash\necho 'firewall API refused' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    bot = start(tmp_path, emulator, {"roster": ROSTER,
+                                     "hooks": {"isolate_systems": {"command": [str(hook)], "timeout_seconds": 10}}})
+    try:
+        walk = Walk(bot, emulator)
+        walk.declare("incident ransomware critical file servers encrypted")
+        walk.assemble_and_assess()
+        isolate = walk.steps()[0]
+        walk.click("U0SEC", "aegis_approve", str(isolate.id))
+        walk.wait_step(isolate.id, "failed")
+        wait_for(lambda: message_with_button(walk.chan(), "aegis_abort", str(isolate.id)), what="Retry/Abort")
+        walk.click("U0APP", "aegis_abort", str(isolate.id))          # not an approver of this step
+        wait_for(lambda: "can't" in replies_for(emulator, "U0APP"), what="the abort refusal")
+        assert walk.incident().state == "recovering"
+        walk.click("U0SEC", "aegis_abort", str(isolate.id))
+        walk.wait_state("assessed")
+        wait_for(lambda: walk.incident().plan_revision == 2, what="a fresh plan after the abort")
+        with walk.store.session() as session:
+            assert svc.get_step(session, isolate.id).status == "skipped"
+            texts = [e.text for e in svc.timeline(session, walk.incident_id)]
+        assert any("aborted at" in t for t in texts)
+        assert len([t for t in texts if "step 1 failed" in t]) == 1      # the failing hook ran once
+    finally:
+        bot.stop()
