@@ -23,6 +23,7 @@ from bot.config import SCENARIOS, SEVERITIES
 from bot.flows import Flows, Refused, reference
 from messages import blocks
 from messages.views import Message
+from statemachines import service as svc
 from statemachines.machine import IllegalTransition
 from statemachines.service import StaleVersion
 
@@ -115,8 +116,6 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -
         return int(value)
 
     def incident_of(body: dict[str, Any]) -> int:
-        from statemachines import service as svc
-
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
         with flows.store.session() as session:
             incident = svc.find_by_channel(session, channel) if channel else None
@@ -181,7 +180,6 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -
             except Refused as exc:
                 message = blocks.refusal(exc.reason, locale, **exc.ctx)
                 with flows.store.session() as session:
-                    from statemachines import service as svc
                     incident = svc.get(session, int(metadata))
                 if incident.channel_id:
                     flows.gateway.ephemeral(incident.channel_id, user, message.text, message.blocks)

@@ -64,8 +64,9 @@ class Flows:
         self.engine = Engine(
             store, lambda step, ctx: wiring.build_action(config, step, ctx), self, owner=owner,
             lease=timedelta(seconds=config.engine.lease_seconds),
-            approval_ttl=timedelta(minutes=config.engine.approval_expiry_minutes),
         )
+        # an approval is valid this long; the engine asks again for one that expired unused
+        self.approval_ttl = timedelta(minutes=config.engine.approval_expiry_minutes)
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -236,9 +237,8 @@ class Flows:
                 if any(a.user_id == user_id for a in svc.approvals(session, step)):
                     raise Refused("already_approved", step_title=step.title)
                 raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
-            ttl = timedelta(minutes=self.config.engine.approval_expiry_minutes)
             if not svc.record_vote(session, step=step, user_id=user_id, decision="approve",
-                                   roles_used=list(decision.roles), expires_in=ttl):
+                                   roles_used=list(decision.roles), expires_in=self.approval_ttl):
                 raise Refused("already_approved", step_title=step.title)
             svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
                           text=f"approved step {step.position}: {step.title}", data={"step_id": step.id})
@@ -251,14 +251,12 @@ class Flows:
                 transition = svc.transition(session, incident_id=incident.id or 0, trigger="start_recovery",
                                             actor=user_id, reason=f"approved: {step.title}",
                                             expected_version=incident.version)
-        if not satisfied and step.approvals_required > 1:
-            self.refresh_plan(incident.id or 0)
-            if transition:
-                self.on_transition(transition)
-            raise Refused("second_approver_required", step_title=step.title)
         self.refresh_plan(incident.id or 0)
         if transition:
             self.on_transition(transition)
+        if not satisfied:
+            # the vote is recorded; a two-person step waits for its second approver
+            raise Refused("second_approver_required", step_title=step.title)
         self.submit(self.engine.advance, incident.id)
 
     def reject(self, *, user_id: str, step_id: int) -> None:
@@ -296,8 +294,7 @@ class Flows:
             step = svc.get_step(session, step_id)
             if step.approvals_required:
                 svc.record_vote(session, step=step, user_id=user_id, decision="approve",
-                                roles_used=list(decision.roles),
-                                expires_in=timedelta(minutes=self.config.engine.approval_expiry_minutes))
+                                roles_used=list(decision.roles), expires_in=self.approval_ttl)
             svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
                           text=f"retry of step {step.position}: {step.title} (attempt {step.attempt})")
         self.refresh_plan(incident.id or 0)

@@ -6,6 +6,8 @@ action; plan steps in the database only name config entries (``{"node": "standby
 
 from __future__ import annotations
 
+import os
+
 from bot.config import Config, PostgresNode
 from recovery.actions.base import Action, ActionError
 from recovery.actions.hook import HookAction
@@ -40,8 +42,6 @@ def component_specs(config: Config) -> list[HealthSpec]:
 
 
 def service_specs(config: Config) -> list[HealthSpec]:
-    import os
-
     specs: list[HealthSpec] = []
     for service in config.services:
         check = service.health

@@ -48,14 +48,13 @@ class EngineListener(Protocol):
 class Engine:
     def __init__(
         self, store: Store, factory: ActionFactory, listener: EngineListener, *, owner: str,
-        lease: timedelta, approval_ttl: timedelta | None = None,
+        lease: timedelta,
     ) -> None:
         self.store = store
         self.factory = factory
         self.listener = listener
         self.owner = owner
         self.lease = lease
-        self.approval_ttl = approval_ttl
 
     # --- driving ----------------------------------------------------------------------------
 

@@ -335,12 +335,6 @@ def ledger_for_step(session: Session, step_id: int) -> list[LedgerEntry]:
     ))
 
 
-def ledger_for_incident(session: Session, incident_id: int) -> list[LedgerEntry]:
-    return list(session.exec(
-        select(LedgerEntry).where(LedgerEntry.incident_id == incident_id).order_by(col(LedgerEntry.id))
-    ))
-
-
 def expired_running(session: Session, *, now: datetime) -> list[LedgerEntry]:
     """Ledger rows still ``running`` whose lease ran out: their process died mid-step."""
     return list(session.exec(

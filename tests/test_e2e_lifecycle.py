@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,21 @@ def make_config(pair: PgPair, workdir: Path) -> dict[str, Any]:
         },
         "engine": {"lease_seconds": 3},
     }
+
+
+def at_once(*calls: Callable[[], Any]) -> None:
+    """Start every call at the same instant (a barrier), in its own thread, and wait for all."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], Any]) -> None:
+        barrier.wait()
+        call()
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def runs(workdir: Path, hook: str) -> int:
@@ -286,33 +303,14 @@ def test_unauthorised_click_is_refused_and_duplicate_approvals_execute_once(
 
         # the same approval delivered twice at once, then again as a Slack retry
         message = message_with_button(walk.chan(), "aegis_approve", str(fence.id))
-        barrier = threading.Barrier(2)
-
-        def press() -> None:
-            barrier.wait()
-            walk.driver.click("U0INFRA", "aegis_approve", str(fence.id), walk.channel_id, message["ts"])
-
-        threads = [threading.Thread(target=press) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        press = partial(walk.driver.click, "U0INFRA", "aegis_approve", str(fence.id), walk.channel_id, message["ts"])
+        at_once(press, press)
         walk.driver.click("U0INFRA", "aegis_approve", str(fence.id), walk.channel_id, message["ts"], retry_num=1)
         walk.wait_step(fence.id, "succeeded")
 
         message = message_with_button(walk.chan(), "aegis_approve", str(promote.id))
-        barrier = threading.Barrier(3)
-
-        def promote_click(retry: int | None) -> None:
-            barrier.wait()
-            walk.driver.click("U0DB", "aegis_approve", str(promote.id), walk.channel_id, message["ts"],
-                              retry_num=retry)
-
-        threads = [threading.Thread(target=promote_click, args=(r,)) for r in (None, None, 1)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        press = partial(walk.driver.click, "U0DB", "aegis_approve", str(promote.id), walk.channel_id, message["ts"])
+        at_once(press, press, partial(press, retry_num=1))
         walk.wait_step(promote.id, "succeeded")
         time.sleep(2)   # give any duplicate a chance to show up
         assert runs(workdir, "fence") == 1
@@ -399,18 +397,8 @@ def test_two_replicas_on_one_postgresql_store_execute_a_click_once(
             fence, promote = walk.step("hook", "fence_primary"), walk.step("postgres_promote")
             for step, user in ((fence, "U0INFRA"), (promote, "U0DB")):
                 message = message_with_button(walk.chan(), "aegis_approve", str(step.id))
-                barrier = threading.Barrier(2)
-
-                def press(driver: SlackDriver, step_id: int = step.id, who: str = user,
-                          ts: str = message["ts"], gate: threading.Barrier = barrier) -> None:
-                    gate.wait()
-                    driver.click(who, "aegis_approve", str(step_id), walk.channel_id, ts)
-
-                threads = [threading.Thread(target=press, args=(d,)) for d in (emulator.driver, second_driver)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
+                at_once(*(partial(d.click, user, "aegis_approve", str(step.id), walk.channel_id, message["ts"])
+                          for d in (emulator.driver, second_driver)))
                 walk.wait_step(step.id, "succeeded")
             time.sleep(2)
             assert runs(workdir, "fence") == 1
