@@ -127,6 +127,57 @@ class Engine(_Strict):
     approval_expiry_minutes: float = Field(default=60, gt=0)
 
 
+class BackupSchedules(_Strict):
+    """Crontab expressions (minute hour day month day-of-week) in ``backups.timezone``; null disables one."""
+
+    postgres_full: str | None = "0 2 * * sun"            # B1 weekly full
+    postgres_incremental: str | None = "0 2 * * mon-sat"  # B1 daily (a full backup on PostgreSQL < 17)
+    wal_switch_minutes: float | None = Field(default=15, gt=0)  # B1: second line behind archive_timeout
+    neo4j: str | None = "0 3 * * *"                       # B2
+    milvus: str | None = "0 4 * * *"                      # B3
+    prune: str | None = "30 5 * * *"                      # retention, after the nightly runs
+
+    @field_validator("postgres_full", "postgres_incremental", "neo4j", "milvus", "prune")
+    @classmethod
+    def _crontab(cls, value: str | None) -> str | None:
+        if value is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value)
+            except ValueError as exc:
+                raise ValueError(f"not a crontab expression ({exc}); e.g. \"0 2 * * sun\"") from None
+        return value
+
+
+class BackupRetention(_Strict):
+    """How long each kind is kept (B1-B3). The newest good backup of a kind is never deleted."""
+
+    postgres_full_days: float = Field(default=28, gt=0)
+    postgres_incremental_days: float = Field(default=7, gt=0)
+    postgres_wal_days: float = Field(default=3, gt=0)   # and never a segment a retained base backup needs
+    postgres_logical_days: float = Field(default=7, gt=0)
+    neo4j_days: float = Field(default=7, gt=0)
+    milvus_days: float = Field(default=7, gt=0)
+
+
+class Backups(_Strict):
+    timezone: str = "UTC"
+    schedules: BackupSchedules = Field(default_factory=BackupSchedules)
+    retention: BackupRetention = Field(default_factory=BackupRetention)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as UTC or Asia/Seoul") from None
+        return value
+
+
 class Config(_Strict):
     locale: Literal["en", "ko"] = "en"
     objectives: Objectives = Field(default_factory=Objectives)
@@ -138,6 +189,7 @@ class Config(_Strict):
     engine: Engine = Field(default_factory=Engine)
     storage: list[dict[str, Any]] = Field(default_factory=list)
     encryption: dict[str, Any] = Field(default_factory=dict)
+    backups: Backups = Field(default_factory=Backups)
 
     @field_validator("roster")
     @classmethod

@@ -161,7 +161,9 @@ class BackupRecord(SQLModel, table=True):
     timeline: int | None = None
     source_size: int = 0
     stored_size: int = 0
-    sha256: str | None = None
+    sha256: str | None = None                   # of the stored (encrypted) bytes
+    source_sha256: str | None = None            # of the plaintext; WAL pushes compare it (idempotency)
+    parent_run_id: str | None = None            # an incremental's base: the previous backup in its chain
     key_id: str | None = None
     targets: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
