@@ -94,6 +94,7 @@ class PgNode:
     data_dir: Path
     socket_dir: Path
     log_file: Path
+    pg_bin: Path = PG_BIN
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host={self.socket_dir} port={self.port} user={PG_USER} dbname={dbname}"
@@ -103,7 +104,7 @@ class PgNode:
 
     def start(self) -> None:
         _run_as_postgres(
-            [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60",
+            [str(self.pg_bin / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60",
              "start"],
             cwd=self.data_dir.parent,
         )
@@ -112,13 +113,13 @@ class PgNode:
         if mode not in ("smart", "fast", "immediate"):
             raise ValueError(f"unknown stop mode {mode!r}")
         _run_as_postgres(
-            [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"],
+            [str(self.pg_bin / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"],
             cwd=self.data_dir.parent,
         )
 
     def is_running(self) -> bool:
         proc = subprocess.run(
-            [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "status"],
+            [str(self.pg_bin / "pg_ctl"), "-D", str(self.data_dir), "status"],
             user=PG_USER, group=PG_USER, extra_groups=[], cwd=self.data_dir.parent,
             capture_output=True, check=False,
         )
@@ -138,18 +139,24 @@ class PgNode:
             return ""
 
 
-def _init_primary(base_dir: Path, name: str = "primary") -> PgNode:
-    """initdb + config for a primary that archives WAL into ``<base_dir>/archive``; started."""
+def _init_primary(base_dir: Path, name: str = "primary", *, pg_bin: Path | None = None,
+                  settings: dict[str, Any] | None = None) -> PgNode:
+    """initdb + config for a primary that archives WAL into ``<base_dir>/archive``; started.
+
+    ``pg_bin`` picks another PostgreSQL build (e.g. 17 for incremental backups); ``settings`` are
+    appended last, so they win (e.g. an ``archive_command`` of ``aegis wal push %p``).
+    """
     node = PgNode(
         name=name,
         port=free_port(),
         data_dir=base_dir / name,
         socket_dir=_mkdir_for_postgres(base_dir / f"{name}-sock", 0o755),
         log_file=base_dir / f"{name}.log",
+        pg_bin=pg_bin or PG_BIN,
     )
     archive = _mkdir_for_postgres(base_dir / "archive")
     _run_as_postgres(
-        [str(PG_BIN / "initdb"), "-D", str(node.data_dir), "-U", PG_USER, "--auth=trust", "-E", "UTF8",
+        [str(node.pg_bin / "initdb"), "-D", str(node.data_dir), "-U", PG_USER, "--auth=trust", "-E", "UTF8",
          "--locale=C", "--no-sync", "--no-instructions"],
         cwd=base_dir,
     )
@@ -167,6 +174,7 @@ def _init_primary(base_dir: Path, name: str = "primary") -> PgNode:
         "hot_standby": "on",
         "fsync": "off",
         "logging_collector": "off",
+        **(settings or {}),
     })
     (node.data_dir / "pg_hba.conf").write_text(_HBA, encoding="utf-8")
     node.start()
@@ -223,12 +231,13 @@ class PgSingle:
     primary: PgNode
 
     @classmethod
-    def create(cls, base_dir: Path | None = None) -> PgSingle:
+    def create(cls, base_dir: Path | None = None, *, pg_bin: Path | None = None,
+               settings: dict[str, Any] | None = None) -> PgSingle:
         root = _new_base_dir(base_dir)
         try:
-            return cls(base_dir=root, primary=_init_primary(root))
+            return cls(base_dir=root, primary=_init_primary(root, pg_bin=pg_bin, settings=settings))
         except BaseException:
-            _stop_quietly(PgNode("primary", 0, root / "primary", root, root / "primary.log"))
+            _stop_quietly(PgNode("primary", 0, root / "primary", root, root / "primary.log", pg_bin or PG_BIN))
             shutil.rmtree(root, ignore_errors=True)
             raise
 

@@ -204,7 +204,7 @@ class BackupRunner:
         auth = (cfg["user"], cfg["password"]) if cfg.get("password") else None
         database = cfg.get("database", "neo4j")
         with GraphDatabase.driver(cfg["uri"], auth=auth) as driver:
-            source = produced(lambda out: export_graph(driver, database, out))
+            source = produced(lambda out: export_graph(driver, database, out=out))
             return [self._store_object(run_id, "neo4j", "neo4j", f"{run_id}/neo4j-{database}.jsonl.zst.aes", source)]
 
     def _milvus(self, run_id: str) -> list[BackupRecord]:
