@@ -168,3 +168,20 @@ class BackupRecord(SQLModel, table=True):
     targets: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     verify_result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class ScheduledClaim(SQLModel, table=True):
+    """Who runs one fire of a scheduled job (``backup-postgres_full`` at ``2026-11-29T02:00:00+00:00``).
+
+    APScheduler 3 fires a job in every replica that shares the job store; each replica inserts this
+    row before doing the work, and only the one whose insert wins (unique job + fire time) runs it.
+    ``fire_time`` is the scheduled time as an ISO string in UTC, so every replica computes the same key.
+    """
+
+    __tablename__ = "scheduled_claim"
+    __table_args__ = (UniqueConstraint("job_id", "fire_time", name="uq_one_claim_per_fire"),)
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str
+    fire_time: str
+    owner: str = ""                              # host:pid:boot of the replica that won
+    claimed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
