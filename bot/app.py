@@ -6,6 +6,8 @@ no polling for the ack) and the after-ack work — database, Slack calls — nev
 threads that are acking (see bench/ack_latency.py). Bolt verifies every request's signature and
 timestamp (401 otherwise). All errors end in one place, ``guarded``: a ``Refused`` becomes an ephemeral explanation, an
 unexpected exception an ephemeral "nothing was changed, reference X" plus a logged traceback.
+``/aegis backup …`` goes to ``BackupDesk`` (bot/backup_slack.py), which runs backups on a worker of
+its own so that a long backup never holds one of the interaction threads.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from slack_bolt import App
 from slack_sdk import WebClient
 
 from bot import commands
+from bot.backup_slack import BackupDesk
 from bot.config import SCENARIOS, SEVERITIES
 from bot.flows import Flows, Refused, reference
 from messages import blocks
@@ -40,7 +43,8 @@ def _ephemeral(respond: Respond | None, message: Message) -> None:
         log.warning("could not send an ephemeral reply", exc_info=True)
 
 
-def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -> App:
+def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str,
+               backups: BackupDesk | None = None) -> App:
     locale = flows.locale
     app = App(
         client=WebClient(token=token, base_url=api_url),
@@ -84,8 +88,19 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str) -
             message = blocks.usage_error(parsed.problem, locale, **parsed.ctx)
             ack(text=message.text, blocks=message.blocks, response_type="ephemeral")
             return
-        ack()
         user = command["user_id"]
+        if isinstance(parsed, commands.BackupRun | commands.BackupList | commands.BackupVerify):
+            if backups is None:
+                reply: Message | None = blocks.refusal("backups_not_configured", locale, detail="no backup desk")
+            else:
+                reply = backups.handle(parsed, user=user, channel=command.get("channel_id"), respond=respond,
+                                       later=later)
+            if reply is None:
+                ack()
+            else:
+                ack(text=reply.text, blocks=reply.blocks, response_type="ephemeral")
+            return
+        ack()
 
         def work() -> None:
             if isinstance(parsed, commands.OpenDeclareForm):

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from bot.config import SCENARIOS, SEVERITIES
 
 _KEY = re.compile(r"^(?:INC-)?\d+$", re.I)
+# A run id (backup_YYYYMMDD_HHMMSS[_n]) or one object's name (backup_…/postgres-base.tar.zst.aes).
+_BACKUP_ID = re.compile(r"^backup_[A-Za-z0-9_./-]{1,200}$")
+BACKUP_KINDS = ("full", "postgresql", "neo4j", "milvus")
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,27 @@ class Help:
 
 
 @dataclass(frozen=True)
+class BackupRun:
+    kind: str                     # full | postgresql | neo4j | milvus
+
+
+@dataclass(frozen=True)
+class BackupList:
+    pass
+
+
+@dataclass(frozen=True)
+class BackupVerify:
+    ident: str                    # run id or object name
+
+
+@dataclass(frozen=True)
 class Usage:
     problem: str                  # usage_error key
     ctx: dict[str, str]
 
 
-Command = Declare | OpenDeclareForm | Status | ListOpen | Help | Usage
+Command = Declare | OpenDeclareForm | Status | ListOpen | Help | BackupRun | BackupList | BackupVerify | Usage
 
 
 def parse(text: str) -> Command:
@@ -65,6 +83,8 @@ def parse(text: str) -> Command:
         return Status(args[0].upper() if args else None)
     if verb == "incident":
         return _incident(args)
+    if verb == "backup":
+        return _backup(args, text)
     return Usage("unknown_command", {"text": text.strip()})
 
 
@@ -80,3 +100,21 @@ def _incident(args: list[str]) -> Command:
     if not summary:
         return Usage("missing_summary", {})
     return Declare(scenario, args[1].lower(), summary[:1000])
+
+
+def _backup(args: list[str], text: str) -> Command:
+    sub = args[0].lower() if args else ""
+    if sub == "run":
+        kind = args[1].lower() if len(args) > 1 else "full"
+        if kind not in BACKUP_KINDS or len(args) > 2:
+            return Usage("unknown_backup_kind", {"value": " ".join(args[1:])})
+        return BackupRun(kind)
+    if sub == "list" and len(args) == 1:
+        return BackupList()
+    if sub == "verify":
+        if len(args) < 2:
+            return Usage("missing_backup_id", {})
+        if len(args) > 2 or not _BACKUP_ID.match(args[1]):
+            return Usage("backup_not_found", {"ident": " ".join(args[1:])})
+        return BackupVerify(args[1])
+    return Usage("unknown_backup_command", {"text": text.strip()})

@@ -15,8 +15,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from bot import jobs
+from bot import backup_jobs, jobs
 from bot.app import create_app
+from bot.backup_jobs import BackupDuty
+from bot.backup_slack import BackupDesk
 from bot.config import Config
 from bot.flows import Flows
 from bot.scheduler import Scheduler
@@ -57,8 +59,10 @@ class Runtime:
         self.scheduler = Scheduler(store.url, config.slack.reminder_minutes)
         self.flows.on_reminder_schedule = self.scheduler.schedule_reminder
         self.flows.on_reminder_cancel = self.scheduler.cancel_reminder
+        self.backup_duty = BackupDuty(config, store, self.gateway, owner=self.owner)
+        self.backups = BackupDesk(self.backup_duty)
         self.bolt = create_app(self.flows, token=slack.token, signing_secret=slack.signing_secret or "unused",
-                               api_url=slack.api_url)
+                               api_url=slack.api_url, backups=self.backups)
         self.sweep_seconds = sweep_seconds
         self._stop = threading.Event()
         self.http: HttpServer | None = None
@@ -80,7 +84,9 @@ class Runtime:
 
     def start(self, host: str, port: int) -> HttpServer:
         jobs.runtime = self.flows
+        backup_jobs.context = self.backup_duty
         self.scheduler.start()
+        self.scheduler.reconcile_backups(self.config)
         self.flows.submit(self.flows.sweep)   # resume whatever a crash left, right away
         threading.Thread(target=self._sweeper, name="aegis-sweep", daemon=True).start()
         self.http = HttpServer(make_wsgi(self.bolt, self.health), host=host, port=port).start()
@@ -94,6 +100,7 @@ class Runtime:
     def stop(self) -> None:
         self._stop.set()
         self.scheduler.shutdown()
+        self.backups.shutdown()
         if self.http:
             self.http.stop()
         self.flows.pool.shutdown(wait=False, cancel_futures=True)

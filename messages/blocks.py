@@ -538,3 +538,136 @@ def declared_ack(key: str, locale: str) -> Message:
     """The declarer's ephemeral confirmation, sent before the channel exists."""
     body = _t(locale, "declared", key=key)
     return _message(body, [_section(body, "declared")], locale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backups (views are plain data built by bot/backup_slack.py from the catalog; no ORM rows here)
+
+
+@dataclass(frozen=True)
+class BackupTargetView:
+    name: str
+    ok: bool
+    error: str | None = None
+    removed: bool = False          # a staging copy deleted once two remote targets held it (B6)
+
+
+@dataclass(frozen=True)
+class BackupObjectView:
+    run_id: str
+    object_name: str
+    kind: str                      # pg_full | neo4j | milvus | …
+    status: str                    # running | ok | failed | deleted
+    stored_size: int
+    started_at: Any
+    targets: list[BackupTargetView] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def size_text(self) -> str:
+        size = float(self.stored_size)
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if size < 1024 or unit == "GiB":
+                return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+            size /= 1024
+        return f"{size:.1f} TiB"
+
+
+@dataclass(frozen=True)
+class BackupRunView:
+    run_id: str
+    kind: str                      # what was asked for: full | postgresql | neo4j | milvus
+    status: str                    # ok | warning (a target failed, the backup is held elsewhere) | failed
+    objects: list[BackupObjectView] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)       # run-level errors (already redacted)
+    failed_targets: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)      # "s3: connection refused", run errors
+    started_by: str | None = None  # Slack user id; None for a scheduled run
+    schedule: str | None = None    # scheduled job id
+    previous_good: BackupObjectView | None = None
+    local_kept: bool = False
+
+
+@dataclass(frozen=True)
+class BackupCheckView:
+    run_id: str
+    object_name: str
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    reread: list[str] = field(default_factory=list)
+
+
+def _simple(locale: str, name: str, part: str, block_id: str, **ctx: Any) -> Message:
+    body = _t(locale, name, part, **ctx)
+    return _message(body, [_section(body, block_id)], locale)
+
+
+def backup_started(kind: str, locale: str) -> Message:
+    """The ephemeral ack of ``/aegis backup run``."""
+    return _simple(locale, "backup", "started", "backup_started", kind=kind)
+
+
+def backup_verify_started(ident: str, locale: str) -> Message:
+    return _simple(locale, "backup", "verify_started", "backup_verify_started", ident=ident)
+
+
+def backup_result(run: BackupRunView, locale: str) -> Message:
+    """The result of a run, posted in the channel where it was started."""
+    header = _t(locale, "backup", "result_header", run=run)
+    lines = [_clip(_t(locale, "backup", "object_line", o=o), LINE_CHARS * 2) for o in run.objects]
+    lines += [_t(locale, "backup", "error_line", error=e) for e in run.errors]
+    blocks = [_section(header, "backup_result")]
+    if lines:
+        blocks += _sections(lines, "backup_objects")
+    if run.status == "failed":
+        blocks.append(_section(_t(locale, "backup", "previous_good", good=run.previous_good), "backup_previous"))
+    blocks.append(_context(_t(locale, "backup", "origin", run=run), "backup_origin"))
+    return _message(header, blocks, locale)
+
+
+def backup_ops_alert(run: BackupRunView, locale: str) -> Message:
+    """The ops channel's notice of a failed run, or of a run that lost one target (``status`` warning)."""
+    if run.status == "failed":
+        title = _t(locale, "backup", "ops_failed_title", run=run)
+        body = "\n".join([_t(locale, "backup", "ops_failed_body", run=run),
+                          _t(locale, "backup", "previous_good", good=run.previous_good),
+                          _t(locale, "backup", "origin", run=run)])
+    else:
+        title = _t(locale, "backup", "ops_warning_title", run=run)
+        body = "\n".join([_t(locale, "backup", "ops_warning_body", run=run), _t(locale, "backup", "origin", run=run)])
+    return ops_notice(title, body, locale)
+
+
+def backup_list(objects: list[BackupObjectView], locale: str) -> Message:
+    """``/aegis backup list``: newest first, one line per stored object."""
+    if not objects:
+        return _simple(locale, "backup", "list_empty", "backup_list")
+    lines = [_t(locale, "backup", "list_title", count=len(objects))]
+    lines += [_clip(_t(locale, "backup", "list_line", o=o), LINE_CHARS) for o in objects]
+    return _message(lines[0], _sections(lines, "backup_list"), locale)
+
+
+def backup_verify_result(ident: str, checks: list[BackupCheckView], goods: list[BackupObjectView | None],
+                         locale: str) -> Message:
+    """``/aegis backup verify ID``: each object, what is wrong where (target, chunk), the previous good one."""
+    ok = all(c.ok for c in checks)
+    header = _t(locale, "backup", "verify_header", ident=ident, ok=ok, count=len(checks))
+    lines = [_t(locale, "backup", "verify_line", c=c) for c in checks]
+    blocks = [_section(header, "backup_verify"), *_sections(lines, "backup_verify_objects")]
+    if not ok:
+        seen: set[str] = set()
+        for check, good in zip(checks, goods, strict=True):
+            key = good.object_name if good else ""
+            if not check.ok and key not in seen:
+                seen.add(key)
+                text = _t(locale, "backup", "previous_good", good=good)
+                blocks.append(_section(text, f"backup_previous_{len(seen)}"))
+    return _message(header, blocks, locale)
+
+
+def backup_job_alert(problem: str, job_id: str, error: str, locale: str) -> Message:
+    """The ops channel's notice that a scheduled job could not do its work (``not_run``, ``wal_failed``,
+    ``prune_failed``); ``error`` is already redacted."""
+    title = _t(locale, "backup", f"{problem}_title", job=job_id)
+    body = _t(locale, "backup", f"{problem}_body", job=job_id, error=error)
+    return ops_notice(title, body, locale)

@@ -1,0 +1,297 @@
+"""Backup runs for Slack and for the schedule, and the functions APScheduler stores by import path.
+
+- ``BackupDuty.run`` takes one backup (``BackupRunner``), turns the report into a plain view and,
+  when the run failed or lost a target, posts to ``slack.ops_channel``: the reason, the target(s)
+  that failed and the newest usable backup of that kind, which stays in place.
+- One backup at a time per bot process (``BackupGate``): a Slack ``backup run`` while another run is
+  going is refused with what is running (see ``bot/backup_slack.py``); a scheduled run waits for
+  the gate instead, since nobody is there to retry it.
+- Replicas: APScheduler 3 fires a job in every replica that shares the job store. Each scheduled
+  fire first inserts a ``ScheduledClaim`` (job id + scheduled fire time, unique); only the replica
+  whose insert wins does the work. ``FireTimeExecutor`` hands the scheduled fire time to every job
+  stored with a ``fire_time`` keyword, so all replicas compute the same claim key.
+- ``context`` is installed by ``bot.runtime`` at start-up (like ``bot.jobs.runtime``): persisted
+  jobs hold only plain arguments and reach the live config, store and Slack gateway through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.executors.base import run_job
+from apscheduler.executors.pool import ThreadPoolExecutor as ApsThreadPoolExecutor
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from bot.backup_cli import key_from, sources_from, targets_from
+from bot.config import Config
+from bot.slack_gateway import SlackCallFailed, SlackGateway
+from messages import blocks
+from messages.blocks import BackupObjectView, BackupRunView, BackupTargetView
+from recovery.backup.runner import BackupRunner, RunReport
+from recovery.redact import redact
+from statemachines.models import BackupRecord, ScheduledClaim
+from statemachines.store import Store
+
+log = logging.getLogger("aegis.backup")
+
+# Which catalog kinds count as "a backup of that kind" for each run kind (WAL segments and
+# logical dumps are not a usable restore point on their own).
+USABLE_KINDS = {"postgresql": ("pg_full", "pg_incremental"), "neo4j": ("neo4j",), "milvus": ("milvus",)}
+COMPONENTS = {"postgresql": "postgres", "neo4j": "neo4j", "milvus": "milvus"}
+
+
+# --- one run at a time ------------------------------------------------------------------------
+
+
+class BackupGate:
+    """One backup at a time in this process; says what holds it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.holder: str | None = None
+        self.since: datetime | None = None
+
+    def try_enter(self, what: str) -> bool:
+        if not self._lock.acquire(blocking=False):
+            return False
+        self.holder, self.since = what, datetime.now(UTC)
+        return True
+
+    def enter(self, what: str) -> None:
+        self._lock.acquire()
+        self.holder, self.since = what, datetime.now(UTC)
+
+    def leave(self) -> None:
+        self.holder = self.since = None
+        self._lock.release()
+
+
+# --- runs and their reports -------------------------------------------------------------------
+
+
+def object_view(record: BackupRecord) -> BackupObjectView:
+    targets = [BackupTargetView(name, bool(t.get("ok")), t.get("error"), bool(t.get("removed")))
+               for name, t in (record.targets or {}).items()]
+    return BackupObjectView(record.run_id, record.object_name, record.kind, record.status, record.stored_size,
+                            record.started_at, targets, record.reason)
+
+
+def newest_usable(store: Store, run_kind: str, kinds: list[str] | None = None,
+                  before_run: str | None = None) -> BackupRecord | None:
+    """The newest backup with status ok of these catalog kinds (default: those of ``run_kind``)."""
+    wanted = kinds or [k for part in (["postgresql", "neo4j", "milvus"] if run_kind == "full" else [run_kind])
+                       for k in USABLE_KINDS.get(part, ())]
+    query = select(BackupRecord).where(col(BackupRecord.kind).in_(wanted), BackupRecord.status == "ok")
+    if before_run:
+        query = query.where(BackupRecord.run_id != before_run)
+    with store.session() as session:
+        return session.exec(query.order_by(col(BackupRecord.id).desc())).first()
+
+
+def run_view(store: Store, report: RunReport, *, started_by: str | None, schedule: str | None) -> BackupRunView:
+    failed_targets: list[str] = []
+    reasons: list[str] = []
+    for record in report.records:
+        for name, target in (record.targets or {}).items():
+            if not target.get("ok"):
+                if name not in failed_targets:
+                    failed_targets.append(name)
+                reasons.append(redact(f"{name}: {target.get('error') or 'failed'}")[:400])
+        if record.status != "ok" and record.reason:
+            reasons.append(redact(record.reason)[:400])
+    reasons += report.errors
+    local_kept = any(r.status != "ok" and "local staging copy is kept" in (r.reason or "") for r in report.records)
+    status = "ok" if report.ok and not failed_targets else "warning" if report.ok else "failed"
+    previous = None
+    if status == "failed":
+        kinds = sorted({r.kind for r in report.records}) or None
+        good = newest_usable(store, report.kind, kinds, before_run=report.run_id)
+        previous = object_view(good) if good else None
+    return BackupRunView(report.run_id, report.kind, status, [object_view(r) for r in report.records],
+                         list(report.errors), failed_targets, list(dict.fromkeys(reasons)), started_by, schedule,
+                         previous, local_kept)
+
+
+@dataclass
+class BackupDuty:
+    """Takes backups for the Slack surface and the schedule, and tells the ops channel when one fails."""
+
+    config: Config
+    store: Store
+    gateway: SlackGateway | None
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        self.gate = BackupGate()
+        self.locale = self.config.locale
+
+    def run(self, kind: str, *, incremental: bool = False, started_by: str | None = None,
+            schedule: str | None = None, report_channel: str | None = None) -> BackupRunView:
+        """Run one backup (the caller holds the gate). Raises ``BackupSetupError``/``BackupKeyError``
+        when backups are not configured; every other failure is in the returned view."""
+        runner = BackupRunner(self.store, targets_from(self.config), key_from(self.config), sources_from(self.config))
+        report = runner.run(kind, incremental=incremental)
+        view = run_view(self.store, report, started_by=started_by, schedule=schedule)
+        log.info("backup %s (%s) %s%s", report.run_id, kind, view.status,
+                 f": {'; '.join(view.reasons)}" if view.reasons else "")
+        ops = self.config.slack.ops_channel
+        if view.status != "ok" and ops and ops != report_channel:
+            self.post(ops, blocks.backup_ops_alert(view, self.locale), f"ops alert for {report.run_id}")
+        return view
+
+    def post(self, channel: str, message: Any, what: str) -> bool:
+        if self.gateway is None:
+            return False
+        try:
+            self.gateway.post(channel, message.text, message.blocks)
+            return True
+        except SlackCallFailed as exc:
+            log.error("could not post %s to %s: %s", what, channel, exc)
+            return False
+
+    def claim(self, job_id: str, fire_time: datetime) -> bool:
+        """True when this replica won the (job, fire time); every other replica gets False."""
+        key = fire_time.astimezone(UTC).isoformat()
+        try:
+            with self.store.session() as session:
+                session.add(ScheduledClaim(job_id=job_id, fire_time=key, owner=self.owner))
+            return True
+        except IntegrityError:
+            log.info("%s at %s is run by another replica", job_id, key)
+            return False
+
+
+context: BackupDuty | None = None
+
+
+# --- scheduled job functions (stored as bot.backup_jobs:<name>) --------------------------------
+
+
+def _claimed(job_id: str, fire_time: datetime | None) -> BackupDuty | None:
+    if context is None:
+        log.warning("%s fired before the bot was ready", job_id)
+        return None
+    if fire_time is None:       # not called through FireTimeExecutor: no key to share with replicas
+        log.error("%s fired without a fire time; not run (replicas could double-run it)", job_id)
+        return None
+    return context if context.claim(job_id, fire_time) else None
+
+
+def run_backup(job_id: str, kind: str, incremental: bool = False, fire_time: datetime | None = None) -> str | None:
+    """A scheduled backup (B1-B3); returns the run id, or None when another replica has this fire."""
+    duty = _claimed(job_id, fire_time)
+    if duty is None:
+        return None
+    duty.gate.enter(job_id)   # wait for a Slack-started run rather than skip the slot
+    try:
+        view = duty.run(kind, incremental=incremental, schedule=job_id)
+    except Exception as exc:                     # not configured, key missing: tell ops, never die silently
+        log.exception("scheduled %s could not run", job_id)
+        message = blocks.backup_job_alert("not_run", job_id, redact(f"{type(exc).__name__}: {exc}")[:400], duty.locale)
+        duty.post(duty.config.slack.ops_channel, message, f"{job_id} failure")
+        return None
+    finally:
+        duty.gate.leave()
+    return view.run_id
+
+
+def switch_wal(job_id: str, fire_time: datetime | None = None) -> str | None:
+    """B1's second line behind ``archive_timeout``: close the current WAL segment so it is archived."""
+    from recovery.backup.wal import switch_wal as pg_switch_wal
+
+    duty = _claimed(job_id, fire_time)
+    if duty is None or duty.config.components.postgres is None:
+        return None
+    try:
+        lsn = pg_switch_wal(duty.config.components.postgres.primary.full_dsn())
+    except Exception as exc:
+        _report_once(duty, job_id, "wal_failed", redact(f"{type(exc).__name__}: {exc}")[:400])
+        return None
+    _failing.discard(job_id)
+    return lsn
+
+
+def prune_backups(job_id: str, fire_time: datetime | None = None) -> Any:
+    """Retention (B1-B3) after the nightly runs; errors go to the ops channel."""
+    duty = _claimed(job_id, fire_time)
+    if duty is None:
+        return None
+    # lazy: retention lives in its own module and is only needed when the prune job fires
+    from recovery.backup.retention import prune
+
+    from bot.backup_cli import retention_policy
+
+    duty.gate.enter(job_id)     # never prune while a backup is being written
+    try:
+        report = prune(duty.store, targets_from(duty.config), retention_policy(duty.config))
+    except Exception as exc:
+        log.exception("prune failed")
+        _report_once(duty, job_id, "prune_failed", redact(f"{type(exc).__name__}: {exc}")[:400])
+        return None
+    finally:
+        duty.gate.leave()
+    if report.errors:
+        _report_once(duty, job_id, "prune_failed", "; ".join(redact(e) for e in report.errors)[:1500])
+    else:
+        _failing.discard(job_id)
+    return report
+
+
+_failing: set[str] = set()
+
+
+def _report_once(duty: BackupDuty, job_id: str, part: str, error: str) -> None:
+    """Post a repeating job's failure once per streak (a WAL switch fails every 15 minutes while PG is down)."""
+    log.error("%s failed: %s", job_id, error)
+    if job_id in _failing:
+        return
+    _failing.add(job_id)
+    duty.post(duty.config.slack.ops_channel, blocks.backup_job_alert(part, job_id, error, duty.locale),
+              f"{job_id} failure")
+
+
+# --- the executor that passes the fire time -----------------------------------------------------
+
+
+@dataclass
+class _FiredJob:
+    """What ``run_job`` reads of a job, with the scheduled fire time added to the keywords."""
+
+    id: str
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    misfire_grace_time: int | None
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class FireTimeExecutor(ApsThreadPoolExecutor):
+    """APScheduler's thread pool, but a job stored with a ``fire_time`` keyword gets its scheduled time.
+
+    With ``coalesce`` the scheduler submits one run time; with several, the newest is the one run.
+    """
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        if "fire_time" not in job.kwargs:
+            return super()._do_submit_job(job, run_times)
+        fired = _FiredJob(job.id, job.func, tuple(job.args), {**job.kwargs, "fire_time": run_times[-1]},
+                          job.misfire_grace_time, str(job))
+
+        def callback(future: Any) -> None:
+            exc = future.exception()
+            if exc:
+                self._run_job_error(job.id, exc, getattr(exc, "__traceback__", None))
+            else:
+                self._run_job_success(job.id, future.result())
+
+        self._pool.submit(run_job, fired, job._jobstore_alias, run_times[-1:], self._logger.name
+                          ).add_done_callback(callback)

@@ -1,0 +1,152 @@
+"""``/aegis backup run|list|verify``: who may, what is acked, where the work runs, where results go.
+
+Decisions:
+- **Who may.** Starting a backup loads the primary and the network, so ``backup run`` is for people
+  the roster lists as ``incident_commander``, ``database_lead`` or ``infrastructure_lead``.
+  ``backup list`` and ``backup verify`` change nothing, so anyone on the roster (any role) may use
+  them. Nobody else: a refusal says who may. With an empty roster nobody may use them from Slack
+  (the CLI on the bot's host still works) — a bot that anyone in the workspace can drive to load
+  the production database is not a safe default.
+- **Ack.** Authorisation and the one-at-a-time check are in memory, so they happen in the ack: the
+  user gets an ephemeral "started" (or the refusal) at once. No database, storage or backup work
+  happens in the ack path.
+- **Where it runs.** Backups and verifications run on one dedicated worker thread, never on the
+  interaction pool, so a long backup cannot starve incident clicks. ``list`` is one quick query and
+  runs on the interaction pool.
+- **A second run** while one is going (from Slack or the schedule, in this process) is refused
+  with what is running and since when, rather than queued: a queued backup would start at a time
+  nobody chose, and the result of the first tells whether a second is still needed. Scheduled runs
+  wait for the gate instead of skipping their slot. Verifications queue behind a running backup.
+- **Results** are posted in the channel where the command was typed (falling back to the
+  command's response URL when the bot cannot post there). A failed run, or one that lost a target,
+  is also posted to ``slack.ops_channel`` (``BackupDuty.run``) unless that is the same channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from bot import commands
+from bot.backup_cli import FRIENDLY_ERRORS, key_from, targets_from
+from bot.backup_jobs import BackupDuty, object_view
+from bot.flows import reference
+from messages import blocks
+from messages.blocks import BackupCheckView
+from messages.views import Message
+from recovery.backup.verify import previous_good, records_for, verify
+from recovery.redact import redact
+from statemachines.models import BackupRecord
+
+log = logging.getLogger("aegis.backup_slack")
+Respond = Callable[..., Any]
+RUN_ROLES = ("incident_commander", "database_lead", "infrastructure_lead")
+LIST_LIMIT = 30
+BackupCommand = commands.BackupRun | commands.BackupList | commands.BackupVerify
+
+
+class BackupDesk:
+    def __init__(self, duty: BackupDuty) -> None:
+        self.duty = duty
+        self.locale = duty.locale
+        self.roster = duty.config.roster
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aegis-backup")
+
+    # --- who may ---------------------------------------------------------------------------
+
+    def may_run(self, user: str) -> bool:
+        return any(user in self.roster.get(role, []) for role in RUN_ROLES)
+
+    def may_read(self, user: str) -> bool:
+        return any(user in users for users in self.roster.values())
+
+    # --- the ack path: in memory only --------------------------------------------------------
+
+    def handle(self, parsed: BackupCommand, *, user: str, channel: str | None, respond: Respond,
+               later: Callable[[Respond, Callable[[], None]], None]) -> Message | None:
+        """Authorise and hand off the work; the returned message (if any) is the ephemeral ack."""
+        if isinstance(parsed, commands.BackupRun):
+            if not self.may_run(user):
+                return blocks.refusal("backup_run_not_allowed", self.locale, roles=list(RUN_ROLES))
+            what = f"backup run {parsed.kind}"
+            if not self.duty.gate.try_enter(what):
+                return blocks.refusal("backup_busy", self.locale, what=self.duty.gate.holder or what,
+                                      since=self.duty.gate.since)
+            self._submit(respond, lambda: self._run(parsed.kind, user, channel, respond), release_gate=True)
+            return blocks.backup_started(parsed.kind, self.locale)
+        if not self.may_read(user):
+            return blocks.refusal("backup_read_not_allowed", self.locale)
+        if isinstance(parsed, commands.BackupList):
+            later(respond, lambda: self._ephemeral(respond, self.listing()))
+            return None
+        self._submit(respond, lambda: self._verify(parsed.ident, channel, respond))
+        return blocks.backup_verify_started(parsed.ident, self.locale)
+
+    def _submit(self, respond: Respond, work: Callable[[], None], *, release_gate: bool = False) -> None:
+        def run() -> None:
+            try:
+                work()
+            except FRIENDLY_ERRORS as exc:      # no storage, no key: say what to add, no stack trace
+                self._ephemeral(respond, blocks.refusal("backups_not_configured", self.locale,
+                                                        detail=redact(str(exc))[:300]))
+            except Exception:
+                ref = reference()
+                log.exception("backup command failed (reference %s)", ref)
+                self._ephemeral(respond, blocks.refusal("internal_error", self.locale, reference=ref))
+            finally:
+                if release_gate:
+                    self.duty.gate.leave()
+
+        self.worker.submit(run)
+
+    # --- the work ----------------------------------------------------------------------------
+
+    def _run(self, kind: str, user: str, channel: str | None, respond: Respond) -> None:
+        view = self.duty.run(kind, started_by=user, report_channel=channel)
+        self._publish(channel, respond, blocks.backup_result(view, self.locale), f"result of {view.run_id}")
+
+    def listing(self) -> Message:
+        from sqlmodel import col, select
+
+        with self.duty.store.session() as session:
+            rows = list(session.exec(select(BackupRecord).order_by(col(BackupRecord.id).desc()).limit(LIST_LIMIT)))
+        return blocks.backup_list([object_view(r) for r in rows], self.locale)
+
+    def _verify(self, ident: str, channel: str | None, respond: Respond) -> None:
+        records = records_for(self.duty.store, ident)
+        if not records:
+            self._ephemeral(respond, blocks.usage_error("backup_not_found", self.locale, ident=ident))
+            return
+        config = self.duty.config
+        checks = verify(self.duty.store, ident, targets_from(config), key_from(config))
+        views = [BackupCheckView(c.run_id, c.object_name, c.ok, [redact(p) for p in c.problems], c.reread)
+                 for c in checks]
+        goods = []
+        for record, check in zip(records, checks, strict=True):
+            good = None if check.ok else previous_good(self.duty.store, record)
+            goods.append(object_view(good) if good else None)
+        self._publish(channel, respond, blocks.backup_verify_result(ident, views, goods, self.locale),
+                      f"verification of {ident}")
+
+    # --- replies -----------------------------------------------------------------------------
+
+    def _publish(self, channel: str | None, respond: Respond, message: Message, what: str) -> None:
+        """Post in the channel where the command was typed; the response URL when the bot can't."""
+        if channel and self.duty.post(channel, message, what):
+            return
+        try:
+            respond(text=message.text, blocks=message.blocks, response_type="in_channel", replace_original=False)
+        except Exception:
+            log.error("could not deliver the %s anywhere", what, exc_info=True)
+
+    @staticmethod
+    def _ephemeral(respond: Respond, message: Message) -> None:
+        try:
+            respond(text=message.text, blocks=message.blocks, response_type="ephemeral", replace_original=False)
+        except Exception:
+            log.warning("could not send an ephemeral reply", exc_info=True)
+
+    def shutdown(self) -> None:
+        self.worker.shutdown(wait=False, cancel_futures=True)
