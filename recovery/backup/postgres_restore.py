@@ -305,6 +305,24 @@ def restore_base_backup(
     ``pg_hba.conf`` (Debian keeps them in /etc) minimal ones are written; ``pg_hba`` replaces the
     latter either way. On failure the server is stopped and the files are left for diagnosis.
     """
+    check_recovery_args(restore_command, target_time, target_action)
+    bin_dir = pg_bin_dir(pg_bin)
+    data_dir = Path(data_dir)
+    owner = _owner(os_user)
+
+    _check_reachable(data_dir, owner)
+    _prepare_data_dir(data_dir, owner)
+    _extract(tar_stream, data_dir, owner)
+    return start_restored(
+        data_dir, port=port, socket_dir=socket_dir, restore_command=restore_command, target_time=target_time,
+        target_action=target_action, pg_bin=bin_dir, log_file=log_file, extra_settings=extra_settings, pg_hba=pg_hba,
+        verify_manifest=verify_manifest, db_user=db_user, os_user=os_user, start_timeout=start_timeout,
+        recovery_timeout=recovery_timeout,
+    )
+
+
+def check_recovery_args(restore_command: str | None, target_time: datetime | None, target_action: str) -> None:
+    """Refuse inconsistent recovery options before anything is downloaded or written."""
     if target_action not in TARGET_ACTIONS:
         raise ValueError(f"target_action must be one of {TARGET_ACTIONS}")
     if target_time is not None:
@@ -312,14 +330,36 @@ def restore_base_backup(
             raise ValueError("target_time must be timezone-aware (a naive time is ambiguous for PITR)")
         if not restore_command:
             raise ValueError("point-in-time recovery needs a restore_command to fetch archived WAL")
+
+
+def start_restored(
+    data_dir: Path,
+    *,
+    port: int,
+    socket_dir: Path,
+    restore_command: str | None = None,
+    target_time: datetime | None = None,
+    target_action: str = "promote",
+    pg_bin: str | Path | None = None,
+    log_file: Path | None = None,
+    extra_settings: dict[str, str | int | bool] | None = None,
+    pg_hba: str | None = None,
+    verify_manifest: bool = True,
+    db_user: str = "postgres",
+    os_user: str = PG_OS_USER,
+    start_timeout: int = 120,
+    recovery_timeout: float = 900,
+) -> RestoredCluster:
+    """Configure and start a data directory that already holds a restored backup (owned by ``os_user``).
+
+    The second half of ``restore_base_backup``, shared with ``incremental.restore_chain`` (which fills
+    ``data_dir`` with ``pg_combinebackup`` instead of one tar). Same options and failure behaviour.
+    """
+    check_recovery_args(restore_command, target_time, target_action)
     bin_dir = pg_bin_dir(pg_bin)
     data_dir = Path(data_dir)
     socket_dir = Path(socket_dir)
     owner = _owner(os_user)
-
-    _check_reachable(data_dir, owner)
-    _prepare_data_dir(data_dir, owner)
-    _extract(tar_stream, data_dir, owner)
     missing = [name for name in _REQUIRED if not (data_dir / name).is_file()]
     if missing:
         raise RestoreError(f"stream is not a pg_basebackup tar: missing {', '.join(missing)}")

@@ -7,7 +7,8 @@
   ``pg_basebackup`` exiting non-zero) marks the row failed and its objects are deleted, so a
   half-taken backup is never listed as usable;
 - the local staging copy is deleted only once two remote targets hold the object (B6);
-- on PostgreSQL < 17 the incremental slot takes a full backup and the row says why.
+- the incremental slot takes a PostgreSQL 17+ incremental on the previous backup, or a full backup
+  whose row says why (``recovery.backup.incremental``).
 The caller (CLI, scheduler, Slack) reports failures; this module only records them.
 """
 
@@ -181,18 +182,72 @@ class BackupRunner:
     # --- sources ---------------------------------------------------------------------------
 
     def _postgres(self, run_id: str, incremental: bool) -> list[BackupRecord]:
-        from recovery.backup.postgres import base_backup, supports_incremental
+        """The PostgreSQL base backup of a run: full, or (17+, daily slot) incremental on the previous one.
+
+        ``recovery.backup.incremental`` decides (and says why a daily slot took a full). From a 17+
+        server each base backup's ``backup_manifest`` is also stored (kind ``pg_manifest``, copied out
+        of the tar as it streams) so the next incremental never downloads its parent.
+        """
+        import tempfile
+        from pathlib import Path
+
+        from recovery.backup.incremental import KIND_INCREMENTAL, plan_base_backup
 
         dsn = self.sources.postgres_dsn
         assert dsn
-        reason = ""
-        kind = "pg_full"
-        if incremental:
-            supported, why = supports_incremental(dsn)
-            # The incremental chain (PostgreSQL 17+) is not wired yet; the row always says why.
-            reason = why if not supported else "incremental chains are not wired yet: took a full backup"
-        name = f"{run_id}/postgres-base.tar.zst.aes"
-        return [self._store_object(run_id, kind, "postgres", name, base_backup(dsn, label=run_id), reason)]
+        with tempfile.TemporaryDirectory(prefix="aegis-pg-chain-") as tmp:
+            plan = plan_base_backup(self.store, dsn, self.targets, self.key, incremental=incremental,
+                                    workdir=Path(tmp))
+            records = self._pg_base(run_id, plan, Path(tmp))
+            failed = records[0]
+            if (plan.kind == KIND_INCREMENTAL and failed.status != "ok"
+                    and "BackupSourceError" in failed.reason):
+                # pg_basebackup refused the incremental (e.g. WAL summaries gone): the day still gets a backup
+                why = failed.reason[:300]
+                records += self._pg_base(run_id, plan.as_full(f"the incremental failed ({why}): took a full backup"),
+                                         Path(tmp))
+        return records
+
+    def _pg_base(self, run_id: str, plan: Any, tmp: Any) -> list[BackupRecord]:
+        """Store one base backup per ``plan`` (+ its manifest when it may become a parent)."""
+        from recovery.backup.incremental import (
+            KIND_MANIFEST,
+            ManifestCapturingBackup,
+            base_object_name,
+            manifest_object_name,
+        )
+        from recovery.backup.postgres import base_backup
+
+        dsn = self.sources.postgres_dsn
+        assert dsn
+        name = base_object_name(run_id, plan.kind)
+        source: Any = base_backup(dsn, label=run_id, incremental_from_manifest=plan.parent_manifest,
+                                  pg_bin=plan.pg_bin)
+        manifest_path = tmp / f"{plan.kind}.backup_manifest"
+        if plan.capture_manifest:
+            source = ManifestCapturingBackup(source, manifest_path)
+        record = self._store_object(run_id, plan.kind, "postgres", name, source, plan.reason)
+        if plan.parent is not None:
+            record = self._set_row(record, parent_run_id=plan.parent.run_id)
+        if record.status != "ok" or not plan.capture_manifest:
+            return [record]
+        if not source.captured:
+            note = "backup_manifest not captured from the stream: the next incremental slot takes a full backup"
+            return [self._set_row(record, reason=(record.reason + "; " if record.reason else "") + note)]
+        with open(manifest_path, "rb") as manifest:
+            stored = self._store_object(run_id, KIND_MANIFEST, "postgres", manifest_object_name(name), manifest)
+        return [record, stored]
+
+    def _set_row(self, record: BackupRecord, **values: Any) -> BackupRecord:
+        with self.store.session() as session:
+            row = session.get(BackupRecord, record.id)
+            assert row is not None
+            for field_name, value in values.items():
+                setattr(row, field_name, value)
+            session.add(row)
+            session.flush()
+            session.refresh(row)
+            return row
 
     def _neo4j(self, run_id: str) -> list[BackupRecord]:
         from neo4j import GraphDatabase

@@ -1,0 +1,549 @@
+"""PostgreSQL 17+ incremental base backups (B1: weekly full, daily incremental) and their restore.
+
+A **chain** is one ``pg_full`` followed by ``pg_incremental`` backups, each catalog row pointing at
+the previous one through ``parent_run_id``. ``pg_basebackup --incremental=<manifest>`` needs the
+parent's ``backup_manifest``; downloading the whole parent for it would cost a full restore's
+transfer every day, so every full/incremental taken from a PostgreSQL 17+ server also stores its
+manifest as a small object of its own: kind ``pg_manifest``, same run id, object
+``<run_id>/postgres-<base|incr>.manifest.zst.aes``. It is copied out of the tar *as the backup
+streams past* (``ManifestTap`` follows the tar framing; no second pass, no extra server work).
+
+When the incremental slot takes a full backup instead (the row's ``reason`` says why):
+- the server is older than 17, ``summarize_wal`` is off, or the local ``pg_basebackup`` is < 17;
+- there is no usable parent (no full yet, a broken chain, the parent's manifest is missing or
+  unreadable, the parent is from another cluster — system identifier — or another timeline, i.e.
+  a failover happened since);
+- the chain is capped: ``CHAIN_MAX_INCREMENTALS`` (6: Mon–Sat after the Sunday full) or its full is
+  older than ``CHAIN_MAX_AGE`` (8 days: a missed weekly full). Short chains keep a restore to one
+  full plus at most six incrementals, and 8 days stays inside the server's default
+  ``wal_summary_keep_time`` (10 days), past which the WAL summaries an incremental needs are gone;
+- the incremental itself fails (e.g. the server no longer has the WAL summaries): the failed row is
+  kept (so ops see the chain broke) and the same run takes a full backup.
+
+``restore_chain`` walks ``parent_run_id`` back to the full, verifies every object (checksum and
+every chunk tag) before a byte is written, extracts each tar into a private work directory,
+combines them with ``pg_combinebackup`` into the new data directory, then configures and starts it
+like ``restore_base_backup`` (optionally with ``restore_command`` / ``target_time`` for PITR).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Self
+
+from sqlmodel import col, select
+
+from recovery.backup.crypto import BackupKey
+from recovery.backup.pipeline import restore_stream, verify_object
+from recovery.backup.postgres import (
+    INCREMENTAL_MIN_VERSION,
+    BackupSourceError,
+    BaseBackupStream,
+    _connect,
+    pg_bin_dir,
+    server_version,
+    supports_incremental,
+)
+from recovery.backup.postgres_restore import (
+    PG_OS_USER,
+    RestoredCluster,
+    RestoreError,
+    _as_user,
+    _check_reachable,
+    _chown,
+    _extract,
+    _last_line,
+    _owner,
+    _prepare_data_dir,
+    _run,
+    check_recovery_args,
+    start_restored,
+)
+from recovery.backup.storage import StorageError, Target
+from recovery.backup.verify import holders
+from recovery.redact import redact
+from statemachines.models import BackupRecord
+from statemachines.store import Store
+
+KIND_FULL = "pg_full"
+KIND_INCREMENTAL = "pg_incremental"
+KIND_MANIFEST = "pg_manifest"
+BASE_KINDS = (KIND_FULL, KIND_INCREMENTAL)
+CHAIN_MAX_INCREMENTALS = 6
+CHAIN_MAX_AGE = timedelta(days=8)
+# A corrupt catalog (a parent_run_id loop) must not hang a restore.
+_CHAIN_WALK_LIMIT = 1000
+_TAR_BLOCK = 512
+
+
+def base_object_name(run_id: str, kind: str) -> str:
+    # Different names for full and incremental: a run whose incremental failed can still store a full.
+    return f"{run_id}/postgres-{'incr' if kind == KIND_INCREMENTAL else 'base'}.tar.zst.aes"
+
+
+def manifest_object_name(base_object: str) -> str:
+    return base_object.removesuffix(".tar.zst.aes") + ".manifest.zst.aes"
+
+
+def client_bin(server_version_num: int | None, pg_bin: str | Path | None = None) -> Path:
+    """The client binaries for a server: explicit > ``AEGIS_PG_BIN`` > Debian's ``/usr/lib/postgresql/<major>``.
+
+    ``pg_basebackup`` refuses a server newer than itself, so a 17 server needs a 17 client even where
+    the default (15) is installed too.
+    """
+    if pg_bin or os.environ.get("AEGIS_PG_BIN") or server_version_num is None:
+        return pg_bin_dir(pg_bin)
+    debian = Path(f"/usr/lib/postgresql/{server_version_num // 10000}/bin")
+    return debian if (debian / "pg_basebackup").exists() else pg_bin_dir(None)
+
+
+# --- capturing the manifest while the backup streams ----------------------------------------------
+
+
+class ManifestTap:
+    """Follows the tar framing of bytes passing through and copies the ``backup_manifest`` member out.
+
+    Only headers (512 bytes) are parsed and member data is skipped by size, so the cost is a few
+    comparisons per 512-byte header; memory is one header. A malformed header stops the tap (the
+    backup itself is unaffected; it just has no captured manifest).
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._header = bytearray()
+        self._skip = 0        # bytes of the current member (data + padding) still to pass
+        self._capture = 0     # of those, manifest bytes still to copy
+        self.found = False
+        self.stopped = ""     # why the tap stopped early ("" while following)
+        self.ended = False
+
+    @property
+    def complete(self) -> bool:
+        return self.found and self._capture == 0 and not self.stopped
+
+    def feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end and not (self.ended or self.stopped):
+            if self._skip:
+                take = min(self._skip, end - pos)
+                if self._capture:
+                    part = min(self._capture, take)
+                    self._out.write(data[pos:pos + part])
+                    self._capture -= part
+                pos += take
+                self._skip -= take
+                continue
+            need = _TAR_BLOCK - len(self._header)
+            self._header += data[pos:pos + need]
+            pos += min(need, end - pos)
+            if len(self._header) == _TAR_BLOCK:
+                self._on_header(bytes(self._header))
+                self._header.clear()
+
+    def _on_header(self, header: bytes) -> None:
+        if header == bytes(_TAR_BLOCK):
+            self.ended = True   # end-of-archive marker
+            return
+        stored_sum = header[148:156].split(b"\0", 1)[0].strip()
+        try:
+            ok = int(stored_sum or b"-1", 8) == sum(header[:148]) + 8 * 32 + sum(header[156:])
+            size = _tar_size(header[124:136])
+        except ValueError:
+            ok, size = False, 0
+        if not ok:
+            self.stopped = "backup stream is not a tar this tap understands (bad header checksum)"
+            return
+        name = header[:100].split(b"\0", 1)[0]
+        prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+        full = (prefix + b"/" + name if prefix else name).decode("utf-8", "replace").removeprefix("./")
+        if header[156:157] in (b"0", b"\0") and full == "backup_manifest":
+            self.found = True
+            self._capture = size
+        self._skip = (size + _TAR_BLOCK - 1) // _TAR_BLOCK * _TAR_BLOCK
+
+
+def _tar_size(field: bytes) -> int:
+    if field[0] & 0x80:  # GNU base-256 for sizes past 8 GiB
+        return int.from_bytes(field[1:], "big")
+    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+
+
+class ManifestCapturingBackup:
+    """A ``BaseBackupStream`` whose ``stream`` also feeds a ``ManifestTap`` writing to ``manifest_path``.
+
+    Use exactly like the wrapped stream (``with ... as src: pipeline(src.stream)``); the LSN facts
+    are the inner stream's. ``captured`` tells, after the block, whether the manifest is complete.
+    """
+
+    def __init__(self, inner: BaseBackupStream, manifest_path: Path) -> None:
+        self.inner = inner
+        self.manifest_path = manifest_path
+        self._out: BinaryIO | None = None
+        self.tap: ManifestTap | None = None
+
+    def __enter__(self) -> Self:
+        self._out = open(self.manifest_path, "wb")  # noqa: SIM115 - closed in __exit__
+        self.tap = ManifestTap(self._out)
+        try:
+            self.inner.__enter__()
+        except BaseException:
+            self._out.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self._out is not None
+        self._out.close()
+        self.inner.__exit__(exc_type, exc, tb)
+
+    @property
+    def stream(self) -> Self:
+        return self
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.inner.stream.read(size)
+        if data and self.tap is not None:
+            self.tap.feed(data)
+        return data
+
+    @property
+    def captured(self) -> bool:
+        return self.tap is not None and self.tap.complete
+
+    @property
+    def start_lsn(self) -> str | None:
+        return self.inner.start_lsn
+
+    @property
+    def stop_lsn(self) -> str | None:
+        return self.inner.stop_lsn
+
+    @property
+    def timeline(self) -> int | None:
+        return self.inner.timeline
+
+
+# --- the catalog's chains ---------------------------------------------------------------------------
+
+
+class ChainError(RuntimeError):
+    """The catalog does not hold a complete, usable chain for a backup."""
+
+
+def _good_base(store: Store, run_id: str) -> BackupRecord | None:
+    """The usable full/incremental of a run (a run whose incremental failed may hold a full instead)."""
+    with store.session() as session:
+        return session.exec(
+            select(BackupRecord).where(BackupRecord.run_id == run_id, BackupRecord.component == "postgres",
+                                       col(BackupRecord.kind).in_(BASE_KINDS), BackupRecord.status == "ok")
+            .order_by(col(BackupRecord.id).desc())
+        ).first()
+
+
+def chain_for(store: Store, backup: str | BackupRecord) -> list[BackupRecord]:
+    """``[full, incremental 1, …, backup]`` by walking ``parent_run_id``; ``ChainError`` if any link is unusable.
+
+    ``backup`` is a catalog record or a run id / object name of a PostgreSQL base backup.
+    """
+    if isinstance(backup, str):
+        record = _good_base(store, backup)
+        if record is None:
+            with store.session() as session:
+                record = session.exec(select(BackupRecord).where(BackupRecord.object_name == backup)).first()
+        if record is None:
+            raise ChainError(f"no usable PostgreSQL base backup {backup!r} in the catalog")
+    else:
+        record = backup
+    if record.kind not in BASE_KINDS or record.component != "postgres":
+        raise ChainError(f"{record.object_name} is a {record.kind} backup, not a PostgreSQL base backup")
+    if record.status != "ok":
+        raise ChainError(f"backup {record.run_id} ({record.object_name}) is {record.status}, not usable")
+    chain = [record]
+    while chain[-1].kind == KIND_INCREMENTAL:
+        child = chain[-1]
+        if not child.parent_run_id:
+            raise ChainError(f"incremental {child.run_id} has no parent recorded: its chain is broken")
+        parent = _good_base(store, child.parent_run_id)
+        if parent is None:
+            raise ChainError(f"incremental {child.run_id} needs {child.parent_run_id}, which is missing or failed")
+        if len(chain) > _CHAIN_WALK_LIMIT or any(r.id == parent.id for r in chain):
+            raise ChainError(f"the chain of {record.run_id} loops at {parent.run_id}: the catalog is corrupt")
+        chain.append(parent)
+    chain.reverse()
+    return chain
+
+
+def _manifest_record(store: Store, base: BackupRecord) -> BackupRecord | None:
+    with store.session() as session:
+        return session.exec(
+            select(BackupRecord).where(BackupRecord.run_id == base.run_id, BackupRecord.kind == KIND_MANIFEST,
+                                       BackupRecord.object_name == manifest_object_name(base.object_name),
+                                       BackupRecord.status == "ok")
+        ).first()
+
+
+def _fetch_plain(record: BackupRecord, targets: list[Target], key: BackupKey, dest: Path) -> None:
+    """Decrypt one (small) object to ``dest`` from the first target that yields a verified copy."""
+    problems = []
+    for target in holders(record, targets) or targets:
+        try:
+            with open(dest, "wb") as out:
+                restore_stream(target, record.object_name, key, out, record.sha256)
+            return
+        except Exception as exc:  # try the next copy; report them all if none works
+            problems.append(f"{target.name}: {redact(str(exc))[:200]}")
+    raise ChainError(f"cannot read {record.object_name}: " + ("; ".join(problems) or "no target holds it"))
+
+
+@dataclass
+class BasePlan:
+    """What the PostgreSQL slot of a run takes: a full, or an incremental on ``parent``."""
+
+    kind: str
+    reason: str = ""
+    parent: BackupRecord | None = None
+    parent_manifest: Path | None = None
+    pg_bin: Path | None = None
+    capture_manifest: bool = False    # PostgreSQL 17+: this backup can be the parent of the next one
+
+    def as_full(self, reason: str) -> BasePlan:
+        return BasePlan(KIND_FULL, reason, pg_bin=self.pg_bin, capture_manifest=self.capture_manifest)
+
+
+def _server_identity(dsn: str) -> tuple[int, int]:
+    """``(system identifier, current timeline)`` of the server."""
+    with _connect(dsn) as conn:
+        row = conn.execute("SELECT (SELECT system_identifier FROM pg_control_system()),"
+                           " (SELECT timeline_id FROM pg_control_checkpoint())").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def plan_base_backup(store: Store, dsn: str, targets: list[Target], key: BackupKey, *, incremental: bool,
+                     workdir: Path, pg_bin: str | Path | None = None, now: datetime | None = None) -> BasePlan:
+    """Decide full or incremental for this run; for an incremental, download the parent's manifest.
+
+    Never raises for a server problem: the plan is then a full backup whose ``pg_basebackup`` reports
+    the real error into the catalog row, as before incrementals existed.
+    """
+    try:
+        version_num: int | None = server_version(dsn)[0]
+    except BackupSourceError:
+        version_num = None
+    bin_dir = client_bin(version_num, pg_bin)
+    capture = version_num is not None and version_num >= INCREMENTAL_MIN_VERSION
+    full = BasePlan(KIND_FULL, pg_bin=bin_dir, capture_manifest=capture)
+    if not incremental or version_num is None:
+        return full
+    supported, why = supports_incremental(dsn, pg_bin=bin_dir)
+    if not supported:
+        return full.as_full(why)
+
+    with store.session() as session:
+        parent = session.exec(
+            select(BackupRecord).where(BackupRecord.component == "postgres", col(BackupRecord.kind).in_(BASE_KINDS),
+                                       BackupRecord.status == "ok").order_by(col(BackupRecord.id).desc())
+        ).first()
+    if parent is None:
+        return full.as_full("no earlier PostgreSQL base backup to build an incremental on: took a full backup")
+    try:
+        chain = chain_for(store, parent)
+    except ChainError as exc:
+        return full.as_full(f"the previous backup's chain is unusable ({exc}): took a full backup")
+    anchor, incrementals = chain[0], len(chain) - 1
+    if incrementals >= CHAIN_MAX_INCREMENTALS:
+        return full.as_full(f"the chain from full {anchor.run_id} already has {incrementals} incrementals "
+                            f"(cap {CHAIN_MAX_INCREMENTALS}): a new chain starts with a full backup")
+    taken = anchor.finished_at or anchor.started_at
+    age = (now or datetime.now(UTC)) - (taken if taken.tzinfo else taken.replace(tzinfo=UTC))
+    if age > CHAIN_MAX_AGE:
+        return full.as_full(f"the chain's full backup {anchor.run_id} is {age.days} days old (cap "
+                            f"{CHAIN_MAX_AGE.days}): a new chain starts with a full backup")
+    manifest_row = _manifest_record(store, parent)
+    if manifest_row is None:
+        return full.as_full(f"the previous backup {parent.run_id} has no stored backup_manifest: took a full backup")
+    manifest_path = workdir / "parent.backup_manifest"
+    try:
+        _fetch_plain(manifest_row, targets, key, manifest_path)
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        ranges = manifest["WAL-Ranges"]
+        parent_tli = int(ranges[-1]["Timeline"])
+        parent_sysid = manifest.get("System-Identifier")  # manifest version 2 (PostgreSQL 17+)
+    except (ChainError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
+        return full.as_full(f"the manifest of {parent.run_id} is unusable ({redact(str(exc))[:200]}): "
+                            "took a full backup")
+    sysid, tli = _server_identity(dsn)
+    if parent_sysid is not None and int(parent_sysid) != sysid:
+        return full.as_full(f"the previous backup {parent.run_id} is from another cluster (system identifier "
+                            f"{parent_sysid}, the server has {sysid}): took a full backup")
+    if parent_tli != tli:
+        return full.as_full(f"the previous backup {parent.run_id} is on timeline {parent_tli} and the server on "
+                            f"{tli} (a promotion since): took a full backup")
+    return BasePlan(KIND_INCREMENTAL, parent=parent, parent_manifest=manifest_path, pg_bin=bin_dir,
+                    capture_manifest=capture)
+
+
+# --- restore --------------------------------------------------------------------------------------
+
+
+def _verified_copy(record: BackupRecord, targets: list[Target], key: BackupKey) -> tuple[Target, str]:
+    """The first target whose copy passes checksum + every chunk tag, and the checksum it had."""
+    problems = []
+    candidates = holders(record, targets)
+    for target in candidates:
+        try:
+            result = verify_object(target, record.object_name, key, record.sha256)
+        except StorageError as exc:
+            problems.append(f"{target.name}: unreachable ({redact(str(exc))[:200]})")
+            continue
+        if result.ok and result.sha256:
+            return target, result.sha256
+        where = f" at chunk {result.chunk_index}" if result.chunk_index is not None else ""
+        problems.append(f"{target.name}: {result.reason}{where}: {redact(result.error or '')[:200]}")
+    detail = "; ".join(problems) if candidates else "no target holds a copy"
+    raise RestoreError(f"refusing to restore: {record.object_name} (backup {record.run_id}) failed verification "
+                       f"({detail}); nothing was written")
+
+
+def _download_extract(target: Target, record: BackupRecord, sha256: str, key: BackupKey, dest: Path,
+                      owner: tuple[int, int] | None) -> None:
+    """Decrypt ``record`` from ``target`` through a pipe into the streaming tar extractor (flat memory)."""
+    read_fd, write_fd = os.pipe()
+    reader, writer = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
+    failure: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            # verified just before; the pinned checksum still catches an object swapped since
+            restore_stream(target, record.object_name, key, writer, sha256, verify_first=False)
+        except BaseException as exc:  # reported by the caller below
+            failure.append(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                writer.close()
+
+    thread = threading.Thread(target=feed, name="aegis-restore-feed", daemon=True)
+    thread.start()
+    extract_error: RestoreError | None = None
+    try:
+        _extract(reader, dest, owner)  # type: ignore[arg-type]
+        while reader.read(1024 * 1024):  # the tar's trailing padding: let the writer finish and check the sum
+            pass
+    except RestoreError as exc:
+        extract_error = exc
+    finally:
+        reader.close()
+        thread.join()
+    if failure and not isinstance(failure[0], BrokenPipeError):
+        raise RestoreError(f"{record.object_name}: {redact(str(failure[0]))[:300]}") from None
+    if extract_error is not None:
+        raise RestoreError(f"{record.object_name}: {extract_error}") from None
+
+
+def _check_target_dir(data_dir: Path) -> None:
+    if data_dir.is_symlink() or (data_dir.exists() and not data_dir.is_dir()):
+        raise RestoreError(f"refusing to restore into {data_dir}: not a directory")
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise RestoreError(f"refusing to restore into {data_dir}: it is not empty (an existing data directory?)")
+
+
+def restore_chain(
+    store: Store,
+    backup: str | BackupRecord,
+    targets: list[Target],
+    key: BackupKey,
+    data_dir: Path,
+    *,
+    port: int,
+    socket_dir: Path,
+    restore_command: str | None = None,
+    target_time: datetime | None = None,
+    target_action: str = "promote",
+    pg_bin: str | Path | None = None,
+    work_dir: Path | None = None,
+    log_file: Path | None = None,
+    extra_settings: dict[str, str | int | bool] | None = None,
+    pg_hba: str | None = None,
+    verify_manifest: bool = True,
+    db_user: str = "postgres",
+    os_user: str = PG_OS_USER,
+    start_timeout: int = 120,
+    recovery_timeout: float = 900,
+) -> RestoredCluster:
+    """Restore a PostgreSQL base backup — a full or the newest incremental of a chain — and start it.
+
+    ``backup`` is a catalog record or a run id. Every object of the chain is verified first (on the
+    first target whose copy passes); one that fails on every target stops the restore before
+    anything is written, naming the object. A chain's tars are extracted under ``work_dir`` (default:
+    next to ``data_dir``, so it is on the same filesystem; it needs room for the whole chain) and
+    combined with ``pg_combinebackup`` into ``data_dir``; the work directory is always removed.
+    ``pg_bin`` must hold binaries of the backup's major version (17 for any chain with an
+    incremental). The other options are ``restore_base_backup``'s (PITR with ``restore_command`` +
+    ``target_time``, ``target_action``, settings overrides); on a failure to start, the server is
+    stopped and ``data_dir`` is left for diagnosis.
+    """
+    check_recovery_args(restore_command, target_time, target_action)
+    try:
+        chain = chain_for(store, backup)
+    except ChainError as exc:
+        raise RestoreError(str(exc)) from None
+    bin_dir = pg_bin_dir(pg_bin)
+    data_dir = Path(data_dir)
+    owner = _owner(os_user)
+    _check_reachable(data_dir, owner)
+    _check_target_dir(data_dir)
+    copies = [_verified_copy(record, targets, key) for record in chain]   # before a byte is written
+
+    start_kwargs: dict[str, Any] = dict(
+        port=port, socket_dir=socket_dir, restore_command=restore_command, target_time=target_time,
+        target_action=target_action, pg_bin=bin_dir, log_file=log_file, extra_settings=extra_settings,
+        pg_hba=pg_hba, verify_manifest=verify_manifest, db_user=db_user, os_user=os_user,
+        start_timeout=start_timeout, recovery_timeout=recovery_timeout,
+    )
+    if len(chain) == 1:   # a lone full: no combine step, extract straight into place
+        _prepare_data_dir(data_dir, owner)
+        target, sha = copies[0]
+        _download_extract(target, chain[0], sha, key, data_dir, owner)
+        return start_restored(data_dir, **start_kwargs)
+
+    parent_dir = Path(work_dir) if work_dir is not None else data_dir.parent
+    parent_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.chain-", dir=parent_dir))
+    try:
+        _chown(work, owner)   # pg_combinebackup runs as the server user and reads everything here
+        work.chmod(0o700)
+        parts = []
+        for index, (record, (target, sha)) in enumerate(zip(chain, copies, strict=True)):
+            part = work / f"{index:02d}-{record.kind}"
+            _prepare_data_dir(part, owner)
+            _download_extract(target, record, sha, key, part, owner)
+            if not (part / "backup_manifest").is_file():
+                raise RestoreError(f"{record.object_name} has no backup_manifest: pg_combinebackup cannot use it")
+            parts.append(str(part))
+        _prepare_data_dir(data_dir, owner)
+        proc = _run([str(bin_dir / "pg_combinebackup"), *parts, "--output", str(data_dir)],
+                    cwd=work, timeout=6 * 3600, **_as_user(os_user))
+        if proc.returncode != 0:
+            raise RestoreError(f"pg_combinebackup failed (exit {proc.returncode}): {_last_line(proc.stderr)}")
+    except BaseException:
+        # the combined directory is worthless without the combine; leave data_dir empty for a retry
+        if data_dir.is_dir():
+            for child in data_dir.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return start_restored(data_dir, **start_kwargs)
