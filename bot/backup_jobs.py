@@ -98,13 +98,18 @@ def run_view(store: Store, report: RunReport, *, started_by: str | None, schedul
     failed_targets: list[str] = []
     reasons: list[str] = []
     for record in report.records:
+        failed_here = False
         for name, target in (record.targets or {}).items():
             if not target.get("ok"):
+                failed_here = True
                 if name not in failed_targets:
                     failed_targets.append(name)
-                reasons.append(redact(f"{name}: {target.get('error') or 'failed'}")[:400])
+                error = str(target.get("error") or "failed")
+                reasons.append(redact(error if error.startswith(f"{name}:") else f"{name}: {error}")[:400])
         if record.status != "ok" and record.reason:
-            reasons.append(redact(record.reason)[:400])
+            # the catalog reason repeats the target errors in parentheses; they are listed above
+            why = record.reason.split(" (", 1)[0] if failed_here else record.reason
+            reasons.append(redact(why)[:400])
     reasons += report.errors
     local_kept = any(r.status != "ok" and "local staging copy is kept" in (r.reason or "") for r in report.records)
     status = "ok" if report.ok and not failed_targets else "warning" if report.ok else "failed"

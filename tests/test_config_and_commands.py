@@ -61,6 +61,21 @@ def test_parse_commands() -> None:
     assert commands.parse("status; drop table").problem == "unknown_command"
 
 
+def test_parse_backup_commands() -> None:
+    assert commands.parse("backup run") == commands.BackupRun("full")
+    assert commands.parse("backup run PostgreSQL") == commands.BackupRun("postgresql")
+    assert commands.parse("backup list") == commands.BackupList()
+    assert commands.parse("backup verify backup_20261129_020000") == commands.BackupVerify("backup_20261129_020000")
+    assert commands.parse("backup verify backup_20261129_020000/neo4j-neo4j.jsonl.zst.aes") == commands.BackupVerify(
+        "backup_20261129_020000/neo4j-neo4j.jsonl.zst.aes")
+    assert commands.parse("backup run postgres").problem == "unknown_backup_kind"
+    assert commands.parse("backup run neo4j now").problem == "unknown_backup_kind"
+    assert commands.parse("backup verify").problem == "missing_backup_id"
+    assert commands.parse("backup verify <@U1>").problem == "backup_not_found"
+    assert commands.parse("backup").problem == "unknown_backup_command"
+    assert commands.parse("backup restore x").problem == "unknown_backup_command"
+
+
 def test_manifest_points_slack_at_the_bot() -> None:
     manifest = yaml.safe_load((Path(__file__).parent.parent / "slack-app-manifest.yaml").read_text())
     assert manifest["features"]["slash_commands"][0]["command"] == "/aegis"

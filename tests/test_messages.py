@@ -198,7 +198,55 @@ def every_message(locale: str) -> dict[str, Message]:
     for reason, ctx in REFUSALS.items():
         msgs[f"refusal_{reason}"] = blocks.refusal(reason, locale, **ctx)
     msgs["refusal_not_commander_nobody"] = blocks.refusal("not_commander", locale, commander=None)
+    msgs.update(backup_messages(locale))
     return msgs
+
+
+def backup_run(status: str, **overrides: Any) -> blocks.BackupRunView:
+    good = blocks.BackupObjectView("backup_20261122_020000", "backup_20261122_020000/postgres-base.tar.zst.aes",
+                                   "pg_full", "ok", 3 * 2**30, T0, [blocks.BackupTargetView("s3", True)])
+    failed = status != "ok"
+    obj = blocks.BackupObjectView(
+        "backup_20261129_020000", "backup_20261129_020000/postgres-base.tar.zst.aes", "pg_full",
+        "failed" if status == "failed" else "ok", 123456, T0,
+        [blocks.BackupTargetView("local", True), blocks.BackupTargetView("s3", not failed, "s3: connection refused"),
+         blocks.BackupTargetView("azure", True, removed=True)],
+        "every remote target failed; the local staging copy is kept" if status == "failed" else "")
+    fields: dict[str, Any] = {
+        "run_id": "backup_20261129_020000", "kind": "postgresql", "status": status, "objects": [obj],
+        "failed_targets": ["s3"] if failed else [], "reasons": ["s3: connection refused"] if failed else [],
+        "started_by": "U0DB", "previous_good": good if status == "failed" else None,
+        "local_kept": status == "failed",
+    }
+    fields.update(overrides)
+    return blocks.BackupRunView(**fields)
+
+
+def backup_messages(locale: str) -> dict[str, Message]:
+    failed = backup_run("failed")
+    check = blocks.BackupCheckView("backup_20261129_020000", failed.objects[0].object_name, False,
+                                   ["local: authentication failed (chunk 3)"], ["local"])
+    return {
+        "backup_started": blocks.backup_started("postgresql", locale),
+        "backup_verify_started": blocks.backup_verify_started("backup_20261129_020000", locale),
+        "backup_result_ok": blocks.backup_result(backup_run("ok"), locale),
+        "backup_result_warning": blocks.backup_result(backup_run("warning"), locale),
+        "backup_result_failed": blocks.backup_result(failed, locale),
+        "backup_result_failed_scheduled_no_previous": blocks.backup_result(
+            backup_run("failed", started_by=None, schedule="backup-postgres_full", previous_good=None,
+                       objects=[], errors=["postgresql: OperationalError: connection refused"]), locale),
+        "backup_ops_failed": blocks.backup_ops_alert(failed, locale),
+        "backup_ops_warning": blocks.backup_ops_alert(backup_run("warning"), locale),
+        "backup_list": blocks.backup_list(failed.objects * 40, locale),
+        "backup_list_empty": blocks.backup_list([], locale),
+        "backup_verify_ok": blocks.backup_verify_result(
+            "backup_20261129_020000", [blocks.BackupCheckView("backup_20261129_020000", "x", True, [], ["s3"])],
+            [None], locale),
+        "backup_verify_failed": blocks.backup_verify_result("backup_20261129_020000", [check],
+                                                            [failed.previous_good], locale),
+        **{f"backup_job_{p}": blocks.backup_job_alert(p, "backup-wal_switch", "OperationalError: refused", locale)
+           for p in ("not_run", "wal_failed", "prune_failed")},
+    }
 
 
 USAGE_PROBLEMS: dict[str, dict[str, Any]] = {
@@ -208,6 +256,10 @@ USAGE_PROBLEMS: dict[str, dict[str, Any]] = {
     "missing_summary": {},
     "incident_not_found": {"key": "INC-99"},
     "no_incident_here": {},
+    "unknown_backup_command": {"text": "backup frobnicate"},
+    "unknown_backup_kind": {"value": "postgres"},
+    "missing_backup_id": {},
+    "backup_not_found": {"ident": "backup_19990101_000000"},
 }
 REFUSALS: dict[str, dict[str, Any]] = {
     "not_allowed_to_approve": {"step_title": "Promote standby",
@@ -220,6 +272,10 @@ REFUSALS: dict[str, dict[str, Any]] = {
     "second_approver_required": {"step_title": "Restore orders from backup"},
     "wrong_state": {"action": "close", "state": "recovering"},
     "internal_error": {"reference": "err-4f2a9c"},
+    "backup_run_not_allowed": {"roles": ["incident_commander", "database_lead", "infrastructure_lead"]},
+    "backup_read_not_allowed": {},
+    "backup_busy": {"what": "backup-postgres_full", "since": T0},
+    "backups_not_configured": {"detail": "no storage targets: add a `storage:` list"},
 }
 
 
@@ -739,3 +795,16 @@ def test_summary_markup_is_escaped() -> None:
         text = all_text(msg)
         assert "<!channel>" not in text and "<@U999>" not in text and "<https://evil" not in text
         assert "&lt;!channel&gt; please &lt;@U999&gt; &amp;" in text
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_backup_failure_names_the_target_the_reason_and_the_previous_good_backup(locale: str) -> None:
+    failed = backup_run("failed")
+    for msg in (blocks.backup_result(failed, locale), blocks.backup_ops_alert(failed, locale)):
+        text = all_text(msg)
+        assert "backup_20261129_020000" in text and "s3" in text and "backup_20261122_020000" in text
+    alert = all_text(blocks.backup_ops_alert(failed, locale))
+    assert "connection refused" in alert and "<@U0DB>" in alert
+    warning = all_text(blocks.backup_ops_alert(backup_run("warning"), locale))
+    assert "s3" in warning and "backup_20261122_020000" not in warning
+    assert "3.0 GiB" in all_text(blocks.backup_list([failed.previous_good], locale))
