@@ -206,7 +206,8 @@ def test_chain_backs_up_incrementally_and_restores_exactly(
 
 
 def test_postgres_15_daily_slot_takes_a_full_and_says_why(
-        pg_single: PgSingle, store: Store, key: BackupKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        pg_single: PgSingle, pg_tmp: Path, store: Store, key: BackupKey, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AEGIS_PG_BIN", raising=False)
     runner = BackupRunner(store, [LocalTarget(tmp_path / "b")], key, Sources(postgres_dsn=pg_single.primary.dsn()))
     report = runner.run("postgresql", incremental=True)
@@ -214,6 +215,15 @@ def test_postgres_15_daily_slot_takes_a_full_and_says_why(
     [record] = report.records   # no manifest object: a 15 backup can never be an incremental's parent
     assert record.kind == "pg_full" and record.parent_run_id is None
     assert "PostgreSQL 15" in record.reason and "17" in record.reason and "full backup" in record.reason
+    # restore_chain of a lone full: no combine step, the default (15) binaries
+    expected = pg_single.primary.sql("SELECT count(*) FROM pg_database")[0]
+    restored = restore_chain(store, report.run_id, runner.targets, key, pg_tmp / "restored", port=free_port(),
+                             socket_dir=pg_tmp / "sock")
+    try:
+        assert _query(restored.dsn, "SELECT count(*) FROM pg_database") == expected
+        assert _query(restored.dsn, "SHOW server_version_num")[0].startswith("15")  # type: ignore[union-attr]
+    finally:
+        restored.destroy()
 
 
 def test_summarize_wal_off_takes_a_full_and_a_failed_incremental_falls_back_to_full(
@@ -265,3 +275,9 @@ def test_summarize_wal_off_takes_a_full_and_a_failed_incremental_falls_back_to_f
         assert fourth.ok, fourth
         assert fourth.records[0].kind == "pg_incremental" and fourth.records[0].parent_run_id == third.run_id
         assert [r.run_id for r in chain_for(store, fourth.run_id)] == [third.run_id, fourth.run_id]
+
+        # another cluster pointed at the same catalog: its daily slot must not chain onto this one's backups
+        with _cluster(pg17_bin, {"summarize_wal": "on"}) as other, tempfile.TemporaryDirectory() as work:
+            plan = plan_base_backup(store, other.primary.dsn(), runner.targets, key, incremental=True,
+                                    workdir=Path(work))
+            assert plan.kind == "pg_full" and "another cluster" in plan.reason and fourth.run_id in plan.reason

@@ -268,10 +268,11 @@ def base_backup(
     ``recovery.backup.postgres_restore.restore_base_backup``.
 
     ``incremental_from_manifest`` is the ``backup_manifest`` of the previous backup in the chain
-    (see ``extract_manifest``). NOT exercised by the tests here (PostgreSQL 15 only): it needs
-    pg_basebackup 17+ and ``summarize_wal = on`` on the server — check ``supports_incremental``
-    first — and an incremental backup restores only through ``pg_combinebackup`` over the
-    extracted chain (full + every incremental), which this module does not do yet.
+    (``recovery.backup.incremental`` stores each one and plans the chain). It needs pg_basebackup
+    17+ (``pg_bin``) and ``summarize_wal = on`` on the server — check ``supports_incremental``
+    first; an incremental restores only through ``pg_combinebackup`` over the extracted chain
+    (``recovery.backup.incremental.restore_chain``). Tested against PostgreSQL 17
+    (``tests/test_backup_incremental.py``).
     """
     _check_label(label)
     bin_dir = pg_bin_dir(pg_bin)
