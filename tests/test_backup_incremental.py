@@ -264,7 +264,7 @@ def test_summarize_wal_off_takes_a_full_and_a_failed_incremental_falls_back_to_f
         kinds = [(r.kind, r.status) for r in third.records]
         assert kinds == [("pg_incremental", "failed"), ("pg_full", "ok"), ("pg_manifest", "ok")], third
         failed, fallback = third.records[0], third.records[1]
-        assert failed.parent_run_id == second.run_id and "pg_basebackup" in failed.reason, failed.reason
+        assert failed.parent_run_id == second.run_id and "WAL summaries are required" in failed.reason, failed.reason
         assert fallback.reason.startswith("the incremental failed") and "full backup" in fallback.reason
         assert not third.ok   # the run is reported, so the ops channel hears about the broken chain
         with pytest.raises(ChainError):

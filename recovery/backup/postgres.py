@@ -222,6 +222,16 @@ class BaseBackupStream(SourceStream):
     def _before_start(self) -> None:
         self.server_version_num, self.server_version = server_version(self._dsn)
 
+    def _last_error_line(self) -> str:
+        # A refused incremental ends with a DETAIL line ("The first unsummarized LSN ..."); the error
+        # line before it says what was refused, so keep both.
+        if self.incremental:
+            lines = [line.strip() for line in self.stderr_text.splitlines() if line.strip()]
+            errors = [i for i, line in enumerate(lines) if "error:" in line]
+            if errors:
+                return redact(" ".join(lines[errors[-1]:errors[-1] + 2]))
+        return super()._last_error_line()
+
     def _after_success(self) -> None:
         start = _START_RE.search(self.stderr_text)
         stop = _STOP_RE.search(self.stderr_text)
