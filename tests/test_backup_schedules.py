@@ -170,3 +170,21 @@ def test_a_failed_scheduled_run_tells_the_ops_channel_and_names_the_previous_goo
     assert "s3" in text and "failed" in text and good in text and "backup-postgres_incremental" in text
     assert "local staging copy is kept" in text
     assert list((tmp_path / "staging").rglob("*.aes"))
+
+
+def test_a_run_that_lost_one_remote_target_warns_the_ops_channel_naming_it(
+    tmp_path: Path, pg_single: PgSingle, moto_s3: MotoS3, moto_s3_outage: MotoS3, store: Store,  # noqa: F811
+    emulator: EmulatorServer, emulator_gateway: SlackGateway,
+) -> None:
+    config = backup_config(tmp_path, pg_single, moto_s3)
+    config.storage.append({"kind": "s3", "bucket": moto_s3_outage.create_bucket(),
+                           "endpoint_url": moto_s3_outage.endpoint_url, "name": "s3-dr"})
+    moto_s3_outage.stop()
+    backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-a")
+    run_id = backup_jobs.run_backup(job_id="backup-postgres_full", kind="postgresql",
+                                    fire_time=datetime(2026, 12, 6, 2, 0, tzinfo=UTC))
+    with store.session() as session:
+        assert session.exec(select(BackupRecord).where(BackupRecord.run_id == run_id)).one().status == "ok"
+    post = all_text(wait_for(lambda: [m for m in channel_by_id(emulator.state, "C0OPS")["messages"]
+                                      if run_id in all_text(m)], what="the ops warning")[-1])
+    assert "⚠️" in post and "s3-dr" in post and "backup-postgres_full" in post
