@@ -92,10 +92,13 @@ def report_lines(report: RunReport) -> list[str]:
     return lines
 
 
+def runner_from(config: Config, store: Store, progress: Any = None) -> BackupRunner:
+    return BackupRunner(store, targets_from(config), key_from(config), sources_from(config), progress=progress)
+
+
 def _run(args: argparse.Namespace) -> int:
-    config, store = _setup(args)
-    runner = BackupRunner(store, targets_from(config), key_from(config), sources_from(config),
-                          progress=None if args.quiet else ProgressLine())
+    config, store = setup(args)
+    runner = runner_from(config, store, None if args.quiet else ProgressLine())
     report = runner.run(args.kind, incremental=args.incremental)
     sys.stderr.write("\n")
     print("\n".join(report_lines(report)))
@@ -103,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    _config, store = _setup(args)
+    _config, store = setup(args)
     with store.session() as session:
         rows = list(session.exec(select(BackupRecord).order_by(col(BackupRecord.id).desc()).limit(args.limit)))
     for row in rows:
@@ -114,7 +117,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    config, store = _setup(args)
+    config, store = setup(args)
     records = records_for(store, args.id)
     if not records:
         print(f"no backup {args.id!r}: see `aegis backup list`", file=sys.stderr)
@@ -134,7 +137,7 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _setup(args: argparse.Namespace) -> tuple[Config, Store]:
+def setup(args: argparse.Namespace) -> tuple[Config, Store]:
     config = load_config(args.config)
     store = Store()
     store.migrate()

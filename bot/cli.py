@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from bot import backup_cli
+from bot import backup_cli, restore_cli, wal_cli
 from bot.config import ConfigError, load_config
 from bot.logs import setup_logging
 from statemachines.store import Store
@@ -86,17 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     config_sub.add_parser("check", help="validate the config file").set_defaults(func=_config_check)
     backup_cli.add_commands(sub)
+    wal_cli.add_commands(sub)
+    restore_cli.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # archive/restore_command read exit codes: a usage or config error must not look like "absent".
+    error_exit = wal_cli.failure_exit(argv) or 2
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        if exc.code:
+            return error_exit
+        raise
     setup_logging(args.log_level)
     try:
         return int(args.func(args))
-    except (ConfigError, *backup_cli.FRIENDLY_ERRORS) as exc:
+    except (ConfigError, *backup_cli.FRIENDLY_ERRORS, *restore_cli.FRIENDLY_ERRORS) as exc:
         print(f"aegis: {str(exc).strip(chr(39))}", file=sys.stderr)
-        return 2
+        return error_exit
+    except restore_cli.REFUSALS as exc:
+        print(f"aegis: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,5 +19,6 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("waitress", "werkzeug", "apscheduler.executors.default", "urllib3", "transitions", "alembic"):
+    for noisy in ("waitress", "werkzeug", "apscheduler.executors.default", "urllib3", "transitions", "alembic",
+                  "botocore", "boto3", "azure"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

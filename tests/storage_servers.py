@@ -88,11 +88,12 @@ class MotoS3:
             self.server._server.server_close()
 
 
-def start_moto() -> MotoS3:
+def start_moto(port: int | None = None) -> MotoS3:
+    """A moto S3 server; pass the ``port`` of a stopped one to bring that endpoint back."""
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = free_port()
+    port = port or free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     wait_for_port(port, 10)

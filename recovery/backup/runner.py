@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
+from sqlmodel import select
+
 from recovery.backup.crypto import BackupKey
 from recovery.backup.pipeline import PipelineResult, backup_stream
 from recovery.backup.storage import LocalTarget, Target
@@ -54,8 +56,6 @@ class RunReport:
 
 
 def new_run_id(store: Store, now: datetime | None = None) -> str:
-    from sqlmodel import select
-
     base = f"backup_{(now or datetime.now(UTC)):%Y%m%d_%H%M%S}"
     with store.session() as session:
         taken = {r.run_id for r in session.exec(select(BackupRecord).where(
@@ -110,11 +110,23 @@ class BackupRunner:
 
     # --- one object -----------------------------------------------------------------------
 
-    def _store_object(self, run_id: str, kind: str, component: str, object_name: str,
-                      source_cm: Any, reason: str = "") -> BackupRecord:
+    def store_object(self, run_id: str, kind: str, component: str, object_name: str,
+                     source_cm: Any, reason: str = "", *, replace_failed: bool = False) -> BackupRecord:
+        """Stream one object to every target and record it; the row's status says whether it counts.
+
+        ``replace_failed`` lets a retry of the same name (a WAL segment PostgreSQL re-archives) take
+        the place of an earlier failed attempt; a good row is never replaced.
+        """
         record = BackupRecord(run_id=run_id, kind=kind, component=component, object_name=object_name,
                               reason=reason, key_id=self.key.key_id)
         with self.store.session() as session:
+            if replace_failed:
+                stale = session.exec(select(BackupRecord).where(
+                    BackupRecord.run_id == run_id, BackupRecord.object_name == object_name,
+                    BackupRecord.status != "ok")).first()
+                if stale is not None:
+                    session.delete(stale)
+                    session.flush()
             session.add(record)
         result: PipelineResult | None = None
         error = ""
@@ -124,7 +136,7 @@ class BackupRunner:
                 stream = getattr(source, "stream", source)
                 result = backup_stream(stream, object_name, self.targets, self.key,
                                        progress=(lambda n: self.progress(object_name, n)) if self.progress else None)
-            facts = {k: getattr(source, k, None) for k in ("start_lsn", "stop_lsn", "timeline")}
+            facts = {k: getattr(source, k, None) for k in ("start_lsn", "stop_lsn", "timeline", "source_sha256")}
         except Exception as exc:   # the source failed: whatever was stored is not a backup
             error = redact(f"{type(exc).__name__}: {exc}")[:500]
             if result is not None:
@@ -158,6 +170,7 @@ class BackupRunner:
                 row.source_size, row.stored_size, row.sha256 = result.source_size, result.stored_size, result.sha256
             row.start_lsn, row.stop_lsn, row.timeline = (facts.get("start_lsn"), facts.get("stop_lsn"),
                                                          facts.get("timeline"))
+            row.source_sha256 = facts.get("source_sha256")
             session.add(row)
             session.flush()
             session.refresh(row)
@@ -226,7 +239,7 @@ class BackupRunner:
         manifest_path = tmp / f"{plan.kind}.backup_manifest"
         if plan.capture_manifest:
             source = ManifestCapturingBackup(source, manifest_path)
-        record = self._store_object(run_id, plan.kind, "postgres", name, source, plan.reason)
+        record = self.store_object(run_id, plan.kind, "postgres", name, source, plan.reason)
         if plan.parent is not None:
             record = self._set_row(record, parent_run_id=plan.parent.run_id)
         if record.status != "ok" or not plan.capture_manifest:
@@ -235,7 +248,7 @@ class BackupRunner:
             note = "backup_manifest not captured from the stream: the next incremental slot takes a full backup"
             return [self._set_row(record, reason=(record.reason + "; " if record.reason else "") + note)]
         with open(manifest_path, "rb") as manifest:
-            stored = self._store_object(run_id, KIND_MANIFEST, "postgres", manifest_object_name(name), manifest)
+            stored = self.store_object(run_id, KIND_MANIFEST, "postgres", manifest_object_name(name), manifest)
         return [record, stored]
 
     def _set_row(self, record: BackupRecord, **values: Any) -> BackupRecord:
@@ -260,7 +273,7 @@ class BackupRunner:
         database = cfg.get("database", "neo4j")
         with GraphDatabase.driver(cfg["uri"], auth=auth) as driver:
             source = produced(lambda out: export_graph(driver, database, out=out))
-            return [self._store_object(run_id, "neo4j", "neo4j", f"{run_id}/neo4j-{database}.jsonl.zst.aes", source)]
+            return [self.store_object(run_id, "neo4j", "neo4j", f"{run_id}/neo4j-{database}.jsonl.zst.aes", source)]
 
     def _milvus(self, run_id: str) -> list[BackupRecord]:
         from pymilvus import MilvusClient
@@ -272,7 +285,7 @@ class BackupRunner:
             records = []
             for collection in list_collections(client):
                 source = produced(lambda out, c=collection: export_collection(client, c, out))
-                records.append(self._store_object(run_id, "milvus", "milvus",
+                records.append(self.store_object(run_id, "milvus", "milvus",
                                                   f"{run_id}/milvus-{collection}.jsonl.zst.aes", source))
             return records
         finally:

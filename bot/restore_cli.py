@@ -1,0 +1,164 @@
+"""``aegis restore postgres|neo4j|milvus [ID]``: the restore primitives behind a command.
+
+Without an id the newest good backup of that kind is restored. Every restore verifies one stored
+copy completely first; a damaged backup is refused with the previous good one named (exit 1), and
+nothing is written. Restores never overwrite: PostgreSQL goes into an empty data directory on a
+scratch port (left running, its DSN printed), Neo4j into an empty database, Milvus into a collection
+that does not exist yet (``--as`` renames it). Exit codes: 0 restored, 1 refused or failed, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bot.backup_cli import ProgressLine, key_from, runner_from, setup, sources_from, targets_from
+from recovery.backup.milvus_export import CollectionExistsError
+from recovery.backup.neo4j_export import DatabaseNotEmptyError
+from recovery.backup.postgres_restore import RestoreError
+from recovery.backup.restore import (
+    POSTGRES_KINDS,
+    BackupNotFound,
+    RestoreRefused,
+    restore_milvus,
+    restore_neo4j,
+    restore_postgres,
+    verified_copy,
+)
+from recovery.backup.restore import choose as choose_backup
+from recovery.backup.wal_archive import TargetWalStore
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _target_time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise RestoreUsageError(f"--target-time {text!r} is not an ISO time, e.g. 2026-11-26T09:30:00+09:00") from None
+    if value.tzinfo is None:
+        raise RestoreUsageError("--target-time needs a time zone, e.g. 2026-11-26T09:30:00+00:00")
+    return value
+
+
+class RestoreUsageError(Exception):
+    """A restore was asked for in a way that cannot work; the message says what to give instead."""
+
+
+def _progress(args: argparse.Namespace) -> ProgressLine | None:
+    return None if args.quiet else ProgressLine()
+
+
+def _postgres(args: argparse.Namespace) -> int:
+    target_time = _target_time(args.target_time)
+    config, store = setup(args)
+    runner = runner_from(config, store)
+    [record] = choose_backup(store, POSTGRES_KINDS, args.id)[:1]
+    copy = verified_copy(store, record, runner.targets, runner.key)
+    data_dir = Path(args.data_dir).absolute()
+    port = args.port or _free_port()
+    socket_dir = Path(args.socket_dir).absolute() if args.socket_dir else data_dir.with_name(data_dir.name + ".sock")
+    print(f"restoring {record.run_id} ({record.object_name}) from {copy.target.name} into {data_dir}", file=sys.stderr)
+    cluster, wal_files = restore_postgres(
+        store, copy, TargetWalStore(runner), data_dir, port=port, socket_dir=socket_dir,
+        target_time=target_time, replay_wal=not args.no_wal, pause_at_target=args.pause,
+        progress=_progress(args))
+    sys.stderr.write("\n")
+    print(f"restored {record.run_id}: PostgreSQL is running on port {cluster.port} "
+          f"(replayed from {wal_files} archived WAL file(s){', to ' + args.target_time if args.target_time else ''})")
+    print(f"  connect: psql \"{cluster.dsn}\"")
+    print(f"  stop:    pg_ctl -D {cluster.data_dir} stop")
+    return 0
+
+
+def _neo4j(args: argparse.Namespace) -> int:
+    from neo4j import GraphDatabase
+
+    config, store = setup(args)
+    settings = sources_from(config).neo4j or {}
+    uri = args.uri or settings.get("uri")
+    if not uri:
+        raise RestoreUsageError("no Neo4j to restore into: give --uri or configure components.neo4j")
+    password = os.environ.get(args.password_env) if args.password_env else settings.get("password")
+    user = args.user or settings.get("user", "neo4j")
+    database = args.database or settings.get("database", "neo4j")
+    key = key_from(config)
+    [record] = choose_backup(store, ("neo4j",), args.id)[:1]
+    copy = verified_copy(store, record, targets_from(config), key)
+    with GraphDatabase.driver(uri, auth=(user, password) if password else None) as driver:
+        stats = restore_neo4j(copy, key, driver, database, progress=_progress(args))
+    sys.stderr.write("\n")
+    print(f"restored {record.run_id} into Neo4j database {database!r}: {stats.nodes} nodes, "
+          f"{stats.relationships} relationships (counts checked against the export)")
+    return 0
+
+
+def _milvus(args: argparse.Namespace) -> int:
+    from pymilvus import MilvusClient
+
+    config, store = setup(args)
+    uri = args.uri or sources_from(config).milvus_uri
+    if not uri:
+        raise RestoreUsageError("no Milvus to restore into: give --uri or configure components.milvus")
+    records = choose_backup(store, ("milvus",), args.id)
+    if args.collection:
+        records = [r for r in records if r.object_name.endswith(f"/milvus-{args.collection}.jsonl.zst.aes")]
+        if not records:
+            raise RestoreUsageError(f"that backup has no collection {args.collection!r}")
+    if args.as_name and len(records) != 1:
+        raise RestoreUsageError("--as renames one collection: pick it with --collection")
+    key = key_from(config)
+    targets = targets_from(config)
+    copies = [verified_copy(store, r, targets, key) for r in records]  # all verified before any import
+    client = MilvusClient(uri=uri)
+    try:
+        for copy in copies:
+            stats = restore_milvus(copy, key, client, args.as_name, progress=_progress(args))
+            sys.stderr.write("\n")
+            print(f"restored {copy.record.object_name} as collection {stats.collection!r}: {stats.total_rows} rows")
+    finally:
+        client.close()
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    restore = sub.add_parser("restore", help="restore a verified backup (never over existing data)")
+    kinds = restore.add_subparsers(dest="restore_command", required=True)
+    pg = kinds.add_parser("postgres", help="base backup + archived WAL into an empty data dir on a scratch port")
+    pg.add_argument("--data-dir", required=True, help="an empty or new directory for the restored cluster")
+    pg.add_argument("--port", type=int, help="port for the restored server (default: a free one)")
+    pg.add_argument("--socket-dir", help="its unix socket directory (default: <data-dir>.sock)")
+    pg.add_argument("--target-time", help="point in time to recover to, ISO with zone (default: end of the archive)")
+    pg.add_argument("--pause", action="store_true", help="pause at --target-time instead of promoting")
+    pg.add_argument("--no-wal", action="store_true", help="only the base backup, no archived WAL")
+    pg.set_defaults(func=_postgres)
+    neo = kinds.add_parser("neo4j", help="import an export into an empty Neo4j database")
+    neo.add_argument("--uri", help="bolt URI (default: components.neo4j.uri)")
+    neo.add_argument("--user")
+    neo.add_argument("--password-env", help="environment variable holding the password")
+    neo.add_argument("--database", help="database to import into (must be empty)")
+    neo.set_defaults(func=_neo4j)
+    mil = kinds.add_parser("milvus", help="recreate collections from an export")
+    mil.add_argument("--uri", help="Milvus URI (default: components.milvus.uri)")
+    mil.add_argument("--collection", help="only this collection of the backup")
+    mil.add_argument("--as", dest="as_name", help="restore under this new collection name")
+    mil.set_defaults(func=_milvus)
+    for parser in (pg, neo, mil):
+        parser.add_argument("id", nargs="?", help="run id or object name (default: the newest good backup)")
+        parser.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+FRIENDLY_ERRORS = (RestoreUsageError, BackupNotFound)
+# Refusals that protect data (damaged backup, a target that is not empty): exit 1 with the reason.
+REFUSALS = (RestoreRefused, RestoreError, DatabaseNotEmptyError, CollectionExistsError)

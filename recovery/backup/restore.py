@@ -1,0 +1,231 @@
+"""Restores from the catalog: pick a backup, prove one stored copy good, then stream it into a database.
+
+Every restore starts with a full verification pass over one copy (sha256 of the stored bytes and
+every chunk's authentication tag, ``verify_object``); only then does a byte reach PostgreSQL, Neo4j
+or Milvus, and the restore pass is pinned to the checksum just verified, so a copy swapped between
+the two reads is caught as well. A damaged copy is skipped for the next target holding the object;
+when no copy is good the restore is refused (``RestoreRefused``) and names the newest earlier good
+backup of the same kind, for the operator to choose explicitly — Aegis never silently restores an
+older backup than the one asked for.
+
+PostgreSQL: the base backup is extracted into an empty data directory and started on a scratch port
+(``postgres_restore.restore_base_backup``). WAL archived with ``aegis wal push`` is replayed — to
+the end of the archive or to ``target_time`` — after being decrypted into a staging directory next
+to the data directory, so the key never has to be handed to the server's ``restore_command``; the
+staging directory is removed once recovery is over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlmodel import col, select
+
+from recovery.backup import wal
+from recovery.backup.crypto import BackupKey
+from recovery.backup.pipeline import restore_stream, verify_object
+from recovery.backup.postgres_restore import PG_OS_USER, RestoredCluster, restore_base_backup
+from recovery.backup.runner import produced
+from recovery.backup.storage import StorageError, Target
+from recovery.backup.verify import holders, previous_good
+from recovery.backup.wal_archive import WAL_KIND, TargetWalStore, segment_of
+from recovery.redact import redact
+from statemachines.models import BackupRecord
+from statemachines.store import Store
+
+Progress = Callable[[str, int], None]
+
+POSTGRES_KINDS = ("pg_full", "pg_incremental")
+_SEGMENT = 16 * 1024 * 1024  # default wal_segment_size; the archive is named by it
+
+
+class RestoreRefused(Exception):
+    """No stored copy of the backup is intact; ``previous`` is the newest earlier good one, if any."""
+
+    def __init__(self, record: BackupRecord, problems: list[str], previous: BackupRecord | None) -> None:
+        self.record, self.problems, self.previous = record, problems, previous
+        offer = (f"the previous good backup is {previous.run_id} ({previous.object_name})" if previous
+                 else "there is no earlier good backup of this kind")
+        super().__init__(f"refusing to restore {record.run_id} ({record.object_name}): no intact copy — "
+                         f"{'; '.join(problems)}. {offer}")
+
+
+class BackupNotFound(LookupError):
+    """No usable backup matches; the message says what exists."""
+
+
+@dataclass
+class VerifiedCopy:
+    record: BackupRecord
+    target: Target
+    sha256: str
+    skipped: list[str] = field(default_factory=list)  # damaged or unreachable copies passed over
+
+
+def choose(store: Store, kinds: tuple[str, ...], ident: str | None = None) -> list[BackupRecord]:
+    """The good catalog rows to restore: those of run/object ``ident``, else the newest run's."""
+    with store.session() as session:
+        query = select(BackupRecord).where(col(BackupRecord.kind).in_(kinds), BackupRecord.status == "ok")
+        if ident:
+            rows = list(session.exec(query.where(
+                (col(BackupRecord.run_id) == ident) | (col(BackupRecord.object_name) == ident))
+                .order_by(col(BackupRecord.id))))
+            if not rows:
+                raise BackupNotFound(f"no good {'/'.join(kinds)} backup {ident!r}: see `aegis backup list`")
+            return rows
+        newest = session.exec(query.order_by(col(BackupRecord.id).desc())).first()
+        if newest is None:
+            raise BackupNotFound(f"no good {'/'.join(kinds)} backup in the catalog yet: run `aegis backup run`")
+        return list(session.exec(query.where(BackupRecord.run_id == newest.run_id).order_by(col(BackupRecord.id))))
+
+
+def verified_copy(store: Store, record: BackupRecord, targets: list[Target], key: BackupKey) -> VerifiedCopy:
+    """Read copies in config order until one passes checksum and every tag; else refuse."""
+    problems: list[str] = []
+    for target in holders(record, targets):
+        try:
+            result = verify_object(target, record.object_name, key, record.sha256)
+        except StorageError as exc:
+            problems.append(f"{target.name}: unreachable ({redact(str(exc))[:160]})")
+            continue
+        if result.ok and result.sha256:
+            return VerifiedCopy(record, target, result.sha256, problems)
+        where = f" in chunk {result.chunk_index}" if result.chunk_index is not None else ""
+        problems.append(f"{target.name}: {result.reason}{where}")
+    if not problems:
+        problems.append("no target holds a copy")
+    raise RestoreRefused(record, problems, previous_good(store, record))
+
+
+class _Counting:
+    """A sink wrapper reporting plaintext bytes written (the progress bar's figure)."""
+
+    def __init__(self, sink: BinaryIO, label: str, progress: Progress | None) -> None:
+        self.sink, self.label, self.progress, self.done = sink, label, progress, 0
+
+    def write(self, data: bytes) -> int:
+        self.sink.write(data)
+        self.done += len(data)
+        if self.progress is not None:
+            self.progress(self.label, self.done)
+        return len(data)
+
+
+@contextlib.contextmanager
+def plaintext(copy: VerifiedCopy, key: BackupKey, progress: Progress | None = None) -> Any:
+    """A readable stream of the verified copy's plaintext (decrypted in a thread through a pipe)."""
+    def write(out: BinaryIO) -> None:
+        restore_stream(copy.target, copy.record.object_name, key, _Counting(out, copy.record.object_name, progress),
+                       copy.sha256, verify_first=False)  # verified just before; pinned to that checksum
+
+    with produced(write) as reader:
+        yield reader
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+def segment_name(timeline: int, lsn: str) -> str:
+    hi, lo = (int(part, 16) for part in lsn.split("/"))
+    return f"{timeline:08X}{hi:08X}{(lo // _SEGMENT):08X}"
+
+
+def wal_after(store: Store, targets: list[Target], record: BackupRecord) -> list[str]:
+    """Archived WAL files a restore of ``record`` may ask for: history files and every segment from its start."""
+    with store.session() as session:
+        names = [segment_of(r.object_name) for r in session.exec(
+            select(BackupRecord).where(BackupRecord.kind == WAL_KIND, BackupRecord.status == "ok"))]
+    if not names:  # no catalog rows (catalog restored from an older copy): the archive lists itself
+        for target in targets:
+            with contextlib.suppress(StorageError):
+                names = [segment_of(n) for n in target.list("wal/") if n.endswith(".zst.aes")]
+                break
+    start = segment_name(record.timeline or 1, record.start_lsn) if record.start_lsn else "0" * 24
+    keep = []
+    for name in names:
+        if name.endswith(".history"):
+            keep.append(name)
+        elif len(name) >= 24 and not name.endswith(".partial") and name[8:24] >= start[8:]:
+            keep.append(name)
+    return sorted(set(keep))
+
+
+def _owned_dir(path: Path, os_user: str) -> Path:
+    path.mkdir(parents=True, exist_ok=False, mode=0o700)
+    if os.geteuid() == 0:
+        shutil.chown(path, os_user, os_user)
+    return path
+
+
+def stage_wal(store: TargetWalStore, names: list[str], stage: Path, os_user: str,
+              progress: Progress | None = None) -> int:
+    """Decrypt each archived WAL file into ``stage`` (owned by the server user); returns bytes staged."""
+    total = 0
+    for name in names:
+        dest = stage / name
+        if not wal.fetch(name, dest, store):
+            continue
+        if os.geteuid() == 0:
+            shutil.chown(dest, os_user, os_user)
+        total += dest.stat().st_size
+        if progress is not None:
+            progress("wal", total)
+    return total
+
+
+def restore_postgres(
+    store: Store, copy: VerifiedCopy, wal_store: TargetWalStore, data_dir: Path, *, port: int,
+    socket_dir: Path, target_time: datetime | None = None, replay_wal: bool = True,
+    pause_at_target: bool = False, progress: Progress | None = None, os_user: str = PG_OS_USER,
+    pg_bin: str | Path | None = None,
+) -> tuple[RestoredCluster, int]:
+    """Restore ``copy`` (a base backup) into empty ``data_dir`` and start it; returns it and WAL files staged."""
+    restore_command = None
+    stage = data_dir.with_name(data_dir.name + ".wal-stage")
+    names: list[str] = []
+    if replay_wal or target_time is not None:
+        names = wal_after(store, wal_store.targets, copy.record)
+    if target_time is not None and not names:
+        raise BackupNotFound("point-in-time restore needs archived WAL after the backup; the archive has none "
+                             "(is archive_command set to `aegis wal push %p`?)")
+    try:
+        if names:
+            _owned_dir(stage, os_user)
+            stage_wal(wal_store, names, stage, os_user, progress)
+            # wal.py is standard-library only: the server's python3 can run it without Aegis installed.
+            restore_command = f"python3 -P {wal.__file__} fetch --dir {stage} %f %p"
+        with plaintext(copy, wal_store.runner.key, progress) as tar_stream:
+            cluster = restore_base_backup(
+                tar_stream, data_dir, port=port, socket_dir=socket_dir, restore_command=restore_command,
+                target_time=target_time, target_action="pause" if pause_at_target else "promote",
+                os_user=os_user, pg_bin=pg_bin)
+        return cluster, len(names)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# --- Neo4j and Milvus ---------------------------------------------------------------------------
+
+def restore_neo4j(copy: VerifiedCopy, key: BackupKey, driver: Any, database: str,
+                  progress: Progress | None = None) -> Any:
+    """Import the export into ``database``, which must be empty (``import_graph`` checks counts after)."""
+    from recovery.backup.neo4j_export import import_graph
+
+    with plaintext(copy, key, progress) as source:
+        return import_graph(driver, database, source=source)
+
+
+def restore_milvus(copy: VerifiedCopy, key: BackupKey, client: Any, new_name: str | None = None,
+                   progress: Progress | None = None) -> Any:
+    """Recreate the collection (as ``new_name`` if given), which must not exist yet."""
+    from recovery.backup.milvus_export import import_collection
+
+    with plaintext(copy, key, progress) as source:
+        return import_collection(client, source, new_name)
+

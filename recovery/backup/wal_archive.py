@@ -1,0 +1,154 @@
+"""The WAL archive on the backup targets: what ``aegis wal push %p`` and ``aegis wal fetch %f %p`` use.
+
+Each segment (or history / backup-history file) goes through the same pipeline as every backup —
+zstd, AES-256-GCM in chunks, every target at once — as ``wal/<name>.zst.aes``, and gets a catalog
+row (kind ``pg_wal``, run id ``wal``) with the sha256 of its plaintext. That checksum is what makes
+a push idempotent: the same bytes pushed again succeed without a second upload, different bytes under
+a stored name are refused (``WalConflictError``) and nothing is overwritten.
+
+The B6 rules apply per segment: archived when at least one remote target holds it (with only a local
+target configured, that one); when every remote target is down the push fails, so PostgreSQL keeps
+the segment in ``pg_wal`` and retries — WAL is never acknowledged while it sits only on the database
+host. The local staging copy goes once two remote targets hold the segment.
+
+Fetching needs no catalog: the object is authenticated chunk by chunk with the key, so a damaged or
+swapped copy cannot pass; when the catalog has the row its checksum is checked as well. A damaged or
+unreachable copy falls back to the next target holding the segment. One archive holds one
+cluster's WAL: give each cluster its own target ``prefix``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from typing import BinaryIO
+
+from sqlmodel import select
+
+from recovery.backup.crypto import IntegrityError
+from recovery.backup.pipeline import restore_stream
+from recovery.backup.runner import BackupRunner
+from recovery.backup.storage import LocalTarget, StorageError, Target
+from recovery.backup.verify import holders
+from recovery.backup.wal import WalError, check_wal_name
+from recovery.redact import redact
+from statemachines.models import BackupRecord
+
+log = logging.getLogger("aegis.wal")
+
+WAL_RUN_ID = "wal"
+WAL_KIND = "pg_wal"
+
+
+def wal_object(name: str) -> str:
+    return f"wal/{check_wal_name(name)}.zst.aes"
+
+
+def segment_of(object_name: str) -> str:
+    """``wal/000000010000000000000003.zst.aes`` → ``000000010000000000000003``."""
+    return object_name.removeprefix("wal/").removesuffix(".zst.aes")
+
+
+class _HashingReader:
+    """Hands the source to the pipeline while hashing the plaintext (the catalog's ``source_sha256``)."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        self._digest.update(data)
+        return data
+
+    @property
+    def source_sha256(self) -> str:
+        return self._digest.hexdigest()
+
+
+class _HashingSink:
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return len(data)
+
+
+class TargetWalStore:
+    """A ``recovery.backup.wal.WalStore`` over the configured targets, key and catalog."""
+
+    def __init__(self, runner: BackupRunner) -> None:
+        self.runner = runner
+
+    @property
+    def targets(self) -> list[Target]:
+        return self.runner.targets
+
+    def _row(self, name: str) -> BackupRecord | None:
+        with self.runner.store.session() as session:
+            return session.exec(select(BackupRecord).where(
+                BackupRecord.run_id == WAL_RUN_ID, BackupRecord.object_name == wal_object(name),
+                BackupRecord.status == "ok")).first()
+
+    def checksum(self, name: str) -> str | None:
+        with self.runner.store.session() as session:
+            rows = list(session.exec(select(BackupRecord).where(
+                BackupRecord.run_id == WAL_RUN_ID, BackupRecord.object_name == wal_object(name))))
+        if rows:  # the catalog knows this name: archived only if a row is good (a failed push is not)
+            good = [r for r in rows if r.status == "ok" and r.source_sha256]
+            return good[0].source_sha256 if good else None
+        # Not in the catalog (e.g. the catalog was restored from an older copy) but perhaps stored:
+        # hash the stored plaintext so a push still cannot overwrite a different segment. A target
+        # that is unreachable or holds a damaged copy cannot tell; the push then writes everywhere.
+        obj = wal_object(name)
+        remotes = [t for t in self.targets if not isinstance(t, LocalTarget)]
+        for target in remotes or self.targets:  # a staging copy alone is not an archived segment (B6)
+            try:
+                if not target.exists(obj):
+                    continue
+                sink = _HashingSink()
+                restore_stream(target, obj, self.runner.key, sink, verify_first=False)  # type: ignore[arg-type]
+                return sink.digest.hexdigest()
+            except (StorageError, IntegrityError) as exc:
+                log.warning("WAL %s: cannot check the copy on %s: %s", name, target.name, redact(str(exc))[:200])
+        return None
+
+    def put(self, name: str, source: BinaryIO) -> str:
+        reader = _HashingReader(source)
+        record = self.runner.store_object(WAL_RUN_ID, WAL_KIND, "postgres", wal_object(name),
+                                          contextlib.nullcontext(reader), replace_failed=True)
+        if record.status != "ok":
+            raise WalError(f"{name} not archived: {record.reason}")
+        return reader.source_sha256
+
+    def get(self, name: str, dest: BinaryIO) -> None:
+        row = self._row(name)
+        self._read_into(name, dest, expected_sha256=row.sha256 if row else None,
+                        candidates=holders(row, self.targets) if row else None)
+
+    def _read_into(self, name: str, dest: BinaryIO, expected_sha256: str | None,
+                   candidates: list[Target] | None = None) -> None:
+        """Decrypt the first good copy into ``dest``; FileNotFoundError when no target has it.
+
+        A copy that is unreachable or fails authentication is skipped (and logged); if some target
+        had the object but no copy was good, that is an error, not "absent" — recovery must stop
+        rather than end early on a gap.
+        """
+        obj = wal_object(name)
+        problems: list[str] = []
+        for target in candidates if candidates is not None else self.targets:
+            try:
+                if not target.exists(obj):
+                    continue
+                dest.seek(0)
+                dest.truncate()  # a copy that failed half-way must not leave its prefix behind
+                restore_stream(target, obj, self.runner.key, dest, expected_sha256, verify_first=False)
+                return
+            except (StorageError, IntegrityError) as exc:
+                problems.append(f"{target.name}: {redact(str(exc))[:200]}")
+                log.warning("WAL %s: copy on %s unusable: %s", name, target.name, problems[-1])
+        if problems:
+            raise WalError(f"{name}: no usable copy ({'; '.join(problems)})")
+        raise FileNotFoundError(name)
