@@ -62,6 +62,17 @@ class BackupDesk:
     def may_read(self, user: str) -> bool:
         return any(user in users for users in self.roster.values())
 
+    def _not_configured(self, kind: str) -> Message | None:
+        """A run that could only fail (no storage, no such component) is refused before it starts."""
+        config = self.duty.config
+        if not config.storage:
+            return blocks.refusal("backup_no_storage", self.locale)
+        parts = {"postgresql": config.components.postgres, "neo4j": config.components.neo4j,
+                 "milvus": config.components.milvus}
+        if not (any(parts.values()) if kind == "full" else parts[kind]):
+            return blocks.refusal("backup_component_missing", self.locale, kind=kind)
+        return None
+
     # --- the ack path: in memory only --------------------------------------------------------
 
     def handle(self, parsed: BackupCommand, *, user: str, channel: str | None, respond: Respond,
@@ -70,6 +81,9 @@ class BackupDesk:
         if isinstance(parsed, commands.BackupRun):
             if not self.may_run(user):
                 return blocks.refusal("backup_run_not_allowed", self.locale, roles=list(RUN_ROLES))
+            missing = self._not_configured(parsed.kind)
+            if missing:
+                return missing
             what = f"backup run {parsed.kind}"
             if not self.duty.gate.try_enter(what):
                 return blocks.refusal("backup_busy", self.locale, what=self.duty.gate.holder or what,

@@ -181,6 +181,7 @@ def test_refusals_and_typos_get_a_clear_ephemeral_answer(
     assert "명단" in stranger["text"]
     typo = desk.slash("U0DB", "backup run postgres")
     assert "`postgresql`" in typo["text"] and "Traceback" not in json.dumps(typo)
+    assert "components.neo4j" in desk.slash("U0DB", "backup run neo4j")["text"]     # not configured
     missing = desk.slash("U0DB", "backup verify")
     assert "/aegis backup verify backup_" in missing["text"]
     desk.slash("U0DB", "backup verify backup_19990101_000000")
@@ -192,7 +193,9 @@ def test_refusals_and_typos_get_a_clear_ephemeral_answer(
 def test_a_second_run_while_one_is_running_is_refused_with_what_is_running(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path}/aegis.db")
     store.migrate()
-    duty = BackupDuty(Config.model_validate({"roster": ROSTER}), store, None)
+    config = Config.model_validate({"roster": ROSTER, "components": {"postgres": {"primary": {"dsn": "host=/x"}}},
+                                    "storage": [{"kind": "local", "path": str(tmp_path / "staging")}]})
+    duty = BackupDuty(config, store, None)
     desk = BackupDesk(duty)
     assert duty.gate.try_enter("backup-postgres_full")               # a scheduled run holds the gate
     try:

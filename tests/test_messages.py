@@ -276,6 +276,8 @@ REFUSALS: dict[str, dict[str, Any]] = {
     "backup_read_not_allowed": {},
     "backup_busy": {"what": "backup-postgres_full", "since": T0},
     "backups_not_configured": {"detail": "no storage targets: add a `storage:` list"},
+    "backup_no_storage": {},
+    "backup_component_missing": {"kind": "neo4j"},
 }
 
 
