@@ -16,6 +16,7 @@ from sqlmodel import col, select
 
 from bot.config import Config, load_config
 from recovery.backup.crypto import BackupKey, BackupKeyError, load_key
+from recovery.backup.retention import RetentionPolicy, prune
 from recovery.backup.runner import BackupRunner, RunReport, Sources
 from recovery.backup.storage import Target, target_from_config
 from recovery.backup.verify import previous_good, records_for, verify
@@ -105,10 +106,37 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def retention_policy(config: Config) -> RetentionPolicy:
+    r = config.backups.retention
+    return RetentionPolicy({
+        "pg_full": r.postgres_full_days, "pg_incremental": r.postgres_incremental_days,
+        "pg_manifest": r.postgres_incremental_days, "pg_wal": r.postgres_wal_days,
+        "pg_logical": r.postgres_logical_days, "neo4j": r.neo4j_days, "milvus": r.milvus_days,
+    })
+
+
+def _prune(args: argparse.Namespace) -> int:
+    config, store = setup(args)
+    report = prune(store, targets_from(config), retention_policy(config), dry_run=args.dry_run)
+    verb = "would delete" if report.dry_run else "deleted"
+    for name in report.deleted:
+        print(f"{verb} {name}")
+    for name, why in report.kept:
+        print(f"kept {name}: {why}")
+    for error in report.errors:
+        print(f"error: {error} (left in place; the next prune retries)")
+    print(f"{len(report.deleted)} object(s) {verb}, {len(report.kept)} expired object(s) kept, "
+          f"{len(report.errors)} error(s)")
+    return 1 if report.errors else 0
+
+
 def _list(args: argparse.Namespace) -> int:
     _config, store = setup(args)
     with store.session() as session:
-        rows = list(session.exec(select(BackupRecord).order_by(col(BackupRecord.id).desc()).limit(args.limit)))
+        query = select(BackupRecord)
+        if not args.wal:  # one row per WAL segment would bury the backups
+            query = query.where(BackupRecord.kind != "pg_wal")
+        rows = list(session.exec(query.order_by(col(BackupRecord.id).desc()).limit(args.limit)))
     for row in rows:
         print(describe(row))
     if not rows:
@@ -154,11 +182,15 @@ def add_commands(sub: Any) -> None:
     run.set_defaults(func=_run)
     listing = actions.add_parser("list", help="the catalog, newest first")
     listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--wal", action="store_true", help="include archived WAL segments")
     listing.set_defaults(func=_list)
     check = actions.add_parser("verify", help="check existence and size everywhere, re-read one copy")
     check.add_argument("id", help="a run id (backup_YYYYMMDD_HHMMSS) or an object name")
     check.add_argument("--deep", action="store_true", help="re-read every copy, not just one")
     check.set_defaults(func=_verify)
+    pruning = actions.add_parser("prune", help="apply retention (B1-B3); never the newest good backup or needed WAL")
+    pruning.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    pruning.set_defaults(func=_prune)
 
 
 FRIENDLY_ERRORS = (BackupSetupError, BackupKeyError)

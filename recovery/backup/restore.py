@@ -35,7 +35,7 @@ from recovery.backup.postgres_restore import PG_OS_USER, RestoredCluster, restor
 from recovery.backup.runner import produced
 from recovery.backup.storage import StorageError, Target
 from recovery.backup.verify import holders, previous_good
-from recovery.backup.wal_archive import WAL_KIND, TargetWalStore, segment_of
+from recovery.backup.wal_archive import WAL_KIND, TargetWalStore, segment_name, segment_of
 from recovery.redact import redact
 from statemachines.models import BackupRecord
 from statemachines.store import Store
@@ -43,7 +43,6 @@ from statemachines.store import Store
 Progress = Callable[[str, int], None]
 
 POSTGRES_KINDS = ("pg_full", "pg_incremental")
-_SEGMENT = 16 * 1024 * 1024  # default wal_segment_size; the archive is named by it
 
 
 class RestoreRefused(Exception):
@@ -130,11 +129,6 @@ def plaintext(copy: VerifiedCopy, key: BackupKey, progress: Progress | None = No
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
-
-def segment_name(timeline: int, lsn: str) -> str:
-    hi, lo = (int(part, 16) for part in lsn.split("/"))
-    return f"{timeline:08X}{hi:08X}{(lo // _SEGMENT):08X}"
-
 
 def wal_after(store: Store, targets: list[Target], record: BackupRecord) -> list[str]:
     """Archived WAL files a restore of ``record`` may ask for: history files and every segment from its start."""

@@ -45,6 +45,15 @@ def wal_object(name: str) -> str:
     return f"wal/{check_wal_name(name)}.zst.aes"
 
 
+_SEGMENT_BYTES = 16 * 1024 * 1024  # default wal_segment_size, which names the archived files
+
+
+def segment_name(timeline: int, lsn: str) -> str:
+    """The WAL file holding ``lsn`` (``'0/3000028'``) on ``timeline``."""
+    hi, lo = (int(part, 16) for part in lsn.split("/"))
+    return f"{timeline:08X}{hi:08X}{(lo // _SEGMENT_BYTES):08X}"
+
+
 def segment_of(object_name: str) -> str:
     """``wal/000000010000000000000003.zst.aes`` → ``000000010000000000000003``."""
     return object_name.removeprefix("wal/").removesuffix(".zst.aes")
