@@ -20,13 +20,13 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.base import run_job
 from apscheduler.executors.pool import ThreadPoolExecutor as ApsThreadPoolExecutor
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import col, delete, select
 
 from bot.backup_cli import key_from, sources_from, targets_from
 from bot.config import Config
@@ -35,7 +35,7 @@ from messages import blocks
 from messages.blocks import BackupObjectView, BackupRunView, BackupTargetView
 from recovery.backup.runner import BackupRunner, RunReport
 from recovery.redact import redact
-from statemachines.models import BackupRecord, ScheduledClaim
+from statemachines.models import BackupRecord, ScheduledClaim, utcnow
 from statemachines.store import Store
 
 log = logging.getLogger("aegis.backup")
@@ -43,7 +43,7 @@ log = logging.getLogger("aegis.backup")
 # Which catalog kinds count as "a backup of that kind" for each run kind (WAL segments and
 # logical dumps are not a usable restore point on their own).
 USABLE_KINDS = {"postgresql": ("pg_full", "pg_incremental"), "neo4j": ("neo4j",), "milvus": ("milvus",)}
-COMPONENTS = {"postgresql": "postgres", "neo4j": "neo4j", "milvus": "milvus"}
+CLAIMS_KEPT = timedelta(days=7)
 
 
 # --- one run at a time ------------------------------------------------------------------------
@@ -135,6 +135,7 @@ class BackupDuty:
     def __post_init__(self) -> None:
         self.gate = BackupGate()
         self.locale = self.config.locale
+        self.failing: set[str] = set()   # repeating jobs whose failure streak ops was already told of
 
     def run(self, kind: str, *, incremental: bool = False, started_by: str | None = None,
             schedule: str | None = None, report_channel: str | None = None) -> BackupRunView:
@@ -166,10 +167,14 @@ class BackupDuty:
         try:
             with self.store.session() as session:
                 session.add(ScheduledClaim(job_id=job_id, fire_time=key, owner=self.owner))
-            return True
         except IntegrityError:
             log.info("%s at %s is run by another replica", job_id, key)
             return False
+        # claims only matter while replicas may still fire the same time; keep a week for the record
+        with self.store.session() as session:
+            session.execute(delete(ScheduledClaim).where(col(ScheduledClaim.job_id) == job_id,
+                                                         col(ScheduledClaim.claimed_at) < utcnow() - CLAIMS_KEPT))
+        return True
 
 
 context: BackupDuty | None = None
@@ -218,7 +223,7 @@ def switch_wal(job_id: str, fire_time: datetime | None = None) -> str | None:
     except Exception as exc:
         _report_once(duty, job_id, "wal_failed", redact(f"{type(exc).__name__}: {exc}")[:400])
         return None
-    _failing.discard(job_id)
+    duty.failing.discard(job_id)
     return lsn
 
 
@@ -227,13 +232,12 @@ def prune_backups(job_id: str, fire_time: datetime | None = None) -> Any:
     duty = _claimed(job_id, fire_time)
     if duty is None:
         return None
-    # lazy: retention lives in its own module and is only needed when the prune job fires
-    from recovery.backup.retention import prune
-
-    from bot.backup_cli import retention_policy
-
     duty.gate.enter(job_id)     # never prune while a backup is being written
     try:
+        # lazy: retention lives in its own module and is only needed when the prune job fires
+        from bot.backup_cli import retention_policy
+        from recovery.backup.retention import prune
+
         report = prune(duty.store, targets_from(duty.config), retention_policy(duty.config))
     except Exception as exc:
         log.exception("prune failed")
@@ -244,19 +248,16 @@ def prune_backups(job_id: str, fire_time: datetime | None = None) -> Any:
     if report.errors:
         _report_once(duty, job_id, "prune_failed", "; ".join(redact(e) for e in report.errors)[:1500])
     else:
-        _failing.discard(job_id)
+        duty.failing.discard(job_id)
     return report
-
-
-_failing: set[str] = set()
 
 
 def _report_once(duty: BackupDuty, job_id: str, part: str, error: str) -> None:
     """Post a repeating job's failure once per streak (a WAL switch fails every 15 minutes while PG is down)."""
     log.error("%s failed: %s", job_id, error)
-    if job_id in _failing:
+    if job_id in duty.failing:
         return
-    _failing.add(job_id)
+    duty.failing.add(job_id)
     duty.post(duty.config.slack.ops_channel, blocks.backup_job_alert(part, job_id, error, duty.locale),
               f"{job_id} failure")
 

@@ -188,3 +188,23 @@ def test_a_run_that_lost_one_remote_target_warns_the_ops_channel_naming_it(
     post = all_text(wait_for(lambda: [m for m in channel_by_id(emulator.state, "C0OPS")["messages"]
                                       if run_id in all_text(m)], what="the ops warning")[-1])
     assert "⚠️" in post and "s3-dr" in post and "backup-postgres_full" in post
+
+
+def test_the_wal_switch_job_switches_once_per_fire_and_tells_ops_once_per_failure_streak(
+    tmp_path: Path, pg_single: PgSingle, moto_s3: MotoS3, store: Store,  # noqa: F811
+    emulator: EmulatorServer, emulator_gateway: SlackGateway,
+) -> None:
+    config = backup_config(tmp_path, pg_single, moto_s3)
+    fire = datetime(2026, 12, 1, 9, 15, tzinfo=UTC)
+    backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-a")
+    pg_single.primary.sql("CREATE TABLE w (x int); INSERT INTO w VALUES (1)")
+    lsn = backup_jobs.switch_wal(job_id="backup-wal_switch", fire_time=fire)
+    assert lsn and "/" in lsn
+    backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-b")
+    assert backup_jobs.switch_wal(job_id="backup-wal_switch", fire_time=fire) is None   # replica a had it
+
+    pg_single.primary.stop()
+    for n in (1, 2, 3):
+        assert backup_jobs.switch_wal(job_id="backup-wal_switch", fire_time=fire + timedelta(minutes=15 * n)) is None
+    alerts = [all_text(m) for m in channel_by_id(emulator.state, "C0OPS")["messages"] if "WAL" in all_text(m)]
+    assert len(alerts) == 1 and "backup-wal_switch" in alerts[0] and "archive_timeout" in alerts[0]
