@@ -125,7 +125,10 @@ class BackupDesk:
         from sqlmodel import col, select
 
         with self.duty.store.session() as session:
-            rows = list(session.exec(select(BackupRecord).order_by(col(BackupRecord.id).desc()).limit(LIST_LIMIT)))
+            # one row per WAL segment (and the incremental manifests) would bury the backups; pruned ones are gone
+            query = select(BackupRecord).where(col(BackupRecord.kind).not_in(("pg_wal", "pg_manifest")),
+                                               BackupRecord.status != "deleted")
+            rows = list(session.exec(query.order_by(col(BackupRecord.id).desc()).limit(LIST_LIMIT)))
         return blocks.backup_list([object_view(r) for r in rows], self.locale)
 
     def _verify(self, ident: str, channel: str | None, respond: Respond) -> None:

@@ -208,3 +208,24 @@ def test_the_wal_switch_job_switches_once_per_fire_and_tells_ops_once_per_failur
         assert backup_jobs.switch_wal(job_id="backup-wal_switch", fire_time=fire + timedelta(minutes=15 * n)) is None
     alerts = [all_text(m) for m in channel_by_id(emulator.state, "C0OPS")["messages"] if "WAL" in all_text(m)]
     assert len(alerts) == 1 and "backup-wal_switch" in alerts[0] and "archive_timeout" in alerts[0]
+
+
+def test_the_prune_job_applies_retention_once_per_fire(
+    tmp_path: Path, pg_single: PgSingle, moto_s3: MotoS3, store: Store,  # noqa: F811
+    emulator_gateway: SlackGateway,
+) -> None:
+    config = backup_config(tmp_path, pg_single, moto_s3)
+    backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-a")
+    fire = datetime(2026, 12, 2, 5, 30, tzinfo=UTC)
+    old = backup_jobs.run_backup(job_id="backup-postgres_full", kind="postgresql", fire_time=fire - timedelta(days=2))
+    new = backup_jobs.run_backup(job_id="backup-postgres_full", kind="postgresql", fire_time=fire - timedelta(days=1))
+    with store.session() as session:       # the first one is older than postgres_full_days (28)
+        row = session.exec(select(BackupRecord).where(BackupRecord.run_id == old)).one()
+        row.started_at = row.finished_at = datetime.now(UTC) - timedelta(days=40)
+        session.add(row)
+    report = backup_jobs.prune_backups(job_id="backup-prune", fire_time=fire)
+    assert report is not None and not report.errors and [n.split("/")[0] for n in report.deleted] == [old]
+    assert not [p for p in (tmp_path / "staging").rglob("*.aes") if old in str(p)]
+    assert [p for p in (tmp_path / "staging").rglob("*.aes") if new in str(p)]
+    backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-b")
+    assert backup_jobs.prune_backups(job_id="backup-prune", fire_time=fire) is None
