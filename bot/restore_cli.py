@@ -73,7 +73,7 @@ def _postgres(args: argparse.Namespace) -> int:
     cluster, wal_files = restore_postgres(
         store, copy, TargetWalStore(runner), data_dir, port=port, socket_dir=socket_dir,
         target_time=target_time, replay_wal=not args.no_wal, pause_at_target=args.pause,
-        progress=_progress(args))
+        progress=_progress(args), pg_bin=args.pg_bin)
     sys.stderr.write("\n")
     print(f"restored {record.run_id}: PostgreSQL is running on port {cluster.port} "
           f"(replayed from {wal_files} archived WAL file(s){', to ' + args.target_time if args.target_time else ''})")
@@ -142,6 +142,8 @@ def add_commands(sub: Any) -> None:
     pg.add_argument("--target-time", help="point in time to recover to, ISO with zone (default: end of the archive)")
     pg.add_argument("--pause", action="store_true", help="pause at --target-time instead of promoting")
     pg.add_argument("--no-wal", action="store_true", help="only the base backup, no archived WAL")
+    pg.add_argument("--pg-bin", help="PostgreSQL binaries of the backup's major version (default: $AEGIS_PG_BIN "
+                                     "or Debian's); a chain with incrementals needs 17+")
     pg.set_defaults(func=_postgres)
     neo = kinds.add_parser("neo4j", help="import an export into an empty Neo4j database")
     neo.add_argument("--uri", help="bolt URI (default: components.neo4j.uri)")

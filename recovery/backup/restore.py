@@ -8,7 +8,8 @@ when no copy is good the restore is refused (``RestoreRefused``) and names the n
 backup of the same kind, for the operator to choose explicitly — Aegis never silently restores an
 older backup than the one asked for.
 
-PostgreSQL: the base backup is extracted into an empty data directory and started on a scratch port
+PostgreSQL: an incremental (17+) is combined with its chain by ``incremental.restore_chain``; a full
+base backup is extracted into an empty data directory and started on a scratch port
 (``postgres_restore.restore_base_backup``). WAL archived with ``aegis wal push`` is replayed — to
 the end of the archive or to ``target_time`` — after being decrypted into a staging directory next
 to the data directory, so the key never has to be handed to the server's ``restore_command``; the
@@ -30,6 +31,7 @@ from sqlmodel import col, select
 
 from recovery.backup import wal
 from recovery.backup.crypto import BackupKey
+from recovery.backup.incremental import restore_chain
 from recovery.backup.pipeline import restore_stream, verify_object
 from recovery.backup.postgres_restore import PG_OS_USER, RestoredCluster, restore_base_backup
 from recovery.backup.runner import produced
@@ -194,11 +196,16 @@ def restore_postgres(
             stage_wal(wal_store, names, stage, os_user, progress)
             # wal.py is standard-library only: the server's python3 can run it without Aegis installed.
             restore_command = f"python3 -P {wal.__file__} fetch --dir {stage} %f %p"
+        action = "pause" if pause_at_target else "promote"
+        if copy.record.kind == "pg_incremental":  # PostgreSQL 17+: combine the chain back to its full
+            cluster = restore_chain(store, copy.record, wal_store.targets, wal_store.runner.key, data_dir,
+                                    port=port, socket_dir=socket_dir, restore_command=restore_command,
+                                    target_time=target_time, target_action=action, pg_bin=pg_bin, os_user=os_user)
+            return cluster, len(names)
         with plaintext(copy, wal_store.runner.key, progress) as tar_stream:
             cluster = restore_base_backup(
                 tar_stream, data_dir, port=port, socket_dir=socket_dir, restore_command=restore_command,
-                target_time=target_time, target_action="pause" if pause_at_target else "promote",
-                os_user=os_user, pg_bin=pg_bin)
+                target_time=target_time, target_action=action, os_user=os_user, pg_bin=pg_bin)
         return cluster, len(names)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
