@@ -1,4 +1,4 @@
-"""``aegis wal push %p`` (archive_command) and ``aegis wal fetch %f %p`` (restore_command).
+"""``aegis wal push %p`` (archive_command), ``aegis wal fetch %f %p`` (restore_command), ``aegis wal stream``.
 
 Both run as the PostgreSQL server's OS user, so the config, the key (prefer ``encryption.key_file``
 readable only by that user: a key in archive_command's environment shows up in ``pg_settings``) and
@@ -16,13 +16,16 @@ of ending early and promoting on a gap.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-from bot.backup_cli import runner_from, setup
+from bot.backup_cli import BackupSetupError, runner_from, setup, sources_from
 from recovery.backup.wal import FETCH_ERROR_EXIT, PUSH_FAILED_EXIT, fetch_main, push_main
 from recovery.backup.wal_archive import TargetWalStore
+from recovery.backup.wal_stream import WalStreamer
 from recovery.redact import redact
 
 
@@ -57,6 +60,24 @@ def _fetch(args: argparse.Namespace) -> int:
         return FETCH_ERROR_EXIT
 
 
+def _stream(args: argparse.Namespace) -> int:
+    config, store = setup(args)
+    dsn = sources_from(config).postgres_dsn
+    if not dsn:
+        raise BackupSetupError("no PostgreSQL to stream from: configure components.postgres.primary")
+    streamer = WalStreamer(dsn, Path(args.dir), args.slot, TargetWalStore(runner_from(config, store)),
+                           synchronous=args.synchronous, interval=args.interval)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"streaming WAL through slot {args.slot} into {args.dir}; completed segments go to the targets",
+          file=sys.stderr)
+    stats = streamer.run(stop)
+    print(f"stopped: {len(stats.shipped)} shipped, {len(stats.already_archived)} already archived, "
+          f"{len(stats.refused)} refused (left in {args.dir}), {stats.restarts} receiver restart(s)")
+    return 1 if stats.refused else 0
+
+
 def add_commands(sub: Any) -> None:
     wal = sub.add_parser("wal", help="WAL archive on the backup targets (archive_command / restore_command)")
     actions = wal.add_subparsers(dest="wal_command", required=True)
@@ -67,3 +88,9 @@ def add_commands(sub: Any) -> None:
     fetch.add_argument("name", help="the WAL file name PostgreSQL asks for (%%f)")
     fetch.add_argument("dest", help="where to write it (%%p)")
     fetch.set_defaults(func=_fetch)
+    stream = actions.add_parser("stream", help="pg_receivewal continuously (RPO near zero), ship completed segments")
+    stream.add_argument("--dir", required=True, help="spool directory for the open segment (another host)")
+    stream.add_argument("--slot", default="aegis_wal", help="replication slot (created if missing)")
+    stream.add_argument("--synchronous", action="store_true", help="flush and confirm each write at once")
+    stream.add_argument("--interval", type=float, default=2.0, help="seconds between shipping passes")
+    stream.set_defaults(func=_stream)

@@ -355,3 +355,48 @@ def test_restore_usage_errors_are_clear(shared_dir: Path) -> None:
                   "--target-time", "2026-11-26 10:00")
     assert naive.returncode == 2
     assert "Traceback" not in nothing.stderr + naive.stderr
+
+
+# --- streaming ---------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(300)
+def test_wal_stream_ships_completed_segments_identical_to_the_archivers(shared_dir: Path, pg_single: PgSingle) -> None:
+    """``aegis wal stream``: pg_receivewal through a slot; completed segments go to the targets, the open one
+    stays in the spool as .partial (the near-zero-RPO part). The cluster's own archive_command (cp) gives the
+    reference bytes of the same segment."""
+    primary = pg_single.primary
+    write_config(shared_dir, [local(shared_dir)], dsn=primary.dsn())
+    spool = shared_dir / "spool"
+    env = {**os.environ, "AEGIS_CONFIG": str(shared_dir / "aegis.yaml"),
+           "AEGIS_DATABASE_URL": f"sqlite:///{shared_dir}/aegis.db"}
+    env.pop("AEGIS_BACKUP_KEY", None)
+    assert aegis(shared_dir, "migrate").returncode == 0
+    stream = subprocess.Popen([sys.executable, "-m", "bot.cli", "wal", "stream", "--dir", str(spool),
+                               "--interval", "0.3"], cwd=shared_dir, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        active_slot = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'aegis_wal' AND active"
+        while not primary.sql(active_slot)[0][0]:
+            assert stream.poll() is None and time.monotonic() < deadline, stream.stderr.read() if stream.stderr else ""
+            time.sleep(0.2)
+        primary.sql("CREATE TABLE t (id int primary key, batch text, v text)")
+        primary.sql("INSERT INTO t SELECT g, 'A', md5(g::text) FROM generate_series(1, 2000) g")
+        switched = primary.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+        primary.sql("INSERT INTO t VALUES (2001, 'B', 'after the switch')")
+        while not catalog(shared_dir, f"object_name = 'wal/{switched}.zst.aes' AND status = 'ok'") \
+                or not (pg_single.archive_dir / switched).exists():
+            assert stream.poll() is None and time.monotonic() < deadline, "segment not shipped in time"
+            time.sleep(0.3)
+        while not any(p.name.endswith(".partial") for p in spool.iterdir()):
+            assert time.monotonic() < deadline, "the open segment must stream into the spool"
+            time.sleep(0.2)
+        assert not (spool / switched).exists(), "a shipped segment leaves the spool"
+    finally:
+        stream.terminate()
+        out, err = stream.communicate(timeout=60)
+    assert stream.returncode == 0, err
+    assert "refused" in out and "0 refused" in out
+    fetched = shared_dir / "fetched"
+    assert aegis(shared_dir, "wal", "fetch", switched, str(fetched)).returncode == 0
+    assert fetched.read_bytes() == (pg_single.archive_dir / switched).read_bytes()
