@@ -142,7 +142,7 @@ def test_every_remote_target_down_fails_keeps_local_and_tells_ops_with_the_previ
     assert "❌" in desk.post_with(failed)
     [record] = desk.records(failed)
     assert record.status == "failed" and record.targets["local"]["ok"] and not record.targets["s3"]["ok"]
-    assert any(failed in str(p) for p in (tmp_path / "staging").rglob("*.aes")), "the local copy is kept"
+    assert failed in {p.parent.name for p in (tmp_path / "staging").rglob("*.aes")}, "the local copy is kept"
     alert = desk.post_with(failed, "C0OPS")
     assert "s3" in alert and "every remote target failed" in alert and good in alert
     assert "newest usable" in alert
@@ -161,7 +161,7 @@ def test_verify_names_the_backup_target_and_chunk_of_a_flipped_byte(
     assert desk.slash("U0APP", f"backup verify {second}")["response_type"] == "ephemeral"
     assert "✅" in desk.post_with(f"`{second}` verified")
     # with one remote target the local copy stays (B6), and verify re-reads it first
-    [stored] = [p for p in (tmp_path / "staging").rglob("*.aes") if second in str(p)]
+    [stored] = [p for p in (tmp_path / "staging").rglob("*.aes") if p.parent.name == second]
     data = bytearray(stored.read_bytes())
     data[len(data) // 2] ^= 0x01
     stored.write_bytes(bytes(data))
