@@ -43,8 +43,7 @@ def _ephemeral(respond: Respond | None, message: Message) -> None:
         log.warning("could not send an ephemeral reply", exc_info=True)
 
 
-def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str,
-               backups: BackupDesk | None = None) -> App:
+def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, backups: BackupDesk) -> App:
     locale = flows.locale
     app = App(
         client=WebClient(token=token, base_url=api_url),
@@ -90,11 +89,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str,
             return
         user = command["user_id"]
         if isinstance(parsed, commands.BackupRun | commands.BackupList | commands.BackupVerify):
-            if backups is None:
-                reply: Message | None = blocks.refusal("backups_not_configured", locale, detail="no backup desk")
-            else:
-                reply = backups.handle(parsed, user=user, channel=command.get("channel_id"), respond=respond,
-                                       later=later)
+            reply = backups.handle(parsed, user=user, channel=command.get("channel_id"), respond=respond, later=later)
             if reply is None:
                 ack()
             else:
