@@ -31,6 +31,7 @@ from bot.config import Config
 
 log = logging.getLogger("aegis.scheduler")
 BACKUP_PREFIX = "backup-"
+BACKUP_GRACE_SECONDS = 3600
 JobSpec = tuple[str, BaseTrigger, dict[str, Any]]     # function path, trigger, keywords
 
 
@@ -74,7 +75,10 @@ class Scheduler:
                 self._scheduler.remove_job(job.id)
                 log.info("backup schedule %s removed (disabled in config)", job.id)
         for job_id, (func, trigger, kwargs) in wanted.items():
-            self._scheduler.add_job(func, trigger, kwargs=kwargs, id=job_id, name=job_id, replace_existing=True)
+            # a nightly backup is still worth taking an hour late (a restart at 02:00); a WAL switch is not
+            grace = 300 if isinstance(trigger, IntervalTrigger) else BACKUP_GRACE_SECONDS
+            self._scheduler.add_job(func, trigger, kwargs=kwargs, id=job_id, name=job_id, replace_existing=True,
+                                    misfire_grace_time=grace)
         if wanted:
             log.info("backup schedules: %s", ", ".join(sorted(wanted)))
         return sorted(wanted)
