@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.backup_cli import ProgressLine, key_from, runner_from, setup, sources_from, targets_from
-from recovery.backup.milvus_export import CollectionExistsError
-from recovery.backup.neo4j_export import DatabaseNotEmptyError
+from recovery.backup.errors import CollectionExistsError, DatabaseNotEmptyError
 from recovery.backup.postgres_restore import RestoreError
 from recovery.backup.restore import (
     POSTGRES_KINDS,

@@ -53,6 +53,8 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.client.types import LoadState
 
+from recovery.backup.errors import CollectionExistsError, ExportFormatError, MilvusBackupError
+
 FORMAT = "aegis.milvus-export"
 FORMAT_VERSION = 1
 DEFAULT_PARTITION = "_default"
@@ -85,18 +87,6 @@ _INDEX_STATUS_KEYS = {
     "index_state_fail_reason",
 }
 _DEFAULT_VALUE_KINDS = ("bool_data", "int_data", "long_data", "float_data", "double_data", "string_data")
-
-
-class MilvusBackupError(Exception):
-    """A Milvus export or import that cannot proceed; the message says what to do."""
-
-
-class CollectionExistsError(MilvusBackupError):
-    """The import target already exists; imports only ever create a fresh collection."""
-
-
-class ExportFormatError(MilvusBackupError):
-    """The stream is not a complete export this module can read."""
 
 
 @dataclass

@@ -62,6 +62,8 @@ from neo4j import READ_ACCESS, WRITE_ACCESS, Driver, Transaction
 from neo4j.spatial import CartesianPoint, Point, WGS84Point
 from neo4j.time import Date, DateTime, Duration, Time
 
+from recovery.backup.errors import CorruptExportError, DatabaseNotEmptyError, Neo4jExportError
+
 FORMAT = "aegis.neo4j-export"
 FORMAT_VERSION = 1
 CONSISTENCY = (
@@ -89,18 +91,6 @@ _SRID_CLASSES: dict[int, type[Point]] = {7203: CartesianPoint, 9157: CartesianPo
 _DATE_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})$")
 _TIME_RE = re.compile(r"(\d{2}):(\d{2}):(\d{2})\.(\d{9})$")
 _DATETIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{9})$")
-
-
-class Neo4jExportError(Exception):
-    """A problem with a Neo4j export or import that the operator can act on (the message says how)."""
-
-
-class DatabaseNotEmptyError(Neo4jExportError):
-    """The import target already holds data or schema."""
-
-
-class CorruptExportError(Neo4jExportError):
-    """The stream is truncated, not an Aegis Neo4j export, or disagrees with itself or with the result."""
 
 
 @dataclass

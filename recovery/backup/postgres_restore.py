@@ -180,7 +180,8 @@ def _extract(tar_stream: BinaryIO, data_dir: Path, owner: tuple[int, int] | None
     """Stream-extract regular files and directories only; links/devices are refused. Returns bytes."""
     total = 0
     try:
-        with tarfile.open(fileobj=tar_stream, mode="r|") as tar:
+        # bufsize: the default 10 KiB records made extraction ~25 % slower (bench/backup.py)
+        with tarfile.open(fileobj=tar_stream, mode="r|", bufsize=CHUNK) as tar:
             for member in tar:
                 rel = _member_path(member.name)
                 if rel is None:

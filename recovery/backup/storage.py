@@ -174,7 +174,8 @@ class _PartWriter(Writer):
     def write(self, data: bytes) -> None:
         self._buf += data
         while len(self._buf) >= self._part_size:
-            part = bytes(self._buf[: self._part_size])
+            with memoryview(self._buf) as view:  # one copy per part, not a slice and then a copy of it
+                part = bytes(view[: self._part_size])
             del self._buf[: self._part_size]
             self._send(part)
 
