@@ -134,8 +134,8 @@ def _list(args: argparse.Namespace) -> int:
     _config, store = setup(args)
     with store.session() as session:
         query = select(BackupRecord)
-        if not args.wal:  # one row per WAL segment would bury the backups
-            query = query.where(BackupRecord.kind != "pg_wal")
+        if not args.wal:  # one row per WAL segment (and per manifest) would bury the backups
+            query = query.where(col(BackupRecord.kind).not_in(("pg_wal", "pg_manifest")))
         rows = list(session.exec(query.order_by(col(BackupRecord.id).desc()).limit(args.limit)))
     for row in rows:
         print(describe(row))
@@ -182,7 +182,7 @@ def add_commands(sub: Any) -> None:
     run.set_defaults(func=_run)
     listing = actions.add_parser("list", help="the catalog, newest first")
     listing.add_argument("--limit", type=int, default=50)
-    listing.add_argument("--wal", action="store_true", help="include archived WAL segments")
+    listing.add_argument("--wal", action="store_true", help="include archived WAL segments and manifests")
     listing.set_defaults(func=_list)
     check = actions.add_parser("verify", help="check existence and size everywhere, re-read one copy")
     check.add_argument("id", help="a run id (backup_YYYYMMDD_HHMMSS) or an object name")
