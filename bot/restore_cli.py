@@ -20,16 +20,9 @@ from typing import Any
 from bot.backup_cli import ProgressLine, key_from, runner_from, setup, sources_from, targets_from
 from recovery.backup.errors import CollectionExistsError, DatabaseNotEmptyError
 from recovery.backup.postgres_restore import RestoreError
-from recovery.backup.restore import (
-    POSTGRES_KINDS,
-    BackupNotFound,
-    RestoreRefused,
-    restore_milvus,
-    restore_neo4j,
-    restore_postgres,
-    verified_copy,
-)
+from recovery.backup.restore import POSTGRES_KINDS, BackupNotFound, restore_milvus, restore_neo4j, restore_postgres
 from recovery.backup.restore import choose as choose_backup
+from recovery.backup.verify import verified_copy
 from recovery.backup.wal_archive import TargetWalStore
 
 
@@ -162,4 +155,4 @@ def add_commands(sub: Any) -> None:
 
 FRIENDLY_ERRORS = (RestoreUsageError, BackupNotFound)
 # Refusals that protect data (damaged backup, a target that is not empty): exit 1 with the reason.
-REFUSALS = (RestoreRefused, RestoreError, DatabaseNotEmptyError, CollectionExistsError)
+REFUSALS = (RestoreError, DatabaseNotEmptyError, CollectionExistsError)  # RestoreRefused is a RestoreError

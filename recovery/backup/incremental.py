@@ -43,7 +43,7 @@ from typing import Any, BinaryIO, Self
 from sqlmodel import col, select
 
 from recovery.backup.crypto import BackupKey
-from recovery.backup.pipeline import restore_stream, verify_object
+from recovery.backup.pipeline import restore_stream
 from recovery.backup.postgres import (
     INCREMENTAL_MIN_VERSION,
     BackupSourceError,
@@ -68,8 +68,8 @@ from recovery.backup.postgres_restore import (
     check_recovery_args,
     start_restored,
 )
-from recovery.backup.storage import StorageError, Target
-from recovery.backup.verify import holders
+from recovery.backup.storage import Target
+from recovery.backup.verify import holders, verified_copy
 from recovery.redact import redact
 from statemachines.models import BackupRecord
 from statemachines.store import Store
@@ -396,25 +396,6 @@ def plan_base_backup(store: Store, dsn: str, targets: list[Target], key: BackupK
 # --- restore --------------------------------------------------------------------------------------
 
 
-def _verified_copy(record: BackupRecord, targets: list[Target], key: BackupKey) -> tuple[Target, str]:
-    """The first target whose copy passes checksum + every chunk tag, and the checksum it had."""
-    problems = []
-    candidates = holders(record, targets)
-    for target in candidates:
-        try:
-            result = verify_object(target, record.object_name, key, record.sha256)
-        except StorageError as exc:
-            problems.append(f"{target.name}: unreachable ({redact(str(exc))[:200]})")
-            continue
-        if result.ok and result.sha256:
-            return target, result.sha256
-        where = f" at chunk {result.chunk_index}" if result.chunk_index is not None else ""
-        problems.append(f"{target.name}: {result.reason}{where}: {redact(result.error or '')[:200]}")
-    detail = "; ".join(problems) if candidates else "no target holds a copy"
-    raise RestoreError(f"refusing to restore: {record.object_name} (backup {record.run_id}) failed verification "
-                       f"({detail}); nothing was written")
-
-
 def _download_extract(target: Target, record: BackupRecord, sha256: str, key: BackupKey, dest: Path,
                       owner: tuple[int, int] | None) -> None:
     """Decrypt ``record`` from ``target`` through a pipe into the streaming tar extractor (flat memory)."""
@@ -502,7 +483,7 @@ def restore_chain(
     owner = _owner(os_user)
     _check_reachable(data_dir, owner)
     _check_target_dir(data_dir)
-    copies = [_verified_copy(record, targets, key) for record in chain]   # before a byte is written
+    copies = [verified_copy(store, record, targets, key) for record in chain]   # before a byte is written
 
     start_kwargs: dict[str, Any] = dict(
         port=port, socket_dir=socket_dir, restore_command=restore_command, target_time=target_time,
@@ -512,8 +493,7 @@ def restore_chain(
     )
     if len(chain) == 1:   # a lone full: no combine step, extract straight into place
         _prepare_data_dir(data_dir, owner)
-        target, sha = copies[0]
-        _download_extract(target, chain[0], sha, key, data_dir, owner)
+        _download_extract(copies[0].target, chain[0], copies[0].sha256, key, data_dir, owner)
         return start_restored(data_dir, **start_kwargs)
 
     parent_dir = Path(work_dir) if work_dir is not None else data_dir.parent
@@ -523,10 +503,10 @@ def restore_chain(
         _chown(work, owner)   # pg_combinebackup runs as the server user and reads everything here
         work.chmod(0o700)
         parts = []
-        for index, (record, (target, sha)) in enumerate(zip(chain, copies, strict=True)):
+        for index, (record, copy) in enumerate(zip(chain, copies, strict=True)):
             part = work / f"{index:02d}-{record.kind}"
             _prepare_data_dir(part, owner)
-            _download_extract(target, record, sha, key, part, owner)
+            _download_extract(copy.target, record, copy.sha256, key, part, owner)
             if not (part / "backup_manifest").is_file():
                 raise RestoreError(f"{record.object_name} has no backup_manifest: pg_combinebackup cannot use it")
             parts.append(str(part))

@@ -22,7 +22,6 @@ import contextlib
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,13 +31,12 @@ from sqlmodel import col, select
 from recovery.backup import wal
 from recovery.backup.crypto import BackupKey
 from recovery.backup.incremental import restore_chain
-from recovery.backup.pipeline import restore_stream, verify_object
+from recovery.backup.pipeline import restore_stream
 from recovery.backup.postgres_restore import PG_OS_USER, RestoredCluster, restore_base_backup
 from recovery.backup.runner import produced
 from recovery.backup.storage import StorageError, Target
-from recovery.backup.verify import holders, previous_good
+from recovery.backup.verify import VerifiedCopy
 from recovery.backup.wal_archive import WAL_KIND, TargetWalStore, segment_name, segment_of
-from recovery.redact import redact
 from statemachines.models import BackupRecord
 from statemachines.store import Store
 
@@ -47,27 +45,8 @@ Progress = Callable[[str, int], None]
 POSTGRES_KINDS = ("pg_full", "pg_incremental")
 
 
-class RestoreRefused(Exception):
-    """No stored copy of the backup is intact; ``previous`` is the newest earlier good one, if any."""
-
-    def __init__(self, record: BackupRecord, problems: list[str], previous: BackupRecord | None) -> None:
-        self.record, self.problems, self.previous = record, problems, previous
-        offer = (f"the previous good backup is {previous.run_id} ({previous.object_name})" if previous
-                 else "there is no earlier good backup of this kind")
-        super().__init__(f"refusing to restore {record.run_id} ({record.object_name}): no intact copy — "
-                         f"{'; '.join(problems)}. {offer}")
-
-
 class BackupNotFound(LookupError):
     """No usable backup matches; the message says what exists."""
-
-
-@dataclass
-class VerifiedCopy:
-    record: BackupRecord
-    target: Target
-    sha256: str
-    skipped: list[str] = field(default_factory=list)  # damaged or unreachable copies passed over
 
 
 def choose(store: Store, kinds: tuple[str, ...], ident: str | None = None) -> list[BackupRecord]:
@@ -85,24 +64,6 @@ def choose(store: Store, kinds: tuple[str, ...], ident: str | None = None) -> li
         if newest is None:
             raise BackupNotFound(f"no good {'/'.join(kinds)} backup in the catalog yet: run `aegis backup run`")
         return list(session.exec(query.where(BackupRecord.run_id == newest.run_id).order_by(col(BackupRecord.id))))
-
-
-def verified_copy(store: Store, record: BackupRecord, targets: list[Target], key: BackupKey) -> VerifiedCopy:
-    """Read copies in config order until one passes checksum and every tag; else refuse."""
-    problems: list[str] = []
-    for target in holders(record, targets):
-        try:
-            result = verify_object(target, record.object_name, key, record.sha256)
-        except StorageError as exc:
-            problems.append(f"{target.name}: unreachable ({redact(str(exc))[:160]})")
-            continue
-        if result.ok and result.sha256:
-            return VerifiedCopy(record, target, result.sha256, problems)
-        where = f" in chunk {result.chunk_index}" if result.chunk_index is not None else ""
-        problems.append(f"{target.name}: {result.reason}{where}")
-    if not problems:
-        problems.append("no target holds a copy")
-    raise RestoreRefused(record, problems, previous_good(store, record))
 
 
 class _Counting:

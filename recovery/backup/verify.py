@@ -1,4 +1,6 @@
-"""Verify backups (B5): every target that should hold an object has it at the recorded size, and
+"""Verify backups (B5), and prove one copy good before a restore (``verified_copy``).
+
+Verification: every target that should hold an object has it at the recorded size, and
 one copy is re-read end to end — sha256 of the stored bytes and every chunk's authentication tag.
 
 The copy re-read is the first target, in config order, that should hold it (``deep=True`` re-reads
@@ -13,6 +15,7 @@ from sqlmodel import col, select
 
 from recovery.backup.crypto import BackupKey
 from recovery.backup.pipeline import verify_object
+from recovery.backup.postgres_restore import RestoreError
 from recovery.backup.storage import StorageError, Target
 from recovery.redact import redact
 from statemachines.models import BackupRecord, utcnow
@@ -95,3 +98,40 @@ def previous_good(store: Store, record: BackupRecord) -> BackupRecord | None:
                                        BackupRecord.status == "ok", col(BackupRecord.id) < (record.id or 0))
             .order_by(col(BackupRecord.id).desc())
         ).first()
+
+
+class RestoreRefused(RestoreError):
+    """No stored copy of the backup is intact; ``previous`` is the newest earlier good one, if any."""
+
+    def __init__(self, record: BackupRecord, problems: list[str], previous: BackupRecord | None) -> None:
+        self.record, self.problems, self.previous = record, problems, previous
+        offer = (f"the previous good backup is {previous.run_id} ({previous.object_name})" if previous
+                 else "there is no earlier good backup of this kind")
+        super().__init__(f"refusing to restore {record.run_id} ({record.object_name}): no intact copy — "
+                         f"{'; '.join(problems)}; nothing was written. {offer}")
+
+
+@dataclass
+class VerifiedCopy:
+    record: BackupRecord
+    target: Target
+    sha256: str
+    skipped: list[str] = field(default_factory=list)  # damaged or unreachable copies passed over
+
+
+def verified_copy(store: Store, record: BackupRecord, targets: list[Target], key: BackupKey) -> VerifiedCopy:
+    """Read copies in config order until one passes checksum and every tag; else refuse."""
+    problems: list[str] = []
+    for target in holders(record, targets):
+        try:
+            result = verify_object(target, record.object_name, key, record.sha256)
+        except StorageError as exc:
+            problems.append(f"{target.name}: unreachable ({redact(str(exc))[:160]})")
+            continue
+        if result.ok and result.sha256:
+            return VerifiedCopy(record, target, result.sha256, problems)
+        where = f" in chunk {result.chunk_index}" if result.chunk_index is not None else ""
+        problems.append(f"{target.name}: {result.reason}{where}")
+    if not problems:
+        problems.append("no target holds a copy")
+    raise RestoreRefused(record, problems, previous_good(store, record))
