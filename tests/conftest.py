@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,3 +22,14 @@ def emulator() -> Iterator[EmulatorServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def pg_tmp() -> Iterator[Path]:
+    """A temp dir the postgres user can traverse (pytest's tmp_path is 0700 root)."""
+    path = Path(tempfile.mkdtemp(prefix="aegis-pgtmp-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -60,17 +59,6 @@ def pg17(pg17_bin: Path) -> Iterator[PgSingle]:
     # needs wal_level replica (pgcluster's default).
     with _cluster(pg17_bin, {"summarize_wal": "on"}) as cluster:
         yield cluster
-
-
-@pytest.fixture
-def pg_tmp() -> Iterator[Path]:
-    """A temp dir the postgres user can traverse (pytest's tmp_path is 0700 root)."""
-    path = Path(tempfile.mkdtemp(prefix="aegis-chain-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

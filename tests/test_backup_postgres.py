@@ -9,9 +9,7 @@ import re
 import shutil
 import subprocess
 import tarfile
-import tempfile
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -37,17 +35,6 @@ pytest_plugins = ["tests.pgcluster"]
 
 CHECKSUM_SQL = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM t"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
-
-
-@pytest.fixture
-def pg_tmp() -> Iterator[Path]:
-    """A temp dir the postgres user can traverse (pytest's tmp_path is 0700 root)."""
-    path = Path(tempfile.mkdtemp(prefix="aegis-restore-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _make_table(node: PgNode, first: int, last: int) -> None:

@@ -28,12 +28,10 @@ like ``restore_base_backup`` (optionally with ``restore_command`` / ``target_tim
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -68,6 +66,7 @@ from recovery.backup.postgres_restore import (
     check_recovery_args,
     start_restored,
 )
+from recovery.backup.runner import produced
 from recovery.backup.storage import Target
 from recovery.backup.verify import holders, verified_copy
 from recovery.redact import redact
@@ -399,36 +398,19 @@ def plan_base_backup(store: Store, dsn: str, targets: list[Target], key: BackupK
 def _download_extract(target: Target, record: BackupRecord, sha256: str, key: BackupKey, dest: Path,
                       owner: tuple[int, int] | None) -> None:
     """Decrypt ``record`` from ``target`` through a pipe into the streaming tar extractor (flat memory)."""
-    read_fd, write_fd = os.pipe()
-    reader, writer = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
-    failure: list[BaseException] = []
+    def feed(out: BinaryIO) -> None:
+        # verified just before; the pinned checksum still catches an object swapped since
+        restore_stream(target, record.object_name, key, out, sha256, verify_first=False)
 
-    def feed() -> None:
-        try:
-            # verified just before; the pinned checksum still catches an object swapped since
-            restore_stream(target, record.object_name, key, writer, sha256, verify_first=False)
-        except BaseException as exc:  # reported by the caller below
-            failure.append(exc)
-        finally:
-            with contextlib.suppress(OSError):
-                writer.close()
-
-    thread = threading.Thread(target=feed, name="aegis-restore-feed", daemon=True)
-    thread.start()
-    extract_error: RestoreError | None = None
     try:
-        _extract(reader, dest, owner)  # type: ignore[arg-type]
-        while reader.read(1024 * 1024):  # the tar's trailing padding: let the writer finish and check the sum
-            pass
+        with produced(feed) as reader:
+            _extract(reader, dest, owner)
+            while reader.read(1024 * 1024):  # the tar's trailing padding: let the writer finish and check the sum
+                pass
     except RestoreError as exc:
-        extract_error = exc
-    finally:
-        reader.close()
-        thread.join()
-    if failure and not isinstance(failure[0], BrokenPipeError):
-        raise RestoreError(f"{record.object_name}: {redact(str(failure[0]))[:300]}") from None
-    if extract_error is not None:
-        raise RestoreError(f"{record.object_name}: {extract_error}") from None
+        raise RestoreError(f"{record.object_name}: {exc}") from None
+    except Exception as exc:  # a tag, checksum or storage failure of the feed
+        raise RestoreError(f"{record.object_name}: {redact(str(exc))[:300]}") from None
 
 
 def _check_target_dir(data_dir: Path) -> None:
