@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import requests
+from psycopg.conninfo import conninfo_to_dict
 
 from recovery.redact import redact
 
@@ -45,8 +46,11 @@ def _elapsed_ms(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 1)
 
 
-def describe_error(exc: BaseException) -> str:
-    """A one-line, secret-free reason for a failed connection (the full libpq text is multi-line)."""
+def describe_error(exc: BaseException, secrets: list[str] | None = None) -> str:
+    """A one-line, secret-free reason for a failed connection (the full libpq text is multi-line).
+
+    ``secrets`` are values to mask wherever the server's text echoes them (e.g. the DSN's password).
+    """
     text = str(exc) or type(exc).__name__
     lowered = text.lower()
     for needle, reason in (
@@ -65,7 +69,16 @@ def describe_error(exc: BaseException) -> str:
             return reason
     # libpq prefixes the useful part with "FATAL:"; otherwise keep the first line.
     line = text.split("FATAL:", 1)[-1].strip().splitlines()[0] if text.strip() else text
-    return redact(line.strip())[:200]
+    return redact(line.strip(), secrets)[:200]
+
+
+def dsn_password(dsn: str) -> list[str]:
+    """The DSN's own password, if it has one, so that error texts echoing it can be masked."""
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except Exception:   # an unparsable DSN fails to connect with its own (redacted) reason
+        return []
+    return [str(password)] if password else []
 
 
 def server_answered(exc: BaseException) -> bool:
@@ -167,7 +180,7 @@ def check_postgres(spec: HealthSpec) -> CheckResult:
             facts = postgres_facts(conn)
     except Exception as exc:  # a check reports, it never raises
         facts = {"reachable": False, "server_answered": server_answered(exc)}
-        detail = f"unreachable: {describe_error(exc)}"
+        detail = f"unreachable: {describe_error(exc, dsn_password(spec.target))}"
         return CheckResult(spec.name, spec.kind, False, detail, _elapsed_ms(started), facts)
     return CheckResult(spec.name, spec.kind, True, _postgres_detail(facts), _elapsed_ms(started), facts)
 
