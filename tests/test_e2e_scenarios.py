@@ -92,8 +92,12 @@ def test_ransomware_via_the_form_needs_two_approvers_one_from_security_in_korean
         walk.click("U0DB", "aegis_approve", str(restore.id))
         wait_for(lambda: "🔐" in replies_for(emulator, "U0DB"), what="the second-approver notice")
         walk.click("U0DB", "aegis_approve", str(restore.id))
+        # wait for the second click's own answer, then check that it still counts once
+        wait_for(lambda: len(emulator.state.responses_for("U0DB")) >= 2, what="the repeated approval's refusal")
         with walk.store.session() as session:
             assert svc.get_step(session, restore.id).status == "awaiting_approval"
+            restore_votes = [a for a in svc.all_approvals(session, walk.incident_id) if a.step_id == restore.id]
+            assert [a.user_id for a in restore_votes] == ["U0DB"]
         walk.click("U0SEC", "aegis_approve", str(restore.id))
         walk.wait_step(restore.id, "succeeded")
         approve_all(walk, {"*": "U0APP"})
