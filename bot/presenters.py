@@ -1,35 +1,119 @@
-"""Store rows → the plain views that ``messages`` renders."""
+"""Store rows → the plain views that ``messages`` renders.
+
+Internal identifiers stop here: an action's raw output flag (``confirmed_by_human=True``) is not a
+step detail, timeline events become (code, parameters) that the locale's ``timeline.j2`` words, and
+the policy's two-person rule becomes the role the message names.
+"""
 
 from __future__ import annotations
 
-from sqlmodel import Session
+from typing import Any
+
+from sqlmodel import Session, col, select
 
 from bot.config import ROLES, Config
-from messages.views import ApprovalView, CheckView, IncidentView, RoleView, StepView, TimelineItem
+from messages.views import (
+    ApprovalView,
+    CheckView,
+    IncidentView,
+    RevisionView,
+    RoleView,
+    StepView,
+    TimelineItem,
+)
+from statemachines import policy
 from statemachines import service as svc
-from statemachines.models import Incident
+from statemachines.models import Incident, PlanStep, TimelineEvent
+
+# Events that explain why a plan was replaced, newest wins.
+_REPLAN_CAUSES = {"step_rejected": "rejected", "recovery_aborted": "aborted"}
+# What a manual step's action reports; the plan shows who marked it done instead.
+_INTERNAL_DETAILS = {"confirmed_by_human=True"}
 
 
-def incident_view(session: Session, incident: Incident, config: Config, *, with_timeline: bool = False) -> IncidentView:
-    holders = svc.roles(session, incident.id or 0)
+def incident_view(session: Session, incident: Incident, config: Config, *, with_timeline: bool = False,
+                  revision: int | None = None) -> IncidentView:
+    """The view of an incident; ``revision`` picks an older plan revision's steps (for its old message)."""
+    incident_id = incident.id or 0
+    holders = svc.roles(session, incident_id)
     wanted = config.slack.scenario_roles.get(incident.scenario) or list(ROLES)
     role_names = [r for r in ROLES if r in wanted or r in holders]
-    steps = []
-    for step in svc.current_steps(session, incident.id or 0):
-        votes = [ApprovalView(a.user_id, a.decision, a.at) for a in svc.approvals(session, step)]
-        steps.append(StepView(
-            id=step.id or 0, position=step.position, title=step.title, action=step.action, risk=step.risk,
-            approver_roles=list(step.approver_roles or []), approvals_required=step.approvals_required,
-            status=step.status, approvals=votes, detail=step.detail or "", manual=step.action == "manual",
-        ))
-    timeline = []
-    if with_timeline:
-        timeline = [TimelineItem(e.at, e.kind, e.actor, e.text) for e in svc.timeline(session, incident.id or 0)]
+    rows = svc.current_steps(session, incident_id) if revision is None else _steps(session, incident_id, revision)
+    events = svc.timeline(session, incident_id)
     return IncidentView(
-        key=incident.key or f"INC-{incident.id}", id=incident.id or 0, scenario=incident.scenario,
+        key=incident.key or f"INC-{incident.id}", id=incident_id, scenario=incident.scenario,
         severity=incident.severity, summary=incident.summary, state=incident.state,
         declared_by=incident.declared_by, declared_at=incident.declared_at, channel_id=incident.channel_id,
-        roles=[RoleView(r, holders.get(r)) for r in role_names], steps=steps, strategy=incident.strategy,
+        roles=[RoleView(r, holders.get(r)) for r in role_names], steps=[_step(session, s) for s in rows],
+        strategy=incident.strategy,
         checks=[CheckView(c["name"], c["kind"], bool(c["ok"]), c["detail"]) for c in incident.checks or []],
-        timeline=timeline, close_summary=incident.close_summary, updated_at=incident.updated_at,
+        timeline=[_timeline_item(e, incident) for e in events] if with_timeline else [],
+        close_summary=incident.close_summary, updated_at=incident.updated_at,
+        roles_open=_roles_open(config), plan_revision=max(incident.plan_revision, 1),
+        revision=_revision(session, incident, rows, events) if revision is None else None,
     )
+
+
+def _steps(session: Session, incident_id: int, revision: int) -> list[PlanStep]:
+    return list(session.exec(
+        select(PlanStep).where(PlanStep.incident_id == incident_id, PlanStep.revision == revision)
+        .order_by(col(PlanStep.position))
+    ))
+
+
+def _step(session: Session, step: PlanStep) -> StepView:
+    votes = [ApprovalView(a.user_id, a.decision, a.at, tuple(a.roles or ())) for a in svc.approvals(session, step)]
+    detail = "" if (step.detail or "") in _INTERNAL_DETAILS else step.detail or ""
+    return StepView(
+        id=step.id or 0, position=step.position, title=step.title, action=step.action, risk=step.risk,
+        approver_roles=list(step.approver_roles or []), approvals_required=step.approvals_required,
+        status=step.status, approvals=votes, detail=detail, manual=step.action == "manual",
+        required_role=policy.SECURITY_LEAD if step.approvals_required >= 2 else None,
+    )
+
+
+def _roles_open(config: Config) -> bool:
+    """No roster at all (the demo): every role is open to everyone in the channel."""
+    roles_open = getattr(policy, "roles_open", None)   # the incident-core engineer's rule, once it exists
+    if callable(roles_open):
+        return bool(roles_open(config.roster))
+    return not config.roster
+
+
+def _revision(session: Session, incident: Incident, current: list[PlanStep],
+              events: list[TimelineEvent]) -> RevisionView | None:
+    """What the current revision changed against the previous one, and why it was made."""
+    if incident.plan_revision < 2:
+        return None
+    previous = [s.title for s in _steps(session, incident.id or 0, incident.plan_revision - 1)]
+    titles = [s.title for s in current]
+    cause, by, reason = "", None, ""
+    for event in reversed(events):
+        data = event.data or {}
+        code = data.get("code", "")
+        if code in _REPLAN_CAUSES:
+            cause, by, reason = _REPLAN_CAUSES[code], event.actor, str(data.get("reason") or "")
+            break
+        if event.kind == "transition" and data.get("trigger") == "verification_failed":
+            cause = "verification_failed"
+            break
+    return RevisionView(
+        revision=incident.plan_revision,
+        added=[t for t in titles if t not in previous], removed=[t for t in previous if t not in titles],
+        cause=cause, by=by, reason=reason,
+    )
+
+
+def _timeline_item(event: TimelineEvent, incident: Incident) -> TimelineItem:
+    data: dict[str, Any] = dict(event.data or {})
+    code = str(data.get("code") or "")
+    if event.kind == "transition":
+        # transitions are written by the state machine's service: their code comes from the states
+        code = "declared" if event.source_state is None else "transition"
+        data.update(source=event.source_state, dest=event.dest_state)
+        if data.get("trigger") in ("close", "close_false_alarm"):
+            data["summary"] = incident.close_summary or ""
+    elif event.kind == "slack_error" and not code:
+        code = "slack_error"
+        data.setdefault("error", event.text.rsplit(": ", 1)[-1])
+    return TimelineItem(event.at, event.kind, event.actor, event.text, code, data)

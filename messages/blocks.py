@@ -25,6 +25,7 @@ from messages.views import (
     IncidentView,
     Message,
     ObjectiveReport,
+    ReplacedView,
     StepView,
     TimelineItem,
     TransitionView,
@@ -39,6 +40,7 @@ ABORT = "aegis_abort"             # value: str(step.id)
 CLOSE = "aegis_close"             # value: str(incident.id)
 DECLARE_CALLBACK = "aegis_declare"
 CLOSE_CALLBACK = "aegis_close_submit"
+REJECT_CALLBACK = "aegis_reject_submit"   # private_metadata: str(step.id)
 
 # Slack limits.
 MAX_BLOCKS = 50
@@ -55,6 +57,7 @@ LINE_CHARS = 600               # one timeline/list line, so that one long line c
 TIMELINE_CAP = 40              # closing report shows the first and last TIMELINE_CAP // 2 events
 
 CLOSED = "closed"
+REPORT_HIDDEN_KINDS = ("audit",)   # refused clicks: in the audit trail, not in the stakeholders' report
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,18 @@ def _distinct(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def _progress(row: StepRow, locale: str) -> str:
+    """"1 of 2 approvals — the security lead must be one of them", or who approved."""
+    return _t(locale, "plan", "progress", row=row)
+
+
+def _safe_link(link: str | None) -> str | None:
+    """A permalink goes inside ``<…|label>``: only an https URL with no markup characters."""
+    if not link or not link.startswith("https://") or any(c in link for c in "<>|& \n"):
+        return None
+    return link
+
+
 def _step_buttons(step: StepView, locale: str) -> list[dict[str, Any]]:
     """Buttons a step offers in its current status; none unless someone has to decide."""
     value = str(step.id)
@@ -210,7 +225,7 @@ def incident_card(v: IncidentView, locale: str) -> Message:
         _section(_t(locale, "incident_card", "summary", v=v), "incident_summary"),
         _section(_t(locale, "incident_card", "roles", v=v), "incident_roles"),
     ]
-    for role in v.roles:
+    for role in v.roles if v.state != CLOSED else []:   # a closed incident takes no claims
         if role.user_id is None:
             label = _t(locale, "buttons", "claim", role=role.role)
             blocks.append(_actions(f"claim_{role.role}", [_button(label, CLAIM_ROLE, role.role)]))
@@ -224,7 +239,7 @@ def incident_card(v: IncidentView, locale: str) -> Message:
 
 def _step_text(row: StepRow, locale: str, *, inline_detail: bool) -> tuple[str, str]:
     """(section text, detail text); the detail is folded into the section when ``inline_detail``."""
-    text = _t(locale, "plan", "step", row=row)
+    text = _t(locale, "plan", "step", row=row, progress=_progress(row, locale))
     detail = _t(locale, "plan", "detail", step=row.step) if row.step.detail else ""
     if inline_detail and detail:
         return f"{text}\n{detail}", ""
@@ -270,6 +285,8 @@ def plan_message(v: IncidentView, locale: str) -> Message:
     }
     intro = _t(locale, "plan", "intro", v=v, **counts)
     blocks = [_header(_t(locale, "plan", "header", v=v), "plan_header")]
+    if v.revision is not None:
+        blocks.append(_section(_t(locale, "plan", "revision", v=v), "plan_revision"))
     if not rows:
         blocks += [_section(intro, "plan_intro"), _section(_t(locale, "plan", "empty", v=v), "plan_empty")]
     else:
@@ -280,6 +297,27 @@ def plan_message(v: IncidentView, locale: str) -> Message:
         # Still too long (dozens of steps awaiting a decision): _message cuts it cleanly.
         blocks.extend(body)
     return _message(_t(locale, "plan", "text", v=v, **counts), blocks, locale)
+
+
+def plan_replaced(v: IncidentView, old: ReplacedView, locale: str) -> Message:
+    """An old plan message once a new revision exists: no buttons, its steps as text, a link to the new one.
+
+    ``v.steps`` are the steps of the old revision.
+    """
+    old = ReplacedView(old.revision, old.current_revision, _safe_link(old.link))
+    lines = [_t(locale, "plan", "replaced_body", v=v, old=old)]
+    lines += [_clip(_t(locale, "plan", "replaced_step", step=s), LINE_CHARS)
+              for s in sorted(v.steps, key=lambda s: s.position)]
+    blocks = [_header(_t(locale, "plan", "replaced_header", v=v, old=old), "plan_header"),
+              *_sections(lines, "plan_replaced")[: MAX_BLOCKS - 1]]
+    return _message(_t(locale, "plan", "replaced_text", v=v, old=old), blocks, locale)
+
+
+def step_rejected(v: IncidentView, step: StepView, user_id: str, reason: str, locale: str) -> Message:
+    """The channel post of a rejection: who, which step, and the reason they gave."""
+    ctx = {"v": v, "step": step, "user": user_id, "reason": reason}
+    return _message(_t(locale, "plan", "rejected_text", **ctx),
+                    [_section(_t(locale, "plan", "rejected", **ctx), f"step_{step.id}_rejected")], locale)
 
 
 def assessment(v: IncidentView, locale: str) -> Message:
@@ -350,7 +388,8 @@ def status_reply(v: IncidentView, locale: str) -> Message:
     blocks = [_section(_t(locale, "status_reply", "head", v=v, updated_at=_last_update(v)), "status_head")]
     if rows:
         lines = [_t(locale, "status_reply", "steps_title")]
-        lines += [_clip(_t(locale, "status_reply", "step", row=r), LINE_CHARS) for r in rows]
+        lines += [_clip(_t(locale, "status_reply", "step", row=r, progress=_progress(r, locale)), LINE_CHARS)
+                  for r in rows]
         blocks.extend(_sections(lines, "status_steps")[: MAX_BLOCKS - 2])
     else:
         blocks.append(_section(_t(locale, "status_reply", "no_steps"), "status_steps"))
@@ -390,10 +429,10 @@ def closing_report(v: IncidentView, report: ObjectiveReport, locale: str) -> Mes
         _section(_t(locale, "closing_report", "summary", v=v), "report_summary"),
         _section(_t(locale, "closing_report", "objectives", r=report), "report_objectives"),
     ]
-    items = sorted(v.timeline, key=lambda item: item.at)
+    items = sorted((i for i in v.timeline if i.kind not in REPORT_HIDDEN_KINDS), key=lambda item: item.at)
     lines = [_t(locale, "closing_report", "timeline_title", count=len(items))]
     if items:
-        lines += _timeline_lines(items, locale)
+        lines += _timeline_lines(v, items, locale)
     else:
         lines.append(_t(locale, "closing_report", "no_timeline"))
     # 40 lines of at most LINE_CHARS fit in ~9 sections: well inside the block budget.
@@ -403,9 +442,15 @@ def closing_report(v: IncidentView, report: ObjectiveReport, locale: str) -> Mes
     return _message(_t(locale, "closing_report", "text", v=v, r=report), blocks, locale)
 
 
-def _timeline_lines(items: list[TimelineItem], locale: str) -> list[str]:
+def timeline_event(v: IncidentView, item: TimelineItem, locale: str) -> str:
+    """One event in the locale's words, from its code and parameters (``timeline.j2``)."""
+    return _t(locale, "timeline", v=v, item=item)
+
+
+def _timeline_lines(v: IncidentView, items: list[TimelineItem], locale: str) -> list[str]:
     def line(item: TimelineItem) -> str:
-        return _clip(_t(locale, "closing_report", "line", item=item), LINE_CHARS)
+        event = timeline_event(v, item, locale)
+        return _clip(_t(locale, "closing_report", "line", item=item, event=event), LINE_CHARS)
 
     if len(items) <= TIMELINE_CAP:
         return [line(i) for i in items]
@@ -449,6 +494,8 @@ def usage_error(problem: str, locale: str, **ctx: Any) -> Message:
 
 def refusal(reason: str, locale: str, **ctx: Any) -> Message:
     """Why a click or command was refused (ephemeral); nothing was changed."""
+    if "link" in ctx:
+        ctx["link"] = _safe_link(ctx["link"])
     body = _t(locale, "refusal", reason=reason, **ctx)
     return _message(body, [_section(body, "refusal")], locale)
 
@@ -531,6 +578,19 @@ def close_modal(v: IncidentView, locale: str) -> dict[str, Any]:
     ]
     view = _modal(CLOSE_CALLBACK, locale, "close_modal", ctx, blocks)
     view["private_metadata"] = str(v.id)
+    return view
+
+
+def reject_modal(v: IncidentView, step: StepView, locale: str) -> dict[str, Any]:
+    """Reject asks for a reason: it is posted in the channel and kept in the timeline."""
+    ctx = {"v": v, "step": step}
+    blocks = [
+        _section(_t(locale, "reject_modal", "intro", **ctx), "reject_intro"),
+        _multiline("reason", _t(locale, "reject_modal", "label", **ctx),
+                   _t(locale, "reject_modal", "placeholder", **ctx)),
+    ]
+    view = _modal(REJECT_CALLBACK, locale, "reject_modal", ctx, blocks)
+    view["private_metadata"] = str(step.id)
     return view
 
 

@@ -10,17 +10,25 @@ Decisions worth knowing:
   loudly (and in tests) instead of posting an empty hole to Slack.
 - Autoescape is off because the output is Slack mrkdwn, not HTML. Free text that came from users or
   systems (summaries, step output) goes through ``esc``, which applies Slack's own escaping of
-  ``& < >`` so that a summary cannot smuggle ``<!channel>`` or a fake mention into a post.
+  ``& < >`` so that a summary cannot smuggle ``<!channel>`` or a fake mention into a post. The name
+  filters escape too: an id the tables do not know (a role typed into a payload) is shown, escaped.
+- Times are shown in the team's zone (``set_timezone``, from the config's ``timezone``), with the
+  zone named ("09:30 KST"), so nobody converts from UTC in their head during an incident.
+- Slack only treats ``*bold*`` (and ``_`` / ``~``) as formatting at a word boundary: whitespace,
+  punctuation or the end of the text. Korean attaches particles to words (``*Aegis*는``), which
+  Slack then shows with literal asterisks. ``text`` therefore puts a space between a marker and an
+  adjacent Hangul/CJK letter (the rule the emulator's renderer follows too).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from functools import partial
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -46,6 +54,26 @@ NAME_TABLES: tuple[str, ...] = (*NAME_FILTERS.values(), "durations")
 
 _SLACK_ID = re.compile(r"^[A-Z0-9]+$")
 
+# A CJK letter (Hangul syllables and jamo, kana, CJK ideographs); and one formatted span: a marker,
+# text that neither starts nor ends with a space, the same marker.
+_CJK = re.compile("[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u4e00-\u9fff\uac00-\ud7a3]")
+_SPAN = re.compile(r"([*_~])([^\s*_~](?:[^*_~\n]*?[^\s*_~])?)\1")
+
+_display_zone: tzinfo = UTC
+
+
+def set_timezone(name: str | None) -> None:
+    """The zone every displayed time is shown in (config ``timezone``); unknown names fall back to UTC."""
+    global _display_zone
+    try:
+        _display_zone = ZoneInfo(name) if name and name.upper() != "UTC" else UTC
+    except (ZoneInfoNotFoundError, ValueError):
+        _display_zone = UTC
+
+
+def display_timezone() -> tzinfo:
+    return _display_zone
+
 
 def resolve_locale(locale: str | None) -> str:
     """The locale to render in: an unknown or empty locale falls back to English."""
@@ -67,13 +95,31 @@ def format_user(user_id: str | None) -> str:
     return escape_mrkdwn(user_id)
 
 
-def format_dt(value: datetime | None) -> str:
-    """``2026-11-26 09:58 UTC``; a naive datetime is taken to be UTC already."""
+def format_dt(value: datetime | None, zone: tzinfo | None = None) -> str:
+    """``2026-11-26 18:58 KST`` in the display zone; a naive datetime is taken to be UTC already.
+
+    The zone is named by its abbreviation, or by its key where it has none (``-03`` → ``America/Sao_Paulo``).
+    """
     if value is None:
         return "—"
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    zone = zone or _display_zone
+    local = value.astimezone(zone)
+    abbreviation = local.strftime("%Z")
+    if not abbreviation or abbreviation[0] in "+-":
+        abbreviation = getattr(zone, "key", None) or abbreviation or "UTC"
+    return f"{local.strftime('%Y-%m-%d %H:%M')} {abbreviation}"
+
+
+def separate_markers_from_cjk(text: str) -> str:
+    """Put a space between a formatted span and an adjacent CJK letter, so that Slack formats it."""
+    def spaced(m: re.Match[str]) -> str:
+        before = text[m.start() - 1] if m.start() else ""
+        after = text[m.end()] if m.end() < len(text) else ""
+        return (" " if _CJK.match(before) else "") + m.group(0) + (" " if _CJK.match(after) else "")
+
+    return _SPAN.sub(spaced, text)
 
 
 def format_duration(formats: dict[str, str], seconds: float | None) -> str:
@@ -95,7 +141,7 @@ def _lookup(table: dict[str, str], key: object) -> str:
     # An id the tables do not know yet is shown readable rather than crashing a live post;
     # tests check that every known id has a name in every locale.
     text = str(key)
-    return table.get(text, text.replace("_", " "))
+    return escape_mrkdwn(table.get(text, text.replace("_", " ")))
 
 
 def _load_names(env: Environment) -> dict[str, dict[str, str]]:
@@ -136,7 +182,7 @@ _ENVS: dict[str, tuple[Environment, dict[str, dict[str, str]]]] = {loc: _make_en
 def text(locale: str, name: str, **ctx: Any) -> str:
     """Render ``<locale>/<name>.j2`` with ``ctx``; surrounding whitespace is stripped."""
     env, _ = _ENVS[resolve_locale(locale)]
-    return env.get_template(f"{name}.j2").render(**ctx).strip()
+    return separate_markers_from_cjk(env.get_template(f"{name}.j2").render(**ctx).strip())
 
 
 def name_table(locale: str, table: str) -> dict[str, str]:

@@ -30,6 +30,7 @@ class ApprovalView:
     user_id: str
     decision: str                  # "approve" | "reject"
     at: datetime
+    roles: tuple[str, ...] = ()    # the roles that authorised the vote
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class StepView:
     approvals: list[ApprovalView] = field(default_factory=list)
     detail: str = ""               # last output line or error, already free of secrets
     manual: bool = False           # a manual step: approve means "done by a human"
+    required_role: str | None = None   # one of the approvers must hold it (ransomware: security_lead)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,30 @@ class TimelineItem:
     at: datetime
     kind: str                      # "transition", "approval", "step", "audit", "note", ...
     actor: str | None              # Slack user id or "aegis"
-    text: str                      # already human-readable, free of secrets
+    text: str                      # English fallback (logs, events stored before codes existed)
+    code: str = ""                 # event code, rendered per locale by timeline.j2 ("" = show ``text``)
+    params: dict[str, Any] = field(default_factory=dict)   # the code's parameters (ids, names, user text)
+
+
+@dataclass(frozen=True)
+class RevisionView:
+    """What a new plan revision changed against the one it replaces."""
+
+    revision: int                  # this plan's revision (2, 3, …)
+    added: list[str] = field(default_factory=list)     # step titles new in this revision
+    removed: list[str] = field(default_factory=list)   # step titles of the previous revision dropped
+    cause: str = ""                # rejected | aborted | verification_failed | "" (unknown)
+    by: str | None = None          # who rejected / aborted
+    reason: str = ""               # user-typed reason (reject form), or the failure's detail
+
+
+@dataclass(frozen=True)
+class ReplacedView:
+    """An old plan message: which revision it showed, and where the newer one is."""
+
+    revision: int                  # the old message's revision
+    current_revision: int          # the revision that replaced it
+    link: str | None = None        # permalink of the new plan message
 
 
 @dataclass(frozen=True)
@@ -81,6 +106,9 @@ class IncidentView:
     timeline: list[TimelineItem] = field(default_factory=list)
     close_summary: str | None = None
     updated_at: datetime | None = None
+    roles_open: bool = False       # no roster: every role may be claimed by anyone in the channel
+    plan_revision: int = 1
+    revision: RevisionView | None = None   # set when the plan replaces an earlier revision
 
 
 @dataclass(frozen=True)
