@@ -22,6 +22,7 @@ from bot.backup_slack import BackupDesk
 from bot.config import Config
 from bot.flows import Flows
 from bot.scheduler import Scheduler
+from bot.secrets import install_masking
 from bot.server import HttpServer, make_wsgi
 from bot.slack_gateway import DEFAULT_API_URL, SlackGateway
 from statemachines.store import Store
@@ -50,6 +51,7 @@ def slack_settings_from_env() -> SlackSettings | None:
 
 class Runtime:
     def __init__(self, config: Config, store: Store, slack: SlackSettings, *, sweep_seconds: float = 5.0) -> None:
+        install_masking(config)   # before any hook, Slack call or log line can carry a declared secret
         self.config = config
         self.store = store
         self.slack = slack

@@ -6,6 +6,13 @@
 - anything else → ``SlackCallFailed`` with Slack's error code, so the caller records it on the
   incident's timeline. The incident's state is already committed before any call is made, so a
   Slack outage can delay a message but never lose state.
+
+Last line of defence against leaks: every outgoing call's user-visible content (``text``,
+``blocks``, ``attachments``, ``view``) passes through :func:`recovery.redact.redact_data`, so a
+declared secret that slipped into a message is masked here even if the code that built the message
+forgot. Identifiers inside them (``action_id``, ``block_id``, button ``value``, ``callback_id``,
+``private_metadata``, element ``type``/``style``) are left intact, so masking can never break a
+button; the other arguments (channel, ts, user ids, trigger ids) are identifiers and are not touched.
 """
 
 from __future__ import annotations
@@ -18,11 +25,15 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
-from recovery.redact import redact
+from recovery.redact import redact, redact_data
 
 log = logging.getLogger("aegis.slack")
 TRANSIENT = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
 DEFAULT_API_URL = "https://slack.com/api/"
+_CONTENT_PARAMS = ("text", "blocks", "attachments", "view")
+# Block Kit keys whose values are identifiers or enums, never prose: masking them could break a button
+_IDENTIFIERS = frozenset({"action_id", "block_id", "value", "callback_id", "private_metadata", "external_id",
+                          "type", "style"})
 
 
 class SlackCallFailed(Exception):
@@ -47,7 +58,7 @@ class SlackGateway:
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         """Call a Web API method; raise SlackCallFailed once retries are exhausted."""
-        params = {k: v for k, v in params.items() if v is not None}
+        params = _masked({k: v for k, v in params.items() if v is not None})
         error = "unknown"
         for attempt in range(1, self.attempts + 1):
             try:
@@ -96,3 +107,8 @@ class SlackGateway:
             except SlackCallFailed as exc:
                 if exc.error != "already_in_channel":
                     raise
+
+
+def _masked(params: dict[str, Any]) -> dict[str, Any]:
+    """The call's arguments with every secret in its visible content masked (see the module docstring)."""
+    return {k: redact_data(v, keep=_IDENTIFIERS) if k in _CONTENT_PARAMS else v for k, v in params.items()}

@@ -85,7 +85,9 @@ def build_action(config: Config, step: PlanStep, context: dict[str, str]) -> Act
             raise ActionError(f"hook {name!r} is not configured (hooks.{name})")
         return HookAction(name, command=hook.command, webhook=hook.webhook,
                           timeout_seconds=hook.timeout_seconds, headers_env=hook.headers_env,
-                          done_check=hook.done_check, context=context)
+                          done_check=hook.done_check, context=context,
+                          # read defensively: these config fields arrive with issue 7's config work
+                          env=getattr(hook, "env", None), pass_env=getattr(hook, "pass_env", None))
     if step.action == "manual":
         return ManualStep(str(params.get("instruction", step.title)))
     if step.action == "verify":

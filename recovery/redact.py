@@ -1,16 +1,37 @@
 """Keep secrets out of messages, logs and the database.
 
-Two layers: values of environment variables whose names look secret are replaced wherever they
-appear, and credential-shaped fragments (``password=…`` in a DSN, ``user:pass@`` in a URL, Slack
-tokens) are masked by pattern, so that a secret not known in advance is still hidden.
+Three layers, applied by :func:`redact` to every text on its way out:
+
+1. **Declared secrets** — the values the process registered with :func:`register_secrets`. The bot
+   registers, at start, the value of every environment variable its configuration names as holding
+   a secret (``bot/secrets.py`` says which: ``password_env``, ``headers_env``,
+   ``connection_string_env``, ``key_env``, ``pass_env``, ``postgres_dsn_env``, …) whatever the
+   variable is called: ``password_env: DB_PASS`` masks the value of ``DB_PASS``. The registry is
+   process-wide and thread-safe; values shorter than :data:`MIN_SECRET_CHARS` are ignored (masking
+   every "abc" would mangle ordinary text and hide nothing worth hiding).
+2. **Secret-looking names** — values of environment variables whose names contain TOKEN, SECRET,
+   PASSWORD, KEY, … (a safety net for secrets the configuration does not mention, such as the Slack
+   credentials).
+3. **Credential-shaped text** — ``password=…`` in a DSN, ``user:pass@`` in a URL, Slack tokens,
+   ``AccountKey=…``: hidden even when the value was never known in advance.
+
+Each value is also masked in its URL-encoded form (a password inside a ``postgresql://`` URL).
+Where text is masked it reads :data:`MASK`. :func:`redact_data` applies the same to every string of
+a JSON-like structure (ledger output, Slack Web API arguments).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
 
 MASK = "********"
+#: shorter values are not registered: they would mask fragments of ordinary words and numbers
+MIN_SECRET_CHARS = 4
 _SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|KEY|CONNECTION_STRING|CREDENTIAL)", re.I)
 _PATTERNS = [
     (re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.I), r"\1" + MASK),
@@ -20,6 +41,38 @@ _PATTERNS = [
     (re.compile(r"(AccountKey=)([^;\s]+)", re.I), r"\1" + MASK),
 ]
 
+_lock = threading.Lock()
+_registered: frozenset[str] = frozenset()   # replaced whole under _lock; readers take a snapshot
+
+
+def _forms(value: str) -> set[str]:
+    """The value as written and as it appears URL-encoded."""
+    value = value.strip()
+    if len(value) < MIN_SECRET_CHARS:
+        return set()
+    return {value, quote(value, safe="")}
+
+
+def register_secrets(values: Iterable[str | None]) -> int:
+    """Mask these values from now on, in every :func:`redact` of this process; returns how many are new."""
+    global _registered
+    new = set().union(*(_forms(v) for v in values if v))
+    with _lock:
+        added = new - _registered
+        _registered = _registered | added
+    return len(added)
+
+
+def registered_secrets() -> frozenset[str]:
+    return _registered
+
+
+def forget_secrets() -> None:
+    """Drop every registered value (tests that start from a clean process state)."""
+    global _registered
+    with _lock:
+        _registered = frozenset()
+
 
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:
     """Values of secret-looking environment variables, longest first (so overlaps mask fully)."""
@@ -28,13 +81,44 @@ def secret_values(environ: dict[str, str] | None = None) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
-def redact(text: str, extra_secrets: list[str] | None = None) -> str:
-    """Return ``text`` with every known or credential-shaped secret masked."""
-    if not text:
-        return text
-    for value in [*(extra_secrets or []), *secret_values()]:
-        if value and value in text:
+def _known(extra_secrets: Iterable[str] | None) -> list[str]:
+    """Every value to mask now, longest first: a secret that contains another is masked whole."""
+    known = set(_registered).union(secret_values())
+    for value in extra_secrets or ():
+        known |= _forms(value) if value else set()
+    return sorted(known, key=len, reverse=True)
+
+
+def _apply(text: str, known: list[str]) -> str:
+    for value in known:
+        if value in text:
             text = text.replace(value, MASK)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def redact(text: str, extra_secrets: Iterable[str] | None = None) -> str:
+    """Return ``text`` with every declared, known or credential-shaped secret masked."""
+    if not text:
+        return text
+    return _apply(text, _known(extra_secrets))
+
+
+def redact_data(data: Any, *, keep: frozenset[str] = frozenset(), extra_secrets: Iterable[str] | None = None) -> Any:
+    """Copy of a JSON-like value with every string redacted, except values under the keys in ``keep``.
+
+    ``keep`` protects identifiers (a button's ``value``, a ``block_id``) that must reach Slack intact.
+    """
+    known = _known(extra_secrets)
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            return _apply(node, known) if node else node
+        if isinstance(node, dict):
+            return {k: node[k] if k in keep else walk(node[k]) for k in node}
+        if isinstance(node, (list, tuple)):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(data)

@@ -123,17 +123,19 @@ def test_done_check_true_false_and_error() -> None:
 
 
 def test_secrets_printed_by_the_hook_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOOK_TEST_TOKEN", "supersecretvalue")
-    hook = HookAction("leaky", command=["sh", "-c", 'echo "token is $HOOK_TEST_TOKEN"; '
-                                                    'echo "bad $HOOK_TEST_TOKEN" >&2; exit 1'])
+    # a name that does not look secret: the value is masked because pass_env declares it
+    monkeypatch.setenv("HOOK_TEST_PASS", "supersecretvalue")
+    hook = HookAction("leaky", command=["sh", "-c", 'echo "token is $HOOK_TEST_PASS"; '
+                                                    'echo "bad $HOOK_TEST_PASS" >&2; exit 1'],
+                      pass_env=["HOOK_TEST_PASS"])
     lines: list[str] = []
     with pytest.raises(ActionError) as err:
         hook.execute(lines.append)
-    assert "supersecretvalue" not in str(err.value)
+    assert "supersecretvalue" not in str(err.value) and "bad ********" in str(err.value)
     assert lines == ["token is ********"]
 
-    ok = HookAction("leaky", command=["sh", "-c", 'echo "token is $HOOK_TEST_TOKEN $API_PASSWORD"'],
-                    env={"API_PASSWORD": "hookonlysecret"})
+    ok = HookAction("leaky", command=["sh", "-c", 'echo "token is $HOOK_TEST_PASS $API_PASSWORD"'],
+                    env={"API_PASSWORD": "hookonlysecret"}, pass_env=["HOOK_TEST_PASS"])
     out = ok.execute(lambda _line: None)
     assert "supersecretvalue" not in json.dumps(out) and "hookonlysecret" not in json.dumps(out)
 

@@ -1,10 +1,27 @@
 """Site-specific steps (fencing, DNS/traffic switch, …): run a command or call a webhook.
 
 Commands run without a shell in their own process group, so a timeout kills the hook *and*
-everything it started. Their environment is ours plus the hook's ``env`` plus ``AEGIS_*`` context
-variables (``AEGIS_HOOK``, ``AEGIS_INCIDENT``, ``AEGIS_STEP``, …). Output is redacted before it
-reaches progress lines, errors or the ledger; webhook header values are read from environment
-variables at call time and never stored on the action or echoed back.
+everything it started.
+
+**A hook's environment is minimal**, never a copy of Aegis's own (which holds the Slack token, the
+backup key, database passwords and cloud credentials). A command — and its ``done_check`` — gets
+only:
+
+- ``PATH`` (``os.defpath`` when Aegis has none), ``HOME``, ``LANG`` and ``LC_*`` from Aegis's
+  environment;
+- the hook's ``env`` (literal, non-secret values written in the config);
+- the variables named in the hook's ``pass_env``, with their values from Aegis's environment (an
+  unset one is left out); these values are secrets and are masked in everything the hook prints;
+- the context: ``AEGIS_HOOK``, ``AEGIS_INCIDENT``, ``AEGIS_STEP``, ``AEGIS_SCENARIO`` (these win
+  over ``env``, so a hook cannot be told it is another one).
+
+Nothing else, whatever its name, unless the config lists it by name. A webhook sends the context as
+JSON and, as headers, only those of ``headers_env`` (values read from the environment at call time,
+never stored on the action or echoed back); it ignores ``~/.netrc`` (which would add credentials the
+config never mentioned) but still honours the proxy and CA bundle variables.
+
+Output is redacted (:func:`recovery.redact.redact`: the declared secrets registered at start, plus
+this hook's ``pass_env`` and header values) before it reaches progress lines, errors or the ledger.
 """
 
 from __future__ import annotations
@@ -28,6 +45,7 @@ from recovery.redact import redact, secret_values
 STDOUT_TAIL_CHARS = 2000
 _KILL_GRACE_SECONDS = 2.0
 _PIPE_GRACE_SECONDS = 1.0
+_INHERITED = frozenset({"PATH", "HOME", "LANG"})   # plus every LC_*
 
 
 def _pump(stream: IO[str], tag: str, lines: queue.Queue[tuple[str, str | None]]) -> None:
@@ -73,6 +91,7 @@ class HookAction(Action):
         headers_env: dict[str, str] | None = None,
         done_check: list[str] | None = None,
         context: dict[str, str] | None = None,
+        pass_env: list[str] | None = None,
     ) -> None:
         if (command is None) == (webhook is None):
             raise ValueError(f"hook {name}: give exactly one of command or webhook")
@@ -84,17 +103,30 @@ class HookAction(Action):
         self.timeout_seconds = float(timeout_seconds)
         self.env = dict(env or {})
         self.headers_env = dict(headers_env or {})
+        self.pass_env = list(pass_env or [])
         self.done_check = list(done_check) if done_check else None
         self.context = dict(context or {})
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def _secrets(self) -> list[str]:
+        """This hook's own secrets: what it is passed through ``pass_env`` and its header values."""
+        names = [*self.pass_env, *self.headers_env.values()]
+        values = [os.environ.get(name, "") for name in names]
+        # a header's credential without its scheme ("Bearer abc" → "abc") may be echoed alone
+        return [v for value in values for v in (value, value.partition(" ")[2]) if v]
+
     def _redact(self, text: str) -> str:
-        # Secret-looking names in the hook's own env are masked too, not only those in os.environ.
-        return redact(text, secret_values(self.env))
+        # Secret-looking names in the hook's own env are masked too (defence in depth).
+        return redact(text, [*self._secrets(), *secret_values(self.env)])
 
     def _environment(self) -> dict[str, str]:
-        env = {**os.environ, **self.env, "AEGIS_HOOK": self.name}
+        """The minimal environment described in the module docstring — nothing inherited by default."""
+        env = {k: v for k, v in os.environ.items() if k in _INHERITED or k.startswith("LC_")}
+        env.setdefault("PATH", os.defpath)
+        env.update(self.env)
+        env.update({name: os.environ[name] for name in self.pass_env if name in os.environ})
+        env["AEGIS_HOOK"] = self.name
         for key, value in self.context.items():
             env[f"AEGIS_{key.upper()}"] = str(value)
         return env
@@ -191,17 +223,19 @@ class HookAction(Action):
                 raise ActionError(
                     f"hook {self.name}: environment variable {var} (for header {header}) is not set")
             headers[header] = value
-        secrets = list(headers.values())
+        secrets = [*headers.values(), *self._secrets()]
         host = urlsplit(self.webhook).hostname or "?"
         try:
-            resp = requests.post(self.webhook, json={"hook": self.name, **self.context}, headers=headers,
-                                 timeout=self.timeout_seconds)
+            resp = _post_without_ambient_credentials(self.webhook, {"hook": self.name, **self.context},
+                                                     headers, self.timeout_seconds)
         except requests.Timeout:
             raise ActionError(f"hook {self.name} timed out after {self.timeout_seconds:g}s") from None
         except requests.RequestException as exc:
             reason = redact(f"{type(exc).__name__}: {exc}", secrets)[:300]
             raise ActionError(f"hook {self.name}: webhook on {host} unreachable ({reason})") from None
-        body = self._redact(redact(resp.text[-500:], secrets))
+        # redact before cutting: a cut through a secret would leave its unmasked half behind
+        body = redact(resp.text[-65536:], secrets)
+        body = self._redact(body)[-500:]
         if not 200 <= resp.status_code < 300:
             raise ActionError(f"hook {self.name}: webhook on {host} answered HTTP {resp.status_code}")
         return {"status_code": resp.status_code, "response_tail": body}
@@ -221,6 +255,16 @@ class HookAction(Action):
             return None
         finally:
             _kill_group(proc)
+
+
+def _post_without_ambient_credentials(url: str, body: dict[str, Any], headers: dict[str, str],
+                                     timeout: float) -> requests.Response:
+    """POST with exactly our headers: no ``~/.netrc`` credentials, but the proxy and CA settings kept."""
+    with requests.Session() as session:
+        session.trust_env = False   # trust_env would also add netrc's Authorization for the host
+        proxies = requests.utils.get_environ_proxies(url)
+        verify: bool | str = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        return session.post(url, json=body, headers=headers, timeout=timeout, proxies=proxies, verify=verify)
 
 
 class _Tail:
