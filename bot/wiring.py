@@ -12,8 +12,8 @@ from bot.config import Config, PostgresNode
 from recovery.actions.base import Action, ActionError
 from recovery.actions.hook import HookAction
 from recovery.actions.manual import ManualStep
-from recovery.actions.postgres import PostgresConfirmDown, PostgresPromote, PostgresWritable
-from recovery.actions.verify import VerifyRecovery
+from recovery.actions.postgres import PostgresConfirmDown, PostgresPromote
+from recovery.actions.verify import PostgresVerification, VerifyRecovery
 from recovery.health import CheckResult, HealthSpec
 from recovery.planner import Facts, ServiceInfo
 from statemachines.models import PlanStep
@@ -95,6 +95,6 @@ def build_action(config: Config, step: PlanStep, context: dict[str, str]) -> Act
         if params.get("postgres_writable"):
             which = str(params["postgres_writable"])
             node = _node(config, which)
-            database = PostgresWritable(node.full_dsn(), _label(node, which))
+            database = PostgresVerification(node.full_dsn(), _label(node, which))
         return VerifyRecovery(service_specs(config) if params.get("services") else [], database)
     raise ActionError(f"unknown action {step.action!r}")

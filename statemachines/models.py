@@ -104,6 +104,8 @@ class PlanStep(SQLModel, table=True):
     version: int = 1
     detail: str = ""
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # what a verification step observed: [{check, observed, expected, ok}] (+ "by" when manual)
+    evidence: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Approval(SQLModel, table=True):

@@ -1,8 +1,15 @@
 """Who may do what (P3, R1): pure functions over the roster and the incident's role holders.
 
-- A role may be claimed by the users the roster lists for it. A role the roster does not list may
-  be claimed by anyone in the channel — except the incident commander, which, with no roster for
-  it, only the declarer may claim (someone has to be accountable).
+- A role may be claimed by the users the roster lists for it.
+- The roles that gate approvals (security lead, database lead, infrastructure lead) are claimed
+  only from the roster whenever a roster exists: a role the roster leaves unlisted is then
+  claimable by nobody. Otherwise anyone could take ``security_lead`` and satisfy the ransomware
+  two-person rule alone.
+- Any other role the roster does not list may be claimed by anyone in the channel — except the
+  incident commander, which, with no roster for it, only the declarer may claim (someone has to
+  be accountable).
+- With no roster at all (the demo) every role is open: ``roles_open`` says so, and the incident
+  card tells the channel.
 - A step may be approved by anyone who holds, or is rostered for, one of the step's approver
   roles. The incident commander may approve every step.
 - A step needing two approvals (ransomware restores) needs two different people, one of them the
@@ -17,6 +24,8 @@ from dataclasses import dataclass
 
 COMMANDER = "incident_commander"
 SECURITY_LEAD = "security_lead"
+#: roles whose holders approve destructive steps: never self-appointed while a roster exists
+GATING_ROLES = frozenset({SECURITY_LEAD, "database_lead", "infrastructure_lead"})
 
 
 @dataclass(frozen=True)
@@ -33,10 +42,17 @@ def user_roles(user_id: str, *, roster: dict[str, list[str]], holders: dict[str,
     return claimed | rostered
 
 
+def roles_open(roster: dict[str, list[str]]) -> bool:
+    """True when no roster lists anyone: every role may be claimed by anyone (the demo)."""
+    return not any(roster.values())
+
+
 def may_claim(role: str, user_id: str, *, roster: dict[str, list[str]], declared_by: str) -> Decision:
     listed = roster.get(role)
     if listed:
         return Decision(user_id in listed, "not_on_roster")
+    if role in GATING_ROLES and not roles_open(roster):
+        return Decision(False, "not_on_roster")
     if role == COMMANDER:
         return Decision(user_id == declared_by, "not_on_roster")
     return Decision(True)

@@ -95,6 +95,24 @@ def get(session: Session, incident_id: int) -> Incident:
     return incident
 
 
+def lock(session: Session, incident_id: int) -> Incident:
+    """Read the incident and hold its row until this transaction ends.
+
+    Step decisions (approve, reject, retry, abort, manual verification) take this lock first, so
+    two clicks on one plan revision are applied one after the other, each seeing what the other
+    did: a rejection and an approval can no longer both pass and strand the incident. PostgreSQL:
+    ``SELECT … FOR UPDATE``; SQLite: every transaction already holds the database's write lock
+    (``BEGIN IMMEDIATE``, see ``statemachines.store``).
+    """
+    incident = session.exec(
+        select(Incident).where(Incident.id == incident_id).with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
+    if incident is None:
+        raise NotFound(f"incident {incident_id}")
+    return incident
+
+
 def find_by_key(session: Session, key: str) -> Incident | None:
     key = key.strip().upper()
     if key.isdigit():
@@ -243,11 +261,14 @@ def get_step(session: Session, step_id: int) -> PlanStep:
 def move_step(
     session: Session, *, step: PlanStep, to: str, detail: str | None = None,
     from_statuses: tuple[str, ...] | None = None, new_attempt: bool = False,
+    evidence: list[dict[str, Any]] | None = None,
 ) -> bool:
     """Compare-and-set a step's status; False when another request moved it first."""
     values: dict[str, Any] = {"status": to, "version": step.version + 1, "updated_at": utcnow()}
     if detail is not None:
         values["detail"] = detail
+    if evidence is not None:
+        values["evidence"] = evidence
     if new_attempt:
         values["attempt"] = step.attempt + 1
     query = update(PlanStep).where(col(PlanStep.id) == step.id, col(PlanStep.version) == step.version)
@@ -327,6 +348,55 @@ def ledger_finish(
     return session.execute(
         query.values(status=status, output=output, finished_at=utcnow())
     ).rowcount == 1  # type: ignore[attr-defined]
+
+
+def ledger_interrupt(session: Session, *, entry_id: int, now: datetime, note: str) -> bool:
+    """The sweeper's takeover: only of a row still running whose lease is still lapsed *now*.
+
+    Checking the lease again in the UPDATE (not just in the SELECT that found the row) means a
+    renewal that lands in between wins over the sweeper.
+    """
+    return session.execute(
+        update(LedgerEntry)
+        .where(col(LedgerEntry.id) == entry_id, col(LedgerEntry.status) == "running",
+               col(LedgerEntry.lease_until) < now)
+        .values(status="interrupted", output={"note": note}, finished_at=now)
+    ).rowcount == 1  # type: ignore[attr-defined]
+
+
+def ledger_finish_late(
+    session: Session, *, entry_id: int, owner: str, status: str, output: dict[str, Any],
+) -> bool:
+    """The real outcome of a row a sweeper marked ``interrupted`` while its owner was still running it."""
+    return session.execute(
+        update(LedgerEntry)
+        .where(col(LedgerEntry.id) == entry_id, col(LedgerEntry.owner) == owner,
+               col(LedgerEntry.status) == "interrupted")
+        .values(status=status, finished_at=utcnow(),
+                output={**output, "note": "finished after its lease lapsed; a sweeper had taken it over"})
+    ).rowcount == 1  # type: ignore[attr-defined]
+
+
+def get_ledger(session: Session, entry_id: int) -> LedgerEntry:
+    entry = session.get(LedgerEntry, entry_id, populate_existing=True)
+    if entry is None:
+        raise NotFound(f"ledger row {entry_id}")
+    return entry
+
+
+def record_manual_verification(
+    session: Session, *, step: PlanStep, user_id: str, statement: str, roles_used: list[str],
+) -> bool:
+    """A responder's stated evidence completes a step waiting for manual verification."""
+    observed = [{"check": "manual verification", "observed": statement, "expected": "stated by a responder",
+                 "ok": True, "by": user_id, "roles": roles_used}]
+    if not move_step(session, step=step, to="succeeded", from_statuses=("awaiting_verification",),
+                     detail=f"verified manually by <@{user_id}>: {statement}", evidence=observed):
+        return False
+    add_event(session, incident_id=step.incident_id, kind="verification", actor=user_id,
+              text=f"verified manually: {statement}",
+              data={"step_id": step.id, "manual": True, "evidence": observed})
+    return True
 
 
 def ledger_for_step(session: Session, step_id: int) -> list[LedgerEntry]:

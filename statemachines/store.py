@@ -27,20 +27,42 @@ def database_url() -> str:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # WAL lets readers proceed while one writer commits; the busy timeout serialises
-            # writers instead of failing them.
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        return engine
+        return _sqlite_engine(url)
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _sqlite_engine(url: str) -> Engine:
+    """SQLite with real transactions: SQLAlchemy's documented pysqlite recipe.
+
+    pysqlite's own transaction handling starts a transaction only before an INSERT/UPDATE and not
+    before a SAVEPOINT, so a ``begin_nested()`` block (role claims, votes, ledger rows) became its
+    own transaction that RELEASE committed, independently of the surrounding one: a rolled-back
+    claim stayed stored. With ``isolation_level = None`` pysqlite never issues BEGIN/COMMIT by
+    itself and the ``begin`` event below opens every transaction explicitly.
+
+    ``BEGIN IMMEDIATE`` takes the write lock up front. With a plain (deferred) BEGIN, two sessions
+    that both read and then write deadlock on the lock upgrade, and SQLite fails one of them with
+    SQLITE_BUSY at once instead of waiting ``busy_timeout``; IMMEDIATE makes writers queue. Readers
+    queue too, which is fine for a bot whose transactions last milliseconds.
+    """
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        # WAL lets readers proceed while one writer commits; the busy timeout serialises
+        # writers instead of failing them.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
 
 
 class Store:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from recovery.actions.hook import HookAction
 from recovery.actions.manual import ManualStep
 from recovery.actions.verify import VerifyRecovery
 from recovery.engine import Engine
+from recovery.health import HealthSpec
 from statemachines import service as svc
 from statemachines.models import Approval, LedgerEntry, PlanStep, utcnow
 from statemachines.service import StepSpec
@@ -34,7 +37,17 @@ class Recorder:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[Store, Engine, Recorder, int, Path]:
+def listening() -> Iterator[str]:
+    """A real TCP listener, so the verification step has something to observe."""
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def setup(tmp_path: Path, listening: str) -> tuple[Store, Engine, Recorder, int, Path]:
     store = Store(f"sqlite:///{tmp_path}/e.db")
     store.migrate()
     count = tmp_path / "count"
@@ -43,7 +56,7 @@ def setup(tmp_path: Path) -> tuple[Store, Engine, Recorder, int, Path]:
         if step.action == "hook":
             return HookAction("h", command=["bash", "-c", f"echo x >> {count}"])
         if step.action == "verify":
-            return VerifyRecovery([])      # read-only, no is_done probe
+            return VerifyRecovery([HealthSpec("svc", "tcp", listening)])   # read-only, no is_done probe
         return ManualStep(step.title)
 
     recorder = Recorder()

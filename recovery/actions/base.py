@@ -20,6 +20,30 @@ class ActionError(Exception):
     """A step failed in a way a responder can act on; the message is safe to show in Slack."""
 
 
+Evidence = dict[str, Any]   # {"check": …, "observed": …, "expected": …, "ok": bool}
+
+
+def evidence(check: str, observed: str, expected: str, ok: bool) -> Evidence:
+    """One observation of a verification: what was checked, the value seen, what was wanted."""
+    return {"check": check, "observed": observed, "expected": expected, "ok": bool(ok)}
+
+
+class VerificationFailed(ActionError):
+    """A verification whose checks ran but did not all pass; ``evidence`` says which and why."""
+
+    def __init__(self, message: str, observations: list[Evidence]) -> None:
+        super().__init__(message)
+        self.evidence = observations
+
+
+class NeedsHuman(Exception):  # noqa: N818 (not an error: a hand-over)
+    """The action cannot decide by itself (nothing automated is configured): a person must.
+
+    The engine puts the step into ``awaiting_verification``; an authorised responder then
+    records what they checked, and that statement is the step's evidence.
+    """
+
+
 class Action(ABC):
     #: short machine name, e.g. ``postgres_promote``; recorded in the ledger
     kind: str = "action"

@@ -1,37 +1,117 @@
-"""The plan's last step: services answer their health checks and the database takes writes."""
+"""The plan's last step: services answer their health checks and the database takes writes.
+
+A verification passes only on evidence: every check is recorded with the value it observed
+(``[{check, observed, expected, ok}]``), and at least one check must have run. With nothing
+automated configured the step is handed to a person (``NeedsHuman``): a responder states what they
+checked, and that statement becomes the evidence. "Checked nothing" is never a pass.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from recovery.actions.base import Action, ActionError, Progress
-from recovery.health import HealthSpec, run_checks
+from recovery.actions.base import (
+    Action,
+    ActionError,
+    Evidence,
+    NeedsHuman,
+    Progress,
+    VerificationFailed,
+    evidence,
+)
+from recovery.health import CheckResult, HealthSpec, run_checks
+
+_EXPECTED = {
+    "http": "HTTP 2xx or 3xx",
+    "tcp": "TCP connection accepted",
+    "postgres": "reachable",
+}
+
+
+class DatabaseCheck(Action):
+    """What ``VerifyRecovery`` needs from a database probe: observations, not just "no error"."""
+
+    kind = "database_check"
+    destructive = False
+
+    def describe(self) -> str:
+        return "check the database"
+
+    def observe(self) -> list[Evidence]:
+        raise NotImplementedError
+
+    def execute(self, progress: Progress) -> dict[str, Any]:
+        return {"evidence": self.observe()}
+
+
+def _service_evidence(result: CheckResult) -> Evidence:
+    name = f"{result.name} ({result.kind.upper() if result.kind != 'postgres' else 'PostgreSQL'})"
+    return evidence(name, result.detail, _EXPECTED.get(result.kind, "ok"), result.ok)
 
 
 class VerifyRecovery(Action):
     kind = "verify"
     destructive = False
 
-    def __init__(self, checks: list[HealthSpec], database: Action | None = None) -> None:
+    def __init__(self, checks: list[HealthSpec], database: DatabaseCheck | None = None) -> None:
         self.checks = checks
         self.database = database
 
     def describe(self) -> str:
+        if not self.checks and self.database is None:
+            return "manual verification: no automated check is configured"
         return f"check {len(self.checks)} service(s)" + (" and a database write" if self.database else "")
 
     def execute(self, progress: Progress) -> dict[str, Any]:
-        failures: list[str] = []
+        if not self.checks and self.database is None:
+            raise NeedsHuman("no automated check is configured (no service health checks, no database)")
+        observations: list[Evidence] = []
         if self.database is not None:
             try:
-                self.database.execute(progress)
-                progress("database accepts writes")
+                observations += self.database.observe()
             except ActionError as exc:
-                failures.append(str(exc))
-        results = run_checks(self.checks) if self.checks else []
-        for result in results:
-            progress(f"{result.name}: {'ok' if result.ok else 'FAILED'} — {result.detail}")
-            if not result.ok:
-                failures.append(f"{result.name}: {result.detail}")
+                observations.append(evidence(self.database.describe(), str(exc), "reachable primary", False))
+        observations += [_service_evidence(r) for r in run_checks(self.checks)]
+        for item in observations:
+            progress(f"{item['check']}: {'ok' if item['ok'] else 'FAILED'} — {item['observed']}")
+        failures = [f"{item['check']}: {item['observed']}" for item in observations if not item["ok"]]
         if failures:
-            raise ActionError("verification failed: " + "; ".join(failures))
-        return {"services_checked": len(results), "database_checked": self.database is not None}
+            raise VerificationFailed("verification failed: " + "; ".join(failures), observations)
+        return {"evidence": observations, "checks_passed": len(observations)}
+
+
+class PostgresVerification(DatabaseCheck):
+    """The promoted/restored node: its role, a committed write, and its replication state."""
+
+    kind = "postgres_writable"
+
+    def __init__(self, dsn: str, label: str) -> None:
+        self.dsn = dsn
+        self.label = label
+
+    def describe(self) -> str:
+        return f"{self.label} accepts writes"
+
+    def observe(self) -> list[Evidence]:
+        # the connection helpers redact and reduce driver errors to one line
+        from recovery.actions.postgres import _connect, _in_recovery
+
+        with _connect(self.dsn, self.label) as conn:
+            in_recovery = _in_recovery(conn)
+            role = evidence(f"{self.label} role (pg_is_in_recovery)",
+                            "standby, in recovery (true)" if in_recovery else "primary (false)",
+                            "primary (false)", not in_recovery)
+            if in_recovery:
+                return [role, evidence(f"{self.label} accepts writes", "read-only: in recovery",
+                                       "a committed write", False)]
+            with conn.transaction():
+                row = conn.execute("SELECT txid_current()").fetchone()
+            replicas = conn.execute("SELECT count(*) FROM pg_stat_replication").fetchone()
+        txid = int(row[0]) if row else 0
+        count = int(replicas[0]) if replicas else 0
+        return [
+            role,
+            evidence(f"{self.label} accepts writes", f"committed transaction {txid}", "a committed write",
+                     txid > 0),
+            evidence(f"{self.label} replication", f"{count} streaming replica(s)", "reported", True),
+        ]
