@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import socket
 import sys
 from datetime import datetime
@@ -69,8 +70,10 @@ def _postgres(args: argparse.Namespace) -> int:
     sys.stderr.write("\n")
     print(f"restored {record.run_id}: PostgreSQL is running on port {cluster.port} "
           f"(replayed from {wal_files} archived WAL file(s){', to ' + args.target_time if args.target_time else ''})")
-    print(f"  connect: psql \"{cluster.dsn}\"")
-    print(f"  stop:    pg_ctl -D {cluster.data_dir} stop")
+    # Quoted for a shell: the DSN quotes paths with spaces/quotes by libpq's rules, shlex wraps the whole.
+    print(f"  connect: psql {shlex.quote(cluster.dsn)}")
+    print(f"           {cluster.access}; nobody else can reach it (no trust, socket directory 0700)")
+    print(f"  stop:    pg_ctl -D {shlex.quote(str(cluster.data_dir))} stop")
     return 0
 
 

@@ -237,6 +237,8 @@ def test_key_sources_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     from_hex = load_key()
     (tmp_path / "key").write_text(base64.b64encode(raw).decode() + "\n")
     (tmp_path / "raw").write_bytes(raw)
+    for name in ("key", "raw"):
+        (tmp_path / name).chmod(0o600)  # a key file others can read is refused
     assert from_hex == load_key(key_file=tmp_path / "key") == load_key(key_file=tmp_path / "raw")
     assert len(from_hex.key_id) == 16 and from_hex.key_id not in raw.hex()
     assert raw.hex() not in repr(from_hex)

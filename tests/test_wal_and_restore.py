@@ -11,6 +11,7 @@ import base64
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -95,9 +96,10 @@ def stop_restored(data_dir: Path) -> None:
 
 
 def restored_dsn(output: str) -> str:
-    found = re.search(r'connect: psql "([^"]+)"', output)
+    found = re.search(r"connect: psql (.+)$", output, re.M)
     assert found, output
-    return found.group(1)
+    [dsn] = shlex.split(found.group(1))  # printed shell-quoted
+    return dsn
 
 
 def table_digest(dsn: str, where: str = "true") -> tuple[int, str]:

@@ -19,6 +19,8 @@ import binascii
 import hashlib
 import os
 import secrets
+import shlex
+import stat
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -117,6 +119,21 @@ def _decode_key(text: str, source: str) -> bytes:
     return raw
 
 
+def _check_private(path: Path) -> None:
+    """Refuse a key file that group or others may read (or write): like ssh with a private key.
+
+    Anyone who can read it can decrypt every backup; say exactly which ``chmod`` fixes it.
+    """
+    try:
+        mode = path.stat().st_mode  # follows a symlink: the file's own mode is what protects the key
+    except OSError:
+        return  # unreadable/missing: reported by the read that follows
+    if mode & 0o077:
+        raise BackupKeyError(
+            f"backup key file {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
+            f"refusing to use it — run `chmod 600 {shlex.quote(str(path))}`")
+
+
 def load_key(env_name: str = "AEGIS_BACKUP_KEY", key_file: str | os.PathLike[str] | None = None) -> BackupKey:
     """Load the 32-byte key from ``key_file`` if given, else from the environment (base64 or hex).
 
@@ -124,6 +141,7 @@ def load_key(env_name: str = "AEGIS_BACKUP_KEY", key_file: str | os.PathLike[str
     """
     if key_file is not None:
         path = Path(key_file)
+        _check_private(path)
         try:
             data = path.read_bytes()
         except OSError as exc:

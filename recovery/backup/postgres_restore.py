@@ -9,6 +9,13 @@ The restored copy is isolated from production: it listens on 127.0.0.1 and its o
 directory and port, ``archive_mode = off`` (it must never push into the production archive —
 after a PITR promotion it is on a new timeline whose history would otherwise mix in), and
 ``synchronous_standby_names = ''`` (commits must not wait for production standbys).
+
+It is not open to every local user either (a restored copy holds production data): Aegis always
+writes its own ``pg_hba.conf`` — no ``trust``, no TCP entry, only ``peer`` over the socket for the
+OS users in its ``pg_ident.conf`` map (the server's user and the user who ran the restore) — and
+the socket directory is ``0700``, owned by the server's OS user. Paths land in configuration
+files quoted for them (``_conf_value``, ``_socket_dirs_value``) and the DSN is built by libpq's
+rules (``make_conninfo``), so a data directory with a space or a quote in its name works.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -27,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from recovery.backup.postgres import pg_bin_dir
 from recovery.redact import redact
@@ -38,11 +47,15 @@ TARGET_ACTIONS = ("promote", "pause")
 _REQUIRED = ("PG_VERSION", "global/pg_control", "backup_label")
 # Left behind by the source server or its role; a restored copy must decide these itself.
 _STALE = ("postmaster.pid", "postmaster.opts", "standby.signal", "recovery.signal")
-_DEFAULT_HBA = """\
-# Written by Aegis for a restored copy: only local socket connections. Keep the socket directory
-# private (0700/0755 owned by postgres) — other users on the host could otherwise connect.
-local   all   all   trust
+_HBA = """\
+# Written by Aegis for a restored copy of production data: no trust, no TCP. Only peer
+# authentication over the private (0700) socket directory, for the OS users mapped in pg_ident.conf.
+local   all   all   peer map=aegis
 """
+IDENT_MAP = "aegis"
+# pg_ctl runs the server through a shell with paths in double quotes; these would break out of them.
+_UNSAFE_FOR_PG_CTL = re.compile(r'["`$\\\n]')
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path, minus the terminating NUL
 
 
 class RestoreError(RuntimeError):
@@ -63,7 +76,14 @@ class RestoredCluster:
 
     @property
     def dsn(self) -> str:
-        return f"host={self.socket_dir} port={self.port} user={self.db_user} dbname=postgres"
+        """libpq DSN over the private socket (values quoted by libpq's rules: paths may hold spaces/quotes)."""
+        return make_conninfo("", host=str(self.socket_dir), port=str(self.port), user=self.db_user,
+                             dbname="postgres")
+
+    @property
+    def access(self) -> str:
+        """How a person connects: peer authentication as the server's OS user over the 0700 socket dir."""
+        return f"as the OS user {self.os_user} (peer authentication over the private socket directory)"
 
     def _pg_ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -129,6 +149,8 @@ def _check_reachable(path: Path, owner: tuple[int, int] | None) -> None:
         return
     uid, gid = owner
     for parent in path.resolve().parents:
+        if not parent.exists():
+            continue  # created later, by us, for the server user
         st = parent.stat()
         if st.st_uid == uid:
             ok = st.st_mode & stat.S_IXUSR
@@ -138,6 +160,55 @@ def _check_reachable(path: Path, owner: tuple[int, int] | None) -> None:
             ok = st.st_mode & stat.S_IXOTH
         if not ok:
             raise RestoreError(f"the postgres user cannot reach {path}: {parent} is not traversable for it")
+
+
+def _check_pg_ctl_path(path: Path, what: str) -> None:
+    if _UNSAFE_FOR_PG_CTL.search(str(path)):
+        raise RestoreError(f"the {what} path {str(path)!r} contains a character pg_ctl cannot pass on "
+                           "(\", `, $, \\ or a newline); choose another path")
+
+
+def _private_socket_dir(socket_dir: Path, owner: tuple[int, int] | None) -> None:
+    """Create (or take over an empty) socket directory: 0700, owned by the server's OS user.
+
+    A shared directory (``/tmp``, ``/run/postgresql``) would let every local user reach the socket,
+    so a directory that already holds anything is refused rather than chmod-ed under others' feet.
+    """
+    if len(str(socket_dir)) + len("/.s.PGSQL.65535") > _SUN_PATH_MAX:
+        raise RestoreError(f"socket directory {socket_dir} is too long for a unix socket path "
+                           f"(at most {_SUN_PATH_MAX - 15} characters); give a shorter --socket-dir")
+    if socket_dir.is_symlink() or (socket_dir.exists() and not socket_dir.is_dir()):
+        raise RestoreError(f"socket directory {socket_dir} is not a directory")
+    if socket_dir.exists() and any(socket_dir.iterdir()):
+        raise RestoreError(f"socket directory {socket_dir} is not empty (shared with something else?); "
+                           "give a new directory, the restored server keeps it private (0700)")
+    socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _chown(socket_dir, owner)
+    socket_dir.chmod(0o700)
+
+
+def _ident_users(os_user: str) -> list[str]:
+    """OS users allowed in by peer: the server's user and whoever runs the restore (to check on it)."""
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    server_user = os_user if os.geteuid() == 0 else me  # not root: the server runs as we do
+    return sorted({server_user, me})
+
+
+def _check_no_trust(pg_hba: str) -> None:
+    for line in pg_hba.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if "trust" in (field.lower() for field in fields[3:]):
+            raise RestoreError(f"refusing a pg_hba.conf with trust for a restored copy: {line.strip()!r}")
+
+
+def _write_access_files(data_dir: Path, pg_hba: str | None, db_user: str, os_user: str,
+                        owner: tuple[int, int] | None) -> None:
+    """Aegis's own pg_hba.conf and pg_ident.conf, always: the backup's may say trust or admit the network."""
+    hba = pg_hba if pg_hba is not None else _HBA
+    _check_no_trust(hba)
+    _write_owned(data_dir / "pg_hba.conf", hba, owner)
+    ident = "".join(f"{IDENT_MAP}  {user}  {db_user}\n" for user in _ident_users(os_user))
+    _write_owned(data_dir / "pg_ident.conf", f"# Written by Aegis: OS user -> database role (peer)\n{ident}", owner)
 
 
 def _prepare_data_dir(data_dir: Path, owner: tuple[int, int] | None) -> None:
@@ -214,7 +285,20 @@ def _conf_value(value: str | int | bool) -> str:
         return "on" if value else "off"
     if isinstance(value, int):
         return str(value)
-    return "'" + str(value).replace("'", "''") + "'"
+    # The config file parser unescapes backslashes (GUC_scanstr) and reads '' as one quote.
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _socket_dirs_value(path: Path) -> str:
+    """``unix_socket_directories`` is a comma/space separated list: one directory, double-quoted."""
+    return '"' + str(path).replace('"', '""') + '"'
+
+
+def shell_command(argv: list[str], *placeholders: str) -> str:
+    """A shell command line for archive/restore_command: each word shlex-quoted, ``%`` doubled (PostgreSQL
+    expands ``%f``/``%p`` in the string), then ``placeholders`` (e.g. ``%f``, ``%p``) appended as they are."""
+    words = [shlex.quote(word).replace("%", "%%") for word in argv]
+    return " ".join([*words, *placeholders])
 
 
 def _write_owned(path: Path, text: str, owner: tuple[int, int] | None, append: bool = False) -> None:
@@ -311,7 +395,9 @@ def restore_base_backup(
     data_dir = Path(data_dir)
     owner = _owner(os_user)
 
+    _check_pg_ctl_path(data_dir, "data directory")
     _check_reachable(data_dir, owner)
+    _check_reachable(Path(socket_dir), owner)
     _prepare_data_dir(data_dir, owner)
     _extract(tar_stream, data_dir, owner)
     return start_restored(
@@ -361,6 +447,8 @@ def start_restored(
     data_dir = Path(data_dir)
     socket_dir = Path(socket_dir)
     owner = _owner(os_user)
+    _check_pg_ctl_path(data_dir, "data directory")
+    _check_reachable(socket_dir, owner)
     missing = [name for name in _REQUIRED if not (data_dir / name).is_file()]
     if missing:
         raise RestoreError(f"stream is not a pg_basebackup tar: missing {', '.join(missing)}")
@@ -372,13 +460,16 @@ def start_restored(
         (data_dir / name).unlink(missing_ok=True)
     if not (data_dir / "postgresql.conf").exists():
         _write_owned(data_dir / "postgresql.conf", "# written by Aegis restore; see postgresql.auto.conf\n", owner)
-    if pg_hba is not None or not (data_dir / "pg_hba.conf").exists():
-        _write_owned(data_dir / "pg_hba.conf", pg_hba if pg_hba is not None else _DEFAULT_HBA, owner)
+    _write_access_files(data_dir, pg_hba, db_user, os_user, owner)
 
     settings: dict[str, str | int | bool] = {
         "port": port,
         "listen_addresses": "127.0.0.1",
-        "unix_socket_directories": str(socket_dir),
+        "unix_socket_directories": _socket_dirs_value(socket_dir),
+        "unix_socket_permissions": "0700",
+        # A production postgresql.conf (e.g. Debian's) may point these into /etc: use the files above.
+        "hba_file": str(data_dir / "pg_hba.conf"),
+        "ident_file": str(data_dir / "pg_ident.conf"),
         "archive_mode": False,
         "synchronous_standby_names": "",
         "logging_collector": False,  # keep server output in our log file, for error reports
@@ -397,12 +488,12 @@ def start_restored(
     if restore_command:
         _write_owned(data_dir / "recovery.signal", "", owner)
 
-    if not socket_dir.exists():
-        socket_dir.mkdir(parents=True, mode=0o755)
-        _chown(socket_dir, owner)
+    _private_socket_dir(socket_dir, owner)
     log_path = Path(log_file) if log_file is not None else data_dir.with_name(data_dir.name + ".log")
+    _check_pg_ctl_path(log_path, "log file")
     log_path.touch()
     _chown(log_path, owner)
+    log_path.chmod(0o600)  # the server log can quote data (failed statements)
 
     cluster = RestoredCluster(data_dir, port, socket_dir, log_path, bin_dir, db_user=db_user, os_user=os_user)
     deadline = time.monotonic() + recovery_timeout

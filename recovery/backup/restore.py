@@ -13,7 +13,9 @@ base backup is extracted into an empty data directory and started on a scratch p
 (``postgres_restore.restore_base_backup``). WAL archived with ``aegis wal push`` is replayed — to
 the end of the archive or to ``target_time`` — after being decrypted into a staging directory next
 to the data directory, so the key never has to be handed to the server's ``restore_command``; the
-staging directory is removed once recovery is over.
+staging directory is removed once recovery is over. A restore never ends early at a WAL gap: a
+segment the catalog lists but no target delivers, or any hole between the backup's start and the
+target, refuses the restore (``WalGapError``) before the data directory is created.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import contextlib
 import os
 import shutil
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,11 +34,19 @@ from recovery.backup import wal
 from recovery.backup.crypto import BackupKey
 from recovery.backup.incremental import restore_chain
 from recovery.backup.pipeline import restore_stream
-from recovery.backup.postgres_restore import PG_OS_USER, RestoredCluster, restore_base_backup
+from recovery.backup.postgres_restore import (
+    PG_OS_USER,
+    RestoredCluster,
+    RestoreError,
+    restore_base_backup,
+    shell_command,
+)
 from recovery.backup.runner import produced
 from recovery.backup.storage import StorageError, Target
 from recovery.backup.verify import VerifiedCopy
 from recovery.backup.wal_archive import WAL_KIND, TargetWalStore, segment_name, segment_of
+from recovery.backup.wal_sequence import first_gap, histories_in, parse_segment
+from recovery.redact import redact
 from statemachines.models import BackupRecord
 from statemachines.store import Store
 
@@ -93,19 +103,38 @@ def plaintext(copy: VerifiedCopy, key: BackupKey, progress: Progress | None = No
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
+class WalGapError(RestoreError):
+    """A WAL segment the restore needs is on no target: refused before the server is started."""
+
+    def __init__(self, segment: str, message: str) -> None:
+        super().__init__(message)
+        self.segment = segment
+
+
+def _archived(store: Store, targets: list[Target]) -> dict[str, datetime | None]:
+    """Archived WAL file names, with when each was pushed: the catalog's, else the targets' own listings."""
+    with store.session() as session:
+        archived: dict[str, datetime | None] = {segment_of(r.object_name): r.started_at for r in session.exec(
+            select(BackupRecord).where(BackupRecord.kind == WAL_KIND, BackupRecord.status == "ok"))}
+    if archived:
+        return archived
+    # No catalog rows (catalog restored from an older copy): the archive lists itself. The union of
+    # every reachable target, so one target missing a segment another holds is not taken for a gap.
+    for target in targets:
+        with contextlib.suppress(StorageError):
+            archived.update({segment_of(n): None for n in target.list("wal/") if n.endswith(".zst.aes")})
+    return archived
+
+
+def _start_segment(record: BackupRecord) -> str:
+    return segment_name(record.timeline or 1, record.start_lsn) if record.start_lsn else "0" * 24
+
+
 def wal_after(store: Store, targets: list[Target], record: BackupRecord) -> list[str]:
     """Archived WAL files a restore of ``record`` may ask for: history files and every segment from its start."""
-    with store.session() as session:
-        names = [segment_of(r.object_name) for r in session.exec(
-            select(BackupRecord).where(BackupRecord.kind == WAL_KIND, BackupRecord.status == "ok"))]
-    if not names:  # no catalog rows (catalog restored from an older copy): the archive lists itself
-        for target in targets:
-            with contextlib.suppress(StorageError):
-                names = [segment_of(n) for n in target.list("wal/") if n.endswith(".zst.aes")]
-                break
-    start = segment_name(record.timeline or 1, record.start_lsn) if record.start_lsn else "0" * 24
+    start = _start_segment(record)
     keep = []
-    for name in names:
+    for name in _archived(store, targets):
         if name.endswith(".history"):
             keep.append(name)
         elif len(name) >= 24 and not name.endswith(".partial") and name[8:24] >= start[8:]:
@@ -122,11 +151,21 @@ def _owned_dir(path: Path, os_user: str) -> Path:
 
 def stage_wal(store: TargetWalStore, names: list[str], stage: Path, os_user: str,
               progress: Progress | None = None) -> int:
-    """Decrypt each archived WAL file into ``stage`` (owned by the server user); returns bytes staged."""
+    """Decrypt each archived WAL file into ``stage`` (owned by the server user); returns bytes staged.
+
+    A file the catalog lists as archived but no target can deliver stops the restore (``WalGapError``);
+    one that is merely absent (listing mode) is left to ``check_wal_sequence``.
+    """
     total = 0
     for name in names:
         dest = stage / name
-        if not wal.fetch(name, dest, store):
+        try:
+            found = wal.fetch(name, dest, store)
+        except wal.WalError as exc:
+            raise WalGapError(name, f"WAL segment {name} cannot be restored: {redact(str(exc))[:400]}; "
+                                    "the restore stops here instead of ending early at the gap "
+                                    "(no server was started)") from None
+        if not found:
             continue
         if os.geteuid() == 0:
             shutil.chown(dest, os_user, os_user)
@@ -136,17 +175,49 @@ def stage_wal(store: TargetWalStore, names: list[str], stage: Path, os_user: str
     return total
 
 
+def _last_needed(archived: dict[str, datetime | None], target_time: datetime | None) -> str | None:
+    """For a point-in-time restore, the first segment pushed at or after the target (it may hold it);
+    later ones are not needed. None: everything up to the newest segment is ("latest", or no push times)."""
+    if target_time is None:
+        return None
+    pushed_after = [name for name, at in archived.items() if at is not None and parse_segment(name)
+                    and (at if at.tzinfo else at.replace(tzinfo=UTC)) >= target_time]
+    return min(pushed_after, key=lambda name: parse_segment(name) or (0, 0), default=None)
+
+
+def check_wal_sequence(stage: Path, record: BackupRecord, last_needed: str | None = None) -> None:
+    """Refuse (``WalGapError``) when a segment between the backup's start and the target is not staged."""
+    if not record.start_lsn:
+        return  # a backup without recorded LSNs: nothing to anchor the sequence on
+    staged = {path.name for path in stage.iterdir()}
+    missing = first_gap(staged, histories_in(stage), backup_tli=record.timeline or 1, start_lsn=record.start_lsn,
+                        stop_lsn=record.stop_lsn, last_needed=last_needed)
+    if missing is not None:
+        raise WalGapError(missing, (
+            f"WAL segment {missing} is missing from every storage target: the archive has a gap after backup "
+            f"{record.run_id} (which starts at {_start_segment(record)}); replaying past it is impossible and "
+            "stopping at it would silently lose every later change, so no server was started. Find the segment "
+            "(the primary's pg_wal, another archive) and push it with `aegis wal push`, or restore to a time "
+            "before the gap with --target-time"))
+
+
 def restore_postgres(
     store: Store, copy: VerifiedCopy, wal_store: TargetWalStore, data_dir: Path, *, port: int,
     socket_dir: Path, target_time: datetime | None = None, replay_wal: bool = True,
     pause_at_target: bool = False, progress: Progress | None = None, os_user: str = PG_OS_USER,
     pg_bin: str | Path | None = None,
 ) -> tuple[RestoredCluster, int]:
-    """Restore ``copy`` (a base backup) into empty ``data_dir`` and start it; returns it and WAL files staged."""
+    """Restore ``copy`` (a base backup) into empty ``data_dir`` and start it; returns it and WAL files staged.
+
+    The archived WAL is staged and checked for gaps first: a missing segment refuses the restore
+    before ``data_dir`` is created or any server is started.
+    """
     restore_command = None
     stage = data_dir.with_name(data_dir.name + ".wal-stage")
     names: list[str] = []
+    archived: dict[str, datetime | None] = {}
     if replay_wal or target_time is not None:
+        archived = _archived(store, wal_store.targets)
         names = wal_after(store, wal_store.targets, copy.record)
     if target_time is not None and not names:
         raise BackupNotFound("point-in-time restore needs archived WAL after the backup; the archive has none "
@@ -155,8 +226,10 @@ def restore_postgres(
         if names:
             _owned_dir(stage, os_user)
             stage_wal(wal_store, names, stage, os_user, progress)
+            check_wal_sequence(stage, copy.record, _last_needed(archived, target_time))
             # wal.py is standard-library only: the server's python3 can run it without Aegis installed.
-            restore_command = f"python3 -P {wal.__file__} fetch --dir {stage} %f %p"
+            restore_command = shell_command(["python3", "-P", str(wal.__file__), "fetch", "--dir", str(stage)],
+                                            "%f", "%p")
         action = "pause" if pause_at_target else "promote"
         if copy.record.kind == "pg_incremental":  # PostgreSQL 17+: combine the chain back to its full
             cluster = restore_chain(store, copy.record, wal_store.targets, wal_store.runner.key, data_dir,

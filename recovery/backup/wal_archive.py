@@ -133,9 +133,23 @@ class TargetWalStore:
         return reader.source_sha256
 
     def get(self, name: str, dest: BinaryIO) -> None:
+        """Decrypt ``name`` into ``dest``; FileNotFoundError only when it was never archived.
+
+        A segment the catalog lists as archived but no target holds is an error (``WalError``:
+        ``aegis wal fetch`` exits 255), not "absent": absent would end recovery there and promote.
+        """
         row = self._row(name)
-        self._read_into(name, dest, expected_sha256=row.sha256 if row else None,
-                        candidates=holders(row, self.targets) if row else None)
+        if row is None:
+            self._read_into(name, dest, expected_sha256=None)
+            return
+        try:
+            # holders first; then any target (a copy recorded as removed may still be there)
+            self._read_into(name, dest, expected_sha256=row.sha256,
+                            candidates=holders(row, self.targets) or self.targets)
+        except FileNotFoundError:
+            stored_on = ", ".join(sorted(t for t, outcome in row.targets.items() if outcome.get("ok"))) or "none"
+            raise WalError(f"{name} is in the catalog as archived (stored on: {stored_on}) but no storage target "
+                           "holds it; recovery must not end early at this gap") from None
 
     def _read_into(self, name: str, dest: BinaryIO, expected_sha256: str | None,
                    candidates: list[Target] | None = None) -> None:
