@@ -3,27 +3,36 @@
 Every handler acks before doing any I/O (Slack's 3-second rule) and hands the rest to a small
 interaction pool, so the request thread answers Slack at once (``process_before_response=True``:
 no polling for the ack) and the after-ack work — database, Slack calls — never competes with the
-threads that are acking (see bench/ack_latency.py). Bolt verifies every request's signature and
-timestamp (401 otherwise). All errors end in one place, ``guarded``: a ``Refused`` becomes an ephemeral explanation, an
+threads that are acking (see bench/ack_latency.py). Requests reach Bolt only through the front
+door (bot/server.py), which has checked the signature on the raw bytes and parsed the body.
+All errors end in one place, ``guarded``: a ``Refused`` becomes an ephemeral explanation, an
 unexpected exception an ephemeral "nothing was changed, reference X" plus a logged traceback.
 ``/aegis backup …`` goes to ``BackupDesk`` (bot/backup_slack.py), which runs backups on a worker of
 its own so that a long backup never holds one of the interaction threads.
+
+Values Slack sends are not trusted beyond their signature: a payload without a user or a pressed
+button is refused by the ``refuse_malformed`` middleware before any handler runs; step and incident
+ids are bounded digit strings; and a button acts only on the incident of the channel it was
+pressed in (``step_in_channel``, ``incident_in_channel``), whatever its value says. The interaction
+queue is bounded: when it is full a user's new work is refused with "Aegis is busy".
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from slack_bolt import App
+from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
 
 from bot import commands
 from bot.backup_slack import BackupDesk
+from bot.bounded import BoundedPool, Busy, queue_limit
 from bot.config import SCENARIOS, SEVERITIES
 from bot.flows import Flows, Refused, reference
+from bot.slack_gateway import SlackCallFailed
 from messages import blocks
 from messages.views import Message
 from statemachines import service as svc
@@ -32,6 +41,8 @@ from statemachines.service import StaleVersion
 
 log = logging.getLogger("aegis.app")
 Respond = Callable[..., Any]
+_ID = re.compile(r"[0-9]{1,18}")          # database ids: digits only, and they fit in a 64-bit integer
+EXPIRED_TRIGGER = {"expired_trigger_id", "invalid_trigger_id", "trigger_exchanged"}
 
 
 def _ephemeral(respond: Respond | None, message: Message) -> None:
@@ -43,7 +54,50 @@ def _ephemeral(respond: Respond | None, message: Message) -> None:
         log.warning("could not send an ephemeral reply", exc_info=True)
 
 
+def parse_id(value: Any) -> int | None:
+    """A database id from a button value or private_metadata; None unless it is 1–18 ASCII digits."""
+    return int(value) if isinstance(value, str) and _ID.fullmatch(value) else None
+
+
+def malformed(body: dict[str, Any]) -> str | None:
+    """Why an authenticated payload cannot be handled (a refusal key), or None when it can."""
+    kind = body.get("type")
+    if kind == "block_actions":
+        user = body.get("user")
+        if not isinstance(user, dict) or not isinstance(user.get("id"), str) or not user["id"]:
+            return "who_unknown"
+        actions = body.get("actions")
+        if not isinstance(actions, list) or not actions or not isinstance(actions[0], dict) \
+                or not isinstance(actions[0].get("action_id"), str):
+            return "no_action"
+    elif kind in ("view_submission", "view_closed"):
+        user = body.get("user")
+        if not isinstance(body.get("view"), dict) or not isinstance(user, dict) or not isinstance(user.get("id"), str):
+            return "bad_view"
+    elif "command" in body:
+        if not isinstance(body.get("user_id"), str) or not body["user_id"]:
+            return "who_unknown"
+    return None
+
+
+def field(view: dict[str, Any], block: str) -> str:
+    """One input's value from ``view.state.values``; "" for anything missing or not shaped like Slack's."""
+    state = view.get("state")
+    values = state.get("values") if isinstance(state, dict) else None
+    block_values = values.get(block) if isinstance(values, dict) else None
+    item = block_values.get("value") if isinstance(block_values, dict) else None
+    if not isinstance(item, dict):
+        return ""
+    option = item.get("selected_option")
+    if isinstance(option, dict):
+        return str(option.get("value") or "")
+    value = item.get("value")
+    return value.strip() if isinstance(value, str) else ""
+
+
 def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, backups: BackupDesk) -> App:
+    if not signing_secret:
+        raise ValueError("create_app needs the real signing secret; there is no default")
     locale = flows.locale
     app = App(
         client=WebClient(token=token, base_url=api_url),
@@ -53,11 +107,13 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         raise_error_for_unhandled_request=False,
     )
     # Two threads: enough to keep up with people clicking, few enough that acks keep the CPU they need.
-    interactions = ThreadPoolExecutor(max_workers=2, thread_name_prefix="aegis-interaction")
+    # Bounded: past the queue, new user work is refused ("busy") rather than piling up (bot/bounded.py).
+    interactions = BoundedPool(2, queue_limit(100), thread_name_prefix="aegis-interaction")
+    busy = blocks.refusal("busy", locale)
 
     def later(respond: Respond | None, work: Callable[[], None]) -> None:
-        """Run ``work`` after the ack, off the request thread."""
-        interactions.submit(guarded, respond, work)
+        """Run ``work`` after the ack, off the request thread; ``Busy`` when the queue is full."""
+        interactions.try_submit(guarded, respond, work)
 
     def guarded(respond: Respond | None, work: Callable[[], None]) -> None:
         try:
@@ -69,16 +125,60 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         except StaleVersion:
             # someone else changed the incident in the same instant; their change stands
             _ephemeral(respond, blocks.refusal("changed_meanwhile", locale))
+        except svc.NotFound:
+            # a message older than the database (a restore) names an incident or step it no longer has
+            _ephemeral(respond, blocks.refusal("incident_gone", locale))
         except Exception:
             ref = reference()
             log.exception("handler failed (reference %s)", ref)
             _ephemeral(respond, blocks.refusal("internal_error", locale, reference=ref))
 
+    def private_reply(user: str, channel: str | None) -> Respond:
+        """A ``respond`` for view submissions (which have no response URL): an ephemeral in ``channel``,
+        else a direct message to the user."""
+        def reply(*, text: str, blocks: list[dict[str, Any]] | None = None, **_: Any) -> None:
+            if channel:
+                try:
+                    flows.gateway.ephemeral(channel, user, text, blocks)
+                    return
+                except SlackCallFailed as exc:
+                    log.warning("could not reply in %s (%s); sending a direct message", channel, exc.error)
+            flows.gateway.post(user, text, blocks)
+        return reply
+
+    def open_form(trigger_id: Any, view: dict[str, Any], what: str) -> None:
+        """``views.open``; a trigger Slack no longer accepts (3 s, used once) becomes "press again"."""
+        if not isinstance(trigger_id, str) or not trigger_id:
+            raise Refused("form_expired", what=what)
+        try:
+            flows.gateway.open_view(trigger_id, view)
+        except SlackCallFailed as exc:
+            if exc.error in EXPIRED_TRIGGER:
+                raise Refused("form_expired", what=what) from None
+            raise Refused("form_failed", error=exc.error) from None
+
+    @app.middleware
+    def refuse_malformed(body: dict[str, Any], respond: Respond | None,
+                         next: Callable[[], None]) -> BoltResponse | None:  # noqa: A002 (Bolt's argument name)
+        problem = malformed(body)
+        if problem is None:
+            next()
+            return None
+        log.warning("refused a malformed %s payload: %s", body.get("type") or "command", problem)
+        if problem == "bad_view":
+            return BoltResponse(status=400, body="bad request: the view submission has no view or user")
+        if respond is not None:
+            try:
+                later(respond, lambda: _ephemeral(respond, blocks.refusal(problem, locale)))
+            except Busy:
+                _ephemeral(respond, busy)
+        return BoltResponse(status=200, body="")
+
     # --- /aegis ------------------------------------------------------------------------------
 
     @app.command("/aegis")
     def aegis_command(ack: Any, command: dict[str, Any], respond: Respond, client: WebClient) -> None:
-        parsed = commands.parse(command.get("text", ""))
+        parsed = commands.parse(str(command.get("text") or ""))
         if isinstance(parsed, commands.Help):
             message = blocks.help_text(locale)
             ack(text=message.text, blocks=message.blocks, response_type="ephemeral")
@@ -88,28 +188,38 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             ack(text=message.text, blocks=message.blocks, response_type="ephemeral")
             return
         user = command["user_id"]
+        channel = command.get("channel_id") if isinstance(command.get("channel_id"), str) else None
         if isinstance(parsed, commands.BackupRun | commands.BackupList | commands.BackupVerify):
-            reply = backups.handle(parsed, user=user, channel=command.get("channel_id"), respond=respond, later=later)
+            try:
+                reply = backups.handle(parsed, user=user, channel=channel, respond=respond, later=later)
+            except Busy:
+                reply = busy
             if reply is None:
                 ack()
             else:
                 ack(text=reply.text, blocks=reply.blocks, response_type="ephemeral")
             return
-        ack()
 
         def work() -> None:
             if isinstance(parsed, commands.OpenDeclareForm):
-                flows.gateway.open_view(command["trigger_id"], blocks.declare_modal(locale))
+                form = blocks.declare_modal(locale)
+                form["private_metadata"] = channel or ""   # where to confirm the declaration
+                open_form(command.get("trigger_id"), form, "declare")
             elif isinstance(parsed, commands.Declare):
                 incident = flows.declare(user_id=user, scenario=parsed.scenario, severity=parsed.severity,
                                          summary=parsed.summary)
                 _ephemeral(respond, blocks.declared_ack(incident.key or "", locale))
             elif isinstance(parsed, commands.Status):
-                _ephemeral(respond, flows.status(key=parsed.key, channel_id=command.get("channel_id")))
+                _ephemeral(respond, flows.status(key=parsed.key, channel_id=channel))
             elif isinstance(parsed, commands.ListOpen):
                 _ephemeral(respond, flows.list_open())
 
-        later(respond, work)
+        try:
+            later(respond, work)
+        except Busy:
+            ack(text=busy.text, blocks=busy.blocks, response_type="ephemeral")
+            return
+        ack()
 
     # --- buttons -----------------------------------------------------------------------------
 
@@ -117,41 +227,93 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         @app.action(action_id)
         def _on_click(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
             ack()
-            user = body["user"]["id"]
-            later(respond, lambda: handler(user, str(action.get("value", "")), body))
+            user = body["user"]["id"]   # refuse_malformed has checked the shape
+            value = action.get("value")
+            try:
+                later(respond, lambda: handler(user, value if isinstance(value, str) else "", body))
+            except Busy:
+                _ephemeral(respond, busy)
 
-    def step_id(value: str) -> int:
-        if not value.isdigit():
-            raise Refused("unknown_step")
-        return int(value)
+    def channel_of(body: dict[str, Any]) -> str | None:
+        channel = body.get("channel") if isinstance(body.get("channel"), dict) else {}
+        container = body.get("container") if isinstance(body.get("container"), dict) else {}
+        found = channel.get("id") or container.get("channel_id")
+        return found if isinstance(found, str) and found else None
 
     def incident_of(body: dict[str, Any]) -> int:
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+        channel = channel_of(body)
         with flows.store.session() as session:
             incident = svc.find_by_channel(session, channel) if channel else None
         if incident is None:
             raise Refused("no_incident_here")
         return incident.id or 0
 
+    def refuse_foreign(user: str, here: int, what: str) -> None:
+        """A button of another incident pressed in this incident's channel: audit it, change nothing."""
+        with flows.store.session() as session:
+            svc.add_event(session, incident_id=here, kind="audit", actor=user,
+                          text=f"refused: {what} of another incident pressed in this channel")
+        raise Refused("other_incident")
+
+    def step_in_channel(user: str, value: str, body: dict[str, Any]) -> int:
+        """The step id in a button's value, refused unless the step belongs to this channel's incident."""
+        step = parse_id(value)
+        if step is None:
+            raise Refused("unknown_step")
+        here = incident_of(body)
+        with flows.store.session() as session:
+            try:
+                owner = svc.get_step(session, step).incident_id
+            except svc.NotFound:
+                raise Refused("unknown_step") from None
+        if owner != here:
+            refuse_foreign(user, here, "a step button")
+        return step
+
+    def incident_in_channel(user: str, value: str, body: dict[str, Any]) -> int:
+        """The incident a Close button names (else this channel's), refused unless it is this channel's."""
+        here = incident_of(body)
+        named = parse_id(value)
+        if not value or named == here:
+            return here
+        if named is None:
+            raise Refused("incident_gone")
+        with flows.store.session() as session:
+            try:
+                svc.get(session, named)
+            except svc.NotFound:
+                raise Refused("incident_gone") from None
+        refuse_foreign(user, here, "a Close button")
+        return here
+
     button("aegis_claim_role", lambda u, v, b: flows.claim_role(user_id=u, incident_id=incident_of(b), role=v))
-    button("aegis_approve", lambda u, v, b: flows.approve(user_id=u, step_id=step_id(v)))
-    button("aegis_reject", lambda u, v, b: flows.reject(user_id=u, step_id=step_id(v)))
-    button("aegis_retry", lambda u, v, b: flows.retry(user_id=u, step_id=step_id(v)))
-    button("aegis_abort", lambda u, v, b: flows.abort(user_id=u, step_id=step_id(v)))
+    button("aegis_approve", lambda u, v, b: flows.approve(user_id=u, step_id=step_in_channel(u, v, b)))
+    def open_reject(user: str, value: str, body: dict[str, Any]) -> None:
+        # Reject asks for a reason first; the form's submission rejects (aegis_reject_submit)
+        step = step_in_channel(user, value, body)
+        open_form(body.get("trigger_id"), flows.reject_modal(user_id=user, step_id=step), "reject")
+
+    button("aegis_reject", open_reject)
+    button("aegis_retry", lambda u, v, b: flows.retry(user_id=u, step_id=step_in_channel(u, v, b)))
+    button("aegis_abort", lambda u, v, b: flows.abort(user_id=u, step_id=step_in_channel(u, v, b)))
 
     def open_close(user: str, value: str, body: dict[str, Any]) -> None:
-        incident_id = int(value) if value.isdigit() else incident_of(body)
-        flows.gateway.open_view(body["trigger_id"], flows.close_modal(user_id=user, incident_id=incident_id))
+        incident_id = incident_in_channel(user, value, body)
+        open_form(body.get("trigger_id"), flows.close_modal(user_id=user, incident_id=incident_id), "close")
 
     button("aegis_close", open_close)
 
+    def open_verify(user: str, value: str, body: dict[str, Any]) -> None:
+        # manual verification: the form asks for the evidence (aegis_verify_submit records it)
+        step = step_in_channel(user, value, body)
+        open_form(body.get("trigger_id"), flows.verify_modal(user_id=user, step_id=step), "verify")
+
+    button("aegis_verify_manual", open_verify)
+
     # --- modals ------------------------------------------------------------------------------
 
-    def field(view: dict[str, Any], block: str) -> str:
-        item = view.get("state", {}).get("values", {}).get(block, {}).get("value", {})
-        if item.get("selected_option"):
-            return str(item["selected_option"].get("value", ""))
-        return str(item.get("value") or "").strip()
+    def form_error(block: str, message: Message) -> dict[str, Any]:
+        return {"response_action": "errors", "errors": {block: message.text[:150]}}
 
     @app.view("aegis_declare")
     def declare_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -166,34 +328,100 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         if errors:
             ack(response_action="errors", errors=errors)
             return
-        ack()
         user = body["user"]["id"]
-        later(None, lambda: flows.declare(user_id=user, scenario=scenario, severity=severity,
-                                          summary=summary[:1000]))
+        metadata = view.get("private_metadata")
+        reply = private_reply(user, metadata if isinstance(metadata, str) and metadata else None)
+
+        def work() -> None:
+            # the same confirmation as the slash command, where the form was opened (or as a DM)
+            incident = flows.declare(user_id=user, scenario=scenario, severity=severity, summary=summary[:1000])
+            _ephemeral(reply, blocks.declared_ack(incident.key or "", locale))
+
+        try:
+            later(reply, work)
+        except Busy:
+            ack(**form_error("summary", busy))
+            return
+        ack()
 
     @app.view("aegis_close_submit")
     def close_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
         summary = field(view, "summary")
-        metadata = str(view.get("private_metadata", ""))
+        incident_id = parse_id(view.get("private_metadata"))
         if not summary:
-            ack(response_action="errors", errors={"summary": blocks.usage_error("missing_summary", locale).text[:150]})
+            ack(**form_error("summary", blocks.usage_error("missing_summary", locale)))
             return
-        if not metadata.isdigit():
-            ack(response_action="errors", errors={"summary": blocks.refusal("no_incident_here", locale).text[:150]})
+        # One primary-key read before the ack: only the ack can keep the form open with the reason.
+        incident = None
+        if incident_id is not None:
+            with flows.store.session() as session:
+                try:
+                    incident = svc.get(session, incident_id)
+                except svc.NotFound:
+                    pass
+        if incident is None:
+            ack(**form_error("summary", blocks.refusal("incident_gone", locale)))
+            return
+        user = body["user"]["id"]
+        reply = private_reply(user, incident.channel_id)
+        try:
+            later(reply, lambda: flows.close(user_id=user, incident_id=incident.id or 0, summary=summary[:3000]))
+        except Busy:
+            ack(**form_error("summary", busy))
             return
         ack()
+
+    @app.view("aegis_reject_submit")
+    def reject_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+        reason = field(view, "reason")
+        step_id = parse_id(view.get("private_metadata"))
+        if not reason:
+            ack(**form_error("reason", blocks.refusal("reject_reason_missing", locale)))
+            return
+        channel = None
+        if step_id is not None:
+            with flows.store.session() as session:
+                try:
+                    channel = svc.get(session, svc.get_step(session, step_id).incident_id).channel_id
+                except svc.NotFound:
+                    step_id = None
+        if step_id is None:
+            ack(**form_error("reason", blocks.refusal("incident_gone", locale)))
+            return
         user = body["user"]["id"]
+        reply = private_reply(user, channel)
+        try:
+            later(reply, lambda: flows.reject(user_id=user, step_id=step_id or 0, reason=reason[:1000]))
+        except Busy:
+            ack(**form_error("reason", busy))
+            return
+        ack()
 
-        def work() -> None:
-            try:
-                flows.close(user_id=user, incident_id=int(metadata), summary=summary[:3000])
-            except Refused as exc:
-                message = blocks.refusal(exc.reason, locale, **exc.ctx)
-                with flows.store.session() as session:
-                    incident = svc.get(session, int(metadata))
-                if incident.channel_id:
-                    flows.gateway.ephemeral(incident.channel_id, user, message.text, message.blocks)
-
-        later(None, work)
+    @app.view("aegis_verify_submit")
+    def verify_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+        evidence = field(view, "evidence")
+        step_id = parse_id(view.get("private_metadata"))
+        if not evidence:
+            ack(**form_error("evidence", blocks.refusal("evidence_required", locale)))
+            return
+        channel = None
+        if step_id is not None:
+            with flows.store.session() as session:
+                try:
+                    channel = svc.get(session, svc.get_step(session, step_id).incident_id).channel_id
+                except svc.NotFound:
+                    step_id = None
+        if step_id is None:
+            ack(**form_error("evidence", blocks.refusal("incident_gone", locale)))
+            return
+        user = body["user"]["id"]
+        reply = private_reply(user, channel)
+        try:
+            later(reply, lambda: flows.verify_manually(user_id=user, step_id=step_id or 0,
+                                                      evidence=evidence[:2000]))
+        except Busy:
+            ack(**form_error("evidence", busy))
+            return
+        ack()
 
     return app

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bot import commands
 from bot.backup_cli import FRIENDLY_ERRORS, key_from, targets_from
 from bot.backup_jobs import BackupDuty, object_view
+from bot.bounded import BoundedPool, Busy, queue_limit
 from bot.flows import reference
 from messages import blocks
 from messages.blocks import BackupCheckView
@@ -52,7 +52,8 @@ class BackupDesk:
         self.duty = duty
         self.locale = duty.locale
         self.roster = duty.config.roster
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aegis-backup")
+        # user-requested work only: a full queue refuses (Busy → "Aegis is busy") instead of growing
+        self.worker = BoundedPool(1, queue_limit(10), thread_name_prefix="aegis-backup")
 
     # --- who may ---------------------------------------------------------------------------
 
@@ -113,7 +114,12 @@ class BackupDesk:
                 if release_gate:
                     self.duty.gate.leave()
 
-        self.worker.submit(run)
+        try:
+            self.worker.try_submit(run)
+        except Busy:
+            if release_gate:   # the run never starts, so it must not hold the one-at-a-time gate
+                self.duty.gate.leave()
+            raise
 
     # --- the work ----------------------------------------------------------------------------
 

@@ -13,21 +13,40 @@ import signal
 import sys
 import threading
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from bot import backup_cli, restore_cli, wal_cli
+from bot.cli_checks import (
+    CommandLineError,
+    OneLineParser,
+    check_database_url,
+    database_problem,
+    fail,
+    log_level,
+    port_number,
+    require_loopback_for_emulator,
+)
 from bot.config import ConfigError, load_config
 from bot.logs import setup_logging
-from statemachines.store import Store
+from recovery.redact import redact
+from statemachines.store import Store, database_url
 
 log = logging.getLogger("aegis")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bot.runtime import Runtime, SlackSettings, emulator_settings, slack_settings_from_env
+    from bot.runtime import Runtime, SlackSettings, StartupError, emulator_settings, slack_settings_from_env
 
     config = load_config(args.config)
+    try:
+        slack = slack_settings_from_env()
+    except StartupError as exc:
+        raise CommandLineError(str(exc)) from None
+    if slack is None:   # the built-in emulator: anyone can act as anyone, so loopback only
+        require_loopback_for_emulator(args.host)
+    check_database_url(database_url())
     store = Store()
     store.migrate()
-    slack = slack_settings_from_env()
     emulator = None
     if slack is None:
         from bot.emulator.server import EmulatorServer
@@ -36,10 +55,21 @@ def _serve(args: argparse.Namespace) -> int:
         bot_url = f"http://{args.host}:{args.port}"
         emulator = EmulatorServer(host=args.host, port=args.emulator_port, bot_url=bot_url,
                                   signing_secret=secret, bot_token=token)
-        emulator.start()
+        try:
+            emulator.start()
+        except OSError as exc:
+            raise CommandLineError(f"cannot start the Slack emulator on {args.host}:{args.emulator_port}: "
+                                   f"{exc.strerror or exc} (choose another --emulator-port)") from None
         slack = SlackSettings(token=token, signing_secret=secret, api_url=emulator.api_url)
     runtime = Runtime(config, store, slack, sweep_seconds=args.sweep_seconds)
-    http = runtime.start(args.host, args.port)
+    try:
+        http = runtime.start(args.host, args.port)
+    except OSError as exc:
+        runtime.stop()
+        if emulator is not None:
+            emulator.stop()
+        raise CommandLineError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+                               "(choose another --port, or stop what is using it)") from None
     print(f"Aegis is listening on {http.url}/slack/events (health: {http.url}/healthz)", flush=True)
     if emulator is not None:
         print(f"Built-in Slack emulator: open {emulator.url}/ in a browser "
@@ -55,6 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(_args: argparse.Namespace) -> int:
+    check_database_url(database_url())
     store = Store()
     store.migrate()
     print("schema is up to date")
@@ -69,14 +100,15 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aegis", description="Aegis disaster-recovery ChatOps bot")
+    parser = OneLineParser(prog="aegis", description="Aegis disaster-recovery ChatOps bot")
     parser.add_argument("--config", help="config file (default: $AEGIS_CONFIG or ./aegis.yaml)")
-    parser.add_argument("--log-level", default=os.environ.get("AEGIS_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", type=log_level, default=os.environ.get("AEGIS_LOG_LEVEL") or "INFO",
+                        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default: $AEGIS_LOG_LEVEL or INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the bot (HTTP mode; Socket Mode when SLACK_APP_TOKEN is set)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=3000)
-    serve.add_argument("--emulator-port", type=int, default=3001,
+    serve.add_argument("--port", type=port_number, default=3000)
+    serve.add_argument("--emulator-port", type=port_number, default=3001,
                        help="port of the built-in Slack emulator (used when SLACK_BOT_TOKEN is unset)")
     serve.add_argument("--sweep-seconds", type=float, default=5.0,
                        help="how often to look for steps a crash interrupted")
@@ -102,14 +134,21 @@ def main(argv: list[str] | None = None) -> int:
             return error_exit
         raise
     setup_logging(args.log_level)
+    # Every failure ends as one line on stderr and a non-zero exit, never a traceback (bot/cli_checks.py).
     try:
         return int(args.func(args))
-    except (ConfigError, *backup_cli.FRIENDLY_ERRORS, *restore_cli.FRIENDLY_ERRORS) as exc:
-        print(f"aegis: {str(exc).strip(chr(39))}", file=sys.stderr)
-        return error_exit
+    except (ConfigError, CommandLineError, *backup_cli.FRIENDLY_ERRORS, *restore_cli.FRIENDLY_ERRORS) as exc:
+        return fail(redact(str(exc)), error_exit)
     except restore_cli.REFUSALS as exc:
-        print(f"aegis: {exc}", file=sys.stderr)
-        return 1
+        return fail(redact(str(exc)), 1)
+    except SQLAlchemyError as exc:
+        return fail(redact(database_problem(exc, database_url())), error_exit)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        log.debug("unexpected failure", exc_info=True)
+        return fail(redact(f"unexpected {type(exc).__name__}: {exc} (run with --log-level DEBUG for details)"),
+                    error_exit)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 from sqlmodel import Session
 
 from bot import wiring
+from bot.bounded import BoundedPool, queue_limit
 from bot.config import ROLES, Config
 from bot.presenters import incident_view
 from bot.slack_gateway import SlackCallFailed, SlackGateway
@@ -55,7 +55,8 @@ class Flows:
         self.store = store
         self.gateway = gateway
         self.locale = config.locale
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aegis-work")
+        # internal follow-up work: bounded, never dropped (waits, then runs in the caller; bot/bounded.py)
+        self.pool = BoundedPool(workers, queue_limit(1000), thread_name_prefix="aegis-work")
         self._locks: dict[int, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._last_plan_refresh: dict[int, float] = {}

@@ -25,28 +25,52 @@ from bot.scheduler import Scheduler
 from bot.secrets import install_masking
 from bot.server import HttpServer, make_wsgi
 from bot.slack_gateway import DEFAULT_API_URL, SlackGateway
+from recovery.redact import redact
 from statemachines.store import Store
 
 log = logging.getLogger("aegis.runtime")
 
 
+class StartupError(Exception):
+    """``aegis serve`` cannot start as configured; the text says what to set (printed as one line)."""
+
+
 @dataclass
 class SlackSettings:
+    """How the bot talks to Slack. Exactly one way in: HTTP (``signing_secret``) or Socket Mode (``app_token``)."""
+
     token: str
-    signing_secret: str
+    signing_secret: str | None
     api_url: str
     app_token: str | None = None
 
+    @property
+    def socket_mode(self) -> bool:
+        return bool(self.app_token)
+
 
 def slack_settings_from_env() -> SlackSettings | None:
-    token = os.environ.get("SLACK_BOT_TOKEN")
+    """Slack credentials from the environment; None when there are none (the built-in emulator runs).
+
+    With ``SLACK_APP_TOKEN`` the bot uses Socket Mode and serves no HTTP events route at all, so no
+    signing secret is involved; otherwise ``SLACK_SIGNING_SECRET`` is required. There is no
+    default secret on any path.
+    """
+    token = os.environ.get("SLACK_BOT_TOKEN", "").strip()
     if not token:
         return None
+    api_url = os.environ.get("SLACK_API_URL") or DEFAULT_API_URL
+    app_token = os.environ.get("SLACK_APP_TOKEN", "").strip()
+    if app_token:
+        if os.environ.get("SLACK_SIGNING_SECRET"):
+            log.info("SLACK_APP_TOKEN is set: Socket Mode; POST /slack/events is not served "
+                     "and SLACK_SIGNING_SECRET is not used")
+        return SlackSettings(token, None, api_url, app_token)
     secret = os.environ.get("SLACK_SIGNING_SECRET", "")
-    app_token = os.environ.get("SLACK_APP_TOKEN")
-    if not secret and not app_token:
-        raise SystemExit("SLACK_SIGNING_SECRET is required in HTTP mode (or set SLACK_APP_TOKEN for Socket Mode)")
-    return SlackSettings(token, secret, os.environ.get("SLACK_API_URL", DEFAULT_API_URL), app_token)
+    if not secret.strip():
+        raise StartupError("SLACK_SIGNING_SECRET is required in HTTP mode (the app's Signing Secret from "
+                           "Basic Information), or set SLACK_APP_TOKEN to use Socket Mode")
+    return SlackSettings(token, secret, api_url, None)
 
 
 class Runtime:
@@ -63,8 +87,12 @@ class Runtime:
         self.flows.on_reminder_cancel = self.scheduler.cancel_reminder
         self.backup_duty = BackupDuty(config, store, self.gateway, owner=self.owner)
         self.backups = BackupDesk(self.backup_duty)
-        self.bolt = create_app(self.flows, token=slack.token, signing_secret=slack.signing_secret or "unused",
+        # Socket Mode requests are not signed and no HTTP route exists; Bolt still wants a secret, so
+        # it gets a random one nobody knows rather than a guessable default.
+        bolt_secret = slack.signing_secret if not slack.socket_mode else secrets.token_hex(32)
+        self.bolt = create_app(self.flows, token=slack.token, signing_secret=bolt_secret or "",
                                api_url=slack.api_url, backups=self.backups)
+        self._socket_mode: Any = None
         self.sweep_seconds = sweep_seconds
         self._stop = threading.Event()
         self.http: HttpServer | None = None
@@ -87,17 +115,40 @@ class Runtime:
     def start(self, host: str, port: int) -> HttpServer:
         jobs.runtime = self.flows
         backup_jobs.context = self.backup_duty
+        # Bind first: a port in use (OSError) must fail before any job or sweep has started.
+        events_secret = None if self.slack.socket_mode else self.slack.signing_secret
+        self.http = HttpServer(make_wsgi(self.bolt, self.health, signing_secret=events_secret),
+                               host=host, port=port)
         self.scheduler.start()
         self.scheduler.reconcile_backups(self.config)
         self.flows.submit(self.flows.sweep)   # resume whatever a crash left, right away
         threading.Thread(target=self._sweeper, name="aegis-sweep", daemon=True).start()
-        self.http = HttpServer(make_wsgi(self.bolt, self.health), host=host, port=port).start()
-        if self.slack.app_token:
-            from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-            SocketModeHandler(self.bolt, self.slack.app_token).connect()
-            log.info("Socket Mode connected")
+        self.http.start()
+        if self.slack.socket_mode:
+            threading.Thread(target=self._connect_socket_mode, name="aegis-socket-mode", daemon=True).start()
         return self.http
+
+    def _connect_socket_mode(self, first_wait: float = 2.0, max_wait: float = 60.0) -> None:
+        """Connect over Socket Mode in the background, retrying with back-off; never crash ``serve``.
+
+        Once connected, slack_sdk's client reconnects by itself.
+        """
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        wait = first_wait
+        while not self._stop.is_set():
+            try:
+                handler = SocketModeHandler(self.bolt, self.slack.app_token)
+                handler.connect()
+                self._socket_mode = handler
+                log.info("Socket Mode connected")
+                return
+            except Exception as exc:
+                log.error("Socket Mode connection failed (%s: %s); retrying in %.0fs — /healthz keeps "
+                          "answering meanwhile", type(exc).__name__, redact(str(exc))[:300], wait)
+            if self._stop.wait(wait):
+                return
+            wait = min(max_wait, wait * 2)
 
     def stop(self) -> None:
         self._stop.set()
@@ -105,6 +156,11 @@ class Runtime:
         self.backups.shutdown()
         if self.http:
             self.http.stop()
+        if self._socket_mode is not None:
+            try:
+                self._socket_mode.close()
+            except Exception:
+                log.warning("could not close the Socket Mode connection", exc_info=True)
         self.flows.pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from flask import Flask
 
+from bot.cli_checks import is_loopback
 from bot.emulator.control import create_control_blueprint
 from bot.emulator.driver import SlackDriver
 from bot.emulator.state import EmulatorState
@@ -41,8 +42,13 @@ def create_emulator_app(state: EmulatorState, bot_url: str, signing_secret: str,
 
 
 class EmulatorServer:
+    """The emulator on its own server. Loopback only: whoever reaches its page can act as any user and
+    press Approve, so it refuses (ValueError) any host that is not a loopback address."""
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, bot_url: str = "", signing_secret: str = "",
                  bot_token: str = "", *, state: EmulatorState | None = None) -> None:
+        if not is_loopback(host):
+            raise ValueError(f"the Slack emulator listens on loopback only, not on {host!r}")
         self.state = state or EmulatorState()
         self.driver = SlackDriver(bot_url, signing_secret, self.state, None)
         self.app = create_emulator_app(self.state, bot_url, signing_secret, bot_token, driver=self.driver)
@@ -90,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bot-url", default="http://127.0.0.1:3000",
                         help="where the bot serves /slack/events")
     args = parser.parse_args(argv)
+    if not is_loopback(args.host):
+        parser.error(f"--host {args.host!r}: the emulator lets anyone act as any user, so it listens on loopback only")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     secret, token = os.environ.get("SLACK_SIGNING_SECRET", ""), os.environ.get("SLACK_BOT_TOKEN", "")
     if not secret or not token:
