@@ -23,8 +23,8 @@ from bot.bounded import BoundedPool, queue_limit
 from bot.config import ROLES, Config
 from bot.presenters import incident_view
 from bot.slack_gateway import SlackCallFailed, SlackGateway
-from messages import blocks
-from messages.views import Message, ObjectiveReport, TransitionView
+from messages import blocks, render
+from messages.views import Message, ObjectiveReport, ReplacedView, TransitionView
 from recovery import planner
 from recovery.engine import Engine
 from recovery.health import run_checks
@@ -68,6 +68,8 @@ class Flows:
         )
         # an approval is valid this long; the engine asks again for one that expired unused
         self.approval_ttl = timedelta(minutes=config.engine.approval_expiry_minutes)
+        # every displayed time in the team's zone (config ``timezone``, default UTC)
+        render.set_timezone(getattr(config, "timezone", "UTC"))
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -93,7 +95,8 @@ class Flows:
             if incident_id is not None:
                 with self.store.session() as session:
                     svc.add_event(session, incident_id=incident_id, kind="slack_error", actor="aegis",
-                                  text=f"could not {what}: {exc.error}")
+                                  text=f"could not {what}: {exc.error}",
+                                  data={"code": "slack_error", "error": exc.error})
             return None
 
     def view(self, session: Session, incident: Incident, *, timeline: bool = False) -> Any:
@@ -210,6 +213,44 @@ class Flows:
         if ts:
             with self.store.session() as session:
                 svc.set_fields(session, incident_id=incident_id, plan_ts=ts)
+            if incident.plan_ts and incident.plan_ts != ts:
+                # plan_ts still names the previous revision's message: retire its buttons
+                self._retire_plan(incident, incident.plan_ts, ts)
+
+    def _retire_plan(self, incident: Incident, old_ts: str, new_ts: str) -> None:
+        """Update a replaced plan message in place: no buttons, "replaced by revision N" and a link."""
+        incident_id = incident.id or 0
+        with self.store.session() as session:
+            current = svc.get(session, incident_id)
+            old_view = incident_view(session, current, self.config, revision=current.plan_revision - 1)
+        replaced = ReplacedView(current.plan_revision - 1, current.plan_revision,
+                                self._permalink(current.channel_id, new_ts))
+        message = blocks.plan_replaced(old_view, replaced, self.locale)
+        self._slack(incident_id, "mark the old plan as replaced", lambda: self.gateway.update(
+            current.channel_id or "", old_ts, message.text, message.blocks))
+
+    def _permalink(self, channel_id: str | None, ts: str | None) -> str | None:
+        """The message's permalink (``chat.getPermalink``); None when Slack cannot say."""
+        if not channel_id or not ts:
+            return None
+        try:
+            return str(self.gateway.call("chat.getPermalink", channel=channel_id, message_ts=ts)["permalink"])
+        except (SlackCallFailed, KeyError):
+            return None
+
+    def _refuse_if_replaced(self, step_id: int) -> None:
+        """A button of an older plan revision: say which revision to use instead, with a link.
+
+        Checked before the decision's transaction, so the Slack call for the link holds no lock."""
+        with self.store.session() as session:
+            try:
+                step = svc.get_step(session, step_id)
+            except svc.NotFound:
+                return   # the decision itself refuses it as unknown
+            incident = svc.get(session, step.incident_id)
+        if step.revision != incident.plan_revision:
+            raise Refused("plan_replaced", revision=incident.plan_revision,
+                          link=self._permalink(incident.channel_id, incident.plan_ts))
 
     # --- approvals ---------------------------------------------------------------------------
 
@@ -229,6 +270,7 @@ class Flows:
 
     def approve(self, *, user_id: str, step_id: int) -> None:
         transition = None
+        self._refuse_if_replaced(step_id)
         with self.store.session() as session:
             incident, step = self._incident_for_step(session, step_id)
             if incident.state not in ("assessed", "recovering") or step.revision != incident.plan_revision:
@@ -242,7 +284,8 @@ class Flows:
                                    roles_used=list(decision.roles), expires_in=self.approval_ttl):
                 raise Refused("already_approved", step_title=step.title)
             svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
-                          text=f"approved step {step.position}: {step.title}", data={"step_id": step.id})
+                          text=f"approved step {step.position}: {step.title}",
+                          data={"step_id": step.id, **_step_event("step_approved", step)})
             votes = [(a.user_id, tuple(a.roles)) for a in svc.approvals(session, step) if a.decision == "approve"]
             satisfied = policy.approvals_satisfied(votes, step.approvals_required)
             if satisfied and not svc.move_step(session, step=step, to="approved",
@@ -260,7 +303,22 @@ class Flows:
             raise Refused("second_approver_required", step_title=step.title)
         self.submit(self.engine.advance, incident.id)
 
-    def reject(self, *, user_id: str, step_id: int) -> None:
+    def reject_modal(self, *, user_id: str, step_id: int) -> dict[str, Any]:
+        """The reason form that Reject opens; refused (nothing opens) when the click could not reject."""
+        self._refuse_if_replaced(step_id)
+        with self.store.session() as session:
+            incident, step = self._incident_for_step(session, step_id)
+            if incident.state not in ("assessed", "recovering"):
+                raise Refused("wrong_state", action="reject", state=incident.state)
+            self._authorise_step(session, incident, step, user_id, "reject")
+            if step.status not in ("awaiting_approval", "failed"):
+                raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+            view = self.view(session, incident)
+        step_view = next(s for s in view.steps if s.id == step_id)
+        return blocks.reject_modal(view, step_view, self.locale)
+
+    def reject(self, *, user_id: str, step_id: int, reason: str = "") -> None:
+        self._refuse_if_replaced(step_id)
         with self.store.session() as session:
             incident, step = self._incident_for_step(session, step_id)
             if incident.state not in ("assessed", "recovering"):
@@ -270,9 +328,11 @@ class Flows:
                 raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
             svc.record_vote(session, step=step, user_id=user_id, decision="reject", roles_used=[], expires_in=None)
             svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
-                          text=f"rejected step {step.position}: {step.title}", data={"step_id": step.id})
+                          text=f"rejected step {step.position}: {step.title}" + (f" — {reason}" if reason else ""),
+                          data={"step_id": step.id, **_step_event("step_rejected", step), "reason": reason})
             transition = self._back_to_assessed(session, incident, user_id, f"rejected: {step.title}")
         self.refresh_plan(incident.id or 0)
+        self._post_rejection(incident.id or 0, step_id, user_id, reason)
         if transition:
             self.on_transition(transition)
         else:
@@ -280,6 +340,7 @@ class Flows:
             self.submit(lambda: self.assess(incident.id or 0, after_version=version))
 
     def retry(self, *, user_id: str, step_id: int) -> None:
+        self._refuse_if_replaced(step_id)
         with self.store.session() as session:
             incident, step = self._incident_for_step(session, step_id)
             if incident.state != "recovering":
@@ -297,11 +358,13 @@ class Flows:
                 svc.record_vote(session, step=step, user_id=user_id, decision="approve",
                                 roles_used=list(decision.roles), expires_in=self.approval_ttl)
             svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
-                          text=f"retry of step {step.position}: {step.title} (attempt {step.attempt})")
+                          text=f"retry of step {step.position}: {step.title} (attempt {step.attempt})",
+                          data={"step_id": step.id, **_step_event("step_retried", step), "attempt": step.attempt})
         self.refresh_plan(incident.id or 0)
         self.submit(self.engine.advance, incident.id)
 
     def abort(self, *, user_id: str, step_id: int) -> None:
+        self._refuse_if_replaced(step_id)
         with self.store.session() as session:
             incident, step = self._incident_for_step(session, step_id)
             if incident.state != "recovering":
@@ -309,10 +372,26 @@ class Flows:
             self._authorise_step(session, incident, step, user_id, "abort")
             if step.status == "running":
                 raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+            svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
+                          text=f"aborted the recovery at step {step.position}: {step.title}",
+                          data={"step_id": step.id, **_step_event("recovery_aborted", step)})
             transition = self._back_to_assessed(session, incident, user_id, f"aborted at: {step.title}")
         self.refresh_plan(incident.id or 0)
         if transition:
             self.on_transition(transition)
+
+    def _post_rejection(self, incident_id: int, step_id: int, user_id: str, reason: str) -> None:
+        """The rejection and its reason, in the incident channel for everyone to see."""
+        with self.store.session() as session:
+            incident = svc.get(session, incident_id)
+            # the rejected step's own revision: a re-plan may already have replaced it
+            view = incident_view(session, incident, self.config, revision=svc.get_step(session, step_id).revision)
+        step_view = next((s for s in view.steps if s.id == step_id), None)
+        if step_view is None or not incident.channel_id:
+            return
+        message = blocks.step_rejected(view, step_view, user_id, reason, self.locale)
+        self._slack(incident_id, "post the rejection", lambda: self.gateway.post(
+            incident.channel_id or "", message.text, message.blocks))
 
     def _back_to_assessed(self, session: Session, incident: Incident, user_id: str,
                           reason: str) -> Transition | None:
@@ -364,9 +443,10 @@ class Flows:
             self.submit(self.assess, incident_id)
         elif transition.dest == "assessed" and transition.trigger in ("abort_recovery", "verification_failed"):
             self.submit(lambda: self.assess(incident_id, after_version=transition.version))
-        elif transition.dest == "recovering":
-            self.refresh_plan(incident_id)
+        elif transition.dest in ("recovering", "verified"):
+            self.refresh_plan(incident_id)   # the plan's header follows the incident
         elif transition.dest == "closed":
+            self.refresh_plan(incident_id)
             self.on_reminder_cancel(incident_id)
             self._closing_report(incident_id)
 
@@ -521,6 +601,11 @@ class Flows:
                 self.assess(incident_id or 0)
             elif state == "recovering":
                 self.engine.advance(incident_id or 0)
+
+
+def _step_event(code: str, step: PlanStep) -> dict[str, Any]:
+    """A timeline event's code and the step it names; ``timeline.j2`` words it per locale."""
+    return {"code": code, "position": step.position, "title": step.title}
 
 
 def reference() -> str:

@@ -134,7 +134,8 @@ class Engine:
         if svc.move_step(session, step=step, to="awaiting_approval", from_statuses=("approved",),
                          new_attempt=True, detail="approval expired: approve again"):
             svc.add_event(session, incident_id=step.incident_id, kind="step", actor="aegis",
-                          text=f"approval of step {step.position} expired")
+                          text=f"approval of step {step.position} expired",
+                          data={"step_id": step.id, "code": "approval_expired", "position": step.position})
             _on_commit(session, lambda: self._notify(step.incident_id, step.id, "expired", "approval expired"))
         return False
 
@@ -207,7 +208,7 @@ class Engine:
             svc.add_event(session, incident_id=step.incident_id, kind="step", actor="aegis",
                           text=_step_text(step, outcome),
                           data={"step_id": step.id, "attempt": step.attempt, "outcome": outcome.status,
-                                "evidence": outcome.evidence or []})
+                                "evidence": outcome.evidence or [], **_event_code(step, outcome)})
             if outcome.status == "succeeded" and step.action == "postgres_promote":
                 self._record_rpo(session, step.incident_id, outcome.output)
         self._after_outcome(step, outcome)
@@ -374,7 +375,10 @@ class Engine:
                     text = "interrupted by a restart; " + (
                         "approve again to run it" if again == "awaiting_approval" else "will run again")
                 svc.add_event(session, incident_id=entry.incident_id, kind="step", actor="aegis",
-                              text=f"step {step.position} {text}", data={"step_id": step.id, "is_done": done})
+                              text=f"step {step.position} {text}",
+                              data={"step_id": step.id, "is_done": done, "code": "step_interrupted",
+                                    "position": step.position, "done": bool(done),
+                                    "again": event == "reapproval"})
             touched.append(entry.incident_id)
             self._notify(entry.incident_id, entry.step_id, event, text)
         return touched
@@ -410,6 +414,14 @@ def _step_text(step: PlanStep, outcome: Outcome) -> str:
     verb = {"succeeded": "succeeded", "failed": "failed", "needs_human": "waits for a manual verification"}
     return f"step {step.position} {verb[outcome.status]}: {step.title}" + (
         f" — {outcome.detail}" if outcome.detail else "")
+
+
+def _event_code(step: PlanStep, outcome: Outcome) -> dict[str, Any]:
+    """The timeline event's code and parameters, which the message layer words per locale."""
+    params: dict[str, Any] = {"code": f"step_{outcome.status}", "position": step.position, "title": step.title}
+    if outcome.status == "failed":
+        params["detail"] = outcome.detail   # the error; a success's raw output flags stay out of it
+    return params
 
 
 def _one_line(exc: BaseException) -> str:

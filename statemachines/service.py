@@ -214,7 +214,8 @@ def assign_role(session: Session, *, incident_id: int, role: str, user_id: str) 
         if holder == user_id:
             return False
         raise RoleTaken(role, holder) from None
-    add_event(session, incident_id=incident_id, kind="role", actor=user_id, text=f"took the role {role}")
+    add_event(session, incident_id=incident_id, kind="role", actor=user_id, text=f"took the role {role}",
+              data={"code": "role_claimed", "role": role})
     return True
 
 
