@@ -33,17 +33,16 @@ def targets_from(config: Config) -> list[Target]:
         raise BackupSetupError("no storage targets: add a `storage:` list (local, s3, azure) to the config")
     targets = []
     for index, entry in enumerate(config.storage):
-        entry = {"name": entry.get("name") or f"{entry.get('kind')}{'' if index == 0 else index}", **entry}
-        try:
-            targets.append(target_from_config(entry))
+        try:  # unset keys are left out, so storage.py's defaults apply; the name is filled in by Config
+            targets.append(target_from_config(entry.model_dump(exclude_none=True)))
         except (ValueError, TypeError) as exc:
             raise BackupSetupError(f"storage[{index}]: {exc}") from None
     return targets
 
 
 def key_from(config: Config) -> BackupKey:
-    enc = config.encryption or {}
-    return load_key(enc.get("key_env", "AEGIS_BACKUP_KEY"), enc.get("key_file"))
+    enc = config.encryption   # exactly one of the two (validated); no silent fall back to another source
+    return load_key(key_file=enc.key_file) if enc.key_file else load_key(str(enc.key_env))
 
 
 def sources_from(config: Config) -> Sources:
@@ -52,11 +51,10 @@ def sources_from(config: Config) -> Sources:
     milvus = config.components.milvus
     neo = None
     if neo4j:
-        password = os.environ.get(neo4j.get("password_env", "")) if neo4j.get("password_env") else None
-        neo = {"uri": neo4j["uri"], "user": neo4j.get("user", "neo4j"), "password": password,
-               "database": neo4j.get("database", "neo4j")}
+        password = os.environ.get(neo4j.password_env) if neo4j.password_env else None
+        neo = {"uri": neo4j.uri, "user": neo4j.user, "password": password, "database": neo4j.database}
     return Sources(postgres_dsn=pg.primary.full_dsn() if pg else None, neo4j=neo,
-                   milvus_uri=(milvus or {}).get("uri"))
+                   milvus_uri=milvus.uri if milvus else None)
 
 
 class ProgressLine:

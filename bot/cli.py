@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default: $AEGIS_LOG_LEVEL or INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the bot (HTTP mode; Socket Mode when SLACK_APP_TOKEN is set)")
+    serve.add_argument("--config", default=argparse.SUPPRESS, help="config file (as before the subcommand)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=port_number, default=3000)
     serve.add_argument("--emulator-port", type=port_number, default=3001,
@@ -116,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(func=_migrate)
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    config_sub.add_parser("check", help="validate the config file").set_defaults(func=_config_check)
+    check = config_sub.add_parser("check", help="validate the config file")
+    # also after the subcommand (`aegis config check --config FILE`); SUPPRESS keeps a top-level --config
+    check.add_argument("--config", default=argparse.SUPPRESS, help="config file to check")
+    check.set_defaults(func=_config_check)
     backup_cli.add_commands(sub)
     wal_cli.add_commands(sub)
     restore_cli.add_commands(sub)
@@ -137,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     # Every failure ends as one line on stderr and a non-zero exit, never a traceback (bot/cli_checks.py).
     try:
         return int(args.func(args))
-    except (ConfigError, CommandLineError, *backup_cli.FRIENDLY_ERRORS, *restore_cli.FRIENDLY_ERRORS) as exc:
+    except ConfigError as exc:  # one line per problem, each naming the file and the key (bot/config.py)
+        for problem in exc.problems:
+            fail(redact(problem), error_exit)
+        return error_exit
+    except (CommandLineError, *backup_cli.FRIENDLY_ERRORS, *restore_cli.FRIENDLY_ERRORS) as exc:
         return fail(redact(str(exc)), error_exit)
     except restore_cli.REFUSALS as exc:
         return fail(redact(str(exc)), 1)

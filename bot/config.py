@@ -1,19 +1,33 @@
 """Configuration: one YAML file (``AEGIS_CONFIG``, default ``./aegis.yaml``) plus the environment.
 
-Built-in defaults follow the plan (objectives O1-O4, service tiers T1-T4, schedules) so that Aegis
+Built-in defaults follow the plan (objectives O1-O4, service tiers 1-3, schedules) so that Aegis
 runs with no file at all. Secrets never live in the file: only the *names* of environment
-variables that hold them (``password_env``, ``headers_env``), so the file can be committed.
-Validation errors name the offending key and say what is expected.
+variables that hold them (``password_env``, ``headers_env``, ``key_env``, ``pass_env``…), so the file
+can be committed.
+
+Every section is a typed model that forbids unknown keys, and every name the file refers to (roles,
+scenarios, hooks, services) is checked. :func:`load_config` reports each problem on one line that
+names the file, the key's path and, for a typo, the closest valid key or name::
+
+    aegis.yaml: `storage[0].bukket`: unknown key; did you mean `bucket`?
+    aegis.yaml: `storage[1].kind`: 's4' is not one of local, s3, azure; did you mean `s3`?
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+import types
+import zoneinfo
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recovery.planner import HOOK_NAMES
 
 ROLES = (
     "incident_commander",
@@ -25,10 +39,92 @@ ROLES = (
 )
 SCENARIOS = ("datacenter_outage", "database_failure", "ransomware")
 SEVERITIES = ("critical", "high", "medium", "low")
+TIERS = (1, 2, 3)                      # 1 recovers first (the plan's tier 1 services)
+DEFAULT_KEY_ENV = "AEGIS_BACKUP_KEY"
+# Set by Aegis for every hook (recovery/actions/hook.py): a hook's `env` may not shadow any AEGIS_*
+# name, and `pass_env` may not bring in one of the context variables themselves.
+HOOK_CONTEXT_PREFIX = "AEGIS_"
+HOOK_CONTEXT_NAMES = frozenset({"AEGIS_HOOK", "AEGIS_INCIDENT", "AEGIS_STEP", "AEGIS_SCENARIO"})
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 class ConfigError(Exception):
-    """The configuration is invalid; the message says which key and what to do."""
+    """The configuration is invalid; each line of the message names the file, the key and what to do."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+# --- names and suggestions ----------------------------------------------------------------------
+
+
+def closest(word: str, choices: tuple[str, ...] | list[str]) -> str | None:
+    """The valid name ``word`` most likely meant: a close spelling, else one it abbreviates (dba)."""
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if match:
+        return match[0]
+    # "dba", "infra", "sec": the letters appear in order in exactly the name meant
+    lowered = word.lower()
+    abbreviates = [c for c in choices if lowered and _is_subsequence(lowered, c.lower())]
+    if abbreviates:
+        return max(abbreviates, key=lambda c: difflib.SequenceMatcher(None, lowered, c).ratio())
+    return None
+
+
+def _is_subsequence(short: str, long: str) -> bool:
+    letters = iter(long)
+    return all(ch in letters for ch in short)
+
+
+def _did_you_mean(word: str, choices: tuple[str, ...] | list[str], what: str) -> str:
+    guess = closest(word, choices)
+    return f"did you mean `{guess}`?" if guess else f"{what} are {', '.join(choices)}"
+
+
+def _known(choices: tuple[str, ...], what: str, plural: str) -> Any:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"unknown {what} `{value}`; {_did_you_mean(value, choices, plural)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        raise ValueError(f"`{value}` is not an environment variable name (A-Z, 0-9 and _, not starting with a digit)")
+    return value
+
+
+RoleName = Annotated[str, _known(ROLES, "role", "roles")]
+ScenarioName = Annotated[str, _known(SCENARIOS, "scenario", "scenarios")]
+HookName = Annotated[str, _known(HOOK_NAMES, "hook", "hooks")]
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
+def _known_zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}; use an IANA name such as UTC or Asia/Seoul") from None
+    return value
+
+
+TimeZone = Annotated[str, AfterValidator(_known_zone)]
+
+
+def _no_url_password(value: str, instead: str) -> str:
+    try:
+        password = urlsplit(value).password
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    if password is not None:
+        raise ValueError(f"do not put a password in the URL; {instead}")
+    return value
+
+
+# --- sections ------------------------------------------------------------------------------------
 
 
 class _Strict(BaseModel):
@@ -36,10 +132,19 @@ class _Strict(BaseModel):
 
 
 class Objectives(_Strict):
-    rto_minutes: float = 240
-    rpo_minutes: float = 15
-    mttr_minutes: float = 120
-    availability_percent: float = 99.9
+    rto_minutes: float = Field(default=240, gt=0)
+    rpo_minutes: float = Field(default=15, gt=0)
+    mttr_minutes: float = Field(default=120, gt=0)
+    availability_percent: float = Field(default=99.9, gt=0, le=100)
+
+
+def _default_scenario_roles() -> dict[str, list[str]]:
+    return {
+        "datacenter_outage": list(ROLES),
+        "database_failure": ["incident_commander", "database_lead", "infrastructure_lead",
+                             "application_lead", "communication_manager"],
+        "ransomware": list(ROLES),
+    }
 
 
 class SlackSettings(_Strict):
@@ -48,19 +153,19 @@ class SlackSettings(_Strict):
     incident_channel_prefix: str = "inc"
     reminder_minutes: float = Field(default=30, gt=0)
     # Who the roster sends to the incident channel, per scenario (R1/R2). Missing = every role.
-    scenario_roles: dict[str, list[str]] = Field(default_factory=lambda: {
-        "datacenter_outage": list(ROLES),
-        "database_failure": ["incident_commander", "database_lead", "infrastructure_lead",
-                             "application_lead", "communication_manager"],
-        "ransomware": list(ROLES),
-    })
+    scenario_roles: dict[ScenarioName, list[RoleName]] = Field(default_factory=_default_scenario_roles)
 
 
 class HealthCheck(_Strict):
     tcp: str | None = None            # "host:port"
     http: str | None = None           # URL
-    postgres_dsn_env: str | None = None
-    timeout_seconds: float = 3.0
+    postgres_dsn_env: EnvName | None = None
+    timeout_seconds: float = Field(default=3.0, gt=0)
+
+    @field_validator("http")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        return None if value is None else _no_url_password(value, "health checks take no credentials")
 
     @model_validator(mode="after")
     def _one_kind(self) -> HealthCheck:
@@ -70,29 +175,51 @@ class HealthCheck(_Strict):
 
 
 class Service(_Strict):
-    name: str
-    tier: int = Field(default=3, ge=1, le=3)
+    name: str = Field(min_length=1)
+    tier: int = 3
     depends_on: list[str] = Field(default_factory=list)
     health: HealthCheck | None = None
+
+    @field_validator("tier")
+    @classmethod
+    def _known_tier(cls, value: int) -> int:
+        if value not in TIERS:
+            raise ValueError(f"tier {value} does not exist; tiers are 1, 2 and 3 (tier 1 recovers first)")
+        return value
+
+
+def _dsn_password_refused(dsn: str) -> str:
+    """A DSN in the file must not carry a password, in either libpq form (key=value or URL)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:  # psycopg's message may quote the DSN, password included: say it without
+        raise ValueError("not a valid libpq DSN: use key=value pairs (host=… port=… user=…) or a "
+                         "postgresql:// URL") from None
+    if parts.get("password") is not None:
+        raise ValueError("do not put a password in the DSN; name an environment variable in password_env")
+    return dsn
 
 
 class PostgresNode(_Strict):
     dsn: str                          # libpq DSN without a password (use password_env)
-    password_env: str | None = None
+    password_env: EnvName | None = None
     label: str | None = None
 
     @field_validator("dsn")
     @classmethod
     def _no_password(cls, value: str) -> str:
-        if "password" in value.lower():
-            raise ValueError("do not put a password in the DSN; name an environment variable in password_env")
-        return value
+        return _dsn_password_refused(value)
 
     def full_dsn(self) -> str:
-        """The DSN with the password taken from the environment at the moment of use."""
-        if self.password_env and os.environ.get(self.password_env):
-            return f"{self.dsn} password={os.environ[self.password_env]}"
-        return self.dsn
+        """The DSN with the password taken from the environment at the moment of use (libpq-quoted)."""
+        password = os.environ.get(self.password_env) if self.password_env else None
+        if not password:
+            return self.dsn
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(self.dsn, password=password)
 
 
 class PostgresComponent(_Strict):
@@ -100,23 +227,87 @@ class PostgresComponent(_Strict):
     standby: PostgresNode | None = None
 
 
+NEO4J_SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
+
+
+class Neo4jComponent(_Strict):
+    """What ``aegis backup``/``restore neo4j`` connect to (recovery/backup/neo4j_export.py)."""
+
+    uri: str                          # bolt://host:7687 or neo4j://…
+    user: str = "neo4j"
+    password_env: EnvName | None = None
+    database: str = "neo4j"
+
+    @field_validator("uri")
+    @classmethod
+    def _bolt_uri(cls, value: str) -> str:
+        scheme = value.partition("://")[0] if "://" in value else ""
+        if scheme not in NEO4J_SCHEMES:
+            raise ValueError(f"a Neo4j URI starts with {', '.join(s + '://' for s in NEO4J_SCHEMES)}")
+        return _no_url_password(value, "name an environment variable in password_env")
+
+
+class MilvusComponent(_Strict):
+    """A Milvus server URL (http://host:19530) or a Milvus Lite file; every collection is backed up."""
+
+    uri: str = Field(min_length=1)
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        return _no_url_password(value, "Milvus credentials cannot be given in the file")
+
+
 class Components(_Strict):
     postgres: PostgresComponent | None = None
-    neo4j: dict[str, Any] | None = None   # used by the backup issue
-    milvus: dict[str, Any] | None = None
+    neo4j: Neo4jComponent | None = None
+    milvus: MilvusComponent | None = None
 
 
 class Hook(_Strict):
-    command: list[str] | None = None
+    command: list[str] | None = Field(default=None, min_length=1)
     webhook: str | None = None
-    timeout_seconds: float = 60
-    headers_env: dict[str, str] = Field(default_factory=dict)
-    done_check: list[str] | None = None
+    timeout_seconds: float = Field(default=60, gt=0)
+    headers_env: dict[str, EnvName] = Field(default_factory=dict)   # header -> variable holding its value
+    done_check: list[str] | None = Field(default=None, min_length=1)
+    # Literal, non-secret values set in the hook's environment ...
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    # ... and variables passed through from Aegis's environment (secret: their values are masked).
+    pass_env: list[EnvName] = Field(default_factory=list)
+
+    @field_validator("webhook")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("a webhook is an http:// or https:// URL")
+        return _no_url_password(value, "send credentials as a header named in headers_env")
+
+    @field_validator("env")
+    @classmethod
+    def _no_context_shadowing(cls, value: dict[str, str]) -> dict[str, str]:
+        shadowing = sorted(name for name in value if name.startswith(HOOK_CONTEXT_PREFIX))
+        if shadowing:
+            raise ValueError(f"{', '.join(shadowing)}: {HOOK_CONTEXT_PREFIX}* variables are set by Aegis "
+                             "(the hook's context) and cannot be overridden")
+        return value
+
+    @field_validator("pass_env")
+    @classmethod
+    def _no_context_pass(cls, value: list[str]) -> list[str]:
+        shadowing = sorted(name for name in value if name in HOOK_CONTEXT_NAMES)
+        if shadowing:
+            raise ValueError(f"{', '.join(shadowing)}: set by Aegis as the hook's context, not passed through")
+        return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> Hook:
         if (self.command is None) == (self.webhook is None):
             raise ValueError("give exactly one of command or webhook")
+        both = sorted(set(self.env) & set(self.pass_env))
+        if both:
+            raise ValueError(f"{', '.join(both)} is both in env (a literal) and in pass_env (passed through)")
         return self
 
 
@@ -125,6 +316,70 @@ class Engine(_Strict):
     # belongs to a process that died, and is resumed by the ledger rule.
     lease_seconds: float = Field(default=30, gt=1)
     approval_expiry_minutes: float = Field(default=60, gt=0)
+
+
+# --- backups: storage targets, the key, schedules and retention ----------------------------------
+# Only keys recovery/backup/storage.py really takes; unset ones keep its defaults (8 MiB parts, 4
+# uploads at a time, 3 retries, the AZURE_STORAGE_CONNECTION_STRING variable).
+
+MiB = 1024 * 1024
+
+
+class _StorageTarget(_Strict):
+    # default: the kind, plus the list position after the first (local, s31, …); it names the copies
+    # in the catalog, so two targets may not share one
+    name: str | None = Field(default=None, min_length=1)
+
+
+class LocalStorage(_StorageTarget):
+    kind: Literal["local"]
+    path: str = Field(min_length=1)
+
+
+class _RemoteStorage(_StorageTarget):
+    prefix: str = ""
+    concurrency: int | None = Field(default=None, ge=1, le=64)
+    retries: int | None = Field(default=None, ge=0, le=20)
+
+
+class S3Storage(_RemoteStorage):
+    """Credentials come from the standard AWS environment and config chain, never from this file."""
+
+    kind: Literal["s3"]
+    bucket: str = Field(min_length=1)
+    region: str | None = None
+    endpoint_url: str | None = None
+    part_size: int | None = Field(default=None, ge=5 * MiB, le=5 * 1024 * MiB)  # S3's multipart limits
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        return None if value is None else _no_url_password(value, "S3 credentials come from the AWS environment")
+
+
+class AzureStorage(_RemoteStorage):
+    kind: Literal["azure"]
+    container: str = Field(min_length=1)
+    connection_string_env: EnvName | None = None
+    block_size: int | None = Field(default=None, ge=1, le=4000 * MiB)   # Azure's block limit
+    api_version: str | None = None
+
+
+StorageTarget = Annotated[LocalStorage | S3Storage | AzureStorage, Field(discriminator="kind")]
+STORAGE_KINDS = ("local", "s3", "azure")
+
+
+class Encryption(_Strict):
+    """Where the backup key is: exactly one of an environment variable or a file (never the key itself)."""
+
+    key_env: EnvName | None = None
+    key_file: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Encryption:
+        if (self.key_env is None) == (self.key_file is None):
+            raise ValueError("give exactly one of key_env (a variable holding the key) or key_file")
+        return self
 
 
 class BackupSchedules(_Strict):
@@ -162,72 +417,221 @@ class BackupRetention(_Strict):
 
 
 class Backups(_Strict):
-    timezone: str = "UTC"
+    timezone: TimeZone = "UTC"          # default: the top-level `timezone`
     schedules: BackupSchedules = Field(default_factory=BackupSchedules)
     retention: BackupRetention = Field(default_factory=BackupRetention)
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        import zoneinfo
 
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as UTC or Asia/Seoul") from None
-        return value
+# --- the file ------------------------------------------------------------------------------------
 
 
 class Config(_Strict):
     locale: Literal["en", "ko"] = "en"
+    timezone: TimeZone = "UTC"          # every time Aegis shows (IANA name), named beside the time
     objectives: Objectives = Field(default_factory=Objectives)
     slack: SlackSettings = Field(default_factory=SlackSettings)
-    roster: dict[str, list[str]] = Field(default_factory=dict)
+    roster: dict[RoleName, list[str]] = Field(default_factory=dict)
     services: list[Service] = Field(default_factory=list)
     components: Components = Field(default_factory=Components)
-    hooks: dict[str, Hook] = Field(default_factory=dict)
+    hooks: dict[HookName, Hook] = Field(default_factory=dict)
     engine: Engine = Field(default_factory=Engine)
-    storage: list[dict[str, Any]] = Field(default_factory=list)
-    encryption: dict[str, Any] = Field(default_factory=dict)
+    storage: list[StorageTarget] = Field(default_factory=list)
+    encryption: Encryption = Field(default_factory=lambda: Encryption(key_env=DEFAULT_KEY_ENV))
     backups: Backups = Field(default_factory=Backups)
-
-    @field_validator("roster")
-    @classmethod
-    def _known_roles(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        unknown = sorted(set(value) - set(ROLES))
-        if unknown:
-            raise ValueError(f"unknown role(s) {unknown}; roles are {list(ROLES)}")
-        return value
 
     @model_validator(mode="after")
     def _dependencies_exist(self) -> Config:
-        names = {s.name for s in self.services}
+        names = [s.name for s in self.services]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"service name(s) {duplicates} are used more than once")
         for service in self.services:
-            missing = sorted(set(service.depends_on) - names)
+            missing = [d for d in service.depends_on if d not in names]
             if missing:
-                raise ValueError(f"service {service.name!r} depends on unknown service(s) {missing}")
+                hints = "; ".join(f"`{m}`: {_did_you_mean(m, names, 'services')}" for m in missing)
+                raise ValueError(f"service {service.name!r} depends on unknown service(s) {missing} ({hints})")
         return self
+
+    @model_validator(mode="after")
+    def _storage_names(self) -> Config:
+        seen: set[str] = set()
+        for index, target in enumerate(self.storage):
+            target.name = target.name or f"{target.kind}{'' if index == 0 else index}"
+            if target.name in seen:
+                raise ValueError(f"storage[{index}]: the name {target.name!r} is used by an earlier target; "
+                                 "give each target its own `name`")
+            seen.add(target.name)
+        return self
+
+    @model_validator(mode="after")
+    def _backup_zone(self) -> Config:
+        if "timezone" not in self.backups.model_fields_set:
+            self.backups.timezone = self.timezone
+        return self
+
+
+# --- reading the file and saying what is wrong ---------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error, not "the last one wins"."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _one_line(text: str) -> str:
+    """Control characters (a newline in a key) cannot split or forge a line of the report."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _read(file: Path) -> dict[str, Any]:
+    try:
+        raw = file.read_bytes()
+    except IsADirectoryError:
+        raise ConfigError(f"{file}: is a directory; give the path of the YAML file") from None
+    except PermissionError:
+        raise ConfigError(f"{file}: cannot be read (permission denied); let the user running Aegis read it") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (invalid byte at offset {exc.start}); save it as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {_one_line(_yaml_problem(exc))}") from None
+    except RecursionError:
+        raise ConfigError(f"{file}: not valid YAML: nested too deeply") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping of keys (locale:, slack:, …), "
+                          f"not a {type(data).__name__}")
+    return data
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load and validate the config; no file (and no AEGIS_CONFIG) means built-in defaults."""
     explicit = path or os.environ.get("AEGIS_CONFIG")
     file = Path(explicit or "aegis.yaml")
-    if not file.exists():
+    if not file.exists() and not file.is_symlink():
         if explicit:
             raise ConfigError(f"config file {file} does not exist (set AEGIS_CONFIG to an existing file)")
         data: dict[str, Any] = {}
     else:
-        try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{file}: the top level must be a mapping of keys")
+        data = _read(file)
     if os.environ.get("AEGIS_LOCALE"):
         data["locale"] = os.environ["AEGIS_LOCALE"]
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        lines = [f"- {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
-        raise ConfigError(f"{file}: invalid configuration\n" + "\n".join(lines)) from None
+        problems = [_one_line(f"{file}: {line}") for line in describe_errors(exc)]
+        raise ConfigError("\n".join(problems), problems) from None
+
+
+def describe_errors(exc: ValidationError) -> list[str]:
+    """One line per problem: "`storage[0].bukket`: unknown key; did you mean `bucket`?"."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        path, model = _locate(err["loc"])
+        path, message = _explain(err, path, model)
+        lines.append(f"`{path}`: {message}" if path else message)
+    return lines
+
+
+def _explain(err: Any, path: str, model: type[BaseModel] | None) -> tuple[str, str]:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        fields = list(model.model_fields) if model else []
+        return path, f"unknown key; {_did_you_mean(str(err['loc'][-1]), fields, 'valid keys')}"
+    if kind == "missing":
+        return path, "required key is missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        kinds = ", ".join(STORAGE_KINDS)
+        if kind == "union_tag_not_found":
+            return f"{path}.kind", f"required key is missing; give one of {kinds}"
+        tag = str(ctx.get("tag"))
+        guess = closest(tag, STORAGE_KINDS)
+        return f"{path}.kind", f"{tag!r} is not one of {kinds}" + (f"; did you mean `{guess}`?" if guess else "")
+    message = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if path == "locale" and os.environ.get("AEGIS_LOCALE"):
+        message += " (the value comes from AEGIS_LOCALE)"
+    return path, message
+
+
+def _locate(loc: tuple[int | str, ...]) -> tuple[str, type[BaseModel] | None]:
+    """Pydantic's location as the user wrote it, and the model holding its last key.
+
+    ``('storage', 0, 's3', 'bukket')`` → ``storage[0].bukket`` and S3Storage: the union's tag
+    (``s3``) and a dict key marker (``[key]``) are pydantic's, not part of the file.
+    """
+    path = ""
+    annotation: Any = Config
+    holder: type[BaseModel] | None = None
+    for item in loc:
+        annotation = _plain(annotation)
+        members = _models_of_union(annotation)
+        if members:  # a tagged union: this element of the location is the tag
+            annotation = next((m for m in members if m.model_fields["kind"].annotation == Literal[item]), None)
+            continue
+        if item == "[key]":
+            continue
+        holder = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if isinstance(item, int):
+            path += f"[{item}]"
+            annotation = get_args(annotation)[0] if get_origin(annotation) is list else None
+            continue
+        path += f".{item}" if path else str(item)
+        if holder is not None:
+            field = holder.model_fields.get(str(item))
+            annotation = field.annotation if field else None
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            annotation = None
+    return path, holder
+
+
+def _is_union(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType)
+
+
+def _plain(annotation: Any) -> Any:
+    """Strip ``Annotated[...]`` and ``| None``: what is left is what the location walks into."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        elif _is_union(annotation):
+            members = [a for a in get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def _models_of_union(annotation: Any) -> list[type[BaseModel]]:
+    if not _is_union(annotation):
+        return []
+    members = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return members if len(members) > 1 and all("kind" in m.model_fields for m in members) else []

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from statemachines.service import StepSpec
 
 DB, INFRA, APP, SEC = "database_lead", "infrastructure_lead", "application_lead", "security_lead"
+# The site-specific steps a plan can hand to a configured hook; `hooks:` in the config may define
+# exactly these (bot/config.py rejects any other name, with the closest of these).
+HOOK_NAMES = ("fence_primary", "update_traffic", "activate_standby_environment", "start_services", "isolate_systems")
 
 
 @dataclass(frozen=True)

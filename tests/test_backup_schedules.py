@@ -17,7 +17,7 @@ from sqlmodel import select
 
 from bot import backup_jobs
 from bot.backup_jobs import BackupDuty
-from bot.config import Config
+from bot.config import Config, S3Storage
 from bot.emulator.server import EmulatorServer
 from bot.scheduler import Scheduler
 from bot.slack_gateway import SlackGateway
@@ -179,8 +179,8 @@ def test_a_run_that_lost_one_remote_target_warns_the_ops_channel_naming_it(
     emulator: EmulatorServer, emulator_gateway: SlackGateway,
 ) -> None:
     config = backup_config(tmp_path, pg_single, moto_s3)
-    config.storage.append({"kind": "s3", "bucket": moto_s3_outage.create_bucket(),
-                           "endpoint_url": moto_s3_outage.endpoint_url, "name": "s3-dr"})
+    config.storage.append(S3Storage(kind="s3", bucket=moto_s3_outage.create_bucket(),
+                                    endpoint_url=moto_s3_outage.endpoint_url, name="s3-dr"))
     moto_s3_outage.stop()
     backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-a")
     run_id = backup_jobs.run_backup(job_id="backup-postgres_full", kind="postgresql",
