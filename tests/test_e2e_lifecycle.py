@@ -28,7 +28,7 @@ HOOK = """#!/usr/bin/env bash
 # test hook: count each run, mark done, then take a while (so a crash can land mid-step)
 echo "run $AEGIS_INCIDENT step $AEGIS_STEP" >> "{workdir}/$1.count"
 echo "hook $1 running for $AEGIS_INCIDENT"
-var="HOOK_SLEEP_$1"
+var="HOOK_SLEEP_${{1^^}}"
 sleep "${{!var:-0}}"
 touch "{workdir}/$1.done"
 """
@@ -50,10 +50,13 @@ def make_config(pair: PgPair, workdir: Path) -> dict[str, Any]:
             "standby": {"dsn": pair.standby.dsn(), "password_env": "AEGIS_TEST_PG_PASSWORD", "label": "pg-standby"},
         }},
         "hooks": {
+            # hooks get a minimal environment: the sleep a test sets reaches them only through pass_env
             "fence_primary": {"command": [str(hook), "fence"], "timeout_seconds": 60,
-                              "done_check": ["test", "-f", str(workdir / "fence.done")]},
+                              "done_check": ["test", "-f", str(workdir / "fence.done")],
+                              "pass_env": ["HOOK_SLEEP_FENCE"]},
             # no done_check: after a crash its outcome is unknown and it must be approved again
-            "update_traffic": {"command": [str(hook), "traffic"], "timeout_seconds": 60},
+            "update_traffic": {"command": [str(hook), "traffic"], "timeout_seconds": 60,
+                               "pass_env": ["HOOK_SLEEP_TRAFFIC"]},
         },
         "engine": {"lease_seconds": 3},
     }
@@ -337,8 +340,8 @@ def test_sigkill_mid_step_resumes_by_the_ledger_rule(
     workdir: Path, failed_primary: PgPair, emulator: EmulatorServer,
 ) -> None:
     bot = start_bot(workdir, failed_primary, emulator)
-    bot.env["HOOK_SLEEP_fence"] = "6"
-    bot.env["HOOK_SLEEP_traffic"] = "6"
+    bot.env["HOOK_SLEEP_FENCE"] = "6"
+    bot.env["HOOK_SLEEP_TRAFFIC"] = "6"
     bot.stop()
     bot.start()
     bots = [bot]
