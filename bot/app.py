@@ -24,7 +24,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from slack_bolt import App, BoltResponse
+from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 
 from bot import commands
@@ -157,22 +158,27 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
                 raise Refused("form_expired", what=what) from None
             raise Refused("form_failed", error=exc.error) from None
 
-    @app.middleware
-    def refuse_malformed(body: dict[str, Any], respond: Respond | None,
-                         next: Callable[[], None]) -> BoltResponse | None:  # noqa: A002 (Bolt's argument name)
-        problem = malformed(body)
-        if problem is None:
-            next()
-            return None
-        log.warning("refused a malformed %s payload: %s", body.get("type") or "command", problem)
-        if problem == "bad_view":
-            return BoltResponse(status=400, body="bad request: the view submission has no view or user")
-        if respond is not None:
-            try:
-                later(respond, lambda: _ephemeral(respond, blocks.refusal(problem, locale)))
-            except Busy:
-                _ephemeral(respond, busy)
-        return BoltResponse(status=200, body="")
+    class RefuseMalformed(Middleware):
+        """Before any listener: Bolt computes every listener argument up front (``body["actions"][0]``
+        included), so a payload without a user or a button must be answered here."""
+
+        def process(self, *, req: BoltRequest, resp: BoltResponse,
+                    next: Callable[[], BoltResponse]) -> BoltResponse:  # noqa: A002 (Bolt's name)
+            problem = malformed(req.body)
+            if problem is None:
+                return next()
+            log.warning("refused a malformed %s payload: %s", req.body.get("type") or "command", problem)
+            if problem == "bad_view":
+                return BoltResponse(status=400, body="bad request: the view submission has no view or user")
+            respond = req.context.respond
+            if respond is not None:
+                try:
+                    later(respond, lambda: _ephemeral(respond, blocks.refusal(problem, locale)))
+                except Busy:
+                    _ephemeral(respond, busy)
+            return BoltResponse(status=200, body="")
+
+    app.use(RefuseMalformed())
 
     # --- /aegis ------------------------------------------------------------------------------
 

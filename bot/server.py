@@ -100,9 +100,11 @@ def parse_slack_body(raw: bytes, content_type: str) -> tuple[str, dict[str, Any]
     if content_type.split(";")[0].strip().lower() == "application/json" or text.lstrip().startswith("{"):
         return text, _json_object(text, "the JSON body")
     fields = dict(parse_qsl(text, keep_blank_values=True))
-    if "payload" in fields and "command" not in fields:
+    if "command" in fields or "ssl_check" in fields:
+        return text, fields
+    if "payload" in fields:
         return text, _json_object(fields["payload"], "the payload field")
-    return text, fields
+    raise BadRequest("the form is neither a slash command nor an interaction payload")
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
