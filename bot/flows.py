@@ -21,7 +21,7 @@ from sqlmodel import Session
 from bot import wiring
 from bot.bounded import BoundedPool, queue_limit
 from bot.config import ROLES, Config
-from bot.presenters import incident_view
+from bot.presenters import incident_view, objective_report
 from bot.slack_gateway import SlackCallFailed, SlackGateway
 from messages import blocks, render
 from messages.views import Message, ObjectiveReport, ReplacedView, TransitionView
@@ -107,7 +107,9 @@ class Flows:
             step = svc.get_step(session, step_id)
         except svc.NotFound:
             raise Refused("unknown_step") from None
-        return svc.get(session, step.incident_id), step
+        # the incident lock serialises decisions on one plan; re-read the step once we hold it
+        incident = svc.lock(session, step.incident_id)
+        return incident, svc.get_step(session, step_id)
 
     # --- declare -----------------------------------------------------------------------------
 
@@ -273,9 +275,14 @@ class Flows:
         self._refuse_if_replaced(step_id)
         with self.store.session() as session:
             incident, step = self._incident_for_step(session, step_id)
-            if incident.state not in ("assessed", "recovering") or step.revision != incident.plan_revision:
+            if step.revision != incident.plan_revision:   # re-planned since the check above
+                raise Refused("plan_replaced", revision=incident.plan_revision, link=None)
+            if incident.state not in ("assessed", "recovering"):
                 raise Refused("wrong_state", action="approve", state=incident.state)
             decision = self._authorise_step(session, incident, step, user_id, "approve")
+            rejected = _rejected_step(session, incident)
+            if rejected is not None:
+                raise Refused("plan_rejected", step_title=step.title, rejected_position=rejected.position)
             if step.status != "awaiting_approval":
                 if any(a.user_id == user_id for a in svc.approvals(session, step)):
                     raise Refused("already_approved", step_title=step.title)
@@ -324,6 +331,9 @@ class Flows:
             if incident.state not in ("assessed", "recovering"):
                 raise Refused("wrong_state", action="reject", state=incident.state)
             self._authorise_step(session, incident, step, user_id, "reject")
+            running = _running_step(session, incident)
+            if running is not None:
+                raise Refused("step_running", running_title=running.title)
             if not svc.move_step(session, step=step, to="rejected", from_statuses=("awaiting_approval", "failed")):
                 raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
             svc.record_vote(session, step=step, user_id=user_id, decision="reject", roles_used=[], expires_in=None)
@@ -370,8 +380,11 @@ class Flows:
             if incident.state != "recovering":
                 raise Refused("wrong_state", action="abort", state=incident.state)
             self._authorise_step(session, incident, step, user_id, "abort")
-            if step.status == "running":
-                raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+            # only the failed step the plan is stuck on: an old Abort button of a step that was
+            # retried and succeeded must not drop the incident to assessed while a later step runs
+            current = _current_step(session, incident)
+            if step.status != "failed" or current is None or current.id != step.id:
+                raise Refused("abort_not_current", step_title=step.title, status=step.status)
             svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
                           text=f"aborted the recovery at step {step.position}: {step.title}",
                           data={"step_id": step.id, **_step_event("recovery_aborted", step)})
@@ -399,6 +412,62 @@ class Flows:
             return None
         return svc.transition(session, incident_id=incident.id or 0, trigger="abort_recovery", actor=user_id,
                               reason=reason, expected_version=incident.version)
+
+    # --- manual verification -----------------------------------------------------------------
+
+    def _verification_roles(self, session: Session, step: PlanStep) -> list[str]:
+        plan_roles = [r for s in svc.current_steps(session, step.incident_id) for r in s.approver_roles or []]
+        return policy.verification_roles(list(step.approver_roles or []), plan_roles)
+
+    def _authorise_verification(self, session: Session, incident: Incident, step: PlanStep,
+                                user_id: str) -> policy.Decision:
+        roles = self._verification_roles(session, step)
+        decision = policy.may_approve(roles, user_id, roster=self.config.roster,
+                                      holders=svc.roles(session, incident.id or 0))
+        if not decision.allowed:
+            svc.add_event(session, incident_id=incident.id or 0, kind="audit", actor=user_id,
+                          text=f"refused: verify step {step.position} ({step.title}) — not authorised",
+                          data={"step_id": step.id})
+            session.commit()
+            raise Refused("not_allowed_to_verify", step_title=step.title, roles=roles)
+        if step.status != "awaiting_verification" or incident.state != "recovering":
+            raise Refused("not_awaiting_verification", step_title=step.title, status=step.status)
+        return decision
+
+    def _ask_manual_verification(self, incident_id: int, step_id: int) -> None:
+        with self.store.session() as session:
+            incident = svc.get(session, incident_id)
+            view = self.view(session, incident)
+            roles = self._verification_roles(session, svc.get_step(session, step_id))
+        step = next((s for s in view.steps if s.id == step_id), None)
+        if step is None or not incident.channel_id:
+            return
+        message = blocks.manual_verification_request(view, step, roles, self.locale)
+        self._slack(incident_id, "ask for a manual verification", lambda: self.gateway.post(
+            incident.channel_id or "", message.text, message.blocks))
+
+    def verify_modal(self, *, user_id: str, step_id: int) -> dict[str, Any]:
+        """The evidence form for a step waiting for manual verification (authorised users only)."""
+        with self.store.session() as session:
+            incident, step = self._incident_for_step(session, step_id)
+            self._authorise_verification(session, incident, step, user_id)
+            view = self.view(session, incident)
+        step_view = next(s for s in view.steps if s.id == step_id)
+        return blocks.verify_modal(view, step_view, self.locale)
+
+    def verify_manually(self, *, user_id: str, step_id: int, evidence: str) -> None:
+        """Record "verified manually by @user: <evidence>"; the engine then marks the incident verified."""
+        statement = redact(evidence.strip())[:2000]
+        if not statement:
+            raise Refused("evidence_required")
+        with self.store.session() as session:
+            incident, step = self._incident_for_step(session, step_id)
+            decision = self._authorise_verification(session, incident, step, user_id)
+            if not svc.record_manual_verification(session, step=step, user_id=user_id, statement=statement,
+                                                  roles_used=list(decision.roles)):
+                raise Refused("not_awaiting_verification", step_title=step.title, status=step.status)
+        self.refresh_plan(incident.id or 0)
+        self.submit(self.engine.advance, incident.id)
 
     # --- close -------------------------------------------------------------------------------
 
@@ -459,6 +528,9 @@ class Flows:
             self.refresh_plan(incident_id, throttle=True)
             return
         self.refresh_plan(incident_id)
+        if event == "manual_verification":
+            self._ask_manual_verification(incident_id, step_id)
+            return
         if event in ("succeeded", "failed", "reapproval"):
             with self.store.session() as session:
                 incident = svc.get(session, incident_id)
@@ -537,21 +609,14 @@ class Flows:
             incident.stakeholder_channel or "", message.text, message.blocks, thread_ts=incident.stakeholder_ts))
 
     def objective_report(self, incident: Incident) -> ObjectiveReport:
-        objectives = self.config.objectives
-        rto = (incident.verified_at - incident.declared_at).total_seconds() if incident.verified_at else None
-        mttr = (incident.closed_at - incident.declared_at).total_seconds() if incident.closed_at else None
-        return ObjectiveReport(
-            rto_seconds=rto, rto_target_seconds=objectives.rto_minutes * 60,
-            rpo_seconds=incident.rpo_seconds, rpo_target_seconds=objectives.rpo_minutes * 60,
-            rpo_basis=incident.rpo_basis or "not measured (no database promotion in this incident)",
-            mttr_seconds=mttr, mttr_target_seconds=objectives.mttr_minutes * 60,
-        )
+        with self.store.session() as session:
+            return objective_report(session, incident, self.config)
 
     def _closing_report(self, incident_id: int) -> None:
         with self.store.session() as session:
             incident = svc.get(session, incident_id)
             message = blocks.closing_report(self.view(session, incident, timeline=True),
-                                            self.objective_report(incident), self.locale)
+                                            objective_report(session, incident, self.config), self.locale)
         if incident.channel_id:
             self._slack(incident_id, "post the closing report", lambda: self.gateway.post(
                 incident.channel_id or "", message.text, message.blocks))
@@ -606,6 +671,20 @@ class Flows:
 def _step_event(code: str, step: PlanStep) -> dict[str, Any]:
     """A timeline event's code and the step it names; ``timeline.j2`` words it per locale."""
     return {"code": code, "position": step.position, "title": step.title}
+
+
+def _current_step(session: Session, incident: Incident) -> PlanStep | None:
+    """The first step of the current plan that has not succeeded (or been skipped)."""
+    return next((s for s in svc.current_steps(session, incident.id or 0)
+                 if s.status not in ("succeeded", "skipped")), None)
+
+
+def _running_step(session: Session, incident: Incident) -> PlanStep | None:
+    return next((s for s in svc.current_steps(session, incident.id or 0) if s.status == "running"), None)
+
+
+def _rejected_step(session: Session, incident: Incident) -> PlanStep | None:
+    return next((s for s in svc.current_steps(session, incident.id or 0) if s.status == "rejected"), None)
 
 
 def reference() -> str:

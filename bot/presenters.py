@@ -15,7 +15,9 @@ from bot.config import ROLES, Config
 from messages.views import (
     ApprovalView,
     CheckView,
+    EvidenceView,
     IncidentView,
+    ObjectiveReport,
     RevisionView,
     RoleView,
     StepView,
@@ -117,3 +119,38 @@ def _timeline_item(event: TimelineEvent, incident: Incident) -> TimelineItem:
         code = "slack_error"
         data.setdefault("error", event.text.rsplit(": ", 1)[-1])
     return TimelineItem(event.at, event.kind, event.actor, event.text, code, data)
+
+
+# --- objectives and evidence (the closing report) ---------------------------------------------
+
+NO_PROMOTION_RPO = "not measured (no database promotion in this incident)"
+
+
+def verification_evidence(session: Session, incident: Incident) -> list[EvidenceView]:
+    """What the current plan's verification steps checked, each with the value they observed."""
+    items: list[EvidenceView] = []
+    for step in svc.current_steps(session, incident.id or 0):
+        if step.action != "verify" or step.status != "succeeded":
+            continue
+        items += [EvidenceView(str(e.get("check", "")), str(e.get("observed", "")), str(e.get("expected", "")),
+                               bool(e.get("ok")), e.get("by")) for e in step.evidence or []]
+    return items
+
+
+def objective_report(session: Session, incident: Incident, config: Config) -> ObjectiveReport:
+    """Achieved versus target. RTO counts as met only when the incident was verified *on evidence*."""
+    objectives = config.objectives
+    rto = (incident.verified_at - incident.declared_at).total_seconds() if incident.verified_at else None
+    mttr = (incident.closed_at - incident.declared_at).total_seconds() if incident.closed_at else None
+    evidence = verification_evidence(session, incident) if incident.verified_at else []
+    proven = bool(evidence) and all(e.ok for e in evidence)
+    target = objectives.rto_minutes * 60
+    return ObjectiveReport(
+        rto_seconds=rto, rto_target_seconds=target,
+        rpo_seconds=incident.rpo_seconds, rpo_target_seconds=objectives.rpo_minutes * 60,
+        rpo_basis=incident.rpo_basis or NO_PROMOTION_RPO,
+        mttr_seconds=mttr, mttr_target_seconds=objectives.mttr_minutes * 60,
+        evidence=evidence,
+        verified_manually_by=next((e.by for e in evidence if e.by), None),
+        rto_met=None if rto is None else (proven and rto <= target),
+    )

@@ -731,3 +731,35 @@ def backup_job_alert(problem: str, job_id: str, error: str, locale: str) -> Mess
     title = _t(locale, "backup", f"{problem}_title", job=job_id)
     body = _t(locale, "backup", f"{problem}_body", job=job_id, error=error)
     return ops_notice(title, body, locale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Manual verification (a verify step with no automated check: a responder states the evidence)
+
+VERIFY_MANUAL = "aegis_verify_manual"      # value: str(step.id)
+VERIFY_CALLBACK = "aegis_verify_submit"    # private_metadata: str(step.id)
+
+
+def manual_verification_request(v: IncidentView, step: StepView, roles: list[str], locale: str) -> Message:
+    """Nothing automated can verify the recovery: ask an authorised responder to check and say what they saw."""
+    ctx = {"v": v, "step": step, "roles": roles}
+    blocks = [
+        _section(_t(locale, "verify_modal", "request_body", **ctx), f"step_{step.id}_verify"),
+        _actions(f"step_{step.id}_verify_actions", [
+            _button(_t(locale, "verify_modal", "button", **ctx), VERIFY_MANUAL, str(step.id), "primary"),
+        ]),
+    ]
+    return _message(_t(locale, "verify_modal", "request_text", **ctx), blocks, locale)
+
+
+def verify_modal(v: IncidentView, step: StepView, locale: str) -> dict[str, Any]:
+    """The manual verification form: what was checked and what was observed."""
+    ctx = {"v": v, "step": step}
+    blocks = [
+        _section(_t(locale, "verify_modal", "intro", **ctx), "verify_intro"),
+        _multiline("evidence", _t(locale, "verify_modal", "label", **ctx),
+                   _t(locale, "verify_modal", "placeholder", **ctx)),
+    ]
+    view = _modal(VERIFY_CALLBACK, locale, "verify_modal", ctx, blocks)
+    view["private_metadata"] = str(step.id)
+    return view

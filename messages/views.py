@@ -121,8 +121,24 @@ class TransitionView:
 
 
 @dataclass(frozen=True)
+class EvidenceView:
+    """One check a verification step made, and the value it observed."""
+
+    check: str                     # "pg-standby accepts writes", "user-authentication (HTTP)", "manual verification"
+    observed: str                  # "committed transaction 812", "HTTP 200 from 127.0.0.1", the responder's words
+    expected: str
+    ok: bool
+    by: str | None = None          # Slack user id of the responder, for a manual verification
+
+
+@dataclass(frozen=True)
 class ObjectiveReport:
-    """Achieved versus target for the closing post (O1-O3)."""
+    """Achieved versus target for the closing post (O1-O3).
+
+    ``rto_met`` is True only for an incident verified *with evidence* within the target; the
+    evidence (or who verified by hand) is listed in ``evidence``. An unknown RPO is
+    ``rpo_seconds=None`` with ``rpo_basis`` saying why ("unknown: …"), never 0.
+    """
 
     rto_seconds: float | None      # declared -> verified; None when never verified (false alarm)
     rto_target_seconds: float
@@ -131,3 +147,6 @@ class ObjectiveReport:
     rpo_basis: str                 # how RPO was measured, e.g. "replication lag at failover"
     mttr_seconds: float | None     # declared -> closed
     mttr_target_seconds: float
+    evidence: list[EvidenceView] = field(default_factory=list)   # what verification checked, with values
+    verified_manually_by: str | None = None    # Slack user id when verification was manual
+    rto_met: bool | None = None    # None: never verified; False: missed, or verified without evidence

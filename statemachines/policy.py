@@ -14,6 +14,9 @@
   roles. The incident commander may approve every step.
 - A step needing two approvals (ransomware restores) needs two different people, one of them the
   security lead.
+- A manual verification (a verify step with nothing automated to check) is recorded by the same
+  people who approve: the step's approver roles, or, for a verification step that needs no
+  approval, the approver roles of the plan's other steps; always the incident commander.
 - Only the incident commander closes an incident; before anyone holds that role, the declarer
   may close it as a false alarm.
 """
@@ -64,6 +67,11 @@ def may_approve(
     allowed_roles = set(approver_roles) | {COMMANDER}
     mine = user_roles(user_id, roster=roster, holders=holders) & allowed_roles
     return Decision(bool(mine), "not_allowed_to_approve", tuple(sorted(mine)))
+
+
+def verification_roles(step_roles: list[str], plan_roles: list[str]) -> list[str]:
+    """Roles whose holders may state the evidence of a manual verification (see module rules)."""
+    return sorted(set(step_roles or plan_roles) | {COMMANDER})
 
 
 def approvals_satisfied(

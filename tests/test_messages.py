@@ -12,6 +12,7 @@ from messages import blocks, render
 from messages.views import (
     ApprovalView,
     CheckView,
+    EvidenceView,
     IncidentView,
     Message,
     ObjectiveReport,
@@ -85,10 +86,14 @@ def make_view(state: str = "recovering", **overrides: Any) -> IncidentView:
 
 
 def make_report(rto: float | None = 5 * 3600) -> ObjectiveReport:
+    # a verified incident carries its evidence; RTO is met only with it (see bot.presenters)
+    evidence = [EvidenceView("pg-standby accepts writes", "committed transaction 812", "a committed write", True)]
     return ObjectiveReport(
         rto_seconds=rto, rto_target_seconds=4 * 3600,
         rpo_seconds=12, rpo_target_seconds=15 * 60, rpo_basis="replication lag at failover",
         mttr_seconds=5.5 * 3600, mttr_target_seconds=2 * 3600,
+        evidence=evidence if rto is not None else [],
+        rto_met=None if rto is None else rto <= 4 * 3600,
     )
 
 
