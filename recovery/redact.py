@@ -15,9 +15,22 @@ Three layers, applied by :func:`redact` to every text on its way out:
 3. **Credential-shaped text** — ``password=…`` in a DSN, ``user:pass@`` in a URL, Slack tokens,
    ``AccountKey=…``: hidden even when the value was never known in advance.
 
-Each value is also masked in its URL-encoded form (a password inside a ``postgresql://`` URL).
+Each value is also masked in its URL-encoded form (a password inside a ``postgresql://`` URL) and,
+for a multi-line value (a PEM key), line by line.
 Where text is masked it reads :data:`MASK`. :func:`redact_data` applies the same to every string of
 a JSON-like structure (ledger output, Slack Web API arguments).
+
+Where it is applied:
+
+- hook output (``recovery/actions/hook.py``): every stdout line before it becomes a progress line or
+  the ledger's ``stdout_tail``, the stderr line quoted in a failure, a webhook's answer and
+  connection errors — with the hook's own ``pass_env`` and header values added;
+- the engine (``recovery/engine.py``): step details (plan message, step result, timeline text),
+  progress lines, and every string of a step's output before the ledger row is written;
+- Slack (``bot/slack_gateway.py``): every Web API call's ``text``, ``blocks``, ``attachments`` and
+  ``view``, as the last line of defence;
+- logs (``bot/logs.py``): every formatted record;
+- health check details and backup/restore/WAL errors, in their own modules.
 """
 
 from __future__ import annotations
@@ -46,11 +59,12 @@ _registered: frozenset[str] = frozenset()   # replaced whole under _lock; reader
 
 
 def _forms(value: str) -> set[str]:
-    """The value as written and as it appears URL-encoded."""
+    """The value as written, URL-encoded, and each of its lines (hook output is redacted line by line)."""
     value = value.strip()
     if len(value) < MIN_SECRET_CHARS:
         return set()
-    return {value, quote(value, safe="")}
+    lines = {line.strip() for line in value.splitlines() if len(line.strip()) >= MIN_SECRET_CHARS}
+    return {value, quote(value, safe=""), *lines}
 
 
 def register_secrets(values: Iterable[str | None]) -> int:

@@ -90,6 +90,9 @@ def test_a_declared_value_is_masked_whatever_its_variable_is_called(monkeypatch:
     assert redact("postgresql://app:Zq81-db%2Bpass%2Fnever-shown@db1/app").count(MASK) == 1
     assert redact(f"echo: {LB_CREDENTIAL}") == f"echo: {MASK}"
     assert redact("ship it") == "ship it"
+    # a multi-line secret (a PEM key) printed line by line is masked line by line
+    register_secrets(["-----BEGIN KEY-----\nc2VjcmV0LWxpbmU=\n-----END KEY-----"])
+    assert redact("c2VjcmV0LWxpbmU=") == MASK
     # nested output for the ledger
     assert redact_data({"checks": [{"detail": f"pw {DB_PASS}"}], "n": 3}) == {"checks": [{"detail": f"pw {MASK}"}],
                                                                                "n": 3}
