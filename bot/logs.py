@@ -103,7 +103,15 @@ def setup_logging(level: str = "INFO") -> None:
     verification = logging.getLogger("slack_bolt.RequestVerification")
     if _drop_all not in verification.filters:
         verification.addFilter(_drop_all)
+    bolt_app = logging.getLogger("slack_bolt.App")
+    if _drop_token_notice not in bolt_app.filters:
+        bolt_app.addFilter(_drop_token_notice)
 
 
 def _drop_all(_record: logging.LogRecord) -> bool:
     return False
+
+
+def _drop_token_notice(record: logging.LogRecord) -> bool:
+    # Bolt warns at every start that SLACK_BOT_TOKEN is unused because the app is given its client.
+    return not str(record.msg).startswith("As you gave `client` as well")
