@@ -1,8 +1,10 @@
 """Configuration that says what is wrong (issue 7): typed sections, paths, suggestions, one line each.
 
-The table runs the real ``aegis config check --config FILE`` as a subprocess for each broken file
-(all at once, in a module fixture, to keep the module at a few seconds) and checks the exit code (2),
-that each problem is one line naming the file and the key's path, the suggestion, and no traceback.
+The table of broken files runs one (or more) per section through the real ``aegis config check
+--config FILE`` as a subprocess (all at once, in a module fixture, to keep the module at seconds)
+and checks the exit code (2), that each problem is one line naming the file and the key's path, the
+suggestion, and no traceback; the rest of the table goes through ``load_config`` in-process, with
+the same checks on :attr:`ConfigError.problems` (what the CLI prints, one per line).
 """
 
 from __future__ import annotations
@@ -42,8 +44,12 @@ KEY_B = "22" * 32
 SECRET = "s3cr3t-Pa55"   # must never be echoed by a refusal
 
 
+CLI, LIB = "cli", "lib"   # through `aegis config check` as a subprocess, or load_config in-process
+
+
 @dataclass(frozen=True)
 class Broken:
+    via: str
     name: str
     content: str | bytes | None       # None: the path is a directory
     says: list[str]                   # fragments of the one expected problem line
@@ -55,88 +61,89 @@ def _storage(*entries: str) -> str:
 
 
 BROKEN = [
-    Broken("storage kind s4", _storage("{kind: s4, bukket: x}"),
+    Broken(CLI, "storage kind s4", _storage("{kind: s4, bukket: x}"),
            ["`storage[0].kind`: 's4' is not one of local, s3, azure"]),
-    Broken("storage bukket", _storage("{kind: local, path: /tmp/x}", "{kind: s3, bucket: b, bukket: x}"),
+    Broken(CLI, "storage bukket", _storage("{kind: local, path: /tmp/x}", "{kind: s3, bucket: b, bukket: x}"),
            ["`storage[1].bukket`: unknown key; did you mean `bucket`?"]),
-    Broken("storage missing bucket", _storage("{kind: s3, region: eu-west-1}"),
+    Broken(LIB, "storage missing bucket", _storage("{kind: s3, region: eu-west-1}"),
            ["`storage[0].bucket`: required key is missing"]),
-    Broken("storage without kind", _storage("{path: /tmp/x}"),
+    Broken(LIB, "storage without kind", _storage("{path: /tmp/x}"),
            ["`storage[0].kind`: required key is missing; give one of local, s3, azure"]),
-    Broken("storage azure typo", _storage("{kind: azure, container: c, conection_string_env: AZ}"),
+    Broken(LIB, "storage azure typo", _storage("{kind: azure, container: c, conection_string_env: AZ}"),
            ["`storage[0].conection_string_env`: unknown key; did you mean `connection_string_env`?"]),
-    Broken("storage S3 part below 5 MiB", _storage("{kind: s3, bucket: b, part_size: 1024}"),
+    Broken(LIB, "storage S3 part below 5 MiB", _storage("{kind: s3, bucket: b, part_size: 1024}"),
            ["`storage[0].part_size`: Input should be greater than or equal to 5242880"]),
-    Broken("storage names clash", _storage("{kind: local, path: /a, name: x}", "{kind: local, path: /b, name: x}"),
+    Broken(LIB, "storage names clash", _storage("{kind: local, path: /a, name: x}", "{kind: local, path: /b, name: x}"),
            ["storage[1]: the name 'x' is used by an earlier target"]),
-    Broken("encryption key_fiel", "encryption: {key_fiel: /etc/aegis/backup.key}\n",
+    Broken(CLI, "encryption key_fiel", "encryption: {key_fiel: /etc/aegis/backup.key}\n",
            ["`encryption.key_fiel`: unknown key; did you mean `key_file`?"]),
-    Broken("encryption both", "encryption: {key_env: AEGIS_BACKUP_KEY, key_file: /etc/aegis/backup.key}\n",
+    Broken(CLI, "encryption both", "encryption: {key_env: AEGIS_BACKUP_KEY, key_file: /etc/aegis/backup.key}\n",
            ["`encryption`: give exactly one of key_env (a variable holding the key) or key_file"]),
-    Broken("encryption neither", "encryption: {}\n", ["`encryption`: give exactly one of key_env"]),
-    Broken("neo4j pasword_env", "components:\n  neo4j: {uri: 'bolt://127.0.0.1:7687', pasword_env: NEO4J_PW}\n",
+    Broken(LIB, "encryption neither", "encryption: {}\n", ["`encryption`: give exactly one of key_env"]),
+    Broken(CLI, "neo4j pasword_env", "components:\n  neo4j: {uri: 'bolt://127.0.0.1:7687', pasword_env: NEO4J_PW}\n",
            ["`components.neo4j.pasword_env`: unknown key; did you mean `password_env`?"]),
-    Broken("neo4j password in URI", f"components:\n  neo4j: {{uri: 'bolt://neo4j:{SECRET}@db:7687'}}\n",
+    Broken(LIB, "neo4j password in URI", f"components:\n  neo4j: {{uri: 'bolt://neo4j:{SECRET}@db:7687'}}\n",
            ["`components.neo4j.uri`: do not put a password in the URL; name an environment variable in "
             "password_env"]),
-    Broken("milvus unknown key", "components:\n  milvus: {uri: /var/lib/milvus.db, url: http://x}\n",
+    Broken(CLI, "milvus unknown key", "components:\n  milvus: {uri: /var/lib/milvus.db, url: http://x}\n",
            ["`components.milvus.url`: unknown key; did you mean `uri`?"]),
-    Broken("backups schedule typo", "backups:\n  schedules: {postgres_ful: '0 2 * * sun'}\n",
+    Broken(CLI, "backups schedule typo", "backups:\n  schedules: {postgres_ful: '0 2 * * sun'}\n",
            ["`backups.schedules.postgres_ful`: unknown key; did you mean `postgres_full`?"]),
-    Broken("backups bad crontab", "backups:\n  schedules: {neo4j: 'every night'}\n",
+    Broken(LIB, "backups bad crontab", "backups:\n  schedules: {neo4j: 'every night'}\n",
            ["`backups.schedules.neo4j`: not a crontab expression"]),
-    Broken("hook fence_primery", "hooks:\n  fence_primery: {command: [./fence.sh]}\n",
+    Broken(CLI, "hook fence_primery", "hooks:\n  fence_primery: {command: [./fence.sh]}\n",
            ["`hooks.fence_primery`: unknown hook `fence_primery`; did you mean `fence_primary`?"]),
-    Broken("hook command and webhook", "hooks:\n  update_traffic: {command: [x], webhook: 'https://lb/x'}\n",
+    Broken(CLI, "hook command and webhook", "hooks:\n  update_traffic: {command: [x], webhook: 'https://lb/x'}\n",
            ["`hooks.update_traffic`: give exactly one of command or webhook"]),
-    Broken("hook key typo", "hooks:\n  fence_primary: {command: [x], pass_envs: [DB_PASS]}\n",
+    Broken(LIB, "hook key typo", "hooks:\n  fence_primary: {command: [x], pass_envs: [DB_PASS]}\n",
            ["`hooks.fence_primary.pass_envs`: unknown key; did you mean `pass_env`?"]),
-    Broken("hook env shadows context", "hooks:\n  fence_primary: {command: [x], env: {AEGIS_INCIDENT: INC-1}}\n",
+    Broken(LIB, "hook env shadows context", "hooks:\n  fence_primary: {command: [x], env: {AEGIS_INCIDENT: INC-1}}\n",
            ["`hooks.fence_primary.env`: AEGIS_INCIDENT: AEGIS_* variables are set by Aegis"]),
-    Broken("hook pass_env bad name", "hooks:\n  fence_primary: {command: [x], pass_env: [db-pass]}\n",
+    Broken(LIB, "hook pass_env bad name", "hooks:\n  fence_primary: {command: [x], pass_env: [db-pass]}\n",
            ["`hooks.fence_primary.pass_env[0]`: `db-pass` is not an environment variable name"]),
-    Broken("hook env bad name", "hooks:\n  fence_primary: {command: [x], env: {region: eu}}\n",
+    Broken(LIB, "hook env bad name", "hooks:\n  fence_primary: {command: [x], env: {region: eu}}\n",
            ["`hooks.fence_primary.env.region`: `region` is not an environment variable name"]),
-    Broken("hook pass_env context", "hooks:\n  fence_primary: {command: [x], pass_env: [AEGIS_STEP]}\n",
+    Broken(LIB, "hook pass_env context", "hooks:\n  fence_primary: {command: [x], pass_env: [AEGIS_STEP]}\n",
            ["`hooks.fence_primary.pass_env`: AEGIS_STEP: set by Aegis as the hook's context"]),
-    Broken("hook webhook password", f"hooks:\n  update_traffic: {{webhook: 'https://u:{SECRET}@lb/x'}}\n",
+    Broken(LIB, "hook webhook password", f"hooks:\n  update_traffic: {{webhook: 'https://u:{SECRET}@lb/x'}}\n",
            ["`hooks.update_traffic.webhook`: do not put a password in the URL; send credentials as a header"]),
-    Broken("scenario databse_failure", "slack:\n  scenario_roles: {databse_failure: [database_lead]}\n",
+    Broken(CLI, "scenario databse_failure", "slack:\n  scenario_roles: {databse_failure: [database_lead]}\n",
            ["`slack.scenario_roles.databse_failure`: unknown scenario `databse_failure`; "
             "did you mean `database_failure`?"]),
-    Broken("role dba in roster", "roster: {dba: [U0DB]}\n",
+    Broken(CLI, "role dba in roster", "roster: {dba: [U0DB]}\n",
            ["`roster.dba`: unknown role `dba`; did you mean `database_lead`?"]),
-    Broken("role dba in scenario_roles", "slack:\n  scenario_roles: {ransomware: [security_lead, dba]}\n",
+    Broken(LIB, "role dba in scenario_roles", "slack:\n  scenario_roles: {ransomware: [security_lead, dba]}\n",
            ["`slack.scenario_roles.ransomware[1]`: unknown role `dba`; did you mean `database_lead`?"]),
-    Broken("URL DSN with password", f"components:\n  postgres: {{primary: {{dsn: 'postgresql://app:{SECRET}@db/app'}}}}\n",
+    Broken(CLI, "URL DSN with password", f"components:\n  postgres: {{primary: {{dsn: 'postgresql://app:{SECRET}@db/app'}}}}\n",
            ["`components.postgres.primary.dsn`: do not put a password in the DSN; name an environment variable "
             "in password_env"]),
-    Broken("URL DSN with password parameter",
+    Broken(LIB, "URL DSN with password parameter",
            f"components:\n  postgres:\n    primary: {{dsn: 'host=a'}}\n"
            f"    standby: {{dsn: 'postgresql://app@db/app?password={SECRET}'}}\n",
            ["`components.postgres.standby.dsn`: do not put a password in the DSN"]),
-    Broken("key=value DSN with password",
+    Broken(LIB, "key=value DSN with password",
            f"components:\n  postgres: {{primary: {{dsn: \"host=db password='{SECRET}'\"}}}}\n",
            ["`components.postgres.primary.dsn`: do not put a password in the DSN"]),
-    Broken("tier 7", "services:\n  - {name: api, tier: 7}\n",
+    Broken(CLI, "tier 7", "services:\n  - {name: api, tier: 7}\n",
            ["`services[0].tier`: tier 7 does not exist; tiers are 1, 2 and 3"]),
-    Broken("depends_on typo", "services:\n  - {name: user-auth, tier: 1}\n  - {name: api, depends_on: [user-aut]}\n",
+    Broken(LIB, "depends_on typo",
+           "services:\n  - {name: user-auth, tier: 1}\n  - {name: api, depends_on: [user-aut]}\n",
            ["depends on unknown service(s) ['user-aut']", "did you mean `user-auth`?"]),
-    Broken("timezone Mars/Olympus", "timezone: Mars/Olympus\n",
+    Broken(CLI, "timezone Mars/Olympus", "timezone: Mars/Olympus\n",
            ["`timezone`: unknown time zone 'Mars/Olympus'; use an IANA name such as UTC or Asia/Seoul"]),
-    Broken("backups timezone", "backups: {timezone: Asia/Seol}\n", ["`backups.timezone`: unknown time zone"]),
-    Broken("top-level typo", "objectivs: {rto_minutes: 60}\n",
+    Broken(LIB, "backups timezone", "backups: {timezone: Asia/Seol}\n", ["`backups.timezone`: unknown time zone"]),
+    Broken(LIB, "top-level typo", "objectivs: {rto_minutes: 60}\n",
            ["`objectivs`: unknown key; did you mean `objectives`?"]),
-    Broken("two problems, two lines", "roster: {dba: [U1]}\ntimezone: Nowhere/City\n",
+    Broken(CLI, "two problems, two lines", "roster: {dba: [U1]}\ntimezone: Nowhere/City\n",
            ["`roster.dba`", "`timezone`"], problems=2),
-    Broken("non-UTF-8 file", b"locale: en\nslack: {ops_channel: \"\xff\xfe\"}\n",
+    Broken(CLI, "non-UTF-8 file", b"locale: en\nslack: {ops_channel: \"\xff\xfe\"}\n",
            ["not UTF-8 text (invalid byte at offset 33); save it as UTF-8"]),
-    Broken("directory", None, ["is a directory; give the path of the YAML file"]),
-    Broken("invalid YAML", "storage: [\n  {kind: local\n", ["not valid YAML: ", "(line "]),
-    Broken("not a mapping", "- locale: en\n", ["the top level must be a mapping of keys", "not a list"]),
-    Broken("duplicate key", "locale: en\nroster: {}\nlocale: ko\n",
+    Broken(CLI, "directory", None, ["is a directory; give the path of the YAML file"]),
+    Broken(LIB, "invalid YAML", "storage: [\n  {kind: local\n", ["not valid YAML: ", "(line "]),
+    Broken(LIB, "not a mapping", "- locale: en\n", ["the top level must be a mapping of keys", "not a list"]),
+    Broken(LIB, "duplicate key", "locale: en\nroster: {}\nlocale: ko\n",
            ["not valid YAML: the key 'locale' is given twice"]),
-    Broken("newline in a key", "\"stor\\nage\": []\n", ["`stor\\nage`: unknown key; did you mean `storage`?"]),
+    Broken(CLI, "newline in a key", "\"stor\\nage\": []\n", ["`stor\\nage`: unknown key; did you mean `storage`?"]),
 ]
 
 
@@ -159,32 +166,49 @@ def _write(path: Path, content: str | bytes | None) -> Path:
 
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
-    """Every broken file of the table through `aegis config check --config FILE`, run concurrently."""
+    """The CLI cases of the table through `aegis config check --config FILE`, run concurrently."""
     root = tmp_path_factory.mktemp("broken")
-    files = {case.name: _write(root / f"case{i}.yaml", case.content) for i, case in enumerate(BROKEN)}
+    files = {case.name: _write(root / f"case{i}.yaml", case.content)
+             for i, case in enumerate(BROKEN) if case.via == CLI}
     with ThreadPoolExecutor(max_workers=4) as pool:
         runs = dict(zip(files, pool.map(lambda f: _aegis("config", "check", "--config", str(f), cwd=root),
                                         files.values()), strict=True))
     return {name: (files[name], runs[name]) for name in files}
 
 
-def _assert_refused(file: Path, run: subprocess.CompletedProcess[str], says: list[str], problems: int) -> None:
-    assert run.returncode == 2, (run.stdout, run.stderr)
-    assert "Traceback" not in run.stderr and "config OK" not in run.stdout
-    lines = run.stderr.splitlines()
+def _assert_lines(file: Path, lines: list[str], says: list[str], problems: int) -> None:
     assert len(lines) == problems, lines
     for line in lines:                          # one line per problem, each naming the file
         assert line.removeprefix("aegis: ").startswith(f"{file}: "), line
     for fragment in says:
         assert any(fragment in line for line in lines), (fragment, lines)
-    assert SECRET not in run.stderr
+    assert not any(SECRET in line for line in lines)
 
 
-@pytest.mark.parametrize("case", BROKEN, ids=[c.name for c in BROKEN])
+def _assert_refused(file: Path, run: subprocess.CompletedProcess[str], says: list[str], problems: int) -> None:
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    assert "Traceback" not in run.stderr and "config OK" not in run.stdout
+    _assert_lines(file, run.stderr.splitlines(), says, problems)
+
+
+CLI_CASES = [c for c in BROKEN if c.via == CLI]
+LIB_CASES = [c for c in BROKEN if c.via == LIB]
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.name for c in CLI_CASES])
 def test_config_check_refuses_a_broken_file_with_one_line_per_problem(
         case: Broken, checked: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]) -> None:
     file, run = checked[case.name]
     _assert_refused(file, run, case.says, case.problems)
+
+
+@pytest.mark.parametrize("case", LIB_CASES, ids=[c.name for c in LIB_CASES])
+def test_load_config_refuses_a_broken_file_with_one_line_per_problem(case: Broken, tmp_path: Path) -> None:
+    file = _write(tmp_path / "aegis.yaml", case.content)
+    with pytest.raises(ConfigError) as refused:
+        load_config(file)
+    assert str(refused.value).splitlines() == refused.value.problems
+    _assert_lines(file, refused.value.problems, case.says, case.problems)
 
 
 def test_an_unreadable_file_is_one_line(tmp_path: Path) -> None:
@@ -351,3 +375,12 @@ def test_readme_examples_still_validate(tmp_path: Path) -> None:
         Config.model_validate(data)
         merged.update(data)
     Config.model_validate(merged)
+
+
+def test_a_locale_from_the_environment_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AEGIS_LOCALE", "fr")
+    file = _write(tmp_path / "aegis.yaml", "locale: en\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(file)
+    assert refused.value.problems == [
+        f"{file}: `locale`: Input should be 'en' or 'ko' (the value comes from AEGIS_LOCALE)"]
