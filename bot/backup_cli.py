@@ -15,6 +15,7 @@ from typing import Any
 from sqlmodel import col, select
 
 from bot.config import Config, load_config
+from bot.secrets import install_masking
 from recovery.backup.crypto import BackupKey, BackupKeyError, load_key
 from recovery.backup.retention import RetentionPolicy, prune
 from recovery.backup.runner import BackupRunner, RunReport, Sources
@@ -165,6 +166,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def setup(args: argparse.Namespace) -> tuple[Config, Store]:
     config = load_config(args.config)
+    install_masking(config)   # the backup, wal and restore commands log and print redacted, like serve
     store = Store()
     store.migrate()
     return config, store
