@@ -600,7 +600,8 @@ class Flows:
             view = self.view(session, incident)
         if not incident.stakeholder_channel:
             return
-        t = TransitionView(transition.source, transition.dest, transition.actor, transition.reason, transition.at)
+        t = TransitionView(transition.source, transition.dest, transition.actor, transition.reason, transition.at,
+                           transition.trigger)
         message = blocks.stakeholder_update(view, t, self.locale)
         self._post_thread(incident, message, "post a stakeholder update")
 

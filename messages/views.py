@@ -116,8 +116,9 @@ class TransitionView:
     source: str
     dest: str
     actor: str | None
-    reason: str
+    reason: str                    # English, for logs; shown only where a person typed it (close)
     at: datetime
+    trigger: str = ""              # what caused it; the stakeholder post words it per locale
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from messages import blocks, render
 from messages.views import ApprovalView, Message, ReplacedView, RevisionView, StepView, TimelineItem
 from statemachines import service as svc
 from tests.aegis_process import wait_for
-from tests.slack_reading import all_text, buttons
+from tests.slack_reading import all_text, buttons, channel_by_id
 from tests.test_e2e_lifecycle import Walk
 from tests.test_e2e_scenarios import ROSTER, close_with_modal, replies_for, start
 from tests.test_messages import REFUSALS, T0, every_message, make_view
@@ -273,7 +273,8 @@ def submit_reject(walk: Walk, emulator: EmulatorServer, user: str, step_id: int,
 def test_reject_asks_a_reason_and_the_replaced_plan_retires_its_buttons(
     tmp_path: Path, emulator: EmulatorServer,
 ) -> None:
-    bot = start(tmp_path, emulator, {"roster": ROSTER, "timezone": "Asia/Seoul"})
+    bot = start(tmp_path, emulator, {"roster": ROSTER, "timezone": "Asia/Seoul",
+                                     "slack": {"stakeholder_channel": "C0STAKE"}})
     try:
         walk = Walk(bot, emulator)
         walk.declare("incident database_failure high orders database <!channel> is down")
@@ -340,6 +341,15 @@ def test_reject_asks_a_reason_and_the_replaced_plan_retires_its_buttons(
             assert internal not in report_text, internal
         assert "KST" in report_text and "UTC" not in report_text
         assert "wrong order" in report_text          # the reason is in the timeline the report shows
+
+        # nowhere — channel, stakeholder thread, report — a raw key, an internal flag or live markup
+        stakeholder = "\n".join(all_text(m) for m in channel_by_id(emulator.state, "C0STAKE")["messages"])
+        assert "closed" in stakeholder.lower() and "false alarm after all" in stakeholder
+        everything = [all_text(m) for c in emulator.state.channels() for m in c["messages"]]
+        for text in everything:
+            for internal in ("incident_commander", "database_failure", "(S2", "confirmed_by_human", "<!channel>",
+                             "<@U123>"):
+                assert internal not in text, (internal, text)
     finally:
         bot.stop()
 
@@ -361,3 +371,19 @@ def test_korean_closing_report_has_korean_timeline_lines(tmp_path: Path, emulato
             assert not hangul_against_a_span(all_text(message)), all_text(message)
     finally:
         bot.stop()
+
+
+@pytest.mark.parametrize("locale", render.LOCALES)
+def test_stakeholder_updates_word_the_cause_instead_of_the_internal_reason(locale: str) -> None:
+    from messages.views import TransitionView
+
+    v = make_view("assessed", strategy="restore_from_backup", close_summary=HOSTILE)
+    assess = TransitionView("assembled", "assessed", "aegis",
+                            "restore_from_backup: no standby is configured: restore from backup (S2, C3)", T0,
+                            "assess")
+    text = all_text_of(blocks.stakeholder_update(v, assess, locale))
+    assert "(S2" not in text and "restore_from_backup" not in text
+    assert render.name_table(locale, "strategies")["restore_from_backup"] in text
+    close = TransitionView("assessed", "closed", "U0IC", f"false alarm: {HOSTILE}", T0, "close_false_alarm")
+    closed = all_text_of(blocks.stakeholder_update(v, close, locale))
+    assert "&lt;!channel&gt;" in closed and "<!channel>" not in closed and "false alarm:" not in closed
