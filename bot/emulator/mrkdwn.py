@@ -27,6 +27,9 @@ EMOJI = {
 NameLookup = Callable[[str], str | None]
 
 _TOKENS = re.compile(r"```(?P<pre>.*?)```|`(?P<code>[^`\n]+)`|<(?P<special>[^<>\n]+)>", re.S)
+# Slack's rule: a marker formats only at a word boundary — the opening one not preceded, the closing one
+# not followed, by a letter or digit of any script. ``\w`` is Unicode here, so Hangul counts as a letter:
+# ``*Aegis*는`` keeps its asterisks, as in Slack, while ``*Aegis* 는`` and ``(*x*)`` are bold.
 _BOLD = re.compile(r"(?<![\w*])\*(?!\s)([^*\n]+?)(?<!\s)\*(?![\w*])")
 _ITALIC = re.compile(r"(?<![\w_])_(?!\s)([^_\n]+?)(?<!\s)_(?![\w_])")
 _STRIKE = re.compile(r"(?<![\w~])~(?!\s)([^~\n]+?)(?<!\s)~(?![\w~])")
