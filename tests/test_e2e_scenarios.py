@@ -56,6 +56,16 @@ def close_with_modal(walk: Walk, emulator: EmulatorServer, user: str, summary: s
     walk.wait_state("closed")
 
 
+def verify_with_modal(walk: Walk, emulator: EmulatorServer, user: str, evidence: str) -> None:
+    """Nothing automated to check: press Verify manually, state the evidence in the form."""
+    verify = next(s for s in walk.steps() if s.action == "verify")
+    walk.wait_step(verify.id, "awaiting_verification")
+    walk.click(user, "aegis_verify_manual", str(verify.id))
+    view = wait_for(lambda: [v for v in emulator.state.views(user=user) if v.get("callback_id") == "aegis_verify_submit"
+                             and v.get("status") == "open"], what="the verification form")[-1]
+    walk.driver.submit_view(user, view["id"], {"evidence": {"value": {"type": "plain_text_input", "value": evidence}}})
+
+
 def test_ransomware_via_the_form_needs_two_approvers_one_from_security_in_korean(
     tmp_path: Path, emulator: EmulatorServer,
 ) -> None:
@@ -101,9 +111,13 @@ def test_ransomware_via_the_form_needs_two_approvers_one_from_security_in_korean
         walk.click("U0SEC", "aegis_approve", str(restore.id))
         walk.wait_step(restore.id, "succeeded")
         approve_all(walk, {"*": "U0APP"})
+        # no service health check and no database configured: verified only on a responder's evidence
+        assert walk.incident().state == "recovering"
+        verify_with_modal(walk, emulator, "U0SEC", "파일 서버 샘플 복원 확인, 해시 일치")
         walk.wait_state("verified")
         close_with_modal(walk, emulator, "U0IC", "깨끗한 백업으로 복구 완료")
         closing = wait_for(lambda: [m for m in walk.chan()["messages"] if "RTO" in all_text(m)], what="closing")
+        assert "수동 검증: 파일 서버 샘플 복원 확인, 해시 일치" in all_text(closing[-1])
         assert "종료" in all_text(closing[-1])
     finally:
         bot.stop()

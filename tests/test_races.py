@@ -454,3 +454,30 @@ def test_store_outage_longer_than_the_lease_is_logged_and_the_real_outcome_recon
     assert incident.state == "verified"
     store_a.dispose()
     store_b.dispose()
+
+
+# --- 4: roles that gate approvals come from the roster ------------------------------------------------
+
+def test_an_unlisted_security_lead_cannot_be_claimed_to_pass_the_two_person_rule(
+    emulator: EmulatorServer, tmp_path: Path,
+) -> None:
+    store = new_store("sqlite", tmp_path, None)
+    harness = harness_for(store, emulator, tmp_path, {"roster": {
+        "incident_commander": ["U0IC"], "database_lead": ["U0DB"]}})     # no security lead listed
+    try:
+        harness.walk_to_assessed("ransomware")
+        refused = outcome_of(lambda: harness.flows.claim_role(user_id="U0DB", incident_id=harness.incident_id,
+                                                              role="security_lead"))
+        assert refused == "not_on_roster"
+        with store.session() as session:
+            assert "security_lead" not in svc.roles(session, harness.incident_id)
+            audits = [e for e in svc.timeline(session, harness.incident_id) if e.kind == "audit"]
+        assert audits and audits[-1].actor == "U0DB"
+        restore = next(s for s in harness.steps() if s.approvals_required == 2)
+        # the database lead and the commander together still are not "one of them the security lead"
+        for user in ("U0DB", "U0IC"):
+            outcome_of(lambda u=user: harness.flows.approve(user_id=u, step_id=restore.id or 0))
+        assert harness.step(restore.id or 0).status == "awaiting_approval"
+    finally:
+        harness.stop()
+        store.dispose()

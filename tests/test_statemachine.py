@@ -155,3 +155,23 @@ def test_policy_roster_commander_and_two_person_rule() -> None:
     assert policy.may_close("UIC", holders={"incident_commander": "UIC"}, declared_by="U1", state="verified").allowed
     assert not policy.may_close("U1", holders={"incident_commander": "UIC"}, declared_by="U1",
                                 state="assessed").allowed
+
+
+def test_gating_roles_are_claimed_only_from_the_roster_when_one_exists() -> None:
+    # a roster that lists only the database lead: nobody may self-appoint the security lead (and so
+    # satisfy the ransomware two-person rule alone), nor the infrastructure lead
+    roster = {"database_lead": ["UDB"], "incident_commander": ["UIC"]}
+    for role in ("security_lead", "infrastructure_lead"):
+        for user in ("UDB", "UIC", "UOUT"):
+            decision = policy.may_claim(role, user, roster=roster, declared_by="UIC")
+            assert not decision.allowed and decision.reason == "not_on_roster", (role, user)
+    assert policy.may_claim("database_lead", "UDB", roster=roster, declared_by="UIC").allowed
+    assert not policy.may_claim("database_lead", "UOUT", roster=roster, declared_by="UIC").allowed
+    # roles that gate no approval stay open to the channel
+    assert policy.may_claim("communication_manager", "UOUT", roster=roster, declared_by="UIC").allowed
+    assert not policy.roles_open(roster)
+    # no roster at all (the demo): every role is open, and the card is told so
+    empty: dict[str, list[str]] = {}
+    assert policy.roles_open(empty) and policy.roles_open({"security_lead": []})
+    assert policy.may_claim("security_lead", "UOUT", roster=empty, declared_by="U1").allowed
+    assert not policy.may_claim("security_lead", "UOUT", roster={"database_lead": ["UDB"]}, declared_by="U1").allowed
