@@ -161,6 +161,12 @@ class SlackFrontDoor:
         except Exception:
             log.exception("Bolt could not dispatch an authenticated %s request", body.get("type", "form"))
             return _answer(start_response, "400 Bad Request", b"bad request: could not be handled")
+        if response.status >= 500:
+            # Bolt answers 500 when a listener raised before its ack; the handler logged why. Slack
+            # gets a short 400 rather than a server error it would show as "dispatch_failed".
+            log.error("a %s listener failed before its ack (HTTP %d from Bolt)", body.get("type", "command"),
+                      response.status)
+            return _answer(start_response, "400 Bad Request", b"bad request: could not be handled")
         headers = [(name, value) for name, values in response.headers.items() for value in values
                    if name.lower() not in ("content-length", "content-type")]
         content_type = (response.headers.get("content-type") or ["text/plain; charset=utf-8"])[0]
