@@ -53,7 +53,8 @@ def port_number(value: str) -> int:
     """A TCP port, 0–65535 (0: any free port)."""
     text = value.strip()
     if not text.isascii() or not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{escape(value)[:20]!r} is not a port; use a number from 1 to 65535 (0: any free port)")
+        raise argparse.ArgumentTypeError(f"{escape(value)[:20]!r} is not a port; "
+                                         "use a number from 1 to 65535 (0: any free port)")
     return int(text)
 
 
