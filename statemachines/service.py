@@ -396,7 +396,8 @@ def record_manual_verification(
         return False
     add_event(session, incident_id=step.incident_id, kind="verification", actor=user_id,
               text=f"verified manually: {statement}",
-              data={"step_id": step.id, "manual": True, "evidence": observed})
+              data={"step_id": step.id, "manual": True, "evidence": observed, "code": "verified_manually",
+                    "position": step.position, "title": step.title, "statement": statement})
     return True
 
 
