@@ -9,8 +9,9 @@ the catalog database must be reachable from there, e.g.::
 
 Exit codes follow what PostgreSQL expects: push 0 archived (or already archived identically), 1
 not archived (PostgreSQL retries; the segment stays in pg_wal); fetch 0 restored, 1 absent (the
-normal end of recovery), 255 any error — including a bad config or key — so recovery stops instead
-of ending early and promoting on a gap.
+normal end of recovery), 255 any error — including a bad config or key, and a segment the catalog
+lists as archived that no target holds — so recovery stops instead of ending early and promoting on
+a gap.
 """
 
 from __future__ import annotations

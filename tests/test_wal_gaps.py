@@ -65,14 +65,14 @@ def test_a_restore_refuses_a_wal_gap_before_starting_anything(
     backup = aegis(shared_dir, "backup", "run", "postgresql", "--quiet")
     assert backup.returncode == 0, backup.stdout + backup.stderr
     segments = []
-    for batch in range(5):  # five segments after the backup, each with its own rows
+    for batch in range(3):  # three segments after the backup, each with its own rows
         primary.sql("INSERT INTO t SELECT g, %s, md5(g::text) FROM generate_series(%s::int, %s::int) g",
                     str(batch), batch * 100 + 1, batch * 100 + 100)
         segments.append(primary.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0])
     wait_archived(pg_single, segments[-1])
     for path in sorted(pg_single.archive_dir.iterdir()):
         assert aegis(shared_dir, "wal", "push", str(path)).returncode == 0
-    gap = segments[2]
+    gap = segments[1]  # the middle one
     obj = f"wal/{gap}.zst.aes"
     assert catalog(shared_dir, f"object_name = '{obj}' AND status = 'ok'")
 
