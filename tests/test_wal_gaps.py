@@ -188,3 +188,25 @@ def test_wal_stream_survives_a_primary_outage_that_overflows_the_receivers_stder
     assert receiver_lines, "the receiver's output is logged"
     assert any(MASK in line for line in receiver_lines)
     assert not any(str(primary.socket_dir) in r.getMessage() for r in caplog.records), "logged redacted"
+
+
+def test_the_gap_check_follows_the_timeline_switch_of_a_promotion() -> None:
+    """After a failover at 0/5000060 timeline 2 continues from segment 5: the check reads 1/3..1/4 then 2/5..,
+    takes timeline 2's copy of the switch segment, and ignores segments inside the backup (start..stop)."""
+    from recovery.backup.wal_sequence import first_gap
+
+    history = {2: "1\t0/5000060\tno recovery target specified\n"}
+    names = {"000000010000000000000004", "000000020000000000000005", "000000020000000000000006",
+             "000000020000000000000007", "00000002.history"}
+    backup = {"backup_tli": 1, "start_lsn": "0/2000028", "stop_lsn": "0/3000100"}
+    assert first_gap(names, history, **backup) is None
+    assert first_gap(names - {"000000020000000000000006"}, history, **backup) == "000000020000000000000006"
+    # the old timeline's full copy of the switch segment serves for it (PostgreSQL falls back to it too)
+    assert first_gap(names - {"000000020000000000000005"} | {"000000010000000000000005"}, history, **backup) is None
+    assert first_gap(names - {"000000010000000000000004"}, history, **backup) == "000000010000000000000004"
+    # a point-in-time target in segment 5: a hole after it does not matter
+    assert first_gap(names - {"000000020000000000000006"}, history, **backup,
+                     last_needed="000000020000000000000005") is None
+    # a timeline that branched before the backup started is not followed: its segments fill no hole
+    early = {2: "1\t0/1000000\tbefore the backup\n"}
+    assert first_gap(names | {"000000010000000000000006"}, early, **backup) == "000000010000000000000005"
