@@ -78,7 +78,9 @@ def _append_conf(data_dir: Path, settings: dict[str, Any]) -> None:
     """Append to postgresql.conf (later lines win); appending keeps the postgres-owned file's owner."""
     lines = []
     for key, value in settings.items():
-        rendered = f"'{value}'" if isinstance(value, str) else str(value)
+        # postgresql.conf strings: backslashes are escapes and '' is one quote (a path may hold either)
+        quoted = value.replace("\\", "\\\\").replace("'", "''") if isinstance(value, str) else ""
+        rendered = f"'{quoted}'" if isinstance(value, str) else str(value)
         lines.append(f"{key} = {rendered}\n")
     with open(data_dir / "postgresql.conf", "a", encoding="utf-8") as f:
         f.write("\n# --- tests/pgcluster.py ---\n")
