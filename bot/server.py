@@ -214,13 +214,14 @@ def raise_open_file_limit(wanted: int) -> int:
 class HttpServer:
     """A waitress server on its own thread; ``port=0`` picks a free port (see ``.port``)."""
 
-    def __init__(self, app: WSGIApp, host: str = "127.0.0.1", port: int = 3000, threads: int = 32) -> None:
+    def __init__(self, app: WSGIApp, host: str = "127.0.0.1", port: int = 3000, threads: int = 32, *,
+                 channel_timeout: float = CHANNEL_TIMEOUT) -> None:
         # Each connection is a file descriptor; keep room for the database, Slack calls and hooks.
         files = raise_open_file_limit(CONNECTION_LIMIT + 1024)
         limit = max(100, min(CONNECTION_LIMIT, files - 512))
         self._server = create_server(app, host=host, port=port, threads=threads, ident="aegis",
-                                     connection_limit=limit, channel_timeout=CHANNEL_TIMEOUT,
-                                     cleanup_interval=2, max_request_body_size=MAX_BODY_BYTES + 1,
+                                     connection_limit=limit, channel_timeout=channel_timeout,
+                                     cleanup_interval=min(2, channel_timeout), max_request_body_size=MAX_BODY_BYTES + 1,
                                      clear_untrusted_proxy_headers=True)
         self.host = host
         self.port = int(self._server.effective_port)  # type: ignore[union-attr]

@@ -26,6 +26,7 @@ from bot.bounded import BoundedPool, Busy
 from bot.emulator.faults import fault_from_json
 from bot.emulator.server import EmulatorServer
 from bot.logs import RedactingFormatter
+from bot.server import HttpServer
 from statemachines import service as svc
 from tests.aegis_process import BOT_TOKEN, SIGNING_SECRET, AegisProcess, wait_for
 from tests.slack_reading import all_text, channel_by_id, message_with_button
@@ -267,11 +268,14 @@ def test_formatter_escapes_control_characters_in_messages_and_exceptions() -> No
 
 # --- 8. connections ------------------------------------------------------------------------------
 
-def test_six_hundred_idle_connections_do_not_starve_healthz(bot: AegisProcess) -> None:
+def test_six_hundred_idle_or_slow_connections_do_not_starve_healthz(bot: AegisProcess) -> None:
     idle: list[socket.socket] = []
     try:
-        for _ in range(600):
-            idle.append(socket.create_connection(("127.0.0.1", bot.port), timeout=5))
+        for n in range(600):
+            connection = socket.create_connection(("127.0.0.1", bot.port), timeout=5)
+            if n % 2:   # every other one is a slow client: headers begun, never finished
+                connection.sendall(b"POST /slack/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99\r\n")
+            idle.append(connection)
         started = time.monotonic()
         response = requests.get(f"{bot.url}/healthz", timeout=10)
         assert response.status_code == 200 and time.monotonic() - started < 5
@@ -280,6 +284,24 @@ def test_six_hundred_idle_connections_do_not_starve_healthz(bot: AegisProcess) -
     finally:
         for s in idle:
             s.close()
+
+
+def test_idle_and_slow_clients_are_cut() -> None:
+    def hello(_environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = HttpServer(hello, port=0, channel_timeout=1).start()
+    try:
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")   # never finishes its headers
+        started = time.monotonic()
+        assert idle.recv(1) == b"" and slow.recv(1) == b""   # the server closed both
+        assert time.monotonic() - started < 8
+        assert requests.get(f"{server.url}/", timeout=5).text == "ok"
+    finally:
+        server.stop()
 
 
 # --- 5. handlers survive values Slack can send ---------------------------------------------------
