@@ -222,9 +222,28 @@ class PostgresNode(_Strict):
         return make_conninfo(self.dsn, password=password)
 
 
+class IntegrityCheck(_Strict):
+    """A read-only query run by the verification step on the recovered node; its first value is the
+    evidence (e.g. ``SELECT count(*) FROM orders`` with ``min: 1000``). Without ``expect`` or ``min``
+    the value must be non-empty and not false."""
+
+    name: str = Field(min_length=1, max_length=80)
+    sql: str = Field(min_length=1)
+    expect: str | None = None        # the first value, as text, must equal this
+    min: float | None = None         # or be a number at least this (a row count, a max(id), …)
+    timeout_seconds: float = Field(default=30, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _one_expectation(self) -> IntegrityCheck:
+        if self.expect is not None and self.min is not None:
+            raise ValueError("give at most one of expect or min")
+        return self
+
+
 class PostgresComponent(_Strict):
     primary: PostgresNode
     standby: PostgresNode | None = None
+    integrity_checks: list[IntegrityCheck] = Field(default_factory=list)
 
 
 NEO4J_SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")

@@ -13,7 +13,7 @@ from recovery.actions.base import Action, ActionError
 from recovery.actions.hook import HookAction
 from recovery.actions.manual import ManualStep
 from recovery.actions.postgres import PostgresConfirmDown, PostgresPromote
-from recovery.actions.verify import PostgresVerification, VerifyRecovery
+from recovery.actions.verify import IntegrityQuery, PostgresVerification, VerifyRecovery
 from recovery.health import CheckResult, HealthSpec
 from recovery.planner import Facts, ServiceInfo
 from statemachines.models import PlanStep
@@ -86,8 +86,7 @@ def build_action(config: Config, step: PlanStep, context: dict[str, str]) -> Act
         return HookAction(name, command=hook.command, webhook=hook.webhook,
                           timeout_seconds=hook.timeout_seconds, headers_env=hook.headers_env,
                           done_check=hook.done_check, context=context,
-                          # read defensively: these config fields arrive with issue 7's config work
-                          env=getattr(hook, "env", None), pass_env=getattr(hook, "pass_env", None))
+                          env=hook.env, pass_env=hook.pass_env)
     if step.action == "manual":
         return ManualStep(str(params.get("instruction", step.title)))
     if step.action == "verify":
@@ -95,6 +94,14 @@ def build_action(config: Config, step: PlanStep, context: dict[str, str]) -> Act
         if params.get("postgres_writable"):
             which = str(params["postgres_writable"])
             node = _node(config, which)
-            database = PostgresVerification(node.full_dsn(), _label(node, which))
+            database = PostgresVerification(node.full_dsn(), _label(node, which), integrity_queries(config))
         return VerifyRecovery(service_specs(config) if params.get("services") else [], database)
     raise ActionError(f"unknown action {step.action!r}")
+
+
+def integrity_queries(config: Config) -> tuple[IntegrityQuery, ...]:
+    """The configured integrity queries a verification runs on the recovered PostgreSQL node."""
+    postgres = config.components.postgres
+    if postgres is None:
+        return ()
+    return tuple(IntegrityQuery(c.name, c.sql, c.expect, c.min, c.timeout_seconds) for c in postgres.integrity_checks)

@@ -124,6 +124,14 @@ BROKEN = [
     Broken(LIB, "key=value DSN with password",
            f"components:\n  postgres: {{primary: {{dsn: \"host=db password='{SECRET}'\"}}}}\n",
            ["`components.postgres.primary.dsn`: do not put a password in the DSN"]),
+    Broken(LIB, "integrity check with expect and min",
+           "components:\n  postgres:\n    primary: {dsn: 'host=/tmp'}\n"
+           "    integrity_checks: [{name: rows, sql: 'SELECT 1', expect: '1', min: 1}]\n",
+           ["`components.postgres.integrity_checks[0]`", "give at most one of expect or min"]),
+    Broken(LIB, "integrity check key typo",
+           "components:\n  postgres:\n    primary: {dsn: 'host=/tmp'}\n"
+           "    integrity_checks: [{name: rows, sql: 'SELECT 1', minimum: 1}]\n",
+           ["`components.postgres.integrity_checks[0].minimum`: unknown key; did you mean `min`?"]),
     Broken(CLI, "tier 7", "services:\n  - {name: api, tier: 7}\n",
            ["`services[0].tier`: tier 7 does not exist; tiers are 1, 2 and 3"]),
     Broken(LIB, "depends_on typo",

@@ -17,8 +17,8 @@ import pytest
 from bot.emulator.server import EmulatorServer
 from bot.presenters import objective_report
 from messages import blocks
-from recovery.actions.base import NeedsHuman
-from recovery.actions.verify import VerifyRecovery
+from recovery.actions.base import NeedsHuman, VerificationFailed
+from recovery.actions.verify import IntegrityQuery, PostgresVerification, VerifyRecovery
 from recovery.engine import rpo_from_promotion
 from statemachines import service as svc
 from statemachines.models import utcnow
@@ -87,9 +87,13 @@ def test_a_verification_with_nothing_to_check_never_passes() -> None:
 def test_verified_on_evidence_each_check_with_its_observed_value(
     sqlite_store: Store, emulator: EmulatorServer, tmp_path: Path, health_url: str, pg_single: PgSingle,
 ) -> None:
+    pg_single.primary.sql("CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 3) g")
     harness = harness_for(sqlite_store, emulator, tmp_path, {
         "services": [{"name": "user-authentication", "tier": 1, "health": {"http": health_url}}],
-        "components": {"postgres": {"primary": {"dsn": pg_single.primary.dsn(), "label": "pg-main"}}},
+        "components": {"postgres": {
+            "primary": {"dsn": pg_single.primary.dsn(), "label": "pg-main"},
+            "integrity_checks": [{"name": "orders kept", "sql": "SELECT count(*) FROM orders", "min": 3}],
+        }},
     })
     try:
         harness.walk_to_assessed()
@@ -100,6 +104,8 @@ def test_verified_on_evidence_each_check_with_its_observed_value(
         assert by_check["pg-main role (pg_is_in_recovery)"]["observed"] == "primary (false)"
         assert by_check["pg-main accepts writes"]["observed"].startswith("committed transaction ")
         assert "HTTP 200" in by_check["user-authentication (HTTP)"]["observed"]
+        assert by_check["integrity: orders kept"] == {"check": "integrity: orders kept", "observed": "3",
+                                                     "expected": "≥ 3", "ok": True}
         assert all(e["ok"] and e["expected"] for e in evidence)
         report = close(harness)
         assert "✅ met" in next(line for line in report.splitlines() if "RTO:" in line)
@@ -107,6 +113,33 @@ def test_verified_on_evidence_each_check_with_its_observed_value(
         assert "user-authentication (HTTP): HTTP 200" in report
     finally:
         harness.stop()
+
+
+def test_integrity_queries_are_read_only_evidence_and_fail_on_their_value(pg_single: PgSingle) -> None:
+    node = pg_single.primary
+    node.sql("CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 5) g")
+    queries = (
+        IntegrityQuery("rows", "SELECT count(*) FROM orders", minimum=5),
+        IntegrityQuery("too few", "SELECT count(*) FROM orders", minimum=6),
+        IntegrityQuery("newest id", "SELECT max(id) FROM orders", expect="4"),
+        IntegrityQuery("gone table", "SELECT count(*) FROM no_such_table"),
+        IntegrityQuery("sneaky write", "DELETE FROM orders RETURNING id"),
+        IntegrityQuery("null", "SELECT NULL"),
+    )
+    observed = {e["check"]: e for e in PostgresVerification(node.dsn(), "pg", queries).observe()}
+    assert observed["integrity: rows"]["ok"] is True and observed["integrity: rows"]["observed"] == "5"
+    assert observed["integrity: too few"]["ok"] is False and observed["integrity: too few"]["expected"] == "≥ 6"
+    assert observed["integrity: newest id"] == {"check": "integrity: newest id", "observed": "5",
+                                                "expected": "= 4", "ok": False}
+    assert observed["integrity: gone table"]["ok"] is False
+    assert "does not exist" in observed["integrity: gone table"]["observed"]
+    assert observed["integrity: sneaky write"]["ok"] is False
+    assert "read-only" in observed["integrity: sneaky write"]["observed"]
+    assert observed["integrity: null"]["ok"] is False and observed["integrity: null"]["observed"] == "NULL"
+    assert node.sql("SELECT count(*) FROM orders")[0][0] == 5, "an integrity query changed the data"
+    with pytest.raises(VerificationFailed) as failed:
+        VerifyRecovery([], PostgresVerification(node.dsn(), "pg", queries[1:2])).execute(lambda _line: None)
+    assert "integrity: too few: 5" in str(failed.value)
 
 
 def test_a_failed_check_is_recorded_with_its_value_and_sends_the_incident_back(

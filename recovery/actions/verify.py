@@ -8,7 +8,10 @@ checked, and that statement becomes the evidence. "Checked nothing" is never a p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import psycopg
 
 from recovery.actions.base import (
     Action,
@@ -19,7 +22,7 @@ from recovery.actions.base import (
     VerificationFailed,
     evidence,
 )
-from recovery.health import CheckResult, HealthSpec, run_checks
+from recovery.health import CheckResult, HealthSpec, describe_error, run_checks
 
 _EXPECTED = {
     "http": "HTTP 2xx or 3xx",
@@ -80,14 +83,59 @@ class VerifyRecovery(Action):
         return {"evidence": observations, "checks_passed": len(observations)}
 
 
+@dataclass(frozen=True)
+class IntegrityQuery:
+    """A configured read-only query whose first value is evidence that the data is there."""
+
+    name: str
+    sql: str
+    expect: str | None = None       # the value, as text, must equal this
+    minimum: float | None = None    # or be a number at least this
+    timeout_seconds: float = 30
+
+    def expected(self) -> str:
+        if self.expect is not None:
+            return f"= {self.expect}"
+        if self.minimum is not None:
+            return f"≥ {self.minimum:g}"
+        return "a value that is not empty or false"
+
+    def judge(self, value: Any) -> bool:
+        if self.expect is not None:
+            return value is not None and str(value) == self.expect
+        if self.minimum is not None:
+            try:
+                return value is not None and not isinstance(value, bool) and float(value) >= self.minimum
+            except (TypeError, ValueError):
+                return False
+        return value is not None and value is not False and value != ""
+
+    def observe(self, conn: psycopg.Connection[Any]) -> Evidence:
+        """Run read-only under a statement timeout; a failing query is a failed check, never a crash."""
+        check = f"integrity: {self.name}"
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION READ ONLY")
+                conn.execute(f"SET LOCAL statement_timeout = {int(self.timeout_seconds * 1000)}")
+                row = conn.execute(self.sql).fetchone()  # type: ignore[arg-type]  # the operator's own SQL
+        except psycopg.Error as exc:
+            return evidence(check, f"query failed: {describe_error(exc)}", self.expected(), False)
+        if row is None:
+            return evidence(check, "no row", self.expected(), False)
+        value = row[0]
+        return evidence(check, str(value)[:200] if value is not None else "NULL", self.expected(), self.judge(value))
+
+
 class PostgresVerification(DatabaseCheck):
-    """The promoted/restored node: its role, a committed write, and its replication state."""
+    """The promoted/restored node: its role, a committed write, its replication state, and the
+    configured integrity queries (``components.postgres.integrity_checks``)."""
 
     kind = "postgres_writable"
 
-    def __init__(self, dsn: str, label: str) -> None:
+    def __init__(self, dsn: str, label: str, integrity: tuple[IntegrityQuery, ...] = ()) -> None:
         self.dsn = dsn
         self.label = label
+        self.integrity = integrity
 
     def describe(self) -> str:
         return f"{self.label} accepts writes"
@@ -107,6 +155,7 @@ class PostgresVerification(DatabaseCheck):
             with conn.transaction():
                 row = conn.execute("SELECT txid_current()").fetchone()
             replicas = conn.execute("SELECT count(*) FROM pg_stat_replication").fetchone()
+            integrity = [query.observe(conn) for query in self.integrity]
         txid = int(row[0]) if row else 0
         count = int(replicas[0]) if replicas else 0
         return [
@@ -114,4 +163,5 @@ class PostgresVerification(DatabaseCheck):
             evidence(f"{self.label} accepts writes", f"committed transaction {txid}", "a committed write",
                      txid > 0),
             evidence(f"{self.label} replication", f"{count} streaming replica(s)", "reported", True),
+            *integrity,
         ]
