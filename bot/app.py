@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 
@@ -100,10 +101,17 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     if not signing_secret:
         raise ValueError("create_app needs the real signing secret; there is no default")
     locale = flows.locale
+
+    def single_workspace(enterprise_id: str | None, team_id: str | None, user_id: str | None) -> AuthorizeResult:
+        # Bolt's default single-team authorization calls auth.test on the first request and fails
+        # every request while Slack's API is unreachable; the bot token is known, so no call is needed
+        # and clicks are still acked (and recorded) during a Slack outage.
+        return AuthorizeResult(enterprise_id=enterprise_id, team_id=team_id, user_id=user_id, bot_token=token)
+
     app = App(
         client=WebClient(token=token, base_url=api_url),
         signing_secret=signing_secret,
-        token_verification_enabled=False,      # no auth.test at start: the bot must boot during a Slack outage
+        authorize=single_workspace,
         process_before_response=True,
         raise_error_for_unhandled_request=False,
     )

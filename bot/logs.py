@@ -113,5 +113,8 @@ def _drop_all(_record: logging.LogRecord) -> bool:
 
 
 def _drop_token_notice(record: logging.LogRecord) -> bool:
-    # Bolt warns at every start that SLACK_BOT_TOKEN is unused because the app is given its client.
-    return not str(record.msg).startswith("As you gave `client` as well")
+    # Bolt warns at every start that SLACK_BOT_TOKEN is unused: the app is given its client and its
+    # own authorize function (bot/app.py), which is what Aegis means.
+    message = str(record.msg)
+    return not (message.startswith("As you gave `client` as well")
+                or message.startswith("As `installation_store` or `authorize` has been used"))
