@@ -385,12 +385,13 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             return
         ack()
 
-    @app.view("aegis_reject_submit")
-    def reject_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
-        reason = field(view, "reason")
+    def step_form(ack: Any, body: dict[str, Any], view: dict[str, Any], block: str, missing: str,
+                  run: Callable[[str, int, str], None]) -> None:
+        """A form about one plan step (its id in ``private_metadata``): validate, ack, run later."""
+        text = field(view, block)
         step_id = parse_id(view.get("private_metadata"))
-        if not reason:
-            ack(**form_error("reason", blocks.refusal("reject_reason_missing", locale)))
+        if not text:
+            ack(**form_error(block, blocks.refusal(missing, locale)))
             return
         channel = None
         if step_id is not None:
@@ -400,42 +401,25 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
                 except svc.NotFound:
                     step_id = None
         if step_id is None:
-            ack(**form_error("reason", blocks.refusal("incident_gone", locale)))
+            ack(**form_error(block, blocks.refusal("incident_gone", locale)))
             return
         user = body["user"]["id"]
-        reply = private_reply(user, channel)
         try:
-            later(reply, lambda: flows.reject(user_id=user, step_id=step_id or 0, reason=reason[:1000]))
+            later(private_reply(user, channel), lambda: run(user, step_id or 0, text))
         except Busy:
-            ack(**form_error("reason", busy))
+            ack(**form_error(block, busy))
             return
         ack()
 
+    @app.view("aegis_reject_submit")
+    def reject_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+        step_form(ack, body, view, "reason", "reject_reason_missing",
+                  lambda user, step, reason: flows.reject(user_id=user, step_id=step, reason=reason[:1000]))
+
     @app.view("aegis_verify_submit")
     def verify_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
-        evidence = field(view, "evidence")
-        step_id = parse_id(view.get("private_metadata"))
-        if not evidence:
-            ack(**form_error("evidence", blocks.refusal("evidence_required", locale)))
-            return
-        channel = None
-        if step_id is not None:
-            with flows.store.session() as session:
-                try:
-                    channel = svc.get(session, svc.get_step(session, step_id).incident_id).channel_id
-                except svc.NotFound:
-                    step_id = None
-        if step_id is None:
-            ack(**form_error("evidence", blocks.refusal("incident_gone", locale)))
-            return
-        user = body["user"]["id"]
-        reply = private_reply(user, channel)
-        try:
-            later(reply, lambda: flows.verify_manually(user_id=user, step_id=step_id or 0,
-                                                      evidence=evidence[:2000]))
-        except Busy:
-            ack(**form_error("evidence", busy))
-            return
-        ack()
+        step_form(ack, body, view, "evidence", "evidence_required",
+                  lambda user, step, evidence: flows.verify_manually(user_id=user, step_id=step,
+                                                                     evidence=evidence[:2000]))
 
     return app
