@@ -187,3 +187,29 @@ class ScheduledClaim(SQLModel, table=True):
     fire_time: str
     owner: str = ""                              # host:pid:boot of the replica that won
     claimed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class OutboxRow(SQLModel, table=True):
+    """Something a committed change must tell Slack (Mechanism 1: the transactional outbox).
+
+    Written in the same transaction as the change it reports, so a crash can delay a message but
+    never lose it. ``kind`` names what to do (``open_room``, ``card``, ``plan``, ``stakeholder_update``,
+    …), ``version`` is the incident's version that commit produced, ``payload`` holds plain data the
+    message needs beyond the incident itself (a step id, a transition). The dispatcher claims a row
+    with a lease (``claimed_by``/``claimed_until``), delivers it, and sets ``done_at``; a failed try
+    sets ``next_try_at`` later (back-off) and counts ``attempts``.
+    """
+
+    __tablename__ = "outbox"
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(foreign_key="incident.id", index=True)
+    kind: str
+    version: int = 0
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    attempts: int = 0
+    next_try_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    done_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    claimed_by: str | None = None
+    claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = None
