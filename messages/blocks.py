@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from messages import render
 from messages.views import (
@@ -206,7 +206,12 @@ def _last_update(v: IncidentView) -> Any:
     return v.updated_at or v.declared_at
 
 
-def _commands() -> dict[str, list[str]]:
+class _Commands(TypedDict):
+    scenarios: list[str]
+    severities: list[str]
+
+
+def _commands() -> _Commands:
     # The tokens users type are the table keys; templates show them verbatim.
     return {
         "scenarios": list(render.name_table("en", "scenarios")),

@@ -117,7 +117,7 @@ class IntegrityQuery:
             with conn.transaction():
                 conn.execute("SET TRANSACTION READ ONLY")
                 conn.execute(f"SET LOCAL statement_timeout = {int(self.timeout_seconds * 1000)}")
-                row = conn.execute(self.sql).fetchone()  # type: ignore[arg-type]  # the operator's own SQL
+                row = conn.execute(self.sql).fetchone()  # the operator's own SQL
         except psycopg.Error as exc:
             return evidence(check, f"query failed: {describe_error(exc)}", self.expected(), False)
         if row is None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, cast
 
 import zstandard
 
@@ -34,7 +35,8 @@ def compress_chunks(
     for chunk in chunks:
         if chunk:
             yield from chunker.compress(chunk)
-    yield from chunker.finish()
+    finish = cast("Callable[[], Iterator[bytes]]", chunker.finish)   # unannotated in zstandard's stubs
+    yield from finish()
 
 
 class _IterReader(io.RawIOBase):
@@ -65,7 +67,9 @@ def decompress_chunks(chunks: Iterable[bytes], piece_size: int = DEFAULT_PIECE) 
     Reading through a stream reader bounds memory even when a small input expands enormously.
     """
     dctx = zstandard.ZstdDecompressor()
-    with dctx.stream_reader(_IterReader(chunks), read_size=piece_size, read_across_frames=True) as reader:
+    # zstd only calls read() on its source; the stubs ask for the whole IO[bytes] interface.
+    source = cast("IO[bytes]", _IterReader(chunks))
+    with dctx.stream_reader(source, read_size=piece_size, read_across_frames=True) as reader:
         while True:
             piece = reader.read(piece_size)
             if not piece:

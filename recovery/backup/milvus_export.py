@@ -116,8 +116,9 @@ def list_collections(client: MilvusClient) -> list[str]:
 # ---------------------------------------------------------------- schema and index description
 
 
-def _type_name(value: Any) -> str:
-    return DataType(value).name
+def _type_name(value: int) -> str:
+    name: str = DataType(value).name   # pymilvus is untyped: DataType is Any here
+    return name
 
 
 def _default_value(raw: Any) -> dict[str, Any] | None:

@@ -202,15 +202,21 @@ def decode_value(value: Any) -> Any:
     if tag == "$float":
         return float({"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}[body])
     if tag == "$date":
-        return Date(*_match(_DATE_RE, body, tag))
+        year, month, day = _match(_DATE_RE, body, tag)
+        return Date(year, month, day)
     if tag == "$localtime":
-        return Time(*_match(_TIME_RE, body, tag))
+        hour, minute, second, nanosecond = _match(_TIME_RE, body, tag)
+        return Time(hour, minute, second, nanosecond)
     if tag == "$time":
-        return Time(*_match(_TIME_RE, body, tag), tzinfo=_fixed_offset(int(value["offset"])))
+        hour, minute, second, nanosecond = _match(_TIME_RE, body, tag)
+        return Time(hour, minute, second, nanosecond, tzinfo=_fixed_offset(int(value["offset"])))
     if tag == "$localdatetime":
-        return DateTime(*_match(_DATETIME_RE, body, tag))
+        year, month, day, hour, minute, second, nanosecond = _match(_DATETIME_RE, body, tag)
+        return DateTime(year, month, day, hour, minute, second, nanosecond)
     if tag == "$datetime":
-        fixed = DateTime(*_match(_DATETIME_RE, body, tag), tzinfo=_fixed_offset(int(value["offset"])))
+        year, month, day, hour, minute, second, nanosecond = _match(_DATETIME_RE, body, tag)
+        fixed = DateTime(year, month, day, hour, minute, second, nanosecond,
+                         tzinfo=_fixed_offset(int(value["offset"])))
         zone = value.get("zone")
         # going through the recorded offset pins the exact instant, even for a wall time a DST fold repeats
         return fixed.astimezone(pytz.timezone(zone)) if zone else fixed

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from recovery.backup.compress import DEFAULT_LEVEL, compress_chunks, decompress_chunks
 from recovery.backup.crypto import (
@@ -97,6 +97,12 @@ class RestoreResult:
     seconds: float
 
 
+class Sink(Protocol):
+    """Where a restore writes plaintext: a file, a pipe, or a wrapper that counts."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
 def _source_chunks(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
     if isinstance(source, bytes | bytearray | memoryview):
         yield bytes(source)
@@ -107,7 +113,7 @@ def _source_chunks(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
         while piece := read(SOURCE_READ_SIZE):
             yield piece
         return
-    yield from source  # type: ignore[misc]
+    yield from source
 
 
 def _stored_frames(chunks: Iterable[bytes], encryptor: Encryptor, level: int, threads: int | None) -> Iterator[bytes]:
@@ -333,7 +339,7 @@ def restore_stream(
     target: Target,
     name: str,
     key: BackupKey,
-    sink: BinaryIO,
+    sink: Sink,
     expected_sha256: str | None = None,
     *,
     verify_first: bool = True,

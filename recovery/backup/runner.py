@@ -15,6 +15,7 @@ The caller (CLI, scheduler, Slack) reports failures; this module only records th
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from recovery.backup.crypto import BackupKey
 from recovery.backup.pipeline import PipelineResult, backup_stream
@@ -59,7 +60,7 @@ def new_run_id(store: Store, now: datetime | None = None) -> str:
     base = f"backup_{(now or datetime.now(UTC)):%Y%m%d_%H%M%S}"
     with store.session() as session:
         taken = {r.run_id for r in session.exec(select(BackupRecord).where(
-            BackupRecord.run_id.startswith(base)))}  # type: ignore[attr-defined]
+            col(BackupRecord.run_id).startswith(base)))}
     if base not in taken:
         return base
     n = 2
@@ -139,11 +140,12 @@ class BackupRunner:
         result: PipelineResult | None = None
         error = ""
         facts: dict[str, Any] = {}
+        progress = self.progress
         try:
             with source_cm as source:
                 stream = getattr(source, "stream", source)
                 result = backup_stream(stream, object_name, self.targets, self.key,
-                                       progress=(lambda n: self.progress(object_name, n)) if self.progress else None)
+                                       progress=(lambda n: progress(object_name, n)) if progress else None)
             facts = {k: getattr(source, k, None) for k in ("start_lsn", "stop_lsn", "timeline", "source_sha256")}
         except Exception as exc:   # the source failed: whatever was stored is not a backup
             error = redact(f"{type(exc).__name__}: {exc}")[:500]
@@ -292,7 +294,7 @@ class BackupRunner:
         try:
             records = []
             for collection in list_collections(client):
-                source = produced(lambda out, c=collection: export_collection(client, c, out))
+                source = produced(functools.partial(export_collection, client, collection))
                 records.append(self.store_object(run_id, "milvus", "milvus",
                                                   f"{run_id}/milvus-{collection}.jsonl.zst.aes", source))
             return records

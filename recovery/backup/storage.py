@@ -9,17 +9,24 @@ be mistaken for a backup. Errors are :class:`StorageError` with secrets redacted
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import re
 import tempfile
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
 
 from recovery.redact import redact
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobProperties, ContainerClient
+
+T = TypeVar("T")
+Part = TypeVar("Part")   # what one uploaded part leaves for the final commit (S3: number + ETag, Azure: block id)
 
 MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 8 * MiB
@@ -77,7 +84,7 @@ class _GuardedWriter(Writer):
     def abort(self) -> None:
         self._guard("abort", self._inner.abort)
 
-    def _guard(self, op: str, fn: Callable[..., None], *args: Any) -> None:
+    def _guard(self, op: str, fn: Callable[..., None], *args: bytes) -> None:
         try:
             fn(*args)
         except StorageError:
@@ -121,34 +128,34 @@ def check_key(key: str) -> str:
     return key
 
 
-class _BoundedUploads:
+class _BoundedUploads(Generic[Part]):
     """Run part uploads on a pool with at most ``limit`` in flight; ``submit`` blocks when the pool is full."""
 
     def __init__(self, limit: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="upload")
         self._slots = threading.BoundedSemaphore(limit)
-        self._futures: list[Future[Any]] = []
+        self._futures: list[Future[Part]] = []
         self._error: BaseException | None = None
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+    def submit(self, fn: Callable[[int, bytes], Part], number: int, data: bytes) -> None:
         # Fail the stream at the next write after a part fails, not only at commit.
         if self._error is not None:
             raise self._error
         self._slots.acquire()
         try:
-            future = self._pool.submit(fn, *args)
+            future = self._pool.submit(fn, number, data)
         except BaseException:
             self._slots.release()
             raise
         future.add_done_callback(self._done)
         self._futures.append(future)
 
-    def _done(self, future: Future[Any]) -> None:
+    def _done(self, future: Future[Part]) -> None:
         self._slots.release()
         if not future.cancelled() and future.exception() is not None and self._error is None:
             self._error = future.exception()
 
-    def wait(self) -> list[Any]:
+    def wait(self) -> list[Part]:
         """Results in submission order; raises the first failure."""
         try:
             return [f.result() for f in self._futures]
@@ -159,7 +166,7 @@ class _BoundedUploads:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _PartWriter(Writer):
+class _PartWriter(Writer, Generic[Part]):
     """Cuts the stream into fixed-size parts; subclasses upload parts and finish the object."""
 
     def __init__(self, target: str, part_size: int, concurrency: int, max_parts: int) -> None:
@@ -169,7 +176,7 @@ class _PartWriter(Writer):
         self._concurrency = concurrency
         self._buf = bytearray()
         self._parts = 0
-        self._uploads: _BoundedUploads | None = None
+        self._uploads: _BoundedUploads[Part] | None = None
 
     def write(self, data: bytes) -> None:
         self._buf += data
@@ -208,10 +215,10 @@ class _PartWriter(Writer):
     def _begin(self) -> None: ...
 
     @abstractmethod
-    def _upload_part(self, number: int, data: bytes) -> Any: ...
+    def _upload_part(self, number: int, data: bytes) -> Part: ...
 
     @abstractmethod
-    def _finish(self, parts: list[Any]) -> None: ...
+    def _finish(self, parts: list[Part]) -> None: ...
 
     @abstractmethod
     def _put_whole(self, data: bytes) -> None: ...
@@ -310,7 +317,7 @@ class _RemoteTarget(Target):
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
 
-    def _call(self, op: str, fn: Callable[[], Any]) -> Any:
+    def _call(self, op: str, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except StorageError:
@@ -322,7 +329,11 @@ class _RemoteTarget(Target):
 # --- S3 ----------------------------------------------------------------------------------------------------
 
 
-class _S3Writer(_PartWriter):
+# boto3 ships no types: its client and responses are the one Any of this module.
+_S3Part = dict[str, int | str]   # {"PartNumber": n, "ETag": "..."}, as complete_multipart_upload wants it
+
+
+class _S3Writer(_PartWriter[_S3Part]):
     def __init__(self, target: S3Target, key: str) -> None:
         super().__init__(target.name, target.part_size, target.concurrency, _S3_MAX_PARTS)
         self._s3 = target.client
@@ -333,13 +344,13 @@ class _S3Writer(_PartWriter):
     def _begin(self) -> None:
         self._upload_id = self._s3.create_multipart_upload(Bucket=self._bucket, Key=self._key)["UploadId"]
 
-    def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
+    def _upload_part(self, number: int, data: bytes) -> _S3Part:
         resp = self._s3.upload_part(
             Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=data
         )
         return {"PartNumber": number, "ETag": resp["ETag"]}
 
-    def _finish(self, parts: list[Any]) -> None:
+    def _finish(self, parts: list[_S3Part]) -> None:
         self._s3.complete_multipart_upload(
             Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, MultipartUpload={"Parts": parts}
         )
@@ -410,7 +421,8 @@ class S3Target(_RemoteTarget):
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            head: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return head
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -442,7 +454,7 @@ class S3Target(_RemoteTarget):
         def run() -> list[str]:
             paginator = self.client.get_paginator("list_objects_v2")
             pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
-            return sorted(obj["Key"][len(self.prefix) :] for page in pages for obj in page.get("Contents", []))
+            return sorted(str(obj["Key"])[len(self.prefix) :] for page in pages for obj in page.get("Contents", []))
 
         return self._call(f"list {prefix}", run)
 
@@ -450,7 +462,7 @@ class S3Target(_RemoteTarget):
 # --- Azure Blob ---------------------------------------------------------------------------------------------
 
 
-class _AzureWriter(_PartWriter):
+class _AzureWriter(_PartWriter[str]):
     def __init__(self, target: AzureTarget, key: str) -> None:
         super().__init__(target.name, target.block_size, target.concurrency, _AZURE_MAX_BLOCKS)
         self._blob = target.container_client.get_blob_client(key)
@@ -470,7 +482,7 @@ class _AzureWriter(_PartWriter):
         self._blob.stage_block(block_id, data, length=len(data), validate_content=True)
         return block_id
 
-    def _finish(self, parts: list[Any]) -> None:
+    def _finish(self, parts: list[str]) -> None:
         from azure.storage.blob import BlobBlock
 
         self._blob.commit_block_list([BlobBlock(block_id=b) for b in parts])
@@ -481,6 +493,10 @@ class _AzureWriter(_PartWriter):
     def _discard(self) -> None:
         # Uncommitted blocks are never visible and Azure drops them after a week; nothing to delete.
         pass
+
+
+class _AzureVersion(TypedDict, total=False):
+    api_version: str   # absent: the SDK's own default version
 
 
 class AzureTarget(_RemoteTarget):
@@ -507,11 +523,11 @@ class AzureTarget(_RemoteTarget):
         self.concurrency = max(1, concurrency)
         self.api_version = api_version
         self.retries = retries
-        self._client: Any = None
+        self._client: ContainerClient | None = None
         self._lock = threading.Lock()
 
     @property
-    def container_client(self) -> Any:
+    def container_client(self) -> ContainerClient:
         with self._lock:
             if self._client is None:
                 conn = os.environ.get(self.connection_string_env)
@@ -519,21 +535,18 @@ class AzureTarget(_RemoteTarget):
                     raise StorageError(f"{self.name}: environment variable {self.connection_string_env} is not set")
                 from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
-                kwargs: dict[str, Any] = {
-                    # The SDK default waits 15 s before the first retry; an outage should fail over quickly.
-                    "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=self.retries),
-                    "connection_timeout": 10,
-                }
-                if self.api_version:
-                    kwargs["api_version"] = self.api_version
+                # The SDK default waits 15 s before the first retry; an outage should fail over quickly.
+                retry = ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=self.retries)
+                version: _AzureVersion = {"api_version": self.api_version} if self.api_version else {}
                 try:
-                    service = BlobServiceClient.from_connection_string(conn, **kwargs)
+                    service = BlobServiceClient.from_connection_string(
+                        conn, retry_policy=retry, connection_timeout=10, **version)
                 except Exception as exc:
                     raise _fail(self.name, "connect", exc) from None
                 self._client = service.get_container_client(self.container)
             return self._client
 
-    def _props(self, key: str) -> Any:
+    def _props(self, key: str) -> BlobProperties | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
@@ -560,13 +573,13 @@ class AzureTarget(_RemoteTarget):
             raise StorageError(f"{self.name}: read {key} failed: object does not exist")
         blob = self.container_client.get_blob_client(self._key(key))
         # Ranged reads pinned to the etag: bounded memory, and a blob replaced mid-read fails instead of mixing.
+        def chunk(offset: int) -> bytes:
+            return blob.download_blob(
+                offset, chunk_size, etag=props.etag, match_condition=MatchConditions.IfNotModified, max_concurrency=1
+            ).readall()
+
         for offset in range(0, int(props.size), chunk_size):
-            yield self._call(
-                f"read {key}",
-                lambda o=offset: blob.download_blob(
-                    o, chunk_size, etag=props.etag, match_condition=MatchConditions.IfNotModified, max_concurrency=1
-                ).readall(),
-            )
+            yield self._call(f"read {key}", functools.partial(chunk, offset))
 
     def delete(self, key: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
@@ -601,7 +614,7 @@ _FIELDS: dict[str, tuple[set[str], set[str]]] = {
 _CLASSES: dict[str, type[Target]] = {"local": LocalTarget, "s3": S3Target, "azure": AzureTarget}
 
 
-def target_from_config(config: dict[str, Any]) -> Target:
+def target_from_config(config: Mapping[str, object]) -> Target:
     """Build a target from ``{kind: local|s3|azure, ...}``; unknown or missing keys are errors, not surprises."""
     options = dict(config)
     kind = options.pop("kind", None)

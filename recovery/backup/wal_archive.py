@@ -118,7 +118,7 @@ class TargetWalStore:
                 if not target.exists(obj):
                     continue
                 sink = _HashingSink()
-                restore_stream(target, obj, self.runner.key, sink, verify_first=False)  # type: ignore[arg-type]
+                restore_stream(target, obj, self.runner.key, sink, verify_first=False)
                 return sink.digest.hexdigest()
             except (StorageError, IntegrityError) as exc:
                 log.warning("WAL %s: cannot check the copy on %s: %s", name, target.name, redact(str(exc))[:200])
