@@ -1,12 +1,17 @@
-"""The Slack surface: a Bolt app whose handlers ack at once and hand the work to ``Flows``.
+"""The Slack surface: a Bolt app whose handlers authorise and commit, then ack; Slack is told later.
 
-Every handler acks before doing any I/O (Slack's 3-second rule) and hands the rest to a small
-interaction pool, so the request thread answers Slack at once (``process_before_response=True``:
-no polling for the ack) and the after-ack work — database, Slack calls — never competes with the
-threads that are acking (see bench/ack_latency.py). Requests reach Bolt only through the front
-door (bot/server.py), which has checked the signature on the raw bytes and parsed the body.
-All errors end in one place, ``guarded``: a ``Refused`` becomes an ephemeral explanation, an
-unexpected exception an ephemeral "nothing was changed, reference X" plus a logged traceback.
+Nothing acknowledged is lost (issue 8, Mechanism 1b): a handler that changes something (claim,
+approve, retry, abort, declare, and the reject/verify/close forms) runs the decision to its commit on
+the request thread *before* it acks — a few milliseconds of SQL inside Slack's 3-second budget — so
+a crash right after the HTTP 200 cannot lose the vote or the claim. The decision's transaction wrote
+what must be told as outbox rows (bot/outbox.py delivers them), and its follow-ups (assessment, the
+engine) are found again from durable state by the sweeper. No Web API call runs before the ack: the
+clicker's ephemeral answer (``respond()``, or ``chat.postEphemeral`` for a form) and the forms'
+``views.open`` run after it on a small interaction pool, as do read-only commands (status, list).
+Requests reach Bolt only through the front door (bot/server.py), which has checked the signature on
+the raw bytes and parsed the body. All errors end in one place, ``answer_for``: a ``Refused``
+becomes an ephemeral explanation, an unexpected exception an ephemeral "nothing was changed,
+reference X" plus a logged traceback.
 ``/aegis backup …`` goes to ``BackupDesk`` (bot/backup_slack.py), which runs backups on a worker of
 its own so that a long backup never holds one of the interaction threads.
 
@@ -124,23 +129,48 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         """Run ``work`` after the ack, off the request thread; ``Busy`` when the queue is full."""
         interactions.try_submit(guarded, respond, work)
 
+    def answer_for(exc: Exception) -> Message:
+        """What to tell the user about a failed action (may ask Slack for a link: call it after the ack)."""
+        if isinstance(exc, Refused):
+            return flows.explain(exc)
+        if isinstance(exc, IllegalTransition):
+            return blocks.refusal("wrong_state", locale, action=exc.trigger, state=exc.state)
+        if isinstance(exc, StaleVersion):
+            # someone else changed the incident in the same instant; their change stands
+            return blocks.refusal("changed_meanwhile", locale)
+        if isinstance(exc, svc.NotFound):
+            # a message older than the database (a restore) names an incident or step it no longer has
+            return blocks.refusal("incident_gone", locale)
+        ref = reference()
+        log.error("handler failed (reference %s)", ref, exc_info=exc)
+        return blocks.refusal("internal_error", locale, reference=ref)
+
     def guarded(respond: Respond | None, work: Callable[[], None]) -> None:
         try:
             work()
-        except Refused as exc:
-            _ephemeral(respond, blocks.refusal(exc.reason, locale, **exc.ctx))
-        except IllegalTransition as exc:
-            _ephemeral(respond, blocks.refusal("wrong_state", locale, action=exc.trigger, state=exc.state))
-        except StaleVersion:
-            # someone else changed the incident in the same instant; their change stands
-            _ephemeral(respond, blocks.refusal("changed_meanwhile", locale))
-        except svc.NotFound:
-            # a message older than the database (a restore) names an incident or step it no longer has
-            _ephemeral(respond, blocks.refusal("incident_gone", locale))
-        except Exception:
-            ref = reference()
-            log.exception("handler failed (reference %s)", ref)
-            _ephemeral(respond, blocks.refusal("internal_error", locale, reference=ref))
+        except Exception as exc:
+            _ephemeral(respond, answer_for(exc))
+
+    def decide(work: Callable[[], Message | None]) -> Callable[[], Message | None]:
+        """Run a decision now, on the request thread, to its commit (before the ack); return what to
+        tell the user, to be rendered and sent after the ack."""
+        try:
+            result = work()
+        except Exception as exc:
+            failure = exc
+            return lambda: answer_for(failure)
+        return lambda: result
+
+    def reply_later(respond: Respond | None, answer: Callable[[], Message | None]) -> None:
+        """Send a decision's answer after the ack; when the pool is full, right here (it is committed)."""
+        def send() -> None:
+            message = answer()
+            if message is not None:
+                _ephemeral(respond, message)
+        try:
+            later(respond, send)
+        except Busy:
+            guarded(respond, send)
 
     def private_reply(user: str, channel: str | None) -> Respond:
         """A ``respond`` for view submissions (which have no response URL): an ephemeral in ``channel``,
@@ -214,15 +244,22 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
                 ack(text=reply.text, blocks=reply.blocks, response_type="ephemeral")
             return
 
+        if isinstance(parsed, commands.Declare):
+            answer = decide(lambda: blocks.declared_ack(flows.declare(
+                user_id=user, scenario=parsed.scenario, severity=parsed.severity,
+                summary=parsed.summary).key or "", locale))
+            message = answer()   # a declaration's answers never call Slack: the ack carries them
+            if message is None:
+                ack()
+            else:
+                ack(text=message.text, blocks=message.blocks, response_type="ephemeral")
+            return
+
         def work() -> None:
             if isinstance(parsed, commands.OpenDeclareForm):
                 form = blocks.declare_modal(locale)
                 form["private_metadata"] = channel or ""   # where to confirm the declaration
                 open_form(command.get("trigger_id"), form, "declare")
-            elif isinstance(parsed, commands.Declare):
-                incident = flows.declare(user_id=user, scenario=parsed.scenario, severity=parsed.severity,
-                                         summary=parsed.summary)
-                _ephemeral(respond, blocks.declared_ack(incident.key or "", locale))
             elif isinstance(parsed, commands.Status):
                 _ephemeral(respond, flows.status(key=parsed.key, channel_id=channel))
             elif isinstance(parsed, commands.ListOpen):
@@ -237,7 +274,18 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
 
     # --- buttons -----------------------------------------------------------------------------
 
+    def decision(action_id: str, handler: Callable[[str, str, dict[str, Any]], None]) -> None:
+        """A button that changes something: decided and committed before the ack (nothing acked is lost)."""
+        @app.action(action_id)
+        def _on_click(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+            user = body["user"]["id"]   # refuse_malformed has checked the shape
+            value = action.get("value")
+            answer = decide(lambda: handler(user, value if isinstance(value, str) else "", body))
+            ack()
+            reply_later(respond, answer)
+
     def button(action_id: str, handler: Callable[[str, str, dict[str, Any]], None]) -> None:
+        """A button that opens a form (``views.open``): acked at once, the form opened after the ack."""
         @app.action(action_id)
         def _on_click(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
             ack()
@@ -300,16 +348,16 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         refuse_foreign(user, here, "a Close button")
         return here
 
-    button("aegis_claim_role", lambda u, v, b: flows.claim_role(user_id=u, incident_id=incident_of(b), role=v))
-    button("aegis_approve", lambda u, v, b: flows.approve(user_id=u, step_id=step_in_channel(u, v, b)))
+    decision("aegis_claim_role", lambda u, v, b: flows.claim_role(user_id=u, incident_id=incident_of(b), role=v))
+    decision("aegis_approve", lambda u, v, b: flows.approve(user_id=u, step_id=step_in_channel(u, v, b)))
     def open_reject(user: str, value: str, body: dict[str, Any]) -> None:
         # Reject asks for a reason first; the form's submission rejects (aegis_reject_submit)
         step = step_in_channel(user, value, body)
         open_form(body.get("trigger_id"), flows.reject_modal(user_id=user, step_id=step), "reject")
 
     button("aegis_reject", open_reject)
-    button("aegis_retry", lambda u, v, b: flows.retry(user_id=u, step_id=step_in_channel(u, v, b)))
-    button("aegis_abort", lambda u, v, b: flows.abort(user_id=u, step_id=step_in_channel(u, v, b)))
+    decision("aegis_retry", lambda u, v, b: flows.retry(user_id=u, step_id=step_in_channel(u, v, b)))
+    decision("aegis_abort", lambda u, v, b: flows.abort(user_id=u, step_id=step_in_channel(u, v, b)))
 
     def open_close(user: str, value: str, body: dict[str, Any]) -> None:
         incident_id = incident_in_channel(user, value, body)
@@ -346,17 +394,11 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         metadata = view.get("private_metadata")
         reply = private_reply(user, metadata if isinstance(metadata, str) and metadata else None)
 
-        def work() -> None:
-            # the same confirmation as the slash command, where the form was opened (or as a DM)
-            incident = flows.declare(user_id=user, scenario=scenario, severity=severity, summary=summary[:1000])
-            _ephemeral(reply, blocks.declared_ack(incident.key or "", locale))
-
-        try:
-            later(reply, work)
-        except Busy:
-            ack(**form_error("summary", busy))
-            return
+        # the same confirmation as the slash command, where the form was opened (or as a DM)
+        answer = decide(lambda: blocks.declared_ack(flows.declare(
+            user_id=user, scenario=scenario, severity=severity, summary=summary[:1000]).key or "", locale))
         ack()
+        reply_later(reply, answer)
 
     @app.view("aegis_close_submit")
     def close_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -377,17 +419,13 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             ack(**form_error("summary", blocks.refusal("incident_gone", locale)))
             return
         user = body["user"]["id"]
-        reply = private_reply(user, incident.channel_id)
-        try:
-            later(reply, lambda: flows.close(user_id=user, incident_id=incident.id or 0, summary=summary[:3000]))
-        except Busy:
-            ack(**form_error("summary", busy))
-            return
+        answer = decide(lambda: flows.close(user_id=user, incident_id=incident.id or 0, summary=summary[:3000]))
         ack()
+        reply_later(private_reply(user, incident.channel_id), answer)
 
     def step_form(ack: Any, body: dict[str, Any], view: dict[str, Any], block: str, missing: str,
                   run: Callable[[str, int, str], None]) -> None:
-        """A form about one plan step (its id in ``private_metadata``): validate, ack, run later."""
+        """A form about one plan step (its id in ``private_metadata``): validate, decide, ack, answer later."""
         text = field(view, block)
         step_id = parse_id(view.get("private_metadata"))
         if not text:
@@ -404,12 +442,9 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             ack(**form_error(block, blocks.refusal("incident_gone", locale)))
             return
         user = body["user"]["id"]
-        try:
-            later(private_reply(user, channel), lambda: run(user, step_id or 0, text))
-        except Busy:
-            ack(**form_error(block, busy))
-            return
+        answer = decide(lambda: run(user, step_id or 0, text))
         ack()
+        reply_later(private_reply(user, channel), answer)
 
     @app.view("aegis_reject_submit")
     def reject_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:

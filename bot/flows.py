@@ -1,9 +1,15 @@
-"""Incident flows: what each user action does, and the side effects of each committed change.
+"""Incident flows: what each user action does, and what follows each committed change.
 
-Each flow is: authorise (``statemachines.policy``) → one transaction in the store → after commit,
-side effects (Slack posts, assessment, the engine) handed to a worker. Refusals and user mistakes
-raise ``Refused`` with a message key; the Slack layer turns it into an ephemeral reply. Side effects
-go through ``on_transition``, the single dispatcher from a state change to what follows it.
+Each flow is: authorise (``statemachines.policy``) → one transaction in the store, which also
+writes the outbox rows of what must be told (``svc.tell``; transitions write theirs themselves) →
+after commit, the outbox dispatcher is woken (bot/outbox.py delivers to Slack) and the follow-up
+work (assessment, the engine) is handed to a worker. No flow calls the Slack Web API: a request
+thread can run a decision to its commit before it acks (bot/app.py), and a crash or a Slack outage
+delays a message but never loses it. Every follow-up is also found again from durable state by
+``sweep`` (at start and periodically): an ``assembled`` incident is assessed, an ``assessed`` one
+whose plan was rejected or failed is re-assessed, a ``recovering`` one is advanced.
+Refusals and user mistakes raise ``Refused`` with a message key; the Slack layer turns it into an
+ephemeral reply.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from sqlmodel import Session
 from bot import wiring
 from bot.bounded import BoundedPool, queue_limit
 from bot.config import ROLES, Config
+from bot.outbox import Dispatcher
 from bot.presenters import incident_view, objective_report
 from bot.slack_gateway import SlackCallFailed, SlackGateway
 from messages import blocks, render
-from messages.views import Message, ObjectiveReport, ReplacedView, TransitionView
+from messages.views import Message, ObjectiveReport
 from recovery import planner
 from recovery.engine import Engine
 from recovery.health import run_checks
@@ -57,11 +64,15 @@ class Flows:
         self.locale = config.locale
         # internal follow-up work: bounded, never dropped (waits, then runs in the caller; bot/bounded.py)
         self.pool = BoundedPool(workers, queue_limit(1000), thread_name_prefix="aegis-work")
-        self._locks: dict[int, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self._progress_guard = threading.Lock()
         self._last_plan_refresh: dict[int, float] = {}
         self.on_reminder_schedule: Callable[[int], None] = lambda _id: None
         self.on_reminder_cancel: Callable[[int], None] = lambda _id: None
+        # its own gateway: few in-call retries, since the outbox retries a failed row with back-off
+        self.outbox = Dispatcher(
+            config, store, SlackGateway(gateway.token, gateway.base_url, attempts=2, backoff_seconds=0.2),
+            owner=owner, on_room_opened=lambda incident_id: self.on_reminder_schedule(incident_id),
+            lease_seconds=max(3 * config.engine.lease_seconds, 10.0))
         self.engine = Engine(
             store, lambda step, ctx: wiring.build_action(config, step, ctx), self, owner=owner,
             lease=timedelta(seconds=config.engine.lease_seconds),
@@ -82,12 +93,23 @@ class Flows:
                 log.exception("background work %s failed", getattr(fn, "__name__", fn))
         self.pool.submit(run)
 
-    def _lock(self, incident_id: int) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(incident_id, threading.Lock())
+    def committed(self, transition: Transition | None = None) -> None:
+        """After a commit: wake the outbox, and start what a transition asks for next."""
+        self.outbox.wake()
+        if transition is not None:
+            self._follow_up(transition)
+
+    def _follow_up(self, transition: Transition) -> None:
+        incident_id = transition.incident_id
+        if transition.dest == "assembled":
+            self.submit(self.assess, incident_id)
+        elif transition.dest == "assessed" and transition.trigger in ("abort_recovery", "verification_failed"):
+            self.submit(lambda: self.assess(incident_id, after_version=transition.version))
+        elif transition.dest == "closed":
+            self.on_reminder_cancel(incident_id)
 
     def _slack(self, incident_id: int | None, what: str, call: Callable[[], Any]) -> Any:
-        """Make a Slack call; on final failure record it on the timeline instead of losing it."""
+        """Make a Slack call (reminders only); on failure record it on the timeline instead of losing it."""
         try:
             return call()
         except SlackCallFailed as exc:
@@ -118,30 +140,11 @@ class Flows:
             incident = svc.declare(session, scenario=scenario, severity=severity, summary=summary,
                                    declared_by=user_id, locale=self.locale,
                                    stakeholder_channel=self.config.slack.stakeholder_channel)
-        self.submit(self._open_incident_room, incident.id)
+            # the room: channel, invites, reminders (R1, P1), then the card and the stakeholder thread
+            for kind in ("open_room", "card", "stakeholder_root"):
+                svc.tell(session, incident_id=incident.id or 0, kind=kind, version=incident.version)
+        self.committed()
         return incident
-
-    def _open_incident_room(self, incident_id: int) -> None:
-        """Channel, invites, incident card, stakeholder thread, reminder job (R1, P1)."""
-        with self.store.session() as session:
-            incident = svc.get(session, incident_id)
-        name = f"{self.config.slack.incident_channel_prefix}-{incident.id}-{incident.scenario.replace('_', '-')}"
-        channel = self._slack(incident_id, "create the incident channel", lambda: self.gateway.create_channel(name))
-        if channel:
-            with self.store.session() as session:
-                svc.set_fields(session, incident_id=incident_id, channel_id=channel)
-            self._slack(incident_id, "invite the response team",
-                        lambda: self.gateway.invite(channel, self._team(incident)))
-        self.refresh_card(incident_id)
-        self._stakeholder_root(incident_id)
-        self.on_reminder_schedule(incident_id)
-
-    def _team(self, incident: Incident) -> list[str]:
-        roles = self.config.slack.scenario_roles.get(incident.scenario) or list(ROLES)
-        users = [incident.declared_by] if incident.declared_by.startswith("U") else []
-        for role in roles:
-            users += self.config.roster.get(role, [])
-        return list(dict.fromkeys(users))
 
     # --- roles -------------------------------------------------------------------------------
 
@@ -163,12 +166,11 @@ class Flows:
                 svc.assign_role(session, incident_id=incident_id, role=role, user_id=user_id)
             except svc.RoleTaken as exc:
                 raise Refused("role_taken", role=role, holder=exc.holder) from None
+            svc.tell(session, incident_id=incident_id, kind="card")
             if role == policy.COMMANDER and incident.state == "detected":
                 transition = svc.transition(session, incident_id=incident_id, trigger="assemble", actor=user_id,
                                             reason="incident commander took command")
-        self.refresh_card(incident_id)
-        if transition:
-            self.on_transition(transition)
+        self.committed(transition)
 
     # --- assessment --------------------------------------------------------------------------
 
@@ -195,64 +197,27 @@ class Flows:
                                             reason=f"{plan.strategy}: {plan.rationale}",
                                             expected_version=incident.version, values={"checks": checks})
                 svc.replace_plan(session, incident_id=incident_id, strategy=plan.strategy, specs=plan.steps)
+                # the assessment, then the new plan as a message of its own (the old one is retired)
+                svc.tell(session, incident_id=incident_id, kind="assessment", version=transition.version)
+                svc.tell(session, incident_id=incident_id, kind="plan_new", version=transition.version)
         except (StaleVersion, IllegalTransition):
             return   # someone else assessed first
-        self._post_assessment(incident_id)
-        self.on_transition(transition)
+        self.committed(transition)
 
-    def _post_assessment(self, incident_id: int) -> None:
-        with self.store.session() as session:
-            incident = svc.get(session, incident_id)
-            view = self.view(session, incident)
-        if not incident.channel_id:
-            return
-        message = blocks.assessment(view, self.locale)
-        self._slack(incident_id, "post the assessment", lambda: self.gateway.post(
-            incident.channel_id or "", message.text, message.blocks))
-        plan = blocks.plan_message(view, self.locale)
-        ts = self._slack(incident_id, "post the plan", lambda: self.gateway.post(
-            incident.channel_id or "", plan.text, plan.blocks))
-        if ts:
-            with self.store.session() as session:
-                svc.set_fields(session, incident_id=incident_id, plan_ts=ts)
-            if incident.plan_ts and incident.plan_ts != ts:
-                # plan_ts still names the previous revision's message: retire its buttons
-                self._retire_plan(incident, incident.plan_ts, ts)
+    def explain(self, exc: Refused) -> Message:
+        """The refusal's reply. A button of a replaced plan gets a link to the current plan: Slack is
+        asked for it here (after the ack, on the interaction pool), never inside a decision."""
+        ctx = dict(exc.ctx)
+        link_of = ctx.pop("link_of", None)
+        if link_of is not None:
+            ctx["link"] = self.outbox.permalink(*link_of)
+        return blocks.refusal(exc.reason, self.locale, **ctx)
 
-    def _retire_plan(self, incident: Incident, old_ts: str, new_ts: str) -> None:
-        """Update a replaced plan message in place: no buttons, "replaced by revision N" and a link."""
-        incident_id = incident.id or 0
-        with self.store.session() as session:
-            current = svc.get(session, incident_id)
-            old_view = incident_view(session, current, self.config, revision=current.plan_revision - 1)
-        replaced = ReplacedView(current.plan_revision - 1, current.plan_revision,
-                                self._permalink(current.channel_id, new_ts))
-        message = blocks.plan_replaced(old_view, replaced, self.locale)
-        self._slack(incident_id, "mark the old plan as replaced", lambda: self.gateway.update(
-            current.channel_id or "", old_ts, message.text, message.blocks))
-
-    def _permalink(self, channel_id: str | None, ts: str | None) -> str | None:
-        """The message's permalink (``chat.getPermalink``); None when Slack cannot say."""
-        if not channel_id or not ts:
-            return None
-        try:
-            return str(self.gateway.call("chat.getPermalink", channel=channel_id, message_ts=ts)["permalink"])
-        except (SlackCallFailed, KeyError):
-            return None
-
-    def _refuse_if_replaced(self, step_id: int) -> None:
-        """A button of an older plan revision: say which revision to use instead, with a link.
-
-        Checked before the decision's transaction, so the Slack call for the link holds no lock."""
-        with self.store.session() as session:
-            try:
-                step = svc.get_step(session, step_id)
-            except svc.NotFound:
-                return   # the decision itself refuses it as unknown
-            incident = svc.get(session, step.incident_id)
+    def _refuse_if_replaced(self, session: Session, incident: Incident, step: PlanStep) -> None:
+        """A button of an older plan revision: say which revision to use instead (with a link, later)."""
         if step.revision != incident.plan_revision:
             raise Refused("plan_replaced", revision=incident.plan_revision,
-                          link=self._permalink(incident.channel_id, incident.plan_ts))
+                          link_of=(incident.channel_id, incident.plan_ts))
 
     # --- approvals ---------------------------------------------------------------------------
 
@@ -272,11 +237,9 @@ class Flows:
 
     def approve(self, *, user_id: str, step_id: int) -> None:
         transition = None
-        self._refuse_if_replaced(step_id)
         with self.store.session() as session:
             incident, step = self._incident_for_step(session, step_id)
-            if step.revision != incident.plan_revision:   # re-planned since the check above
-                raise Refused("plan_replaced", revision=incident.plan_revision, link=None)
+            self._refuse_if_replaced(session, incident, step)
             if incident.state not in ("assessed", "recovering"):
                 raise Refused("wrong_state", action="approve", state=incident.state)
             decision = self._authorise_step(session, incident, step, user_id, "approve")
@@ -298,13 +261,12 @@ class Flows:
             if satisfied and not svc.move_step(session, step=step, to="approved",
                                                from_statuses=("awaiting_approval",)):
                 raise Refused("already_approved", step_title=step.title)
+            svc.tell(session, incident_id=incident.id or 0, kind="plan")
             if incident.state == "assessed":
                 transition = svc.transition(session, incident_id=incident.id or 0, trigger="start_recovery",
                                             actor=user_id, reason=f"approved: {step.title}",
                                             expected_version=incident.version)
-        self.refresh_plan(incident.id or 0)
-        if transition:
-            self.on_transition(transition)
+        self.committed(transition)
         if not satisfied:
             # the vote is recorded; a two-person step waits for its second approver
             raise Refused("second_approver_required", step_title=step.title)
@@ -312,9 +274,9 @@ class Flows:
 
     def reject_modal(self, *, user_id: str, step_id: int) -> dict[str, Any]:
         """The reason form that Reject opens; refused (nothing opens) when the click could not reject."""
-        self._refuse_if_replaced(step_id)
         with self.store.session() as session:
             incident, step = self._incident_for_step(session, step_id)
+            self._refuse_if_replaced(session, incident, step)
             if incident.state not in ("assessed", "recovering"):
                 raise Refused("wrong_state", action="reject", state=incident.state)
             self._authorise_step(session, incident, step, user_id, "reject")
@@ -325,9 +287,9 @@ class Flows:
         return blocks.reject_modal(view, step_view, self.locale)
 
     def reject(self, *, user_id: str, step_id: int, reason: str = "") -> None:
-        self._refuse_if_replaced(step_id)
         with self.store.session() as session:
             incident, step = self._incident_for_step(session, step_id)
+            self._refuse_if_replaced(session, incident, step)
             if incident.state not in ("assessed", "recovering"):
                 raise Refused("wrong_state", action="reject", state=incident.state)
             self._authorise_step(session, incident, step, user_id, "reject")
@@ -340,19 +302,19 @@ class Flows:
             svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
                           text=f"rejected step {step.position}: {step.title}" + (f" — {reason}" if reason else ""),
                           data={"step_id": step.id, **_step_event("step_rejected", step), "reason": reason})
+            svc.tell(session, incident_id=incident.id or 0, kind="plan")
+            svc.tell(session, incident_id=incident.id or 0, kind="rejection", step_id=step_id, user=user_id,
+                     reason=reason)
             transition = self._back_to_assessed(session, incident, user_id, f"rejected: {step.title}")
-        self.refresh_plan(incident.id or 0)
-        self._post_rejection(incident.id or 0, step_id, user_id, reason)
-        if transition:
-            self.on_transition(transition)
-        else:
+        self.committed(transition)
+        if transition is None:
             version = incident.version    # reject in ``assessed``: re-plan unless someone else moved first
             self.submit(lambda: self.assess(incident.id or 0, after_version=version))
 
     def retry(self, *, user_id: str, step_id: int) -> None:
-        self._refuse_if_replaced(step_id)
         with self.store.session() as session:
             incident, step = self._incident_for_step(session, step_id)
+            self._refuse_if_replaced(session, incident, step)
             if incident.state != "recovering":
                 raise Refused("wrong_state", action="retry", state=incident.state)
             decision = self._authorise_step(session, incident, step, user_id, "retry")
@@ -370,13 +332,14 @@ class Flows:
             svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
                           text=f"retry of step {step.position}: {step.title} (attempt {step.attempt})",
                           data={"step_id": step.id, **_step_event("step_retried", step), "attempt": step.attempt})
-        self.refresh_plan(incident.id or 0)
+            svc.tell(session, incident_id=incident.id or 0, kind="plan")
+        self.committed()
         self.submit(self.engine.advance, incident.id)
 
     def abort(self, *, user_id: str, step_id: int) -> None:
-        self._refuse_if_replaced(step_id)
         with self.store.session() as session:
             incident, step = self._incident_for_step(session, step_id)
+            self._refuse_if_replaced(session, incident, step)
             if incident.state != "recovering":
                 raise Refused("wrong_state", action="abort", state=incident.state)
             self._authorise_step(session, incident, step, user_id, "abort")
@@ -388,23 +351,9 @@ class Flows:
             svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
                           text=f"aborted the recovery at step {step.position}: {step.title}",
                           data={"step_id": step.id, **_step_event("recovery_aborted", step)})
+            svc.tell(session, incident_id=incident.id or 0, kind="plan")
             transition = self._back_to_assessed(session, incident, user_id, f"aborted at: {step.title}")
-        self.refresh_plan(incident.id or 0)
-        if transition:
-            self.on_transition(transition)
-
-    def _post_rejection(self, incident_id: int, step_id: int, user_id: str, reason: str) -> None:
-        """The rejection and its reason, in the incident channel for everyone to see."""
-        with self.store.session() as session:
-            incident = svc.get(session, incident_id)
-            # the rejected step's own revision: a re-plan may already have replaced it
-            view = incident_view(session, incident, self.config, revision=svc.get_step(session, step_id).revision)
-        step_view = next((s for s in view.steps if s.id == step_id), None)
-        if step_view is None or not incident.channel_id:
-            return
-        message = blocks.step_rejected(view, step_view, user_id, reason, self.locale)
-        self._slack(incident_id, "post the rejection", lambda: self.gateway.post(
-            incident.channel_id or "", message.text, message.blocks))
+        self.committed(transition)
 
     def _back_to_assessed(self, session: Session, incident: Incident, user_id: str,
                           reason: str) -> Transition | None:
@@ -434,18 +383,6 @@ class Flows:
             raise Refused("not_awaiting_verification", step_title=step.title, status=step.status)
         return decision
 
-    def _ask_manual_verification(self, incident_id: int, step_id: int) -> None:
-        with self.store.session() as session:
-            incident = svc.get(session, incident_id)
-            view = self.view(session, incident)
-            roles = self._verification_roles(session, svc.get_step(session, step_id))
-        step = next((s for s in view.steps if s.id == step_id), None)
-        if step is None or not incident.channel_id:
-            return
-        message = blocks.manual_verification_request(view, step, roles, self.locale)
-        self._slack(incident_id, "ask for a manual verification", lambda: self.gateway.post(
-            incident.channel_id or "", message.text, message.blocks))
-
     def verify_modal(self, *, user_id: str, step_id: int) -> dict[str, Any]:
         """The evidence form for a step waiting for manual verification (authorised users only)."""
         with self.store.session() as session:
@@ -466,7 +403,8 @@ class Flows:
             if not svc.record_manual_verification(session, step=step, user_id=user_id, statement=statement,
                                                   roles_used=list(decision.roles)):
                 raise Refused("not_awaiting_verification", step_title=step.title, status=step.status)
-        self.refresh_plan(incident.id or 0)
+            svc.tell(session, incident_id=incident.id or 0, kind="plan")
+        self.committed()
         self.submit(self.engine.advance, incident.id)
 
     # --- close -------------------------------------------------------------------------------
@@ -498,131 +436,34 @@ class Flows:
                                         reason=summary if trigger == "close" else f"false alarm: {summary}",
                                         expected_version=incident.version,
                                         values={"closed_at": utcnow(), "close_summary": summary})
-        self.on_transition(transition)
+        self.committed(transition)
 
-    # --- the dispatcher: committed transition → side effects --------------------------------
+    # --- the engine's listener interface: its transactions wrote the outbox rows --------------
 
-    def on_transition(self, transition: Transition) -> None:
-        incident_id = transition.incident_id
-        self.refresh_card(incident_id)
-        self._stakeholder_root(incident_id)
-        if transition.source != transition.dest:
-            self._stakeholder_update(transition)
-        if transition.dest == "assembled":
-            self.submit(self.assess, incident_id)
-        elif transition.dest == "assessed" and transition.trigger in ("abort_recovery", "verification_failed"):
-            self.submit(lambda: self.assess(incident_id, after_version=transition.version))
-        elif transition.dest in ("recovering", "verified"):
-            self.refresh_plan(incident_id)   # the plan's header follows the incident
-        elif transition.dest == "closed":
-            self.refresh_plan(incident_id)
-            self.on_reminder_cancel(incident_id)
-            self._closing_report(incident_id)
-
-    # the engine's listener interface
     def transitioned(self, transition: Transition) -> None:
-        self.on_transition(transition)
+        self.committed(transition)
 
     def step_changed(self, incident_id: int, step_id: int, event: str, detail: str) -> None:
-        if event == "progress":
-            self.refresh_plan(incident_id, throttle=True)
+        if event != "progress":
+            self.outbox.wake()
             return
-        self.refresh_plan(incident_id)
-        if event == "manual_verification":
-            self._ask_manual_verification(incident_id, step_id)
-            return
-        if event in ("succeeded", "failed", "reapproval"):
-            with self.store.session() as session:
-                incident = svc.get(session, incident_id)
-                view = self.view(session, incident)
-            step = next((s for s in view.steps if s.id == step_id), None)
-            if step is None or not incident.channel_id:
-                return
-            message = (blocks.reapproval_request(view, step, self.locale) if event == "reapproval"
-                       else blocks.step_result(view, step, self.locale))
-            self._slack(incident_id, "post a step result", lambda: self.gateway.post(
-                incident.channel_id or "", message.text, message.blocks))
-
-    # --- messages kept up to date ------------------------------------------------------------
-
-    def refresh_card(self, incident_id: int) -> None:
-        with self._lock(incident_id):
-            with self.store.session() as session:
-                incident = svc.get(session, incident_id)
-                message = blocks.incident_card(self.view(session, incident), self.locale)
-            if not incident.channel_id:
-                return
-            if incident.card_ts:
-                self._slack(incident_id, "update the incident card", lambda: self.gateway.update(
-                    incident.channel_id or "", incident.card_ts or "", message.text, message.blocks))
-                return
-            ts = self._slack(incident_id, "post the incident card", lambda: self.gateway.post(
-                incident.channel_id or "", message.text, message.blocks))
-            if ts:
-                with self.store.session() as session:
-                    svc.set_fields(session, incident_id=incident_id, card_ts=ts)
-
-    def refresh_plan(self, incident_id: int, *, throttle: bool = False) -> None:
-        """Re-render the plan message in place; progress lines update it at most once a second."""
+        # progress lines re-render the plan at most once a second
         now = time.monotonic()
-        if throttle and now - self._last_plan_refresh.get(incident_id, 0) < 1.0:
-            return
-        with self._lock(incident_id):
+        with self._progress_guard:
+            if now - self._last_plan_refresh.get(incident_id, 0) < 1.0:
+                return
             self._last_plan_refresh[incident_id] = now
-            with self.store.session() as session:
-                incident = svc.get(session, incident_id)
-                message = blocks.plan_message(self.view(session, incident), self.locale)
-            if incident.channel_id and incident.plan_ts:
-                self._slack(incident_id, "update the plan", lambda: self.gateway.update(
-                    incident.channel_id or "", incident.plan_ts or "", message.text, message.blocks))
-
-    def _stakeholder_root(self, incident_id: int) -> None:
-        with self._lock(incident_id):
-            with self.store.session() as session:
-                incident = svc.get(session, incident_id)
-                message = blocks.stakeholder_root(self.view(session, incident), self.locale)
-            channel = incident.stakeholder_channel
-            if not channel:
-                return
-            if incident.stakeholder_ts:
-                self._slack(incident_id, "update the stakeholder post", lambda: self.gateway.update(
-                    channel, incident.stakeholder_ts or "", message.text, message.blocks))
-                return
-            ts = self._slack(incident_id, "start the stakeholder thread",
-                             lambda: self.gateway.post(channel, message.text, message.blocks))
-            if ts:
-                with self.store.session() as session:
-                    svc.set_fields(session, incident_id=incident_id, stakeholder_ts=ts)
-
-    def _stakeholder_update(self, transition: Transition) -> None:
         with self.store.session() as session:
-            incident = svc.get(session, transition.incident_id)
-            view = self.view(session, incident)
-        if not incident.stakeholder_channel:
-            return
-        t = TransitionView(transition.source, transition.dest, transition.actor, transition.reason, transition.at,
-                           transition.trigger)
-        message = blocks.stakeholder_update(view, t, self.locale)
-        self._post_thread(incident, message, "post a stakeholder update")
-
-    def _post_thread(self, incident: Incident, message: Message, what: str) -> None:
-        self._slack(incident.id, what, lambda: self.gateway.post(
-            incident.stakeholder_channel or "", message.text, message.blocks, thread_ts=incident.stakeholder_ts))
+            svc.tell(session, incident_id=incident_id, kind="plan", step_id=step_id, event="progress")
+        self.outbox.wake()
 
     def objective_report(self, incident: Incident) -> ObjectiveReport:
         with self.store.session() as session:
             return objective_report(session, incident, self.config)
 
-    def _closing_report(self, incident_id: int) -> None:
-        with self.store.session() as session:
-            incident = svc.get(session, incident_id)
-            message = blocks.closing_report(self.view(session, incident, timeline=True),
-                                            objective_report(session, incident, self.config), self.locale)
-        if incident.channel_id:
-            self._slack(incident_id, "post the closing report", lambda: self.gateway.post(
-                incident.channel_id or "", message.text, message.blocks))
-        if incident.stakeholder_channel:
-            self._post_thread(incident, message, "post the closing report to stakeholders")
+    def _post_thread(self, incident: Incident, message: Message, what: str) -> None:
+        self._slack(incident.id, what, lambda: self.gateway.post(
+            incident.stakeholder_channel or "", message.text, message.blocks, thread_ts=incident.stakeholder_ts))
 
     # --- reminders and queries ---------------------------------------------------------------
 
@@ -657,16 +498,27 @@ class Flows:
     # --- crash recovery ----------------------------------------------------------------------
 
     def sweep(self) -> None:
-        """Pick up what a crash or a lost worker left: interrupted steps, stalled incidents."""
-        for incident_id in set(self.engine.resume_interrupted()):
-            self.refresh_plan(incident_id)
+        """Finish what a crash or a lost worker left, from durable state alone: interrupted steps,
+        an unassessed ``assembled`` incident, an ``assessed`` one whose plan was rejected or failed
+        (re-assessed once: ``assess`` compares the version), a ``recovering`` one to advance."""
+        self.engine.resume_interrupted()   # its transactions wrote their outbox rows
+        self.outbox.wake()
         with self.store.session() as session:
-            stalled = [(i.id, i.state) for i in svc.open_incidents(session)]
-        for incident_id, state in stalled:
+            stalled = [(i.id or 0, i.state, i.version, self._needs_replan(session, i))
+                       for i in svc.open_incidents(session)]
+        for incident_id, state, version, replan in stalled:
             if state == "assembled":
-                self.assess(incident_id or 0)
+                self.assess(incident_id)
+            elif state == "assessed" and replan:
+                self.assess(incident_id, after_version=version)
             elif state == "recovering":
-                self.engine.advance(incident_id or 0)
+                self.engine.advance(incident_id)
+
+    @staticmethod
+    def _needs_replan(session: Session, incident: Incident) -> bool:
+        """An assessed plan with a rejected or failed step: a reject or an abort asked for a new one."""
+        return incident.state == "assessed" and any(
+            s.status in ("rejected", "failed") for s in svc.current_steps(session, incident.id or 0))
 
 
 def _step_event(code: str, step: PlanStep) -> dict[str, Any]:

@@ -48,6 +48,8 @@ class SlackGateway:
                  backoff_seconds: float = 0.5) -> None:
         if not base_url.endswith("/"):
             base_url += "/"
+        self.token = token
+        self.base_url = base_url
         self.client = WebClient(token=token, base_url=base_url, timeout=15)
         self.client.retry_handlers.extend([
             RateLimitErrorRetryHandler(max_retry_count=4),

@@ -19,7 +19,9 @@ Rules (DESIGN.md, "Actions and the ledger"):
   After the last step succeeds the incident becomes ``verified``; a failing verification step
   sends it back to ``assessed``.
 
-The engine knows nothing about chat: it reports through an ``EngineListener``.
+The engine knows nothing about chat: each of its transactions writes what must be told as outbox
+rows (``svc.tell_step``; transitions write theirs), and it pokes an ``EngineListener`` after the
+commit so that the rows are delivered at once.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class Engine:
                         return None
                     if entry is None:
                         return None
+                    svc.tell_step(session, incident_id=incident_id, step_id=step.id or 0, event="started")
                     context = {"incident": incident.key or str(incident.id), "step": str(step.id),
                                "scenario": incident.scenario}
                     return step, int(entry.id or 0), context
@@ -136,6 +139,7 @@ class Engine:
             svc.add_event(session, incident_id=step.incident_id, kind="step", actor="aegis",
                           text=f"approval of step {step.position} expired",
                           data={"step_id": step.id, "code": "approval_expired", "position": step.position})
+            svc.tell_step(session, incident_id=step.incident_id, step_id=step.id or 0, event="expired")
             _on_commit(session, lambda: self._notify(step.incident_id, step.id, "expired", "approval expired"))
         return False
 
@@ -209,14 +213,14 @@ class Engine:
                           text=_step_text(step, outcome),
                           data={"step_id": step.id, "attempt": step.attempt, "outcome": outcome.status,
                                 "evidence": outcome.evidence or [], **_event_code(step, outcome)})
+            svc.tell_step(session, incident_id=step.incident_id, step_id=step.id or 0, event=_event_name(outcome))
             if outcome.status == "succeeded" and step.action == "postgres_promote":
                 self._record_rpo(session, step.incident_id, outcome.output)
         self._after_outcome(step, outcome)
         return outcome.status == "succeeded"
 
     def _after_outcome(self, step: PlanStep, outcome: Outcome) -> None:
-        event_name = "manual_verification" if outcome.status == "needs_human" else outcome.status
-        self._notify(step.incident_id, step.id or 0, event_name, outcome.detail)
+        self._notify(step.incident_id, step.id or 0, _event_name(outcome), outcome.detail)
         if outcome.status == "failed" and step.action == "verify":
             self._fire(step.incident_id, "verification_failed", f"verification failed: {outcome.detail}")
 
@@ -252,6 +256,7 @@ class Engine:
                       text=_step_text(step, outcome) + " (recorded after its lease lapsed; not re-run)",
                       data={"step_id": step.id, "attempt": entry.attempt, "outcome": outcome.status,
                             "late": True, "evidence": outcome.evidence or []})
+        svc.tell_step(session, incident_id=step.incident_id, step_id=step.id or 0, event=_event_name(outcome))
         if outcome.status == "succeeded" and step.action == "postgres_promote":
             self._record_rpo(session, step.incident_id, outcome.output)
         _on_commit(session, lambda: self._after_outcome(step, outcome))
@@ -379,6 +384,7 @@ class Engine:
                               data={"step_id": step.id, "is_done": done, "code": "step_interrupted",
                                     "position": step.position, "done": bool(done),
                                     "again": event == "reapproval"})
+                svc.tell_step(session, incident_id=entry.incident_id, step_id=step.id or 0, event=event)
             touched.append(entry.incident_id)
             self._notify(entry.incident_id, entry.step_id, event, text)
         return touched
@@ -408,6 +414,11 @@ def rpo_from_promotion(output: dict[str, Any]) -> tuple[float | None, str]:
     if lag is None:
         return None, f"unknown: {unreplayed} bytes were unreplayed at failover and no replay time was known"
     return float(lag), f"replication lag at failover ({unreplayed} bytes unreplayed)"
+
+
+def _event_name(outcome: Outcome) -> str:
+    """The step event an outcome is reported as (the listener's and the outbox's vocabulary)."""
+    return "manual_verification" if outcome.status == "needs_human" else outcome.status
 
 
 def _step_text(step: PlanStep, outcome: Outcome) -> str:

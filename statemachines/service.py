@@ -3,7 +3,9 @@
 Every state change is one transaction: an ``UPDATE … WHERE version = :seen`` compare-and-set
 plus the timeline event that explains it. A caller holding a stale version loses with
 ``StaleVersion`` and changes nothing; that is what makes Slack retries, double clicks and two bot
-replicas safe. Nothing here performs side effects outside the database.
+replicas safe. Nothing here performs side effects outside the database: what a change must tell
+the team is written as outbox rows (``tell``) in the same transaction, and delivered later by the
+bot's dispatcher (bot/outbox.py), so a crash or a chat outage delays a message but never loses it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from statemachines.models import (
     Approval,
     Incident,
     LedgerEntry,
+    OutboxRow,
     PlanStep,
     RoleAssignment,
     TimelineEvent,
@@ -154,8 +157,10 @@ def transition(
         incident_id=incident_id, at=now, kind="transition", actor=actor, source_state=source,
         dest_state=dest, text=reason or trigger, data={"trigger": trigger},
     ))
+    done = Transition(incident_id, trigger, source, dest, actor, reason, now, seen + 1)
+    tell_transition(session, done)
     session.flush()
-    return Transition(incident_id, trigger, source, dest, actor, reason, now, seen + 1)
+    return done
 
 
 def set_fields(session: Session, *, incident_id: int, **values: Any) -> None:
@@ -190,6 +195,49 @@ def claim_reminder(session: Session, *, incident_id: int, not_before: datetime) 
     query = query.where(col(Incident.last_reminder_at).is_(None) if last is None
                         else col(Incident.last_reminder_at) == last)
     return session.execute(query.values(last_reminder_at=utcnow())).rowcount == 1  # type: ignore[attr-defined]
+
+
+# --- the outbox: what a committed change must tell ---------------------------------------------
+
+# Kinds whose delivery re-renders one message in place: several in one batch are delivered once.
+REFRESH_KINDS = frozenset({"card", "plan", "stakeholder_root"})
+# What each step event must tell, besides the plan re-rendered in place.
+_STEP_EVENT_KINDS = {"succeeded": "step_result", "failed": "step_result", "reapproval": "reapproval",
+                     "manual_verification": "manual_verification"}
+
+
+def tell(session: Session, *, incident_id: int, kind: str, version: int | None = None,
+         **payload: Any) -> None:
+    """Write one outbox row in this transaction: it commits (or rolls back) with the change it reports."""
+    if version is None:
+        version = int(session.execute(
+            select(Incident.version).where(col(Incident.id) == incident_id)).scalar_one_or_none() or 0)
+    session.add(OutboxRow(incident_id=incident_id, kind=kind, version=version, payload=payload))
+
+
+def tell_transition(session: Session, transition: Transition) -> None:
+    """Every transition updates the card and the stakeholder post, and tells what it means."""
+    base = {"incident_id": transition.incident_id, "version": transition.version}
+    tell(session, kind="card", **base)
+    tell(session, kind="stakeholder_root", **base)
+    if transition.source != transition.dest:
+        tell(session, kind="stakeholder_update", **base, source=transition.source, dest=transition.dest,
+             actor=transition.actor, reason=transition.reason, at=transition.at.isoformat(),
+             trigger=transition.trigger)
+    if transition.dest in ("recovering", "verified", "closed"):
+        tell(session, kind="plan", **base)   # the plan's header follows the incident
+    if transition.dest == "closed":
+        tell(session, kind="closing_report", **base)
+        tell(session, kind="closing_report_stakeholders", **base)
+
+
+def tell_step(session: Session, *, incident_id: int, step_id: int, event: str) -> None:
+    """A step moved (started, succeeded, failed, needs approval again, …): re-render the plan, and
+    post what the event means in the channel."""
+    tell(session, incident_id=incident_id, kind="plan", step_id=step_id, event=event)
+    kind = _STEP_EVENT_KINDS.get(event)
+    if kind:
+        tell(session, incident_id=incident_id, kind=kind, step_id=step_id, event=event)
 
 
 # --- roles -----------------------------------------------------------------------------------

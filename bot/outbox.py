@@ -1,0 +1,423 @@
+"""The outbox dispatcher: delivers to Slack what committed changes wrote in the ``outbox`` table.
+
+Mechanism 1 (issue 8). The transaction that moves an incident or a step also writes outbox rows
+(``statemachines.service.tell``); nothing else talks to Slack about an incident's messages. One
+``Dispatcher`` thread per process:
+
+- claims an incident's pending rows with a lease (``claimed_by``/``claimed_until``), holding the
+  incident row ``FOR UPDATE SKIP LOCKED`` (PostgreSQL; SQLite's single writer serialises) while it
+  claims, so two replicas never hold rows of one incident at once and never deliver a row twice;
+- builds the incident's view **once per batch**, renders with ``messages`` and delivers the rows in
+  order; several refreshes of one message in a batch (card, plan, stakeholder post) are one update;
+- on a failed call, stops that incident's batch (order is kept), records the first failure as a
+  ``slack_error`` timeline event, and retries the row with back-off — across Slack outages and
+  restarts (a row claimed by a process that died is taken over once its lease lapses). A Slack
+  error that retrying cannot fix (``invalid_blocks``, ``channel_not_found``, …) is given up after
+  ``PERMANENT_ATTEMPTS`` tries and stays on the timeline.
+
+Ephemeral answers to the person who clicked are not outbox rows: they go through ``respond()``
+(the response URL, valid 30 minutes) from the interaction pool, because they report on a change
+that is already committed and visible in the channel messages, which are the outbox's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from bot.config import ROLES, Config
+from bot.presenters import incident_view, objective_report
+from bot.slack_gateway import TRANSIENT, SlackCallFailed, SlackGateway
+from messages import blocks
+from messages.views import IncidentView, Message, ReplacedView, TransitionView
+from statemachines import policy
+from statemachines import service as svc
+from statemachines.models import Incident, OutboxRow, utcnow
+from statemachines.store import Store
+
+log = logging.getLogger("aegis.outbox")
+
+BATCH = 50                   # rows of one incident delivered per claim
+FIRST_BACKOFF = 1.0          # seconds before the first retry; doubles per failure
+MAX_BACKOFF = 10.0           # a Slack outage is retried at least this often once it is over
+PERMANENT_ATTEMPTS = 5       # tries of a row Slack refuses for a reason retrying cannot fix
+POLL_SECONDS = 1.0           # rows of other replicas and due retries are found at least this often
+# test hook: seconds the dispatcher waits after claiming, before delivering (a crash can land there)
+DELAY_ENV = "AEGIS_TEST_DISPATCH_DELAY"
+
+
+def backoff(attempts: int) -> float:
+    return float(min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** max(attempts - 1, 0)))
+
+
+def retryable(exc: Exception) -> bool:
+    """Worth retrying without limit: a network failure (an exception name) or a transient Slack error."""
+    if not isinstance(exc, SlackCallFailed):
+        return False
+    return exc.error in TRANSIENT or not exc.error.islower()
+
+
+# --- claiming and settling rows ----------------------------------------------------------------
+
+def pending_incidents(session: Session, *, owner: str, now: datetime) -> list[int]:
+    """Incidents with an undone row that is due and not held by a live lease of another process."""
+    rows = session.exec(
+        select(OutboxRow.incident_id).where(
+            col(OutboxRow.done_at).is_(None), col(OutboxRow.next_try_at) <= now,
+            (col(OutboxRow.claimed_until).is_(None)) | (col(OutboxRow.claimed_until) < now)
+            | (col(OutboxRow.claimed_by) == owner))
+        .order_by(col(OutboxRow.id)).limit(500)
+    )
+    return list(dict.fromkeys(int(r) for r in rows))
+
+
+def claim(session: Session, *, incident_id: int, owner: str, lease: timedelta) -> list[OutboxRow]:
+    """Claim the incident's undone rows, oldest first; [] when another process holds them or the
+    oldest waits for its retry (the rows behind it wait too: order per incident is kept)."""
+    now = utcnow()
+    held = session.exec(
+        select(Incident.id).where(col(Incident.id) == incident_id).with_for_update(skip_locked=True)
+    ).first()
+    if held is None:
+        return []   # another dispatcher (or a decision) holds the incident right now: next round
+    rows = list(session.exec(
+        select(OutboxRow).where(OutboxRow.incident_id == incident_id, col(OutboxRow.done_at).is_(None))
+        .order_by(col(OutboxRow.id)).limit(BATCH).execution_options(populate_existing=True)
+    ))
+    if not rows or rows[0].next_try_at > now:
+        return []
+    if any(r.claimed_by not in (None, owner) and r.claimed_until is not None and r.claimed_until > now
+           for r in rows):
+        return []
+    session.execute(update(OutboxRow).where(col(OutboxRow.id).in_([r.id for r in rows]))
+                    .values(claimed_by=owner, claimed_until=now + lease))
+    return rows
+
+
+def settle_done(session: Session, *, ids: list[int], owner: str, lease: timedelta, incident_id: int) -> None:
+    """Mark rows delivered, and renew the lease on the rest of this batch."""
+    now = utcnow()
+    session.execute(update(OutboxRow).where(col(OutboxRow.id).in_(ids), col(OutboxRow.claimed_by) == owner)
+                    .values(done_at=now))
+    session.execute(update(OutboxRow).where(col(OutboxRow.incident_id) == incident_id,
+                                            col(OutboxRow.claimed_by) == owner, col(OutboxRow.done_at).is_(None))
+                    .values(claimed_until=now + lease))
+
+
+def settle_failed(session: Session, *, row: OutboxRow, owner: str, error: str, give_up: bool) -> None:
+    """Count the failure, schedule the retry, and release this process's hold on the incident's rows."""
+    now = utcnow()
+    attempts = row.attempts + 1
+    values: dict[str, Any] = {"attempts": attempts, "last_error": error[:500],
+                              "next_try_at": now + timedelta(seconds=backoff(attempts))}
+    if give_up:
+        values["done_at"] = now
+    session.execute(update(OutboxRow).where(col(OutboxRow.id) == row.id).values(**values))
+    session.execute(update(OutboxRow).where(col(OutboxRow.incident_id) == row.incident_id,
+                                            col(OutboxRow.claimed_by) == owner, col(OutboxRow.done_at).is_(None))
+                    .values(claimed_by=None, claimed_until=None))
+
+
+# --- delivering one incident's batch -------------------------------------------------------------
+
+@dataclasses.dataclass
+class Batch:
+    """One incident's rows and what delivering them needs: the view, built once."""
+
+    incident: Incident
+    view: IncidentView
+    closing: Message | None = None     # the closing report, rendered once for the channel and the thread
+
+
+WHAT = {   # the timeline's words for a failed delivery ("could not …")
+    "open_room": "create the incident channel", "card": "post the incident card",
+    "stakeholder_root": "start the stakeholder thread", "stakeholder_update": "post a stakeholder update",
+    "assessment": "post the assessment", "plan_new": "post the plan", "plan": "update the plan",
+    "plan_replaced": "mark the old plan as replaced", "step_result": "post a step result",
+    "reapproval": "post a step result", "manual_verification": "ask for a manual verification",
+    "rejection": "post the rejection", "closing_report": "post the closing report",
+    "closing_report_stakeholders": "post the closing report to stakeholders",
+}
+
+
+class Dispatcher:
+    def __init__(self, config: Config, store: Store, gateway: SlackGateway, *, owner: str,
+                 on_room_opened: Callable[[int], None] = lambda _id: None, lease_seconds: float = 30.0) -> None:
+        self.config = config
+        self.store = store
+        self.gateway = gateway
+        self.owner = owner
+        self.locale = config.locale
+        self.on_room_opened = on_room_opened
+        self.lease = timedelta(seconds=lease_seconds)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.delay = float(os.environ.get(DELAY_ENV) or 0)
+        self._handlers: dict[str, Callable[[Batch, OutboxRow], None]] = {
+            "open_room": self._open_room, "card": self._card, "stakeholder_root": self._stakeholder_root,
+            "stakeholder_update": self._stakeholder_update, "assessment": self._assessment,
+            "plan_new": self._plan_new, "plan": self._plan, "plan_replaced": self._plan_replaced,
+            "step_result": self._step_post, "reapproval": self._step_post,
+            "manual_verification": self._manual_verification, "rejection": self._rejection,
+            "closing_report": self._closing_report, "closing_report_stakeholders": self._closing_report_thread,
+        }
+
+    # --- the thread ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="aegis-outbox", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def wake(self) -> None:
+        """A change committed: look at the outbox now rather than at the next poll."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                busy = self.run_once()
+            except Exception:
+                log.exception("outbox round failed; retrying in %ss", POLL_SECONDS)
+                busy = False
+            if not busy:
+                self._wake.wait(POLL_SECONDS)
+
+    def run_once(self) -> bool:
+        """Deliver what is due for every incident; True when some row was delivered."""
+        with self.store.session() as session:
+            incidents = pending_incidents(session, owner=self.owner, now=utcnow())
+        delivered = False
+        for incident_id in incidents:
+            if self._stop.is_set():
+                break
+            delivered = self._deliver_incident(incident_id) or delivered
+        return delivered
+
+    def _deliver_incident(self, incident_id: int) -> bool:
+        with self.store.session() as session:
+            rows = claim(session, incident_id=incident_id, owner=self.owner, lease=self.lease)
+        if not rows:
+            return False
+        if self.delay:
+            time.sleep(self.delay)
+        batch = self._batch(incident_id)
+        last_of = {row.kind: row.id for row in rows if row.kind in svc.REFRESH_KINDS}
+        coalesced: list[int] = []
+        for row in rows:
+            if row.kind in svc.REFRESH_KINDS and last_of[row.kind] != row.id:
+                coalesced.append(row.id or 0)   # a later row of this batch re-renders the same message
+                continue
+            try:
+                self._handle(batch, row)
+            except Exception as exc:
+                self._failed(row, exc)
+                return True
+            with self.store.session() as session:
+                settle_done(session, ids=[*coalesced, row.id or 0], owner=self.owner, lease=self.lease,
+                            incident_id=incident_id)
+            coalesced = []
+        return True
+
+    def _batch(self, incident_id: int) -> Batch:
+        with self.store.session() as session:
+            incident = svc.get(session, incident_id)
+            view = incident_view(session, incident, self.config)
+        return Batch(incident, view)
+
+    def _handle(self, batch: Batch, row: OutboxRow) -> None:
+        handler = self._handlers.get(row.kind)
+        if handler is None:
+            log.error("outbox row %s has an unknown kind %r; dropped", row.id, row.kind)
+            return
+        handler(batch, row)
+
+    def _failed(self, row: OutboxRow, exc: Exception) -> None:
+        error = exc.error if isinstance(exc, SlackCallFailed) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, SlackCallFailed):
+            log.error("delivering outbox row %s (%s) failed", row.id, row.kind, exc_info=exc)
+        give_up = not retryable(exc) and row.attempts + 1 >= PERMANENT_ATTEMPTS
+        what = WHAT.get(row.kind, row.kind)
+        log.warning("could not %s for incident %s (attempt %d): %s%s", what, row.incident_id, row.attempts + 1,
+                    error, "; giving up" if give_up else "; will retry")
+        with self.store.session() as session:
+            settle_failed(session, row=row, owner=self.owner, error=error, give_up=give_up)
+            if row.attempts == 0 or give_up:
+                # the first failure (and a final one) is visible on the timeline; retries are in the log
+                svc.add_event(session, incident_id=row.incident_id, kind="slack_error", actor="aegis",
+                              text=f"could not {what}: {error}",
+                              data={"code": "slack_error", "error": error, "outbox_id": row.id,
+                                    "gave_up": give_up})
+
+    # --- the kinds -------------------------------------------------------------------------------
+
+    def _set(self, batch: Batch, **values: Any) -> None:
+        """Store a message reference (channel, ts) at once: a retry must not post it a second time."""
+        with self.store.session() as session:
+            svc.set_fields(session, incident_id=batch.incident.id or 0, **values)
+        for key, value in values.items():
+            setattr(batch.incident, key, value)
+
+    def _open_room(self, batch: Batch, row: OutboxRow) -> None:
+        """Channel (once: its id is stored before anything else), invites, reminders (R1, P1)."""
+        incident = batch.incident
+        if not incident.channel_id:
+            name = f"{self.config.slack.incident_channel_prefix}-{incident.id}-{incident.scenario.replace('_', '-')}"
+            self._set(batch, channel_id=self.gateway.create_channel(name))
+            batch.view = dataclasses.replace(batch.view, channel_id=incident.channel_id)
+        self.gateway.invite(incident.channel_id or "", self._team(incident))
+        self.on_room_opened(incident.id or 0)
+
+    def _team(self, incident: Incident) -> list[str]:
+        roles = self.config.slack.scenario_roles.get(incident.scenario) or list(ROLES)
+        users = [incident.declared_by] if incident.declared_by.startswith("U") else []
+        for role in roles:
+            users += self.config.roster.get(role, [])
+        return list(dict.fromkeys(users))
+
+    def _card(self, batch: Batch, row: OutboxRow) -> None:
+        incident = batch.incident
+        if not incident.channel_id:
+            return
+        message = blocks.incident_card(batch.view, self.locale)
+        if incident.card_ts:
+            self.gateway.update(incident.channel_id, incident.card_ts, message.text, message.blocks)
+        else:
+            self._set(batch, card_ts=self.gateway.post(incident.channel_id, message.text, message.blocks))
+
+    def _stakeholder_root(self, batch: Batch, row: OutboxRow) -> None:
+        incident = batch.incident
+        if not incident.stakeholder_channel:
+            return
+        message = blocks.stakeholder_root(batch.view, self.locale)
+        if incident.stakeholder_ts:
+            self.gateway.update(incident.stakeholder_channel, incident.stakeholder_ts, message.text, message.blocks)
+        else:
+            self._set(batch, stakeholder_ts=self.gateway.post(incident.stakeholder_channel, message.text,
+                                                              message.blocks))
+
+    def _thread_post(self, batch: Batch, message: Message) -> None:
+        incident = batch.incident
+        if incident.stakeholder_channel:
+            self.gateway.post(incident.stakeholder_channel, message.text, message.blocks,
+                              thread_ts=incident.stakeholder_ts)
+
+    def _stakeholder_update(self, batch: Batch, row: OutboxRow) -> None:
+        p = row.payload or {}
+        at = datetime.fromisoformat(str(p.get("at"))) if p.get("at") else row.created_at
+        t = TransitionView(str(p.get("source")), str(p.get("dest")), p.get("actor"), str(p.get("reason") or ""),
+                           at, str(p.get("trigger") or ""))
+        self._thread_post(batch, blocks.stakeholder_update(batch.view, t, self.locale))
+
+    def _channel_post(self, batch: Batch, message: Message) -> str | None:
+        channel = batch.incident.channel_id
+        return self.gateway.post(channel, message.text, message.blocks) if channel else None
+
+    def _assessment(self, batch: Batch, row: OutboxRow) -> None:
+        self._channel_post(batch, blocks.assessment(batch.view, self.locale))
+
+    def _plan_new(self, batch: Batch, row: OutboxRow) -> None:
+        """A new plan revision: its own message; the previous one is retired by a row of its own."""
+        incident = batch.incident
+        old_ts = incident.plan_ts
+        ts = self._channel_post(batch, blocks.plan_message(batch.view, self.locale))
+        if ts is None:
+            return
+        with self.store.session() as session:
+            svc.set_fields(session, incident_id=incident.id or 0, plan_ts=ts)
+            if old_ts and old_ts != ts:
+                # plan_ts named the previous revision's message: retire its buttons (next in order)
+                svc.tell(session, incident_id=incident.id or 0, kind="plan_replaced", old_ts=old_ts, new_ts=ts,
+                         old_revision=batch.view.plan_revision - 1, new_revision=batch.view.plan_revision)
+        incident.plan_ts = ts
+
+    def _plan(self, batch: Batch, row: OutboxRow) -> None:
+        incident = batch.incident
+        if incident.channel_id and incident.plan_ts:
+            message = blocks.plan_message(batch.view, self.locale)
+            self.gateway.update(incident.channel_id, incident.plan_ts, message.text, message.blocks)
+
+    def _plan_replaced(self, batch: Batch, row: OutboxRow) -> None:
+        p = row.payload or {}
+        incident = batch.incident
+        with self.store.session() as session:
+            old_view = incident_view(session, svc.get(session, incident.id or 0), self.config,
+                                     revision=int(p["old_revision"]))
+        replaced = ReplacedView(int(p["old_revision"]), int(p["new_revision"]),
+                                self.permalink(incident.channel_id, str(p["new_ts"])))
+        message = blocks.plan_replaced(old_view, replaced, self.locale)
+        self.gateway.update(incident.channel_id or "", str(p["old_ts"]), message.text, message.blocks)
+
+    def permalink(self, channel_id: str | None, ts: str | None) -> str | None:
+        """The message's permalink (``chat.getPermalink``); None when Slack cannot say."""
+        if not channel_id or not ts:
+            return None
+        try:
+            return str(self.gateway.call("chat.getPermalink", channel=channel_id, message_ts=ts)["permalink"])
+        except (SlackCallFailed, KeyError):
+            return None
+
+    def _step_view(self, batch: Batch, row: OutboxRow) -> Any:
+        step_id = int((row.payload or {}).get("step_id") or 0)
+        return next((s for s in batch.view.steps if s.id == step_id), None)
+
+    def _step_post(self, batch: Batch, row: OutboxRow) -> None:
+        step = self._step_view(batch, row)
+        if step is None:
+            return
+        message = (blocks.reapproval_request(batch.view, step, self.locale) if row.kind == "reapproval"
+                   else blocks.step_result(batch.view, step, self.locale))
+        self._channel_post(batch, message)
+
+    def _manual_verification(self, batch: Batch, row: OutboxRow) -> None:
+        step = self._step_view(batch, row)
+        if step is None:
+            return
+        with self.store.session() as session:
+            plan_roles = [r for s in svc.current_steps(session, batch.incident.id or 0) for r in s.approver_roles or []]
+        roles = policy.verification_roles(list(step.approver_roles or []), plan_roles)
+        self._channel_post(batch, blocks.manual_verification_request(batch.view, step, roles, self.locale))
+
+    def _rejection(self, batch: Batch, row: OutboxRow) -> None:
+        """The rejection and its reason, in the incident channel for everyone to see."""
+        p = row.payload or {}
+        step_id = int(p.get("step_id") or 0)
+        with self.store.session() as session:
+            incident = svc.get(session, batch.incident.id or 0)
+            # the rejected step's own revision: a re-plan may already have replaced it
+            view = incident_view(session, incident, self.config, revision=svc.get_step(session, step_id).revision)
+        step = next((s for s in view.steps if s.id == step_id), None)
+        if step is not None:
+            self._channel_post(batch, blocks.step_rejected(view, step, str(p.get("user") or ""),
+                                                           str(p.get("reason") or ""), self.locale))
+
+    def _closing(self, batch: Batch) -> Message:
+        if batch.closing is None:
+            with self.store.session() as session:
+                incident = svc.get(session, batch.incident.id or 0)
+                batch.closing = blocks.closing_report(
+                    incident_view(session, incident, self.config, with_timeline=True),
+                    objective_report(session, incident, self.config), self.locale)
+        return batch.closing
+
+    def _closing_report(self, batch: Batch, row: OutboxRow) -> None:
+        self._channel_post(batch, self._closing(batch))
+
+    def _closing_report_thread(self, batch: Batch, row: OutboxRow) -> None:
+        self._thread_post(batch, self._closing(batch))
