@@ -1,4 +1,4 @@
-"""Backup runs for Slack and for the schedule, and the functions APScheduler stores by import path.
+"""Backup runs for Slack and for the schedule, and the scheduled backup job functions.
 
 - ``BackupDuty.run`` takes one backup (``BackupRunner``), turns the report into a plain view and,
   when the run failed or lost a target, posts to ``slack.ops_channel``: the reason, the target(s)
@@ -6,27 +6,20 @@
 - One backup at a time per bot process (``BackupGate``): a Slack ``backup run`` while another run is
   going is refused with what is running (see ``bot/backup_slack.py``); a scheduled run waits for
   the gate instead, since nobody is there to retry it.
-- Replicas: APScheduler 3 fires a job in every replica that shares the job store. Each scheduled
-  fire first inserts a ``ScheduledClaim`` (job id + scheduled fire time, unique); only the replica
-  whose insert wins does the work. ``FireTimeExecutor`` hands the scheduled fire time to every job
-  stored with a ``fire_time`` keyword, so all replicas compute the same claim key.
-- ``context`` is installed by ``bot.runtime`` at start-up (like ``bot.jobs.runtime``): persisted
-  jobs hold only plain arguments and reach the live config, store and Slack gateway through it.
+- Only the scheduler leader fires jobs (``bot.scheduler``), each fire under a claim with a lease
+  (``bot.fire_claims``). The job functions below are registered by stable name in
+  ``bot.job_registry`` and get the running ``BackupDuty`` as their first argument.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from apscheduler.executors.base import run_job
-from apscheduler.executors.pool import ThreadPoolExecutor as ApsThreadPoolExecutor
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, delete, select
+from sqlmodel import col, select
 
 from bot.backup_cli import key_from, sources_from, targets_from
 from bot.config import Config
@@ -35,7 +28,7 @@ from messages import blocks
 from messages.blocks import BackupObjectView, BackupRunView, BackupTargetView
 from recovery.backup.runner import BackupRunner, RunReport
 from recovery.redact import redact
-from statemachines.models import BackupRecord, ScheduledClaim, utcnow
+from statemachines.models import BackupRecord
 from statemachines.store import Store
 
 log = logging.getLogger("aegis.backup")
@@ -43,7 +36,6 @@ log = logging.getLogger("aegis.backup")
 # Which catalog kinds count as "a backup of that kind" for each run kind (WAL segments and
 # logical dumps are not a usable restore point on their own).
 USABLE_KINDS = {"postgresql": ("pg_full", "pg_incremental"), "neo4j": ("neo4j",), "milvus": ("milvus",)}
-CLAIMS_KEPT = timedelta(days=7)
 
 
 # --- one run at a time ------------------------------------------------------------------------
@@ -161,43 +153,12 @@ class BackupDuty:
             log.error("could not post %s to %s: %s", what, channel, exc)
             return False
 
-    def claim(self, job_id: str, fire_time: datetime) -> bool:
-        """True when this replica won the (job, fire time); every other replica gets False."""
-        key = fire_time.astimezone(UTC).isoformat()
-        try:
-            with self.store.session() as session:
-                session.add(ScheduledClaim(job_id=job_id, fire_time=key, owner=self.owner))
-        except IntegrityError:
-            log.info("%s at %s is run by another replica", job_id, key)
-            return False
-        # claims only matter while replicas may still fire the same time; keep a week for the record
-        with self.store.session() as session:
-            session.execute(delete(ScheduledClaim).where(col(ScheduledClaim.job_id) == job_id,
-                                                         col(ScheduledClaim.claimed_at) < utcnow() - CLAIMS_KEPT))
-        return True
+
+# --- scheduled job functions (registered by name in bot.job_registry) ---------------------------
 
 
-context: BackupDuty | None = None
-
-
-# --- scheduled job functions (stored as bot.backup_jobs:<name>) --------------------------------
-
-
-def _claimed(job_id: str, fire_time: datetime | None) -> BackupDuty | None:
-    if context is None:
-        log.warning("%s fired before the bot was ready", job_id)
-        return None
-    if fire_time is None:       # not called through FireTimeExecutor: no key to share with replicas
-        log.error("%s fired without a fire time; not run (replicas could double-run it)", job_id)
-        return None
-    return context if context.claim(job_id, fire_time) else None
-
-
-def run_backup(job_id: str, kind: str, incremental: bool = False, fire_time: datetime | None = None) -> str | None:
-    """A scheduled backup (B1-B3); returns the run id, or None when another replica has this fire."""
-    duty = _claimed(job_id, fire_time)
-    if duty is None:
-        return None
+def run_backup(duty: BackupDuty, job_id: str, kind: str, incremental: bool = False) -> str | None:
+    """A scheduled backup (B1-B3); returns the run id, or None when it could not run."""
     duty.gate.enter(job_id)   # wait for a Slack-started run rather than skip the slot
     try:
         view = duty.run(kind, incremental=incremental, schedule=job_id)
@@ -211,12 +172,11 @@ def run_backup(job_id: str, kind: str, incremental: bool = False, fire_time: dat
     return view.run_id
 
 
-def switch_wal(job_id: str, fire_time: datetime | None = None) -> str | None:
+def switch_wal(duty: BackupDuty, job_id: str) -> str | None:
     """B1's second line behind ``archive_timeout``: close the current WAL segment so it is archived."""
     from recovery.backup.wal import switch_wal as pg_switch_wal
 
-    duty = _claimed(job_id, fire_time)
-    if duty is None or duty.config.components.postgres is None:
+    if duty.config.components.postgres is None:
         return None
     try:
         lsn = pg_switch_wal(duty.config.components.postgres.primary.full_dsn())
@@ -224,14 +184,12 @@ def switch_wal(job_id: str, fire_time: datetime | None = None) -> str | None:
         _report_once(duty, job_id, "wal_failed", redact(f"{type(exc).__name__}: {exc}")[:400])
         return None
     duty.failing.discard(job_id)
+    log.info("%s: WAL switched at %s", job_id, lsn)
     return lsn
 
 
-def prune_backups(job_id: str, fire_time: datetime | None = None) -> Any:
+def prune_backups(duty: BackupDuty, job_id: str) -> Any:
     """Retention (B1-B3) after the nightly runs; errors go to the ops channel."""
-    duty = _claimed(job_id, fire_time)
-    if duty is None:
-        return None
     duty.gate.enter(job_id)     # never prune while a backup is being written
     try:
         # lazy: retention lives in its own module and is only needed when the prune job fires
@@ -260,44 +218,3 @@ def _report_once(duty: BackupDuty, job_id: str, part: str, error: str) -> None:
     duty.failing.add(job_id)
     duty.post(duty.config.slack.ops_channel, blocks.backup_job_alert(part, job_id, error, duty.locale),
               f"{job_id} failure")
-
-
-# --- the executor that passes the fire time -----------------------------------------------------
-
-
-@dataclass
-class _FiredJob:
-    """What ``run_job`` reads of a job, with the scheduled fire time added to the keywords."""
-
-    id: str
-    func: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    misfire_grace_time: int | None
-    name: str
-
-    def __str__(self) -> str:
-        return self.name
-
-
-class FireTimeExecutor(ApsThreadPoolExecutor):
-    """APScheduler's thread pool, but a job stored with a ``fire_time`` keyword gets its scheduled time.
-
-    With ``coalesce`` the scheduler submits one run time; with several, the newest is the one run.
-    """
-
-    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
-        if "fire_time" not in job.kwargs:
-            return super()._do_submit_job(job, run_times)
-        fired = _FiredJob(job.id, job.func, tuple(job.args), {**job.kwargs, "fire_time": run_times[-1]},
-                          job.misfire_grace_time, str(job))
-
-        def callback(future: Any) -> None:
-            exc = future.exception()
-            if exc:
-                self._run_job_error(job.id, exc, getattr(exc, "__traceback__", None))
-            else:
-                self._run_job_success(job.id, future.result())
-
-        self._pool.submit(run_job, fired, job._jobstore_alias, run_times[-1:], self._logger.name
-                          ).add_done_callback(callback)

@@ -1,21 +1,18 @@
-"""Functions APScheduler stores by import path (``bot.jobs:send_reminder``).
-
-A persisted job holds only the function's path and plain arguments; the live ``Flows`` object is
-installed here at start-up, so jobs survive restarts and still reach the running bot.
-"""
+"""The ``reminder`` job: one stakeholder reminder for an open incident (registered in ``bot.job_registry``)."""
 
 from __future__ import annotations
 
 import logging
-
-from bot.flows import Flows
+from typing import Any
 
 log = logging.getLogger("aegis.jobs")
-runtime: Flows | None = None
 
 
-def send_reminder(incident_id: int) -> None:
-    if runtime is None:
-        log.warning("reminder for incident %s fired before the bot was ready", incident_id)
-        return
-    runtime.remind(incident_id)
+def send_reminder(context: Any, job_id: str, incident_id: int) -> bool:
+    """Post the reminder; ``Flows.remind``'s compare-and-set keeps it to one per interval."""
+    if context.flows is None:
+        log.warning("%s fired in a process without flows wired; not run", job_id)
+        return False
+    posted = bool(context.flows.remind(incident_id))
+    log.info("%s fired: %s", job_id, "reminder posted" if posted else "no reminder due")
+    return posted

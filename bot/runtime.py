@@ -15,12 +15,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from bot import backup_jobs, jobs
 from bot.app import create_app
 from bot.backup_jobs import BackupDuty
 from bot.backup_slack import BackupDesk
 from bot.config import Config
 from bot.flows import Flows
+from bot.job_registry import JobContext, default_registry
 from bot.scheduler import Scheduler
 from bot.secrets import install_masking
 from bot.server import HttpServer, make_wsgi
@@ -82,10 +82,12 @@ class Runtime:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.gateway = SlackGateway(slack.token, slack.api_url)
         self.flows = Flows(config, store, self.gateway, owner=self.owner)
-        self.scheduler = Scheduler(store.url, config.slack.reminder_minutes)
+        self.backup_duty = BackupDuty(config, store, self.gateway, owner=self.owner)
+        # jobs reach the running bot through the registry's context, never through module globals
+        registry = default_registry(JobContext(flows=self.flows, backups=self.backup_duty))
+        self.scheduler = Scheduler(store, registry, owner=self.owner, reminder_minutes=config.slack.reminder_minutes)
         self.flows.on_reminder_schedule = self.scheduler.schedule_reminder
         self.flows.on_reminder_cancel = self.scheduler.cancel_reminder
-        self.backup_duty = BackupDuty(config, store, self.gateway, owner=self.owner)
         self.backups = BackupDesk(self.backup_duty)
         # Socket Mode requests are not signed and no HTTP route exists; Bolt still wants a secret, so
         # it gets a random one nobody knows rather than a guessable default.
@@ -101,7 +103,7 @@ class Runtime:
         try:
             with self.store.engine.connect() as connection:
                 connection.exec_driver_sql("SELECT 1")
-            return {"ok": True, "store": "ok", "owner": self.owner}
+            return {"ok": True, "store": "ok", "owner": self.owner, "scheduler": self.scheduler.role}
         except Exception as exc:
             return {"ok": False, "store": type(exc).__name__}
 
@@ -113,15 +115,12 @@ class Runtime:
                 log.exception("sweep failed; retrying in %ss", self.sweep_seconds)
 
     def start(self, host: str, port: int) -> HttpServer:
-        jobs.runtime = self.flows
-        backup_jobs.context = self.backup_duty
         # Bind first: a port in use (OSError) must fail before any job or sweep has started.
         events_secret = None if self.slack.socket_mode else self.slack.signing_secret
         self.http = HttpServer(make_wsgi(self.bolt, self.health, signing_secret=events_secret),
                                host=host, port=port)
         self.scheduler.start()
         self.scheduler.reconcile_backups(self.config)
-        self.flows.outbox.start()   # delivers what committed changes must tell, also what a crash left
         self.flows.submit(self.flows.sweep)   # resume whatever a crash left, right away
         threading.Thread(target=self._sweeper, name="aegis-sweep", daemon=True).start()
         self.http.start()
@@ -163,7 +162,6 @@ class Runtime:
             except Exception:
                 log.warning("could not close the Socket Mode connection", exc_info=True)
         self.flows.pool.shutdown(wait=False, cancel_futures=True)
-        self.flows.outbox.stop()
 
 
 def emulator_settings() -> tuple[str, str]:

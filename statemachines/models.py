@@ -175,9 +175,9 @@ class BackupRecord(SQLModel, table=True):
 class ScheduledClaim(SQLModel, table=True):
     """Who runs one fire of a scheduled job (``backup-postgres_full`` at ``2026-11-29T02:00:00+00:00``).
 
-    APScheduler 3 fires a job in every replica that shares the job store; each replica inserts this
-    row before doing the work, and only the one whose insert wins (unique job + fire time) runs it.
-    ``fire_time`` is the scheduled time as an ISO string in UTC, so every replica computes the same key.
+    The scheduler leader inserts this row before doing the work; the unique (job, fire time) keeps a
+    fire to one run even across a leader change. ``fire_time`` is the scheduled time as an ISO
+    string in UTC. The claimant renews ``lease_until`` while it works and sets ``done_at`` at the end.
     """
 
     __tablename__ = "scheduled_claim"
@@ -187,6 +187,30 @@ class ScheduledClaim(SQLModel, table=True):
     fire_time: str
     owner: str = ""                              # host:pid:boot of the replica that won
     claimed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # what to run again if the claimant dies mid-fire: a lapsed lease without done_at is re-run
+    job_name: str = ""                           # stable registry name (``backup.prune``)
+    args: list[Any] = Field(default_factory=list, sa_column=Column(JSON))
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    done_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ScheduledJob(SQLModel, table=True):
+    """One schedule the scheduler leader runs: a stable job name, plain arguments and a trigger.
+
+    Only the name is stored (``reminder``, ``backup.prune``), never a module path, so moving code
+    does not orphan a stored job. ``cron`` (crontab, in ``timezone``) or ``interval_seconds``
+    (counted from ``start_at``) says when it fires.
+    """
+
+    __tablename__ = "scheduled_job"
+    job_id: str = Field(primary_key=True)        # reminder-12, backup-postgres_full
+    name: str
+    args: list[Any] = Field(default_factory=list, sa_column=Column(JSON))
+    cron: str | None = None
+    interval_seconds: float | None = None
+    timezone: str = "UTC"
+    start_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    misfire_grace_seconds: int = 300
 
 
 class OutboxRow(SQLModel, table=True):

@@ -1,6 +1,6 @@
-"""Backup schedules: the cron jobs the config asks for (in its time zone), the fire time APScheduler
-hands to a job, a scheduled job really taking a backup, and a second replica's fire of the same
-(job, fire time) doing nothing."""
+"""Backup schedules: the cron jobs the config asks for (in its time zone), stored by job name; a fire
+claimed under its scheduled time; a scheduled job really taking a backup; and a second claim of
+the same (job, fire time) running nothing."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from bot import backup_jobs
 from bot.backup_jobs import BackupDuty
 from bot.config import Config, S3Storage
 from bot.emulator.server import EmulatorServer
+from bot.fire_claims import FireClaims
+from bot.job_registry import JobContext, JobRegistry, default_registry
 from bot.scheduler import Scheduler
 from bot.slack_gateway import SlackGateway
-from statemachines.models import BackupRecord, ScheduledClaim
+from statemachines.models import BackupRecord, ScheduledClaim, ScheduledJob
 from statemachines.store import Store
 from tests.aegis_process import BOT_TOKEN, wait_for
 from tests.pgcluster import PgSingle
@@ -43,20 +44,39 @@ def config_for(**overrides: Any) -> Config:
     return Config.model_validate(data)
 
 
+FIRED: list[tuple[str, int]] = []
+FIRED_EVENT = threading.Event()
+
+
+def record_fire(_context: Any, job_id: str, number: int) -> None:
+    FIRED.append((job_id, number))
+    FIRED_EVENT.set()
+
+
 @pytest.fixture
 def scheduler(tmp_path: Path) -> Iterator[Scheduler]:
-    sched = Scheduler(f"sqlite:///{tmp_path}/jobs.db", 30)
+    db = Store(f"sqlite:///{tmp_path}/jobs.db")
+    db.migrate()
+    registry = JobRegistry(None)
+    registry.register("probe", record_fire)
+    sched = Scheduler(db, registry, owner="probe-owner")
     sched.start()
     try:
         yield sched
     finally:
         sched.shutdown()
+        db.dispose()
 
 
 def test_configured_cron_jobs_exist_with_next_fire_times_in_the_configured_zone(scheduler: Scheduler) -> None:
     ids = scheduler.reconcile_backups(config_for())
     # neo4j is disabled (null), milvus is not a configured component
     assert ids == ["backup-postgres_full", "backup-postgres_incremental", "backup-prune", "backup-wal_switch"]
+    with scheduler.store.session() as session:      # stored by stable job name, no module path
+        stored = {row.job_id: row.name for row in session.exec(select(ScheduledJob))}
+    assert stored == {"backup-postgres_full": "backup.postgres_full",
+                      "backup-postgres_incremental": "backup.postgres_incremental",
+                      "backup-prune": "backup.prune", "backup-wal_switch": "backup.wal_switch"}
     fires = scheduler.next_fire_times()
     full = fires["backup-postgres_full"].astimezone(SEOUL)
     assert (full.weekday(), full.hour, full.minute) == (6, 2, 0)           # Sunday 02:00 Seoul time
@@ -81,25 +101,24 @@ def test_configured_cron_jobs_exist_with_next_fire_times_in_the_configured_zone(
     # no storage target: no backup jobs at all
     assert scheduler.reconcile_backups(config_for(storage=[])) == []
     assert not [j for j in scheduler.job_ids() if j.startswith("backup-")]
+    assert not [j for j in scheduler.stored_ids() if j.startswith("backup-")]
 
 
-FIRED: list[datetime | None] = []
-FIRED_EVENT = threading.Event()
-
-
-def record_fire(job_id: str, fire_time: datetime | None = None) -> None:
-    FIRED.append(fire_time)
-    FIRED_EVENT.set()
-
-
-def test_the_executor_hands_the_scheduled_fire_time_to_the_job(scheduler: Scheduler) -> None:
-    when = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
-    scheduler._scheduler.add_job("tests.test_backup_schedules:record_fire", "date", run_date=when,
-                                 kwargs={"job_id": "probe", "fire_time": None}, id="probe")
+def test_a_fire_is_claimed_under_its_scheduled_time_and_runs_the_job_by_name(scheduler: Scheduler) -> None:
+    start = datetime.now(UTC).replace(microsecond=0)
+    with scheduler.store.session() as session:
+        session.add(ScheduledJob(job_id="probe-7", name="probe", args=[7], interval_seconds=2, start_at=start))
+    scheduler.sync()
     assert FIRED_EVENT.wait(15)
-    assert FIRED == [when]
-    # let the scheduler drop the spent date job before the fixture shuts it down
-    wait_for(lambda: "probe" not in scheduler.job_ids(), timeout=10, what="the spent job removed")
+
+    def claims() -> list[ScheduledClaim]:
+        with scheduler.store.session() as session:
+            return [c for c in session.exec(select(ScheduledClaim)) if c.done_at is not None]
+    [claim, *_] = wait_for(claims, what="a finished claim")
+    assert FIRED[0] == ("probe-7", 7)
+    assert (claim.job_id, claim.job_name, claim.args, claim.owner) == ("probe-7", "probe", [7], "probe-owner")
+    fired_at = datetime.fromisoformat(claim.fire_time)
+    assert (fired_at - start).total_seconds() % 2 == 0 and fired_at > start   # the trigger's time, not "now"
 
 
 @pytest.fixture
@@ -122,8 +141,14 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
     db = Store(f"sqlite:///{tmp_path}/aegis.db")
     db.migrate()
     yield db
-    backup_jobs.context = None
     db.dispose()
+
+
+def fire(store: Store, duty: BackupDuty, owner: str, name: str, job_id: str, fire_time: datetime) -> Any:
+    """One scheduled fire as the leader runs it: claim (job, fire time), then the job by its name."""
+    registry = default_registry(JobContext(backups=duty))
+    ran, result = FireClaims(store, owner).run(job_id, fire_time, name, [], lambda: registry.run(name, job_id, []))
+    return result if ran else None
 
 
 def test_a_scheduled_fire_takes_a_backup_once_even_when_two_replicas_fire_it(
@@ -131,25 +156,26 @@ def test_a_scheduled_fire_takes_a_backup_once_even_when_two_replicas_fire_it(
     emulator_gateway: SlackGateway,
 ) -> None:
     config = backup_config(tmp_path, pg_single, moto_s3)
-    fire = datetime(2026, 11, 29, 2, 0, tzinfo=SEOUL)       # a Sunday 02:00 slot
-    backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-a")
-    run_id = backup_jobs.run_backup(job_id="backup-postgres_full", kind="postgresql", fire_time=fire)
+    fire_time = datetime(2026, 11, 29, 2, 0, tzinfo=SEOUL)       # a Sunday 02:00 slot
+    duty = BackupDuty(config, store, emulator_gateway)
+    run_id = fire(store, duty, "replica-a", "backup.postgres_full", "backup-postgres_full", fire_time)
     assert run_id and run_id.startswith("backup_")
     with store.session() as session:
         rows = list(session.exec(select(BackupRecord)))
         claims = list(session.exec(select(ScheduledClaim)))
     assert [(r.run_id, r.kind, r.status) for r in rows] == [(run_id, "pg_full", "ok")]
-    assert [(c.job_id, c.owner) for c in claims] == [("backup-postgres_full", "replica-a")]
-    assert claims[0].fire_time == fire.astimezone(UTC).isoformat()
+    assert [(c.job_id, c.job_name, c.owner) for c in claims] == [
+        ("backup-postgres_full", "backup.postgres_full", "replica-a")]
+    assert claims[0].fire_time == fire_time.astimezone(UTC).isoformat() and claims[0].done_at is not None
 
-    # the second replica fires the same (job, fire time): it loses the claim and runs nothing
-    backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-b")
-    assert backup_jobs.run_backup(job_id="backup-postgres_full", kind="postgresql", fire_time=fire) is None
+    # a second process fires the same (job, fire time) (a leader change): it loses the claim, runs nothing
+    other = BackupDuty(config, store, emulator_gateway)
+    assert fire(store, other, "replica-b", "backup.postgres_full", "backup-postgres_full", fire_time) is None
     with store.session() as session:
         assert len(list(session.exec(select(BackupRecord)))) == 1
     # the next slot is a new fire: replica b may take it
-    assert backup_jobs.run_backup(job_id="backup-postgres_full", kind="postgresql",
-                                  fire_time=fire + timedelta(days=7))
+    assert fire(store, other, "replica-b", "backup.postgres_full", "backup-postgres_full",
+                fire_time + timedelta(days=7))
 
 
 def test_a_failed_scheduled_run_tells_the_ops_channel_and_names_the_previous_good_backup(
@@ -157,13 +183,12 @@ def test_a_failed_scheduled_run_tells_the_ops_channel_and_names_the_previous_goo
     emulator: EmulatorServer, emulator_gateway: SlackGateway,
 ) -> None:
     config = backup_config(tmp_path, pg_single, moto_s3_outage)
-    backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-a")
-    fire = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
-    good = backup_jobs.run_backup(job_id="backup-postgres_incremental", kind="postgresql", incremental=True,
-                                  fire_time=fire)
+    duty = BackupDuty(config, store, emulator_gateway)
+    fire_time = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
+    job = ("backup.postgres_incremental", "backup-postgres_incremental")
+    good = fire(store, duty, "replica-a", *job, fire_time)
     moto_s3_outage.stop()
-    failed = backup_jobs.run_backup(job_id="backup-postgres_incremental", kind="postgresql", incremental=True,
-                                    fire_time=fire + timedelta(days=1))
+    failed = fire(store, duty, "replica-a", *job, fire_time + timedelta(days=1))
     with store.session() as session:
         assert session.exec(select(BackupRecord).where(BackupRecord.run_id == failed)).one().status == "failed"
     post = wait_for(lambda: [m for m in channel_by_id(emulator.state, "C0OPS")["messages"]
@@ -182,9 +207,9 @@ def test_a_run_that_lost_one_remote_target_warns_the_ops_channel_naming_it(
     config.storage.append(S3Storage(kind="s3", bucket=moto_s3_outage.create_bucket(),
                                     endpoint_url=moto_s3_outage.endpoint_url, name="s3-dr"))
     moto_s3_outage.stop()
-    backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-a")
-    run_id = backup_jobs.run_backup(job_id="backup-postgres_full", kind="postgresql",
-                                    fire_time=datetime(2026, 12, 6, 2, 0, tzinfo=UTC))
+    duty = BackupDuty(config, store, emulator_gateway)
+    run_id = fire(store, duty, "replica-a", "backup.postgres_full", "backup-postgres_full",
+                  datetime(2026, 12, 6, 2, 0, tzinfo=UTC))
     with store.session() as session:
         assert session.exec(select(BackupRecord).where(BackupRecord.run_id == run_id)).one().status == "ok"
     post = all_text(wait_for(lambda: [m for m in channel_by_id(emulator.state, "C0OPS")["messages"]
@@ -197,17 +222,18 @@ def test_the_wal_switch_job_switches_once_per_fire_and_tells_ops_once_per_failur
     emulator: EmulatorServer, emulator_gateway: SlackGateway,
 ) -> None:
     config = backup_config(tmp_path, pg_single, moto_s3)
-    fire = datetime(2026, 12, 1, 9, 15, tzinfo=UTC)
-    backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-a")
+    fire_time = datetime(2026, 12, 1, 9, 15, tzinfo=UTC)
+    job = ("backup.wal_switch", "backup-wal_switch")
+    duty = BackupDuty(config, store, emulator_gateway)
     pg_single.primary.sql("CREATE TABLE w (x int); INSERT INTO w VALUES (1)")
-    lsn = backup_jobs.switch_wal(job_id="backup-wal_switch", fire_time=fire)
+    lsn = fire(store, duty, "replica-a", *job, fire_time)
     assert lsn and "/" in lsn
-    backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-b")
-    assert backup_jobs.switch_wal(job_id="backup-wal_switch", fire_time=fire) is None   # replica a had it
+    other = BackupDuty(config, store, emulator_gateway)
+    assert fire(store, other, "replica-b", *job, fire_time) is None   # replica a had it
 
     pg_single.primary.stop()
     for n in (1, 2, 3):
-        assert backup_jobs.switch_wal(job_id="backup-wal_switch", fire_time=fire + timedelta(minutes=15 * n)) is None
+        assert fire(store, other, "replica-b", *job, fire_time + timedelta(minutes=15 * n)) is None
     alerts = [all_text(m) for m in channel_by_id(emulator.state, "C0OPS")["messages"] if "WAL" in all_text(m)]
     assert len(alerts) == 1 and "backup-wal_switch" in alerts[0] and "archive_timeout" in alerts[0]
 
@@ -217,17 +243,18 @@ def test_the_prune_job_applies_retention_once_per_fire(
     emulator_gateway: SlackGateway,
 ) -> None:
     config = backup_config(tmp_path, pg_single, moto_s3)
-    backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-a")
-    fire = datetime(2026, 12, 2, 5, 30, tzinfo=UTC)
-    old = backup_jobs.run_backup(job_id="backup-postgres_full", kind="postgresql", fire_time=fire - timedelta(days=2))
-    new = backup_jobs.run_backup(job_id="backup-postgres_full", kind="postgresql", fire_time=fire - timedelta(days=1))
+    duty = BackupDuty(config, store, emulator_gateway)
+    fire_time = datetime(2026, 12, 2, 5, 30, tzinfo=UTC)
+    full = ("backup.postgres_full", "backup-postgres_full")
+    old = fire(store, duty, "replica-a", *full, fire_time - timedelta(days=2))
+    new = fire(store, duty, "replica-a", *full, fire_time - timedelta(days=1))
     with store.session() as session:       # the first one is older than postgres_full_days (28)
         row = session.exec(select(BackupRecord).where(BackupRecord.run_id == old)).one()
         row.started_at = row.finished_at = datetime.now(UTC) - timedelta(days=40)
         session.add(row)
-    report = backup_jobs.prune_backups(job_id="backup-prune", fire_time=fire)
+    report = fire(store, duty, "replica-a", "backup.prune", "backup-prune", fire_time)
     assert report is not None and not report.errors and [n.split("/")[0] for n in report.deleted] == [old]
     stored = {p.parent.name for p in (tmp_path / "staging").rglob("*.aes")}
     assert old not in stored and new in stored
-    backup_jobs.context = BackupDuty(config, store, emulator_gateway, owner="replica-b")
-    assert backup_jobs.prune_backups(job_id="backup-prune", fire_time=fire) is None
+    other = BackupDuty(config, store, emulator_gateway)
+    assert fire(store, other, "replica-b", "backup.prune", "backup-prune", fire_time) is None

@@ -115,7 +115,7 @@ def test_backup_run_acks_at_once_posts_the_result_and_lists_it(
 ) -> None:
     desk = desk_factory(make_config(tmp_path, database, moto_s3))
     with desk.store.engine.connect() as connection:      # `aegis serve` registered the schedules at start
-        jobs = {row[0] for row in connection.exec_driver_sql("SELECT id FROM apscheduler_jobs")}
+        jobs = {row[0] for row in connection.exec_driver_sql("SELECT job_id FROM scheduled_job")}
     assert jobs == {"backup-postgres_full", "backup-postgres_incremental", "backup-wal_switch", "backup-prune"}
     run_id = desk.run("U0DB", "postgresql")
     result = desk.post_with(run_id)
