@@ -15,6 +15,7 @@ ephemeral reply.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -44,6 +45,9 @@ from statemachines.service import StaleVersion, Transition
 from statemachines.store import Store
 
 log = logging.getLogger("aegis.flows")
+# test hook: seconds a follow-up (assessment, engine) waits before it starts, so a crash can land
+# between a decision's commit and its follow-up
+FOLLOW_UP_DELAY_ENV = "AEGIS_TEST_FOLLOW_UP_DELAY"
 
 
 class Refused(Exception):
@@ -77,6 +81,7 @@ class Flows:
             store, lambda step, ctx: wiring.build_action(config, step, ctx), self, owner=owner,
             lease=timedelta(seconds=config.engine.lease_seconds),
         )
+        self.follow_up_delay = float(os.environ.get(FOLLOW_UP_DELAY_ENV) or 0)
         # an approval is valid this long; the engine asks again for one that expired unused
         self.approval_ttl = timedelta(minutes=config.engine.approval_expiry_minutes)
         # every displayed time in the team's zone (config ``timezone``, default UTC)
@@ -181,6 +186,7 @@ class Flows:
         re-assessment of an ``assessed`` incident, done only if nothing changed the incident since
         the abort/reject that asked for it — so a sweep or a second replica never re-plans twice.
         """
+        self._wait_follow_up()
         with self.store.session() as session:
             incident = svc.get(session, incident_id)
         if after_version is None and incident.state != "assembled":
@@ -203,6 +209,15 @@ class Flows:
         except (StaleVersion, IllegalTransition):
             return   # someone else assessed first
         self.committed(transition)
+
+    def advance(self, incident_id: int) -> None:
+        """Run the steps that may run now (the engine); the follow-up of approvals, retries, verifications."""
+        self._wait_follow_up()
+        self.engine.advance(incident_id)
+
+    def _wait_follow_up(self) -> None:
+        if self.follow_up_delay:
+            time.sleep(self.follow_up_delay)
 
     def explain(self, exc: Refused) -> Message:
         """The refusal's reply. A button of a replaced plan gets a link to the current plan: Slack is
@@ -270,7 +285,7 @@ class Flows:
         if not satisfied:
             # the vote is recorded; a two-person step waits for its second approver
             raise Refused("second_approver_required", step_title=step.title)
-        self.submit(self.engine.advance, incident.id)
+        self.submit(self.advance, incident.id or 0)
 
     def reject_modal(self, *, user_id: str, step_id: int) -> dict[str, Any]:
         """The reason form that Reject opens; refused (nothing opens) when the click could not reject."""
@@ -334,7 +349,7 @@ class Flows:
                           data={"step_id": step.id, **_step_event("step_retried", step), "attempt": step.attempt})
             svc.tell(session, incident_id=incident.id or 0, kind="plan")
         self.committed()
-        self.submit(self.engine.advance, incident.id)
+        self.submit(self.advance, incident.id or 0)
 
     def abort(self, *, user_id: str, step_id: int) -> None:
         with self.store.session() as session:
@@ -405,7 +420,7 @@ class Flows:
                 raise Refused("not_awaiting_verification", step_title=step.title, status=step.status)
             svc.tell(session, incident_id=incident.id or 0, kind="plan")
         self.committed()
-        self.submit(self.engine.advance, incident.id)
+        self.submit(self.advance, incident.id or 0)
 
     # --- close -------------------------------------------------------------------------------
 
@@ -512,7 +527,7 @@ class Flows:
             elif state == "assessed" and replan:
                 self.assess(incident_id, after_version=version)
             elif state == "recovering":
-                self.engine.advance(incident_id)
+                self.advance(incident_id)
 
     @staticmethod
     def _needs_replan(session: Session, incident: Incident) -> bool:
