@@ -59,6 +59,7 @@ class FireClaims:
         if claim_id is None:
             log.info("%s at %s was already claimed; not run again", job_id, fire_key(fire_time))
             return False, None
+        log.info("%s at %s: claimed by %s, running", job_id, fire_key(fire_time), self.owner)
         return True, self._work(claim_id, job_id, work)
 
     def take_over(self, lapsed: Lapsed, work: Callable[[], Any]) -> tuple[bool, Any]:
