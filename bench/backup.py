@@ -244,9 +244,8 @@ def aegis_restore_child(spec_path: str) -> int:
         marks["download_done"] = time.monotonic() - t0
 
     with produced(download) as tar_stream:
-        postgres_restore.restore_base_backup(
-            tar_stream, Path(spec["data_dir"]), port=spec["port"], socket_dir=Path(spec["socket_dir"]),
-            log_file=Path(spec["log_file"]))
+        postgres_restore.restore_base_backup(tar_stream, Path(spec["data_dir"]), postgres_restore.RestoreOptions(
+            port=spec["port"], socket_dir=Path(spec["socket_dir"]), log_file=Path(spec["log_file"])))
     marks["ready"] = time.monotonic() - t0
     print(json.dumps({"marks": marks, "source_size": record.source_size}), flush=True)
     return 0

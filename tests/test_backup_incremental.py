@@ -25,7 +25,7 @@ from sqlmodel import col, select
 from recovery.backup import incremental
 from recovery.backup.crypto import BackupKey
 from recovery.backup.incremental import ChainError, chain_for, plan_base_backup, restore_chain
-from recovery.backup.postgres_restore import RestoreError
+from recovery.backup.postgres_restore import RestoreError, RestoreOptions
 from recovery.backup.runner import BackupRunner, Sources
 from recovery.backup.storage import LocalTarget
 from statemachines.models import BackupRecord
@@ -137,8 +137,8 @@ def test_chain_backs_up_incrementally_and_restores_exactly(
         assert inc.stored_size < f.stored_size / 4, (inc.stored_size, f.stored_size)
 
     # restore the newest: exactly the rows at the second incremental
-    restored = restore_chain(store, inc2.run_id, [target], key, pg_tmp / "restored", port=free_port(),
-                             socket_dir=pg_tmp / "sock", pg_bin=pg17_bin)
+    restored = restore_chain(store, inc2.run_id, [target], key, pg_tmp / "restored",
+                             RestoreOptions(port=free_port(), socket_dir=pg_tmp / "sock", pg_bin=pg17_bin))
     try:
         assert _query(restored.dsn, CHECKSUM_SQL) == at_inc2
         assert _query(restored.dsn, "SELECT pg_is_in_recovery()") == (False,)
@@ -156,9 +156,9 @@ def test_chain_backs_up_incrementally_and_restores_exactly(
     segment = node.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
     node.sql("SELECT pg_switch_wal()")
     _wait_archived(node, segment)
-    pitr = restore_chain(store, inc2.run_id, [target], key, pg_tmp / "pitr", port=free_port(),
-                         socket_dir=pg_tmp / "sock", pg_bin=pg17_bin,
-                         restore_command=f"cp {pg17.archive_dir}/%f %p", target_time=target_time)
+    pitr = restore_chain(store, inc2.run_id, [target], key, pg_tmp / "pitr",
+                         RestoreOptions(port=free_port(), socket_dir=pg_tmp / "sock", pg_bin=pg17_bin,
+                                        restore_command=f"cp {pg17.archive_dir}/%f %p", target_time=target_time))
     try:
         assert _query(pitr.dsn, CHECKSUM_SQL) == at_target
         assert "recovery stopping before commit" in pitr.log_tail(20000)
@@ -184,8 +184,8 @@ def test_chain_backs_up_incrementally_and_restores_exactly(
     data[len(data) // 2] ^= 0x01
     stored.write_bytes(bytes(data))
     with pytest.raises(RestoreError) as refused:
-        restore_chain(store, inc2.run_id, [target], key, pg_tmp / "corrupt", port=free_port(),
-                      socket_dir=pg_tmp / "sock", pg_bin=pg17_bin)
+        restore_chain(store, inc2.run_id, [target], key, pg_tmp / "corrupt",
+                      RestoreOptions(port=free_port(), socket_dir=pg_tmp / "sock", pg_bin=pg17_bin))
     message = str(refused.value)
     assert i1.object_name in message and "nothing was written" in message
     assert re.search(r"chunk \d+", message), message
@@ -205,8 +205,8 @@ def test_postgres_15_daily_slot_takes_a_full_and_says_why(
     assert "PostgreSQL 15" in record.reason and "17" in record.reason and "full backup" in record.reason
     # restore_chain of a lone full: no combine step, the default (15) binaries
     expected = pg_single.primary.sql("SELECT count(*) FROM pg_database")[0]
-    restored = restore_chain(store, report.run_id, runner.targets, key, pg_tmp / "restored", port=free_port(),
-                             socket_dir=pg_tmp / "sock")
+    restored = restore_chain(store, report.run_id, runner.targets, key, pg_tmp / "restored",
+                             RestoreOptions(port=free_port(), socket_dir=pg_tmp / "sock"))
     try:
         assert _query(restored.dsn, "SELECT count(*) FROM pg_database") == expected
         assert _query(restored.dsn, "SHOW server_version_num")[0].startswith("15")  # type: ignore[union-attr]

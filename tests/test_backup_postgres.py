@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import tarfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -27,7 +27,7 @@ from recovery.backup.postgres import (
     logical_dump,
     supports_incremental,
 )
-from recovery.backup.postgres_restore import RestoredCluster, RestoreError, restore_base_backup
+from recovery.backup.postgres_restore import RestoredCluster, RestoreError, RestoreOptions, restore_base_backup
 from recovery.backup.wal import LocalWalStore, WalConflictError, WalCorruptError, fetch, push
 from tests.pgcluster import PG_BIN, PgNode, PgSingle, free_port
 
@@ -48,11 +48,12 @@ def _backup_to_file(dsn: str, path: Path, label: str = "test") -> BaseBackupStre
     return bb
 
 
-def _restore(base: Path, backup: Path, **kwargs: object) -> RestoredCluster:
+def _restore(base: Path, backup: Path, restore_command: str | None = None,
+             target_time: datetime | None = None) -> RestoredCluster:
+    options = RestoreOptions(port=free_port(), socket_dir=base / "restored-sock", restore_command=restore_command,
+                             target_time=target_time)
     with open(backup, "rb") as f:
-        return restore_base_backup(
-            f, base / "restored", port=free_port(), socket_dir=base / "restored-sock", **kwargs  # type: ignore[arg-type]
-        )
+        return restore_base_backup(f, base / "restored", options)
 
 
 def _query(dsn: str, sql: str) -> tuple[object, ...]:
@@ -275,7 +276,7 @@ def test_restore_refuses_non_empty_or_unsafe_input(pg_tmp: Path) -> None:
     data_dir.mkdir()
     (data_dir / "PG_VERSION").write_text("15\n")
     with pytest.raises(RestoreError, match="not empty"):
-        restore_base_backup(io.BytesIO(b""), data_dir, port=free_port(), socket_dir=pg_tmp / "sock")
+        restore_base_backup(io.BytesIO(b""), data_dir, RestoreOptions(port=free_port(), socket_dir=pg_tmp / "sock"))
     assert [p.name for p in data_dir.iterdir()] == ["PG_VERSION"]
 
     def tar_with(name: str) -> io.BytesIO:
@@ -287,12 +288,17 @@ def test_restore_refuses_non_empty_or_unsafe_input(pg_tmp: Path) -> None:
         buf.seek(0)
         return buf
 
+    scratch = RestoreOptions(port=free_port(), socket_dir=pg_tmp / "sock")
     for i, bad in enumerate(["../escape", "/etc/evil", "base/../../escape"]):
         with pytest.raises(RestoreError, match="unsafe path"):
-            restore_base_backup(tar_with(bad), pg_tmp / f"d{i}", port=free_port(), socket_dir=pg_tmp / "sock")
+            restore_base_backup(tar_with(bad), pg_tmp / f"d{i}", scratch)
     assert not (pg_tmp / "escape").exists()
     with pytest.raises(RestoreError, match="not a pg_basebackup tar"):
-        restore_base_backup(tar_with("hello.txt"), pg_tmp / "d9", port=free_port(), socket_dir=pg_tmp / "sock")
+        restore_base_backup(tar_with("hello.txt"), pg_tmp / "d9", scratch)
+    # inconsistent options are refused when the option object is made, before any restore starts
     with pytest.raises(ValueError, match="timezone-aware"):
-        restore_base_backup(io.BytesIO(b""), pg_tmp / "dx", port=1, socket_dir=pg_tmp, restore_command="true",
-                            target_time=datetime(2025, 1, 1))
+        RestoreOptions(port=1, socket_dir=pg_tmp, restore_command="true", target_time=datetime(2025, 1, 1))
+    with pytest.raises(ValueError, match="needs a restore_command"):
+        RestoreOptions(port=1, socket_dir=pg_tmp, target_time=datetime(2025, 1, 1, tzinfo=UTC))
+    with pytest.raises(ValueError, match="target_action"):
+        RestoreOptions(port=1, socket_dir=pg_tmp, target_action="rewind")  # type: ignore[arg-type]

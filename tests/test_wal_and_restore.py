@@ -176,7 +176,7 @@ def test_archive_command_pushes_encrypted_wal_and_restore_replays_it_to_a_point_
 @pytest.mark.timeout(300)
 def test_aegis_wal_fetch_works_as_a_servers_restore_command(shared_dir: Path) -> None:
     """The production path: a restored server fetching WAL itself with ``aegis wal fetch %f %p``."""
-    from recovery.backup.postgres_restore import restore_base_backup
+    from recovery.backup.postgres_restore import RestoreOptions, restore_base_backup
 
     write_config(shared_dir, [local(shared_dir)])
     migrate_shared_catalog(shared_dir)
@@ -200,8 +200,8 @@ def test_aegis_wal_fetch_works_as_a_servers_restore_command(shared_dir: Path) ->
         from tests.pgcluster import free_port
         restore_command = (f"AEGIS_CONFIG={shared_dir}/aegis.yaml AEGIS_DATABASE_URL=sqlite:///{shared_dir}/aegis.db "
                            f"{SERVER_AEGIS} wal fetch %f %p")
-        restored = restore_base_backup(io.BytesIO(base.stdout), shared_dir / "restored", port=free_port(),
-                                       socket_dir=shared_dir / "restored.sock", restore_command=restore_command)
+        restored = restore_base_backup(io.BytesIO(base.stdout), shared_dir / "restored", RestoreOptions(
+            port=free_port(), socket_dir=shared_dir / "restored.sock", restore_command=restore_command))
         assert table_digest(restored.dsn) == table_digest(primary.dsn())
         assert "restored log file" in restored.log_tail(20000)
     finally:

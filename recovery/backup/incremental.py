@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import BinaryIO, Self
 
 from sqlmodel import col, select
 
@@ -52,9 +52,9 @@ from recovery.backup.postgres import (
     supports_incremental,
 )
 from recovery.backup.postgres_restore import (
-    PG_OS_USER,
     RestoredCluster,
     RestoreError,
+    RestoreOptions,
     _as_user,
     _check_reachable,
     _chown,
@@ -63,7 +63,6 @@ from recovery.backup.postgres_restore import (
     _owner,
     _prepare_data_dir,
     _run,
-    check_recovery_args,
     start_restored,
 )
 from recovery.backup.runner import produced
@@ -426,22 +425,9 @@ def restore_chain(
     targets: list[Target],
     key: BackupKey,
     data_dir: Path,
+    options: RestoreOptions,
     *,
-    port: int,
-    socket_dir: Path,
-    restore_command: str | None = None,
-    target_time: datetime | None = None,
-    target_action: str = "promote",
-    pg_bin: str | Path | None = None,
     work_dir: Path | None = None,
-    log_file: Path | None = None,
-    extra_settings: dict[str, str | int | bool] | None = None,
-    pg_hba: str | None = None,
-    verify_manifest: bool = True,
-    db_user: str = "postgres",
-    os_user: str = PG_OS_USER,
-    start_timeout: int = 120,
-    recovery_timeout: float = 900,
 ) -> RestoredCluster:
     """Restore a PostgreSQL base backup — a full or the newest incremental of a chain — and start it.
 
@@ -450,33 +436,27 @@ def restore_chain(
     anything is written, naming the object. A chain's tars are extracted under ``work_dir`` (default:
     next to ``data_dir``, so it is on the same filesystem; it needs room for the whole chain) and
     combined with ``pg_combinebackup`` into ``data_dir``; the work directory is always removed.
-    ``pg_bin`` must hold binaries of the backup's major version (17 for any chain with an
-    incremental). The other options are ``restore_base_backup``'s (PITR with ``restore_command`` +
+    ``options.pg_bin`` must hold binaries of the backup's major version (17 for any chain with an
+    incremental). The options are ``restore_base_backup``'s (PITR with ``restore_command`` +
     ``target_time``, ``target_action``, settings overrides); on a failure to start, the server is
     stopped and ``data_dir`` is left for diagnosis.
     """
-    check_recovery_args(restore_command, target_time, target_action)
+    os_user = options.os_user
     try:
         chain = chain_for(store, backup)
     except ChainError as exc:
         raise RestoreError(str(exc)) from None
-    bin_dir = pg_bin_dir(pg_bin)
+    bin_dir = pg_bin_dir(options.pg_bin)
     data_dir = Path(data_dir)
     owner = _owner(os_user)
     _check_reachable(data_dir, owner)
     _check_target_dir(data_dir)
     copies = [verified_copy(store, record, targets, key) for record in chain]   # before a byte is written
 
-    start_kwargs: dict[str, Any] = dict(
-        port=port, socket_dir=socket_dir, restore_command=restore_command, target_time=target_time,
-        target_action=target_action, pg_bin=bin_dir, log_file=log_file, extra_settings=extra_settings,
-        pg_hba=pg_hba, verify_manifest=verify_manifest, db_user=db_user, os_user=os_user,
-        start_timeout=start_timeout, recovery_timeout=recovery_timeout,
-    )
     if len(chain) == 1:   # a lone full: no combine step, extract straight into place
         _prepare_data_dir(data_dir, owner)
         _download_extract(copies[0].target, chain[0], copies[0].sha256, key, data_dir, owner)
-        return start_restored(data_dir, **start_kwargs)
+        return start_restored(data_dir, options)
 
     parent_dir = Path(work_dir) if work_dir is not None else data_dir.parent
     parent_dir.mkdir(parents=True, exist_ok=True)
@@ -508,4 +488,4 @@ def restore_chain(
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return start_restored(data_dir, **start_kwargs)
+    return start_restored(data_dir, options)

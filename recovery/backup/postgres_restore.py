@@ -29,10 +29,11 @@ import stat
 import subprocess
 import tarfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import BinaryIO, Literal, TypedDict, Unpack, get_args
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -42,7 +43,8 @@ from recovery.redact import redact
 
 PG_OS_USER = "postgres"
 CHUNK = 1024 * 1024
-TARGET_ACTIONS = ("promote", "pause")
+TargetAction = Literal["promote", "pause"]
+TARGET_ACTIONS: tuple[TargetAction, ...] = get_args(TargetAction)
 # Files whose presence marks a pg_basebackup data directory; anything else is not restorable.
 _REQUIRED = ("PG_VERSION", "global/pg_control", "backup_label")
 # Left behind by the source server or its role; a restored copy must decide these itself.
@@ -126,7 +128,18 @@ def _owner(os_user: str) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def _as_user(os_user: str) -> dict[str, Any]:
+class _AsUser(TypedDict, total=False):
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+class _RunOptions(_AsUser, total=False):
+    cwd: Path
+    timeout: float
+
+
+def _as_user(os_user: str) -> _AsUser:
     """subprocess kwargs that drop from root to ``os_user`` (postgres refuses to run as root)."""
     owner = _owner(os_user)
     if owner is None:
@@ -308,7 +321,7 @@ def _write_owned(path: Path, text: str, owner: tuple[int, int] | None, append: b
     path.chmod(0o600)
 
 
-def _run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str], **kwargs: Unpack[_RunOptions]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
 
 
@@ -335,7 +348,7 @@ def _verify_manifest(data_dir: Path, bin_dir: Path) -> None:
         raise RestoreError(f"restored files fail verification against backup_manifest: {_last_line(proc.stderr)}")
 
 
-def _wait_ready(cluster: RestoredCluster, target_action: str, deadline: float) -> None:
+def _wait_ready(cluster: RestoredCluster, target_action: TargetAction, deadline: float) -> None:
     """Block until recovery is over (promote) or paused at the target (pause)."""
     query = (
         "SELECT NOT pg_is_in_recovery()"
@@ -357,26 +370,9 @@ def _wait_ready(cluster: RestoredCluster, target_action: str, deadline: float) -
         time.sleep(0.2)
 
 
-def restore_base_backup(
-    tar_stream: BinaryIO,
-    data_dir: Path,
-    *,
-    port: int,
-    socket_dir: Path,
-    restore_command: str | None = None,
-    target_time: datetime | None = None,
-    target_action: str = "promote",
-    pg_bin: str | Path | None = None,
-    log_file: Path | None = None,
-    extra_settings: dict[str, str | int | bool] | None = None,
-    pg_hba: str | None = None,
-    verify_manifest: bool = True,
-    db_user: str = "postgres",
-    os_user: str = PG_OS_USER,
-    start_timeout: int = 120,
-    recovery_timeout: float = 900,
-) -> RestoredCluster:
-    """Extract a base backup tar stream into a new ``data_dir``, configure it, start it, wait for it.
+@dataclass(frozen=True)
+class RestoreOptions:
+    """How a restored PostgreSQL copy is configured, started and waited for (one set, for every restore).
 
     Without ``restore_command`` the server replays only the WAL inside the backup (crash recovery to
     the end of the backup). With it, ``recovery.signal`` makes it an archive recovery that fetches
@@ -386,66 +382,65 @@ def restore_base_backup(
 
     ``extra_settings`` override the production configuration carried in the backup (e.g. a smaller
     ``shared_buffers`` for a copy on a busy host; do not lower ``max_connections`` and friends below
-    the primary's — hot standby recovery refuses that). When the backup has no ``postgresql.conf`` /
-    ``pg_hba.conf`` (Debian keeps them in /etc) minimal ones are written; ``pg_hba`` replaces the
-    latter either way. On failure the server is stopped and the files are left for diagnosis.
+    the primary's — hot standby recovery refuses that). ``pg_hba`` replaces the written
+    ``pg_hba.conf``. ``pg_bin`` holds binaries of the backup's major version (default:
+    ``AEGIS_PG_BIN``, else the Debian 15 path). Inconsistent options are refused when the object is
+    made (``ValueError``), so before anything is downloaded or written.
     """
-    check_recovery_args(restore_command, target_time, target_action)
-    bin_dir = pg_bin_dir(pg_bin)
+
+    port: int
+    socket_dir: Path
+    restore_command: str | None = None
+    target_time: datetime | None = None
+    target_action: TargetAction = "promote"
+    pg_bin: str | Path | None = None
+    log_file: Path | None = None   # default: <data_dir>.log beside the data directory
+    extra_settings: Mapping[str, str | int | bool] | None = None
+    pg_hba: str | None = None
+    verify_manifest: bool = True
+    db_user: str = "postgres"
+    os_user: str = PG_OS_USER
+    start_timeout: int = 120
+    recovery_timeout: float = 900
+
+    def __post_init__(self) -> None:
+        if self.target_action not in TARGET_ACTIONS:
+            raise ValueError(f"target_action must be one of {TARGET_ACTIONS}")
+        if self.target_time is not None:
+            if self.target_time.tzinfo is None:
+                raise ValueError("target_time must be timezone-aware (a naive time is ambiguous for PITR)")
+            if not self.restore_command:
+                raise ValueError("point-in-time recovery needs a restore_command to fetch archived WAL")
+
+
+def restore_base_backup(tar_stream: BinaryIO, data_dir: Path, options: RestoreOptions) -> RestoredCluster:
+    """Extract a base backup tar stream into a new ``data_dir``, configure it, start it, wait for it.
+
+    When the backup has no ``postgresql.conf`` / ``pg_hba.conf`` (Debian keeps them in /etc) minimal
+    ones are written. On failure the server is stopped and the files are left for diagnosis.
+    """
     data_dir = Path(data_dir)
-    owner = _owner(os_user)
+    owner = _owner(options.os_user)
 
     _check_pg_ctl_path(data_dir, "data directory")
     _check_reachable(data_dir, owner)
-    _check_reachable(Path(socket_dir), owner)
+    _check_reachable(Path(options.socket_dir), owner)
     _prepare_data_dir(data_dir, owner)
     _extract(tar_stream, data_dir, owner)
-    return start_restored(
-        data_dir, port=port, socket_dir=socket_dir, restore_command=restore_command, target_time=target_time,
-        target_action=target_action, pg_bin=bin_dir, log_file=log_file, extra_settings=extra_settings, pg_hba=pg_hba,
-        verify_manifest=verify_manifest, db_user=db_user, os_user=os_user, start_timeout=start_timeout,
-        recovery_timeout=recovery_timeout,
-    )
+    return start_restored(data_dir, options)
 
 
-def check_recovery_args(restore_command: str | None, target_time: datetime | None, target_action: str) -> None:
-    """Refuse inconsistent recovery options before anything is downloaded or written."""
-    if target_action not in TARGET_ACTIONS:
-        raise ValueError(f"target_action must be one of {TARGET_ACTIONS}")
-    if target_time is not None:
-        if target_time.tzinfo is None:
-            raise ValueError("target_time must be timezone-aware (a naive time is ambiguous for PITR)")
-        if not restore_command:
-            raise ValueError("point-in-time recovery needs a restore_command to fetch archived WAL")
-
-
-def start_restored(
-    data_dir: Path,
-    *,
-    port: int,
-    socket_dir: Path,
-    restore_command: str | None = None,
-    target_time: datetime | None = None,
-    target_action: str = "promote",
-    pg_bin: str | Path | None = None,
-    log_file: Path | None = None,
-    extra_settings: dict[str, str | int | bool] | None = None,
-    pg_hba: str | None = None,
-    verify_manifest: bool = True,
-    db_user: str = "postgres",
-    os_user: str = PG_OS_USER,
-    start_timeout: int = 120,
-    recovery_timeout: float = 900,
-) -> RestoredCluster:
+def start_restored(data_dir: Path, options: RestoreOptions) -> RestoredCluster:
     """Configure and start a data directory that already holds a restored backup (owned by ``os_user``).
 
     The second half of ``restore_base_backup``, shared with ``incremental.restore_chain`` (which fills
     ``data_dir`` with ``pg_combinebackup`` instead of one tar). Same options and failure behaviour.
     """
-    check_recovery_args(restore_command, target_time, target_action)
-    bin_dir = pg_bin_dir(pg_bin)
+    bin_dir = pg_bin_dir(options.pg_bin)
     data_dir = Path(data_dir)
-    socket_dir = Path(socket_dir)
+    socket_dir = Path(options.socket_dir)
+    os_user, db_user, target_time = options.os_user, options.db_user, options.target_time
+    restore_command = options.restore_command
     owner = _owner(os_user)
     _check_pg_ctl_path(data_dir, "data directory")
     _check_reachable(socket_dir, owner)
@@ -453,17 +448,17 @@ def start_restored(
     if missing:
         raise RestoreError(f"stream is not a pg_basebackup tar: missing {', '.join(missing)}")
     _check_major(data_dir, bin_dir)
-    if verify_manifest:
+    if options.verify_manifest:
         _verify_manifest(data_dir, bin_dir)
 
     for name in _STALE:
         (data_dir / name).unlink(missing_ok=True)
     if not (data_dir / "postgresql.conf").exists():
         _write_owned(data_dir / "postgresql.conf", "# written by Aegis restore; see postgresql.auto.conf\n", owner)
-    _write_access_files(data_dir, pg_hba, db_user, os_user, owner)
+    _write_access_files(data_dir, options.pg_hba, db_user, os_user, owner)
 
     settings: dict[str, str | int | bool] = {
-        "port": port,
+        "port": options.port,
         "listen_addresses": "127.0.0.1",
         "unix_socket_directories": _socket_dirs_value(socket_dir),
         "unix_socket_permissions": "0700",
@@ -480,8 +475,8 @@ def start_restored(
     if target_time is not None:
         # recovery_target_time is a timestamptz literal; UTC with an explicit offset is unambiguous.
         settings["recovery_target_time"] = target_time.astimezone(UTC).isoformat(sep=" ")
-        settings["recovery_target_action"] = target_action
-    settings.update(extra_settings or {})
+        settings["recovery_target_action"] = options.target_action
+    settings.update(options.extra_settings or {})
     lines = "".join(f"{key} = {_conf_value(value)}\n" for key, value in settings.items())
     # postgresql.auto.conf is read last, so these win over the production postgresql.conf.
     _write_owned(data_dir / "postgresql.auto.conf", f"\n# --- Aegis restore ---\n{lines}", owner, append=True)
@@ -489,14 +484,15 @@ def start_restored(
         _write_owned(data_dir / "recovery.signal", "", owner)
 
     _private_socket_dir(socket_dir, owner)
-    log_path = Path(log_file) if log_file is not None else data_dir.with_name(data_dir.name + ".log")
+    log_path = Path(options.log_file) if options.log_file is not None else data_dir.with_name(data_dir.name + ".log")
     _check_pg_ctl_path(log_path, "log file")
     log_path.touch()
     _chown(log_path, owner)
     log_path.chmod(0o600)  # the server log can quote data (failed statements)
 
-    cluster = RestoredCluster(data_dir, port, socket_dir, log_path, bin_dir, db_user=db_user, os_user=os_user)
-    deadline = time.monotonic() + recovery_timeout
+    cluster = RestoredCluster(data_dir, options.port, socket_dir, log_path, bin_dir, db_user=db_user, os_user=os_user)
+    deadline = time.monotonic() + options.recovery_timeout
+    start_timeout = options.start_timeout
     try:
         proc = _run(
             [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(log_path), "-w", "-t", str(start_timeout),
@@ -506,7 +502,7 @@ def start_restored(
         if proc.returncode != 0:
             raise RestoreError(f"restored server did not start: {_last_line(proc.stderr)}\n{cluster.log_tail()}")
         # Without a target, archive recovery promotes by itself at the end of the archive.
-        _wait_ready(cluster, target_action if target_time is not None else "promote", deadline)
+        _wait_ready(cluster, options.target_action if target_time is not None else "promote", deadline)
     except BaseException:
         try:
             cluster.stop("immediate")

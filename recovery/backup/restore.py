@@ -23,10 +23,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from sqlmodel import col, select
 
@@ -38,6 +38,7 @@ from recovery.backup.postgres_restore import (
     PG_OS_USER,
     RestoredCluster,
     RestoreError,
+    RestoreOptions,
     restore_base_backup,
     shell_command,
 )
@@ -49,6 +50,12 @@ from recovery.backup.wal_sequence import first_gap, histories_in, parse_segment
 from recovery.redact import redact
 from statemachines.models import BackupRecord
 from statemachines.store import Store
+
+if TYPE_CHECKING:   # the drivers load only for a Neo4j or Milvus restore (pymilvus alone is ~2 s)
+    from neo4j import Driver
+    from pymilvus import MilvusClient
+
+    from recovery.backup import milvus_export, neo4j_export
 
 Progress = Callable[[str, int], None]
 
@@ -91,7 +98,7 @@ class _Counting:
 
 
 @contextlib.contextmanager
-def plaintext(copy: VerifiedCopy, key: BackupKey, progress: Progress | None = None) -> Any:
+def plaintext(copy: VerifiedCopy, key: BackupKey, progress: Progress | None = None) -> Iterator[BinaryIO]:
     """A readable stream of the verified copy's plaintext (decrypted in a thread through a pipe)."""
     def write(out: BinaryIO) -> None:
         restore_stream(copy.target, copy.record.object_name, key, _Counting(out, copy.record.object_name, progress),
@@ -230,16 +237,14 @@ def restore_postgres(
             # wal.py is standard-library only: the server's python3 can run it without Aegis installed.
             restore_command = shell_command(["python3", "-P", str(wal.__file__), "fetch", "--dir", str(stage)],
                                             "%f", "%p")
-        action = "pause" if pause_at_target else "promote"
+        options = RestoreOptions(
+            port=port, socket_dir=socket_dir, restore_command=restore_command, target_time=target_time,
+            target_action="pause" if pause_at_target else "promote", pg_bin=pg_bin, os_user=os_user)
         if copy.record.kind == "pg_incremental":  # PostgreSQL 17+: combine the chain back to its full
-            cluster = restore_chain(store, copy.record, wal_store.targets, wal_store.runner.key, data_dir,
-                                    port=port, socket_dir=socket_dir, restore_command=restore_command,
-                                    target_time=target_time, target_action=action, pg_bin=pg_bin, os_user=os_user)
+            cluster = restore_chain(store, copy.record, wal_store.targets, wal_store.runner.key, data_dir, options)
             return cluster, len(names)
         with plaintext(copy, wal_store.runner.key, progress) as tar_stream:
-            cluster = restore_base_backup(
-                tar_stream, data_dir, port=port, socket_dir=socket_dir, restore_command=restore_command,
-                target_time=target_time, target_action=action, os_user=os_user, pg_bin=pg_bin)
+            cluster = restore_base_backup(tar_stream, data_dir, options)
         return cluster, len(names)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -247,8 +252,8 @@ def restore_postgres(
 
 # --- Neo4j and Milvus ---------------------------------------------------------------------------
 
-def restore_neo4j(copy: VerifiedCopy, key: BackupKey, driver: Any, database: str,
-                  progress: Progress | None = None) -> Any:
+def restore_neo4j(copy: VerifiedCopy, key: BackupKey, driver: Driver, database: str,
+                  progress: Progress | None = None) -> neo4j_export.ImportStats:
     """Import the export into ``database``, which must be empty (``import_graph`` checks counts after)."""
     from recovery.backup.neo4j_export import import_graph
 
@@ -256,8 +261,8 @@ def restore_neo4j(copy: VerifiedCopy, key: BackupKey, driver: Any, database: str
         return import_graph(driver, database, source=source)
 
 
-def restore_milvus(copy: VerifiedCopy, key: BackupKey, client: Any, new_name: str | None = None,
-                   progress: Progress | None = None) -> Any:
+def restore_milvus(copy: VerifiedCopy, key: BackupKey, client: MilvusClient, new_name: str | None = None,
+                   progress: Progress | None = None) -> milvus_export.ImportStats:
     """Recreate the collection (as ``new_name`` if given), which must not exist yet."""
     from recovery.backup.milvus_export import import_collection
 
