@@ -18,7 +18,7 @@ from bot.config import Config, load_config
 from bot.secrets import install_masking
 from recovery.backup.crypto import BackupKey, BackupKeyError, load_key
 from recovery.backup.retention import RetentionPolicy, prune
-from recovery.backup.runner import BackupRunner, RunReport, Sources
+from recovery.backup.runner import BackupRunner, Neo4jSource, RunReport, Sources
 from recovery.backup.storage import Target, target_from_config
 from recovery.backup.verify import previous_good, records_for, verify
 from statemachines.models import BackupRecord
@@ -50,7 +50,7 @@ def sources_from(config: Config) -> Sources:
     pg = config.components.postgres
     neo4j = config.components.neo4j
     milvus = config.components.milvus
-    neo = None
+    neo: Neo4jSource | None = None
     if neo4j:
         password = os.environ.get(neo4j.password_env) if neo4j.password_env else None
         neo = {"uri": neo4j.uri, "user": neo4j.user, "password": password, "database": neo4j.database}

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from datetime import datetime
+from typing import TypedDict
 
 from messages import render
 from messages.views import (
+    Block,
     IncidentView,
     Message,
     ObjectiveReport,
@@ -78,21 +80,21 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _t(locale: str, name: str, part: str | None = None, **ctx: Any) -> str:
+def _t(locale: str, name: str, part: str | None = None, /, **ctx: object) -> str:
     if part is not None:
         ctx["part"] = part
     return render.text(locale, name, **ctx)
 
 
-def _plain(text: str, limit: int) -> dict[str, Any]:
+def _plain(text: str, limit: int) -> Block:
     return {"type": "plain_text", "text": _clip(text or "—", limit), "emoji": True}
 
 
-def _header(text: str, block_id: str) -> dict[str, Any]:
+def _header(text: str, block_id: str) -> Block:
     return {"type": "header", "block_id": block_id, "text": _plain(text, HEADER_CHARS)}
 
 
-def _section(text: str, block_id: str) -> dict[str, Any]:
+def _section(text: str, block_id: str) -> Block:
     # Slack rejects an empty section text; "—" keeps a post alive if a template renders nothing.
     return {
         "type": "section",
@@ -101,7 +103,7 @@ def _section(text: str, block_id: str) -> dict[str, Any]:
     }
 
 
-def _context(text: str, block_id: str) -> dict[str, Any]:
+def _context(text: str, block_id: str) -> Block:
     return {
         "type": "context",
         "block_id": block_id,
@@ -109,8 +111,8 @@ def _context(text: str, block_id: str) -> dict[str, Any]:
     }
 
 
-def _button(label: str, action_id: str, value: str, style: str | None = None) -> dict[str, Any]:
-    button: dict[str, Any] = {
+def _button(label: str, action_id: str, value: str, style: str | None = None) -> Block:
+    button: Block = {
         "type": "button",
         "action_id": action_id,
         "value": value,
@@ -121,7 +123,7 @@ def _button(label: str, action_id: str, value: str, style: str | None = None) ->
     return button
 
 
-def _actions(block_id: str, buttons: list[dict[str, Any]]) -> dict[str, Any]:
+def _actions(block_id: str, buttons: list[Block]) -> Block:
     return {"type": "actions", "block_id": block_id, "elements": buttons}
 
 
@@ -141,14 +143,14 @@ def _pack(lines: Iterable[str], limit: int = SECTION_CHARS) -> list[str]:
     return chunks
 
 
-def _sections(lines: Iterable[str], block_prefix: str) -> list[dict[str, Any]]:
+def _sections(lines: Iterable[str], block_prefix: str) -> list[Block]:
     chunks = _pack(lines)
     if len(chunks) == 1:
         return [_section(chunks[0], block_prefix)]
     return [_section(chunk, f"{block_prefix}_{i}") for i, chunk in enumerate(chunks, start=1)]
 
 
-def _message(fallback: str, blocks: list[dict[str, Any]], locale: str) -> Message:
+def _message(fallback: str, blocks: list[Block], locale: str) -> Message:
     """Apply the message-wide limits; builders stay under them, this is the safety net."""
     if len(blocks) > MAX_BLOCKS:
         kept = blocks[: MAX_BLOCKS - 1]
@@ -178,14 +180,14 @@ def _progress(row: StepRow, locale: str) -> str:
     return _t(locale, "plan", "progress", row=row)
 
 
-def _safe_link(link: str | None) -> str | None:
+def _safe_link(link: object) -> str | None:
     """A permalink goes inside ``<…|label>``: only an https URL with no markup characters."""
-    if not link or not link.startswith("https://") or any(c in link for c in "<>|& \n"):
+    if not isinstance(link, str) or not link or not link.startswith("https://") or any(c in link for c in "<>|& \n"):
         return None
     return link
 
 
-def _step_buttons(step: StepView, locale: str) -> list[dict[str, Any]]:
+def _step_buttons(step: StepView, locale: str) -> list[Block]:
     """Buttons a step offers in its current status; none unless someone has to decide."""
     value = str(step.id)
     if step.status == "awaiting_approval":
@@ -202,7 +204,7 @@ def _step_buttons(step: StepView, locale: str) -> list[dict[str, Any]]:
     return []
 
 
-def _last_update(v: IncidentView) -> Any:
+def _last_update(v: IncidentView) -> datetime:
     return v.updated_at or v.declared_at
 
 
@@ -251,7 +253,7 @@ def _step_text(row: StepRow, locale: str, *, inline_detail: bool) -> tuple[str, 
     return text, detail
 
 
-def _plan_body(rows: list[StepRow], intro: str, layout: str, locale: str) -> list[dict[str, Any]]:
+def _plan_body(rows: list[StepRow], intro: str, layout: str, locale: str) -> list[Block]:
     """Blocks after the header, in one of three layouts, roomiest first:
     ``full`` (detail in its own context block), ``compact`` (detail inline), and ``dense`` (steps
     without buttons share a section with the next step that has buttons, so a plan costs about
@@ -490,14 +492,14 @@ def help_text(locale: str) -> Message:
     return _message(_t(locale, "help", "text"), [_section(body, "help")], locale)
 
 
-def usage_error(problem: str, locale: str, **ctx: Any) -> Message:
+def usage_error(problem: str, locale: str, **ctx: object) -> Message:
     """What was wrong with a command and what to type instead (ephemeral)."""
     body = _t(locale, "usage_error", problem=problem, **_commands(), **ctx)
     # The notification shows what was wrong; the usage reference is in the blocks.
     return _message(body.split("\n\n", 1)[0], [_section(body, "usage_error")], locale)
 
 
-def refusal(reason: str, locale: str, **ctx: Any) -> Message:
+def refusal(reason: str, locale: str, **ctx: object) -> Message:
     """Why a click or command was refused (ephemeral); nothing was changed."""
     if "link" in ctx:
         ctx["link"] = _safe_link(ctx["link"])
@@ -516,7 +518,7 @@ def ops_notice(title: str, body: str, locale: str) -> Message:
 # Modals
 
 
-def _select(block_id: str, label: str, placeholder: str, options: list[tuple[str, str]]) -> dict[str, Any]:
+def _select(block_id: str, label: str, placeholder: str, options: list[tuple[str, str]]) -> Block:
     """A required static select; ``options`` are (value, label) pairs."""
     return {
         "type": "input",
@@ -531,7 +533,7 @@ def _select(block_id: str, label: str, placeholder: str, options: list[tuple[str
     }
 
 
-def _multiline(block_id: str, label: str, placeholder: str) -> dict[str, Any]:
+def _multiline(block_id: str, label: str, placeholder: str) -> Block:
     return {
         "type": "input",
         "block_id": block_id,
@@ -545,8 +547,8 @@ def _multiline(block_id: str, label: str, placeholder: str) -> dict[str, Any]:
     }
 
 
-def _modal(callback_id: str, locale: str, name: str, ctx: dict[str, Any],
-           blocks: list[dict[str, Any]]) -> dict[str, Any]:
+def _modal(callback_id: str, locale: str, name: str, ctx: dict[str, object],
+           blocks: list[Block]) -> Block:
     return {
         "type": "modal",
         "callback_id": callback_id,
@@ -557,9 +559,9 @@ def _modal(callback_id: str, locale: str, name: str, ctx: dict[str, Any],
     }
 
 
-def declare_modal(locale: str) -> dict[str, Any]:
+def declare_modal(locale: str) -> Block:
     """``/aegis incident`` with no arguments: scenario, severity and summary as a form."""
-    def part(name: str, **ctx: Any) -> str:
+    def part(name: str, **ctx: object) -> str:
         return _t(locale, "declare_modal", name, **ctx)
 
     commands = _commands()
@@ -573,7 +575,7 @@ def declare_modal(locale: str) -> dict[str, Any]:
     return _modal(DECLARE_CALLBACK, locale, "declare_modal", {}, blocks)
 
 
-def close_modal(v: IncidentView, locale: str) -> dict[str, Any]:
+def close_modal(v: IncidentView, locale: str) -> Block:
     """Close form: a closing summary once verified, otherwise the false-alarm reason."""
     ctx = {"v": v, "false_alarm": v.state != "verified"}
     blocks = [
@@ -586,7 +588,7 @@ def close_modal(v: IncidentView, locale: str) -> dict[str, Any]:
     return view
 
 
-def reject_modal(v: IncidentView, step: StepView, locale: str) -> dict[str, Any]:
+def reject_modal(v: IncidentView, step: StepView, locale: str) -> Block:
     """Reject asks for a reason: it is posted in the channel and kept in the timeline."""
     ctx = {"v": v, "step": step}
     blocks = [
@@ -624,7 +626,7 @@ class BackupObjectView:
     kind: str                      # pg_full | neo4j | milvus | …
     status: str                    # running | ok | failed | deleted
     stored_size: int
-    started_at: Any
+    started_at: datetime | None
     targets: list[BackupTargetView] = field(default_factory=list)
     reason: str = ""
 
@@ -662,7 +664,7 @@ class BackupCheckView:
     reread: list[str] = field(default_factory=list)
 
 
-def _simple(locale: str, name: str, part: str, block_id: str, **ctx: Any) -> Message:
+def _simple(locale: str, name: str, part: str, block_id: str, **ctx: object) -> Message:
     body = _t(locale, name, part, **ctx)
     return _message(body, [_section(body, block_id)], locale)
 
@@ -757,7 +759,7 @@ def manual_verification_request(v: IncidentView, step: StepView, roles: list[str
     return _message(_t(locale, "verify_modal", "request_text", **ctx), blocks, locale)
 
 
-def verify_modal(v: IncidentView, step: StepView, locale: str) -> dict[str, Any]:
+def verify_modal(v: IncidentView, step: StepView, locale: str) -> Block:
     """The manual verification form: what was checked and what was observed."""
     ctx = {"v": v, "step": step}
     blocks = [

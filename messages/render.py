@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, tzinfo
 from functools import partial
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -164,7 +163,7 @@ def _make_env(locale: str) -> tuple[Environment, dict[str, dict[str, str]]]:
         undefined=StrictUndefined,
     )
     names = _load_names(env)
-    filters: dict[str, Callable[..., Any]] = {
+    filters: dict[str, Callable[..., str]] = {
         "user": format_user,
         "dt": format_dt,
         "esc": escape_mrkdwn,
@@ -179,7 +178,7 @@ def _make_env(locale: str) -> tuple[Environment, dict[str, dict[str, str]]]:
 _ENVS: dict[str, tuple[Environment, dict[str, dict[str, str]]]] = {loc: _make_env(loc) for loc in LOCALES}
 
 
-def text(locale: str, name: str, **ctx: Any) -> str:
+def text(locale: str, name: str, **ctx: object) -> str:
     """Render ``<locale>/<name>.j2`` with ``ctx``; surrounding whitespace is stripped."""
     env, _ = _ENVS[resolve_locale(locale)]
     return separate_markers_from_cjk(env.get_template(f"{name}.j2").render(**ctx).strip())

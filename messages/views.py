@@ -6,9 +6,14 @@ Times are timezone-aware UTC datetimes; durations are seconds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TypeAlias
+
+# Block Kit as Slack reads it: JSON. Read-only containers so a list of blocks is also a JSON value.
+JsonValue: TypeAlias = "str | int | float | bool | None | Sequence[JsonValue] | Mapping[str, JsonValue]"
+Block: TypeAlias = dict[str, JsonValue]   # one block, element, text object or modal view
 
 
 @dataclass(frozen=True)
@@ -16,7 +21,7 @@ class Message:
     """What gets posted: a plain-text fallback plus Block Kit blocks."""
 
     text: str
-    blocks: list[dict[str, Any]] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class TimelineItem:
     actor: str | None              # Slack user id or "aegis"
     text: str                      # English fallback (logs, events stored before codes existed)
     code: str = ""                 # event code, rendered per locale by timeline.j2 ("" = show ``text``)
-    params: dict[str, Any] = field(default_factory=dict)   # the code's parameters (ids, names, user text)
+    params: dict[str, object] = field(default_factory=dict)   # the code's parameters (ids, names, user text)
 
 
 @dataclass(frozen=True)

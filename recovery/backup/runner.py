@@ -18,10 +18,12 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, TypedDict, cast
 
 from sqlmodel import col, select
 
@@ -32,7 +34,29 @@ from recovery.redact import redact
 from statemachines.models import BackupRecord, utcnow
 from statemachines.store import Store
 
+if TYPE_CHECKING:   # incremental imports this module: a runtime import would be a cycle
+    from recovery.backup.incremental import BasePlan
+
 Progress = Callable[[str, int], None]      # (object name, source bytes so far)
+
+
+class Neo4jSource(TypedDict):
+    uri: str
+    user: str
+    password: str | None   # None: connect without authentication
+    database: str
+
+
+class _SourceFacts(TypedDict):
+    """What a PostgreSQL source reports after streaming (None for the other sources)."""
+
+    start_lsn: str | None
+    stop_lsn: str | None
+    timeline: int | None
+    source_sha256: str | None
+
+
+_TargetOutcome = dict[str, object]   # {"ok": bool, "error": str | None[, "removed": why]}, stored as JSON
 
 
 @dataclass
@@ -40,7 +64,7 @@ class Sources:
     """What can be backed up, resolved from config (secrets already read from the environment)."""
 
     postgres_dsn: str | None = None
-    neo4j: dict[str, Any] | None = None      # {uri, user, password, database}
+    neo4j: Neo4jSource | None = None
     milvus_uri: str | None = None
 
 
@@ -70,7 +94,7 @@ def new_run_id(store: Store, now: datetime | None = None) -> str:
 
 
 @contextlib.contextmanager
-def produced(write: Callable[[BinaryIO], Any]) -> Iterator[BinaryIO]:
+def produced(write: Callable[[BinaryIO], object]) -> Iterator[BinaryIO]:
     """Run ``write(out)`` in a thread feeding a pipe; yield the pipe's read end.
 
     The exporters write to a file object, the pipeline reads one: a pipe joins them with a bounded
@@ -120,7 +144,8 @@ class BackupRunner:
     # --- one object -----------------------------------------------------------------------
 
     def store_object(self, run_id: str, kind: str, component: str, object_name: str,
-                     source_cm: Any, reason: str = "", *, replace_failed: bool = False) -> BackupRecord:
+                     source_cm: AbstractContextManager[object], reason: str = "", *,
+                     replace_failed: bool = False) -> BackupRecord:
         """Stream one object to every target and record it; the row's status says whether it counts.
 
         ``replace_failed`` lets a retry of the same name (a WAL segment PostgreSQL re-archives) take
@@ -139,14 +164,17 @@ class BackupRunner:
             session.add(record)
         result: PipelineResult | None = None
         error = ""
-        facts: dict[str, Any] = {}
+        facts = _SourceFacts(start_lsn=None, stop_lsn=None, timeline=None, source_sha256=None)
         progress = self.progress
         try:
             with source_cm as source:
-                stream = getattr(source, "stream", source)
+                # a PostgreSQL backup object exposes .stream; a file or an export pipe is the stream itself
+                stream = cast("BinaryIO | Iterable[bytes]", getattr(source, "stream", source))
                 result = backup_stream(stream, object_name, self.targets, self.key,
                                        progress=(lambda n: progress(object_name, n)) if progress else None)
-            facts = {k: getattr(source, k, None) for k in ("start_lsn", "stop_lsn", "timeline", "source_sha256")}
+            facts = _SourceFacts(start_lsn=getattr(source, "start_lsn", None),
+                                 stop_lsn=getattr(source, "stop_lsn", None), timeline=getattr(source, "timeline", None),
+                                 source_sha256=getattr(source, "source_sha256", None))
         except Exception as exc:   # the source failed: whatever was stored is not a backup
             error = redact(f"{type(exc).__name__}: {exc}")[:500]
             if result is not None:
@@ -154,8 +182,8 @@ class BackupRunner:
         return self._finish(record, result, error, facts)
 
     def _finish(self, record: BackupRecord, result: PipelineResult | None, error: str,
-                facts: dict[str, Any]) -> BackupRecord:
-        targets: dict[str, Any] = {}
+                facts: _SourceFacts) -> BackupRecord:
+        targets: dict[str, _TargetOutcome] = {}
         if result is not None:
             targets = {name: {"ok": t.ok, "error": t.error} for name, t in result.targets.items()}
         ok = not error and result is not None and result.ok
@@ -178,15 +206,14 @@ class BackupRunner:
                 row.reason = (row.reason + " " if row.reason else "") + (f"{why} ({failed})" if failed else why)
             if result is not None:
                 row.source_size, row.stored_size, row.sha256 = result.source_size, result.stored_size, result.sha256
-            row.start_lsn, row.stop_lsn, row.timeline = (facts.get("start_lsn"), facts.get("stop_lsn"),
-                                                         facts.get("timeline"))
-            row.source_sha256 = facts.get("source_sha256")
+            row.start_lsn, row.stop_lsn, row.timeline = facts["start_lsn"], facts["stop_lsn"], facts["timeline"]
+            row.source_sha256 = facts["source_sha256"]
             session.add(row)
             session.flush()
             session.refresh(row)
             return row
 
-    def _drop_staging_copy(self, name: str, result: PipelineResult, targets: dict[str, Any]) -> None:
+    def _drop_staging_copy(self, name: str, result: PipelineResult, targets: dict[str, _TargetOutcome]) -> None:
         """B6: the local copy goes only once two remote targets hold the object."""
         remote_ok = [t for t in self.targets if not isinstance(t, LocalTarget) and result.targets[t.name].ok]
         if len(remote_ok) < 2:
@@ -212,7 +239,6 @@ class BackupRunner:
         of the tar as it streams) so the next incremental never downloads its parent.
         """
         import tempfile
-        from pathlib import Path
 
         from recovery.backup.incremental import KIND_INCREMENTAL, plan_base_backup
 
@@ -231,7 +257,7 @@ class BackupRunner:
                                          Path(tmp))
         return records
 
-    def _pg_base(self, run_id: str, plan: Any, tmp: Any) -> list[BackupRecord]:
+    def _pg_base(self, run_id: str, plan: BasePlan, tmp: Path) -> list[BackupRecord]:
         """Store one base backup per ``plan`` (+ its manifest when it may become a parent)."""
         from recovery.backup.incremental import (
             KIND_MANIFEST,
@@ -244,24 +270,22 @@ class BackupRunner:
         dsn = self.sources.postgres_dsn
         assert dsn
         name = base_object_name(run_id, plan.kind)
-        source: Any = base_backup(dsn, label=run_id, incremental_from_manifest=plan.parent_manifest,
-                                  pg_bin=plan.pg_bin)
+        stream = base_backup(dsn, label=run_id, incremental_from_manifest=plan.parent_manifest, pg_bin=plan.pg_bin)
         manifest_path = tmp / f"{plan.kind}.backup_manifest"
-        if plan.capture_manifest:
-            source = ManifestCapturingBackup(source, manifest_path)
-        record = self.store_object(run_id, plan.kind, "postgres", name, source, plan.reason)
+        capture = ManifestCapturingBackup(stream, manifest_path) if plan.capture_manifest else None
+        record = self.store_object(run_id, plan.kind, "postgres", name, capture or stream, plan.reason)
         if plan.parent is not None:
             record = self._set_row(record, parent_run_id=plan.parent.run_id)
-        if record.status != "ok" or not plan.capture_manifest:
+        if record.status != "ok" or capture is None:
             return [record]
-        if not source.captured:
+        if not capture.captured:
             note = "backup_manifest not captured from the stream: the next incremental slot takes a full backup"
             return [self._set_row(record, reason=(record.reason + "; " if record.reason else "") + note)]
         with open(manifest_path, "rb") as manifest:
             stored = self.store_object(run_id, KIND_MANIFEST, "postgres", manifest_object_name(name), manifest)
         return [record, stored]
 
-    def _set_row(self, record: BackupRecord, **values: Any) -> BackupRecord:
+    def _set_row(self, record: BackupRecord, **values: object) -> BackupRecord:
         with self.store.session() as session:
             row = session.get(BackupRecord, record.id)
             assert row is not None
@@ -279,7 +303,8 @@ class BackupRunner:
 
         cfg = self.sources.neo4j
         assert cfg
-        auth = (cfg["user"], cfg["password"]) if cfg.get("password") else None
+        password = cfg["password"]
+        auth = (cfg["user"], password) if password else None
         database = cfg.get("database", "neo4j")
         with GraphDatabase.driver(cfg["uri"], auth=auth) as driver:
             source = produced(lambda out: export_graph(driver, database, out=out))
