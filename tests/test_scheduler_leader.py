@@ -231,3 +231,46 @@ def test_reminders_in_the_old_apscheduler_job_store_survive_the_upgrade_under_th
             assert connection.execute(table.select()).all() == []   # moved, and the backup row dropped
     finally:
         scheduler.shutdown()
+
+
+def test_an_open_incidents_reminder_in_the_old_job_store_keeps_posting_after_the_upgrade(
+    workdir: Path, store_server: PgSingle, emulator: EmulatorServer,
+) -> None:
+    url = f"sqlite:///{workdir}/aegis.db"
+    config = config_for(store_server, workdir)
+    config.pop("storage")                  # reminders only
+    bot = AegisProcess(workdir, config, url, emulator.api_url, name="upgrade")
+    emulator.bot_url = bot.url
+    bot.start()
+    store = bot.store()
+
+    def reminders() -> list[dict[str, Any]]:
+        return [m for m in channel_by_id(emulator.state, "C0STAKE")["messages"]
+                if "still open" in all_text(m) and m.get("thread_ts")]
+    try:
+        assert emulator.driver.slash("U0IC", "incident database_failure critical primary database is down"
+                                     ).status_code == 200
+        wait_for(reminders, timeout=30, what="a first reminder")
+        bot.stop()
+        # what the previous version left: the reminder as an APScheduler row with a module path
+        with store.session() as session:
+            [row] = session.exec(select(ScheduledJob)).all()
+            session.delete(row)
+        table = SQLAlchemyJobStore(engine=store.engine, tablename="apscheduler_jobs").jobs_t
+        table.create(store.engine, checkfirst=True)
+        incident_id = int(row.args[0])
+        trigger = IntervalTrigger(seconds=row.interval_seconds or 0, start_date=row.start_at)
+        with store.engine.begin() as connection:
+            connection.execute(table.insert(), [{"id": row.job_id, "next_run_time": time.time(), "job_state":
+                                                 old_job_state(row.job_id, "bot.jobs:send_reminder", trigger,
+                                                               (incident_id,))}])
+        before = len(reminders())
+        bot.start()
+        wait_for(lambda: len(reminders()) > before, timeout=30, what="a reminder after the upgrade")
+        assert "moved to the job name reminder" in bot.log()
+        with store.session() as session:
+            assert [(r.job_id, r.name, r.args) for r in session.exec(select(ScheduledJob))] == [
+                (row.job_id, "reminder", [incident_id])]
+    finally:
+        bot.stop()
+        store.dispose()
