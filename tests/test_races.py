@@ -155,6 +155,7 @@ class Harness:
 
     def stop(self) -> None:
         self.flows.pool.shutdown(wait=True)
+        self.flows.outbox.stop()
 
 
 def harness_for(store: Store, emulator: EmulatorServer, tmp_path: Path,
@@ -162,7 +163,9 @@ def harness_for(store: Store, emulator: EmulatorServer, tmp_path: Path,
     config = Config.model_validate({"roster": ROSTER, "slack": {"stakeholder_channel": "C0STAKE"},
                                     **(extra or {})})
     gateway = SlackGateway(BOT_TOKEN, emulator.api_url, attempts=1)
-    return Harness(Flows(config, store, gateway, owner=f"test:{uuid.uuid4().hex[:6]}"), store, emulator)
+    flows = Flows(config, store, gateway, owner=f"test:{uuid.uuid4().hex[:6]}")
+    flows.outbox.start()   # what the flows commit reaches the emulator through the outbox, as in aegis serve
+    return Harness(flows, store, emulator)
 
 
 def outcome_of(call: Callable[[], None]) -> str:
