@@ -95,7 +95,9 @@ def serve_bare(host: str, port: int) -> int:
     def on_action(ack: Any) -> None:
         ack()
 
-    http = HttpServer(make_wsgi(app, lambda: {"ok": True}), host=host, port=port, threads=32).start()
+    # the same front door as aegis: the signature is checked on the raw bytes before Bolt parses
+    http = HttpServer(make_wsgi(app, lambda: {"ok": True}, signing_secret=os.environ["SLACK_SIGNING_SECRET"]),
+                      host=host, port=port, threads=32).start()
     print(f"bare Bolt app listening on {http.url}/slack/events", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
