@@ -39,6 +39,7 @@ from bot.backup_slack import BackupDesk
 from bot.bounded import BoundedPool, Busy, queue_limit
 from bot.config import SCENARIOS, SEVERITIES
 from bot.flows import Flows, Refused, reference
+from bot.reads import Reads
 from bot.slack_gateway import SlackCallFailed
 from messages import blocks
 from messages.views import Message
@@ -106,6 +107,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     if not signing_secret:
         raise ValueError("create_app needs the real signing secret; there is no default")
     locale = flows.locale
+    reads = Reads(flows.store)   # the checks before a decision never wait for SQLite's write lock
 
     def single_workspace(enterprise_id: str | None, team_id: str | None, user_id: str | None) -> AuthorizeResult:
         # Bolt's default single-team authorization calls auth.test on the first request and fails
@@ -304,7 +306,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
 
     def incident_of(body: dict[str, Any]) -> int:
         channel = channel_of(body)
-        with flows.store.session() as session:
+        with reads.session() as session:
             incident = svc.find_by_channel(session, channel) if channel else None
         if incident is None:
             raise Refused("no_incident_here")
@@ -323,7 +325,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         if step is None:
             raise Refused("unknown_step")
         here = incident_of(body)
-        with flows.store.session() as session:
+        with reads.session() as session:
             try:
                 owner = svc.get_step(session, step).incident_id
             except svc.NotFound:
@@ -340,7 +342,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             return here
         if named is None:
             raise Refused("incident_gone")
-        with flows.store.session() as session:
+        with reads.session() as session:
             try:
                 svc.get(session, named)
             except svc.NotFound:
