@@ -306,11 +306,10 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
 
     def incident_of(body: dict[str, Any]) -> int:
         channel = channel_of(body)
-        with reads.session() as session:
-            incident = svc.find_by_channel(session, channel) if channel else None
-        if incident is None:
+        incident_id = reads.channel_incident(channel) if channel else None
+        if incident_id is None:
             raise Refused("no_incident_here")
-        return incident.id or 0
+        return incident_id
 
     def refuse_foreign(user: str, here: int, what: str) -> None:
         """A button of another incident pressed in this incident's channel: audit it, change nothing."""
@@ -325,11 +324,9 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         if step is None:
             raise Refused("unknown_step")
         here = incident_of(body)
-        with reads.session() as session:
-            try:
-                owner = svc.get_step(session, step).incident_id
-            except svc.NotFound:
-                raise Refused("unknown_step") from None
+        owner = reads.step_incident(step)
+        if owner is None:
+            raise Refused("unknown_step")
         if owner != here:
             refuse_foreign(user, here, "a step button")
         return step
@@ -342,11 +339,8 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             return here
         if named is None:
             raise Refused("incident_gone")
-        with reads.session() as session:
-            try:
-                svc.get(session, named)
-            except svc.NotFound:
-                raise Refused("incident_gone") from None
+        if not reads.incident_exists(named):
+            raise Refused("incident_gone")
         refuse_foreign(user, here, "a Close button")
         return here
 

@@ -13,17 +13,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
+from statemachines.models import Incident, PlanStep
 from statemachines.store import Store
 
 
 def read_engine(store: Store) -> Engine:
     if not store.url.startswith("sqlite"):
         return store.engine
-    engine = create_engine(store.url, connect_args={"check_same_thread": False, "timeout": 30})
+    # as many connections as request threads: a checkout never waits, a returned one is never closed
+    engine = create_engine(store.url, connect_args={"check_same_thread": False, "timeout": 30},
+                           pool_size=32, max_overflow=8)
 
     @event.listens_for(engine, "connect")
     def _autocommit(dbapi_conn: Any, _record: Any) -> None:
@@ -38,6 +41,24 @@ def read_engine(store: Store) -> Engine:
 class Reads:
     def __init__(self, store: Store) -> None:
         self.engine = read_engine(store)
+
+    # one-column lookups, no ORM objects: they run on the request thread before the ack
+    def channel_incident(self, channel_id: str) -> int | None:
+        """The id of the newest incident whose channel this is."""
+        return self._scalar(select(Incident.id).where(col(Incident.channel_id) == channel_id)
+                            .order_by(col(Incident.id).desc()).limit(1))
+
+    def step_incident(self, step_id: int) -> int | None:
+        """The incident a plan step belongs to; None for a step that does not exist."""
+        return self._scalar(select(PlanStep.incident_id).where(col(PlanStep.id) == step_id))
+
+    def incident_exists(self, incident_id: int) -> bool:
+        return self._scalar(select(Incident.id).where(col(Incident.id) == incident_id)) is not None
+
+    def _scalar(self, query: Any) -> int | None:
+        with self.engine.connect() as connection:
+            value = connection.execute(query).scalar()
+        return None if value is None else int(value)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
