@@ -373,22 +373,34 @@ class Dispatcher:
         except (SlackCallFailed, KeyError):
             return None
 
-    def _step_view(self, batch: Batch, row: OutboxRow) -> Any:
+    def _step_view(self, batch: Batch, row: OutboxRow) -> tuple[IncidentView, Any]:
+        """The row's step and the view it is shown in: the batch's, or — when a re-plan committed
+        after the step's result (a failed verification) — the view of the step's own revision."""
         step_id = int((row.payload or {}).get("step_id") or 0)
-        return next((s for s in batch.view.steps if s.id == step_id), None)
+        found = next((s for s in batch.view.steps if s.id == step_id), None)
+        if found is not None:
+            return batch.view, found
+        with self.store.session() as session:
+            try:
+                revision = svc.get_step(session, step_id).revision
+            except svc.NotFound:
+                return batch.view, None
+            view = incident_view(session, svc.get(session, batch.incident.id or 0), self.config, revision=revision)
+        view = dataclasses.replace(view, channel_id=batch.incident.channel_id)
+        return view, next((s for s in view.steps if s.id == step_id), None)
 
     def _step_post(self, batch: Batch, row: OutboxRow) -> None:
-        step = self._step_view(batch, row)
+        view, step = self._step_view(batch, row)
         if step is None:
             return
-        message = (blocks.reapproval_request(batch.view, step, self.locale) if row.kind == "reapproval"
-                   else blocks.step_result(batch.view, step, self.locale))
+        message = (blocks.reapproval_request(view, step, self.locale) if row.kind == "reapproval"
+                   else blocks.step_result(view, step, self.locale))
         self._channel_post(batch, message)
 
     def _manual_verification(self, batch: Batch, row: OutboxRow) -> None:
-        step = self._step_view(batch, row)
-        if step is None:
-            return
+        view, step = self._step_view(batch, row)
+        if step is None or view is not batch.view:
+            return   # replaced by a new plan revision since: nothing to verify on the old one
         with self.store.session() as session:
             plan_roles = [r for s in svc.current_steps(session, batch.incident.id or 0) for r in s.approver_roles or []]
         roles = policy.verification_roles(list(step.approver_roles or []), plan_roles)
