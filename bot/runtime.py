@@ -121,6 +121,7 @@ class Runtime:
                                host=host, port=port)
         self.scheduler.start()
         self.scheduler.reconcile_backups(self.config)
+        self.flows.outbox.start()   # delivers what committed changes must tell, also what a crash left
         self.flows.submit(self.flows.sweep)   # resume whatever a crash left, right away
         threading.Thread(target=self._sweeper, name="aegis-sweep", daemon=True).start()
         self.http.start()
@@ -162,6 +163,7 @@ class Runtime:
             except Exception:
                 log.warning("could not close the Socket Mode connection", exc_info=True)
         self.flows.pool.shutdown(wait=False, cancel_futures=True)
+        self.flows.outbox.stop()
 
 
 def emulator_settings() -> tuple[str, str]:
