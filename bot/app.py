@@ -45,6 +45,7 @@ from messages import blocks
 from messages.views import Message
 from statemachines import service as svc
 from statemachines.machine import IllegalTransition
+from statemachines.models import require_id
 from statemachines.service import StaleVersion
 
 log = logging.getLogger("aegis.app")
@@ -415,7 +416,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             ack(**form_error("summary", blocks.refusal("incident_gone", locale)))
             return
         user = body["user"]["id"]
-        answer = decide(lambda: flows.close(user_id=user, incident_id=incident.id or 0, summary=summary[:3000]))
+        answer = decide(lambda: flows.close(user_id=user, incident_id=require_id(incident), summary=summary[:3000]))
         ack()
         reply_later(private_reply(user, incident.channel_id), answer)
 

@@ -20,7 +20,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 
-from statemachines.models import ScheduledClaim, utcnow
+from statemachines.models import ScheduledClaim, require_id, utcnow
 from statemachines.store import Store
 
 log = logging.getLogger("aegis.scheduler")
@@ -84,7 +84,7 @@ class FireClaims:
                                              col(ScheduledClaim.lease_until) < now,
                                              col(ScheduledClaim.claimed_at) > now - RERUN_WITHIN)
         with self.store.session() as session:
-            return [Lapsed(row.id or 0, row.job_id, row.fire_time, row.job_name, list(row.args or []),
+            return [Lapsed(require_id(row), row.job_id, row.fire_time, row.job_name, list(row.args or []),
                            row.lease_until) for row in session.exec(query)]
 
     def is_claimed(self, job_id: str, fire_time: datetime) -> bool:

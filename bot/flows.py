@@ -40,7 +40,7 @@ from recovery.redact import redact
 from statemachines import policy
 from statemachines import service as svc
 from statemachines.machine import IllegalTransition
-from statemachines.models import Incident, PlanStep, utcnow
+from statemachines.models import Incident, PlanStep, require_id, utcnow
 from statemachines.service import StaleVersion, Transition
 from statemachines.store import Store
 
@@ -147,7 +147,7 @@ class Flows:
                                    stakeholder_channel=self.config.slack.stakeholder_channel)
             # the room: channel, invites, reminders (R1, P1), then the card and the stakeholder thread
             for kind in ("open_room", "card", "stakeholder_root"):
-                svc.tell(session, incident_id=incident.id or 0, kind=kind, version=incident.version)
+                svc.tell(session, incident_id=require_id(incident), kind=kind, version=incident.version)
         self.committed()
         return incident
 
@@ -238,11 +238,11 @@ class Flows:
 
     def _authorise_step(self, session: Session, incident: Incident, step: PlanStep, user_id: str,
                         verb: str) -> policy.Decision:
-        holders = svc.roles(session, incident.id or 0)
+        holders = svc.roles(session, require_id(incident))
         decision = policy.may_approve(list(step.approver_roles or []), user_id,
                                       roster=self.config.roster, holders=holders)
         if not decision.allowed:
-            svc.add_event(session, incident_id=incident.id or 0, kind="audit", actor=user_id,
+            svc.add_event(session, incident_id=require_id(incident), kind="audit", actor=user_id,
                           text=f"refused: {verb} step {step.position} ({step.title}) — not an approver",
                           data={"step_id": step.id})
             session.commit()
@@ -268,7 +268,7 @@ class Flows:
             if not svc.record_vote(session, step=step, user_id=user_id, decision="approve",
                                    roles_used=list(decision.roles), expires_in=self.approval_ttl):
                 raise Refused("already_approved", step_title=step.title)
-            svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
+            svc.add_event(session, incident_id=require_id(incident), kind="approval", actor=user_id,
                           text=f"approved step {step.position}: {step.title}",
                           data={"step_id": step.id, **_step_event("step_approved", step)})
             votes = [(a.user_id, tuple(a.roles)) for a in svc.approvals(session, step) if a.decision == "approve"]
@@ -276,16 +276,16 @@ class Flows:
             if satisfied and not svc.move_step(session, step=step, to="approved",
                                                from_statuses=("awaiting_approval",)):
                 raise Refused("already_approved", step_title=step.title)
-            svc.tell(session, incident_id=incident.id or 0, kind="plan")
+            svc.tell(session, incident_id=require_id(incident), kind="plan")
             if incident.state == "assessed":
-                transition = svc.transition(session, incident_id=incident.id or 0, trigger="start_recovery",
+                transition = svc.transition(session, incident_id=require_id(incident), trigger="start_recovery",
                                             actor=user_id, reason=f"approved: {step.title}",
                                             expected_version=incident.version)
         self.committed(transition)
         if not satisfied:
             # the vote is recorded; a two-person step waits for its second approver
             raise Refused("second_approver_required", step_title=step.title)
-        self.submit(self.advance, incident.id or 0)
+        self.submit(self.advance, require_id(incident))
 
     def reject_modal(self, *, user_id: str, step_id: int) -> dict[str, Any]:
         """The reason form that Reject opens; refused (nothing opens) when the click could not reject."""
@@ -314,17 +314,17 @@ class Flows:
             if not svc.move_step(session, step=step, to="rejected", from_statuses=("awaiting_approval", "failed")):
                 raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
             svc.record_vote(session, step=step, user_id=user_id, decision="reject", roles_used=[], expires_in=None)
-            svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
+            svc.add_event(session, incident_id=require_id(incident), kind="approval", actor=user_id,
                           text=f"rejected step {step.position}: {step.title}" + (f" — {reason}" if reason else ""),
                           data={"step_id": step.id, **_step_event("step_rejected", step), "reason": reason})
-            svc.tell(session, incident_id=incident.id or 0, kind="plan")
-            svc.tell(session, incident_id=incident.id or 0, kind="rejection", step_id=step_id, user=user_id,
+            svc.tell(session, incident_id=require_id(incident), kind="plan")
+            svc.tell(session, incident_id=require_id(incident), kind="rejection", step_id=step_id, user=user_id,
                      reason=reason)
             transition = self._back_to_assessed(session, incident, user_id, f"rejected: {step.title}")
         self.committed(transition)
         if transition is None:
             version = incident.version    # reject in ``assessed``: re-plan unless someone else moved first
-            self.submit(lambda: self.assess(incident.id or 0, after_version=version))
+            self.submit(lambda: self.assess(require_id(incident), after_version=version))
 
     def retry(self, *, user_id: str, step_id: int) -> None:
         with self.store.session() as session:
@@ -344,12 +344,12 @@ class Flows:
             if step.approvals_required:
                 svc.record_vote(session, step=step, user_id=user_id, decision="approve",
                                 roles_used=list(decision.roles), expires_in=self.approval_ttl)
-            svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
+            svc.add_event(session, incident_id=require_id(incident), kind="approval", actor=user_id,
                           text=f"retry of step {step.position}: {step.title} (attempt {step.attempt})",
                           data={"step_id": step.id, **_step_event("step_retried", step), "attempt": step.attempt})
-            svc.tell(session, incident_id=incident.id or 0, kind="plan")
+            svc.tell(session, incident_id=require_id(incident), kind="plan")
         self.committed()
-        self.submit(self.advance, incident.id or 0)
+        self.submit(self.advance, require_id(incident))
 
     def abort(self, *, user_id: str, step_id: int) -> None:
         with self.store.session() as session:
@@ -363,10 +363,10 @@ class Flows:
             current = _current_step(session, incident)
             if step.status != "failed" or current is None or current.id != step.id:
                 raise Refused("abort_not_current", step_title=step.title, status=step.status)
-            svc.add_event(session, incident_id=incident.id or 0, kind="approval", actor=user_id,
+            svc.add_event(session, incident_id=require_id(incident), kind="approval", actor=user_id,
                           text=f"aborted the recovery at step {step.position}: {step.title}",
                           data={"step_id": step.id, **_step_event("recovery_aborted", step)})
-            svc.tell(session, incident_id=incident.id or 0, kind="plan")
+            svc.tell(session, incident_id=require_id(incident), kind="plan")
             transition = self._back_to_assessed(session, incident, user_id, f"aborted at: {step.title}")
         self.committed(transition)
 
@@ -374,7 +374,7 @@ class Flows:
                           reason: str) -> Transition | None:
         if incident.state != "recovering":
             return None
-        return svc.transition(session, incident_id=incident.id or 0, trigger="abort_recovery", actor=user_id,
+        return svc.transition(session, incident_id=require_id(incident), trigger="abort_recovery", actor=user_id,
                               reason=reason, expected_version=incident.version)
 
     # --- manual verification -----------------------------------------------------------------
@@ -387,9 +387,9 @@ class Flows:
                                 user_id: str) -> policy.Decision:
         roles = self._verification_roles(session, step)
         decision = policy.may_approve(roles, user_id, roster=self.config.roster,
-                                      holders=svc.roles(session, incident.id or 0))
+                                      holders=svc.roles(session, require_id(incident)))
         if not decision.allowed:
-            svc.add_event(session, incident_id=incident.id or 0, kind="audit", actor=user_id,
+            svc.add_event(session, incident_id=require_id(incident), kind="audit", actor=user_id,
                           text=f"refused: verify step {step.position} ({step.title}) — not authorised",
                           data={"step_id": step.id})
             session.commit()
@@ -418,9 +418,9 @@ class Flows:
             if not svc.record_manual_verification(session, step=step, user_id=user_id, statement=statement,
                                                   roles_used=list(decision.roles)):
                 raise Refused("not_awaiting_verification", step_title=step.title, status=step.status)
-            svc.tell(session, incident_id=incident.id or 0, kind="plan")
+            svc.tell(session, incident_id=require_id(incident), kind="plan")
         self.committed()
-        self.submit(self.advance, incident.id or 0)
+        self.submit(self.advance, require_id(incident))
 
     # --- close -------------------------------------------------------------------------------
 
@@ -433,11 +433,11 @@ class Flows:
     def _authorise_close(self, session: Session, incident: Incident, user_id: str) -> None:
         if incident.state not in ("detected", "assembled", "assessed", "verified"):
             raise Refused("wrong_state", action="close", state=incident.state)
-        holders = svc.roles(session, incident.id or 0)
+        holders = svc.roles(session, require_id(incident))
         decision = policy.may_close(user_id, holders=holders, declared_by=incident.declared_by,
                                     state=incident.state)
         if not decision.allowed:
-            svc.add_event(session, incident_id=incident.id or 0, kind="audit", actor=user_id,
+            svc.add_event(session, incident_id=require_id(incident), kind="audit", actor=user_id,
                           text="refused: close (not the incident commander)")
             session.commit()
             raise Refused("not_commander", commander=holders.get(policy.COMMANDER))
@@ -519,7 +519,7 @@ class Flows:
         self.engine.resume_interrupted()   # its transactions wrote their outbox rows
         self.outbox.wake()
         with self.store.session() as session:
-            stalled = [(i.id or 0, i.state, i.version, self._needs_replan(session, i))
+            stalled = [(require_id(i), i.state, i.version, self._needs_replan(session, i))
                        for i in svc.open_incidents(session)]
         for incident_id, state, version, replan in stalled:
             if state == "assembled":
@@ -533,7 +533,7 @@ class Flows:
     def _needs_replan(session: Session, incident: Incident) -> bool:
         """An assessed plan with a rejected or failed step: a reject or an abort asked for a new one."""
         return incident.state == "assessed" and any(
-            s.status in ("rejected", "failed") for s in svc.current_steps(session, incident.id or 0))
+            s.status in ("rejected", "failed") for s in svc.current_steps(session, require_id(incident)))
 
 
 def _step_event(code: str, step: PlanStep) -> dict[str, Any]:
@@ -543,16 +543,16 @@ def _step_event(code: str, step: PlanStep) -> dict[str, Any]:
 
 def _current_step(session: Session, incident: Incident) -> PlanStep | None:
     """The first step of the current plan that has not succeeded (or been skipped)."""
-    return next((s for s in svc.current_steps(session, incident.id or 0)
+    return next((s for s in svc.current_steps(session, require_id(incident))
                  if s.status not in ("succeeded", "skipped")), None)
 
 
 def _running_step(session: Session, incident: Incident) -> PlanStep | None:
-    return next((s for s in svc.current_steps(session, incident.id or 0) if s.status == "running"), None)
+    return next((s for s in svc.current_steps(session, require_id(incident)) if s.status == "running"), None)
 
 
 def _rejected_step(session: Session, incident: Incident) -> PlanStep | None:
-    return next((s for s in svc.current_steps(session, incident.id or 0) if s.status == "rejected"), None)
+    return next((s for s in svc.current_steps(session, require_id(incident)) if s.status == "rejected"), None)
 
 
 def reference() -> str:

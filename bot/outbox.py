@@ -41,7 +41,7 @@ from messages import blocks
 from messages.views import IncidentView, Message, ReplacedView, TransitionView
 from statemachines import policy
 from statemachines import service as svc
-from statemachines.models import Incident, OutboxRow, utcnow
+from statemachines.models import Incident, OutboxRow, require_id, utcnow
 from statemachines.store import Store
 
 log = logging.getLogger("aegis.outbox")
@@ -222,7 +222,7 @@ class Dispatcher:
         coalesced: list[int] = []
         for row in rows:
             if row.kind in svc.REFRESH_KINDS and last_of[row.kind] != row.id:
-                coalesced.append(row.id or 0)   # a later row of this batch re-renders the same message
+                coalesced.append(require_id(row))   # a later row of this batch re-renders the same message
                 continue
             try:
                 self._handle(batch, row)
@@ -230,7 +230,7 @@ class Dispatcher:
                 self._failed(row, exc)
                 return True
             with self.store.session() as session:
-                settle_done(session, ids=[*coalesced, row.id or 0], owner=self.owner, lease=self.lease,
+                settle_done(session, ids=[*coalesced, require_id(row)], owner=self.owner, lease=self.lease,
                             incident_id=incident_id)
             coalesced = []
         return True
@@ -270,7 +270,7 @@ class Dispatcher:
     def _set(self, batch: Batch, **values: Any) -> None:
         """Store a message reference (channel, ts) at once: a retry must not post it a second time."""
         with self.store.session() as session:
-            svc.set_fields(session, incident_id=batch.incident.id or 0, **values)
+            svc.set_fields(session, incident_id=require_id(batch.incident), **values)
         for key, value in values.items():
             setattr(batch.incident, key, value)
 
@@ -282,7 +282,7 @@ class Dispatcher:
             self._set(batch, channel_id=self.gateway.create_channel(name))
             batch.view = dataclasses.replace(batch.view, channel_id=incident.channel_id)
         self.gateway.invite(incident.channel_id or "", self._team(incident))
-        self.on_room_opened(incident.id or 0)
+        self.on_room_opened(require_id(incident))
 
     def _team(self, incident: Incident) -> list[str]:
         roles = self.config.slack.scenario_roles.get(incident.scenario) or list(ROLES)
@@ -340,10 +340,10 @@ class Dispatcher:
         if ts is None:
             return
         with self.store.session() as session:
-            svc.set_fields(session, incident_id=incident.id or 0, plan_ts=ts)
+            svc.set_fields(session, incident_id=require_id(incident), plan_ts=ts)
             if old_ts and old_ts != ts:
                 # plan_ts named the previous revision's message: retire its buttons (next in order)
-                svc.tell(session, incident_id=incident.id or 0, kind="plan_replaced", old_ts=old_ts, new_ts=ts,
+                svc.tell(session, incident_id=require_id(incident), kind="plan_replaced", old_ts=old_ts, new_ts=ts,
                          old_revision=batch.view.plan_revision - 1, new_revision=batch.view.plan_revision)
         incident.plan_ts = ts
 
@@ -357,7 +357,7 @@ class Dispatcher:
         p = row.payload or {}
         incident = batch.incident
         with self.store.session() as session:
-            old_view = incident_view(session, svc.get(session, incident.id or 0), self.config,
+            old_view = incident_view(session, svc.get(session, require_id(incident)), self.config,
                                      revision=int(p["old_revision"]))
         replaced = ReplacedView(int(p["old_revision"]), int(p["new_revision"]),
                                 self.permalink(incident.channel_id, str(p["new_ts"])))
@@ -385,7 +385,7 @@ class Dispatcher:
                 revision = svc.get_step(session, step_id).revision
             except svc.NotFound:
                 return batch.view, None
-            view = incident_view(session, svc.get(session, batch.incident.id or 0), self.config, revision=revision)
+            view = incident_view(session, svc.get(session, require_id(batch.incident)), self.config, revision=revision)
         view = dataclasses.replace(view, channel_id=batch.incident.channel_id)
         return view, next((s for s in view.steps if s.id == step_id), None)
 
@@ -402,7 +402,8 @@ class Dispatcher:
         if step is None or view is not batch.view:
             return   # replaced by a new plan revision since: nothing to verify on the old one
         with self.store.session() as session:
-            plan_roles = [r for s in svc.current_steps(session, batch.incident.id or 0) for r in s.approver_roles or []]
+            steps = svc.current_steps(session, require_id(batch.incident))
+            plan_roles = [r for s in steps for r in s.approver_roles or []]
         roles = policy.verification_roles(list(step.approver_roles or []), plan_roles)
         self._channel_post(batch, blocks.manual_verification_request(batch.view, step, roles, self.locale))
 
@@ -411,7 +412,7 @@ class Dispatcher:
         p = row.payload or {}
         step_id = int(p.get("step_id") or 0)
         with self.store.session() as session:
-            incident = svc.get(session, batch.incident.id or 0)
+            incident = svc.get(session, require_id(batch.incident))
             # the rejected step's own revision: a re-plan may already have replaced it
             view = incident_view(session, incident, self.config, revision=svc.get_step(session, step_id).revision)
         step = next((s for s in view.steps if s.id == step_id), None)
@@ -422,7 +423,7 @@ class Dispatcher:
     def _closing(self, batch: Batch) -> Message:
         if batch.closing is None:
             with self.store.session() as session:
-                incident = svc.get(session, batch.incident.id or 0)
+                incident = svc.get(session, require_id(batch.incident))
                 batch.closing = blocks.closing_report(
                     incident_view(session, incident, self.config, with_timeline=True),
                     objective_report(session, incident, self.config), self.locale)

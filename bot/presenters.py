@@ -25,7 +25,7 @@ from messages.views import (
 )
 from statemachines import policy
 from statemachines import service as svc
-from statemachines.models import Incident, PlanStep, TimelineEvent
+from statemachines.models import Incident, PlanStep, TimelineEvent, require_id
 
 # Events that explain why a plan was replaced, newest wins.
 _REPLAN_CAUSES = {"step_rejected": "rejected", "recovery_aborted": "aborted"}
@@ -36,7 +36,7 @@ _INTERNAL_DETAILS = {"confirmed_by_human=True"}
 def incident_view(session: Session, incident: Incident, config: Config, *, with_timeline: bool = False,
                   revision: int | None = None) -> IncidentView:
     """The view of an incident; ``revision`` picks an older plan revision's steps (for its old message)."""
-    incident_id = incident.id or 0
+    incident_id = require_id(incident)
     holders = svc.roles(session, incident_id)
     wanted = config.slack.scenario_roles.get(incident.scenario) or list(ROLES)
     role_names = [r for r in ROLES if r in wanted or r in holders]
@@ -67,7 +67,7 @@ def _step(session: Session, step: PlanStep) -> StepView:
     votes = [ApprovalView(a.user_id, a.decision, a.at, tuple(a.roles or ())) for a in svc.approvals(session, step)]
     detail = "" if (step.detail or "") in _INTERNAL_DETAILS else step.detail or ""
     return StepView(
-        id=step.id or 0, position=step.position, title=step.title, action=step.action, risk=step.risk,
+        id=require_id(step), position=step.position, title=step.title, action=step.action, risk=step.risk,
         approver_roles=list(step.approver_roles or []), approvals_required=step.approvals_required,
         status=step.status, approvals=votes, detail=detail, manual=step.action == "manual",
         required_role=policy.SECURITY_LEAD if step.approvals_required >= 2 else None,
@@ -87,7 +87,7 @@ def _revision(session: Session, incident: Incident, current: list[PlanStep],
     """What the current revision changed against the previous one, and why it was made."""
     if incident.plan_revision < 2:
         return None
-    previous = [s.title for s in _steps(session, incident.id or 0, incident.plan_revision - 1)]
+    previous = [s.title for s in _steps(session, require_id(incident), incident.plan_revision - 1)]
     titles = [s.title for s in current]
     cause, by, reason = "", None, ""
     for event in reversed(events):
@@ -129,7 +129,7 @@ NO_PROMOTION_RPO = "not measured (no database promotion in this incident)"
 def verification_evidence(session: Session, incident: Incident) -> list[EvidenceView]:
     """What the current plan's verification steps checked, each with the value they observed."""
     items: list[EvidenceView] = []
-    for step in svc.current_steps(session, incident.id or 0):
+    for step in svc.current_steps(session, require_id(incident)):
         if step.action != "verify" or step.status != "succeeded":
             continue
         items += [EvidenceView(str(e.get("check", "")), str(e.get("observed", "")), str(e.get("expected", "")),

@@ -42,7 +42,7 @@ from recovery.redact import redact, redact_data
 from statemachines import policy
 from statemachines import service as svc
 from statemachines.machine import IllegalTransition
-from statemachines.models import PlanStep, utcnow
+from statemachines.models import PlanStep, require_id, utcnow
 from statemachines.service import StaleVersion, Transition
 from statemachines.store import Store
 
@@ -118,10 +118,10 @@ class Engine:
                         return None
                     if entry is None:
                         return None
-                    svc.tell_step(session, incident_id=incident_id, step_id=step.id or 0, event="started")
+                    svc.tell_step(session, incident_id=incident_id, step_id=require_id(step), event="started")
                     context = {"incident": incident.key or str(incident.id), "step": str(step.id),
                                "scenario": incident.scenario}
-                    return step, int(entry.id or 0), context
+                    return step, require_id(entry), context
                 return None   # awaiting approval, running elsewhere, failed or rejected: wait
             # every step succeeded but the incident is still recovering (e.g. crash before verify)
             self._finish_plan(session, incident_id)
@@ -139,7 +139,7 @@ class Engine:
             svc.add_event(session, incident_id=step.incident_id, kind="step", actor="aegis",
                           text=f"approval of step {step.position} expired",
                           data={"step_id": step.id, "code": "approval_expired", "position": step.position})
-            svc.tell_step(session, incident_id=step.incident_id, step_id=step.id or 0, event="expired")
+            svc.tell_step(session, incident_id=step.incident_id, step_id=require_id(step), event="expired")
             _on_commit(session, lambda: self._notify(step.incident_id, step.id, "expired", "approval expired"))
         return False
 
@@ -206,21 +206,21 @@ class Engine:
             if not svc.ledger_finish(session, entry_id=entry_id, status=outcome.status, output=outcome.output,
                                      only_if_owner=self.owner):
                 return self._reconcile(session, step, entry_id, outcome)
-            current = svc.get_step(session, step.id or 0)
+            current = svc.get_step(session, require_id(step))
             svc.move_step(session, step=current, to=self._STEP_STATUS[outcome.status], detail=outcome.detail,
                           evidence=outcome.evidence)
             svc.add_event(session, incident_id=step.incident_id, kind="step", actor="aegis",
                           text=_step_text(step, outcome),
                           data={"step_id": step.id, "attempt": step.attempt, "outcome": outcome.status,
                                 "evidence": outcome.evidence or [], **_event_code(step, outcome)})
-            svc.tell_step(session, incident_id=step.incident_id, step_id=step.id or 0, event=_event_name(outcome))
+            svc.tell_step(session, incident_id=step.incident_id, step_id=require_id(step), event=_event_name(outcome))
             if outcome.status == "succeeded" and step.action == "postgres_promote":
                 self._record_rpo(session, step.incident_id, outcome.output)
         self._after_outcome(step, outcome)
         return outcome.status == "succeeded"
 
     def _after_outcome(self, step: PlanStep, outcome: Outcome) -> None:
-        self._notify(step.incident_id, step.id or 0, _event_name(outcome), outcome.detail)
+        self._notify(step.incident_id, require_id(step), _event_name(outcome), outcome.detail)
         if outcome.status == "failed" and step.action == "verify":
             self._fire(step.incident_id, "verification_failed", f"verification failed: {outcome.detail}")
 
@@ -237,7 +237,7 @@ class Engine:
             log.warning("ledger row %s is %s and no longer ours; not recording this result", entry_id,
                         entry.status)
             return False
-        current = svc.get_step(session, step.id or 0)
+        current = svc.get_step(session, require_id(step))
         untouched = (current.attempt == entry.attempt + 1 and current.status in ("awaiting_approval", "pending")
                      and not svc.approvals(session, current))
         log.warning("ledger row %s finished (%s) after a sweeper took it over; step %s is %s", entry_id,
@@ -256,7 +256,7 @@ class Engine:
                       text=_step_text(step, outcome) + " (recorded after its lease lapsed; not re-run)",
                       data={"step_id": step.id, "attempt": entry.attempt, "outcome": outcome.status,
                             "late": True, "evidence": outcome.evidence or []})
-        svc.tell_step(session, incident_id=step.incident_id, step_id=step.id or 0, event=_event_name(outcome))
+        svc.tell_step(session, incident_id=step.incident_id, step_id=require_id(step), event=_event_name(outcome))
         if outcome.status == "succeeded" and step.action == "postgres_promote":
             self._record_rpo(session, step.incident_id, outcome.output)
         _on_commit(session, lambda: self._after_outcome(step, outcome))
@@ -328,7 +328,7 @@ class Engine:
             held_until = asked_at + lease
 
     def _progress(self, step: PlanStep, line: str) -> None:
-        self._notify(step.incident_id, step.id or 0, "progress", redact(line)[:300])
+        self._notify(step.incident_id, require_id(step), "progress", redact(line)[:300])
 
     def _notify(self, incident_id: int, step_id: int | None, event: str, detail: str) -> None:
         try:
@@ -349,14 +349,14 @@ class Engine:
         with self.store.session() as session:
             expired = svc.expired_running(session, now=now)
         for entry in expired:
-            if entry.owner == self.owner and self.running_here(entry.id or 0):
+            if entry.owner == self.owner and self.running_here(require_id(entry)):
                 # our own step, still executing: its lease lapsed because the store was away, not
                 # because we died; the outcome will be recorded when the action ends
                 log.warning("ledger row %s: lease lapsed but this process is still running it; not taken over",
                             entry.id)
                 continue
             with self.store.session() as session:
-                if not svc.ledger_interrupt(session, entry_id=entry.id or 0, now=now,
+                if not svc.ledger_interrupt(session, entry_id=require_id(entry), now=now,
                                             note="lease lapsed: its process died or lost the store"):
                     continue   # renewed meanwhile, or another replica took it over first
                 step = svc.get_step(session, entry.step_id)
@@ -384,7 +384,7 @@ class Engine:
                               data={"step_id": step.id, "is_done": done, "code": "step_interrupted",
                                     "position": step.position, "done": bool(done),
                                     "again": event == "reapproval"})
-                svc.tell_step(session, incident_id=entry.incident_id, step_id=step.id or 0, event=event)
+                svc.tell_step(session, incident_id=entry.incident_id, step_id=require_id(step), event=event)
             touched.append(entry.incident_id)
             self._notify(entry.incident_id, entry.step_id, event, text)
         return touched

@@ -8,7 +8,7 @@ Slack retry cannot both win. JSON columns hold plain data only, never secrets.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
@@ -17,6 +17,22 @@ from sqlmodel import Field, SQLModel
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class _Keyed(Protocol):
+    @property
+    def id(self) -> int | None: ...
+
+
+def require_id(row: _Keyed) -> int:
+    """The primary key of a row read from (or flushed to) the database.
+
+    SQLModel types ``id`` as ``int | None`` because a new row has none until it is flushed; every
+    row the code passes around was loaded or flushed, so a missing id is a bug, not a zero.
+    """
+    if row.id is None:
+        raise ValueError(f"{type(row).__name__} has no id yet: flush it before using its key")
+    return row.id
 
 
 class UTCDateTime(TypeDecorator[datetime]):

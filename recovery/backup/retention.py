@@ -26,7 +26,7 @@ from sqlmodel import col, select
 from recovery.backup.storage import StorageError, Target
 from recovery.backup.wal_archive import WAL_KIND, segment_name, segment_of
 from recovery.redact import redact
-from statemachines.models import BackupRecord, utcnow
+from statemachines.models import BackupRecord, require_id, utcnow
 from statemachines.store import Store
 
 BASE_KINDS = ("pg_full", "pg_incremental")
@@ -63,7 +63,7 @@ def _newest_good(rows: Iterable[BackupRecord]) -> set[int]:
     for row in rows:
         if row.status == "ok" and row.kind not in (WAL_KIND, MANIFEST_KIND):  # those follow their base
             key = _series(row)
-            if key not in newest or (row.id or 0) > (newest[key].id or 0):
+            if key not in newest or require_id(row) > require_id(newest[key]):
                 newest[key] = row
     return {row.id for row in newest.values() if row.id is not None}
 

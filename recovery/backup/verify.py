@@ -18,7 +18,7 @@ from recovery.backup.pipeline import verify_object
 from recovery.backup.postgres_restore import RestoreError
 from recovery.backup.storage import StorageError, Target
 from recovery.redact import redact
-from statemachines.models import BackupRecord, utcnow
+from statemachines.models import BackupRecord, require_id, utcnow
 from statemachines.store import Store
 
 
@@ -95,7 +95,7 @@ def previous_good(store: Store, record: BackupRecord) -> BackupRecord | None:
     with store.session() as session:
         return session.exec(
             select(BackupRecord).where(BackupRecord.kind == record.kind, BackupRecord.component == record.component,
-                                       BackupRecord.status == "ok", col(BackupRecord.id) < (record.id or 0))
+                                       BackupRecord.status == "ok", col(BackupRecord.id) < require_id(record))
             .order_by(col(BackupRecord.id).desc())
         ).first()
 
