@@ -251,11 +251,11 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             answer = decide(lambda: blocks.declared_ack(flows.declare(
                 user_id=user, scenario=parsed.scenario, severity=parsed.severity,
                 summary=parsed.summary).key or "", locale))
-            message = answer()   # a declaration's answers never call Slack: the ack carries them
-            if message is None:
+            declared = answer()   # a declaration's answers never call Slack: the ack carries them
+            if declared is None:
                 ack()
             else:
-                ack(text=message.text, blocks=message.blocks, response_type="ephemeral")
+                ack(text=declared.text, blocks=declared.blocks, response_type="ephemeral")
             return
 
         def work() -> None:
@@ -300,9 +300,9 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
                 _ephemeral(respond, busy)
 
     def channel_of(body: dict[str, Any]) -> str | None:
-        channel = body.get("channel") if isinstance(body.get("channel"), dict) else {}
-        container = body.get("container") if isinstance(body.get("container"), dict) else {}
-        found = channel.get("id") or container.get("channel_id")
+        channel, container = body.get("channel"), body.get("container")
+        found = ((channel.get("id") if isinstance(channel, dict) else None)
+                 or (container.get("channel_id") if isinstance(container, dict) else None))
         return found if isinstance(found, str) and found else None
 
     def incident_of(body: dict[str, Any]) -> int:

@@ -611,7 +611,7 @@ def _locate(loc: tuple[int | str, ...]) -> tuple[str, type[BaseModel] | None]:
         annotation = _plain(annotation)
         members = _models_of_union(annotation)
         if members:  # a tagged union: this element of the location is the tag
-            annotation = next((m for m in members if m.model_fields["kind"].annotation == Literal[item]), None)
+            annotation = next((m for m in members if _is_tag(m.model_fields["kind"].annotation, item)), None)
             continue
         if item == "[key]":
             continue
@@ -629,6 +629,11 @@ def _locate(loc: tuple[int | str, ...]) -> tuple[str, type[BaseModel] | None]:
         else:
             annotation = None
     return path, holder
+
+
+def _is_tag(annotation: object, item: int | str) -> bool:
+    """Whether a union member's ``kind`` is ``Literal[item]`` (the same test as ``== Literal[item]``)."""
+    return get_origin(annotation) is Literal and set(get_args(annotation)) == {item}
 
 
 def _is_union(annotation: Any) -> bool:

@@ -9,11 +9,11 @@ SELECT in autocommit (WAL readers never block), on PostgreSQL they use the store
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import Select, create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
@@ -29,7 +29,7 @@ def read_engine(store: Store) -> Engine:
                            pool_size=32, max_overflow=8)
 
     @event.listens_for(engine, "connect")
-    def _autocommit(dbapi_conn: Any, _record: Any) -> None:
+    def _autocommit(dbapi_conn: sqlite3.Connection, _record: object) -> None:
         dbapi_conn.isolation_level = None     # no BEGIN at all: each SELECT reads the last commit
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA busy_timeout=30000")
@@ -45,17 +45,17 @@ class Reads:
     # one-column lookups, no ORM objects: they run on the request thread before the ack
     def channel_incident(self, channel_id: str) -> int | None:
         """The id of the newest incident whose channel this is."""
-        return self._scalar(select(Incident.id).where(col(Incident.channel_id) == channel_id)
+        return self._scalar(select(col(Incident.id)).where(col(Incident.channel_id) == channel_id)
                             .order_by(col(Incident.id).desc()).limit(1))
 
     def step_incident(self, step_id: int) -> int | None:
         """The incident a plan step belongs to; None for a step that does not exist."""
-        return self._scalar(select(PlanStep.incident_id).where(col(PlanStep.id) == step_id))
+        return self._scalar(select(col(PlanStep.incident_id)).where(col(PlanStep.id) == step_id))
 
     def incident_exists(self, incident_id: int) -> bool:
-        return self._scalar(select(Incident.id).where(col(Incident.id) == incident_id)) is not None
+        return self._scalar(select(col(Incident.id)).where(col(Incident.id) == incident_id)) is not None
 
-    def _scalar(self, query: Any) -> int | None:
+    def _scalar(self, query: Select[int | None] | Select[int]) -> int | None:
         with self.engine.connect() as connection:
             value = connection.execute(query).scalar()
         return None if value is None else int(value)

@@ -23,6 +23,7 @@ from recovery.backup.errors import CollectionExistsError, DatabaseNotEmptyError
 from recovery.backup.postgres_restore import RestoreError
 from recovery.backup.restore import POSTGRES_KINDS, BackupNotFound, restore_milvus, restore_neo4j, restore_postgres
 from recovery.backup.restore import choose as choose_backup
+from recovery.backup.runner import Neo4jSource
 from recovery.backup.verify import verified_copy
 from recovery.backup.wal_archive import TargetWalStore
 
@@ -81,7 +82,7 @@ def _neo4j(args: argparse.Namespace) -> int:
     from neo4j import GraphDatabase
 
     config, store = setup(args)
-    settings = sources_from(config).neo4j or {}
+    settings: Neo4jSource | dict[str, str] = sources_from(config).neo4j or {}   # {}: nothing configured
     uri = args.uri or settings.get("uri")
     if not uri:
         raise RestoreUsageError("no Neo4j to restore into: give --uri or configure components.neo4j")

@@ -140,7 +140,7 @@ class Runtime:
         while not self._stop.is_set():
             try:
                 handler = SocketModeHandler(self.bolt, self.slack.app_token)
-                handler.connect()
+                handler.connect()  # type: ignore[no-untyped-call]  # slack_bolt leaves connect() unannotated
                 self._socket_mode = handler
                 log.info("Socket Mode connected")
                 return

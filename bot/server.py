@@ -33,7 +33,7 @@ import re
 import resource
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
@@ -117,7 +117,11 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
     return value
 
 
-def _bolt_request(text: str, body: dict[str, Any], query: str, headers: dict[str, str]) -> BoltRequest:
+# Bolt's own type for request headers (a name may repeat); ours are one string each
+BoltHeaders = dict[str, str | Sequence[str]]
+
+
+def _bolt_request(text: str, body: dict[str, Any], query: str, headers: BoltHeaders) -> BoltRequest:
     """A BoltRequest with our parse of the body (Bolt would re-parse ``text`` its own way)."""
     request = BoltRequest(body="", query=query, headers=headers)
     request.raw_body = text       # Bolt checks the signature again over this; it is the same bytes
@@ -126,9 +130,9 @@ def _bolt_request(text: str, body: dict[str, Any], query: str, headers: dict[str
     return request
 
 
-def _headers(environ: dict[str, Any]) -> dict[str, str]:
-    headers = {key[5:].replace("_", "-").lower(): str(value)
-               for key, value in environ.items() if key.startswith("HTTP_")}
+def _headers(environ: dict[str, Any]) -> BoltHeaders:
+    headers: BoltHeaders = {key[5:].replace("_", "-").lower(): str(value)
+                            for key, value in environ.items() if key.startswith("HTTP_")}
     if environ.get("CONTENT_TYPE"):
         headers["content-type"] = str(environ["CONTENT_TYPE"])
     return headers
@@ -224,7 +228,7 @@ class HttpServer:
                                      cleanup_interval=min(2, channel_timeout), max_request_body_size=MAX_BODY_BYTES + 1,
                                      clear_untrusted_proxy_headers=True)
         self.host = host
-        self.port = int(self._server.effective_port)  # type: ignore[union-attr]
+        self.port = int(self._server.effective_port)
         self._thread = threading.Thread(target=self._server.run, name="aegis-http", daemon=True)
 
     @property

@@ -21,7 +21,8 @@ from statemachines.models import PlanStep
 
 def _node(config: Config, which: str) -> PostgresNode:
     pg = config.components.postgres
-    node = getattr(pg, which, None) if pg else None
+    nodes = {"primary": pg.primary, "standby": pg.standby} if pg else {}
+    node = nodes.get(which)   # by name, not getattr: only a node field may answer
     if node is None:
         raise ActionError(f"no PostgreSQL {which} is configured (components.postgres.{which})")
     return node

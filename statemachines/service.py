@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import CursorResult, Update, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -27,6 +27,7 @@ from statemachines.models import (
     PlanStep,
     RoleAssignment,
     TimelineEvent,
+    require_id,
     utcnow,
 )
 
@@ -37,6 +38,13 @@ class StaleVersion(Exception):
 
 class NotFound(Exception):
     pass
+
+
+def _updated_one(session: Session, statement: Update) -> bool:
+    """Whether an UPDATE matched exactly one row: the verdict of every compare-and-set here."""
+    # an UPDATE always yields a CursorResult; Session.execute is typed with the general Result
+    result = cast("CursorResult[Any]", session.execute(statement))
+    return result.rowcount == 1
 
 
 class RoleTaken(Exception):
@@ -84,7 +92,7 @@ def declare(
     session.flush()
     incident.key = f"INC-{incident.id}"
     session.add(TimelineEvent(
-        incident_id=incident.id, kind="transition", actor=declared_by, dest_state="detected",
+        incident_id=require_id(incident), kind="transition", actor=declared_by, dest_state="detected",
         text=f"declared: {scenario} / {severity}: {summary}",
     ))
     session.flush()
@@ -145,13 +153,13 @@ def transition(
     source = incident.state
     dest = next_state(source, trigger)
     now = utcnow()
-    result = session.execute(
+    moved = _updated_one(session, (
         update(Incident)
         .where(col(Incident.id) == incident_id, col(Incident.version) == seen,
                col(Incident.state) == source)
         .values(state=dest, version=seen + 1, updated_at=now, **(values or {}))
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    ))
+    if not moved:
         raise StaleVersion(f"{incident.key} changed while {trigger} was being applied")
     session.add(TimelineEvent(
         incident_id=incident_id, at=now, kind="transition", actor=actor, source_state=source,
@@ -194,7 +202,7 @@ def claim_reminder(session: Session, *, incident_id: int, not_before: datetime) 
     query = update(Incident).where(col(Incident.id) == incident_id)
     query = query.where(col(Incident.last_reminder_at).is_(None) if last is None
                         else col(Incident.last_reminder_at) == last)
-    return session.execute(query.values(last_reminder_at=utcnow())).rowcount == 1  # type: ignore[attr-defined]
+    return _updated_one(session, query.values(last_reminder_at=utcnow()))
 
 
 # --- the outbox: what a committed change must tell ---------------------------------------------
@@ -323,7 +331,7 @@ def move_step(
     query = update(PlanStep).where(col(PlanStep.id) == step.id, col(PlanStep.version) == step.version)
     if from_statuses:
         query = query.where(col(PlanStep.status).in_(from_statuses))
-    return session.execute(query.values(**values)).rowcount == 1  # type: ignore[attr-defined]
+    return _updated_one(session, query.values(**values))
 
 
 def approvals(session: Session, step: PlanStep, *, attempt: int | None = None) -> list[Approval]:
@@ -348,7 +356,7 @@ def record_vote(
     try:
         with session.begin_nested():
             session.add(Approval(
-                incident_id=step.incident_id, step_id=step.id, attempt=step.attempt, user_id=user_id,
+                incident_id=step.incident_id, step_id=require_id(step), attempt=step.attempt, user_id=user_id,
                 decision=decision, roles=roles_used,
                 expires_at=utcnow() + expires_in if expires_in else None,
             ))
@@ -365,7 +373,7 @@ def ledger_start(
     """Claim the step for execution: ledger row first, then status. None = someone else has it."""
     key = f"{step.incident_id}:{step.id}:{step.attempt}"
     entry = LedgerEntry(
-        incident_id=step.incident_id, step_id=step.id, idempotency_key=key, attempt=step.attempt,
+        incident_id=step.incident_id, step_id=require_id(step), idempotency_key=key, attempt=step.attempt,
         action=step.action, owner=owner, lease_until=utcnow() + lease,
     )
     try:
@@ -379,12 +387,12 @@ def ledger_start(
 
 
 def ledger_renew(session: Session, *, entry_id: int, owner: str, lease: timedelta) -> bool:
-    return session.execute(
+    return _updated_one(session,
         update(LedgerEntry)
         .where(col(LedgerEntry.id) == entry_id, col(LedgerEntry.owner) == owner,
                col(LedgerEntry.status) == "running")
         .values(lease_until=utcnow() + lease)
-    ).rowcount == 1  # type: ignore[attr-defined]
+    )
 
 
 def ledger_finish(
@@ -394,9 +402,9 @@ def ledger_finish(
     query = update(LedgerEntry).where(col(LedgerEntry.id) == entry_id, col(LedgerEntry.status) == "running")
     if only_if_owner is not None:
         query = query.where(col(LedgerEntry.owner) == only_if_owner)
-    return session.execute(
+    return _updated_one(session,
         query.values(status=status, output=output, finished_at=utcnow())
-    ).rowcount == 1  # type: ignore[attr-defined]
+    )
 
 
 def ledger_interrupt(session: Session, *, entry_id: int, now: datetime, note: str) -> bool:
@@ -405,25 +413,25 @@ def ledger_interrupt(session: Session, *, entry_id: int, now: datetime, note: st
     Checking the lease again in the UPDATE (not just in the SELECT that found the row) means a
     renewal that lands in between wins over the sweeper.
     """
-    return session.execute(
+    return _updated_one(session,
         update(LedgerEntry)
         .where(col(LedgerEntry.id) == entry_id, col(LedgerEntry.status) == "running",
                col(LedgerEntry.lease_until) < now)
         .values(status="interrupted", output={"note": note}, finished_at=now)
-    ).rowcount == 1  # type: ignore[attr-defined]
+    )
 
 
 def ledger_finish_late(
     session: Session, *, entry_id: int, owner: str, status: str, output: dict[str, Any],
 ) -> bool:
     """The real outcome of a row a sweeper marked ``interrupted`` while its owner was still running it."""
-    return session.execute(
+    return _updated_one(session,
         update(LedgerEntry)
         .where(col(LedgerEntry.id) == entry_id, col(LedgerEntry.owner) == owner,
                col(LedgerEntry.status) == "interrupted")
         .values(status=status, finished_at=utcnow(),
                 output={**output, "note": "finished after its lease lapsed; a sweeper had taken it over"})
-    ).rowcount == 1  # type: ignore[attr-defined]
+    )
 
 
 def get_ledger(session: Session, entry_id: int) -> LedgerEntry:

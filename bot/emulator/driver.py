@@ -190,7 +190,7 @@ class SlackDriver:
                 "callback_id", "external_id", "clear_on_close", "notify_on_close", "hash", "previous_view_id",
                 "root_view_id", "app_id", "app_installed_team_id", "bot_id")
         view_payload = {k: view.get(k) for k in keep} | {"state": {"values": values}}
-        payload = {
+        payload: dict[str, Any] = {   # a Slack view_submission payload: JSON at the edge
             "type": "view_submission",
             "team": {"id": TEAM_ID, "domain": TEAM_DOMAIN},
             "user": self._user(user_id),

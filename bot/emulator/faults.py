@@ -36,6 +36,7 @@ def fault_from_json(spec: dict[str, Any]) -> Fault:
     if count < 1:
         raise ValueError("'count' must be at least 1")
     status = int(spec.get("status", 200))
+    retry_after: int | None
     if status == 429:
         retry_after = int(spec.get("retry_after", 1))
         error = str(spec.get("error", "ratelimited"))

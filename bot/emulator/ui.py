@@ -7,12 +7,14 @@ the same SlackDriver the tests use, then redirects back to the page (post/redire
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
 import requests
-from flask import Blueprint, Response, redirect, render_template, request
+from flask import Blueprint, redirect, render_template, request
 from markupsafe import Markup
+from werkzeug.wrappers import Response  # what flask.redirect returns
 
 from bot.emulator.driver import SlackDriver
 from bot.emulator.mrkdwn import mrkdwn_to_html, plain_to_html
@@ -77,7 +79,7 @@ def _explain(resp: requests.Response) -> str:
 def create_ui_blueprint(state: EmulatorState, driver: SlackDriver) -> Blueprint:
     bp = Blueprint("emulator_ui", __name__, template_folder="templates")
 
-    def text_obj(obj: Any) -> Markup:
+    def text_obj(obj: object) -> Markup:
         if not isinstance(obj, dict):
             return Markup("")
         if obj.get("type") == "mrkdwn":
@@ -101,7 +103,7 @@ def create_ui_blueprint(state: EmulatorState, driver: SlackDriver) -> Blueprint:
         if driver.emulator_url is None:
             driver.emulator_url = request.host_url.rstrip("/")
 
-    def drive(user: str, channel: str, action: Any) -> Response:
+    def drive(user: str, channel: str, action: Callable[[], str | None]) -> Response:
         """Run one driver call, turning an unreachable bot into a notice instead of a 500."""
         if not driver.bot_url:
             return redirect(_page_url(user, channel, "No bot URL is configured, so nothing received that."))

@@ -86,7 +86,8 @@ class RemoteWorkspace:
         return body["trigger_id"], f"{self.base}/_emulator/response/{body['response_id']}"
 
     def message(self, channel: str, ts: str, user: str) -> dict[str, Any] | None:
-        return self._get("message", channel=channel, ts=ts, user=user)
+        found = self._get("message", channel=channel, ts=ts, user=user)
+        return found if isinstance(found, dict) else None   # the emulator answers an object or null
 
     def view(self, view_id: str) -> dict[str, Any] | None:
         found = self._get("views", id=view_id) or []

@@ -6,7 +6,7 @@ Create Date: ${create_date}
 """
 from alembic import op
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes  # binds `sqlmodel` too; the submodule is not re-exported (mypy)
 import statemachines.models
 ${imports if imports else ""}
 

@@ -5,7 +5,7 @@ Revises: (none)
 Create Date: 2026-11-26 10:00:38.103973
 """
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes  # binds `sqlmodel` too; the submodule is not re-exported
 from alembic import op
 
 import statemachines.models

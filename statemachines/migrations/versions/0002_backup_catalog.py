@@ -5,7 +5,7 @@ Revises: 0001
 Create Date: 2026-11-26 10:27:49.868588
 """
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes  # binds `sqlmodel` too; the submodule is not re-exported
 from alembic import op
 
 import statemachines.models
