@@ -31,6 +31,7 @@ from typing import Any
 
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.context.ack import Ack
 from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 
@@ -49,7 +50,7 @@ from statemachines.models import require_id
 from statemachines.service import StaleVersion
 
 log = logging.getLogger("aegis.app")
-Respond = Callable[..., Any]
+Respond = Callable[..., object]
 _ID = re.compile(r"[0-9]{1,18}")          # database ids: digits only, and they fit in a 64-bit integer
 EXPIRED_TRIGGER = {"expired_trigger_id", "invalid_trigger_id", "trigger_exchanged"}
 
@@ -63,7 +64,7 @@ def _ephemeral(respond: Respond | None, message: Message) -> None:
         log.warning("could not send an ephemeral reply", exc_info=True)
 
 
-def parse_id(value: Any) -> int | None:
+def parse_id(value: object) -> int | None:
     """A database id from a button value or private_metadata; None unless it is 1–18 ASCII digits."""
     return int(value) if isinstance(value, str) and _ID.fullmatch(value) else None
 
@@ -178,7 +179,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     def private_reply(user: str, channel: str | None) -> Respond:
         """A ``respond`` for view submissions (which have no response URL): an ephemeral in ``channel``,
         else a direct message to the user."""
-        def reply(*, text: str, blocks: list[dict[str, Any]] | None = None, **_: Any) -> None:
+        def reply(*, text: str, blocks: list[dict[str, Any]] | None = None, **_: object) -> None:
             if channel:
                 try:
                     flows.gateway.ephemeral(channel, user, text, blocks)
@@ -188,7 +189,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             flows.gateway.post(user, text, blocks)
         return reply
 
-    def open_form(trigger_id: Any, view: dict[str, Any], what: str) -> None:
+    def open_form(trigger_id: object, view: dict[str, Any], what: str) -> None:
         """``views.open``; a trigger Slack no longer accepts (3 s, used once) becomes "press again"."""
         if not isinstance(trigger_id, str) or not trigger_id:
             raise Refused("form_expired", what=what)
@@ -224,7 +225,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     # --- /aegis ------------------------------------------------------------------------------
 
     @app.command("/aegis")
-    def aegis_command(ack: Any, command: dict[str, Any], respond: Respond, client: WebClient) -> None:
+    def aegis_command(ack: Ack, command: dict[str, Any], respond: Respond, client: WebClient) -> None:
         parsed = commands.parse(str(command.get("text") or ""))
         if isinstance(parsed, commands.Help):
             message = blocks.help_text(locale)
@@ -280,7 +281,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     def decision(action_id: str, handler: Callable[[str, str, dict[str, Any]], None]) -> None:
         """A button that changes something: decided and committed before the ack (nothing acked is lost)."""
         @app.action(action_id)
-        def _on_click(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+        def _on_click(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
             user = body["user"]["id"]   # refuse_malformed has checked the shape
             value = action.get("value")
             answer = decide(lambda: handler(user, value if isinstance(value, str) else "", body))
@@ -290,7 +291,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     def button(action_id: str, handler: Callable[[str, str, dict[str, Any]], None]) -> None:
         """A button that opens a form (``views.open``): acked at once, the form opened after the ack."""
         @app.action(action_id)
-        def _on_click(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+        def _on_click(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
             ack()
             user = body["user"]["id"]   # refuse_malformed has checked the shape
             value = action.get("value")
@@ -375,7 +376,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         return {"response_action": "errors", "errors": {block: message.text[:150]}}
 
     @app.view("aegis_declare")
-    def declare_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def declare_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
         scenario, severity, summary = field(view, "scenario"), field(view, "severity"), field(view, "summary")
         errors = {}
         if scenario not in SCENARIOS:
@@ -398,7 +399,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         reply_later(reply, answer)
 
     @app.view("aegis_close_submit")
-    def close_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def close_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
         summary = field(view, "summary")
         incident_id = parse_id(view.get("private_metadata"))
         if not summary:
@@ -420,7 +421,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         ack()
         reply_later(private_reply(user, incident.channel_id), answer)
 
-    def step_form(ack: Any, body: dict[str, Any], view: dict[str, Any], block: str, missing: str,
+    def step_form(ack: Ack, body: dict[str, Any], view: dict[str, Any], block: str, missing: str,
                   run: Callable[[str, int, str], None]) -> None:
         """A form about one plan step (its id in ``private_metadata``): validate, decide, ack, answer later."""
         text = field(view, block)
@@ -444,12 +445,12 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         reply_later(private_reply(user, channel), answer)
 
     @app.view("aegis_reject_submit")
-    def reject_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def reject_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
         step_form(ack, body, view, "reason", "reject_reason_missing",
                   lambda user, step, reason: flows.reject(user_id=user, step_id=step, reason=reason[:1000]))
 
     @app.view("aegis_verify_submit")
-    def verify_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def verify_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
         step_form(ack, body, view, "evidence", "evidence_required",
                   lambda user, step, evidence: flows.verify_manually(user_id=user, step_id=step,
                                                                      evidence=evidence[:2000]))

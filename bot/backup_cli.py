@@ -10,15 +10,15 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
 
 from sqlmodel import col, select
 
+from bot.cli_checks import OneLineParser
 from bot.config import Config, load_config
 from bot.secrets import install_masking
 from recovery.backup.crypto import BackupKey, BackupKeyError, load_key
 from recovery.backup.retention import RetentionPolicy, prune
-from recovery.backup.runner import BackupRunner, Neo4jSource, RunReport, Sources
+from recovery.backup.runner import BackupRunner, Neo4jSource, Progress, RunReport, Sources
 from recovery.backup.storage import Target, target_from_config
 from recovery.backup.verify import previous_good, records_for, verify
 from statemachines.models import BackupRecord
@@ -92,7 +92,7 @@ def report_lines(report: RunReport) -> list[str]:
     return lines
 
 
-def runner_from(config: Config, store: Store, progress: Any = None) -> BackupRunner:
+def runner_from(config: Config, store: Store, progress: Progress | None = None) -> BackupRunner:
     return BackupRunner(store, targets_from(config), key_from(config), sources_from(config), progress=progress)
 
 
@@ -172,7 +172,7 @@ def setup(args: argparse.Namespace) -> tuple[Config, Store]:
     return config, store
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     backup = sub.add_parser("backup", help="encrypted, verified backups (B1-B6)")
     actions = backup.add_subparsers(dest="backup_command", required=True)
     run = actions.add_parser("run", help="take a backup now")

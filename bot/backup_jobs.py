@@ -17,7 +17,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sqlmodel import col, select
 
@@ -26,10 +26,14 @@ from bot.config import Config
 from bot.slack_gateway import SlackCallFailed, SlackGateway
 from messages import blocks
 from messages.blocks import BackupObjectView, BackupRunView, BackupTargetView
+from messages.views import Message
 from recovery.backup.runner import BackupRunner, RunReport
 from recovery.redact import redact
 from statemachines.models import BackupRecord
 from statemachines.store import Store
+
+if TYPE_CHECKING:   # retention is imported lazily, when the prune job fires
+    from recovery.backup.retention import PruneReport
 
 log = logging.getLogger("aegis.backup")
 
@@ -143,7 +147,7 @@ class BackupDuty:
             self.post(ops, blocks.backup_ops_alert(view, self.locale), f"ops alert for {report.run_id}")
         return view
 
-    def post(self, channel: str, message: Any, what: str) -> bool:
+    def post(self, channel: str, message: Message, what: str) -> bool:
         if self.gateway is None:
             return False
         try:
@@ -188,7 +192,7 @@ def switch_wal(duty: BackupDuty, job_id: str) -> str | None:
     return lsn
 
 
-def prune_backups(duty: BackupDuty, job_id: str) -> Any:
+def prune_backups(duty: BackupDuty, job_id: str) -> PruneReport | None:
     """Retention (B1-B3) after the nightly runs; errors go to the ops channel."""
     duty.gate.enter(job_id)     # never prune while a backup is being written
     try:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from bot import commands
 from bot.backup_cli import FRIENDLY_ERRORS, key_from, targets_from
@@ -41,7 +40,7 @@ from recovery.redact import redact
 from statemachines.models import BackupRecord
 
 log = logging.getLogger("aegis.backup_slack")
-Respond = Callable[..., Any]
+Respond = Callable[..., object]
 RUN_ROLES = ("incident_commander", "database_lead", "infrastructure_lead")
 LIST_LIMIT = 30
 BackupCommand = commands.BackupRun | commands.BackupList | commands.BackupVerify

@@ -16,9 +16,9 @@ import socket
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from bot.backup_cli import ProgressLine, key_from, runner_from, setup, sources_from, targets_from
+from bot.cli_checks import OneLineParser
 from recovery.backup.errors import CollectionExistsError, DatabaseNotEmptyError
 from recovery.backup.postgres_restore import RestoreError
 from recovery.backup.restore import POSTGRES_KINDS, BackupNotFound, restore_milvus, restore_neo4j, restore_postgres
@@ -128,7 +128,7 @@ def _milvus(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     restore = sub.add_parser("restore", help="restore a verified backup (never over existing data)")
     kinds = restore.add_subparsers(dest="restore_command", required=True)
     pg = kinds.add_parser("postgres", help="base backup + archived WAL into an empty data dir on a scratch port")

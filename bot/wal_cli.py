@@ -21,9 +21,9 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 from bot.backup_cli import BackupSetupError, runner_from, setup, sources_from
+from bot.cli_checks import OneLineParser
 from recovery.backup.wal import FETCH_ERROR_EXIT, PUSH_FAILED_EXIT, fetch_main, push_main
 from recovery.backup.wal_archive import TargetWalStore
 from recovery.backup.wal_stream import WalStreamer
@@ -79,7 +79,7 @@ def _stream(args: argparse.Namespace) -> int:
     return 1 if stats.refused else 0
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     wal = sub.add_parser("wal", help="WAL archive on the backup targets (archive_command / restore_command)")
     actions = wal.add_subparsers(dest="wal_command", required=True)
     push = actions.add_parser("push", help="archive_command: aegis wal push %%p")

@@ -171,7 +171,7 @@ def transition(
     return done
 
 
-def set_fields(session: Session, *, incident_id: int, **values: Any) -> None:
+def set_fields(session: Session, *, incident_id: int, **values: object) -> None:
     """Update bookkeeping columns (message refs, RPO) without touching state or version."""
     session.execute(update(Incident).where(col(Incident.id) == incident_id).values(**values))
 
@@ -215,7 +215,7 @@ _STEP_EVENT_KINDS = {"succeeded": "step_result", "failed": "step_result", "reapp
 
 
 def tell(session: Session, *, incident_id: int, kind: str, version: int | None = None,
-         **payload: Any) -> None:
+         **payload: object) -> None:
     """Write one outbox row in this transaction: it commits (or rolls back) with the change it reports."""
     if version is None:
         version = int(session.execute(
