@@ -53,7 +53,7 @@ class FireClaims:
         self.lease = timedelta(seconds=lease_seconds)
 
     def run(self, job_id: str, fire_time: datetime, job_name: str, args: list[Any],
-            work: Callable[[], Any]) -> tuple[bool, Any]:
+            work: Callable[[], object]) -> tuple[bool, object]:
         """Claim (job, fire time) and do ``work`` under a renewed lease; (False, None) when taken."""
         claim_id = self._insert(job_id, fire_key(fire_time), job_name, args)
         if claim_id is None:
@@ -62,7 +62,7 @@ class FireClaims:
         log.info("%s at %s: claimed by %s, running", job_id, fire_key(fire_time), self.owner)
         return True, self._work(claim_id, job_id, work)
 
-    def take_over(self, lapsed: Lapsed, work: Callable[[], Any]) -> tuple[bool, Any]:
+    def take_over(self, lapsed: Lapsed, work: Callable[[], object]) -> tuple[bool, object]:
         """Run a crashed claimant's fire, if this process wins the compare-and-set on its lease."""
         query = update(ScheduledClaim).where(col(ScheduledClaim.id) == lapsed.claim_id,
                                              col(ScheduledClaim.done_at).is_(None))
@@ -110,7 +110,7 @@ class FireClaims:
                                                          col(ScheduledClaim.claimed_at) < utcnow() - CLAIMS_KEPT))
         return claim_id
 
-    def _work(self, claim_id: int, job_id: str, work: Callable[[], Any]) -> Any:
+    def _work(self, claim_id: int, job_id: str, work: Callable[[], object]) -> object:
         stop = threading.Event()
         renewer = threading.Thread(target=self._renew, args=(claim_id, stop), name=f"aegis-lease-{job_id}",
                                    daemon=True)
@@ -130,6 +130,6 @@ class FireClaims:
             except Exception:
                 log.warning("could not renew the lease of claim %s; retrying", claim_id, exc_info=True)
 
-    def _set(self, claim_id: int, **values: Any) -> None:
+    def _set(self, claim_id: int, **values: object) -> None:
         with self.store.session() as session:
             session.execute(update(ScheduledClaim).where(col(ScheduledClaim.id) == claim_id).values(**values))

@@ -32,7 +32,7 @@ from bot.outbox import Dispatcher
 from bot.presenters import incident_view, objective_report
 from bot.slack_gateway import SlackCallFailed, SlackGateway
 from messages import blocks, render
-from messages.views import Message, ObjectiveReport
+from messages.views import IncidentView, Message, ObjectiveReport
 from recovery import planner
 from recovery.engine import Engine
 from recovery.health import run_checks
@@ -126,7 +126,7 @@ class Flows:
                                   data={"code": "slack_error", "error": exc.error})
             return None
 
-    def view(self, session: Session, incident: Incident, *, timeline: bool = False) -> Any:
+    def view(self, session: Session, incident: Incident, *, timeline: bool = False) -> IncidentView:
         return incident_view(session, incident, self.config, with_timeline=timeline)
 
     def _incident_for_step(self, session: Session, step_id: int) -> tuple[Incident, PlanStep]:

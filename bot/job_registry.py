@@ -18,7 +18,7 @@ from bot.backup_jobs import BackupDuty
 from bot.flows import Flows
 
 log = logging.getLogger("aegis.scheduler")
-JobFunction = Callable[..., Any]     # (context, job_id, *args)
+JobFunction = Callable[..., object]     # (context, job_id, *args) -> a result only logged or tested
 
 REMINDER = "reminder"
 BACKUP_KINDS = {           # stable name -> (run kind, incremental)
@@ -38,7 +38,7 @@ class JobContext:
 
 
 class JobRegistry:
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: JobContext) -> None:
         self.context = context
         self._functions: dict[str, JobFunction] = {}
 
@@ -48,7 +48,7 @@ class JobRegistry:
     def names(self) -> list[str]:
         return sorted(self._functions)
 
-    def run(self, name: str, job_id: str, args: list[Any]) -> Any:
+    def run(self, name: str, job_id: str, args: list[Any]) -> object:
         function = self._functions.get(name)
         if function is None:
             log.error("%s: no job is registered under the name %r; not run", job_id, name)
@@ -68,12 +68,12 @@ def default_registry(context: JobContext) -> JobRegistry:
 
 
 def _backup(kind: str, incremental: bool) -> JobFunction:
-    def run(ctx: JobContext, job_id: str) -> Any:
+    def run(ctx: JobContext, job_id: str) -> object:
         return _with_duty(ctx, job_id, lambda duty, job: backup_jobs.run_backup(duty, job, kind, incremental))
     return run
 
 
-def _with_duty(ctx: JobContext, job_id: str, function: Callable[[BackupDuty, str], Any]) -> Any:
+def _with_duty(ctx: JobContext, job_id: str, function: Callable[[BackupDuty, str], object]) -> object:
     if ctx.backups is None:
         log.warning("%s fired in a process without backups wired; not run", job_id)
         return None

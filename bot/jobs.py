@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # the registry imports this module
+    from bot.job_registry import JobContext
 
 log = logging.getLogger("aegis.jobs")
 
 
-def send_reminder(context: Any, job_id: str, incident_id: int) -> bool:
+def send_reminder(context: JobContext, job_id: str, incident_id: int) -> bool:
     """Post the reminder; ``Flows.remind``'s compare-and-set keeps it to one per interval."""
     if context.flows is None:
         log.warning("%s fired in a process without flows wired; not run", job_id)

@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 log = logging.getLogger("aegis.scheduler")
@@ -44,8 +44,8 @@ class Leadership:
         self._was_standby = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._engine: Any = None
-        self._conn: Any = None
+        self._engine: Engine | None = None
+        self._conn: Connection | None = None
 
     @property
     def role(self) -> str:
@@ -105,9 +105,8 @@ class Leadership:
         if self.url.startswith("sqlite"):
             return True
         try:
-            if self._conn is None:
-                self._connect()
-            return bool(self._conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY}).scalar())
+            conn = self._conn if self._conn is not None else self._connect()
+            return bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY}).scalar())
         except Exception as exc:
             log.warning("scheduler lock: cannot reach the store (%s); retrying", type(exc).__name__)
             self._close()
@@ -116,6 +115,8 @@ class Leadership:
     def _still_held(self) -> bool:
         if self.url.startswith("sqlite"):
             return True
+        if self._conn is None:
+            return False   # closed after a failure: the lock went with the connection
         try:
             held = self._conn.execute(text(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
@@ -124,13 +125,14 @@ class Leadership:
         except Exception:
             return False
 
-    def _connect(self) -> None:
+    def _connect(self) -> Connection:
         # its own engine without a pool: a dead lock connection is never handed back silently reconnected
         self._engine = create_engine(self.url, poolclass=NullPool, connect_args=KEEPALIVES)
         conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         for setting in SERVER_KEEPALIVES:     # the server drops the session (and the lock) of a vanished host
             conn.exec_driver_sql(setting)
         self._conn = conn
+        return conn
 
     def _close(self) -> None:
         conn, engine, self._conn, self._engine = self._conn, self._engine, None, None

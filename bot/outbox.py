@@ -38,7 +38,7 @@ from bot.config import ROLES, Config
 from bot.presenters import incident_view, objective_report
 from bot.slack_gateway import TRANSIENT, SlackCallFailed, SlackGateway
 from messages import blocks
-from messages.views import IncidentView, Message, ReplacedView, TransitionView
+from messages.views import IncidentView, Message, ReplacedView, StepView, TransitionView
 from statemachines import policy
 from statemachines import service as svc
 from statemachines.models import Incident, OutboxRow, require_id, utcnow
@@ -373,7 +373,7 @@ class Dispatcher:
         except (SlackCallFailed, KeyError):
             return None
 
-    def _step_view(self, batch: Batch, row: OutboxRow) -> tuple[IncidentView, Any]:
+    def _step_view(self, batch: Batch, row: OutboxRow) -> tuple[IncidentView, StepView | None]:
         """The row's step and the view it is shown in: the batch's, or — when a re-plan committed
         after the step's result (a failed verification) — the view of the step's own revision."""
         step_id = int((row.payload or {}).get("step_id") or 0)

@@ -13,7 +13,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.app import create_app
 from bot.backup_jobs import BackupDuty
@@ -27,6 +27,9 @@ from bot.server import HttpServer, make_wsgi
 from bot.slack_gateway import DEFAULT_API_URL, SlackGateway
 from recovery.redact import redact
 from statemachines.store import Store
+
+if TYPE_CHECKING:   # imported when Socket Mode is used, not before
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
 
 log = logging.getLogger("aegis.runtime")
 
@@ -94,7 +97,7 @@ class Runtime:
         bolt_secret = slack.signing_secret if not slack.socket_mode else secrets.token_hex(32)
         self.bolt = create_app(self.flows, token=slack.token, signing_secret=bolt_secret or "",
                                api_url=slack.api_url, backups=self.backups)
-        self._socket_mode: Any = None
+        self._socket_mode: SocketModeHandler | None = None
         self.sweep_seconds = sweep_seconds
         self._stop = threading.Event()
         self.http: HttpServer | None = None
@@ -159,7 +162,7 @@ class Runtime:
             self.http.stop()
         if self._socket_mode is not None:
             try:
-                self._socket_mode.close()
+                self._socket_mode.close()  # type: ignore[no-untyped-call]  # unannotated in slack_bolt
             except Exception:
                 log.warning("could not close the Socket Mode connection", exc_info=True)
         self.flows.pool.shutdown(wait=False, cancel_futures=True)

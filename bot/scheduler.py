@@ -21,6 +21,7 @@ import logging
 import pickle
 import threading
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -186,14 +187,14 @@ class Scheduler:
             self._aps.add_job(self._fire, trigger, args=[job_id, row.name, list(row.args or [])], id=job_id,
                               name=job_id, replace_existing=True, misfire_grace_time=row.misfire_grace_seconds)
 
-    def _fire(self, job_id: str, name: str, args: list[Any]) -> Any:
+    def _fire(self, job_id: str, name: str, args: list[Any]) -> object:
         """APScheduler's call: the scheduled time is the trigger's newest fire at or before now."""
         loaded = self._loaded.get(job_id)
         now = datetime.now(UTC)
         fire_time = (last_fire_time(loaded.trigger, now, timedelta(seconds=loaded.grace)) if loaded else None) or now
         return self._run(job_id, name, args, fire_time)
 
-    def _run(self, job_id: str, name: str, args: list[Any], fire_time: datetime) -> Any:
+    def _run(self, job_id: str, name: str, args: list[Any], fire_time: datetime) -> object:
         ran, result = self.claims.run(job_id, fire_time, name, args, lambda: self.registry.run(name, job_id, args))
         return result if ran else None
 
@@ -216,7 +217,7 @@ class Scheduler:
                 name, args = loaded.row[0], list(loaded.row[1])
                 self._submit(self._run, job_id, name, args, fire_time)
 
-    def _submit(self, function: Any, *args: Any) -> None:
+    def _submit(self, function: Callable[..., object], *args: object) -> None:
         """Run once now on the scheduler's worker threads (a date job without a trigger)."""
         with self._lock:
             if self._aps is not None:
