@@ -23,9 +23,10 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TypeVar
 
 log = logging.getLogger("aegis.bounded")
+T = TypeVar("T")
 
 
 class Busy(Exception):
@@ -50,8 +51,8 @@ class BoundedPool:
         self._slots = threading.BoundedSemaphore(max_workers + queue_size)
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
 
-    def _start(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Future[Any]:
-        def run() -> Any:
+    def _start(self, fn: Callable[..., T], args: tuple[object, ...]) -> Future[T]:
+        def run() -> T:
             try:
                 return fn(*args)
             finally:
@@ -62,20 +63,20 @@ class BoundedPool:
             self._slots.release()
             raise
 
-    def try_submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    def try_submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
         """New user work: start it, or raise ``Busy`` at once when the pool is full."""
         if not self._slots.acquire(blocking=False):
             raise Busy(self._prefix)
         return self._start(fn, args)
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+    def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
         """Internal work: never refused (see the module docstring for the policy)."""
         own_worker = threading.current_thread().name.startswith(self._prefix + "_")
         if self._slots.acquire(timeout=0 if own_worker else self.wait_seconds):
             return self._start(fn, args)
         log.warning("%s pool is full (%d running, %d queued): running %s in the submitting thread",
                     self._prefix, self.max_workers, self.queue_size, getattr(fn, "__name__", "work"))
-        done: Future[Any] = Future()
+        done: Future[T] = Future()
         try:
             done.set_result(fn(*args))
         except Exception as exc:

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlmodel import Session
 
@@ -45,6 +45,7 @@ from statemachines.service import StaleVersion, Transition
 from statemachines.store import Store
 
 log = logging.getLogger("aegis.flows")
+T = TypeVar("T")
 # test hook: seconds a follow-up (assessment, engine) waits before it starts, so a crash can land
 # between a decision's commit and its follow-up
 FOLLOW_UP_DELAY_ENV = "AEGIS_TEST_FOLLOW_UP_DELAY"
@@ -89,7 +90,7 @@ class Flows:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
         """Run ``fn`` on a worker; an exception is logged, never lost silently."""
         def run() -> None:
             try:
@@ -113,7 +114,7 @@ class Flows:
         elif transition.dest == "closed":
             self.on_reminder_cancel(incident_id)
 
-    def _slack(self, incident_id: int | None, what: str, call: Callable[[], Any]) -> Any:
+    def _slack(self, incident_id: int | None, what: str, call: Callable[[], T]) -> T | None:
         """Make a Slack call (reminders only); on failure record it on the timeline instead of losing it."""
         try:
             return call()

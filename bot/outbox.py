@@ -267,7 +267,7 @@ class Dispatcher:
 
     # --- the kinds -------------------------------------------------------------------------------
 
-    def _set(self, batch: Batch, **values: Any) -> None:
+    def _set(self, batch: Batch, **values: object) -> None:
         """Store a message reference (channel, ts) at once: a retry must not post it a second time."""
         with self.store.session() as session:
             svc.set_fields(session, incident_id=require_id(batch.incident), **values)

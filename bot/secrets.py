@@ -30,7 +30,6 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from bot.config import Config
 from recovery.redact import register_secrets
@@ -42,7 +41,7 @@ _S3_CHAIN = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _AZURE_DEFAULT = "AZURE_STORAGE_CONNECTION_STRING"
 
 
-def _env_names(node: Any, key: str = "") -> Iterator[str]:
+def _env_names(node: object, key: str = "") -> Iterator[str]:
     """Names under ``*_env`` keys of a dumped config: a string, a list of names, or a mapping's values."""
     if isinstance(node, dict):
         for child_key, child in node.items():
@@ -57,7 +56,7 @@ def _env_names(node: Any, key: str = "") -> Iterator[str]:
         yield node
 
 
-def _mapping_values_env(node: Any) -> Iterator[str]:
+def _mapping_values_env(node: object) -> Iterator[str]:
     """``headers_env: {Authorization: LB_TOKEN}``: the variable names are the mapping's values."""
     if isinstance(node, dict):
         for child_key, child in node.items():

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from slack_bolt import App
 from slack_bolt.context import BoltContext
@@ -45,7 +46,7 @@ from slack_bolt.request.internals import build_context
 from waitress.server import create_server
 
 log = logging.getLogger("aegis.server")
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+WSGIApp = WSGIApplication
 EVENTS_PATH = "/slack/events"
 MAX_BODY_BYTES = 10 * 1024 * 1024      # Slack's payloads are far smaller; a view submission is < 1 MB
 MAX_CLOCK_SKEW = 300                   # Slack's documented replay window: five minutes
@@ -59,14 +60,14 @@ class BadRequest(Exception):
     """An authenticated request that cannot be understood; the text is the 400 answer."""
 
 
-def _answer(start_response: Callable[..., Any], status: str, body: bytes,
+def _answer(start_response: StartResponse, status: str, body: bytes,
             content_type: str = "text/plain; charset=utf-8",
             headers: list[tuple[str, str]] | None = None) -> list[bytes]:
     start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))), *(headers or [])])
     return [body]
 
 
-def _read_body(environ: dict[str, Any]) -> bytes | None:
+def _read_body(environ: WSGIEnvironment) -> bytes | None:
     """The request body, or None when it is larger than ``MAX_BODY_BYTES``."""
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -130,7 +131,7 @@ def _bolt_request(text: str, body: dict[str, Any], query: str, headers: BoltHead
     return request
 
 
-def _headers(environ: dict[str, Any]) -> BoltHeaders:
+def _headers(environ: WSGIEnvironment) -> BoltHeaders:
     headers: BoltHeaders = {key[5:].replace("_", "-").lower(): str(value)
                             for key, value in environ.items() if key.startswith("HTTP_")}
     if environ.get("CONTENT_TYPE"):
@@ -147,7 +148,7 @@ class SlackFrontDoor:
         self.bolt = bolt_app
         self._secret = signing_secret
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         raw = _read_body(environ)
         if raw is None:
             return _answer(start_response, "413 Payload Too Large", b"request body too large")
@@ -189,7 +190,7 @@ def make_wsgi(bolt_app: App, health: Callable[[], dict[str, Any]], *, signing_se
     """The bot's WSGI app. ``signing_secret=None`` (Socket Mode): the events route is not served."""
     slack = SlackFrontDoor(bolt_app, signing_secret) if signing_secret else None
 
-    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
         if path == EVENTS_PATH and method == "POST" and slack is not None:
             return slack(environ, start_response)
