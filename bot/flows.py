@@ -54,7 +54,7 @@ FOLLOW_UP_DELAY_ENV = "AEGIS_TEST_FOLLOW_UP_DELAY"
 class Refused(Exception):
     """A user action that is not allowed or not possible now; ``reason`` is a refusal key."""
 
-    def __init__(self, reason: str, **ctx: Any) -> None:
+    def __init__(self, reason: str, **ctx: Any) -> None:   # template context (Jinja), one link_of pair
         super().__init__(reason)
         self.reason = reason
         self.ctx = ctx

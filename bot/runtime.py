@@ -13,7 +13,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bot.app import create_app
 from bot.backup_jobs import BackupDuty
@@ -23,7 +23,7 @@ from bot.flows import Flows
 from bot.job_registry import JobContext, default_registry
 from bot.scheduler import Scheduler
 from bot.secrets import install_masking
-from bot.server import HttpServer, make_wsgi
+from bot.server import Health, HttpServer, make_wsgi
 from bot.slack_gateway import DEFAULT_API_URL, SlackGateway
 from recovery.redact import redact
 from statemachines.store import Store
@@ -102,7 +102,7 @@ class Runtime:
         self._stop = threading.Event()
         self.http: HttpServer | None = None
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         try:
             with self.store.engine.connect() as connection:
                 connection.exec_driver_sql("SELECT 1")

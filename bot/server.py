@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 from urllib.parse import parse_qsl
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -186,7 +186,16 @@ def _phrase(status: int) -> str:
         return "Unknown"
 
 
-def make_wsgi(bolt_app: App, health: Callable[[], dict[str, Any]], *, signing_secret: str | None) -> WSGIApp:
+class Health(TypedDict):
+    """What ``GET /healthz`` answers (as JSON); 503 unless ``ok``."""
+
+    ok: bool
+    store: str                  # "ok", or the class name of the error reaching it
+    owner: NotRequired[str]     # host:pid:boot of this replica
+    scheduler: NotRequired[str]  # leader | standby
+
+
+def make_wsgi(bolt_app: App, health: Callable[[], Health], *, signing_secret: str | None) -> WSGIApp:
     """The bot's WSGI app. ``signing_secret=None`` (Socket Mode): the events route is not served."""
     slack = SlackFrontDoor(bolt_app, signing_secret) if signing_secret else None
 
