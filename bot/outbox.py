@@ -349,9 +349,21 @@ class Dispatcher:
 
     def _plan(self, batch: Batch, row: OutboxRow) -> None:
         incident = batch.incident
-        if incident.channel_id and incident.plan_ts:
-            message = blocks.plan_message(batch.view, self.locale)
-            self.gateway.update(incident.channel_id, incident.plan_ts, message.text, message.blocks)
+        if not (incident.channel_id and incident.plan_ts):
+            return
+        if self._new_revision_pending(require_id(incident)):
+            # plan_ts still names the previous revision's message while the view is already the new
+            # revision's: updating it would put the new plan's buttons on the old message. The new
+            # plan gets its own message (plan_new) and the old one is retired (plan_replaced).
+            return
+        message = blocks.plan_message(batch.view, self.locale)
+        self.gateway.update(incident.channel_id, incident.plan_ts, message.text, message.blocks)
+
+    def _new_revision_pending(self, incident_id: int) -> bool:
+        with self.store.session() as session:
+            return session.exec(select(OutboxRow.id).where(
+                OutboxRow.incident_id == incident_id, OutboxRow.kind == "plan_new",
+                col(OutboxRow.done_at).is_(None)).limit(1)).first() is not None
 
     def _plan_replaced(self, batch: Batch, row: OutboxRow) -> None:
         p = row.payload or {}
