@@ -1,6 +1,6 @@
 """Backup and restore speed and memory: Aegis versus ``pg_basebackup | zstd`` and pgBackRest, in one run.
 
-One throwaway PostgreSQL 15 cluster (``tests.pgcluster.PgSingle``, run as ``postgres``) is filled by
+One throwaway PostgreSQL 15 cluster (``tests.harness.pgcluster.PgSingle``, run as ``postgres``) is filled by
 ``pgbench -i --scale N`` (default 70, about 1 GB). Then, on the same cluster and with a warm page cache:
 
 (a) floor      ``pg_basebackup -Ft -X fetch -c fast -D - | zstd -1 -T2 > file``
@@ -292,8 +292,8 @@ class Bench:
     # -- set-up --
 
     def setup(self) -> None:
-        from tests.pgcluster import PgSingle, free_port
-        from tests.storage_servers import AWS_ENV, start_azurite, start_moto
+        from tests.harness.pgcluster import PgSingle, free_port
+        from tests.harness.storage_servers import AWS_ENV, start_azurite, start_moto
 
         self.free_port = free_port
         self.log(f"PostgreSQL 15 cluster + pgbench -i --scale {self.scale}")

@@ -1,4 +1,4 @@
-"""Shared fixtures: real PostgreSQL (tests.pgcluster), the built-in Slack emulator, and helpers."""
+"""Shared fixtures: real PostgreSQL (tests.harness.pgcluster), the built-in Slack emulator, and helpers."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from bot.emulator.server import EmulatorServer
-from tests.aegis_process import BOT_TOKEN, SIGNING_SECRET
+from tests.harness.aegis_process import BOT_TOKEN, SIGNING_SECRET
 
-pytest_plugins = ["tests.pgcluster", "tests.neo4j_server"]
+pytest_plugins = ["tests.harness.pgcluster", "tests.harness.neo4j_server", "tests.harness.cli_workspace"]
 
 
 @pytest.fixture

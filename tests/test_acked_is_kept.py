@@ -17,8 +17,8 @@ from sqlmodel import select
 from bot.emulator.server import EmulatorServer
 from statemachines import service as svc
 from statemachines.models import Approval, Incident
-from tests.aegis_process import AegisProcess, wait_for
-from tests.slack_reading import channel, channel_by_id, message_with_button
+from tests.harness.aegis_process import AegisProcess, wait_for
+from tests.harness.slack_reading import channel, channel_by_id, message_with_button
 
 DELAY = "AEGIS_TEST_FOLLOW_UP_DELAY"
 ROSTER = {"incident_commander": ["U0IC"], "database_lead": ["U0DB"], "infrastructure_lead": ["U0INFRA"],

@@ -6,9 +6,9 @@ import pytest
 
 from recovery.actions.base import ActionError
 from recovery.actions.postgres import PostgresConfirmDown, PostgresPromote, PostgresWritable
-from tests.pgcluster import PgPair
+from tests.harness.pgcluster import PgPair
 
-pytest_plugins = ["tests.pgcluster"]
+pytest_plugins = ["tests.harness.pgcluster"]
 
 
 def test_failover_promotes_standby_with_the_data(pg_pair: PgPair) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.pgcluster import PgSingle
-from tests.storage_servers import Azurite, MotoS3, aws_env, azurite, moto_s3, moto_s3_outage  # noqa: F401
+from tests.harness.pgcluster import PgSingle
+from tests.harness.storage_servers import Azurite, MotoS3, aws_env, azurite, moto_s3, moto_s3_outage  # noqa: F401
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 

@@ -30,7 +30,7 @@ from recovery.backup.runner import BackupRunner, Sources
 from recovery.backup.storage import LocalTarget
 from statemachines.models import BackupRecord
 from statemachines.store import Store
-from tests.pgcluster import PgNode, PgSingle, free_port
+from tests.harness.pgcluster import PgNode, PgSingle, free_port
 
 PG17_BIN = Path(__file__).resolve().parent.parent / ".tools" / "pg17" / "bin"
 CHECKSUM_SQL = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM t"

@@ -22,7 +22,7 @@ import pytest
 from recovery.backup.crypto import HEADER_SIZE, BackupKey, BackupKeyError, IntegrityError, WrongKeyError, load_key
 from recovery.backup.pipeline import PipelineResult, backup_stream, restore_stream, verify_object
 from recovery.backup.storage import AzureTarget, LocalTarget, S3Target, Target
-from tests.storage_servers import Azurite, MotoS3, aws_env, azurite, moto_s3, moto_s3_outage  # noqa: F401
+from tests.harness.storage_servers import Azurite, MotoS3, aws_env, azurite, moto_s3, moto_s3_outage  # noqa: F401
 
 MiB = 1024 * 1024
 

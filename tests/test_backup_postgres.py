@@ -29,9 +29,9 @@ from recovery.backup.postgres import (
 )
 from recovery.backup.postgres_restore import RestoredCluster, RestoreError, RestoreOptions, restore_base_backup
 from recovery.backup.wal import LocalWalStore, WalConflictError, WalCorruptError, fetch, push
-from tests.pgcluster import PG_BIN, PgNode, PgSingle, free_port
+from tests.harness.pgcluster import PG_BIN, PgNode, PgSingle, free_port
 
-pytest_plugins = ["tests.pgcluster"]
+pytest_plugins = ["tests.harness.pgcluster"]
 
 CHECKSUM_SQL = "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY id)) FROM t"
 SYSTEM_PYTHON = Path("/usr/bin/python3")

@@ -23,7 +23,7 @@ from recovery.backup.runner import BackupRunner, Sources
 from recovery.backup.storage import LocalTarget, S3Target, Target
 from statemachines.models import BackupRecord, utcnow
 from statemachines.store import Store
-from tests.storage_servers import MotoS3, aws_env, moto_s3_outage  # noqa: F401
+from tests.harness.storage_servers import MotoS3, aws_env, moto_s3_outage  # noqa: F401
 
 KEY = BackupKey.from_bytes(bytes(range(32)))
 POLICY = RetentionPolicy({"pg_full": 28, "pg_incremental": 7, "pg_manifest": 7, "pg_wal": 3, "neo4j": 7,

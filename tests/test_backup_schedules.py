@@ -24,10 +24,10 @@ from bot.scheduler import Scheduler
 from bot.slack_gateway import SlackGateway
 from statemachines.models import BackupRecord, ScheduledClaim, ScheduledJob
 from statemachines.store import Store
-from tests.aegis_process import BOT_TOKEN, wait_for
-from tests.pgcluster import PgSingle
-from tests.slack_reading import all_text, channel_by_id
-from tests.storage_servers import MotoS3, aws_env, moto_s3, moto_s3_outage  # noqa: F401
+from tests.harness.aegis_process import BOT_TOKEN, wait_for
+from tests.harness.pgcluster import PgSingle
+from tests.harness.slack_reading import all_text, channel_by_id
+from tests.harness.storage_servers import MotoS3, aws_env, moto_s3, moto_s3_outage  # noqa: F401
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 SEOUL = zoneinfo.ZoneInfo("Asia/Seoul")

@@ -16,7 +16,7 @@ from recovery.backup.storage import (
     Target,
     target_from_config,
 )
-from tests.storage_servers import Azurite, MotoS3, aws_env, azurite, moto_s3, moto_s3_outage  # noqa: F401
+from tests.harness.storage_servers import Azurite, MotoS3, aws_env, azurite, moto_s3, moto_s3_outage  # noqa: F401
 
 MiB = 1024 * 1024
 
@@ -124,7 +124,7 @@ def test_s3_outage_is_a_storage_error(moto_s3_outage: MotoS3) -> None:  # noqa: 
 
 
 def test_azure_errors_do_not_leak_the_account_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.pgcluster import free_port
+    from tests.harness.pgcluster import free_port
 
     secret = "c2VjcmV0LWFjY291bnQta2V5LWRvLW5vdC1sb2c="
     dead = f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey={secret};BlobEndpoint=http://127.0.0.1:{free_port()}/acct;"

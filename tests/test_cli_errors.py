@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pgcluster import free_port
+from tests.harness.pgcluster import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

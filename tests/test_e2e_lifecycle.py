@@ -7,9 +7,7 @@ what the bot posted (emulator) or stored (its database) or did (PostgreSQL, hook
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,11 @@ from bot.emulator.driver import SlackDriver
 from bot.emulator.faults import fault_from_json
 from bot.emulator.server import EmulatorServer
 from statemachines import service as svc
-from tests.aegis_process import BOT_TOKEN, PG_PASSWORD, SIGNING_SECRET, AegisProcess, wait_for
-from tests.pgcluster import PgPair, PgSingle
-from tests.slack_reading import all_text, channel, channel_by_id, message_with_button
+from tests.harness.aegis_process import BOT_TOKEN, PG_PASSWORD, SIGNING_SECRET, AegisProcess, wait_for
+from tests.harness.concurrency import at_once
+from tests.harness.pgcluster import PgPair, PgSingle
+from tests.harness.slack_reading import all_text, channel, channel_by_id, message_with_button
+from tests.harness.walk import Walk
 
 HOOK = """#!/usr/bin/env bash
 # test hook: count each run, mark done, then take a while (so a crash can land mid-step)
@@ -62,90 +62,9 @@ def make_config(pair: PgPair, workdir: Path) -> dict[str, Any]:
     }
 
 
-def at_once(*calls: Callable[[], Any]) -> None:
-    """Start every call at the same instant (a barrier), in its own thread, and wait for all."""
-    barrier = threading.Barrier(len(calls))
-
-    def run(call: Callable[[], Any]) -> None:
-        barrier.wait()
-        call()
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in calls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-
 def runs(workdir: Path, hook: str) -> int:
     path = workdir / f"{hook}.count"
     return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-class Walk:
-    """A responder team walking one incident through Slack."""
-
-    def __init__(self, bot: AegisProcess, emulator: EmulatorServer, driver: SlackDriver | None = None) -> None:
-        self.bot = bot
-        self.emulator = emulator
-        self.state = emulator.state
-        self.driver = driver or emulator.driver
-        self.store = bot.store()
-        self.channel_id = ""
-        self.incident_id = 0
-
-    def declare(self, text: str = "incident database_failure critical primary database is down") -> None:
-        started = time.monotonic()
-        response = self.driver.slash("U0IC", text)
-        assert response.status_code == 200 and time.monotonic() - started < 3
-        chan = wait_for(lambda: channel(self.state, "inc-"), what="the incident channel")
-        self.channel_id = chan["id"]
-        with self.store.session() as session:
-            incident = svc.find_by_channel(session, self.channel_id)
-            assert incident is not None
-            self.incident_id = incident.id or 0
-
-    def chan(self) -> dict[str, Any]:
-        return channel_by_id(self.state, self.channel_id)
-
-    def click(self, user: str, action_id: str, value: str, driver: SlackDriver | None = None) -> Any:
-        message = wait_for(lambda: message_with_button(self.chan(), action_id, value),
-                           what=f"a {action_id} button with value {value}")
-        started = time.monotonic()
-        response = (driver or self.driver).click(user, action_id, value, self.channel_id, message["ts"])
-        assert response.status_code == 200 and time.monotonic() - started < 3, response.text
-        return response
-
-    def incident(self) -> Any:
-        with self.store.session() as session:
-            return svc.get(session, self.incident_id)
-
-    def wait_state(self, state: str, timeout: float = 60) -> None:
-        wait_for(lambda: self.incident().state == state, timeout=timeout,
-                 what=f"state {state} (now {self.incident().state}); log:\n{self.bot.log()[-3000:]}")
-
-    def steps(self) -> list[Any]:
-        with self.store.session() as session:
-            return svc.current_steps(session, self.incident_id)
-
-    def step(self, action: str, hook: str | None = None) -> Any:
-        return next(s for s in self.steps() if s.action == action and (hook is None or s.params.get("hook") == hook))
-
-    def wait_step(self, step_id: int, status: str, timeout: float = 60) -> Any:
-        def current() -> Any:
-            with self.store.session() as session:
-                return svc.get_step(session, step_id)
-        return wait_for(lambda: current().status == status and current(), timeout=timeout,
-                        what=f"step {step_id} {status} (now {current().status})")
-
-    def assemble_and_assess(self) -> None:
-        self.click("U0IC", "aegis_claim_role", "incident_commander")
-        self.wait_state("assessed")
-        wait_for(lambda: message_with_button(self.chan(), "aegis_approve"), what="the plan message")
-
-    def ledger(self, step_id: int) -> list[Any]:
-        with self.store.session() as session:
-            return svc.ledger_for_step(session, step_id)
 
 
 @pytest.fixture

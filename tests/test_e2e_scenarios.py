@@ -18,26 +18,11 @@ import requests
 
 from bot.emulator.server import EmulatorServer
 from statemachines import service as svc
-from tests.aegis_process import AegisProcess, wait_for
-from tests.pgcluster import free_port
-from tests.slack_reading import all_text, channel, message_with_button
-from tests.test_e2e_lifecycle import Walk
-
-ROSTER = {
-    "incident_commander": ["U0IC"], "database_lead": ["U0DB"], "infrastructure_lead": ["U0INFRA"],
-    "application_lead": ["U0APP"], "security_lead": ["U0SEC"], "communication_manager": ["U0COMM"],
-}
-
-
-def start(workdir: Path, emulator: EmulatorServer, config: dict[str, Any]) -> AegisProcess:
-    workdir.chmod(0o755)
-    bot = AegisProcess(workdir, config, f"sqlite:///{workdir}/aegis.db", emulator.api_url)
-    emulator.bot_url = bot.url
-    return bot.start()
-
-
-def replies_for(emulator: EmulatorServer, user: str) -> str:
-    return json.dumps(emulator.state.responses_for(user), ensure_ascii=False)
+from tests.harness.aegis_process import start_on_sqlite, wait_for
+from tests.harness.pgcluster import free_port
+from tests.harness.slack_reading import all_text, channel, message_with_button, replies_for
+from tests.harness.team import ROSTER
+from tests.harness.walk import Walk, close_with_modal
 
 
 def approve_all(walk: Walk, approvers: dict[str, str]) -> None:
@@ -46,14 +31,6 @@ def approve_all(walk: Walk, approvers: dict[str, str]) -> None:
         if step.status == "awaiting_approval":
             walk.click(approvers.get(step.action, approvers.get("*", "U0IC")), "aegis_approve", str(step.id))
             walk.wait_step(step.id, "succeeded")
-
-
-def close_with_modal(walk: Walk, emulator: EmulatorServer, user: str, summary: str) -> None:
-    walk.click(user, "aegis_close", str(walk.incident_id))
-    view = wait_for(lambda: [v for v in emulator.state.views(user=user) if v.get("callback_id") == "aegis_close_submit"
-                             and v.get("status") == "open"], what="the close modal")[-1]
-    walk.driver.submit_view(user, view["id"], {"summary": {"value": {"type": "plain_text_input", "value": summary}}})
-    walk.wait_state("closed")
 
 
 def verify_with_modal(walk: Walk, emulator: EmulatorServer, user: str, evidence: str) -> None:
@@ -69,7 +46,7 @@ def verify_with_modal(walk: Walk, emulator: EmulatorServer, user: str, evidence:
 def test_ransomware_via_the_form_needs_two_approvers_one_from_security_in_korean(
     tmp_path: Path, emulator: EmulatorServer,
 ) -> None:
-    bot = start(tmp_path, emulator, {"locale": "ko", "roster": ROSTER})
+    bot = start_on_sqlite(tmp_path, emulator, {"locale": "ko", "roster": ROSTER})
     try:
         walk = Walk(bot, emulator)
         # /aegis incident with no arguments opens the declare form
@@ -147,7 +124,7 @@ def test_failed_step_retry_and_failed_verification_back_to_assessed(tmp_path: Pa
                       "health": {"http": f"http://127.0.0.1:{port}/health", "timeout_seconds": 1}}],
         "hooks": {"activate_standby_environment": {"command": [str(hook)], "timeout_seconds": 30}},
     }
-    bot = start(tmp_path, emulator, config)
+    bot = start_on_sqlite(tmp_path, emulator, config)
     server = None
     try:
         walk = Walk(bot, emulator)
@@ -181,7 +158,7 @@ def test_failed_step_retry_and_failed_verification_back_to_assessed(tmp_path: Pa
 
 
 def test_user_mistakes_get_usage_and_a_false_alarm_closes_early(tmp_path: Path, emulator: EmulatorServer) -> None:
-    bot = start(tmp_path, emulator, {})   # no roster at all: the declarer may take command
+    bot = start_on_sqlite(tmp_path, emulator, {})   # no roster at all: the declarer may take command
     try:
         walk = Walk(bot, emulator)
         cases = {
@@ -251,8 +228,8 @@ def test_abort_after_a_failed_step_goes_back_to_assessed_with_a_new_plan(
     hook = tmp_path / "isolate.sh"
     hook.write_text("#!/usr/bin/env bash\necho 'firewall API refused' >&2\nexit 1\n")
     hook.chmod(0o755)
-    bot = start(tmp_path, emulator, {"roster": ROSTER,
-                                     "hooks": {"isolate_systems": {"command": [str(hook)], "timeout_seconds": 10}}})
+    hooks = {"isolate_systems": {"command": [str(hook)], "timeout_seconds": 10}}
+    bot = start_on_sqlite(tmp_path, emulator, {"roster": ROSTER, "hooks": hooks})
     try:
         walk = Walk(bot, emulator)
         walk.declare("incident ransomware critical file servers encrypted")

@@ -1,7 +1,7 @@
 """Evidence before ``verified``, manual verification, RTO only on evidence, honest RPO.
 
 Real components: the flows in-process on a SQLite store with the emulator as Slack, a real HTTP
-health endpoint, a real PostgreSQL primary (tests.pgcluster) for the database checks.
+health endpoint, a real PostgreSQL primary (tests.harness.pgcluster) for the database checks.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from statemachines import service as svc
 from statemachines.models import utcnow
 from statemachines.service import StepSpec
 from statemachines.store import Store
-from tests.aegis_process import wait_for
-from tests.pgcluster import PgSingle, free_port
-from tests.slack_reading import all_text, channel_by_id, message_with_button
-from tests.test_races import Harness, harness_for, new_store, outcome_of
+from tests.harness.aegis_process import wait_for
+from tests.harness.flows_harness import Harness, harness_for, new_store, outcome_of
+from tests.harness.pgcluster import PgSingle, free_port
+from tests.harness.slack_reading import all_text, channel_by_id, message_with_button
 
 
 class _Health(http.server.BaseHTTPRequestHandler):

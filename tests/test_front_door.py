@@ -7,8 +7,6 @@ HTTP status, an ephemeral reply, an audit event, a log line) and then checks it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import socket
@@ -28,35 +26,12 @@ from bot.emulator.server import EmulatorServer
 from bot.logs import RedactingFormatter
 from bot.server import HttpServer
 from statemachines import service as svc
-from tests.aegis_process import BOT_TOKEN, SIGNING_SECRET, AegisProcess, wait_for
-from tests.slack_reading import all_text, channel_by_id, message_with_button
+from tests.harness.aegis_process import BOT_TOKEN, SIGNING_SECRET, AegisProcess, wait_for
+from tests.harness.signing import post, sign, slash_body
+from tests.harness.slack_reading import all_text, channel_by_id, message_with_button
+from tests.harness.team import SERVE_CONFIG
 
 GUESSABLE = ["", "unused", "secret", "not-the-real-signing-secret"]
-CONFIG: dict[str, Any] = {
-    "locale": "en",
-    "slack": {"stakeholder_channel": "C0STAKE", "ops_channel": "C0OPS", "reminder_minutes": 30},
-    "roster": {"incident_commander": ["U0IC"], "database_lead": ["U0DB"], "infrastructure_lead": ["U0INFRA"],
-               "application_lead": ["U0APP"], "security_lead": ["U0SEC"], "communication_manager": ["U0COMM"]},
-}
-
-
-def sign(secret: str, body: bytes, timestamp: str | None = None) -> dict[str, str]:
-    ts = timestamp if timestamp is not None else str(int(time.time()))
-    digest = hmac.new(secret.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
-    return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}",
-            "Content-Type": "application/x-www-form-urlencoded"}
-
-
-def slash_body(text: str, channel: str = "C0OPS", user: str = "U0IC") -> bytes:
-    return urlencode({"command": "/aegis", "text": text, "user_id": user, "channel_id": channel,
-                      "channel_name": "ops", "team_id": "T0", "trigger_id": "t.1",
-                      "response_url": "http://127.0.0.1:9/none"}).encode()
-
-
-def post(bot: AegisProcess, body: bytes, headers: dict[str, str]) -> requests.Response:
-    return requests.post(f"{bot.url}/slack/events", data=body, headers=headers, timeout=10)
-
-
 def texts(emulator: EmulatorServer, user: str, channel: str) -> list[str]:
     return [all_text(e) for e in emulator.state.ephemeral_for(user, channel)]
 
@@ -97,7 +72,7 @@ def emulator() -> Iterator[EmulatorServer]:
 @pytest.fixture(scope="module")
 def bot(emulator: EmulatorServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AegisProcess]:
     workdir = tmp_path_factory.mktemp("front-door")
-    process = AegisProcess(workdir, CONFIG, f"sqlite:///{workdir}/aegis.db", emulator.api_url)
+    process = AegisProcess(workdir, SERVE_CONFIG, f"sqlite:///{workdir}/aegis.db", emulator.api_url)
     emulator.bot_url = process.url
     process.start()
     try:
@@ -163,7 +138,7 @@ def test_http_mode_requires_the_real_signing_secret(bot: AegisProcess) -> None:
 def test_socket_mode_serves_no_events_route_and_survives_a_failed_connection(
     emulator: EmulatorServer, tmp_path: Path,
 ) -> None:
-    process = AegisProcess(tmp_path, CONFIG, f"sqlite:///{tmp_path}/aegis.db", emulator.api_url, name="socket")
+    process = AegisProcess(tmp_path, SERVE_CONFIG, f"sqlite:///{tmp_path}/aegis.db", emulator.api_url, name="socket")
     process.env["SLACK_APP_TOKEN"] = "xapp-1-A0-test-not-a-real-token"
     process.env.pop("SLACK_SIGNING_SECRET")
     process.start()
@@ -430,7 +405,7 @@ def test_a_close_button_of_another_incident_changes_nothing(
 def test_full_interaction_queue_answers_busy_and_healthz_keeps_answering(
     emulator: EmulatorServer, tmp_path: Path,
 ) -> None:
-    process = AegisProcess(tmp_path, CONFIG, f"sqlite:///{tmp_path}/aegis.db", emulator.api_url, name="busy")
+    process = AegisProcess(tmp_path, SERVE_CONFIG, f"sqlite:///{tmp_path}/aegis.db", emulator.api_url, name="busy")
     process.env["AEGIS_QUEUE_LIMIT"] = "0"   # two interaction workers, no queue
     previous_bot_url = emulator.bot_url
     emulator.bot_url = process.url

@@ -10,10 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from recovery.health import HealthSpec, check_http, check_postgres, check_tcp, run_checks
-from tests.aegis_process import wait_for
-from tests.pgcluster import PgPair, free_port
+from tests.harness.aegis_process import wait_for
+from tests.harness.pgcluster import PgPair, free_port
 
-pytest_plugins = ["tests.pgcluster"]
+pytest_plugins = ["tests.harness.pgcluster"]
 
 
 class _StatusHandler(BaseHTTPRequestHandler):

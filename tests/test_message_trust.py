@@ -20,11 +20,11 @@ from bot.emulator.server import EmulatorServer
 from messages import blocks, render
 from messages.views import ApprovalView, Message, ReplacedView, RevisionView, StepView, TimelineItem
 from statemachines import service as svc
-from tests.aegis_process import wait_for
-from tests.slack_reading import all_text, buttons, channel_by_id
-from tests.test_e2e_lifecycle import Walk
-from tests.test_e2e_scenarios import ROSTER, close_with_modal, replies_for, start
-from tests.test_messages import REFUSALS, T0, every_message, make_view
+from tests.harness.aegis_process import start_on_sqlite, wait_for
+from tests.harness.message_samples import REFUSALS, T0, every_message, make_report, make_view
+from tests.harness.slack_reading import all_text, buttons, channel_by_id, replies_for
+from tests.harness.team import ROSTER
+from tests.harness.walk import Walk, close_with_modal
 
 HANGUL = re.compile("[\uac00-\ud7a3]")
 # a formatted span: marker, text neither starting nor ending with a space, the same marker
@@ -152,8 +152,6 @@ def coded_timeline() -> list[TimelineItem]:
 
 @pytest.mark.parametrize("locale", render.LOCALES)
 def test_closing_report_words_the_timeline_in_its_locale_without_internal_ids(locale: str) -> None:
-    from tests.test_messages import make_report
-
     msg = blocks.closing_report(make_view("closed", timeline=coded_timeline()), make_report(), locale)
     text = all_text_of(msg)
     for internal in ("incident_commander", "database_failure", "confirmed_by_human", "(S2", "refused:",
@@ -216,8 +214,6 @@ def hostile_messages(locale: str) -> dict[str, Message]:
     step = StepView(31, 1, HOSTILE, "hook", "high", ["database_lead"], 1, "failed", detail=HOSTILE)
     v = make_view(summary=HOSTILE, close_summary=HOSTILE, steps=[step],
                   timeline=[TimelineItem(T0, "note", "U0IC", HOSTILE)])
-    from tests.test_messages import make_report
-
     msgs = {
         "card": blocks.incident_card(v, locale), "plan": blocks.plan_message(v, locale),
         "status": blocks.status_reply(v, locale), "stakeholder_root": blocks.stakeholder_root(v, locale),
@@ -273,8 +269,8 @@ def submit_reject(walk: Walk, emulator: EmulatorServer, user: str, step_id: int,
 def test_reject_asks_a_reason_and_the_replaced_plan_retires_its_buttons(
     tmp_path: Path, emulator: EmulatorServer,
 ) -> None:
-    bot = start(tmp_path, emulator, {"roster": ROSTER, "timezone": "Asia/Seoul",
-                                     "slack": {"stakeholder_channel": "C0STAKE"}})
+    bot = start_on_sqlite(tmp_path, emulator, {"roster": ROSTER, "timezone": "Asia/Seoul",
+                                               "slack": {"stakeholder_channel": "C0STAKE"}})
     try:
         walk = Walk(bot, emulator)
         walk.declare("incident database_failure high orders database <!channel> is down")
@@ -355,7 +351,7 @@ def test_reject_asks_a_reason_and_the_replaced_plan_retires_its_buttons(
 
 
 def test_korean_closing_report_has_korean_timeline_lines(tmp_path: Path, emulator: EmulatorServer) -> None:
-    bot = start(tmp_path, emulator, {"roster": ROSTER, "locale": "ko"})
+    bot = start_on_sqlite(tmp_path, emulator, {"roster": ROSTER, "locale": "ko"})
     try:
         walk = Walk(bot, emulator)
         walk.declare("incident ransomware high 파일 서버 암호화됨")

@@ -10,9 +10,7 @@ import pytest
 
 from messages import blocks, render
 from messages.views import (
-    ApprovalView,
     CheckView,
-    EvidenceView,
     IncidentView,
     Message,
     ObjectiveReport,
@@ -21,85 +19,20 @@ from messages.views import (
     TimelineItem,
     TransitionView,
 )
+from tests.harness.message_samples import (
+    REFUSALS,
+    T0,
+    USAGE_PROBLEMS,
+    backup_run,
+    every_message,
+    long_timeline,
+    make_report,
+    make_steps,
+    make_view,
+)
 
-T0 = datetime(2026, 11, 26, 9, 58, tzinfo=UTC)
 LOCALES = render.LOCALES
 STATE_NAMES = {"en": "recovering", "ko": "복구 중"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Realistic views
-
-
-def make_steps() -> list[StepView]:
-    return [
-        StepView(11, 1, "Check primary health", "check", "low", [], 0, "succeeded",
-                 detail="pg-primary: connection refused"),
-        StepView(12, 2, "Fence old primary pg-primary", "hook", "high", ["infrastructure_lead"], 1,
-                 "succeeded", [ApprovalView("U0INFRA", "approve", T0 + timedelta(minutes=5))]),
-        StepView(13, 3, "Promote standby pg-standby", "postgres_promote", "critical", ["database_lead"], 1,
-                 "awaiting_approval"),
-        StepView(14, 4, "Restore orders from backup", "restore", "critical",
-                 ["security_lead", "database_lead"], 2, "failed",
-                 [ApprovalView("U0SEC", "approve", T0 + timedelta(minutes=9)),
-                  ApprovalView("U0DB", "approve", T0 + timedelta(minutes=10))],
-                 detail="checksum mismatch in chunk 17"),
-        StepView(15, 5, "Tell customers", "manual", "low", ["communication_manager"], 1,
-                 "awaiting_approval", manual=True),
-        StepView(16, 6, "Repoint application", "hook", "high", ["infrastructure_lead"], 1, "pending"),
-    ]
-
-
-def make_view(state: str = "recovering", **overrides: Any) -> IncidentView:
-    fields: dict[str, Any] = {
-        "key": "INC-7",
-        "id": 7,
-        "scenario": "database_failure",
-        "severity": "critical",
-        "summary": "Primary database is not accepting writes",
-        "state": state,
-        "declared_by": "U0IC",
-        "declared_at": T0,
-        "channel_id": "C0INC7",
-        "roles": [
-            RoleView("incident_commander", "U0IC"),
-            RoleView("database_lead", None),
-            RoleView("infrastructure_lead", "U0INFRA"),
-            RoleView("security_lead", None),
-        ],
-        "steps": make_steps(),
-        "strategy": "failover",
-        "checks": [
-            CheckView("pg-primary", "postgres", False, "connection refused"),
-            CheckView("user-authentication", "http", True, "200 OK in 12 ms"),
-            CheckView("pg-standby", "tcp", True, "accepting connections on port 5433"),
-        ],
-        "timeline": [
-            TimelineItem(T0, "transition", "U0IC", "declared"),
-            TimelineItem(T0 + timedelta(minutes=2), "transition", "U0IC", "took command"),
-            TimelineItem(T0 + timedelta(minutes=4), "step", "aegis", "health checks ran"),
-        ],
-        "updated_at": T0 + timedelta(hours=1, minutes=2),
-    }
-    fields.update(overrides)
-    return IncidentView(**fields)
-
-
-def make_report(rto: float | None = 5 * 3600) -> ObjectiveReport:
-    # a verified incident carries its evidence; RTO is met only with it (see bot.presenters)
-    evidence = [EvidenceView("pg-standby accepts writes", "committed transaction 812", "a committed write", True)]
-    return ObjectiveReport(
-        rto_seconds=rto, rto_target_seconds=4 * 3600,
-        rpo_seconds=12, rpo_target_seconds=15 * 60, rpo_basis="replication lag at failover",
-        mttr_seconds=5.5 * 3600, mttr_target_seconds=2 * 3600,
-        evidence=evidence if rto is not None else [],
-        rto_met=None if rto is None else rto <= 4 * 3600,
-    )
-
-
-def long_timeline(n: int) -> list[TimelineItem]:
-    return [TimelineItem(T0 + timedelta(minutes=i), "note", "U0IC" if i % 2 else "aegis",
-                         f"event {i}: " + "x" * 150) for i in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,130 +93,6 @@ def assert_modal_valid(view: dict[str, Any]) -> None:
         if b["type"] == "input":
             assert 0 < len(b["label"]["text"]) <= 2000
             assert b["element"]["action_id"] == "value"
-
-
-def every_message(locale: str) -> dict[str, Message]:
-    """One of every message, with the context each refusal/usage problem needs."""
-    v = make_view()
-    step = v.steps[2]
-    t = TransitionView("assessed", "recovering", "U0DB", "plan approved", T0)
-    msgs: dict[str, Message] = {
-        "incident_card": blocks.incident_card(v, locale),
-        "incident_card_closed": blocks.incident_card(make_view("closed"), locale),
-        "plan": blocks.plan_message(v, locale),
-        "plan_empty": blocks.plan_message(make_view("assembled", steps=[], strategy=None), locale),
-        "assessment": blocks.assessment(v, locale),
-        "assessment_empty": blocks.assessment(make_view(checks=[], strategy=None), locale),
-        "stakeholder_root": blocks.stakeholder_root(v, locale),
-        "stakeholder_update": blocks.stakeholder_update(v, t, locale),
-        "stakeholder_update_auto": blocks.stakeholder_update(
-            v, TransitionView("recovering", "verified", None, "", T0), locale),
-        "reminder": blocks.reminder(v, 3725, locale),
-        "closing_report": blocks.closing_report(make_view("closed", close_summary="Failed over"),
-                                                make_report(), locale),
-        "closing_report_false_alarm": blocks.closing_report(
-            make_view("closed", steps=[], timeline=[]),
-            ObjectiveReport(None, 14400, None, 900, "not measured", None, 7200), locale),
-        "status_reply": blocks.status_reply(v, locale),
-        "status_reply_empty": blocks.status_reply(make_view("detected", steps=[], roles=[]), locale),
-        "incident_list": blocks.incident_list([v, make_view("assessed", key="INC-8", id=8, channel_id=None)],
-                                              locale),
-        "incident_list_empty": blocks.incident_list([], locale),
-        "help": blocks.help_text(locale),
-        "reapproval": blocks.reapproval_request(v, step, locale),
-        "step_result_ok": blocks.step_result(v, v.steps[1], locale),
-        "step_result_failed": blocks.step_result(v, v.steps[3], locale),
-        "step_result_other": blocks.step_result(v, v.steps[5], locale),
-        "ops_notice": blocks.ops_notice("Backup failed", "pg_basebackup: disk full", locale),
-    }
-    for waiting_state in ("detected", "assembled", "assessed", "recovering", "verified", "closed"):
-        msgs[f"reminder_{waiting_state}"] = blocks.reminder(make_view(waiting_state, steps=[]), 60, locale)
-    for problem, ctx in USAGE_PROBLEMS.items():
-        msgs[f"usage_{problem}"] = blocks.usage_error(problem, locale, **ctx)
-    for reason, ctx in REFUSALS.items():
-        msgs[f"refusal_{reason}"] = blocks.refusal(reason, locale, **ctx)
-    msgs["refusal_not_commander_nobody"] = blocks.refusal("not_commander", locale, commander=None)
-    msgs.update(backup_messages(locale))
-    return msgs
-
-
-def backup_run(status: str, **overrides: Any) -> blocks.BackupRunView:
-    good = blocks.BackupObjectView("backup_20261122_020000", "backup_20261122_020000/postgres-base.tar.zst.aes",
-                                   "pg_full", "ok", 3 * 2**30, T0, [blocks.BackupTargetView("s3", True)])
-    failed = status != "ok"
-    obj = blocks.BackupObjectView(
-        "backup_20261129_020000", "backup_20261129_020000/postgres-base.tar.zst.aes", "pg_full",
-        "failed" if status == "failed" else "ok", 123456, T0,
-        [blocks.BackupTargetView("local", True), blocks.BackupTargetView("s3", not failed, "s3: connection refused"),
-         blocks.BackupTargetView("azure", True, removed=True)],
-        "every remote target failed; the local staging copy is kept" if status == "failed" else "")
-    fields: dict[str, Any] = {
-        "run_id": "backup_20261129_020000", "kind": "postgresql", "status": status, "objects": [obj],
-        "failed_targets": ["s3"] if failed else [], "reasons": ["s3: connection refused"] if failed else [],
-        "started_by": "U0DB", "previous_good": good if status == "failed" else None,
-        "local_kept": status == "failed",
-    }
-    fields.update(overrides)
-    return blocks.BackupRunView(**fields)
-
-
-def backup_messages(locale: str) -> dict[str, Message]:
-    failed = backup_run("failed")
-    check = blocks.BackupCheckView("backup_20261129_020000", failed.objects[0].object_name, False,
-                                   ["local: authentication failed (chunk 3)"], ["local"])
-    return {
-        "backup_started": blocks.backup_started("postgresql", locale),
-        "backup_verify_started": blocks.backup_verify_started("backup_20261129_020000", locale),
-        "backup_result_ok": blocks.backup_result(backup_run("ok"), locale),
-        "backup_result_warning": blocks.backup_result(backup_run("warning"), locale),
-        "backup_result_failed": blocks.backup_result(failed, locale),
-        "backup_result_failed_scheduled_no_previous": blocks.backup_result(
-            backup_run("failed", started_by=None, schedule="backup-postgres_full", previous_good=None,
-                       objects=[], errors=["postgresql: OperationalError: connection refused"]), locale),
-        "backup_ops_failed": blocks.backup_ops_alert(failed, locale),
-        "backup_ops_warning": blocks.backup_ops_alert(backup_run("warning"), locale),
-        "backup_list": blocks.backup_list(failed.objects * 40, locale),
-        "backup_list_empty": blocks.backup_list([], locale),
-        "backup_verify_ok": blocks.backup_verify_result(
-            "backup_20261129_020000", [blocks.BackupCheckView("backup_20261129_020000", "x", True, [], ["s3"])],
-            [None], locale),
-        "backup_verify_failed": blocks.backup_verify_result("backup_20261129_020000", [check],
-                                                            [failed.previous_good], locale),
-        **{f"backup_job_{p}": blocks.backup_job_alert(p, "backup-wal_switch", "OperationalError: refused", locale)
-           for p in ("not_run", "wal_failed", "prune_failed")},
-    }
-
-
-USAGE_PROBLEMS: dict[str, dict[str, Any]] = {
-    "unknown_command": {"text": "frobnicate now"},
-    "unknown_scenario": {"value": "meteor"},
-    "unknown_severity": {"value": "apocalyptic"},
-    "missing_summary": {},
-    "incident_not_found": {"key": "INC-99"},
-    "no_incident_here": {},
-    "unknown_backup_command": {"text": "backup frobnicate"},
-    "unknown_backup_kind": {"value": "postgres"},
-    "missing_backup_id": {},
-    "backup_not_found": {"ident": "backup_19990101_000000"},
-}
-REFUSALS: dict[str, dict[str, Any]] = {
-    "not_allowed_to_approve": {"step_title": "Promote standby",
-                               "roles": ["database_lead", "incident_commander"]},
-    "not_commander": {"commander": "U0IC"},
-    "role_taken": {"role": "database_lead", "holder": "U0DB"},
-    "not_on_roster": {"role": "security_lead"},
-    "step_not_awaiting": {"step_title": "Promote standby", "status": "running"},
-    "already_approved": {"step_title": "Promote standby"},
-    "second_approver_required": {"step_title": "Restore orders from backup"},
-    "wrong_state": {"action": "close", "state": "recovering"},
-    "internal_error": {"reference": "err-4f2a9c"},
-    "backup_run_not_allowed": {"roles": ["incident_commander", "database_lead", "infrastructure_lead"]},
-    "backup_read_not_allowed": {},
-    "backup_busy": {"what": "backup-postgres_full", "since": T0},
-    "backups_not_configured": {"detail": "no storage targets: add a `storage:` list"},
-    "backup_no_storage": {},
-    "backup_component_missing": {"kind": "neo4j"},
-}
 
 
 # ---------------------------------------------------------------------------------------------

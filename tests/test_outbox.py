@@ -19,8 +19,8 @@ from bot.emulator.faults import Fault
 from bot.emulator.server import EmulatorServer
 from statemachines import service as svc
 from statemachines.models import Incident, OutboxRow
-from tests.aegis_process import AegisProcess, wait_for
-from tests.slack_reading import all_text, channel, channel_by_id, message_with_button
+from tests.harness.aegis_process import AegisProcess, wait_for
+from tests.harness.slack_reading import all_text, channel, channel_by_id, message_with_button
 
 ROSTER = {"incident_commander": ["U0IC"], "database_lead": ["U0DB"], "infrastructure_lead": ["U0INFRA"],
           "application_lead": ["U0APP"], "security_lead": ["U0SEC"], "communication_manager": ["U0COMM"]}

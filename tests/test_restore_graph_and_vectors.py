@@ -1,6 +1,6 @@
 """``aegis backup run neo4j|milvus`` then ``aegis restore neo4j|milvus`` as processes: exact round trips.
 
-Real Neo4j 5.26 (tests/neo4j_server.py) and Milvus Lite; backups go to a local directory and moto S3.
+Real Neo4j 5.26 (tests/harness/neo4j_server.py) and Milvus Lite; backups go to a local directory and moto S3.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.milvus_server import milvus_lite
-from tests.neo4j_server import Neo4jServer
-from tests.storage_servers import MotoS3, aws_env, moto_s3  # noqa: F401
-from tests.test_milvus_export import _all_rows, _assert_rows_equal, _index_view, _make_docs, _schema_view, _search_ids
-from tests.test_neo4j_export import _build_graph, _snapshot
+from tests.harness.milvus_data import all_rows, assert_rows_equal, index_view, make_docs, schema_view, search_ids
+from tests.harness.milvus_server import milvus_lite
+from tests.harness.neo4j_data import build_graph, snapshot
+from tests.harness.neo4j_server import Neo4jServer
+from tests.harness.storage_servers import MotoS3, aws_env, moto_s3  # noqa: F401
 
-pytest_plugins = ["tests.neo4j_server"]
+pytest_plugins = ["tests.harness.neo4j_server"]
 KEY = "ab" * 32
 
 
@@ -49,8 +49,8 @@ def test_neo4j_backup_and_restore_commands_round_trip_exactly(
 ) -> None:
     configure(tmp_path, moto_s3, {"neo4j": {"uri": neo4j_clean.uri}})
     with neo4j_clean.driver() as driver:
-        _build_graph(driver)
-        before = _snapshot(driver)
+        build_graph(driver)
+        before = snapshot(driver)
     backup = aegis(tmp_path, "backup", "run", "neo4j", "--quiet")
     assert backup.returncode == 0, backup.stdout + backup.stderr
     [(run_id, obj, status)] = rows(tmp_path, "neo4j")
@@ -64,7 +64,7 @@ def test_neo4j_backup_and_restore_commands_round_trip_exactly(
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert f"{len(before['nodes'])} nodes" in restored.stdout
     with neo4j_clean.driver() as driver:
-        after = _snapshot(driver)
+        after = snapshot(driver)
     # node and relationship counts, labels, every property with its type, constraints and indexes
     assert after == before
 
@@ -77,10 +77,10 @@ def test_milvus_backup_and_restore_commands_round_trip_exactly(
     configure(tmp_path, moto_s3, {"milvus": {"uri": uri}})
     # Milvus Lite serves one process per database: the test lets go of it while Aegis runs.
     with milvus_lite(tmp_path) as client:
-        vectors = _make_docs(client)
-        source_rows = _all_rows(client, "docs", "id")
-        schema, indexes = _schema_view(client, "docs"), _index_view(client, "docs")
-        searches = _search_ids(client, "docs", vectors[:5])
+        vectors = make_docs(client)
+        source_rows = all_rows(client, "docs", "id")
+        schema, indexes = schema_view(client, "docs"), index_view(client, "docs")
+        searches = search_ids(client, "docs", vectors[:5])
     backup = aegis(tmp_path, "backup", "run", "milvus", "--quiet")
     assert backup.returncode == 0, backup.stdout + backup.stderr
     [(run_id, obj, status)] = rows(tmp_path, "milvus")
@@ -100,10 +100,10 @@ def test_milvus_backup_and_restore_commands_round_trip_exactly(
     with milvus_lite(tmp_path) as client:
         for name in ("docs", "docs_restored"):
             client.load_collection(name)  # a restarted Milvus Lite starts with collections released
-            _assert_rows_equal(source_rows, _all_rows(client, name, "id"), {"vec"})
-            assert _schema_view(client, name) == schema
-            assert _index_view(client, name) == indexes
-            assert _search_ids(client, name, vectors[:5]) == searches
+            assert_rows_equal(source_rows, all_rows(client, name, "id"), {"vec"})
+            assert schema_view(client, name) == schema
+            assert index_view(client, name) == indexes
+            assert search_ids(client, name, vectors[:5]) == searches
 
 
 def test_restore_of_a_kind_never_backed_up_says_what_to_do(tmp_path: Path, moto_s3: MotoS3) -> None:  # noqa: F811

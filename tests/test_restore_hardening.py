@@ -17,18 +17,17 @@ import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.pgcluster import PG_BIN, PgSingle, free_port
-from tests.test_wal_and_restore import (  # noqa: F401 - shared_dir is a fixture
+from tests.harness.cli_workspace import (
     aegis,
     catalog,
     local,
     migrate_shared_catalog,
     restored_dsn,
-    shared_dir,
     stop_restored,
     table_digest,
     write_config,
 )
+from tests.harness.pgcluster import PG_BIN, PgSingle, free_port
 
 PSQL = str(PG_BIN / "psql")
 INFO_LOG = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO ")
@@ -59,7 +58,7 @@ def hba_rules(data_dir: Path) -> list[str]:
 
 @pytest.mark.timeout(300)
 def test_a_restore_into_a_path_with_a_space_and_a_quote_is_private_to_the_server_user(
-    shared_dir: Path, pg_single: PgSingle,  # noqa: F811
+    shared_dir: Path, pg_single: PgSingle,
 ) -> None:
     """End to end through ``aegis restore postgres`` with WAL replay: the data dir, its WAL staging dir (in
     restore_command) and its socket dir all contain a space and a single quote. The restored server admits
@@ -110,7 +109,7 @@ def test_a_restore_into_a_path_with_a_space_and_a_quote_is_private_to_the_server
 
 
 @pytest.mark.timeout(180)
-def test_a_dsn_password_with_a_space_and_a_quote_works(shared_dir: Path, pg_single: PgSingle,  # noqa: F811
+def test_a_dsn_password_with_a_space_and_a_quote_works(shared_dir: Path, pg_single: PgSingle,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """``password_env`` holding ``p w'd\\x``: libpq quoting carries it to pg_basebackup over scram-sha-256."""
     primary = pg_single.primary
@@ -142,7 +141,7 @@ def quote_literal(text: str) -> str:
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
-def test_a_key_file_others_can_read_is_refused_with_the_chmod_to_run(shared_dir: Path, mode: int) -> None:  # noqa: F811
+def test_a_key_file_others_can_read_is_refused_with_the_chmod_to_run(shared_dir: Path, mode: int) -> None:
     write_config(shared_dir, [local(shared_dir)], dsn="host=/nonexistent port=5 user=postgres")
     key_file = shared_dir / "backup.key"
     key_file.chmod(mode)

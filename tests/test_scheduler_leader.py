@@ -25,9 +25,9 @@ from bot.job_registry import JobRegistry
 from bot.scheduler import Scheduler
 from statemachines.models import ScheduledClaim, ScheduledJob
 from statemachines.store import Store
-from tests.aegis_process import AegisProcess, wait_for
-from tests.pgcluster import PgSingle
-from tests.slack_reading import all_text, channel, channel_by_id
+from tests.harness.aegis_process import AegisProcess, wait_for
+from tests.harness.pgcluster import PgSingle
+from tests.harness.slack_reading import all_text, channel, channel_by_id
 
 TAKEOVER_BOUND = 10.0      # seconds; README, bot/leader.py
 CLAIMED = re.compile(r"(\S+) at (\S+): claimed by (\S+), running")

@@ -27,10 +27,10 @@ from bot.secrets import declared_secret_names, install_masking
 from bot.slack_gateway import SlackGateway
 from recovery.redact import MASK, forget_secrets, redact, redact_data, register_secrets
 from statemachines import service as svc
-from tests.aegis_process import BOT_TOKEN, SIGNING_SECRET, AegisProcess, wait_for
-from tests.pgcluster import free_port
-from tests.slack_reading import channel_by_id
-from tests.test_e2e_lifecycle import Walk
+from tests.harness.aegis_process import BOT_TOKEN, SIGNING_SECRET, AegisProcess, wait_for
+from tests.harness.pgcluster import free_port
+from tests.harness.slack_reading import channel_by_id
+from tests.harness.walk import Walk
 
 ROSTER = {
     "incident_commander": ["U0IC"], "database_lead": ["U0DB"], "infrastructure_lead": ["U0INFRA"],

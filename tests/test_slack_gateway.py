@@ -11,7 +11,7 @@ import pytest
 from bot.emulator.faults import fault_from_json
 from bot.emulator.server import EmulatorServer
 from bot.slack_gateway import SlackCallFailed, SlackGateway
-from tests.aegis_process import BOT_TOKEN
+from tests.harness.aegis_process import BOT_TOKEN
 
 
 def gateway(emulator: EmulatorServer) -> SlackGateway:

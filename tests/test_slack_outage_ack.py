@@ -14,15 +14,16 @@ from pathlib import Path
 import pytest
 
 from statemachines import service as svc
-from tests.aegis_process import SIGNING_SECRET, AegisProcess, wait_for
-from tests.pgcluster import free_port
-from tests.test_front_door import CONFIG, post, sign, slash_body
+from tests.harness.aegis_process import SIGNING_SECRET, AegisProcess, wait_for
+from tests.harness.pgcluster import free_port
+from tests.harness.signing import post, sign, slash_body
+from tests.harness.team import SERVE_CONFIG
 
 
 @pytest.fixture
 def bot_without_slack(tmp_path: Path) -> Iterator[AegisProcess]:
     dead_api = f"http://127.0.0.1:{free_port()}/api/"      # nothing listens there
-    bot = AegisProcess(tmp_path, CONFIG, f"sqlite:///{tmp_path / 'aegis.db'}", dead_api).start()
+    bot = AegisProcess(tmp_path, SERVE_CONFIG, f"sqlite:///{tmp_path / 'aegis.db'}", dead_api).start()
     try:
         yield bot
     finally:

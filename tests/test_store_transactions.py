@@ -1,6 +1,6 @@
 """Every write of a transition is one transaction — on SQLite (pysqlite's SAVEPOINT trap) and PostgreSQL.
 
-The stores are real: a SQLite file and a PostgreSQL server from tests.pgcluster. The approval race
+The stores are real: a SQLite file and a PostgreSQL server from tests.harness.pgcluster. The approval race
 goes through ``Flows.approve`` (what the Approve button runs) with the built-in emulator as Slack.
 """
 
@@ -20,8 +20,9 @@ from bot.flows import Refused
 from statemachines import service as svc
 from statemachines.service import StepSpec
 from statemachines.store import Store
-from tests.pgcluster import PgSingle
-from tests.test_races import Harness, at_once, harness_for, serve_pg, store_for
+from tests.harness.concurrency import at_once
+from tests.harness.flows_harness import Harness, harness_for, serve_pg, store_for
+from tests.harness.pgcluster import PgSingle
 
 
 @pytest.fixture(scope="module")

@@ -20,19 +20,18 @@ import pytest
 from recovery.backup import wal
 from recovery.backup.wal_stream import BACKOFF_FIRST, BACKOFF_MAX, WalStreamer, restart_delay
 from recovery.redact import MASK
-from tests.pgcluster import PgSingle, free_port
-from tests.storage_servers import Azurite, MotoS3, aws_env, azurite, moto_s3  # noqa: F401
-from tests.test_wal_and_restore import (  # noqa: F401 - shared_dir is a fixture
+from tests.harness.cli_workspace import (
     aegis,
     catalog,
     local,
     migrate_shared_catalog,
     restored_dsn,
-    shared_dir,
     stop_restored,
     table_digest,
     write_config,
 )
+from tests.harness.pgcluster import PgSingle, free_port
+from tests.harness.storage_servers import Azurite, MotoS3, aws_env, azurite, moto_s3  # noqa: F401
 
 
 def wait_archived(pg: PgSingle, name: str) -> None:

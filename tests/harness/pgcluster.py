@@ -2,7 +2,7 @@
 
 Tests run as root but ``initdb`` refuses root, so every server binary runs as the ``postgres`` user
 inside a temp directory owned by it (its parents must be traversable, hence ``/tmp`` and 0o755).
-Use the fixtures with ``pytest_plugins = ["tests.pgcluster"]`` or build a pair directly::
+Use the fixtures with ``pytest_plugins = ["tests.harness.pgcluster"]`` or build a pair directly::
 
     pair = PgPair.create()
     try:
@@ -83,7 +83,7 @@ def _append_conf(data_dir: Path, settings: dict[str, Any]) -> None:
         rendered = f"'{quoted}'" if isinstance(value, str) else str(value)
         lines.append(f"{key} = {rendered}\n")
     with open(data_dir / "postgresql.conf", "a", encoding="utf-8") as f:
-        f.write("\n# --- tests/pgcluster.py ---\n")
+        f.write("\n# --- tests/harness/pgcluster.py ---\n")
         f.writelines(lines)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from bot.emulator.server import EmulatorServer
 from bot.emulator.state import EmulatorState
 
 
@@ -51,3 +53,8 @@ def all_text(message: dict[str, Any]) -> str:
 
     walk(message.get("blocks") or [])
     return "\n".join(parts)
+
+
+def replies_for(emulator: EmulatorServer, user: str) -> str:
+    """Every response_url reply ``user`` got, as one JSON text (non-ASCII kept, for Korean)."""
+    return json.dumps(emulator.state.responses_for(user), ensure_ascii=False)

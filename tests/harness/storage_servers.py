@@ -1,6 +1,6 @@
 """Real storage servers for tests: moto's standalone S3 server (in-process thread) and Azurite (node process).
 
-Import the fixtures into a test module (``from tests.storage_servers import azurite, moto_s3, ...``).
+Import the fixtures into a test module (``from tests.harness.storage_servers import azurite, moto_s3, ...``).
 ``moto_s3`` and ``azurite`` live for the session; ``moto_s3_outage`` is a private S3 server per test that
 the test may ``stop()`` to simulate an outage. Azurite is installed on first use by
 ``scripts/install-azurite`` into ``./.tools/azurite``.
@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.pgcluster import free_port
+from tests.harness.pgcluster import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 AZURITE_BIN = REPO / ".tools" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
 # Azurite's published development account; not a secret.
 AZURITE_ACCOUNT = "devstoreaccount1"

@@ -4,7 +4,7 @@
 first time; after that it is a no-op. The server listens on 127.0.0.1 with authentication disabled, keeps its
 store in a temp directory, and is stopped with SIGTERM (a clean shutdown) at the end of the session. Community
 edition has a single user database, so tests share ``neo4j`` and wipe it between tests. Use with
-``pytest_plugins = ["tests.neo4j_server"]``::
+``pytest_plugins = ["tests.harness.neo4j_server"]``::
 
     def test_something(neo4j_clean: Neo4jServer) -> None:
         with neo4j_clean.driver() as driver:
@@ -32,9 +32,9 @@ from typing import IO
 import neo4j
 import pytest
 
-from tests.pgcluster import free_port
+from tests.harness.pgcluster import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = ROOT / "scripts" / "install-neo4j"
 LAUNCHER_JAR = ROOT / ".tools" / "neo4j-launcher" / "neo4j-launcher.jar"
 # small heap: test graphs are tiny and CI boxes have 2 cores / little RAM; SerialGC avoids GC threads

@@ -18,8 +18,9 @@ from typing import Any
 import requests
 import yaml
 
+from bot.emulator.server import EmulatorServer
 from statemachines.store import Store
-from tests.pgcluster import free_port
+from tests.harness.pgcluster import free_port
 
 BOT_TOKEN = "xoxb-test-4242-SECRETBOTTOKEN"
 SIGNING_SECRET = "test-signing-secret-0123456789abcdef"
@@ -89,6 +90,14 @@ class AegisProcess:
 
     def store(self) -> Store:
         return Store(self.database_url)
+
+
+def start_on_sqlite(workdir: Path, emulator: EmulatorServer, config: dict[str, Any]) -> AegisProcess:
+    """``aegis serve`` on a SQLite file in ``workdir``, with ``emulator`` as its Slack (and the emulator told)."""
+    workdir.chmod(0o755)
+    bot = AegisProcess(workdir, config, f"sqlite:///{workdir}/aegis.db", emulator.api_url)
+    emulator.bot_url = bot.url
+    return bot.start()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.2, what: str = "") -> Any:
