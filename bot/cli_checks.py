@@ -10,8 +10,6 @@ credentials (the built-in emulator lets anyone act as anyone, so it only ever li
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import socket
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -19,6 +17,7 @@ from typing import NoReturn
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from bot.emulator.network import is_loopback
 from bot.logs import check_level, escape
 
 SUPPORTED_DATABASES = {"sqlite": "sqlite:///aegis.db", "postgresql": "postgresql+psycopg://user@host/db"}
@@ -85,18 +84,6 @@ def database_problem(exc: Exception, url: str) -> str:
         shown = "AEGIS_DATABASE_URL"
     cause = getattr(exc, "orig", None) or exc
     return f"cannot use the database {shown}: {one_line(cause, 300)}"
-
-
-def is_loopback(host: str) -> bool:
-    """True when every address ``host`` names is a loopback address (127.0.0.0/8, ::1)."""
-    if not host:
-        return False
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except (socket.gaierror, UnicodeError):
-        return False
-    addresses = {info[4][0] for info in infos}
-    return bool(addresses) and all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses)
 
 
 def require_loopback_for_emulator(host: str) -> None:

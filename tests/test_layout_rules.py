@@ -114,11 +114,6 @@ RULES = [
          lambda _path, module: within(module, "bot", "messages")),
     Rule("the Slack emulator imports no Aegis module outside itself", emulator_files, outside_own_emulator),
 ]
-EMULATOR_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="bot/emulator/server.py imports bot.cli_checks (the embedded-default credential check) today; "
-           "product code is the other engineer's part of issue 8 (the emulator leaves bot/)")
-
 
 def broken(rule: Rule) -> list[str]:
     files = rule.files()
@@ -131,7 +126,7 @@ def broken(rule: Rule) -> list[str]:
 
 
 @pytest.mark.parametrize("rule", [
-    pytest.param(rule, id=rule.name, marks=[EMULATOR_XFAIL] if rule.files is emulator_files else [])
+    pytest.param(rule, id=rule.name)
     for rule in RULES
 ])
 def test_import_rule_holds(rule: Rule) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from flask import Flask
 
-from bot.cli_checks import is_loopback
 from bot.emulator.control import create_control_blueprint
 from bot.emulator.driver import SlackDriver
+from bot.emulator.network import is_loopback
 from bot.emulator.state import EmulatorState
 from bot.emulator.ui import create_ui_blueprint
 from bot.emulator.webapi import create_webapi_blueprint
