@@ -588,17 +588,23 @@ def close_modal(v: IncidentView, locale: str) -> Block:
     return view
 
 
-def reject_modal(v: IncidentView, step: StepView, locale: str) -> Block:
-    """Reject asks for a reason: it is posted in the channel and kept in the timeline."""
+def _step_form(v: IncidentView, step: StepView, locale: str, *, name: str, callback: str, field: str,
+               intro_block: str) -> Block:
+    """A form about one plan step: an intro, one multi-line field, the step id in private_metadata."""
     ctx = {"v": v, "step": step}
     blocks = [
-        _section(_t(locale, "reject_modal", "intro", **ctx), "reject_intro"),
-        _multiline("reason", _t(locale, "reject_modal", "label", **ctx),
-                   _t(locale, "reject_modal", "placeholder", **ctx)),
+        _section(_t(locale, name, "intro", **ctx), intro_block),
+        _multiline(field, _t(locale, name, "label", **ctx), _t(locale, name, "placeholder", **ctx)),
     ]
-    view = _modal(REJECT_CALLBACK, locale, "reject_modal", ctx, blocks)
+    view = _modal(callback, locale, name, ctx, blocks)
     view["private_metadata"] = str(step.id)
     return view
+
+
+def reject_modal(v: IncidentView, step: StepView, locale: str) -> Block:
+    """Reject asks for a reason: it is posted in the channel and kept in the timeline."""
+    return _step_form(v, step, locale, name="reject_modal", callback=REJECT_CALLBACK, field="reason",
+                      intro_block="reject_intro")
 
 
 def declared_ack(key: str, locale: str) -> Message:
@@ -761,12 +767,5 @@ def manual_verification_request(v: IncidentView, step: StepView, roles: list[str
 
 def verify_modal(v: IncidentView, step: StepView, locale: str) -> Block:
     """The manual verification form: what was checked and what was observed."""
-    ctx = {"v": v, "step": step}
-    blocks = [
-        _section(_t(locale, "verify_modal", "intro", **ctx), "verify_intro"),
-        _multiline("evidence", _t(locale, "verify_modal", "label", **ctx),
-                   _t(locale, "verify_modal", "placeholder", **ctx)),
-    ]
-    view = _modal(VERIFY_CALLBACK, locale, "verify_modal", ctx, blocks)
-    view["private_metadata"] = str(step.id)
-    return view
+    return _step_form(v, step, locale, name="verify_modal", callback=VERIFY_CALLBACK, field="evidence",
+                      intro_block="verify_intro")
