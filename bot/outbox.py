@@ -292,25 +292,22 @@ class Dispatcher:
         return list(dict.fromkeys(users))
 
     def _card(self, batch: Batch, row: OutboxRow) -> None:
-        incident = batch.incident
-        if not incident.channel_id:
-            return
-        message = blocks.incident_card(batch.view, self.locale)
-        if incident.card_ts:
-            self.gateway.update(incident.channel_id, incident.card_ts, message.text, message.blocks)
-        else:
-            self._set(batch, card_ts=self.gateway.post(incident.channel_id, message.text, message.blocks))
+        self._post_or_update(batch, batch.incident.channel_id, "card_ts",
+                             blocks.incident_card(batch.view, self.locale))
 
     def _stakeholder_root(self, batch: Batch, row: OutboxRow) -> None:
-        incident = batch.incident
-        if not incident.stakeholder_channel:
+        self._post_or_update(batch, batch.incident.stakeholder_channel, "stakeholder_ts",
+                             blocks.stakeholder_root(batch.view, self.locale))
+
+    def _post_or_update(self, batch: Batch, channel: str | None, ts_field: str, message: Message) -> None:
+        """A message that always shows the current state: posted once (its ts stored), then updated."""
+        if not channel:
             return
-        message = blocks.stakeholder_root(batch.view, self.locale)
-        if incident.stakeholder_ts:
-            self.gateway.update(incident.stakeholder_channel, incident.stakeholder_ts, message.text, message.blocks)
+        ts = getattr(batch.incident, ts_field)
+        if ts:
+            self.gateway.update(channel, ts, message.text, message.blocks)
         else:
-            self._set(batch, stakeholder_ts=self.gateway.post(incident.stakeholder_channel, message.text,
-                                                              message.blocks))
+            self._set(batch, **{ts_field: self.gateway.post(channel, message.text, message.blocks)})
 
     def _thread_post(self, batch: Batch, message: Message) -> None:
         incident = batch.incident
