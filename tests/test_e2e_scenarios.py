@@ -12,13 +12,13 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import requests
 
 from bot.emulator.server import EmulatorServer
 from statemachines import service as svc
 from tests.harness.aegis_process import start_on_sqlite, wait_for
+from tests.harness.http_health import HealthyHandler
 from tests.harness.pgcluster import free_port
 from tests.harness.slack_reading import all_text, channel, message_with_button, replies_for
 from tests.harness.team import ROSTER
@@ -100,16 +100,6 @@ def test_ransomware_via_the_form_needs_two_approvers_one_from_security_in_korean
         bot.stop()
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_failed_step_retry_and_failed_verification_back_to_assessed(tmp_path: Path, emulator: EmulatorServer) -> None:
     marker = tmp_path / "activated"
     hook = tmp_path / "activate.sh"
@@ -146,7 +136,7 @@ def test_failed_step_retry_and_failed_verification_back_to_assessed(tmp_path: Pa
             texts = [e.text for e in svc.timeline(session, walk.incident_id)]
         assert any("verification failed" in t and "user-authentication" in t for t in texts)
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Health)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), HealthyHandler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         approve_all(walk, {"*": "U0IC"})
         walk.wait_state("verified")

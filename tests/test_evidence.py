@@ -26,23 +26,14 @@ from statemachines.service import StepSpec
 from statemachines.store import Store
 from tests.harness.aegis_process import wait_for
 from tests.harness.flows_harness import Harness, harness_for, new_store, outcome_of
+from tests.harness.http_health import HealthyHandler
 from tests.harness.pgcluster import PgSingle, free_port
 from tests.harness.slack_reading import all_text, channel_by_id, message_with_button
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def health_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HealthyHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/health"
