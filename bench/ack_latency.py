@@ -1,6 +1,6 @@
 """Ack latency of ``POST /slack/events``: ``aegis serve`` versus a bare Bolt app served the same way.
 
-Three child processes, all on 127.0.0.1: the Slack emulator (``python -m bot.emulator.server``),
+Three child processes, all on 127.0.0.1: the Slack emulator (``python -m slack_emulator.server``),
 ``aegis serve`` (SQLite store in a temp dir, Web API pointed at the emulator) and the peer, a bare
 Bolt app whose listeners only ``ack()``, wrapped by ``bot.server.make_wsgi`` and served by
 ``bot.server.HttpServer`` (waitress, 32 threads) — ``python bench/ack_latency.py --serve-bare``.
@@ -48,8 +48,8 @@ from urllib.parse import urlencode
 import requests
 from slack_sdk.signature import SignatureVerifier
 
-from bot.emulator.driver import FORM, VERIFICATION_TOKEN, SlackDriver
-from bot.emulator.model import APP_ID, TEAM_DOMAIN, TEAM_ID
+from slack_emulator.driver import FORM, VERIFICATION_TOKEN, SlackDriver
+from slack_emulator.model import APP_ID, TEAM_DOMAIN, TEAM_ID
 
 BOT_TOKEN = "xoxb-bench-4242-BENCHBOTTOKEN"
 SIGNING_SECRET = "bench-signing-secret-0123456789abcdef"
@@ -245,7 +245,7 @@ class Workload:
         return [self._body(*self._interaction()) for _ in range(n)]
 
     def _body(self, trigger_id: str, response_url: str) -> str:
-        # The same fields, in the same order, as bot.emulator.driver.SlackDriver.slash / .click.
+        # The same fields, in the same order, as slack_emulator.driver.SlackDriver.slash / .click.
         if self.kind == "status":
             return urlencode({
                 "token": VERIFICATION_TOKEN, "team_id": TEAM_ID, "team_domain": TEAM_DOMAIN,
@@ -499,7 +499,7 @@ def run(args: argparse.Namespace) -> int:
             base_env = {**os.environ, "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
                         "PYTHONUNBUFFERED": "1"}
             base_env.pop("SLACK_APP_TOKEN", None)
-            emulator = Child("emulator", [sys.executable, "-m", "bot.emulator.server", "--host", "127.0.0.1",
+            emulator = Child("emulator", [sys.executable, "-m", "slack_emulator.server", "--host", "127.0.0.1",
                                           "--port", str(emu_port), "--bot-url", f"http://127.0.0.1:{aegis_port}"],
                              base_env, workdir, emu_port, "/_emulator/channels")
             children.append(emulator.start())

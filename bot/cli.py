@@ -49,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
     store.migrate()
     emulator = None
     if slack is None:
-        from bot.emulator.server import EmulatorServer
+        from slack_emulator.server import EmulatorServer
 
         token, secret = emulator_settings()
         bot_url = f"http://{args.host}:{args.port}"

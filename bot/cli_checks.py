@@ -17,8 +17,8 @@ from typing import NoReturn
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from bot.emulator.network import is_loopback
 from bot.logs import check_level, escape
+from slack_emulator.network import is_loopback
 
 SUPPORTED_DATABASES = {"sqlite": "sqlite:///aegis.db", "postgresql": "postgresql+psycopg://user@host/db"}
 

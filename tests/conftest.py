@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.emulator.server import EmulatorServer
+from slack_emulator.server import EmulatorServer
 from tests.harness.aegis_process import BOT_TOKEN, SIGNING_SECRET
 
 pytest_plugins = ["tests.harness.pgcluster", "tests.harness.neo4j_server", "tests.harness.cli_workspace"]

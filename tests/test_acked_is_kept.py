@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from bot.emulator.server import EmulatorServer
+from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from statemachines.models import Approval, Incident
 from tests.harness.aegis_process import AegisProcess, wait_for

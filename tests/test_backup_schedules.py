@@ -17,11 +17,11 @@ from sqlmodel import select
 
 from bot.backup_jobs import BackupDuty
 from bot.config import Config, S3Storage
-from bot.emulator.server import EmulatorServer
 from bot.fire_claims import FireClaims
 from bot.job_registry import JobContext, JobRegistry, default_registry
 from bot.scheduler import Scheduler
 from bot.slack_gateway import SlackGateway
+from slack_emulator.server import EmulatorServer
 from statemachines.models import BackupRecord, ScheduledClaim, ScheduledJob
 from statemachines.store import Store
 from tests.harness.aegis_process import BOT_TOKEN, wait_for

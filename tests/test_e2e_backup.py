@@ -17,7 +17,7 @@ from bot import commands
 from bot.backup_jobs import BackupDuty
 from bot.backup_slack import BackupDesk
 from bot.config import Config
-from bot.emulator.server import EmulatorServer
+from slack_emulator.server import EmulatorServer
 from statemachines.models import BackupRecord
 from statemachines.store import Store
 from tests.harness.aegis_process import BOT_TOKEN, SIGNING_SECRET, AegisProcess, wait_for

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from bot.emulator.driver import SlackDriver
-from bot.emulator.faults import fault_from_json
-from bot.emulator.server import EmulatorServer
+from slack_emulator.driver import SlackDriver
+from slack_emulator.faults import fault_from_json
+from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from tests.harness.aegis_process import BOT_TOKEN, PG_PASSWORD, SIGNING_SECRET, AegisProcess, wait_for
 from tests.harness.concurrency import at_once

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from bot.emulator.server import EmulatorServer
+from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from tests.harness.aegis_process import start_on_sqlite, wait_for
 from tests.harness.http_health import HealthyHandler

@@ -15,10 +15,10 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from bot.emulator.driver import SlackDriver
-from bot.emulator.mrkdwn import mrkdwn_to_html
-from bot.emulator.server import EmulatorServer
-from bot.emulator.wsgi_thread import BackgroundWSGIServer
+from slack_emulator.driver import SlackDriver
+from slack_emulator.mrkdwn import mrkdwn_to_html
+from slack_emulator.server import EmulatorServer
+from slack_emulator.wsgi_thread import BackgroundWSGIServer
 
 TOKEN = "xoxb-emulator-test-token"
 SECRET = "emulator-test-signing-secret"

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from bot.emulator.server import EmulatorServer
 from bot.presenters import objective_report
 from messages import blocks
 from recovery.actions.base import NeedsHuman, VerificationFailed
 from recovery.actions.verify import IntegrityQuery, PostgresVerification, VerifyRecovery
 from recovery.engine import rpo_from_promotion
+from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from statemachines.models import utcnow
 from statemachines.service import StepSpec

@@ -21,10 +21,10 @@ import pytest
 import requests
 
 from bot.bounded import BoundedPool, Busy
-from bot.emulator.faults import fault_from_json
-from bot.emulator.server import EmulatorServer
 from bot.logs import RedactingFormatter
 from bot.server import HttpServer
+from slack_emulator.faults import fault_from_json
+from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from tests.harness.aegis_process import BOT_TOKEN, SIGNING_SECRET, AegisProcess, wait_for
 from tests.harness.signing import post, sign, slash_body

@@ -16,8 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 AEGIS_PACKAGES = ("bot", "recovery", "statemachines", "messages", "slack_emulator", "tests", "bench")
-# the built-in Slack: bot/emulator today, slack_emulator/ once it moves out of bot/ (issue 8's layout)
-EMULATOR_PACKAGES = ("bot/emulator", "slack_emulator")
+# the built-in Slack (issue 8's layout: its own top-level package, out of bot/)
+EMULATOR_PACKAGES = ("slack_emulator",)
 
 
 @dataclass(frozen=True)

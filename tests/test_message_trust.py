@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from bot.emulator.mrkdwn import mrkdwn_to_html
-from bot.emulator.server import EmulatorServer
 from messages import blocks, render
 from messages.views import ApprovalView, Message, ReplacedView, RevisionView, StepView, TimelineItem
+from slack_emulator.mrkdwn import mrkdwn_to_html
+from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from tests.harness.aegis_process import start_on_sqlite, wait_for
 from tests.harness.message_samples import REFUSALS, T0, every_message, make_report, make_view

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from bot.emulator.faults import Fault
-from bot.emulator.server import EmulatorServer
+from slack_emulator.faults import Fault
+from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from statemachines.models import Incident, OutboxRow
 from tests.harness.aegis_process import AegisProcess, wait_for

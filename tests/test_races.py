@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from bot.emulator.server import EmulatorServer
 from recovery.actions.base import Action
 from recovery.actions.hook import HookAction
 from recovery.actions.verify import VerifyRecovery
 from recovery.engine import Engine
 from recovery.health import HealthSpec
+from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from statemachines.models import LedgerEntry, PlanStep, utcnow
 from statemachines.service import StepSpec

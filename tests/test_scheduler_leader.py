@@ -20,9 +20,9 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlmodel import select
 
-from bot.emulator.server import EmulatorServer
 from bot.job_registry import JobRegistry
 from bot.scheduler import Scheduler
+from slack_emulator.server import EmulatorServer
 from statemachines.models import ScheduledClaim, ScheduledJob
 from statemachines.store import Store
 from tests.harness.aegis_process import AegisProcess, wait_for

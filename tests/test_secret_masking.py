@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 
 from bot.config import Config
-from bot.emulator.server import EmulatorServer
 from bot.logs import RedactingFormatter
 from bot.secrets import declared_secret_names, install_masking
 from bot.slack_gateway import SlackGateway
 from recovery.redact import MASK, forget_secrets, redact, redact_data, register_secrets
+from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from tests.harness.aegis_process import BOT_TOKEN, SIGNING_SECRET, AegisProcess, wait_for
 from tests.harness.pgcluster import free_port

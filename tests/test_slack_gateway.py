@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from bot.emulator.faults import fault_from_json
-from bot.emulator.server import EmulatorServer
 from bot.slack_gateway import SlackCallFailed, SlackGateway
+from slack_emulator.faults import fault_from_json
+from slack_emulator.server import EmulatorServer
 from tests.harness.aegis_process import BOT_TOKEN
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.emulator.server import EmulatorServer
 from bot.flows import Refused
+from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from statemachines.service import StepSpec
 from statemachines.store import Store

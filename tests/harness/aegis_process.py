@@ -18,7 +18,7 @@ from typing import Any
 import requests
 import yaml
 
-from bot.emulator.server import EmulatorServer
+from slack_emulator.server import EmulatorServer
 from statemachines.store import Store
 from tests.harness.pgcluster import free_port
 

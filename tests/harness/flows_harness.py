@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from bot.config import Config
-from bot.emulator.server import EmulatorServer
 from bot.flows import Flows, Refused
 from bot.slack_gateway import SlackGateway
+from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from statemachines.models import Incident, PlanStep
 from statemachines.store import Store

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bot.emulator.server import EmulatorServer
-from bot.emulator.state import EmulatorState
+from slack_emulator.server import EmulatorServer
+from slack_emulator.state import EmulatorState
 
 
 def channel(state: EmulatorState, name_prefix: str) -> dict[str, Any] | None:

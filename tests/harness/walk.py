@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bot.emulator.driver import SlackDriver
-from bot.emulator.server import EmulatorServer
+from slack_emulator.driver import SlackDriver
+from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from tests.harness.aegis_process import AegisProcess, wait_for
 from tests.harness.slack_reading import channel, channel_by_id, message_with_button

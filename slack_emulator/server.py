@@ -3,7 +3,7 @@
 ``aegis serve`` starts it when no Slack credentials are configured; the end-to-end tests start
 one per session. For manual use::
 
-    SLACK_SIGNING_SECRET=… SLACK_BOT_TOKEN=xoxb-… python -m bot.emulator.server --port 3001 \\
+    SLACK_SIGNING_SECRET=… SLACK_BOT_TOKEN=xoxb-… python -m slack_emulator.server --port 3001 \\
         --bot-url http://127.0.0.1:3000
 """
 
@@ -18,13 +18,13 @@ from pathlib import Path
 
 from flask import Flask
 
-from bot.emulator.control import create_control_blueprint
-from bot.emulator.driver import SlackDriver
-from bot.emulator.network import is_loopback
-from bot.emulator.state import EmulatorState
-from bot.emulator.ui import create_ui_blueprint
-from bot.emulator.webapi import create_webapi_blueprint
-from bot.emulator.wsgi_thread import BackgroundWSGIServer
+from slack_emulator.control import create_control_blueprint
+from slack_emulator.driver import SlackDriver
+from slack_emulator.network import is_loopback
+from slack_emulator.state import EmulatorState
+from slack_emulator.ui import create_ui_blueprint
+from slack_emulator.webapi import create_webapi_blueprint
+from slack_emulator.wsgi_thread import BackgroundWSGIServer
 
 log = logging.getLogger(__name__)
 

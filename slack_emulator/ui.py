@@ -16,9 +16,9 @@ from flask import Blueprint, redirect, render_template, request
 from markupsafe import Markup
 from werkzeug.wrappers import Response  # what flask.redirect returns
 
-from bot.emulator.driver import SlackDriver
-from bot.emulator.mrkdwn import mrkdwn_to_html, plain_to_html
-from bot.emulator.state import OPS_CHANNEL_ID, EmulatorState
+from slack_emulator.driver import SlackDriver
+from slack_emulator.mrkdwn import mrkdwn_to_html, plain_to_html
+from slack_emulator.state import OPS_CHANNEL_ID, EmulatorState
 
 DEFAULT_USER = "U0IC"
 

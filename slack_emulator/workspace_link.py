@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 import requests
 
-from bot.emulator.response_url import deliver
-from bot.emulator.state import EmulatorState
+from slack_emulator.response_url import deliver
+from slack_emulator.state import EmulatorState
 
 
 class WorkspaceLink(Protocol):

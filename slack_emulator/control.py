@@ -10,10 +10,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from bot.emulator.faults import fault_from_json
-from bot.emulator.model import SlackError
-from bot.emulator.response_url import deliver
-from bot.emulator.state import EmulatorState
+from slack_emulator.faults import fault_from_json
+from slack_emulator.model import SlackError
+from slack_emulator.response_url import deliver
+from slack_emulator.state import EmulatorState
 
 
 def _json_body() -> Any:

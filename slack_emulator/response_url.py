@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.emulator.blockcheck import with_generated_ids
-from bot.emulator.model import SlackError
-from bot.emulator.state import EmulatorState
+from slack_emulator.blockcheck import with_generated_ids
+from slack_emulator.model import SlackError
+from slack_emulator.state import EmulatorState
 
 
 def _flag(value: Any) -> bool:

@@ -20,9 +20,9 @@ from typing import Any
 
 from flask import Blueprint, Request, Response, request
 
-from bot.emulator.blockcheck import MAX_MESSAGE_TEXT, message_problems, view_problems, with_generated_ids
-from bot.emulator.model import BOT_ID, BOT_USER_ID, TEAM_DOMAIN, TEAM_ID, TEAM_NAME, SlackError
-from bot.emulator.state import EmulatorState
+from slack_emulator.blockcheck import MAX_MESSAGE_TEXT, message_problems, view_problems, with_generated_ids
+from slack_emulator.model import BOT_ID, BOT_USER_ID, TEAM_DOMAIN, TEAM_ID, TEAM_NAME, SlackError
+from slack_emulator.state import EmulatorState
 
 JSON_FIELDS = ("blocks", "attachments", "view", "metadata")
 CHANNEL_NAME = re.compile(r"[a-z0-9_\-\u0080-\uffff]+")

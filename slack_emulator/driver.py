@@ -17,9 +17,9 @@ from urllib.parse import urlencode
 import requests
 from slack_sdk.signature import SignatureVerifier
 
-from bot.emulator.model import APP_ID, TEAM_DOMAIN, TEAM_ID
-from bot.emulator.state import EmulatorState
-from bot.emulator.workspace_link import link_for
+from slack_emulator.model import APP_ID, TEAM_DOMAIN, TEAM_ID
+from slack_emulator.state import EmulatorState
+from slack_emulator.workspace_link import link_for
 
 # Slack's deprecated per-app verification token; Bolt ignores it but real payloads carry one.
 VERIFICATION_TOKEN = "emulator-verification-token"

@@ -16,9 +16,9 @@ from collections import deque
 from decimal import Decimal
 from typing import Any
 
-from bot.emulator.blockcheck import with_generated_ids
-from bot.emulator.faults import FaultInjector
-from bot.emulator.model import (
+from slack_emulator.blockcheck import with_generated_ids
+from slack_emulator.faults import FaultInjector
+from slack_emulator.model import (
     BOT_USER_ID,
     Channel,
     Ephemeral,
