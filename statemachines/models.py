@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -187,6 +187,13 @@ class BackupRecord(SQLModel, table=True):
     targets: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     verify_result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    # what the backup held when it was taken (PostgreSQL: row counts and checksums per table, before
+    # and after the base backup; recovery/drills/contents.py), compared by the restore test
+    contents: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    # the last restore test of this backup (recovery/drills): None = never tested
+    restore_tested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    restore_test_ok: bool | None = None
+    restore_test_reason: str = ""
 
 
 class ScheduledClaim(SQLModel, table=True):
@@ -254,3 +261,78 @@ class OutboxRow(SQLModel, table=True):
     claimed_by: str | None = None
     claimed_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_error: str | None = None
+
+
+class MonitorSample(SQLModel, table=True):
+    """One run of one monitor check (M1): what it observed against its threshold.
+
+    Kept (about 400 days) for the availability figures (O4): read by check and time.
+    """
+
+    __tablename__ = "monitor_sample"
+    __table_args__ = (Index("ix_monitor_sample_check_at", "check", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    check: str
+    domain: str                                  # infrastructure | database | application | network
+    ok: bool
+    value: float | None = None
+    unit: str = ""
+    threshold: float | None = None
+    reason: str = ""
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+
+
+class MonitorCondition(SQLModel, table=True):
+    """A risk condition that held for N consecutive samples (M2), one row per ongoing condition.
+
+    ``key`` is stable (``database_failure:postgres primary``); ``open_key`` equals it while the
+    condition is open and is NULL once cleared, and is unique: two replicas, or a loop restarted
+    mid-condition, cannot open the same condition twice, yet a cleared one can happen again.
+    """
+
+    __tablename__ = "monitor_condition"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(index=True)
+    open_key: str | None = Field(default=None, unique=True)
+    rule: str = ""
+    level: str                                   # CRITICAL | HIGH
+    scenario: str | None = None
+    summary: str = ""
+    checks: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    since: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_seen: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    cleared_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    incident_id: int | None = Field(default=None, foreign_key="incident.id")
+    last_warned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    evidence: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+
+
+class DrillRun(SQLModel, table=True):
+    """One DR drill (D1, D2): prepared, run, validated, cleaned up, reported.
+
+    Plain, queryable columns for the reports and /metrics. ``scratch`` lists every scratch resource
+    (``{"kind": "postgres", "data_dir": …, "port": …, "state": "registered|created|removed"}``),
+    written *before* the resource is created, so the leftovers of a drill whose process died can be
+    found and removed. ``owner`` (host:pid:start) and ``lease_until`` tell a dead drill from a live one.
+    ``objectives`` holds one entry per objective: ``{objective, target, value, unit, passed, basis}``
+    (``passed`` None = unknown, with the reason in ``basis``).
+    """
+
+    __tablename__ = "drill_run"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)                # backup_restore_test | database_failover_test | …
+    trigger: str                                 # schedule | slack | cli
+    requested_by: str | None = None
+    scenario: str | None = None                  # the scenario whose expected range scores it
+    status: str = Field(default="running", index=True)   # running | passed | failed | error | interrupted
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    owner: str = ""
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    steps: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    figures: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    objectives: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    scratch: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    cleaned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    report_path: str | None = None
+    error: str = ""
