@@ -77,7 +77,7 @@ def test_parse_backup_commands() -> None:
 
 
 def test_manifest_points_slack_at_the_bot() -> None:
-    manifest = yaml.safe_load((Path(__file__).parent.parent / "slack-app-manifest.yaml").read_text())
+    manifest = yaml.safe_load((Path(__file__).parent.parent / "bot" / "slack_manifest.yaml").read_text())
     assert manifest["features"]["slash_commands"][0]["command"] == "/aegis"
     assert manifest["features"]["slash_commands"][0]["url"].endswith("/slack/events")
     assert manifest["settings"]["interactivity"]["request_url"].endswith("/slack/events")
