@@ -1,0 +1,192 @@
+"""Restore one backup into the scratch environment and prove what came back (shared by every drill).
+
+PostgreSQL: a verified copy is restored into a new data directory on a free port
+(``restore.from_catalog.restore_postgres``, the same primitive as ``aegis restore postgres``), then
+its tables are counted and checksummed and compared with what the catalog recorded at backup time
+(``contents.compare``). Neo4j: imported into a new database ``aegis_drill_<id>_<n>`` (the import
+checks node and relationship counts against the export's own trailer). Milvus: recreated as
+``aegis_drill_<id>_<n>_<collection>`` — on a server URI in that server, for a Milvus Lite file in
+a scratch Lite database beside the drill (a Lite file has one owner; production's is never opened).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from recovery.backup.catalog import MILVUS_KIND, NEO4J_KIND, POSTGRES_BASE_KINDS
+from recovery.backup.restore.from_catalog import restore_milvus, restore_neo4j, restore_postgres
+from recovery.backup.restore.postgres import RestoredCluster
+from recovery.backup.verify import verified_copy
+from recovery.backup.wal.archive import TargetWalStore
+from recovery.drills.contents import compare, snapshot
+from recovery.drills.context import DrillContext
+from recovery.drills.scratch import Scratch
+from recovery.redact import redact
+from statemachines.models import BackupRecord, utcnow
+
+
+@dataclass
+class RestoreResult:
+    record_id: int
+    run_id: str
+    object_name: str
+    kind: str
+    ok: bool | None                  # None: could not be tested here (the reason says why)
+    reason: str
+    seconds: float
+    details: list[str] = field(default_factory=list)
+    wal_files: int = 0
+    replay: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"record_id": self.record_id, "run_id": self.run_id, "object": self.object_name, "kind": self.kind,
+                "ok": self.ok, "reason": self.reason, "seconds": round(self.seconds, 3), "details": self.details[:50]}
+
+
+def _fail(record: BackupRecord, began: float, exc: BaseException) -> RestoreResult:
+    return RestoreResult(record.id or 0, record.run_id, record.object_name, record.kind, False,
+                         redact(f"{type(exc).__name__}: {exc}")[:800], time.monotonic() - began)
+
+
+def restore_postgres_copy(ctx: DrillContext, scratch: Scratch, record: BackupRecord, *,
+                          replay_wal: bool) -> tuple[RestoredCluster, int, int]:
+    """Verify one copy, restore it into a new scratch data dir; returns the cluster, WAL files, resource index."""
+    runner = ctx.runner
+    copy = verified_copy(ctx.store, record, runner.targets, runner.key)
+    data_dir, port, socket_dir, index = scratch.postgres()
+    cluster, wal_files = restore_postgres(ctx.store, copy, TargetWalStore(runner), data_dir, port=port,
+                                          socket_dir=socket_dir, replay_wal=replay_wal,
+                                          os_user=ctx.settings.os_user, pg_bin=ctx.settings.pg_bin)
+    scratch.mark(index, "created")
+    return cluster, wal_files, index
+
+
+def test_postgres(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> RestoreResult:
+    """The base backup alone (consistent at its end point), compared with the recorded contents."""
+    began = time.monotonic()
+    index = None
+    try:
+        cluster, _, index = restore_postgres_copy(ctx, scratch, record, replay_wal=False)
+        check = compare(record.contents or {}, snapshot(cluster.dsn))
+    except Exception as exc:
+        return _fail(record, began, exc)
+    finally:
+        if index is not None:
+            scratch.remove(index)
+    if check.ok is False:
+        reason = "restored, but its contents differ from the catalog's: " + "; ".join(check.problems)[:700]
+    elif check.ok is None:
+        reason = f"restored and started (pg_verifybackup passed); {check.basis}"
+    else:
+        reason = f"restored and started; {check.basis}"
+    details = [f"{t.database}.{t.table}: {t.detail}" for t in check.tables]
+    return RestoreResult(record.id or 0, record.run_id, record.object_name, record.kind, check.ok is not False,
+                         reason, time.monotonic() - began, details)
+
+
+def _neo4j_driver(ctx: DrillContext) -> Any:
+    from neo4j import GraphDatabase
+
+    cfg = ctx.neo4j
+    assert cfg is not None
+    auth = (cfg["user"], cfg["password"]) if cfg["password"] else None
+    return GraphDatabase.driver(cfg["uri"], auth=auth)
+
+
+def test_neo4j(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> RestoreResult:
+    began = time.monotonic()
+    if ctx.neo4j is None:
+        return RestoreResult(record.id or 0, record.run_id, record.object_name, record.kind, None,
+                             "not tested: no Neo4j server is configured to restore into", 0.0)
+    from neo4j.exceptions import ClientError
+
+    try:
+        copy = verified_copy(ctx.store, record, ctx.runner.targets, ctx.runner.key)
+    except Exception as exc:
+        return _fail(record, began, exc)
+    with _neo4j_driver(ctx) as driver:
+        name, index = scratch.neo4j_database(ctx.neo4j["uri"])
+        try:
+            driver.execute_query("CREATE DATABASE $name WAIT", name=name, database_="system")
+        except ClientError as exc:   # Community edition: one user database, no CREATE DATABASE
+            scratch.mark(index, "removed")
+            return RestoreResult(record.id or 0, record.run_id, record.object_name, record.kind, None,
+                                 "not tested: the Neo4j server cannot create a scratch database "
+                                 f"({redact(exc.message or str(exc))[:200]}); the copy's checksum was verified",
+                                 time.monotonic() - began)
+        scratch.mark(index, "created")
+        try:
+            stats = restore_neo4j(copy, ctx.runner.key, driver, name)
+        except Exception as exc:
+            return _fail(record, began, exc)
+        finally:
+            scratch.remove(index)
+    return RestoreResult(record.id or 0, record.run_id, record.object_name, record.kind, True,
+                         f"imported into a scratch database: {stats.nodes} nodes, {stats.relationships} relationships "
+                         "(counts checked against the export)", time.monotonic() - began)
+
+
+def _milvus_is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
+def test_milvus(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> RestoreResult:
+    from pymilvus import MilvusClient
+
+    began = time.monotonic()
+    try:
+        copy = verified_copy(ctx.store, record, ctx.runner.targets, ctx.runner.key)
+    except Exception as exc:
+        return _fail(record, began, exc)
+    source = record.object_name.rsplit("/milvus-", 1)[-1].removesuffix(".jsonl.zst.aes")
+    server = ctx.milvus_uri if ctx.milvus_uri and _milvus_is_server(ctx.milvus_uri) else None
+    uri = server or str(scratch.own_dir("milvus") / "milvus.db")
+    name, index = scratch.milvus_collection(uri, source)
+    client = MilvusClient(uri=uri)
+    try:
+        scratch.mark(index, "created")
+        stats = restore_milvus(copy, ctx.runner.key, client, name)
+        schema = client.describe_collection(name)
+        fields = len(schema.get("fields", []))
+    except Exception as exc:
+        return _fail(record, began, exc)
+    finally:
+        try:
+            if client.has_collection(name):
+                client.drop_collection(name)
+            scratch.mark(index, "removed")
+        finally:
+            client.close()
+            if server is None:
+                from milvus_lite.server_manager import server_manager_instance  # type: ignore[import-untyped]
+
+                server_manager_instance.release_server(uri)
+    return RestoreResult(record.id or 0, record.run_id, record.object_name, record.kind, True,
+                         f"recreated {source!r} as a scratch collection: {stats.total_rows} rows, {fields} fields "
+                         "(counts checked against the export)", time.monotonic() - began)
+
+
+def test_backup(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> RestoreResult:
+    if record.kind in POSTGRES_BASE_KINDS:
+        return test_postgres(ctx, scratch, record)
+    if record.kind == NEO4J_KIND:
+        return test_neo4j(ctx, scratch, record)
+    if record.kind == MILVUS_KIND:
+        return test_milvus(ctx, scratch, record)
+    return RestoreResult(record.id or 0, record.run_id, record.object_name, record.kind, None,
+                         f"not tested: no restore test for kind {record.kind}", 0.0)
+
+
+def replay_point(cluster: RestoredCluster) -> dict[str, Any]:
+    """What recovery reached: the newest replayed transaction's commit time and the replay LSN."""
+    import psycopg
+
+    with psycopg.connect(cluster.dsn, autocommit=True, connect_timeout=10) as conn:
+        row = conn.execute("SELECT pg_last_xact_replay_timestamp(), pg_last_wal_replay_lsn()::text, "
+                           "pg_is_in_recovery()").fetchone()
+    assert row is not None
+    at: datetime | None = row[0]
+    return {"last_xact_at": at, "replay_lsn": row[1], "in_recovery": bool(row[2]), "observed_at": utcnow()}
