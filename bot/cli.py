@@ -35,7 +35,14 @@ log = logging.getLogger("aegis")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bot.runtime import Runtime, SlackSettings, StartupError, emulator_settings, slack_settings_from_env
+    from bot.runtime import (
+        Runtime,
+        SlackSettings,
+        StartupError,
+        emulator_database_path,
+        emulator_settings,
+        slack_settings_from_env,
+    )
 
     config = load_config(args.config)
     try:
@@ -53,8 +60,10 @@ def _serve(args: argparse.Namespace) -> int:
 
         token, secret = emulator_settings()
         bot_url = f"http://{args.host}:{args.port}"
+        # the workspace lives beside the store, so a restart keeps the open incidents' channels
         emulator = EmulatorServer(host=args.host, port=args.emulator_port, bot_url=bot_url,
-                                  signing_secret=secret, bot_token=token)
+                                  signing_secret=secret, bot_token=token,
+                                  database_path=emulator_database_path(store.url))
         try:
             emulator.start()
         except OSError as exc:

@@ -172,3 +172,20 @@ class Runtime:
 def emulator_settings() -> tuple[str, str]:
     """Credentials shared by the bot and the built-in emulator (fresh per run, never printed)."""
     return "xoxb-emulator-" + secrets.token_hex(8), secrets.token_hex(16)
+
+
+def emulator_database_path(store_url: str) -> str | None:
+    """Where the built-in emulator keeps its workspace: beside the bot's SQLite file (``aegis.db`` →
+    ``aegis-emulator.db``), so a restart of ``aegis serve`` finds the channels of the incidents the
+    store still holds. A PostgreSQL store has no data directory: the working directory then.
+    None (an in-memory workspace) for an in-memory store, whose incidents die with the process too."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(store_url)
+    if url.get_backend_name() != "sqlite":
+        return os.path.abspath("aegis-emulator.db")
+    if not url.database or url.database == ":memory:" or url.database.startswith("file::memory:"):
+        return None
+    store_file = os.path.abspath(url.database)
+    stem, _ = os.path.splitext(store_file)
+    return stem + "-emulator.db"

@@ -1,7 +1,8 @@
 """Slack mrkdwn to safe HTML for the emulator page.
 
 Handles what the bot's messages use: *bold*, _italic_, ~strike~, `code`, ```blocks```, ``>`` quotes,
-line breaks, <@U…> mentions (shown as @name), <#C…|name>, <!here>, <url|label> links and a few
+line breaks, <@U…> mentions (shown as @name), <#C…|name> and <#C…> (shown as #name, a link to the
+channel), <!here>, <url|label> links and a few
 common :emoji: codes. Slack's own escaping (&amp; &lt; &gt;) is undone before HTML escaping so
 that text is not escaped twice.
 """
@@ -45,7 +46,15 @@ def emojize(text: str) -> str:
     return _EMOJI.sub(lambda m: EMOJI.get(m.group(1), m.group(0)), text)
 
 
-def _special(token: str, names: NameLookup) -> str:
+def _channel_link(channel_id: str, label: str, channels: NameLookup) -> str:
+    # Slack shows the channel's current name; the label is what the sender knew, the id the fallback
+    name = channels(channel_id) or label or channel_id
+    esc = html.escape
+    return (f'<a class="mention channel-link" data-channel="{esc(channel_id)}" '
+            f'href="?channel={esc(channel_id)}">#{esc(name)}</a>')
+
+
+def _special(token: str, names: NameLookup, channels: NameLookup) -> str:
     """HTML for one <…> token: mention, channel, broadcast, or link."""
     target, _, label = token.partition("|")
     esc = html.escape
@@ -53,7 +62,7 @@ def _special(token: str, names: NameLookup) -> str:
         user_id = target[1:]
         return f'<span class="mention">@{esc(names(user_id) or label or user_id)}</span>'
     if target.startswith("#"):
-        return f'<span class="mention">#{esc(label or target[1:])}</span>'
+        return _channel_link(target[1:], label, channels)
     if target.startswith("!"):
         name = label or target[1:].split("^")[0]
         return f'<span class="mention">{esc(name if name.startswith("@") else "@" + name)}</span>'
@@ -86,7 +95,7 @@ def _quotes_and_breaks(text: str) -> str:
     return joined.removesuffix("<br>")
 
 
-def mrkdwn_to_html(text: str, names: NameLookup = lambda _: None) -> Markup:
+def mrkdwn_to_html(text: str, names: NameLookup = lambda _: None, channels: NameLookup = lambda _: None) -> Markup:
     pieces: list[str] = []
 
     def stash(rendered: str) -> str:
@@ -98,7 +107,7 @@ def mrkdwn_to_html(text: str, names: NameLookup = lambda _: None) -> Markup:
             return stash(f"<pre>{html.escape(_slack_unescape(m.group('pre').strip(chr(10))))}</pre>")
         if m.group("code") is not None:
             return stash(f"<code>{html.escape(_slack_unescape(m.group('code')))}</code>")
-        return stash(_special(m.group("special"), names))
+        return stash(_special(m.group("special"), names, channels))
 
     body = _quotes_and_breaks(_inline(_TOKENS.sub(replace, text)))
     return Markup(_PLACEHOLDER.sub(lambda m: pieces[int(m.group(1))], body))

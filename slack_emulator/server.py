@@ -46,13 +46,16 @@ class EmulatorServer:
     press Approve, so it refuses (ValueError) any host that is not a loopback address."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, bot_url: str = "", signing_secret: str = "",
-                 bot_token: str = "", *, state: EmulatorState | None = None) -> None:
+                 bot_token: str = "", *, state: EmulatorState | None = None,
+                 database_path: str | None = None) -> None:
         if not is_loopback(host):
             raise ValueError(f"the Slack emulator listens on loopback only, not on {host!r}")
-        self.state = state or EmulatorState()
+        # database_path: keep the workspace in this SQLite file across restarts (None: in memory)
+        self.state = state or EmulatorState(database_path)
         self.driver = SlackDriver(bot_url, signing_secret, self.state, None)
         self.app = create_emulator_app(self.state, bot_url, signing_secret, bot_token, driver=self.driver)
-        self._http = BackgroundWSGIServer(self.app, host, port, threads=8)
+        # 16 threads: the page's long-polls may hold up to ui.MAX_WAITING_POLLS of them
+        self._http = BackgroundWSGIServer(self.app, host, port, threads=16)
 
     @property
     def url(self) -> str:
@@ -80,7 +83,9 @@ class EmulatorServer:
         return self
 
     def stop(self) -> None:
+        self.state.stop_waiters()   # waiting long-polls answer now instead of holding up the shutdown
         self._http.stop()
+        self.state.close()
 
     def __enter__(self) -> EmulatorServer:
         return self.start()

@@ -1,8 +1,13 @@
-"""Thread-safe in-memory Slack workspace: users, channels, messages, ephemerals, views, calls.
+"""Thread-safe Slack workspace: users, channels, messages, ephemerals, views, calls.
 
 Every public method takes the one lock and returns plain dicts (copies), so Web API handler
 threads, the web page and tests can share one instance. Errors a real workspace would report
 are raised as :class:`SlackError` with Slack's error codes.
+
+Every change a user could see bumps a sequence number and wakes :meth:`wait_for_change`, which
+the live page's long-poll waits on. With a ``database_path`` the workspace (users, channels,
+messages, ephemerals) is written through to SQLite (slack_emulator/persist.py) and loaded back
+on the next start; without one it lives in memory only (the tests' emulators).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from slack_emulator.model import (
     User,
     View,
 )
+from slack_emulator.persist import MemoryWorkspace, open_workspace
 
 STAKEHOLDER_CHANNEL_ID = "C0STAKE"
 OPS_CHANNEL_ID = "C0OPS"
@@ -55,8 +61,13 @@ def _view_payload(view: Any) -> dict[str, Any]:
 
 
 class EmulatorState:
-    def __init__(self) -> None:
+    def __init__(self, database_path: str | None = None) -> None:
         self._lock = threading.RLock()
+        self._changes = threading.Condition(self._lock)
+        self._seq = 0
+        self._closing = False
+        # a new epoch per start: a page that polled the previous process knows to take everything anew
+        self.epoch = uuid.uuid4().hex[:12]
         self._last_ts_us = 0
         self.faults = FaultInjector()
         self._users: dict[str, User] = {}
@@ -67,7 +78,58 @@ class EmulatorState:
         self._responses: dict[str, Interaction] = {}  # by response_url id
         self._response_log: list[dict[str, Any]] = []
         self._calls: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDED_CALLS)
+        self._store = open_workspace(database_path)
         self._seed()
+        self._load()
+
+    @property
+    def database_path(self) -> str | None:
+        return self._store.path
+
+    def _load(self) -> None:
+        """Take back a stored workspace; a new file gets the seeded users and channels written."""
+        snapshot = self._store.load()
+        if snapshot is None:
+            for user in self._users.values():
+                self._store.save_user(user)
+            for channel in self._channels.values():
+                self._store.save_channel(channel)
+            return
+        self._users.update({u.id: u for u in snapshot.users})
+        self._channels.update({c.id: c for c in snapshot.channels})
+        self._ephemerals = snapshot.ephemerals
+        self._last_ts_us = snapshot.last_ts_us()
+
+    def close(self) -> None:
+        """Wake every waiting long-poll (they answer at once) and close the workspace file."""
+        with self._lock:
+            self._closing = True
+            self._changes.notify_all()
+            self._store.close()
+            self._store = MemoryWorkspace()   # a request still finishing must not write to a closed file
+
+    # ---- the change feed the live page waits on ------------------------------------------------
+
+    def _changed(self) -> None:
+        self._seq += 1
+        self._changes.notify_all()
+
+    @property
+    def seq(self) -> int:
+        with self._lock:
+            return self._seq
+
+    def wait_for_change(self, since: int, timeout: float) -> int:
+        """Block until something changed after ``since`` (or ``timeout`` passed, or closing); the seq now."""
+        with self._changes:
+            self._changes.wait_for(lambda: self._seq > since or self._closing, timeout)
+            return self._seq
+
+    def stop_waiters(self) -> None:
+        """Let every long-poll answer now, before the server stops (waitress joins its threads)."""
+        with self._lock:
+            self._closing = True
+            self._changes.notify_all()
 
     def _seed(self) -> None:
         self._users[BOT_USER_ID] = User(BOT_USER_ID, "aegis", "Aegis", is_bot=True)
@@ -83,10 +145,16 @@ class EmulatorState:
         """Forget messages, ephemerals, views, interactions, calls and faults; keep users."""
         with self._lock:
             seeded = {cid: self._channels[cid] for cid in SEEDED_CHANNEL_IDS}
+            for channel_id in self._channels:
+                if channel_id not in seeded:
+                    self._store.delete_channel(channel_id)
             for channel in seeded.values():
                 channel.messages.clear()
                 channel.topic = channel.purpose = ""
+                self._store.delete_messages(channel.id)
+                self._store.save_channel(channel)
             self._channels = seeded
+            self._store.delete_all_ephemerals()
             self._ephemerals.clear()
             self._views.clear()
             self._interactions.clear()
@@ -94,6 +162,7 @@ class EmulatorState:
             self._response_log.clear()
             self._calls.clear()
             self.faults.clear()
+            self._changed()
 
     def next_ts(self) -> str:
         """A message timestamp: wall-clock seconds.micros, strictly increasing, hence unique."""
@@ -109,11 +178,14 @@ class EmulatorState:
         with self._lock:
             user = User(user_id, name, real_name or name)
             self._users[user_id] = user
+            self._store.save_user(user)
             if join_default_channels:
                 for channel_id in SEEDED_CHANNEL_IDS:
                     members = self._channels[channel_id].members
                     if user_id not in members:
                         members.append(user_id)
+                        self._store.save_channel(self._channels[channel_id])
+            self._changed()
             return user.to_slack()
 
     def user(self, user_id: str) -> dict[str, Any]:
@@ -150,7 +222,18 @@ class EmulatorState:
         if dm_id not in self._channels:
             self._channels[dm_id] = Channel(dm_id, user_id, True, int(time.time()), user_id,
                                             [user_id, BOT_USER_ID], is_im=True)
+            self._channel_changed(self._channels[dm_id])
         return self._channels[dm_id]
+
+    def _channel_changed(self, channel: Channel) -> None:
+        self._store.save_channel(channel)
+        self._changed()
+
+    def channel_label(self, channel_id: str) -> str | None:
+        """A channel's name for ``<#C…>`` links; None for an unknown channel or a DM."""
+        with self._lock:
+            channel = self._channels.get(channel_id)
+            return channel.name if channel is not None and not channel.is_im else None
 
     def channel_id(self, ref: str) -> str:
         with self._lock:
@@ -172,6 +255,7 @@ class EmulatorState:
             channel_id = ("G" if is_private else "C") + secrets.token_hex(5).upper()
             channel = Channel(channel_id, name, is_private, int(time.time()), creator, [creator])
             self._channels[channel_id] = channel
+            self._channel_changed(channel)
             return channel.to_slack(creator)
 
     def channel_info(self, ref: str, viewer: str = BOT_USER_ID) -> dict[str, Any]:
@@ -205,6 +289,7 @@ class EmulatorState:
             if not new:
                 raise SlackError("already_in_channel")
             channel.members.extend(new)
+            self._channel_changed(channel)
             return channel.to_slack(inviter)
 
     def join(self, ref: str, user_id: str = BOT_USER_ID) -> tuple[dict[str, Any], bool]:
@@ -218,6 +303,7 @@ class EmulatorState:
             already = user_id in channel.members
             if not already:
                 channel.members.append(user_id)
+                self._channel_changed(channel)
             return channel.to_slack(user_id), already
 
     def set_channel_text(self, ref: str, which: str, value: str, user: str = BOT_USER_ID) -> dict[str, Any]:
@@ -227,6 +313,7 @@ class EmulatorState:
             if user not in channel.members:
                 raise SlackError("not_in_channel")
             setattr(channel, which, value)
+            self._channel_changed(channel)
             return channel.to_slack(user)
 
     def archive(self, ref: str, user: str = BOT_USER_ID) -> None:
@@ -239,6 +326,7 @@ class EmulatorState:
             if channel.is_archived:
                 raise SlackError("already_archived")
             channel.is_archived = True
+            self._channel_changed(channel)
 
     def members(self, ref: str, viewer: str = BOT_USER_ID) -> list[str]:
         with self._lock:
@@ -301,6 +389,7 @@ class EmulatorState:
                 thread_ts = (parent.thread_ts or parent.ts) if parent else None
             message = Message(self.next_ts(), channel.id, user, text, copy.deepcopy(blocks), thread_ts)
             channel.messages.append(message)
+            self._message_changed(message)
             return channel.id, copy.deepcopy(message.to_slack())
 
     def update_message(self, ref: str, ts: str, text: str | None, blocks: list[dict[str, Any]] | None, *,
@@ -318,6 +407,7 @@ class EmulatorState:
                 message.text = text
             if blocks is not None:
                 message.blocks = copy.deepcopy(blocks)
+            self._message_changed(message)
             return channel.id, copy.deepcopy(message.to_slack())
 
     def delete_message(self, ref: str, ts: str) -> bool:
@@ -326,7 +416,13 @@ class EmulatorState:
             message = self._find(channel, ts)
             if message is not None:
                 channel.messages.remove(message)
+                self._store.delete_message(channel.id, ts)
+                self._changed()
             return message is not None
+
+    def _message_changed(self, message: Message) -> None:
+        self._store.save_message(message)
+        self._changed()
 
     def find_message(self, ref: str, ts: str) -> dict[str, Any] | None:
         with self._lock:
@@ -380,6 +476,8 @@ class EmulatorState:
                 raise SlackError("user_not_in_channel")
             eph = Ephemeral(self.next_ts(), channel.id, user, text, copy.deepcopy(blocks), source, thread_ts)
             self._ephemerals.append(eph)
+            self._store.save_ephemeral(eph)
+            self._changed()
             return eph.to_dict()
 
     def _find_ephemeral(self, user: str, message_ts: str) -> Ephemeral | None:
@@ -395,6 +493,8 @@ class EmulatorState:
             eph = self._find_ephemeral(user, message_ts)
             if eph is not None:
                 eph.text, eph.blocks = text, copy.deepcopy(blocks)
+                self._store.save_ephemeral(eph)
+                self._changed()
             return eph is not None
 
     def delete_ephemeral(self, user: str, message_ts: str) -> bool:
@@ -402,6 +502,8 @@ class EmulatorState:
             eph = self._find_ephemeral(user, message_ts)
             if eph is not None:
                 self._ephemerals.remove(eph)
+                self._store.delete_ephemeral(user, message_ts)
+                self._changed()
             return eph is not None
 
     def ephemeral_for(self, user: str, channel: str | None = None) -> list[dict[str, Any]]:
@@ -461,6 +563,7 @@ class EmulatorState:
             view = View("V" + secrets.token_hex(5).upper(), inter.user, trigger_id, copy.deepcopy(payload),
                         secrets.token_hex(8))
             self._views[view.id] = view
+            self._changed()
             return view.to_slack()
 
     def _view(self, view_id: str | None, external_id: str | None = None) -> View:
@@ -478,6 +581,7 @@ class EmulatorState:
             if hash and hash != view.hash:
                 raise SlackError("hash_conflict")
             view.payload, view.hash, view.errors = copy.deepcopy(payload), secrets.token_hex(8), {}
+            self._changed()
             return view.to_slack()
 
     def view(self, view_id: str) -> dict[str, Any]:
@@ -495,6 +599,7 @@ class EmulatorState:
         with self._lock:
             view = self._view(view_id)
             view.errors, view.values = dict(errors), copy.deepcopy(values)
+            self._changed()
 
     def close_view(self, view_id: str) -> None:
         with self._lock:
@@ -504,6 +609,7 @@ class EmulatorState:
             below = self._views.get(view.previous_view_id or "")
             if below is not None and below.status == "stacked":
                 below.status = "open"
+            self._changed()
 
     def record_submission(self, view_id: str, values: dict[str, Any], http_status: int,
                           body: dict[str, Any] | None) -> dict[str, Any]:
@@ -533,6 +639,7 @@ class EmulatorState:
             else:
                 view.errors = {}
                 self.close_view(view.id)
+            self._changed()
             return view.to_dict()
 
     # ---- recorded Web API calls --------------------------------------------------------------

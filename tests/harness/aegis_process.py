@@ -48,6 +48,7 @@ class AegisProcess:
             "PYTHONUNBUFFERED": "1",
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []   # more `aegis serve` options (e.g. --emulator-port)
 
     @property
     def url(self) -> str:
@@ -56,7 +57,8 @@ class AegisProcess:
     def start(self, timeout: float = 30) -> AegisProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port), "--sweep-seconds", "1"],
+            [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port), "--sweep-seconds", "1",
+             *self.extra_args],
             cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
