@@ -65,6 +65,7 @@ class EmulatorState:
         self._lock = threading.RLock()
         self._changes = threading.Condition(self._lock)
         self._seq = 0
+        self._waiting = 0
         self._closing = False
         # a new epoch per start: a page that polled the previous process knows to take everything anew
         self.epoch = uuid.uuid4().hex[:12]
@@ -122,8 +123,18 @@ class EmulatorState:
     def wait_for_change(self, since: int, timeout: float) -> int:
         """Block until something changed after ``since`` (or ``timeout`` passed, or closing); the seq now."""
         with self._changes:
-            self._changes.wait_for(lambda: self._seq > since or self._closing, timeout)
+            self._waiting += 1
+            try:
+                self._changes.wait_for(lambda: self._seq > since or self._closing, timeout)
+            finally:
+                self._waiting -= 1
             return self._seq
+
+    @property
+    def waiting(self) -> int:
+        """How many long-polls are waiting for a change right now."""
+        with self._lock:
+            return self._waiting
 
     def stop_waiters(self) -> None:
         """Let every long-poll answer now, before the server stops (waitress joins its threads)."""

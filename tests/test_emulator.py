@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +21,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_emulator.driver import SlackDriver
 from slack_emulator.mrkdwn import mrkdwn_to_html
 from slack_emulator.server import EmulatorServer
+from slack_emulator.ui import MAX_WAITING_POLLS
 from slack_emulator.wsgi_thread import BackgroundWSGIServer
 
 TOKEN = "xoxb-emulator-test-token"
@@ -411,3 +415,133 @@ def test_reset_keeps_users_and_seeded_channels(emulator: EmulatorServer, client:
     assert all(not c["messages"] for c in channels)
     assert requests.get(emulator.url + "/_emulator/calls").json() == []
     assert client.users_info(user="U0OUT")["user"]["name"] == "outsider"
+
+
+def test_channel_links_render_as_names(emulator: EmulatorServer, client: WebClient) -> None:
+    client.chat_postMessage(channel="C0OPS", text="see <#C0STAKE> and <#C0OPS|old-name>, not <#C0GONE|gone>")
+    page = requests.get(emulator.url + "/", params={"user": "U0IC", "channel": "C0OPS"}).text
+    assert 'data-channel="C0STAKE" href="?channel=C0STAKE">#stakeholders</a>' in page
+    assert ">#ops</a>" in page and "old-name" not in page        # Slack shows the current name
+    assert ">#gone</a>" in page and "#C0STAKE" not in page
+
+
+# ---- the live page's update feed -------------------------------------------------------------
+
+def updates(emulator: EmulatorServer, **params: Any) -> dict[str, Any]:
+    query = {"user": "U0IC", "channel": "C0OPS", **params}
+    body: dict[str, Any] = requests.get(emulator.url + "/_emulator/updates", params=query, timeout=30).json()
+    return body
+
+
+def test_update_feed_answers_within_200_ms_of_a_web_api_post(emulator: EmulatorServer, client: WebClient) -> None:
+    now = updates(emulator)                       # no epoch: answers at once with everything
+    assert now["changed"] and now["parts"]["nav"] and now["parts"]["messages"] == []
+    seq, epoch = now["seq"], now["epoch"]
+
+    started = time.monotonic()
+    idle = updates(emulator, since=seq, epoch=epoch, wait=0.3)   # nothing happens: answered when wait is over
+    assert time.monotonic() - started >= 0.3 and not idle["changed"] and "parts" not in idle
+
+    with ThreadPoolExecutor(1) as pool:
+        poll = pool.submit(updates, emulator, since=seq, epoch=epoch)
+        assert wait_for(lambda: emulator.state.waiting == 1)    # the poll is held by the server
+        posted_at = time.monotonic()
+        client.chat_postMessage(channel="C0OPS", text="the bot says *hello*")
+        body = poll.result(timeout=5)
+        arrived_after = time.monotonic() - posted_at
+    assert arrived_after < 0.2, f"the update took {arrived_after * 1000:.0f} ms"
+    assert body["changed"] and body["seq"] > seq
+    (message,) = body["parts"]["messages"]
+    assert "the bot says <b>hello</b>" in message["html"] and message["key"] and message["version"]
+
+    # an unchanged message keeps its version; an edited one gets a new one
+    again = updates(emulator, since=seq, epoch=epoch)
+    assert again["parts"]["messages"][0]["version"] == message["version"]
+    client.chat_update(channel="C0OPS", ts=message["key"], text="edited")
+    assert updates(emulator, since=seq, epoch=epoch)["parts"]["messages"][0]["version"] != message["version"]
+
+    # a page from another process (a restart) gets everything at once
+    assert updates(emulator, since=body["seq"], epoch="old-process")["changed"]
+
+
+def test_update_feed_bounds_the_polls_that_wait(emulator: EmulatorServer, client: WebClient) -> None:
+    seq, epoch = updates(emulator)["seq"], updates(emulator)["epoch"]
+    with ThreadPoolExecutor(MAX_WAITING_POLLS) as pool:
+        held = [pool.submit(updates, emulator, since=seq, epoch=epoch) for _ in range(MAX_WAITING_POLLS)]
+        assert wait_for(lambda: emulator.state.waiting == MAX_WAITING_POLLS)
+        started = time.monotonic()
+        over = updates(emulator, since=seq, epoch=epoch)          # one too many: answered at once
+        assert time.monotonic() - started < 1 and not over["changed"] and over["retry_ms"] > 0
+        client.chat_postMessage(channel="C0OPS", text="wake up")
+        assert all(f.result(timeout=5)["changed"] for f in held)
+
+
+def test_page_actions_answer_json_for_the_script(emulator: EmulatorServer, client: WebClient,
+                                                 bolt: Received) -> None:
+    posted = client.chat_postMessage(channel="C0OPS", text="approve?", blocks=APPROVAL_BLOCKS)
+    json_accept = {"Accept": "application/json"}
+    clicked = requests.post(emulator.url + "/_emulator/ui/click", headers=json_accept, data={
+        "user": "U0DB", "channel": "C0OPS", "ts": posted["ts"], "action_id": "approve", "value": "step-1"})
+    assert clicked.json() == {"ok": True, "notice": "", "status": 200}
+
+    emulator.driver.slash("U0IC", "modal")
+    view = wait_for(lambda: emulator.state.views(user="U0IC", status="open"))[0]
+    form = {"user": "U0IC", "channel": "C0OPS", "view_id": view["id"], "severity::severity_select": "sev1"}
+    refused = requests.post(emulator.url + "/_emulator/ui/submit", headers=json_accept,
+                            data={**form, "summary::summary_input": "bad"}).json()
+    assert refused["view_status"] == "open" and "Say what is broken." in refused["views"][0]["html"]
+    accepted = requests.post(emulator.url + "/_emulator/ui/submit", headers=json_accept,
+                             data={**form, "summary::summary_input": "db down"}).json()
+    assert accepted["ok"] and accepted["view_status"] == "closed" and accepted["views"] == []
+
+    client.chat_postEphemeral(channel="C0OPS", user="U0IC", text="one")
+    client.chat_postEphemeral(channel="C0OPS", user="U0IC", text="two")
+    dismissed = requests.post(emulator.url + "/_emulator/ui/dismiss", headers=json_accept,
+                              data={"user": "U0IC", "channel": "C0OPS"}).json()
+    assert len(dismissed["dismissed"]) == 2 and emulator.state.ephemeral_for("U0IC", "C0OPS") == []
+
+
+# ---- the workspace kept in SQLite ---------------------------------------------------------------
+
+def test_workspace_kept_in_sqlite_survives_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "aegis-emulator.db")
+    first = EmulatorServer(bot_token=TOKEN, signing_secret=SECRET, database_path=path).start()
+    try:
+        web = WebClient(token=TOKEN, base_url=first.api_url)
+        channel = web.conversations_create(name="inc-kept", is_private=True)["channel"]["id"]
+        web.conversations_invite(channel=channel, users="U0IC,U0DB")
+        web.conversations_setTopic(channel=channel, topic="INC-7 database failure")
+        root = web.chat_postMessage(channel=channel, text="card", blocks=APPROVAL_BLOCKS)
+        web.chat_postMessage(channel=channel, text="reply", thread_ts=root["ts"])
+        web.chat_update(channel=channel, ts=root["ts"], text="card, updated")
+        web.chat_postEphemeral(channel=channel, user="U0IC", text="only you")
+        requests.post(first.url + "/_emulator/users", json={"id": "U0NEW", "name": "new.person"}, timeout=5)
+        before = first.state.channels()
+    finally:
+        first.stop()
+
+    second = EmulatorServer(bot_token=TOKEN, signing_secret=SECRET, database_path=path).start()
+    try:
+        assert second.state.channels() == before
+        assert [e["text"] for e in second.state.ephemeral_for("U0IC", channel)] == ["only you"]
+        assert second.state.user_name("U0NEW") == "new.person"
+        web = WebClient(token=TOKEN, base_url=second.api_url)
+        assert web.conversations_info(channel=channel)["channel"]["topic"]["value"] == "INC-7 database failure"
+        thread = web.conversations_replies(channel=channel, ts=root["ts"])["messages"]
+        assert [m["text"] for m in thread] == ["card, updated", "reply"]
+        later = web.chat_postMessage(channel=channel, text="after the restart")
+        assert Decimal(later["ts"]) > max(Decimal(m["ts"]) for c in before for m in c["messages"])
+        requests.post(second.url + "/_emulator/reset", timeout=5)   # a reset is kept too
+    finally:
+        second.stop()
+
+    third = EmulatorServer(bot_token=TOKEN, signing_secret=SECRET, database_path=path).start()
+    try:
+        assert {c["id"] for c in third.state.channels()} == {"C0STAKE", "C0OPS"}
+        assert third.state.ephemeral_for("U0IC") == [] and third.state.user_name("U0NEW") == "new.person"
+    finally:
+        third.stop()
+
+
+def test_emulator_without_a_path_keeps_nothing(emulator: EmulatorServer) -> None:
+    assert emulator.state.database_path is None
