@@ -21,6 +21,7 @@ from bot.backup_slack import BackupDesk
 from bot.config import Config
 from bot.flows import Flows
 from bot.job_registry import JobContext, default_registry
+from bot.monitor_job import MonitorDuty
 from bot.scheduler import Scheduler
 from bot.secrets import install_masking
 from bot.server import Health, HttpServer, make_wsgi
@@ -29,7 +30,7 @@ from recovery.redact import redact
 from statemachines.store import Store
 
 if TYPE_CHECKING:   # imported when Socket Mode is used, not before
-    from slack_bolt.adapter.socket_mode import SocketModeHandler
+    from bot.socket_mode import RedeliverySafeHandler
 
 log = logging.getLogger("aegis.runtime")
 
@@ -46,6 +47,9 @@ class SlackSettings:
     signing_secret: str | None
     api_url: str
     app_token: str | None = None
+    # how often the Socket Mode client pings; a connection that stops answering is replaced after a
+    # failed ping or 4 silent intervals (AEGIS_SOCKET_PING_SECONDS)
+    socket_ping_seconds: float = 10.0
 
     @property
     def socket_mode(self) -> bool:
@@ -68,7 +72,8 @@ def slack_settings_from_env() -> SlackSettings | None:
         if os.environ.get("SLACK_SIGNING_SECRET"):
             log.info("SLACK_APP_TOKEN is set: Socket Mode; POST /slack/events is not served "
                      "and SLACK_SIGNING_SECRET is not used")
-        return SlackSettings(token, None, api_url, app_token)
+        ping = float(os.environ.get("AEGIS_SOCKET_PING_SECONDS") or 10.0)
+        return SlackSettings(token, None, api_url, app_token, socket_ping_seconds=max(0.5, ping))
     secret = os.environ.get("SLACK_SIGNING_SECRET", "")
     if not secret.strip():
         raise StartupError("SLACK_SIGNING_SECRET is required in HTTP mode (the app's Signing Secret from "
@@ -92,12 +97,16 @@ class Runtime:
         self.flows.on_reminder_schedule = self.scheduler.schedule_reminder
         self.flows.on_reminder_cancel = self.scheduler.cancel_reminder
         self.backups = BackupDesk(self.backup_duty)
+        # M1-M3: cycles run only while this replica's scheduler leads
+        self.monitor = (MonitorDuty(config, store, self.flows, self.gateway,
+                                    is_leader=lambda: self.scheduler.role == "leader")
+                        if config.monitoring.enabled else None)
         # Socket Mode requests are not signed and no HTTP route exists; Bolt still wants a secret, so
         # it gets a random one nobody knows rather than a guessable default.
         bolt_secret = slack.signing_secret if not slack.socket_mode else secrets.token_hex(32)
         self.bolt = create_app(self.flows, token=slack.token, signing_secret=bolt_secret or "",
                                api_url=slack.api_url, backups=self.backups)
-        self._socket_mode: SocketModeHandler | None = None
+        self._socket_mode: RedeliverySafeHandler | None = None
         self.sweep_seconds = sweep_seconds
         self._stop = threading.Event()
         self.http: HttpServer | None = None
@@ -126,6 +135,8 @@ class Runtime:
         self.scheduler.reconcile_backups(self.config)
         self.flows.outbox.start()   # delivers what committed changes must tell, also what a crash left
         self.flows.submit(self.flows.sweep)   # resume whatever a crash left, right away
+        if self.monitor is not None:
+            self.monitor.start()
         threading.Thread(target=self._sweeper, name="aegis-sweep", daemon=True).start()
         self.http.start()
         if self.slack.socket_mode:
@@ -135,14 +146,16 @@ class Runtime:
     def _connect_socket_mode(self, first_wait: float = 2.0, max_wait: float = 60.0) -> None:
         """Connect over Socket Mode in the background, retrying with back-off; never crash ``serve``.
 
-        Once connected, slack_sdk's client reconnects by itself.
+        Once connected, slack_sdk's client reconnects by itself (a dropped connection, a
+        ``disconnect`` asking for a refresh); redelivered envelopes are not run twice (bot/socket_mode.py).
         """
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
+        from bot.socket_mode import RedeliverySafeHandler
 
         wait = first_wait
         while not self._stop.is_set():
             try:
-                handler = SocketModeHandler(self.bolt, self.slack.app_token)
+                handler = RedeliverySafeHandler(self.bolt, self.slack.app_token or "",
+                                                ping_interval=self.slack.socket_ping_seconds)
                 handler.connect()  # type: ignore[no-untyped-call]  # slack_bolt leaves connect() unannotated
                 self._socket_mode = handler
                 log.info("Socket Mode connected")
@@ -156,6 +169,8 @@ class Runtime:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.monitor is not None:
+            self.monitor.stop()
         self.scheduler.shutdown()
         self.backups.shutdown()
         if self.http:

@@ -5,14 +5,17 @@ are form fields; interactivity is one form field ``payload`` holding JSON. Each 
 with ``v0=HMAC-SHA256(secret, "v0:{ts}:{body}")``. After the bot answers, the driver does what the
 Slack client would: shows a slash command's ack body to the user, and applies a view_submission
 answer (``response_action`` errors/update/push/clear, or close) to the stored view.
+
+When the emulator runs in Socket Mode the driver hands the same payloads to a Socket Mode server
+(``socket``) as envelopes instead of POSTing them; the bot's ack comes back as the response.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, NamedTuple, Protocol
+from urllib.parse import parse_qsl, urlencode
 
 import requests
 from slack_sdk.signature import SignatureVerifier
@@ -24,6 +27,36 @@ from slack_emulator.workspace_link import link_for
 # Slack's deprecated per-app verification token; Bolt ignores it but real payloads carry one.
 VERIFICATION_TOKEN = "emulator-verification-token"
 FORM = "application/x-www-form-urlencoded"
+
+
+class SocketAck(NamedTuple):
+    """What came back for one Socket Mode envelope: whether it was acked, and the ack's payload."""
+
+    envelope_id: str
+    acked: bool
+    payload: dict[str, Any] | None
+
+
+class EnvelopeSender(Protocol):
+    """The Socket Mode server, as the driver uses it (slack_emulator/socket_mode.py)."""
+
+    def deliver(self, kind: str, payload: dict[str, Any], *, envelope_id: str | None = None,
+                retry_attempt: int | None = None, timeout: float = 10.0) -> SocketAck: ...
+
+
+def ack_as_response(ack: SocketAck) -> requests.Response:
+    """A Socket Mode ack in the shape of the HTTP answer it replaces (200 with the payload as JSON);
+    no ack in time is Slack's ``operation_timeout`` (504), as a user would see it."""
+    resp = requests.Response()
+    resp.url = f"socket-mode://envelope/{ack.envelope_id}"
+    resp.headers["Content-Type"] = "application/json"
+    if not ack.acked:
+        resp.status_code = 504
+        resp._content = json.dumps({"error": "operation_timeout"}).encode()
+    else:
+        resp.status_code = 200
+        resp._content = json.dumps(ack.payload).encode() if ack.payload else b""
+    return resp
 
 
 def _json_or_none(resp: requests.Response) -> dict[str, Any] | None:
@@ -56,6 +89,8 @@ class SlackDriver:
         self._emulator_url = emulator_url
         self._link = link_for(emulator, emulator_url)
         self._last_body: str | None = None
+        self.socket: EnvelopeSender | None = None   # set: Socket Mode, envelopes instead of POSTs
+        self._last_envelope: tuple[str, str, dict[str, Any]] | None = None   # (id, kind, payload)
 
     @property
     def emulator_url(self) -> str | None:
@@ -84,14 +119,38 @@ class SlackDriver:
         return requests.post(self.events_url, data=body, headers=sent, timeout=self.timeout)
 
     def _send(self, body: str, retry_num: int | None) -> requests.Response:
+        if self.socket is not None:
+            return self._send_envelope(body, retry_num)
         self._last_body = body
         headers = self.sign(body)
         if retry_num is not None:
             headers.update({"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"})
         return self.post_raw(body, headers)
 
+    def _send_envelope(self, body: str, retry_num: int | None) -> requests.Response:
+        """The body as a Socket Mode envelope: a form is a slash command, ``payload=`` an interaction."""
+        assert self.socket is not None
+        fields = dict(parse_qsl(body, keep_blank_values=True))
+        if "payload" in fields:
+            kind, payload = "interactive", json.loads(fields["payload"])
+        else:
+            kind, payload = "slash_commands", fields
+        ack = self.socket.deliver(kind, payload, retry_attempt=retry_num, timeout=self.timeout)
+        self._last_envelope = (ack.envelope_id, kind, payload)
+        return ack_as_response(ack)
+
+    def redeliver(self, retry_attempt: int = 1) -> requests.Response:
+        """Socket Mode: the previous envelope again, the same envelope_id, marked ``retry_attempt``."""
+        if self.socket is None or self._last_envelope is None:
+            raise RuntimeError("no Socket Mode envelope has been sent yet")
+        envelope_id, kind, payload = self._last_envelope
+        return ack_as_response(self.socket.deliver(kind, payload, envelope_id=envelope_id,
+                                                   retry_attempt=retry_attempt, timeout=self.timeout))
+
     def resend(self, retry_num: int = 1) -> requests.Response:
         """Send the previous body again, freshly signed, marked as Slack's retry number ``retry_num``."""
+        if self.socket is not None:
+            return self.redeliver(retry_num)
         if self._last_body is None:
             raise RuntimeError("nothing has been sent yet")
         return self._send(self._last_body, retry_num)

@@ -306,7 +306,10 @@ def _bearer(req: Request) -> str | None:
     return auth[len("Bearer "):].strip() if auth.startswith("Bearer ") else None
 
 
-def create_webapi_blueprint(state: EmulatorState, bot_token: str) -> Blueprint:
+def create_webapi_blueprint(state: EmulatorState, bot_token: str, *,
+                            connections_open: Callable[[str | None], dict[str, Any]] | None = None) -> Blueprint:
+    """``connections_open``: the Socket Mode server's ``apps.connections.open`` (app-level token);
+    without it (HTTP mode) the method answers Slack's error for an app without Socket Mode."""
     bp = Blueprint("slack_webapi", __name__)
 
     @bp.route("/api/<method>", methods=["GET", "POST"])
@@ -324,7 +327,14 @@ def create_webapi_blueprint(state: EmulatorState, bot_token: str) -> Blueprint:
             return _json_response(body, status, headers)
 
         handler = HANDLERS.get(method)
-        if not token:
+        if method == "apps.connections.open":   # the one method called with the app-level token
+            try:
+                if connections_open is None:
+                    raise SlackError("socket_mode_not_enabled" if token else "not_authed")
+                body = connections_open(str(token) if token else None)
+            except SlackError as err:
+                body = err.body()
+        elif not token:
             body = {"ok": False, "error": "not_authed"}
         elif not hmac.compare_digest(str(token).encode(), bot_token.encode()):
             body = {"ok": False, "error": "invalid_auth"}
