@@ -37,7 +37,7 @@ from sqlmodel import Session, col, select
 from bot.config import ROLES, Config
 from bot.presenters import incident_view, objective_report
 from bot.slack_gateway import TRANSIENT, SlackCallFailed, SlackGateway
-from messages import blocks
+from messages import blocks, monitor_notices
 from messages.views import IncidentView, Message, ReplacedView, StepView, TransitionView
 from statemachines import policy
 from statemachines import service as svc
@@ -146,6 +146,7 @@ WHAT = {   # the timeline's words for a failed delivery ("could not …")
     "reapproval": "post a step result", "manual_verification": "ask for a manual verification",
     "rejection": "post the rejection", "closing_report": "post the closing report",
     "closing_report_stakeholders": "post the closing report to stakeholders",
+    "monitor_alert": "post the monitor's critical alert",
 }
 
 
@@ -170,6 +171,7 @@ class Dispatcher:
             "step_result": self._step_post, "reapproval": self._step_post,
             "manual_verification": self._manual_verification, "rejection": self._rejection,
             "closing_report": self._closing_report, "closing_report_stakeholders": self._closing_report_thread,
+            "monitor_alert": self._monitor_alert,
         }
 
     # --- the thread ------------------------------------------------------------------------------
@@ -443,3 +445,13 @@ class Dispatcher:
 
     def _closing_report_thread(self, batch: Batch, row: OutboxRow) -> None:
         self._thread_post(batch, self._closing(batch))
+
+    def _monitor_alert(self, batch: Batch, row: OutboxRow) -> None:
+        """The ops channel's critical alert for an incident the monitor opened (bot/monitor_job.py)."""
+        payload = row.payload or {}
+        evidence = payload.get("evidence")
+        message = monitor_notices.critical_alert(
+            key=str(payload.get("key", "")), scenario=batch.incident.scenario, summary=str(payload.get("summary", "")),
+            evidence=[e for e in evidence if isinstance(e, dict)] if isinstance(evidence, list) else [],
+            incident_key=batch.incident.key or "", locale=self.locale)
+        self.gateway.post(self.config.slack.ops_channel, message.text, message.blocks)

@@ -232,10 +232,13 @@ def replication_lag_probe(dsn: str, unit: str, max_lag: float) -> Probe:
 
 _ARCHIVER_SQL = """
 SELECT a.archived_count, a.last_archived_wal, extract(epoch FROM now() - a.last_archived_time)::float8,
-       a.failed_count, a.last_failed_wal, extract(epoch FROM now() - a.last_failed_time)::float8,
-       pg_walfile_name(pg_current_wal_lsn()), current_setting('archive_mode')
+       a.failed_count, a.last_failed_wal, coalesce(a.last_failed_time > a.last_archived_time, false),
+       current_setting('archive_mode')
 FROM pg_stat_archiver a
 """
+# segments waiting for the archiver (pg_monitor or superuser); without that right, "the newest
+# failure is newer than the newest success" stands in for it
+_READY_SQL = "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
 
 
 class WalArchivingProbe:
@@ -258,19 +261,21 @@ class WalArchivingProbe:
                     return Observation(True, 0.0, "s", "in recovery: a standby does not archive",
                                        {"reachable": True, "in_recovery": True})
                 row = conn.execute(_ARCHIVER_SQL).fetchone()
+                ready = _ready_segments(conn)
         except Exception as exc:
             return _unreachable(self.dsn, exc, "s")
         assert row is not None
-        _archived, last_wal, age, failed, failed_wal, _failed_age, current_wal, mode = row
+        _archived, last_wal, age, failed, failed_wal, failed_since_success, mode = row
         if mode == "off":
             return Observation(False, None, "s", "archive_mode is off: no WAL is archived", {"reachable": True})
         with self._lock:
             grew = self._failed_before is not None and int(failed) > self._failed_before
             self._failed_before = int(failed)
-        waiting = last_wal is None or str(last_wal) < _previous_segment(str(current_wal))
+        # last_archived_wal may be a backup history file (<segment>.<offset>.backup): its segment counts
+        waiting = bool(ready) if ready is not None else bool(failed_since_success)
         stalled_for = float(age) if waiting and age is not None else 0.0
         facts = {"reachable": True, "failed_count": int(failed), "failures_growing": grew,
-                 "last_archived_wal": last_wal, "waiting": waiting}
+                 "last_archived_wal": last_wal, "waiting": waiting, "ready_segments": ready}
         if grew:
             return Observation(False, round(stalled_for, 1), "s",
                                f"archiving fails: {failed} failures, the latest on {failed_wal}", facts)
@@ -282,17 +287,13 @@ class WalArchivingProbe:
                            f"archiving: last {last_wal or 'none'}, {failed} failures", facts)
 
 
-def _previous_segment(segment: str) -> str:
-    """The segment before ``segment`` (24 hex digits: timeline, log, seg); the one still being written
-    is never archived, so "caught up" means the one before it was."""
-    if len(segment) != 24:
-        return segment
-    timeline, log, seg = segment[:8], int(segment[8:16], 16), int(segment[16:], 16)
-    if seg == 0:
-        log, seg = log - 1, 0xFF
-    else:
-        seg -= 1
-    return f"{timeline}{log:08X}{seg:08X}"
+def _ready_segments(conn: psycopg.Connection[tuple[Any, ...]]) -> int | None:
+    try:
+        with conn.transaction():
+            row = conn.execute(_READY_SQL).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    return int(row[0]) if row else 0
 
 
 def backup_age_probe(component: str, max_age_seconds: float, newest: Callable[[], datetime | None]) -> Probe:

@@ -61,12 +61,14 @@ class _Run:
 
 class Monitor:
     def __init__(self, checks: Iterable[Check], history: MonitorHistory, rules: RiskRules | None = None, *,
-                 consecutive: int = 2, now: Callable[[], datetime] | None = None) -> None:
+                 consecutive: int = 2, now: Callable[[], datetime] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.checks = {c.name: c for c in checks}
         self.history = history
         self.rules = rules or RiskRules()
         self.tracker = ConditionTracker(history, consecutive)
         self.now = now or (lambda: datetime.now(UTC))
+        self.clock = clock                      # when checks are due (seconds, monotonic)
         self.cycle = 0
         self._latest: dict[str, Sample] = {}
         self._last_run: dict[str, float] = {}
@@ -102,9 +104,10 @@ class Monitor:
     def run_cycle(self) -> CycleResult:
         with self._lock:
             started, begun = self.now(), time.monotonic()
-            checks = self.due(begun)
+            tick = self.clock()
+            checks = self.due(tick)
             for check in checks:
-                self._last_run[check.name] = begun
+                self._last_run[check.name] = tick
             samples = self.sample_checks(checks)
             self.history.record_samples(samples)
             self._latest.update({s.check: s for s in samples})
@@ -115,11 +118,16 @@ class Monitor:
 
 
 class MonitorLoop:
-    """Runs cycles every ``interval_seconds`` until stopped; a failed cycle waits ``retry_seconds`` (M3)."""
+    """Runs cycles every ``interval_seconds`` until stopped; a failed cycle waits ``retry_seconds`` (M3).
+
+    ``gate`` is asked before each cycle: while it says no (another replica leads), no cycle runs.
+    """
 
     def __init__(self, monitor: Monitor, *, interval_seconds: float = 30, retry_seconds: float = 60,
-                 on_cycle: Callable[[CycleResult], None] | None = None) -> None:
+                 on_cycle: Callable[[CycleResult], None] | None = None,
+                 gate: Callable[[], bool] = lambda: True) -> None:
         self.monitor = monitor
+        self.gate = gate        # False: this process is not the one to monitor now (a scheduler standby)
         self.interval, self.retry = interval_seconds, retry_seconds
         self.on_cycle = on_cycle
         self.failures = 0
@@ -130,6 +138,8 @@ class MonitorLoop:
         """One cycle and what the caller does with it; the seconds to wait before the next one."""
         begun = time.monotonic()
         try:
+            if not self.gate():
+                return self.interval
             result = self.monitor.run_cycle()
             if self.on_cycle is not None:
                 self.on_cycle(result)

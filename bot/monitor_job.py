@@ -1,0 +1,125 @@
+"""The monitor job (M1-M3 response side): the scheduler leader runs monitor cycles and responds.
+
+Only the replica whose scheduler is the leader runs cycles (``Scheduler.role == "leader"``; on
+SQLite the single process); a standby's loop idles and takes over with the leadership. Each cycle
+(``recovery.monitor``) stores its samples and updates the conditions; this module says what
+happened:
+
+- a CRITICAL condition opens an incident declared by Aegis (``Flows.declare``: the room, the team
+  of that scenario paged, the card and the stakeholder thread, as for a declared incident), writes
+  the evidence that triggered it on the incident's timeline, and — through the outbox, with the
+  incident — posts the critical alert in ``slack.ops_channel``. One incident per ongoing condition
+  (the condition row holds its incident id; a condition left without one by a crash gets it next cycle);
+- a HIGH condition posts a warning in the ops channel, repeated at most every
+  ``monitoring.warning_repeat_minutes`` while it holds (a compare-and-set on the condition row);
+- a cleared condition posts the all-clear in the ops channel.
+
+A failing cycle is logged and retried after ``monitoring.retry_after_seconds`` (M3).
+``auto_recovery`` and ``pre_approved_actions`` are parsed by the config but not acted on yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from bot.config import Config
+from bot.flows import Flows
+from bot.monitor_checks import monitor_checks, risk_rules
+from bot.slack_gateway import SlackCallFailed, SlackGateway
+from messages import monitor_notices
+from messages.views import Message
+from recovery.monitor.history import MonitorHistory
+from recovery.monitor.loop import CycleResult, Monitor, MonitorLoop
+from recovery.monitor.risk import CRITICAL, Condition
+from statemachines import service as svc
+from statemachines.models import require_id, utcnow
+from statemachines.store import Store
+
+log = logging.getLogger("aegis.monitor")
+DETECTOR = "aegis"                 # declared_by of an incident the monitor opened
+ALERT_KIND = "monitor_alert"       # outbox row: the critical alert in the ops channel
+
+
+class MonitorDuty:
+    def __init__(self, config: Config, store: Store, flows: Flows, gateway: SlackGateway, *,
+                 is_leader: Callable[[], bool]) -> None:
+        self.config, self.store, self.flows, self.gateway = config, store, flows, gateway
+        self.section = config.monitoring
+        self.locale = config.locale
+        self.history = MonitorHistory(store)
+        self.monitor = Monitor(monitor_checks(config, store), self.history, risk_rules(self.section),
+                               consecutive=self.section.consecutive)
+        self.is_leader = is_leader
+        self.loop = MonitorLoop(self.monitor, interval_seconds=self.section.interval_seconds,
+                                retry_seconds=self.section.retry_after_seconds, on_cycle=self.respond,
+                                gate=is_leader)
+
+    def start(self) -> None:
+        if self.monitor.checks:
+            log.info("monitoring %d checks every %g s (leader only)", len(self.monitor.checks),
+                     self.section.interval_seconds)
+            self.loop.start()
+
+    def stop(self) -> None:
+        self.loop.stop()
+
+    # --- what a cycle found ------------------------------------------------------------------
+
+    def respond(self, result: CycleResult) -> None:
+        for condition in result.changes.opened:
+            self._opened(condition)
+        for condition in result.changes.held:
+            if condition.level == CRITICAL and condition.incident_id is None:
+                self._open_incident(condition)      # opened by a cycle that crashed before declaring
+            elif condition.level != CRITICAL:
+                self._warn(condition)
+        for condition in result.changes.cleared:
+            log.info("condition %s cleared", condition.key)
+            self._post(monitor_notices.all_clear(key=condition.key, since=condition.since,
+                                                 cleared=condition.cleared_at or utcnow(), locale=self.locale),
+                       f"all-clear for {condition.key}")
+        if result.cycle % 1000 == 0:
+            self.history.prune_samples()
+
+    def _opened(self, condition: Condition) -> None:
+        log.warning("condition %s (%s) opened: %s", condition.key, condition.level, condition.summary)
+        if condition.level == CRITICAL:
+            self._open_incident(condition)
+        else:
+            self._warn(condition)
+
+    def _open_incident(self, condition: Condition) -> None:
+        scenario = condition.scenario or "database_failure"
+        incident = self.flows.declare(user_id=DETECTOR, scenario=scenario, severity="critical",
+                                      summary=condition.summary[:300])
+        incident_id = require_id(incident)
+        self.history.link_incident(condition.key, incident_id)
+        with self.store.session() as session:
+            svc.add_event(session, incident_id=incident_id, kind="audit", actor=DETECTOR,
+                          text=monitor_notices.timeline_text(rule=condition.rule, summary=condition.summary,
+                                                             evidence=condition.evidence, locale=self.locale),
+                          data={"monitor_condition": condition.key, "rule": condition.rule,
+                                "evidence": condition.evidence})
+            svc.tell(session, incident_id=incident_id, kind=ALERT_KIND, version=incident.version,
+                     key=condition.key, scenario=scenario, summary=condition.summary, evidence=condition.evidence)
+        self.flows.committed()
+        log.warning("incident %s opened for condition %s", incident.key, condition.key)
+
+    def _warn(self, condition: Condition) -> None:
+        repeat = timedelta(minutes=self.section.warning_repeat_minutes)
+        if not self.history.claim_warning(condition.key, utcnow(), repeat):
+            return
+        self._post(monitor_notices.warning(key=condition.key, summary=condition.summary, since=condition.since,
+                                           evidence=condition.evidence,
+                                           repeat_minutes=self.section.warning_repeat_minutes, locale=self.locale),
+                   f"warning for {condition.key}")
+
+    def _post(self, message: Message, what: str) -> None:
+        channel = self.config.slack.ops_channel
+        try:
+            self.gateway.post(channel, message.text, message.blocks)
+        except SlackCallFailed as exc:
+            log.error("could not post the %s to %s: %s", what, channel, exc)
+
