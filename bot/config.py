@@ -441,6 +441,109 @@ class Backups(_Strict):
     retention: BackupRetention = Field(default_factory=BackupRetention)
 
 
+# --- monitoring (M1-M3): checks, thresholds, risk rules --------------------------------------------
+# Check names are made from the config (``postgres primary``, ``service auth``, ``endpoint api``…;
+# see bot/monitor_checks.py) and `monitoring.checks` overrides are checked against them at start.
+
+MONITOR_RULES = ("database_failure", "datacenter_outage", "ransomware", "wal_archiving_stalled",
+                 "backup_stale", "check_failed")     # recovery/monitor/risk.py BUILTIN_RULES
+AUTO_RECOVERY_ACTIONS = ("postgres_confirm_down", "postgres_promote", "hook", "verify")
+
+
+class CheckOverride(_Strict):
+    interval_seconds: float | None = Field(default=None, gt=0)
+    threshold: float | None = None
+    timeout_seconds: float | None = Field(default=None, gt=0, le=300)
+
+
+class Endpoint(_Strict):
+    """A network endpoint: its name must resolve and a TCP connection to it must open."""
+
+    name: str = Field(min_length=1)
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+
+class Canary(_Strict):
+    """A ransomware tripwire: a file whose sha256 must not change, or a query whose value must not."""
+
+    name: str = Field(min_length=1)
+    file: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    sql: str | None = None
+    expect: str | None = None
+    node: Literal["primary", "standby"] = "primary"
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Canary:
+        if (self.file is None) == (self.sql is None):
+            raise ValueError("give exactly one of file (with sha256) or sql (with expect)")
+        if self.file is not None and self.sha256 is None:
+            raise ValueError("a file canary needs the sha256 it must keep")
+        if self.sql is not None and self.expect is None:
+            raise ValueError("a query canary needs the value it must keep in expect")
+        return self
+
+
+class RiskRule(_Strict):
+    """A built-in rule's override, or (any other name) a custom rule over named checks."""
+
+    enabled: bool = True
+    level: Literal["critical", "high"] | None = None
+    scenario: ScenarioName | None = None
+    when_failing: list[str] = Field(default_factory=list)
+
+
+class Monitoring(_Strict):
+    enabled: bool = True
+    interval_seconds: float = Field(default=30, gt=0)           # M1
+    consecutive: int = Field(default=2, ge=1, le=100)           # samples a condition must hold (and clear)
+    retry_after_seconds: float = Field(default=60, gt=0)        # M3
+    warning_repeat_minutes: float = Field(default=30, gt=0)     # a HIGH warning, at most this often
+    hosts: list[str] = Field(default_factory=list)              # host:port, TCP reachability
+    data_directories: list[str] = Field(default_factory=list)   # besides local storage targets' paths
+    disk_free_min_percent: float = Field(default=10, ge=0, le=100)
+    replication_lag_bytes: float = Field(default=16 * MiB, ge=0)
+    replication_lag_seconds: float = Field(default=300, ge=0)
+    backup_grace_minutes: float = Field(default=60, ge=0)
+    checks: dict[str, CheckOverride] = Field(default_factory=dict)
+    endpoints: list[Endpoint] = Field(default_factory=list)
+    canaries: list[Canary] = Field(default_factory=list)
+    rules: dict[str, RiskRule] = Field(default_factory=dict)
+    # automatic recovery (M2): parsed here, acted on by a later part of the response
+    auto_recovery: dict[ScenarioName, bool] = Field(default_factory=dict)
+    pre_approved_actions: list[str] = Field(default_factory=list)
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_ports(cls, value: list[str]) -> list[str]:
+        for host in value:
+            name, sep, port = host.rpartition(":")
+            if not sep or not name or not port.isdigit():
+                raise ValueError(f"{host!r} is not host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _rules_make_sense(self) -> Monitoring:
+        for name, rule in self.rules.items():
+            if name not in MONITOR_RULES and not rule.when_failing:
+                guess = closest(name, MONITOR_RULES)
+                hint = f"did you mean `{guess}`?" if guess else f"built-in rules are {', '.join(MONITOR_RULES)}"
+                raise ValueError(f"rules.{name}: not a built-in rule and names no checks in when_failing; {hint}")
+            # the first three built-in rules are CRITICAL with their own scenario; others need one named
+            if rule.level == "critical" and rule.scenario is None and name not in MONITOR_RULES[:3]:
+                raise ValueError(f"rules.{name}: a critical rule needs a scenario (one of {', '.join(SCENARIOS)})")
+        for action in self.pre_approved_actions:
+            base = action.split(".", 1)[0]
+            if base not in AUTO_RECOVERY_ACTIONS:
+                raise ValueError(f"pre_approved_actions: unknown action `{action}`; "
+                                 f"{_did_you_mean(base, AUTO_RECOVERY_ACTIONS, 'actions')}")
+        names = [c.name for c in self.canaries]
+        if len(names) != len(set(names)):
+            raise ValueError("canaries: each canary needs its own name")
+        return self
+
+
 # --- the file ------------------------------------------------------------------------------------
 
 
@@ -457,6 +560,7 @@ class Config(_Strict):
     storage: list[StorageTarget] = Field(default_factory=list)
     encryption: Encryption = Field(default_factory=lambda: Encryption(key_env=DEFAULT_KEY_ENV))
     backups: Backups = Field(default_factory=Backups)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     @model_validator(mode="after")
     def _dependencies_exist(self) -> Config:
