@@ -35,6 +35,9 @@ class AegisProcess:
         self.database_url = database_url
         self.name = name
         self.config_path = workdir / f"{name}.yaml"
+        # The monitor (on by default) would open its own incidents when a test stops a server on
+        # purpose; only a test that configures `monitoring` runs it.
+        config = config if "monitoring" in config else {**config, "monitoring": {"enabled": False}}
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / f"{name}.log"
         self.env = {
