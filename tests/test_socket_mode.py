@@ -112,6 +112,14 @@ def test_a_whole_incident_walks_over_the_socket_to_closed(
     walk = Walk(bot, socket_emulator)
     walk.declare()
     walk.assemble_and_assess()
+    # roles hold as over HTTP: an outsider's Approve is refused, audited, and changes nothing
+    first = walk.steps()[0]
+    walk.click("U0OUT", "aegis_approve", str(first.id))
+    refusal = wait_for(lambda: socket_emulator.state.responses_for("U0OUT"), what="the outsider's refusal")
+    assert "You can't approve" in refusal[-1]["text"]
+    with walk.store.session() as session:
+        assert [e.actor for e in svc.timeline(session, walk.incident_id) if e.kind == "audit"] == ["U0OUT"]
+        assert svc.get_step(session, first.id).status == "awaiting_approval"
     approve_every_step(walk)
     assert fence_runs(bot.workdir) == 1
 
