@@ -206,12 +206,12 @@ def wait_writable(dsn: str, timeout: float = 900, interval: float = 0.05) -> Non
 def aegis_restore_child(spec_path: str) -> int:
     """``restore_stream`` (from S3) → pipe → ``restore_base_backup``; prints one JSON line of phase times."""
     t0 = time.monotonic()
-    from recovery.backup import postgres_restore
-    from recovery.backup.crypto import load_key
-    from recovery.backup.pipeline import restore_stream
-    from recovery.backup.runner import produced
-    from recovery.backup.storage import target_from_config
-    from recovery.backup.verify import records_for
+    from recovery.backup.catalog import records_for
+    from recovery.backup.restore import postgres as postgres_restore
+    from recovery.backup.storage.base import target_from_config
+    from recovery.backup.stream.crypto import load_key
+    from recovery.backup.stream.pipe import produced
+    from recovery.backup.stream.pipeline import restore_stream
     from statemachines.store import Store
 
     spec = json.loads(Path(spec_path).read_text())

@@ -16,11 +16,23 @@ from sqlmodel import col, select
 from bot.cli_checks import OneLineParser
 from bot.config import Config, load_config
 from bot.secrets import install_masking
-from recovery.backup.crypto import BackupKey, BackupKeyError, load_key
+from recovery.backup.catalog import (
+    KIND_FULL,
+    KIND_INCREMENTAL,
+    KIND_MANIFEST,
+    LOGICAL_KIND,
+    MILVUS_KIND,
+    NEO4J_KIND,
+    SUPPORTING_KINDS,
+    WAL_KIND,
+    previous_good,
+    records_for,
+)
 from recovery.backup.retention import RetentionPolicy, prune
 from recovery.backup.runner import BackupRunner, Neo4jSource, Progress, RunReport, Sources
-from recovery.backup.storage import Target, target_from_config
-from recovery.backup.verify import previous_good, records_for, verify
+from recovery.backup.storage.base import Target, target_from_config
+from recovery.backup.stream.crypto import BackupKey, BackupKeyError, load_key
+from recovery.backup.verify import verify
 from statemachines.models import BackupRecord
 from statemachines.store import Store
 
@@ -108,9 +120,9 @@ def _run(args: argparse.Namespace) -> int:
 def retention_policy(config: Config) -> RetentionPolicy:
     r = config.backups.retention
     return RetentionPolicy({
-        "pg_full": r.postgres_full_days, "pg_incremental": r.postgres_incremental_days,
-        "pg_manifest": r.postgres_incremental_days, "pg_wal": r.postgres_wal_days,
-        "pg_logical": r.postgres_logical_days, "neo4j": r.neo4j_days, "milvus": r.milvus_days,
+        KIND_FULL: r.postgres_full_days, KIND_INCREMENTAL: r.postgres_incremental_days,
+        KIND_MANIFEST: r.postgres_incremental_days, WAL_KIND: r.postgres_wal_days,
+        LOGICAL_KIND: r.postgres_logical_days, NEO4J_KIND: r.neo4j_days, MILVUS_KIND: r.milvus_days,
     })
 
 
@@ -134,7 +146,7 @@ def _list(args: argparse.Namespace) -> int:
     with store.session() as session:
         query = select(BackupRecord)
         if not args.wal:  # one row per WAL segment (and per manifest) would bury the backups
-            query = query.where(col(BackupRecord.kind).not_in(("pg_wal", "pg_manifest")))
+            query = query.where(col(BackupRecord.kind).not_in(SUPPORTING_KINDS))
         rows = list(session.exec(query.order_by(col(BackupRecord.id).desc()).limit(args.limit)))
     for row in rows:
         print(describe(row))

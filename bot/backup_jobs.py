@@ -27,6 +27,7 @@ from bot.slack_gateway import SlackCallFailed, SlackGateway
 from messages import blocks
 from messages.blocks import BackupObjectView, BackupRunView, BackupTargetView
 from messages.views import Message
+from recovery.backup.catalog import MILVUS_KIND, NEO4J_KIND, POSTGRES_BASE_KINDS
 from recovery.backup.runner import BackupRunner, RunReport
 from recovery.redact import redact
 from statemachines.models import BackupRecord
@@ -39,7 +40,7 @@ log = logging.getLogger("aegis.backup")
 
 # Which catalog kinds count as "a backup of that kind" for each run kind (WAL segments and
 # logical dumps are not a usable restore point on their own).
-USABLE_KINDS = {"postgresql": ("pg_full", "pg_incremental"), "neo4j": ("neo4j",), "milvus": ("milvus",)}
+USABLE_KINDS = {"postgresql": POSTGRES_BASE_KINDS, "neo4j": (NEO4J_KIND,), "milvus": (MILVUS_KIND,)}
 
 
 # --- one run at a time ------------------------------------------------------------------------
@@ -178,7 +179,7 @@ def run_backup(duty: BackupDuty, job_id: str, kind: str, incremental: bool = Fal
 
 def switch_wal(duty: BackupDuty, job_id: str) -> str | None:
     """B1's second line behind ``archive_timeout``: close the current WAL segment so it is archived."""
-    from recovery.backup.wal import switch_wal as pg_switch_wal
+    from recovery.backup.wal.commands import switch_wal as pg_switch_wal
 
     if duty.config.components.postgres is None:
         return None

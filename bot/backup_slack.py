@@ -35,7 +35,8 @@ from bot.flows import reference
 from messages import blocks
 from messages.blocks import BackupCheckView
 from messages.views import Message
-from recovery.backup.verify import previous_good, records_for, verify
+from recovery.backup.catalog import SUPPORTING_KINDS, previous_good, records_for
+from recovery.backup.verify import verify
 from recovery.redact import redact
 from statemachines.models import BackupRecord
 
@@ -131,7 +132,7 @@ class BackupDesk:
 
         with self.duty.store.session() as session:
             # one row per WAL segment (and the incremental manifests) would bury the backups; pruned ones are gone
-            query = select(BackupRecord).where(col(BackupRecord.kind).not_in(("pg_wal", "pg_manifest")),
+            query = select(BackupRecord).where(col(BackupRecord.kind).not_in(SUPPORTING_KINDS),
                                                BackupRecord.status != "deleted")
             rows = list(session.exec(query.order_by(col(BackupRecord.id).desc()).limit(LIST_LIMIT)))
         return blocks.backup_list([object_view(r) for r in rows], self.locale)

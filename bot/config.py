@@ -250,7 +250,7 @@ NEO4J_SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
 
 
 class Neo4jComponent(_Strict):
-    """What ``aegis backup``/``restore neo4j`` connect to (recovery/backup/neo4j_export.py)."""
+    """What ``aegis backup``/``restore neo4j`` connect to (recovery/backup/sources/neo4j.py)."""
 
     uri: str                          # bolt://host:7687 or neo4j://…
     user: str = "neo4j"
@@ -338,7 +338,7 @@ class Engine(_Strict):
 
 
 # --- backups: storage targets, the key, schedules and retention ----------------------------------
-# Only keys recovery/backup/storage.py really takes; unset ones keep its defaults (8 MiB parts, 4
+# Only keys recovery/backup/storage/base.py really takes; unset ones keep its defaults (8 MiB parts, 4
 # uploads at a time, 3 retries, the AZURE_STORAGE_CONNECTION_STRING variable).
 
 MiB = 1024 * 1024

@@ -19,13 +19,14 @@ from pathlib import Path
 
 from bot.backup_cli import ProgressLine, key_from, runner_from, setup, sources_from, targets_from
 from bot.cli_checks import OneLineParser
+from recovery.backup.catalog import POSTGRES_BASE_KINDS, BackupNotFound
+from recovery.backup.catalog import choose as choose_backup
 from recovery.backup.errors import CollectionExistsError, DatabaseNotEmptyError
-from recovery.backup.postgres_restore import RestoreError
-from recovery.backup.restore import POSTGRES_KINDS, BackupNotFound, restore_milvus, restore_neo4j, restore_postgres
-from recovery.backup.restore import choose as choose_backup
+from recovery.backup.restore.from_catalog import restore_milvus, restore_neo4j, restore_postgres
+from recovery.backup.restore.postgres import RestoreError
 from recovery.backup.runner import Neo4jSource
 from recovery.backup.verify import verified_copy
-from recovery.backup.wal_archive import TargetWalStore
+from recovery.backup.wal.archive import TargetWalStore
 
 
 def _free_port() -> int:
@@ -58,7 +59,7 @@ def _postgres(args: argparse.Namespace) -> int:
     target_time = _target_time(args.target_time)
     config, store = setup(args)
     runner = runner_from(config, store)
-    [record] = choose_backup(store, POSTGRES_KINDS, args.id)[:1]
+    [record] = choose_backup(store, POSTGRES_BASE_KINDS, args.id)[:1]
     copy = verified_copy(store, record, runner.targets, runner.key)
     data_dir = Path(args.data_dir).absolute()
     port = args.port or _free_port()

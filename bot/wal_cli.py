@@ -24,9 +24,9 @@ from pathlib import Path
 
 from bot.backup_cli import BackupSetupError, runner_from, setup, sources_from
 from bot.cli_checks import OneLineParser
-from recovery.backup.wal import FETCH_ERROR_EXIT, PUSH_FAILED_EXIT, fetch_main, push_main
-from recovery.backup.wal_archive import TargetWalStore
-from recovery.backup.wal_stream import WalStreamer
+from recovery.backup.wal.archive import TargetWalStore
+from recovery.backup.wal.commands import FETCH_ERROR_EXIT, PUSH_FAILED_EXIT, fetch_main, push_main
+from recovery.backup.wal.stream import WalStreamer
 from recovery.redact import redact
 
 

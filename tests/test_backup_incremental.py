@@ -23,11 +23,11 @@ import pytest
 from sqlmodel import col, select
 
 from recovery.backup import incremental
-from recovery.backup.crypto import BackupKey
 from recovery.backup.incremental import ChainError, chain_for, plan_base_backup, restore_chain
-from recovery.backup.postgres_restore import RestoreError, RestoreOptions
+from recovery.backup.restore.postgres import RestoreError, RestoreOptions
 from recovery.backup.runner import BackupRunner, Sources
-from recovery.backup.storage import LocalTarget
+from recovery.backup.storage.local import LocalTarget
+from recovery.backup.stream.crypto import BackupKey
 from statemachines.models import BackupRecord
 from statemachines.store import Store
 from tests.harness.pgcluster import PgNode, PgSingle, free_port

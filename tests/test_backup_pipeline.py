@@ -19,9 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from recovery.backup.crypto import HEADER_SIZE, BackupKey, BackupKeyError, IntegrityError, WrongKeyError, load_key
-from recovery.backup.pipeline import PipelineResult, backup_stream, restore_stream, verify_object
-from recovery.backup.storage import AzureTarget, LocalTarget, S3Target, Target
+from recovery.backup.storage.azure import AzureTarget
+from recovery.backup.storage.base import Target
+from recovery.backup.storage.local import LocalTarget
+from recovery.backup.storage.s3 import S3Target
+from recovery.backup.stream.crypto import (
+    HEADER_SIZE,
+    BackupKey,
+    BackupKeyError,
+    IntegrityError,
+    WrongKeyError,
+    load_key,
+)
+from recovery.backup.stream.pipeline import PipelineResult, backup_stream, restore_stream, verify_object
 from tests.harness.storage_servers import Azurite, MotoS3, aws_env, azurite, moto_s3, moto_s3_outage  # noqa: F401
 
 MiB = 1024 * 1024
@@ -312,9 +322,9 @@ def test_failing_source_aborts_every_target(tmp_path: Path, key: BackupKey) -> N
 _FLAT_MEMORY_SCRIPT = textwrap.dedent(
     """
     import os, sys
-    from recovery.backup.crypto import BackupKey
-    from recovery.backup.pipeline import backup_stream
-    from recovery.backup.storage import LocalTarget
+    from recovery.backup.stream.crypto import BackupKey
+    from recovery.backup.stream.pipeline import backup_stream
+    from recovery.backup.storage.local import LocalTarget
 
     def vm_hwm_kib():
         with open("/proc/self/status") as f:

@@ -16,8 +16,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from recovery.backup import wal
-from recovery.backup.postgres import (
+from recovery.backup.restore.postgres import RestoredCluster, RestoreError, RestoreOptions, restore_base_backup
+from recovery.backup.sources.postgres import (
     BackupSourceError,
     BaseBackupStream,
     base_backup,
@@ -27,8 +27,8 @@ from recovery.backup.postgres import (
     logical_dump,
     supports_incremental,
 )
-from recovery.backup.postgres_restore import RestoredCluster, RestoreError, RestoreOptions, restore_base_backup
-from recovery.backup.wal import LocalWalStore, WalConflictError, WalCorruptError, fetch, push
+from recovery.backup.wal import commands as wal
+from recovery.backup.wal.commands import LocalWalStore, WalConflictError, WalCorruptError, fetch, push
 from tests.harness.pgcluster import PG_BIN, PgNode, PgSingle, free_port
 
 pytest_plugins = ["tests.harness.pgcluster"]

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recovery.backup.crypto import BackupKey
 from recovery.backup.retention import RetentionPolicy, prune
 from recovery.backup.runner import BackupRunner, Sources
-from recovery.backup.storage import LocalTarget, S3Target, Target
+from recovery.backup.storage.base import Target
+from recovery.backup.storage.local import LocalTarget
+from recovery.backup.storage.s3 import S3Target
+from recovery.backup.stream.crypto import BackupKey
 from statemachines.models import BackupRecord, utcnow
 from statemachines.store import Store
 from tests.harness.storage_servers import MotoS3, aws_env, moto_s3_outage  # noqa: F401

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from recovery.backup.storage import (
-    AzureTarget,
-    LocalTarget,
-    S3Target,
-    StorageError,
-    Target,
-    target_from_config,
-)
+from recovery.backup.storage.azure import AzureTarget
+from recovery.backup.storage.base import StorageError, Target, target_from_config
+from recovery.backup.storage.local import LocalTarget
+from recovery.backup.storage.s3 import S3Target
 from tests.harness.storage_servers import Azurite, MotoS3, aws_env, azurite, moto_s3, moto_s3_outage  # noqa: F401
 
 MiB = 1024 * 1024

@@ -35,7 +35,7 @@ from bot.config import (
     closest,
     load_config,
 )
-from recovery.backup.crypto import BackupKey
+from recovery.backup.stream.crypto import BackupKey
 from recovery.planner import Facts, propose
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pymilvus import DataType, MilvusClient
 
-from recovery.backup.milvus_export import (
+from recovery.backup.sources.milvus import (
     CollectionExistsError,
     ExportFormatError,
     export_collection,

@@ -14,7 +14,7 @@ import neo4j
 import pytest
 from neo4j.time import Date
 
-from recovery.backup.neo4j_export import (
+from recovery.backup.sources.neo4j import (
     CONSISTENCY,
     IMPORT_ID,
     IMPORT_LABEL,

@@ -100,7 +100,7 @@ def test_archive_command_pushes_encrypted_wal_and_restore_replays_it_to_a_point_
 @pytest.mark.timeout(300)
 def test_aegis_wal_fetch_works_as_a_servers_restore_command(shared_dir: Path) -> None:
     """The production path: a restored server fetching WAL itself with ``aegis wal fetch %f %p``."""
-    from recovery.backup.postgres_restore import RestoreOptions, restore_base_backup
+    from recovery.backup.restore.postgres import RestoreOptions, restore_base_backup
 
     write_config(shared_dir, [local(shared_dir)])
     migrate_shared_catalog(shared_dir)

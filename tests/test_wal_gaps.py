@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from recovery.backup import wal
-from recovery.backup.wal_stream import BACKOFF_FIRST, BACKOFF_MAX, WalStreamer, restart_delay
+from recovery.backup.wal import commands as wal
+from recovery.backup.wal.stream import BACKOFF_FIRST, BACKOFF_MAX, WalStreamer, restart_delay
 from recovery.redact import MASK
 from tests.harness.cli_workspace import (
     aegis,
@@ -192,7 +192,7 @@ def test_wal_stream_survives_a_primary_outage_that_overflows_the_receivers_stder
 def test_the_gap_check_follows_the_timeline_switch_of_a_promotion() -> None:
     """After a failover at 0/5000060 timeline 2 continues from segment 5: the check reads 1/3..1/4 then 2/5..,
     takes timeline 2's copy of the switch segment, and ignores segments inside the backup (start..stop)."""
-    from recovery.backup.wal_sequence import first_gap
+    from recovery.backup.wal.sequence import first_gap
 
     history = {2: "1\t0/5000060\tno recovery target specified\n"}
     names = {"000000010000000000000004", "000000020000000000000005", "000000020000000000000006",

@@ -23,7 +23,7 @@ CONNECT_TIMEOUT_SECONDS = 5
 
 
 @contextmanager
-def _connect(dsn: str, label: str) -> Iterator[psycopg.Connection[Any]]:
+def connect_action(dsn: str, label: str) -> Iterator[psycopg.Connection[Any]]:
     """Autocommit connection; connection failures become a redacted ActionError."""
     try:
         conn = psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS, autocommit=True)
@@ -37,7 +37,7 @@ def _connect(dsn: str, label: str) -> Iterator[psycopg.Connection[Any]]:
         conn.close()
 
 
-def _in_recovery(conn: psycopg.Connection[Any]) -> bool:
+def is_in_recovery(conn: psycopg.Connection[Any]) -> bool:
     row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     return bool(row and row[0])
 
@@ -51,7 +51,7 @@ def _timeline(conn: psycopg.Connection[Any]) -> int:
 
 def _check_writable(conn: psycopg.Connection[Any], label: str) -> int:
     """Raise unless ``conn`` is a primary that can commit a write; return the new transaction id."""
-    if _in_recovery(conn):
+    if is_in_recovery(conn):
         raise ActionError(f"{label} is still in recovery (read-only)")
     with conn.transaction():
         row = conn.execute("SELECT txid_current()").fetchone()
@@ -119,12 +119,12 @@ class PostgresPromote(Action):
 
     def precheck(self) -> None:
         # Reachable is the requirement; not being in recovery means a previous attempt succeeded.
-        with _connect(self.dsn, self.label) as conn:
-            _in_recovery(conn)
+        with connect_action(self.dsn, self.label) as conn:
+            is_in_recovery(conn)
 
     def execute(self, progress: Progress) -> dict[str, Any]:
-        with _connect(self.dsn, self.label) as conn:
-            if not _in_recovery(conn):
+        with connect_action(self.dsn, self.label) as conn:
+            if not is_in_recovery(conn):
                 progress(f"{self.label} is already a primary; nothing to promote")
                 return {"already_promoted": True, "promoted": True, "timeline": _timeline(conn)}
             row = conn.execute(_REPLAY_SQL).fetchone()
@@ -152,13 +152,13 @@ class PostgresPromote(Action):
         }
 
     def verify(self) -> None:
-        with _connect(self.dsn, self.label) as conn:
+        with connect_action(self.dsn, self.label) as conn:
             _check_writable(conn, self.label)
 
     def is_done(self) -> bool | None:
         try:
-            with _connect(self.dsn, self.label) as conn:
-                return not _in_recovery(conn)
+            with connect_action(self.dsn, self.label) as conn:
+                return not is_in_recovery(conn)
         except ActionError:
             return None
 
@@ -177,7 +177,7 @@ class PostgresWritable(Action):
         return f"Check {self.label} accepts writes"
 
     def execute(self, progress: Progress) -> dict[str, Any]:
-        with _connect(self.dsn, self.label) as conn:
+        with connect_action(self.dsn, self.label) as conn:
             txid = _check_writable(conn, self.label)
         progress(f"{self.label} accepts writes")
         return {"writable": True, "txid": txid}

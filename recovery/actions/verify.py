@@ -142,10 +142,10 @@ class PostgresVerification(DatabaseCheck):
 
     def observe(self) -> list[Evidence]:
         # the connection helpers redact and reduce driver errors to one line
-        from recovery.actions.postgres import _connect, _in_recovery
+        from recovery.actions.postgres import connect_action, is_in_recovery
 
-        with _connect(self.dsn, self.label) as conn:
-            in_recovery = _in_recovery(conn)
+        with connect_action(self.dsn, self.label) as conn:
+            in_recovery = is_in_recovery(conn)
             role = evidence(f"{self.label} role (pg_is_in_recovery)",
                             "standby, in recovery (true)" if in_recovery else "primary (false)",
                             "primary (false)", not in_recovery)

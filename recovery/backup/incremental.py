@@ -38,58 +38,53 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
-from sqlmodel import col, select
+from sqlmodel import select
 
-from recovery.backup.crypto import BackupKey
-from recovery.backup.pipeline import restore_stream
-from recovery.backup.postgres import (
+from recovery.backup.catalog import (
+    KIND_FULL,
+    KIND_INCREMENTAL,
+    POSTGRES_BASE_KINDS,
+    good_base,
+    manifest_record,
+    newest_good_base,
+)
+from recovery.backup.restore.postgres import (
+    RestoredCluster,
+    RestoreError,
+    RestoreOptions,
+    check_reachable,
+    chown_to,
+    extract_tar,
+    last_line,
+    os_user_ids,
+    prepare_data_dir,
+    run_as,
+    run_command,
+    start_restored,
+)
+from recovery.backup.sources.postgres import (
     INCREMENTAL_MIN_VERSION,
     BackupSourceError,
     BaseBackupStream,
-    _connect,
+    connect_source,
     pg_bin_dir,
     server_version,
     supports_incremental,
 )
-from recovery.backup.postgres_restore import (
-    RestoredCluster,
-    RestoreError,
-    RestoreOptions,
-    _as_user,
-    _check_reachable,
-    _chown,
-    _extract,
-    _last_line,
-    _owner,
-    _prepare_data_dir,
-    _run,
-    start_restored,
-)
-from recovery.backup.runner import produced
-from recovery.backup.storage import Target
+from recovery.backup.storage.base import Target
+from recovery.backup.stream.crypto import BackupKey
+from recovery.backup.stream.pipe import produced
+from recovery.backup.stream.pipeline import restore_stream
 from recovery.backup.verify import holders, verified_copy
 from recovery.redact import redact
 from statemachines.models import BackupRecord
 from statemachines.store import Store
 
-KIND_FULL = "pg_full"
-KIND_INCREMENTAL = "pg_incremental"
-KIND_MANIFEST = "pg_manifest"
-BASE_KINDS = (KIND_FULL, KIND_INCREMENTAL)
 CHAIN_MAX_INCREMENTALS = 6
 CHAIN_MAX_AGE = timedelta(days=8)
 # A corrupt catalog (a parent_run_id loop) must not hang a restore.
 _CHAIN_WALK_LIMIT = 1000
 _TAR_BLOCK = 512
-
-
-def base_object_name(run_id: str, kind: str) -> str:
-    # Different names for full and incremental: a run whose incremental failed can still store a full.
-    return f"{run_id}/postgres-{'incr' if kind == KIND_INCREMENTAL else 'base'}.tar.zst.aes"
-
-
-def manifest_object_name(base_object: str) -> str:
-    return base_object.removesuffix(".tar.zst.aes") + ".manifest.zst.aes"
 
 
 def client_bin(server_version_num: int | None, pg_bin: str | Path | None = None) -> Path:
@@ -238,23 +233,13 @@ class ChainError(RuntimeError):
     """The catalog does not hold a complete, usable chain for a backup."""
 
 
-def _good_base(store: Store, run_id: str) -> BackupRecord | None:
-    """The usable full/incremental of a run (a run whose incremental failed may hold a full instead)."""
-    with store.session() as session:
-        return session.exec(
-            select(BackupRecord).where(BackupRecord.run_id == run_id, BackupRecord.component == "postgres",
-                                       col(BackupRecord.kind).in_(BASE_KINDS), BackupRecord.status == "ok")
-            .order_by(col(BackupRecord.id).desc())
-        ).first()
-
-
 def chain_for(store: Store, backup: str | BackupRecord) -> list[BackupRecord]:
     """``[full, incremental 1, …, backup]`` by walking ``parent_run_id``; ``ChainError`` if any link is unusable.
 
     ``backup`` is a catalog record or a run id / object name of a PostgreSQL base backup.
     """
     if isinstance(backup, str):
-        record = _good_base(store, backup)
+        record = good_base(store, backup)
         if record is None:
             with store.session() as session:
                 record = session.exec(select(BackupRecord).where(BackupRecord.object_name == backup)).first()
@@ -262,7 +247,7 @@ def chain_for(store: Store, backup: str | BackupRecord) -> list[BackupRecord]:
             raise ChainError(f"no usable PostgreSQL base backup {backup!r} in the catalog")
     else:
         record = backup
-    if record.kind not in BASE_KINDS or record.component != "postgres":
+    if record.kind not in POSTGRES_BASE_KINDS or record.component != "postgres":
         raise ChainError(f"{record.object_name} is a {record.kind} backup, not a PostgreSQL base backup")
     if record.status != "ok":
         raise ChainError(f"backup {record.run_id} ({record.object_name}) is {record.status}, not usable")
@@ -271,7 +256,7 @@ def chain_for(store: Store, backup: str | BackupRecord) -> list[BackupRecord]:
         child = chain[-1]
         if not child.parent_run_id:
             raise ChainError(f"incremental {child.run_id} has no parent recorded: its chain is broken")
-        parent = _good_base(store, child.parent_run_id)
+        parent = good_base(store, child.parent_run_id)
         if parent is None:
             raise ChainError(f"incremental {child.run_id} needs {child.parent_run_id}, which is missing or failed")
         if len(chain) > _CHAIN_WALK_LIMIT or any(r.id == parent.id for r in chain):
@@ -279,15 +264,6 @@ def chain_for(store: Store, backup: str | BackupRecord) -> list[BackupRecord]:
         chain.append(parent)
     chain.reverse()
     return chain
-
-
-def _manifest_record(store: Store, base: BackupRecord) -> BackupRecord | None:
-    with store.session() as session:
-        return session.exec(
-            select(BackupRecord).where(BackupRecord.run_id == base.run_id, BackupRecord.kind == KIND_MANIFEST,
-                                       BackupRecord.object_name == manifest_object_name(base.object_name),
-                                       BackupRecord.status == "ok")
-        ).first()
 
 
 def _fetch_plain(record: BackupRecord, targets: list[Target], key: BackupKey, dest: Path) -> None:
@@ -320,7 +296,7 @@ class BasePlan:
 
 def _server_identity(dsn: str) -> tuple[int, int]:
     """``(system identifier, current timeline)`` of the server."""
-    with _connect(dsn) as conn:
+    with connect_source(dsn) as conn:
         row = conn.execute("SELECT (SELECT system_identifier FROM pg_control_system()),"
                            " (SELECT timeline_id FROM pg_control_checkpoint())").fetchone()
     assert row is not None
@@ -347,11 +323,7 @@ def plan_base_backup(store: Store, dsn: str, targets: list[Target], key: BackupK
     if not supported:
         return full.as_full(why)
 
-    with store.session() as session:
-        parent = session.exec(
-            select(BackupRecord).where(BackupRecord.component == "postgres", col(BackupRecord.kind).in_(BASE_KINDS),
-                                       BackupRecord.status == "ok").order_by(col(BackupRecord.id).desc())
-        ).first()
+    parent = newest_good_base(store)
     if parent is None:
         return full.as_full("no earlier PostgreSQL base backup to build an incremental on: took a full backup")
     try:
@@ -367,7 +339,7 @@ def plan_base_backup(store: Store, dsn: str, targets: list[Target], key: BackupK
     if age > CHAIN_MAX_AGE:
         return full.as_full(f"the chain's full backup {anchor.run_id} is {age.days} days old (cap "
                             f"{CHAIN_MAX_AGE.days}): a new chain starts with a full backup")
-    manifest_row = _manifest_record(store, parent)
+    manifest_row = manifest_record(store, parent)
     if manifest_row is None:
         return full.as_full(f"the previous backup {parent.run_id} has no stored backup_manifest: took a full backup")
     manifest_path = workdir / "parent.backup_manifest"
@@ -403,7 +375,7 @@ def _download_extract(target: Target, record: BackupRecord, sha256: str, key: Ba
 
     try:
         with produced(feed) as reader:
-            _extract(reader, dest, owner)
+            extract_tar(reader, dest, owner)
             while reader.read(1024 * 1024):  # the tar's trailing padding: let the writer finish and check the sum
                 pass
     except RestoreError as exc:
@@ -448,13 +420,13 @@ def restore_chain(
         raise RestoreError(str(exc)) from None
     bin_dir = pg_bin_dir(options.pg_bin)
     data_dir = Path(data_dir)
-    owner = _owner(os_user)
-    _check_reachable(data_dir, owner)
+    owner = os_user_ids(os_user)
+    check_reachable(data_dir, owner)
     _check_target_dir(data_dir)
     copies = [verified_copy(store, record, targets, key) for record in chain]   # before a byte is written
 
     if len(chain) == 1:   # a lone full: no combine step, extract straight into place
-        _prepare_data_dir(data_dir, owner)
+        prepare_data_dir(data_dir, owner)
         _download_extract(copies[0].target, chain[0], copies[0].sha256, key, data_dir, owner)
         return start_restored(data_dir, options)
 
@@ -462,21 +434,21 @@ def restore_chain(
     parent_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.chain-", dir=parent_dir))
     try:
-        _chown(work, owner)   # pg_combinebackup runs as the server user and reads everything here
+        chown_to(work, owner)   # pg_combinebackup runs as the server user and reads everything here
         work.chmod(0o700)
         parts = []
         for index, (record, copy) in enumerate(zip(chain, copies, strict=True)):
             part = work / f"{index:02d}-{record.kind}"
-            _prepare_data_dir(part, owner)
+            prepare_data_dir(part, owner)
             _download_extract(copy.target, record, copy.sha256, key, part, owner)
             if not (part / "backup_manifest").is_file():
                 raise RestoreError(f"{record.object_name} has no backup_manifest: pg_combinebackup cannot use it")
             parts.append(str(part))
-        _prepare_data_dir(data_dir, owner)
-        proc = _run([str(bin_dir / "pg_combinebackup"), *parts, "--output", str(data_dir)],
-                    cwd=work, timeout=6 * 3600, **_as_user(os_user))
+        prepare_data_dir(data_dir, owner)
+        proc = run_command([str(bin_dir / "pg_combinebackup"), *parts, "--output", str(data_dir)],
+                    cwd=work, timeout=6 * 3600, **run_as(os_user))
         if proc.returncode != 0:
-            raise RestoreError(f"pg_combinebackup failed (exit {proc.returncode}): {_last_line(proc.stderr)}")
+            raise RestoreError(f"pg_combinebackup failed (exit {proc.returncode}): {last_line(proc.stderr)}")
     except BaseException:
         # the combined directory is worthless without the combine; leave data_dir empty for a retry
         if data_dir.is_dir():

@@ -23,14 +23,12 @@ from datetime import datetime, timedelta
 
 from sqlmodel import col, select
 
-from recovery.backup.storage import StorageError, Target
-from recovery.backup.wal_archive import WAL_KIND, segment_name, segment_of
+from recovery.backup.catalog import KIND_MANIFEST, POSTGRES_BASE_KINDS, WAL_KIND, segment_of
+from recovery.backup.storage.base import StorageError, Target
+from recovery.backup.wal.archive import segment_name
 from recovery.redact import redact
 from statemachines.models import BackupRecord, require_id, utcnow
 from statemachines.store import Store
-
-BASE_KINDS = ("pg_full", "pg_incremental")
-MANIFEST_KIND = "pg_manifest"
 
 
 @dataclass
@@ -61,7 +59,7 @@ def _age_reference(record: BackupRecord) -> datetime:
 def _newest_good(rows: Iterable[BackupRecord]) -> set[int]:
     newest: dict[tuple[str, str, str], BackupRecord] = {}
     for row in rows:
-        if row.status == "ok" and row.kind not in (WAL_KIND, MANIFEST_KIND):  # those follow their base
+        if row.status == "ok" and row.kind not in (WAL_KIND, KIND_MANIFEST):  # those follow their base
             key = _series(row)
             if key not in newest or require_id(row) > require_id(newest[key]):
                 newest[key] = row
@@ -90,7 +88,7 @@ def plan(rows: list[BackupRecord], policy: RetentionPolicy, now: datetime) -> tu
         return window is not None and _age_reference(row) < now - window
 
     protected = _newest_good(live)
-    bases = [r for r in live if r.kind in BASE_KINDS and r.status == "ok"]
+    bases = [r for r in live if r.kind in POSTGRES_BASE_KINDS and r.status == "ok"]
     kept_bases = [r for r in bases if not expired(r) or r.id in protected]
     by_run = {r.run_id: r for r in bases}
     chain = _chain_runs(kept_bases, by_run)
@@ -105,9 +103,9 @@ def plan(rows: list[BackupRecord], policy: RetentionPolicy, now: datetime) -> tu
             continue
         if row.id in protected:
             kept.append((row, "newest good backup of its kind"))
-        elif row.kind in BASE_KINDS and row.run_id in chain:
+        elif row.kind in POSTGRES_BASE_KINDS and row.run_id in chain:
             kept.append((row, "a kept incremental backup builds on it"))
-        elif row.kind == MANIFEST_KIND and row.run_id in kept_base_runs:
+        elif row.kind == KIND_MANIFEST and row.run_id in kept_base_runs:
             kept.append((row, "manifest of a kept base backup"))
         elif row.kind == WAL_KIND:
             segment = segment_of(row.object_name)

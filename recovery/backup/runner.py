@@ -16,25 +16,33 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypedDict, cast
 
-from sqlmodel import col, select
+from sqlmodel import select
 
-from recovery.backup.crypto import BackupKey
-from recovery.backup.pipeline import PipelineResult, backup_stream
-from recovery.backup.storage import LocalTarget, Target
+from recovery.backup.catalog import (
+    KIND_INCREMENTAL,
+    KIND_MANIFEST,
+    MILVUS_KIND,
+    NEO4J_KIND,
+    base_object_name,
+    manifest_object_name,
+    new_run_id,
+)
+from recovery.backup.storage.base import Target
+from recovery.backup.storage.local import LocalTarget
+from recovery.backup.stream.crypto import BackupKey
+from recovery.backup.stream.pipe import produced
+from recovery.backup.stream.pipeline import PipelineResult, backup_stream
 from recovery.redact import redact
 from statemachines.models import BackupRecord, utcnow
 from statemachines.store import Store
 
-if TYPE_CHECKING:   # incremental imports this module: a runtime import would be a cycle
+if TYPE_CHECKING:   # incremental (and psycopg with it) loads only when a PostgreSQL backup runs
     from recovery.backup.incremental import BasePlan
 
 Progress = Callable[[str, int], None]      # (object name, source bytes so far)
@@ -78,58 +86,6 @@ class RunReport:
     @property
     def ok(self) -> bool:
         return not self.errors and all(r.status == "ok" for r in self.records)
-
-
-def new_run_id(store: Store, now: datetime | None = None) -> str:
-    base = f"backup_{(now or datetime.now(UTC)):%Y%m%d_%H%M%S}"
-    with store.session() as session:
-        taken = {r.run_id for r in session.exec(select(BackupRecord).where(
-            col(BackupRecord.run_id).startswith(base)))}
-    if base not in taken:
-        return base
-    n = 2
-    while f"{base}_{n}" in taken:
-        n += 1
-    return f"{base}_{n}"
-
-
-@contextlib.contextmanager
-def produced(write: Callable[[BinaryIO], object]) -> Iterator[BinaryIO]:
-    """Run ``write(out)`` in a thread feeding a pipe; yield the pipe's read end.
-
-    The exporters write to a file object, the pipeline reads one: a pipe joins them with a bounded
-    kernel buffer, so memory stays flat. A writer error is re-raised when the block exits, and wins over
-    the consumer's own error (which is then only its consequence).
-    """
-    read_fd, write_fd = os.pipe()
-    reader, writer = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            write(writer)
-        except BaseException as exc:  # handed to the consumer below
-            failure.append(exc)
-        finally:
-            with contextlib.suppress(OSError):
-                writer.close()
-
-    thread = threading.Thread(target=run, name="aegis-export", daemon=True)
-    thread.start()
-    try:
-        yield reader
-    except BaseException:
-        reader.close()
-        thread.join()
-        # A consumer failing on a cut-short stream (e.g. "not a valid tar") is a symptom; the writer's
-        # own error (a failed tag or checksum) is the cause. A broken pipe only means we stopped reading.
-        if failure and not isinstance(failure[0], BrokenPipeError):
-            raise failure[0] from None
-        raise
-    reader.close()
-    thread.join()
-    if failure:
-        raise failure[0]
 
 
 class BackupRunner:
@@ -240,7 +196,7 @@ class BackupRunner:
         """
         import tempfile
 
-        from recovery.backup.incremental import KIND_INCREMENTAL, plan_base_backup
+        from recovery.backup.incremental import plan_base_backup
 
         dsn = self.sources.postgres_dsn
         assert dsn
@@ -259,13 +215,9 @@ class BackupRunner:
 
     def _pg_base(self, run_id: str, plan: BasePlan, tmp: Path) -> list[BackupRecord]:
         """Store one base backup per ``plan`` (+ its manifest when it may become a parent)."""
-        from recovery.backup.incremental import (
-            KIND_MANIFEST,
-            ManifestCapturingBackup,
-            base_object_name,
-            manifest_object_name,
-        )
-        from recovery.backup.postgres import base_backup
+        from recovery.backup.incremental import ManifestCapturingBackup
+        from recovery.backup.sources.postgres import base_backup
+        from recovery.drills.contents import record_contents, safe_snapshot
 
         dsn = self.sources.postgres_dsn
         assert dsn
@@ -273,7 +225,12 @@ class BackupRunner:
         stream = base_backup(dsn, label=run_id, incremental_from_manifest=plan.parent_manifest, pg_bin=plan.pg_bin)
         manifest_path = tmp / f"{plan.kind}.backup_manifest"
         capture = ManifestCapturingBackup(stream, manifest_path) if plan.capture_manifest else None
+        # what the cluster held right before and right after: the restore test's yardstick (recovery/drills)
+        before, why = safe_snapshot(dsn)
         record = self.store_object(run_id, plan.kind, "postgres", name, capture or stream, plan.reason)
+        if record.status == "ok":
+            after, why_after = safe_snapshot(dsn) if before is not None else (None, why)
+            record = self._set_row(record, contents=record_contents(before, after, why or why_after))
         if plan.parent is not None:
             record = self._set_row(record, parent_run_id=plan.parent.run_id)
         if record.status != "ok" or capture is None:
@@ -299,7 +256,7 @@ class BackupRunner:
     def _neo4j(self, run_id: str) -> list[BackupRecord]:
         from neo4j import GraphDatabase
 
-        from recovery.backup.neo4j_export import export_graph
+        from recovery.backup.sources.neo4j import export_graph
 
         cfg = self.sources.neo4j
         assert cfg
@@ -308,19 +265,19 @@ class BackupRunner:
         database = cfg.get("database", "neo4j")
         with GraphDatabase.driver(cfg["uri"], auth=auth) as driver:
             source = produced(lambda out: export_graph(driver, database, out=out))
-            return [self.store_object(run_id, "neo4j", "neo4j", f"{run_id}/neo4j-{database}.jsonl.zst.aes", source)]
+            return [self.store_object(run_id, NEO4J_KIND, "neo4j", f"{run_id}/neo4j-{database}.jsonl.zst.aes", source)]
 
     def _milvus(self, run_id: str) -> list[BackupRecord]:
         from pymilvus import MilvusClient
 
-        from recovery.backup.milvus_export import export_collection, list_collections
+        from recovery.backup.sources.milvus import export_collection, list_collections
 
         client = MilvusClient(uri=self.sources.milvus_uri or "")
         try:
             records = []
             for collection in list_collections(client):
                 source = produced(functools.partial(export_collection, client, collection))
-                records.append(self.store_object(run_id, "milvus", "milvus",
+                records.append(self.store_object(run_id, MILVUS_KIND, "milvus",
                                                   f"{run_id}/milvus-{collection}.jsonl.zst.aes", source))
             return records
         finally:

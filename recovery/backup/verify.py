@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlmodel import col, select
-
-from recovery.backup.crypto import BackupKey
-from recovery.backup.pipeline import verify_object
-from recovery.backup.postgres_restore import RestoreError
-from recovery.backup.storage import StorageError, Target
+from recovery.backup.catalog import previous_good, records_for
+from recovery.backup.restore.postgres import RestoreError
+from recovery.backup.storage.base import StorageError, Target
+from recovery.backup.stream.crypto import BackupKey
+from recovery.backup.stream.pipeline import verify_object
 from recovery.redact import redact
-from statemachines.models import BackupRecord, require_id, utcnow
+from statemachines.models import BackupRecord, utcnow
 from statemachines.store import Store
 
 
@@ -35,13 +34,6 @@ def holders(record: BackupRecord, targets: list[Target]) -> list[Target]:
     """Targets that should hold the object (stored there and not removed as a staging copy)."""
     stored = record.targets
     return [t for t in targets if stored.get(t.name, {}).get("ok") and not stored[t.name].get("removed")]
-
-
-def records_for(store: Store, ident: str) -> list[BackupRecord]:
-    with store.session() as session:
-        query = select(BackupRecord).where(
-            (col(BackupRecord.run_id) == ident) | (col(BackupRecord.object_name) == ident))
-        return list(session.exec(query.order_by(col(BackupRecord.id))))
 
 
 def check_record(record: BackupRecord, targets: list[Target], key: BackupKey, *, deep: bool = False) -> ObjectCheck:
@@ -88,16 +80,6 @@ def verify(store: Store, ident: str, targets: list[Target], key: BackupKey, *, d
                 session.add(row)
         checks.append(check)
     return checks
-
-
-def previous_good(store: Store, record: BackupRecord) -> BackupRecord | None:
-    """The newest usable backup of the same kind and component taken before ``record``."""
-    with store.session() as session:
-        return session.exec(
-            select(BackupRecord).where(BackupRecord.kind == record.kind, BackupRecord.component == record.component,
-                                       BackupRecord.status == "ok", col(BackupRecord.id) < require_id(record))
-            .order_by(col(BackupRecord.id).desc())
-        ).first()
 
 
 class RestoreRefused(RestoreError):

@@ -28,13 +28,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from sqlmodel import col, select
+from sqlmodel import select
 
-from recovery.backup import wal
-from recovery.backup.crypto import BackupKey
+from recovery.backup.catalog import KIND_INCREMENTAL, WAL_KIND, BackupNotFound, segment_of
 from recovery.backup.incremental import restore_chain
-from recovery.backup.pipeline import restore_stream
-from recovery.backup.postgres_restore import (
+from recovery.backup.restore.postgres import (
     PG_OS_USER,
     RestoredCluster,
     RestoreError,
@@ -42,11 +40,14 @@ from recovery.backup.postgres_restore import (
     restore_base_backup,
     shell_command,
 )
-from recovery.backup.runner import produced
-from recovery.backup.storage import StorageError, Target
+from recovery.backup.storage.base import StorageError, Target
+from recovery.backup.stream.crypto import BackupKey
+from recovery.backup.stream.pipe import produced
+from recovery.backup.stream.pipeline import restore_stream
 from recovery.backup.verify import VerifiedCopy
-from recovery.backup.wal_archive import WAL_KIND, TargetWalStore, segment_name, segment_of
-from recovery.backup.wal_sequence import first_gap, histories_in, parse_segment
+from recovery.backup.wal import commands as wal
+from recovery.backup.wal.archive import TargetWalStore, segment_name
+from recovery.backup.wal.sequence import first_gap, histories_in, parse_segment
 from recovery.redact import redact
 from statemachines.models import BackupRecord
 from statemachines.store import Store
@@ -55,33 +56,10 @@ if TYPE_CHECKING:   # the drivers load only for a Neo4j or Milvus restore (pymil
     from neo4j import Driver
     from pymilvus import MilvusClient
 
-    from recovery.backup import milvus_export, neo4j_export
+    from recovery.backup.sources import milvus as milvus_export
+    from recovery.backup.sources import neo4j as neo4j_export
 
 Progress = Callable[[str, int], None]
-
-POSTGRES_KINDS = ("pg_full", "pg_incremental")
-
-
-class BackupNotFound(LookupError):
-    """No usable backup matches; the message says what exists."""
-
-
-def choose(store: Store, kinds: tuple[str, ...], ident: str | None = None) -> list[BackupRecord]:
-    """The good catalog rows to restore: those of run/object ``ident``, else the newest run's."""
-    with store.session() as session:
-        query = select(BackupRecord).where(col(BackupRecord.kind).in_(kinds), BackupRecord.status == "ok")
-        if ident:
-            rows = list(session.exec(query.where(
-                (col(BackupRecord.run_id) == ident) | (col(BackupRecord.object_name) == ident))
-                .order_by(col(BackupRecord.id))))
-            if not rows:
-                raise BackupNotFound(f"no good {'/'.join(kinds)} backup {ident!r}: see `aegis backup list`")
-            return rows
-        newest = session.exec(query.order_by(col(BackupRecord.id).desc())).first()
-        if newest is None:
-            raise BackupNotFound(f"no good {'/'.join(kinds)} backup in the catalog yet: run `aegis backup run`")
-        return list(session.exec(query.where(BackupRecord.run_id == newest.run_id).order_by(col(BackupRecord.id))))
-
 
 class _Counting:
     """A sink wrapper reporting plaintext bytes written (the progress bar's figure)."""
@@ -240,7 +218,7 @@ def restore_postgres(
         options = RestoreOptions(
             port=port, socket_dir=socket_dir, restore_command=restore_command, target_time=target_time,
             target_action="pause" if pause_at_target else "promote", pg_bin=pg_bin, os_user=os_user)
-        if copy.record.kind == "pg_incremental":  # PostgreSQL 17+: combine the chain back to its full
+        if copy.record.kind == KIND_INCREMENTAL:  # PostgreSQL 17+: combine the chain back to its full
             cluster = restore_chain(store, copy.record, wal_store.targets, wal_store.runner.key, data_dir, options)
             return cluster, len(names)
         with plaintext(copy, wal_store.runner.key, progress) as tar_stream:
@@ -255,7 +233,7 @@ def restore_postgres(
 def restore_neo4j(copy: VerifiedCopy, key: BackupKey, driver: Driver, database: str,
                   progress: Progress | None = None) -> neo4j_export.ImportStats:
     """Import the export into ``database``, which must be empty (``import_graph`` checks counts after)."""
-    from recovery.backup.neo4j_export import import_graph
+    from recovery.backup.sources.neo4j import import_graph
 
     with plaintext(copy, key, progress) as source:
         return import_graph(driver, database, source=source)
@@ -264,7 +242,7 @@ def restore_neo4j(copy: VerifiedCopy, key: BackupKey, driver: Driver, database: 
 def restore_milvus(copy: VerifiedCopy, key: BackupKey, client: MilvusClient, new_name: str | None = None,
                    progress: Progress | None = None) -> milvus_export.ImportStats:
     """Recreate the collection (as ``new_name`` if given), which must not exist yet."""
-    from recovery.backup.milvus_export import import_collection
+    from recovery.backup.sources.milvus import import_collection
 
     with plaintext(copy, key, progress) as source:
         return import_collection(client, source, new_name)

@@ -38,7 +38,7 @@ from typing import BinaryIO, Literal, TypedDict, Unpack, get_args
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from recovery.backup.postgres import pg_bin_dir
+from recovery.backup.sources.postgres import pg_bin_dir
 from recovery.redact import redact
 
 PG_OS_USER = "postgres"
@@ -91,7 +91,7 @@ class RestoredCluster:
         return subprocess.run(
             [str(self.pg_bin / "pg_ctl"), "-D", str(self.data_dir), *args],
             capture_output=True, text=True, timeout=timeout, check=False, cwd=self.data_dir,
-            **_as_user(self.os_user),
+            **run_as(self.os_user),
         )
 
     def is_running(self) -> bool:
@@ -120,7 +120,7 @@ class RestoredCluster:
             return ""
 
 
-def _owner(os_user: str) -> tuple[int, int] | None:
+def os_user_ids(os_user: str) -> tuple[int, int] | None:
     """uid/gid to hand files to when running as root; None when we already are that user."""
     if os.geteuid() != 0:
         return None
@@ -139,15 +139,15 @@ class _RunOptions(_AsUser, total=False):
     timeout: float
 
 
-def _as_user(os_user: str) -> _AsUser:
+def run_as(os_user: str) -> _AsUser:
     """subprocess kwargs that drop from root to ``os_user`` (postgres refuses to run as root)."""
-    owner = _owner(os_user)
+    owner = os_user_ids(os_user)
     if owner is None:
         return {}
     return {"user": owner[0], "group": owner[1], "extra_groups": []}
 
 
-def _chown(path: Path | int, owner: tuple[int, int] | None) -> None:
+def chown_to(path: Path | int, owner: tuple[int, int] | None) -> None:
     if owner is None:
         return
     if isinstance(path, int):
@@ -156,7 +156,7 @@ def _chown(path: Path | int, owner: tuple[int, int] | None) -> None:
         os.chown(path, *owner, follow_symlinks=False)
 
 
-def _check_reachable(path: Path, owner: tuple[int, int] | None) -> None:
+def check_reachable(path: Path, owner: tuple[int, int] | None) -> None:
     """Fail early (not in a cryptic pg_ctl error) when the server user cannot traverse to ``path``."""
     if owner is None:
         return
@@ -196,7 +196,7 @@ def _private_socket_dir(socket_dir: Path, owner: tuple[int, int] | None) -> None
         raise RestoreError(f"socket directory {socket_dir} is not empty (shared with something else?); "
                            "give a new directory, the restored server keeps it private (0700)")
     socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _chown(socket_dir, owner)
+    chown_to(socket_dir, owner)
     socket_dir.chmod(0o700)
 
 
@@ -224,14 +224,14 @@ def _write_access_files(data_dir: Path, pg_hba: str | None, db_user: str, os_use
     _write_owned(data_dir / "pg_ident.conf", f"# Written by Aegis: OS user -> database role (peer)\n{ident}", owner)
 
 
-def _prepare_data_dir(data_dir: Path, owner: tuple[int, int] | None) -> None:
+def prepare_data_dir(data_dir: Path, owner: tuple[int, int] | None) -> None:
     """Create ``data_dir`` or accept it if empty; anything else is refused, never overwritten."""
     if data_dir.is_symlink() or (data_dir.exists() and not data_dir.is_dir()):
         raise RestoreError(f"refusing to restore into {data_dir}: not a directory")
     if data_dir.exists() and any(data_dir.iterdir()):
         raise RestoreError(f"refusing to restore into {data_dir}: it is not empty (an existing data directory?)")
     data_dir.mkdir(parents=True, exist_ok=True)
-    _chown(data_dir, owner)
+    chown_to(data_dir, owner)
     data_dir.chmod(0o700)  # PostgreSQL refuses a data directory readable by others
 
 
@@ -255,12 +255,12 @@ def _ensure_dirs(root: Path, rel: PurePosixPath, owner: tuple[int, int] | None) 
             raise RestoreError(f"unexpected symlink at {current}")
         if not current.exists():
             current.mkdir(mode=0o700)
-            _chown(current, owner)
+            chown_to(current, owner)
             current.chmod(0o700)
     return current
 
 
-def _extract(tar_stream: BinaryIO, data_dir: Path, owner: tuple[int, int] | None) -> int:
+def extract_tar(tar_stream: BinaryIO, data_dir: Path, owner: tuple[int, int] | None) -> int:
     """Stream-extract regular files and directories only; links/devices are refused. Returns bytes."""
     total = 0
     try:
@@ -284,7 +284,7 @@ def _extract(tar_stream: BinaryIO, data_dir: Path, owner: tuple[int, int] | None
                     fd = os.open(parent / rel.name, flags, 0o600)
                 except FileExistsError:
                     raise RestoreError(f"duplicate entry in backup tar: {member.name!r}") from None
-                _chown(fd, owner)
+                chown_to(fd, owner)
                 with os.fdopen(fd, "wb") as out:
                     shutil.copyfileobj(src, out, CHUNK)
                 total += member.size
@@ -317,15 +317,15 @@ def shell_command(argv: list[str], *placeholders: str) -> str:
 def _write_owned(path: Path, text: str, owner: tuple[int, int] | None, append: bool = False) -> None:
     with open(path, "a" if append else "w", encoding="utf-8") as f:
         f.write(text)
-    _chown(path, owner)
+    chown_to(path, owner)
     path.chmod(0o600)
 
 
-def _run(argv: list[str], **kwargs: Unpack[_RunOptions]) -> subprocess.CompletedProcess[str]:
+def run_command(argv: list[str], **kwargs: Unpack[_RunOptions]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return redact(lines[-1]) if lines else "(no output)"
 
@@ -333,7 +333,7 @@ def _last_line(text: str) -> str:
 def _check_major(data_dir: Path, bin_dir: Path) -> None:
     """The binaries must match the backup's major version; say so plainly instead of a startup FATAL."""
     backup_major = (data_dir / "PG_VERSION").read_text(encoding="ascii").strip()
-    proc = _run([str(bin_dir / "postgres"), "--version"])
+    proc = run_command([str(bin_dir / "postgres"), "--version"])
     found = re.search(r"\)\s+(\d+)", proc.stdout)
     if found and found.group(1) != backup_major:
         raise RestoreError(f"backup is PostgreSQL {backup_major} but {bin_dir} has PostgreSQL {found.group(1)}")
@@ -343,9 +343,9 @@ def _verify_manifest(data_dir: Path, bin_dir: Path) -> None:
     """pg_verifybackup: every file's checksum and the WAL range against ``backup_manifest``."""
     if not (data_dir / "backup_manifest").exists():
         return
-    proc = _run([str(bin_dir / "pg_verifybackup"), "--quiet", str(data_dir)], timeout=3600)
+    proc = run_command([str(bin_dir / "pg_verifybackup"), "--quiet", str(data_dir)], timeout=3600)
     if proc.returncode != 0:
-        raise RestoreError(f"restored files fail verification against backup_manifest: {_last_line(proc.stderr)}")
+        raise RestoreError(f"restored files fail verification against backup_manifest: {last_line(proc.stderr)}")
 
 
 def _wait_ready(cluster: RestoredCluster, target_action: TargetAction, deadline: float) -> None:
@@ -420,13 +420,13 @@ def restore_base_backup(tar_stream: BinaryIO, data_dir: Path, options: RestoreOp
     ones are written. On failure the server is stopped and the files are left for diagnosis.
     """
     data_dir = Path(data_dir)
-    owner = _owner(options.os_user)
+    owner = os_user_ids(options.os_user)
 
     _check_pg_ctl_path(data_dir, "data directory")
-    _check_reachable(data_dir, owner)
-    _check_reachable(Path(options.socket_dir), owner)
-    _prepare_data_dir(data_dir, owner)
-    _extract(tar_stream, data_dir, owner)
+    check_reachable(data_dir, owner)
+    check_reachable(Path(options.socket_dir), owner)
+    prepare_data_dir(data_dir, owner)
+    extract_tar(tar_stream, data_dir, owner)
     return start_restored(data_dir, options)
 
 
@@ -441,9 +441,9 @@ def start_restored(data_dir: Path, options: RestoreOptions) -> RestoredCluster:
     socket_dir = Path(options.socket_dir)
     os_user, db_user, target_time = options.os_user, options.db_user, options.target_time
     restore_command = options.restore_command
-    owner = _owner(os_user)
+    owner = os_user_ids(os_user)
     _check_pg_ctl_path(data_dir, "data directory")
-    _check_reachable(socket_dir, owner)
+    check_reachable(socket_dir, owner)
     missing = [name for name in _REQUIRED if not (data_dir / name).is_file()]
     if missing:
         raise RestoreError(f"stream is not a pg_basebackup tar: missing {', '.join(missing)}")
@@ -487,20 +487,20 @@ def start_restored(data_dir: Path, options: RestoreOptions) -> RestoredCluster:
     log_path = Path(options.log_file) if options.log_file is not None else data_dir.with_name(data_dir.name + ".log")
     _check_pg_ctl_path(log_path, "log file")
     log_path.touch()
-    _chown(log_path, owner)
+    chown_to(log_path, owner)
     log_path.chmod(0o600)  # the server log can quote data (failed statements)
 
     cluster = RestoredCluster(data_dir, options.port, socket_dir, log_path, bin_dir, db_user=db_user, os_user=os_user)
     deadline = time.monotonic() + options.recovery_timeout
     start_timeout = options.start_timeout
     try:
-        proc = _run(
+        proc = run_command(
             [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(log_path), "-w", "-t", str(start_timeout),
              "start"],
-            cwd=data_dir, timeout=start_timeout + 30, **_as_user(os_user),
+            cwd=data_dir, timeout=start_timeout + 30, **run_as(os_user),
         )
         if proc.returncode != 0:
-            raise RestoreError(f"restored server did not start: {_last_line(proc.stderr)}\n{cluster.log_tail()}")
+            raise RestoreError(f"restored server did not start: {last_line(proc.stderr)}\n{cluster.log_tail()}")
         # Without a target, archive recovery promotes by itself at the end of the archive.
         _wait_ready(cluster, options.target_action if target_time is not None else "promote", deadline)
     except BaseException:

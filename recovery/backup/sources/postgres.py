@@ -71,7 +71,7 @@ def client_env(dsn: str) -> dict[str, str]:
     return env
 
 
-def _connect(dsn: str) -> psycopg.Connection[Any]:
+def connect_source(dsn: str) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
     except psycopg.Error as exc:
@@ -80,7 +80,7 @@ def _connect(dsn: str) -> psycopg.Connection[Any]:
 
 def server_version(dsn: str) -> tuple[int, str]:
     """``(server_version_num, server_version)``, e.g. ``(150018, "15.18 (Debian ...)")``."""
-    with _connect(dsn) as conn:
+    with connect_source(dsn) as conn:
         row = conn.execute(
             "SELECT current_setting('server_version_num')::int, current_setting('server_version')"
         ).fetchone()
@@ -275,7 +275,7 @@ def base_backup(
 
     The tar contains the data directory, the WAL needed to make it consistent (``pg_wal/``) and the
     ``backup_manifest`` (pg_basebackup injects it when writing a tar to stdout); restore it with
-    ``recovery.backup.postgres_restore.restore_base_backup``.
+    ``recovery.backup.restore.postgres.restore_base_backup``.
 
     ``incremental_from_manifest`` is the ``backup_manifest`` of the previous backup in the chain
     (``recovery.backup.incremental`` stores each one and plans the chain). It needs pg_basebackup
@@ -318,7 +318,7 @@ def supports_incremental(dsn: str, *, pg_bin: str | Path | None = None) -> tuple
         return False, (
             f"PostgreSQL {major} has no incremental base backup (needs 17+); the daily slot takes a full backup"
         )
-    with _connect(dsn) as conn:
+    with connect_source(dsn) as conn:
         row = conn.execute("SELECT current_setting('summarize_wal', true)").fetchone()
     if not row or row[0] != "on":
         return False, f"PostgreSQL {major} has summarize_wal off; the daily slot takes a full backup"
@@ -358,7 +358,7 @@ def logical_dump(dsn: str, database: str, *, pg_bin: str | Path | None = None) -
 
 def list_databases(dsn: str) -> list[str]:
     """Databases a logical backup should cover: not templates, and accepting connections."""
-    with _connect(dsn) as conn:
+    with connect_source(dsn) as conn:
         rows = conn.execute(
             "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY datname"
         ).fetchall()

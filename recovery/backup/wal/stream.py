@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from recovery.backup import wal
-from recovery.backup.postgres import client_env
+from recovery.backup.sources.postgres import client_env
+from recovery.backup.wal import commands as wal
 from recovery.redact import redact
 
 log = logging.getLogger("aegis.wal.stream")

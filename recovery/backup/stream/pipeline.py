@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
-from recovery.backup.compress import DEFAULT_LEVEL, compress_chunks, decompress_chunks
-from recovery.backup.crypto import (
+from recovery.backup.storage.base import DEFAULT_READ_CHUNK, StorageError, Target, safe_message
+from recovery.backup.stream.compress import DEFAULT_LEVEL, compress_chunks, decompress_chunks
+from recovery.backup.stream.crypto import (
     DEFAULT_CHUNK_SIZE,
     BackupKey,
     BackupKeyError,
@@ -26,7 +27,6 @@ from recovery.backup.crypto import (
     Encryptor,
     IntegrityError,
 )
-from recovery.backup.storage import DEFAULT_READ_CHUNK, StorageError, Target, safe_message
 
 SOURCE_READ_SIZE = 1024 * 1024
 QUEUE_DEPTH = 4
@@ -301,7 +301,7 @@ def verify_object(
     """Read the whole object, checking every chunk's tag and (if given) the sha256; nothing is written anywhere.
 
     Integrity and key problems come back as ``ok=False`` with ``reason`` and ``chunk_index``; storage errors
-    (target unreachable, object missing) raise :class:`~recovery.backup.storage.StorageError`.
+    (target unreachable, object missing) raise :class:`~recovery.backup.storage.base.StorageError`.
     """
     reader = target.read(name, read_size)
     hashing = _Hashing(reader)

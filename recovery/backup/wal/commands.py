@@ -275,11 +275,11 @@ def receivewal_command(
     """argv for ``pg_receivewal`` streaming WAL continuously into ``directory`` (RPO near zero).
 
     The current segment is written as ``<name>.partial`` and renamed when complete. A password in
-    ``dsn`` is left out of argv: run the command with ``recovery.backup.postgres.client_env(dsn)``.
+    ``dsn`` is left out of argv: run the command with ``recovery.backup.sources.postgres.client_env(dsn)``.
     ``synchronous`` flushes every write and reports it at once; with an ``application_name`` in the
     DSN listed in the primary's ``synchronous_standby_names`` commits then wait for the receiver.
     """
-    from recovery.backup.postgres import pg_bin_dir, split_password
+    from recovery.backup.sources.postgres import pg_bin_dir, split_password
 
     if not _SLOT_NAME.match(slot):
         raise ValueError("slot names are 1-63 characters of a-z, 0-9 and _")

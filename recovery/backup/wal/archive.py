@@ -26,24 +26,18 @@ from typing import BinaryIO
 
 from sqlmodel import select
 
-from recovery.backup.crypto import IntegrityError
-from recovery.backup.pipeline import restore_stream
+from recovery.backup.catalog import WAL_KIND, WAL_RUN_ID, wal_object
 from recovery.backup.runner import BackupRunner
-from recovery.backup.storage import LocalTarget, StorageError, Target
+from recovery.backup.storage.base import StorageError, Target
+from recovery.backup.storage.local import LocalTarget
+from recovery.backup.stream.crypto import IntegrityError
+from recovery.backup.stream.pipeline import restore_stream
 from recovery.backup.verify import holders
-from recovery.backup.wal import WalError, check_wal_name
+from recovery.backup.wal.commands import WalError
 from recovery.redact import redact
 from statemachines.models import BackupRecord
 
 log = logging.getLogger("aegis.wal")
-
-WAL_RUN_ID = "wal"
-WAL_KIND = "pg_wal"
-
-
-def wal_object(name: str) -> str:
-    return f"wal/{check_wal_name(name)}.zst.aes"
-
 
 _SEGMENT_BYTES = 16 * 1024 * 1024  # default wal_segment_size, which names the archived files
 
@@ -52,11 +46,6 @@ def segment_name(timeline: int, lsn: str) -> str:
     """The WAL file holding ``lsn`` (``'0/3000028'``) on ``timeline``."""
     hi, lo = (int(part, 16) for part in lsn.split("/"))
     return f"{timeline:08X}{hi:08X}{(lo // _SEGMENT_BYTES):08X}"
-
-
-def segment_of(object_name: str) -> str:
-    """``wal/000000010000000000000003.zst.aes`` → ``000000010000000000000003``."""
-    return object_name.removeprefix("wal/").removesuffix(".zst.aes")
 
 
 class _HashingReader:
@@ -86,7 +75,7 @@ class _HashingSink:
 
 
 class TargetWalStore:
-    """A ``recovery.backup.wal.WalStore`` over the configured targets, key and catalog."""
+    """A ``recovery.backup.wal.commands.WalStore`` over the configured targets, key and catalog."""
 
     def __init__(self, runner: BackupRunner) -> None:
         self.runner = runner

@@ -1,0 +1,276 @@
+"""Storage targets for backup streams: a local directory, S3 and Azure Blob, behind one small interface.
+
+Writers are streaming: bytes arrive in arbitrary pieces and are cut into parts/blocks that upload
+concurrently from a bounded pool, so memory is at most ``(concurrency + 1) * part_size`` per writer.
+Nothing is visible under the final name until ``commit()``; ``abort()`` leaves nothing behind that would
+be mistaken for a backup. Errors are :class:`StorageError` with secrets redacted.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+from recovery.redact import redact
+
+T = TypeVar("T")
+Part = TypeVar("Part")   # what one uploaded part leaves for the final commit (S3: number + ETag, Azure: block id)
+
+MiB = 1024 * 1024
+DEFAULT_PART_SIZE = 8 * MiB
+DEFAULT_READ_CHUNK = MiB
+# Shared-access signatures travel in URLs that the Azure SDK puts into its error messages.
+_SAS_SIG = re.compile(r"(sig=)[^&\s]+", re.I)
+
+
+class StorageError(Exception):
+    """A storage operation failed; the message is safe to log and show in Slack."""
+
+
+def safe_message(exc: BaseException, limit: int = 300) -> str:
+    """One redacted line for logs and Slack: SDK errors carry request ids and XML bodies on later lines."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    code = getattr(exc, "error_code", None)
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if code and str(code) not in text:
+        text += f" ({code})"
+    text = _SAS_SIG.sub(r"\1********", redact(text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def storage_failure(target: str, op: str, exc: BaseException) -> StorageError:
+    return StorageError(f"{target}: {op} failed: {safe_message(exc)}")
+
+
+class Writer(ABC):
+    """One object being written; exactly one of ``commit`` or ``abort`` ends it."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+
+class GuardedWriter(Writer):
+    """Turn any SDK exception into a redacted StorageError naming the target and the object."""
+
+    def __init__(self, target: str, key: str, inner: Writer) -> None:
+        self._target, self._key, self._inner = target, key, inner
+
+    def write(self, data: bytes) -> None:
+        self._guard("upload", self._inner.write, data)
+
+    def commit(self) -> None:
+        self._guard("commit", self._inner.commit)
+
+    def abort(self) -> None:
+        self._guard("abort", self._inner.abort)
+
+    def _guard(self, op: str, fn: Callable[..., None], *args: bytes) -> None:
+        try:
+            fn(*args)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise storage_failure(self._target, f"{op} {self._key}", exc) from None
+
+
+class Target(ABC):
+    """Somewhere backups are stored. Keys are relative, '/'-separated names."""
+
+    name: str
+    kind: str
+
+    @abstractmethod
+    def open_writer(self, key: str) -> Writer: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, key: str) -> int | None: ...
+
+    @abstractmethod
+    def read(self, key: str, chunk_size: int = DEFAULT_READ_CHUNK) -> Iterator[bytes]: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[str]: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def check_key(key: str) -> str:
+    """Refuse names that could escape a directory or prefix."""
+    if not key or "\\" in key or any(p in ("", ".", "..") for p in key.split("/")):
+        raise StorageError(f"invalid backup object name {key!r}")
+    return key
+
+
+class _BoundedUploads(Generic[Part]):
+    """Run part uploads on a pool with at most ``limit`` in flight; ``submit`` blocks when the pool is full."""
+
+    def __init__(self, limit: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="upload")
+        self._slots = threading.BoundedSemaphore(limit)
+        self._futures: list[Future[Part]] = []
+        self._error: BaseException | None = None
+
+    def submit(self, fn: Callable[[int, bytes], Part], number: int, data: bytes) -> None:
+        # Fail the stream at the next write after a part fails, not only at commit.
+        if self._error is not None:
+            raise self._error
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(fn, number, data)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(self._done)
+        self._futures.append(future)
+
+    def _done(self, future: Future[Part]) -> None:
+        self._slots.release()
+        if not future.cancelled() and future.exception() is not None and self._error is None:
+            self._error = future.exception()
+
+    def wait(self) -> list[Part]:
+        """Results in submission order; raises the first failure."""
+        try:
+            return [f.result() for f in self._futures]
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def cancel(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class PartWriter(Writer, Generic[Part]):
+    """Cuts the stream into fixed-size parts; subclasses upload parts and finish the object."""
+
+    def __init__(self, target: str, part_size: int, concurrency: int, max_parts: int) -> None:
+        self._target = target
+        self._part_size = part_size
+        self._max_parts = max_parts
+        self._concurrency = concurrency
+        self._buf = bytearray()
+        self._parts = 0
+        self._uploads: _BoundedUploads[Part] | None = None
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        while len(self._buf) >= self._part_size:
+            with memoryview(self._buf) as view:  # one copy per part, not a slice and then a copy of it
+                part = bytes(view[: self._part_size])
+            del self._buf[: self._part_size]
+            self._send(part)
+
+    def _send(self, part: bytes) -> None:
+        if self._parts >= self._max_parts:
+            raise StorageError(f"{self._target}: object needs more than {self._max_parts} parts; raise part_size")
+        if self._uploads is None:
+            self._begin()
+            self._uploads = _BoundedUploads(self._concurrency)
+        self._parts += 1
+        self._uploads.submit(self._upload_part, self._parts, part)
+
+    def commit(self) -> None:
+        if self._uploads is None:
+            # Small object: one request, no multipart bookkeeping.
+            self._put_whole(bytes(self._buf))
+            return
+        if self._buf:
+            self._send(bytes(self._buf))
+            self._buf.clear()
+        self._finish(self._uploads.wait())
+
+    def abort(self) -> None:
+        self._buf.clear()
+        if self._uploads is not None:
+            self._uploads.cancel()
+            self._discard()
+
+    @abstractmethod
+    def _begin(self) -> None: ...
+
+    @abstractmethod
+    def _upload_part(self, number: int, data: bytes) -> Part: ...
+
+    @abstractmethod
+    def _finish(self, parts: list[Part]) -> None: ...
+
+    @abstractmethod
+    def _put_whole(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _discard(self) -> None: ...
+
+
+
+class RemoteTarget(Target):
+    """Shared by cloud targets: object names live under ``prefix`` and SDK errors become StorageError."""
+
+    prefix: str
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def _call(self, op: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise storage_failure(self.name, op, exc) from None
+
+
+
+# --- configuration ------------------------------------------------------------------------------------------
+
+_FIELDS: dict[str, tuple[set[str], set[str]]] = {
+    # kind: (required keys, optional keys)
+    "local": ({"path"}, {"name"}),
+    "s3": ({"bucket"}, {"name", "prefix", "endpoint_url", "region", "part_size", "concurrency", "retries"}),
+    "azure": (
+        {"container"},
+        {"name", "prefix", "connection_string_env", "block_size", "concurrency", "api_version", "retries"},
+    ),
+}
+
+
+def _target_class(kind: str) -> type[Target]:
+    # Imported here: each kind's module imports this one, and an SDK loads only with the kind that needs it.
+    if kind == "s3":
+        from recovery.backup.storage.s3 import S3Target
+        return S3Target
+    if kind == "azure":
+        from recovery.backup.storage.azure import AzureTarget
+        return AzureTarget
+    from recovery.backup.storage.local import LocalTarget
+    return LocalTarget
+
+
+def target_from_config(config: Mapping[str, object]) -> Target:
+    """Build a target from ``{kind: local|s3|azure, ...}``; unknown or missing keys are errors, not surprises."""
+    options = dict(config)
+    kind = options.pop("kind", None)
+    if kind not in _FIELDS:
+        raise ValueError(f"storage target kind must be one of {sorted(_FIELDS)}, got {kind!r}")
+    required, optional = _FIELDS[kind]
+    missing = required - options.keys()
+    unknown = options.keys() - required - optional
+    if missing or unknown:
+        problems = [f"missing {sorted(missing)}" if missing else "", f"unknown {sorted(unknown)}" if unknown else ""]
+        raise ValueError(f"{kind} storage target: " + "; ".join(p for p in problems if p))
+    return _target_class(kind)(**options)

@@ -1,0 +1,48 @@
+"""Join a writer to a reader: an exporter writes a file object, the pipeline reads one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
+
+
+@contextlib.contextmanager
+def produced(write: Callable[[BinaryIO], object]) -> Iterator[BinaryIO]:
+    """Run ``write(out)`` in a thread feeding a pipe; yield the pipe's read end.
+
+    The exporters write to a file object, the pipeline reads one: a pipe joins them with a bounded
+    kernel buffer, so memory stays flat. A writer error is re-raised when the block exits, and wins over
+    the consumer's own error (which is then only its consequence).
+    """
+    read_fd, write_fd = os.pipe()
+    reader, writer = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            write(writer)
+        except BaseException as exc:  # handed to the consumer below
+            failure.append(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                writer.close()
+
+    thread = threading.Thread(target=run, name="aegis-export", daemon=True)
+    thread.start()
+    try:
+        yield reader
+    except BaseException:
+        reader.close()
+        thread.join()
+        # A consumer failing on a cut-short stream (e.g. "not a valid tar") is a symptom; the writer's
+        # own error (a failed tag or checksum) is the cause. A broken pipe only means we stopped reading.
+        if failure and not isinstance(failure[0], BrokenPipeError):
+            raise failure[0] from None
+        raise
+    reader.close()
+    thread.join()
+    if failure:
+        raise failure[0]
