@@ -42,7 +42,8 @@ from bot.config import SCENARIOS, SEVERITIES
 from bot.flows import Flows, Refused, reference
 from bot.reads import Reads
 from bot.slack_gateway import SlackCallFailed
-from messages import blocks
+from messages.blocks import kit as block_kit
+from messages.blocks import modals as modal_blocks
 from messages.views import Message
 from statemachines import service as svc
 from statemachines.machine import IllegalTransition
@@ -127,7 +128,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     # Two threads: enough to keep up with people clicking, few enough that acks keep the CPU they need.
     # Bounded: past the queue, new user work is refused ("busy") rather than piling up (bot/bounded.py).
     interactions = BoundedPool(2, queue_limit(100), thread_name_prefix="aegis-interaction")
-    busy = blocks.refusal("busy", locale)
+    busy = block_kit.refusal("busy", locale)
 
     def later(respond: Respond | None, work: Callable[[], None]) -> None:
         """Run ``work`` after the ack, off the request thread; ``Busy`` when the queue is full."""
@@ -138,16 +139,16 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         if isinstance(exc, Refused):
             return flows.explain(exc)
         if isinstance(exc, IllegalTransition):
-            return blocks.refusal("wrong_state", locale, action=exc.trigger, state=exc.state)
+            return block_kit.refusal("wrong_state", locale, action=exc.trigger, state=exc.state)
         if isinstance(exc, StaleVersion):
             # someone else changed the incident in the same instant; their change stands
-            return blocks.refusal("changed_meanwhile", locale)
+            return block_kit.refusal("changed_meanwhile", locale)
         if isinstance(exc, svc.NotFound):
             # a message older than the database (a restore) names an incident or step it no longer has
-            return blocks.refusal("incident_gone", locale)
+            return block_kit.refusal("incident_gone", locale)
         ref = reference()
         log.error("handler failed (reference %s)", ref, exc_info=exc)
-        return blocks.refusal("internal_error", locale, reference=ref)
+        return block_kit.refusal("internal_error", locale, reference=ref)
 
     def guarded(respond: Respond | None, work: Callable[[], None]) -> None:
         try:
@@ -215,7 +216,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             respond = req.context.respond
             if respond is not None:
                 try:
-                    later(respond, lambda: _ephemeral(respond, blocks.refusal(problem, locale)))
+                    later(respond, lambda: _ephemeral(respond, block_kit.refusal(problem, locale)))
                 except Busy:
                     _ephemeral(respond, busy)
             return BoltResponse(status=200, body="")
@@ -228,11 +229,11 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     def aegis_command(ack: Ack, command: dict[str, Any], respond: Respond, client: WebClient) -> None:
         parsed = commands.parse(str(command.get("text") or ""))
         if isinstance(parsed, commands.Help):
-            message = blocks.help_text(locale)
+            message = block_kit.help_text(locale)
             ack(text=message.text, blocks=message.blocks, response_type="ephemeral")
             return
         if isinstance(parsed, commands.Usage):
-            message = blocks.usage_error(parsed.problem, locale, **parsed.ctx)
+            message = block_kit.usage_error(parsed.problem, locale, **parsed.ctx)
             ack(text=message.text, blocks=message.blocks, response_type="ephemeral")
             return
         user = command["user_id"]
@@ -249,7 +250,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             return
 
         if isinstance(parsed, commands.Declare):
-            answer = decide(lambda: blocks.declared_ack(flows.declare(
+            answer = decide(lambda: modal_blocks.declared_ack(flows.declare(
                 user_id=user, scenario=parsed.scenario, severity=parsed.severity,
                 summary=parsed.summary).key or "", locale))
             declared = answer()   # a declaration's answers never call Slack: the ack carries them
@@ -261,7 +262,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
 
         def work() -> None:
             if isinstance(parsed, commands.OpenDeclareForm):
-                form = blocks.declare_modal(locale)
+                form = modal_blocks.declare_modal(locale)
                 form["private_metadata"] = channel or ""   # where to confirm the declaration
                 open_form(command.get("trigger_id"), form, "declare")
             elif isinstance(parsed, commands.Status):
@@ -380,11 +381,11 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         scenario, severity, summary = field(view, "scenario"), field(view, "severity"), field(view, "summary")
         errors = {}
         if scenario not in SCENARIOS:
-            errors["scenario"] = blocks.usage_error("unknown_scenario", locale, value=scenario).text[:150]
+            errors["scenario"] = block_kit.usage_error("unknown_scenario", locale, value=scenario).text[:150]
         if severity not in SEVERITIES:
-            errors["severity"] = blocks.usage_error("unknown_severity", locale, value=severity).text[:150]
+            errors["severity"] = block_kit.usage_error("unknown_severity", locale, value=severity).text[:150]
         if not summary:
-            errors["summary"] = blocks.usage_error("missing_summary", locale).text[:150]
+            errors["summary"] = block_kit.usage_error("missing_summary", locale).text[:150]
         if errors:
             ack(response_action="errors", errors=errors)
             return
@@ -393,7 +394,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         reply = private_reply(user, metadata if isinstance(metadata, str) and metadata else None)
 
         # the same confirmation as the slash command, where the form was opened (or as a DM)
-        answer = decide(lambda: blocks.declared_ack(flows.declare(
+        answer = decide(lambda: modal_blocks.declared_ack(flows.declare(
             user_id=user, scenario=scenario, severity=severity, summary=summary[:1000]).key or "", locale))
         ack()
         reply_later(reply, answer)
@@ -403,7 +404,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         summary = field(view, "summary")
         incident_id = parse_id(view.get("private_metadata"))
         if not summary:
-            ack(**form_error("summary", blocks.usage_error("missing_summary", locale)))
+            ack(**form_error("summary", block_kit.usage_error("missing_summary", locale)))
             return
         # One primary-key read before the ack: only the ack can keep the form open with the reason.
         incident = None
@@ -414,7 +415,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
                 except svc.NotFound:
                     pass
         if incident is None:
-            ack(**form_error("summary", blocks.refusal("incident_gone", locale)))
+            ack(**form_error("summary", block_kit.refusal("incident_gone", locale)))
             return
         user = body["user"]["id"]
         answer = decide(lambda: flows.close(user_id=user, incident_id=require_id(incident), summary=summary[:3000]))
@@ -427,7 +428,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         text = field(view, block)
         step_id = parse_id(view.get("private_metadata"))
         if not text:
-            ack(**form_error(block, blocks.refusal(missing, locale)))
+            ack(**form_error(block, block_kit.refusal(missing, locale)))
             return
         channel = None
         if step_id is not None:
@@ -437,7 +438,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
                 except svc.NotFound:
                     step_id = None
         if step_id is None:
-            ack(**form_error(block, blocks.refusal("incident_gone", locale)))
+            ack(**form_error(block, block_kit.refusal("incident_gone", locale)))
             return
         user = body["user"]["id"]
         answer = decide(lambda: run(user, step_id or 0, text))

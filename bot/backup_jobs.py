@@ -24,8 +24,8 @@ from sqlmodel import col, select
 from bot.backup_cli import key_from, sources_from, targets_from
 from bot.config import Config
 from bot.slack_gateway import SlackCallFailed, SlackGateway
-from messages import blocks
-from messages.blocks import BackupObjectView, BackupRunView, BackupTargetView
+from messages.blocks import backup as backup_blocks
+from messages.blocks.backup import BackupObjectView, BackupRunView, BackupTargetView
 from messages.views import Message
 from recovery.backup.catalog import MILVUS_KIND, NEO4J_KIND, POSTGRES_BASE_KINDS
 from recovery.backup.runner import BackupRunner, RunReport
@@ -145,7 +145,7 @@ class BackupDuty:
                  f": {'; '.join(view.reasons)}" if view.reasons else "")
         ops = self.config.slack.ops_channel
         if view.status != "ok" and ops and ops != report_channel:
-            self.post(ops, blocks.backup_ops_alert(view, self.locale), f"ops alert for {report.run_id}")
+            self.post(ops, backup_blocks.backup_ops_alert(view, self.locale), f"ops alert for {report.run_id}")
         return view
 
     def post(self, channel: str, message: Message, what: str) -> bool:
@@ -169,7 +169,8 @@ def run_backup(duty: BackupDuty, job_id: str, kind: str, incremental: bool = Fal
         view = duty.run(kind, incremental=incremental, schedule=job_id)
     except Exception as exc:                     # not configured, key missing: tell ops, never die silently
         log.exception("scheduled %s could not run", job_id)
-        message = blocks.backup_job_alert("not_run", job_id, redact(f"{type(exc).__name__}: {exc}")[:400], duty.locale)
+        error = redact(f"{type(exc).__name__}: {exc}")[:400]
+        message = backup_blocks.backup_job_alert("not_run", job_id, error, duty.locale)
         duty.post(duty.config.slack.ops_channel, message, f"{job_id} failure")
         return None
     finally:
@@ -221,5 +222,5 @@ def _report_once(duty: BackupDuty, job_id: str, part: str, error: str) -> None:
     if job_id in duty.failing:
         return
     duty.failing.add(job_id)
-    duty.post(duty.config.slack.ops_channel, blocks.backup_job_alert(part, job_id, error, duty.locale),
+    duty.post(duty.config.slack.ops_channel, backup_blocks.backup_job_alert(part, job_id, error, duty.locale),
               f"{job_id} failure")

@@ -32,8 +32,9 @@ from bot.backup_cli import FRIENDLY_ERRORS, key_from, targets_from
 from bot.backup_jobs import BackupDuty, object_view
 from bot.bounded import BoundedPool, Busy, queue_limit
 from bot.flows import reference
-from messages import blocks
-from messages.blocks import BackupCheckView
+from messages.blocks import backup as backup_blocks
+from messages.blocks import kit as block_kit
+from messages.blocks.backup import BackupCheckView
 from messages.views import Message
 from recovery.backup.catalog import SUPPORTING_KINDS, previous_good, records_for
 from recovery.backup.verify import verify
@@ -67,11 +68,11 @@ class BackupDesk:
         """A run that could only fail (no storage, no such component) is refused before it starts."""
         config = self.duty.config
         if not config.storage:
-            return blocks.refusal("backup_no_storage", self.locale)
+            return block_kit.refusal("backup_no_storage", self.locale)
         parts = {"postgresql": config.components.postgres, "neo4j": config.components.neo4j,
                  "milvus": config.components.milvus}
         if not (any(parts.values()) if kind == "full" else parts[kind]):
-            return blocks.refusal("backup_component_missing", self.locale, kind=kind)
+            return block_kit.refusal("backup_component_missing", self.locale, kind=kind)
         return None
 
     # --- the ack path: in memory only --------------------------------------------------------
@@ -81,35 +82,35 @@ class BackupDesk:
         """Authorise and hand off the work; the returned message (if any) is the ephemeral ack."""
         if isinstance(parsed, commands.BackupRun):
             if not self.may_run(user):
-                return blocks.refusal("backup_run_not_allowed", self.locale, roles=list(RUN_ROLES))
+                return block_kit.refusal("backup_run_not_allowed", self.locale, roles=list(RUN_ROLES))
             missing = self._not_configured(parsed.kind)
             if missing:
                 return missing
             what = f"backup run {parsed.kind}"
             if not self.duty.gate.try_enter(what):
-                return blocks.refusal("backup_busy", self.locale, what=self.duty.gate.holder or what,
+                return block_kit.refusal("backup_busy", self.locale, what=self.duty.gate.holder or what,
                                       since=self.duty.gate.since)
             self._submit(respond, lambda: self._run(parsed.kind, user, channel, respond), release_gate=True)
-            return blocks.backup_started(parsed.kind, self.locale)
+            return backup_blocks.backup_started(parsed.kind, self.locale)
         if not self.may_read(user):
-            return blocks.refusal("backup_read_not_allowed", self.locale)
+            return block_kit.refusal("backup_read_not_allowed", self.locale)
         if isinstance(parsed, commands.BackupList):
             later(respond, lambda: self._ephemeral(respond, self.listing()))
             return None
         self._submit(respond, lambda: self._verify(parsed.ident, channel, respond))
-        return blocks.backup_verify_started(parsed.ident, self.locale)
+        return backup_blocks.backup_verify_started(parsed.ident, self.locale)
 
     def _submit(self, respond: Respond, work: Callable[[], None], *, release_gate: bool = False) -> None:
         def run() -> None:
             try:
                 work()
             except FRIENDLY_ERRORS as exc:      # no storage, no key: say what to add, no stack trace
-                self._ephemeral(respond, blocks.refusal("backups_not_configured", self.locale,
+                self._ephemeral(respond, block_kit.refusal("backups_not_configured", self.locale,
                                                         detail=redact(str(exc))[:300]))
             except Exception:
                 ref = reference()
                 log.exception("backup command failed (reference %s)", ref)
-                self._ephemeral(respond, blocks.refusal("internal_error", self.locale, reference=ref))
+                self._ephemeral(respond, block_kit.refusal("internal_error", self.locale, reference=ref))
             finally:
                 if release_gate:
                     self.duty.gate.leave()
@@ -125,7 +126,7 @@ class BackupDesk:
 
     def _run(self, kind: str, user: str, channel: str | None, respond: Respond) -> None:
         view = self.duty.run(kind, started_by=user, report_channel=channel)
-        self._publish(channel, respond, blocks.backup_result(view, self.locale), f"result of {view.run_id}")
+        self._publish(channel, respond, backup_blocks.backup_result(view, self.locale), f"result of {view.run_id}")
 
     def listing(self) -> Message:
         from sqlmodel import col, select
@@ -135,12 +136,12 @@ class BackupDesk:
             query = select(BackupRecord).where(col(BackupRecord.kind).not_in(SUPPORTING_KINDS),
                                                BackupRecord.status != "deleted")
             rows = list(session.exec(query.order_by(col(BackupRecord.id).desc()).limit(LIST_LIMIT)))
-        return blocks.backup_list([object_view(r) for r in rows], self.locale)
+        return backup_blocks.backup_list([object_view(r) for r in rows], self.locale)
 
     def _verify(self, ident: str, channel: str | None, respond: Respond) -> None:
         records = records_for(self.duty.store, ident)
         if not records:
-            self._ephemeral(respond, blocks.usage_error("backup_not_found", self.locale, ident=ident))
+            self._ephemeral(respond, block_kit.usage_error("backup_not_found", self.locale, ident=ident))
             return
         config = self.duty.config
         checks = verify(self.duty.store, ident, targets_from(config), key_from(config))
@@ -150,7 +151,7 @@ class BackupDesk:
         for record, check in zip(records, checks, strict=True):
             good = None if check.ok else previous_good(self.duty.store, record)
             goods.append(object_view(good) if good else None)
-        self._publish(channel, respond, blocks.backup_verify_result(ident, views, goods, self.locale),
+        self._publish(channel, respond, backup_blocks.backup_verify_result(ident, views, goods, self.locale),
                       f"verification of {ident}")
 
     # --- replies -----------------------------------------------------------------------------

@@ -31,7 +31,10 @@ from bot.config import ROLES, Config
 from bot.outbox import Dispatcher
 from bot.presenters import incident_view, objective_report
 from bot.slack_gateway import SlackCallFailed, SlackGateway
-from messages import blocks, render
+from messages import render
+from messages.blocks import incident as incident_blocks
+from messages.blocks import kit as block_kit
+from messages.blocks import modals as modal_blocks
 from messages.views import IncidentView, Message, ObjectiveReport
 from recovery import planner
 from recovery.engine import Engine
@@ -227,7 +230,7 @@ class Flows:
         link_of = ctx.pop("link_of", None)
         if link_of is not None:
             ctx["link"] = self.outbox.permalink(*link_of)
-        return blocks.refusal(exc.reason, self.locale, **ctx)
+        return block_kit.refusal(exc.reason, self.locale, **ctx)
 
     def _refuse_if_replaced(self, session: Session, incident: Incident, step: PlanStep) -> None:
         """A button of an older plan revision: say which revision to use instead (with a link, later)."""
@@ -300,7 +303,7 @@ class Flows:
                 raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
             view = self.view(session, incident)
         step_view = next(s for s in view.steps if s.id == step_id)
-        return blocks.reject_modal(view, step_view, self.locale)
+        return modal_blocks.reject_modal(view, step_view, self.locale)
 
     def reject(self, *, user_id: str, step_id: int, reason: str = "") -> None:
         with self.store.session() as session:
@@ -406,7 +409,7 @@ class Flows:
             self._authorise_verification(session, incident, step, user_id)
             view = self.view(session, incident)
         step_view = next(s for s in view.steps if s.id == step_id)
-        return blocks.verify_modal(view, step_view, self.locale)
+        return modal_blocks.verify_modal(view, step_view, self.locale)
 
     def verify_manually(self, *, user_id: str, step_id: int, evidence: str) -> None:
         """Record "verified manually by @user: <evidence>"; the engine then marks the incident verified."""
@@ -429,7 +432,7 @@ class Flows:
         with self.store.session() as session:
             incident = svc.get(session, incident_id)
             self._authorise_close(session, incident, user_id)
-            return blocks.close_modal(self.view(session, incident), self.locale)
+            return modal_blocks.close_modal(self.view(session, incident), self.locale)
 
     def _authorise_close(self, session: Session, incident: Incident, user_id: str) -> None:
         if incident.state not in ("detected", "assembled", "assessed", "verified"):
@@ -491,7 +494,7 @@ class Flows:
             incident = svc.get(session, incident_id)
             view = self.view(session, incident)
         open_seconds = (utcnow() - incident.declared_at).total_seconds()
-        message = blocks.reminder(view, open_seconds, self.locale)
+        message = incident_blocks.reminder(view, open_seconds, self.locale)
         if incident.stakeholder_channel:
             self._post_thread(incident, message, "post a reminder")
         return True
@@ -502,14 +505,14 @@ class Flows:
                 svc.find_by_channel(session, channel_id) if channel_id else None)
             if incident is None:
                 if key:
-                    return blocks.usage_error("incident_not_found", self.locale, key=key)
-                return blocks.usage_error("no_incident_here", self.locale)
-            return blocks.status_reply(self.view(session, incident), self.locale)
+                    return block_kit.usage_error("incident_not_found", self.locale, key=key)
+                return block_kit.usage_error("no_incident_here", self.locale)
+            return incident_blocks.status_reply(self.view(session, incident), self.locale)
 
     def list_open(self) -> Message:
         with self.store.session() as session:
             views = [self.view(session, i) for i in svc.open_incidents(session)]
-        return blocks.incident_list(views, self.locale)
+        return incident_blocks.incident_list(views, self.locale)
 
     # --- crash recovery ----------------------------------------------------------------------
 

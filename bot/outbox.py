@@ -37,7 +37,8 @@ from sqlmodel import Session, col, select
 from bot.config import ROLES, Config
 from bot.presenters import incident_view, objective_report
 from bot.slack_gateway import TRANSIENT, SlackCallFailed, SlackGateway
-from messages import blocks, monitor_notices
+from messages import monitor_notices
+from messages.blocks import incident as incident_blocks
 from messages.views import IncidentView, Message, ReplacedView, StepView, TransitionView
 from statemachines import policy
 from statemachines import service as svc
@@ -295,11 +296,11 @@ class Dispatcher:
 
     def _card(self, batch: Batch, row: OutboxRow) -> None:
         self._post_or_update(batch, batch.incident.channel_id, "card_ts",
-                             blocks.incident_card(batch.view, self.locale))
+                             incident_blocks.incident_card(batch.view, self.locale))
 
     def _stakeholder_root(self, batch: Batch, row: OutboxRow) -> None:
         self._post_or_update(batch, batch.incident.stakeholder_channel, "stakeholder_ts",
-                             blocks.stakeholder_root(batch.view, self.locale))
+                             incident_blocks.stakeholder_root(batch.view, self.locale))
 
     def _post_or_update(self, batch: Batch, channel: str | None, ts_field: str, message: Message) -> None:
         """A message that always shows the current state: posted once (its ts stored), then updated."""
@@ -322,20 +323,20 @@ class Dispatcher:
         at = datetime.fromisoformat(str(p.get("at"))) if p.get("at") else row.created_at
         t = TransitionView(str(p.get("source")), str(p.get("dest")), p.get("actor"), str(p.get("reason") or ""),
                            at, str(p.get("trigger") or ""))
-        self._thread_post(batch, blocks.stakeholder_update(batch.view, t, self.locale))
+        self._thread_post(batch, incident_blocks.stakeholder_update(batch.view, t, self.locale))
 
     def _channel_post(self, batch: Batch, message: Message) -> str | None:
         channel = batch.incident.channel_id
         return self.gateway.post(channel, message.text, message.blocks) if channel else None
 
     def _assessment(self, batch: Batch, row: OutboxRow) -> None:
-        self._channel_post(batch, blocks.assessment(batch.view, self.locale))
+        self._channel_post(batch, incident_blocks.assessment(batch.view, self.locale))
 
     def _plan_new(self, batch: Batch, row: OutboxRow) -> None:
         """A new plan revision: its own message; the previous one is retired by a row of its own."""
         incident = batch.incident
         old_ts = incident.plan_ts
-        ts = self._channel_post(batch, blocks.plan_message(batch.view, self.locale))
+        ts = self._channel_post(batch, incident_blocks.plan_message(batch.view, self.locale))
         if ts is None:
             return
         with self.store.session() as session:
@@ -355,7 +356,7 @@ class Dispatcher:
             # revision's: updating it would put the new plan's buttons on the old message. The new
             # plan gets its own message (plan_new) and the old one is retired (plan_replaced).
             return
-        message = blocks.plan_message(batch.view, self.locale)
+        message = incident_blocks.plan_message(batch.view, self.locale)
         self.gateway.update(incident.channel_id, incident.plan_ts, message.text, message.blocks)
 
     def _new_revision_pending(self, incident_id: int) -> bool:
@@ -372,7 +373,7 @@ class Dispatcher:
                                      revision=int(p["old_revision"]))
         replaced = ReplacedView(int(p["old_revision"]), int(p["new_revision"]),
                                 self.permalink(incident.channel_id, str(p["new_ts"])))
-        message = blocks.plan_replaced(old_view, replaced, self.locale)
+        message = incident_blocks.plan_replaced(old_view, replaced, self.locale)
         self.gateway.update(incident.channel_id or "", str(p["old_ts"]), message.text, message.blocks)
 
     def permalink(self, channel_id: str | None, ts: str | None) -> str | None:
@@ -404,8 +405,8 @@ class Dispatcher:
         view, step = self._step_view(batch, row)
         if step is None:
             return
-        message = (blocks.reapproval_request(view, step, self.locale) if row.kind == "reapproval"
-                   else blocks.step_result(view, step, self.locale))
+        message = (incident_blocks.reapproval_request(view, step, self.locale) if row.kind == "reapproval"
+                   else incident_blocks.step_result(view, step, self.locale))
         self._channel_post(batch, message)
 
     def _manual_verification(self, batch: Batch, row: OutboxRow) -> None:
@@ -416,7 +417,7 @@ class Dispatcher:
             steps = svc.current_steps(session, require_id(batch.incident))
             plan_roles = [r for s in steps for r in s.approver_roles or []]
         roles = policy.verification_roles(list(step.approver_roles or []), plan_roles)
-        self._channel_post(batch, blocks.manual_verification_request(batch.view, step, roles, self.locale))
+        self._channel_post(batch, incident_blocks.manual_verification_request(batch.view, step, roles, self.locale))
 
     def _rejection(self, batch: Batch, row: OutboxRow) -> None:
         """The rejection and its reason, in the incident channel for everyone to see."""
@@ -428,14 +429,14 @@ class Dispatcher:
             view = incident_view(session, incident, self.config, revision=svc.get_step(session, step_id).revision)
         step = next((s for s in view.steps if s.id == step_id), None)
         if step is not None:
-            self._channel_post(batch, blocks.step_rejected(view, step, str(p.get("user") or ""),
+            self._channel_post(batch, incident_blocks.step_rejected(view, step, str(p.get("user") or ""),
                                                            str(p.get("reason") or ""), self.locale))
 
     def _closing(self, batch: Batch) -> Message:
         if batch.closing is None:
             with self.store.session() as session:
                 incident = svc.get(session, require_id(batch.incident))
-                batch.closing = blocks.closing_report(
+                batch.closing = incident_blocks.closing_report(
                     incident_view(session, incident, self.config, with_timeline=True),
                     objective_report(session, incident, self.config), self.locale)
         return batch.closing

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from bot.presenters import objective_report
-from messages import blocks
+from messages.blocks import incident as incident_blocks
+from messages.blocks import kit as block_kit
 from recovery.actions.base import NeedsHuman, VerificationFailed
 from recovery.actions.verify import IntegrityQuery, PostgresVerification, VerifyRecovery
 from recovery.engine import rpo_from_promotion
@@ -162,7 +163,7 @@ def test_manual_verification_by_an_authorised_responder_with_the_evidence(
         harness.wait_step(verify.id or 0, "awaiting_verification")
         assert harness.incident().state == "recovering"          # not verified on nothing
         chan = harness.incident().channel_id or ""
-        request = wait_for(lambda: message_with_button(channel_by_id(emulator.state, chan), blocks.VERIFY_MANUAL,
+        request = wait_for(lambda: message_with_button(channel_by_id(emulator.state, chan), block_kit.VERIFY_MANUAL,
                                                        str(verify.id)), what="the manual verification request")
         assert "no automated check" in all_text(request)
 
@@ -174,7 +175,7 @@ def test_manual_verification_by_an_authorised_responder_with_the_evidence(
         assert outcome_of(lambda: harness.flows.verify_manually(user_id="U0DB", step_id=verify.id or 0,
                                                                 evidence="   ")) == "evidence_required"
         modal = harness.flows.verify_modal(user_id="U0DB", step_id=verify.id or 0)
-        assert modal["callback_id"] == blocks.VERIFY_CALLBACK and modal["private_metadata"] == str(verify.id)
+        assert modal["callback_id"] == block_kit.VERIFY_CALLBACK and modal["private_metadata"] == str(verify.id)
 
         harness.flows.verify_manually(user_id="U0DB", step_id=verify.id or 0,
                                       evidence="placed test order 991; orders table has today's rows")
@@ -213,7 +214,7 @@ def test_rto_is_met_only_for_an_incident_verified_with_evidence(
             view = harness.flows.view(session, incident, timeline=True)
         assert report.rto_seconds is not None and report.rto_seconds < report.rto_target_seconds
         assert report.rto_met is False and report.evidence == []
-        text = all_text({"text": "", "blocks": blocks.closing_report(view, report, "en").blocks})
+        text = all_text({"text": "", "blocks": incident_blocks.closing_report(view, report, "en").blocks})
         rto_line = next(line for line in text.splitlines() if "RTO:" in line)
         assert "✅" not in rto_line and "not verified with evidence" in rto_line
     finally:

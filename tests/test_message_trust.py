@@ -15,7 +15,10 @@ from typing import Any
 
 import pytest
 
-from messages import blocks, render
+from messages import render
+from messages.blocks import incident as incident_blocks
+from messages.blocks import kit as block_kit
+from messages.blocks import modals as modal_blocks
 from messages.views import ApprovalView, Message, ReplacedView, RevisionView, StepView, TimelineItem
 from slack_emulator.mrkdwn import mrkdwn_to_html
 from slack_emulator.server import EmulatorServer
@@ -49,7 +52,7 @@ def vote(user: str, *roles: str) -> ApprovalView:
 
 
 def plan_text(step: StepView, locale: str = "en") -> str:
-    return all_text_of(blocks.plan_message(make_view(steps=[step]), locale))
+    return all_text_of(incident_blocks.plan_message(make_view(steps=[step]), locale))
 
 
 def all_text_of(msg: Message) -> str:
@@ -74,7 +77,7 @@ def test_approval_progress_states_the_two_person_rule(locale: str) -> None:
     # three votes on a finished step: who approved, never "(3/2)"
     done = two_person_step([vote("U0DB", "database_lead"), vote("U0IC", "incident_commander"),
                             vote("U0SEC", "security_lead")], status="succeeded")
-    for text in (plan_text(done, locale), all_text_of(blocks.status_reply(make_view(steps=[done]), locale))):
+    for text in (plan_text(done, locale), all_text_of(incident_blocks.status_reply(make_view(steps=[done]), locale))):
         assert "3/2" not in text and "<@U0DB>, <@U0IC>, <@U0SEC>" in text
 
 
@@ -85,11 +88,11 @@ def test_approval_progress_states_the_two_person_rule(locale: str) -> None:
 @pytest.mark.parametrize("locale", render.LOCALES)
 def test_closed_card_has_no_claim_buttons_and_the_plan_header_follows_the_incident(locale: str) -> None:
     closed = make_view("closed")     # roles database_lead and security_lead are still unclaimed
-    assert [b for b in buttons({"blocks": blocks.incident_card(closed, locale).blocks})] == []
+    assert [b for b in buttons({"blocks": incident_blocks.incident_card(closed, locale).blocks})] == []
     assert any(b["action_id"] == "aegis_claim_role" for b in buttons(
-        {"blocks": blocks.incident_card(make_view("assessed"), locale).blocks}))
+        {"blocks": incident_blocks.incident_card(make_view("assessed"), locale).blocks}))
     for state in ("verified", "closed"):
-        header = blocks.plan_message(make_view(state), locale).blocks[0]["text"]["text"]
+        header = incident_blocks.plan_message(make_view(state), locale).blocks[0]["text"]["text"]
         assert render.name_table(locale, "states")[state] in header
         assert render.name_table(locale, "states")["recovering"] not in header
 
@@ -97,8 +100,8 @@ def test_closed_card_has_no_claim_buttons_and_the_plan_header_follows_the_incide
 @pytest.mark.parametrize("locale", render.LOCALES)
 def test_card_says_roles_are_open_to_everyone_without_a_roster(locale: str) -> None:
     phrase = "open to everyone" if locale == "en" else "누구나 역할을 맡을 수 있습니다"
-    assert phrase in all_text_of(blocks.incident_card(make_view("detected", roles_open=True), locale))
-    assert phrase not in all_text_of(blocks.incident_card(make_view("detected"), locale))
+    assert phrase in all_text_of(incident_blocks.incident_card(make_view("detected", roles_open=True), locale))
+    assert phrase not in all_text_of(incident_blocks.incident_card(make_view("detected"), locale))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,14 +111,14 @@ def test_card_says_roles_are_open_to_everyone_without_a_roster(locale: str) -> N
 @pytest.mark.parametrize("locale", render.LOCALES)
 def test_replaced_plan_has_no_buttons_and_links_the_new_revision(locale: str) -> None:
     link = "https://aegis-emulator.slack.com/archives/C0INC7/p1700000000000200"
-    msg = blocks.plan_replaced(make_view("assessed"), ReplacedView(1, 2, link), locale)
+    msg = incident_blocks.plan_replaced(make_view("assessed"), ReplacedView(1, 2, link), locale)
     assert buttons({"blocks": msg.blocks}) == []
     text = all_text_of(msg)
     assert f"<{link}|" in text and ("revision 2" if locale == "en" else "개정 2") in text
     # a link that could carry markup is dropped, not pasted
-    bad = blocks.plan_replaced(make_view("assessed"), ReplacedView(1, 2, "https://x|<!channel>"), locale)
+    bad = incident_blocks.plan_replaced(make_view("assessed"), ReplacedView(1, 2, "https://x|<!channel>"), locale)
     assert "<!channel>" not in all_text_of(bad) and "https://x" not in all_text_of(bad)
-    refusal = blocks.refusal("plan_replaced", locale, revision=2, link=link).text
+    refusal = block_kit.refusal("plan_replaced", locale, revision=2, link=link).text
     assert ("This plan was replaced — use revision 2" if locale == "en" else "개정 2 계획을 사용하세요") in refusal
 
 
@@ -123,7 +126,7 @@ def test_replaced_plan_has_no_buttons_and_links_the_new_revision(locale: str) ->
 def test_new_revision_says_what_changed_and_why(locale: str) -> None:
     revision = RevisionView(2, added=["Restore from backup"], removed=["Promote standby"], cause="rejected",
                             by="U0DB", reason="standby is also corrupted")
-    text = all_text_of(blocks.plan_message(make_view("assessed", plan_revision=2, revision=revision), locale))
+    text = all_text_of(incident_blocks.plan_message(make_view("assessed", plan_revision=2, revision=revision), locale))
     assert "Restore from backup" in text and "Promote standby" in text and "standby is also corrupted" in text
     assert "<@U0DB>" in text
     assert ("Revision 2" if locale == "en" else "개정 2") in text
@@ -152,7 +155,7 @@ def coded_timeline() -> list[TimelineItem]:
 
 @pytest.mark.parametrize("locale", render.LOCALES)
 def test_closing_report_words_the_timeline_in_its_locale_without_internal_ids(locale: str) -> None:
-    msg = blocks.closing_report(make_view("closed", timeline=coded_timeline()), make_report(), locale)
+    msg = incident_blocks.closing_report(make_view("closed", timeline=coded_timeline()), make_report(), locale)
     text = all_text_of(msg)
     for internal in ("incident_commander", "database_failure", "confirmed_by_human", "(S2", "refused:",
                      "not an approver"):
@@ -174,7 +177,7 @@ def test_no_korean_message_puts_a_formatting_marker_against_hangul() -> None:
     for name, msg in every_message("ko").items():
         for text in (msg.text, *(b["text"]["text"] for b in msg.blocks if b.get("type") == "section")):
             assert not hangul_against_a_span(text), f"{name}: {text!r}"
-    help_text = blocks.help_text("ko").blocks[0]["text"]["text"]
+    help_text = block_kit.help_text("ko").blocks[0]["text"]["text"]
     assert "<b>Aegis</b>" in mrkdwn_to_html(help_text)
 
 
@@ -197,7 +200,7 @@ def test_times_are_shown_in_the_configured_zone_with_its_name() -> None:
     try:
         render.set_timezone("Asia/Seoul")
         assert render.format_dt(at) == "2026-11-26 09:30 KST"
-        stakeholder = all_text_of(blocks.stakeholder_root(make_view(updated_at=at), "ko"))
+        stakeholder = all_text_of(incident_blocks.stakeholder_root(make_view(updated_at=at), "ko"))
         assert "09:30 KST" in stakeholder
         render.set_timezone("America/Sao_Paulo")   # a zone without an abbreviation is named by its key
         assert render.format_dt(at) == "2026-11-25 21:30 America/Sao_Paulo"
@@ -215,14 +218,16 @@ def hostile_messages(locale: str) -> dict[str, Message]:
     v = make_view(summary=HOSTILE, close_summary=HOSTILE, steps=[step],
                   timeline=[TimelineItem(T0, "note", "U0IC", HOSTILE)])
     msgs = {
-        "card": blocks.incident_card(v, locale), "plan": blocks.plan_message(v, locale),
-        "status": blocks.status_reply(v, locale), "stakeholder_root": blocks.stakeholder_root(v, locale),
-        "reminder": blocks.reminder(v, 60, locale), "step_result": blocks.step_result(v, step, locale),
-        "report": blocks.closing_report(v, make_report(), locale),
-        "rejected": blocks.step_rejected(v, step, "U0DB", HOSTILE, locale),
-        "revision": blocks.plan_message(make_view(plan_revision=2, revision=RevisionView(
+        "card": incident_blocks.incident_card(v, locale), "plan": incident_blocks.plan_message(v, locale),
+        "status": incident_blocks.status_reply(v, locale),
+        "stakeholder_root": incident_blocks.stakeholder_root(v, locale),
+        "reminder": incident_blocks.reminder(v, 60, locale),
+        "step_result": incident_blocks.step_result(v, step, locale),
+        "report": incident_blocks.closing_report(v, make_report(), locale),
+        "rejected": incident_blocks.step_rejected(v, step, "U0DB", HOSTILE, locale),
+        "revision": incident_blocks.plan_message(make_view(plan_revision=2, revision=RevisionView(
             2, [HOSTILE], [HOSTILE], "rejected", "U0DB", HOSTILE)), locale),
-        "list": blocks.incident_list([v], locale),
+        "list": incident_blocks.incident_list([v], locale),
     }
     # refusals echo payload values: a role, a step title, a state, an action
     for reason, ctx in REFUSALS.items():
@@ -230,8 +235,8 @@ def hostile_messages(locale: str) -> dict[str, Message]:
                        for k, val in ctx.items()}
         if "roles" in hostile_ctx:
             hostile_ctx["roles"] = [HOSTILE]
-        msgs[f"refusal_{reason}"] = blocks.refusal(reason, locale, **hostile_ctx)
-    msgs["refusal_role"] = blocks.refusal("not_on_roster", locale, role="<!channel>")
+        msgs[f"refusal_{reason}"] = block_kit.refusal(reason, locale, **hostile_ctx)
+    msgs["refusal_role"] = block_kit.refusal("not_on_roster", locale, role="<!channel>")
     return msgs
 
 
@@ -241,8 +246,8 @@ def test_markup_in_user_and_payload_text_is_escaped_everywhere(locale: str) -> N
         text = all_text_of(msg)
         for markup in MARKUP:
             assert markup not in text, f"{locale}/{name} posts {markup} unescaped"
-    assert "&lt;!channel&gt;" in all_text_of(blocks.refusal("not_on_roster", locale, role="<!channel>"))
-    modal = json.dumps(blocks.reject_modal(make_view(), StepView(1, 1, HOSTILE, "hook", "high", [], 1,
+    assert "&lt;!channel&gt;" in all_text_of(block_kit.refusal("not_on_roster", locale, role="<!channel>"))
+    modal = json.dumps(modal_blocks.reject_modal(make_view(), StepView(1, 1, HOSTILE, "hook", "high", [], 1,
                                                                  "awaiting_approval"), locale))
     assert "<!channel>" not in modal
 
@@ -377,9 +382,9 @@ def test_stakeholder_updates_word_the_cause_instead_of_the_internal_reason(local
     assess = TransitionView("assembled", "assessed", "aegis",
                             "restore_from_backup: no standby is configured: restore from backup (S2, C3)", T0,
                             "assess")
-    text = all_text_of(blocks.stakeholder_update(v, assess, locale))
+    text = all_text_of(incident_blocks.stakeholder_update(v, assess, locale))
     assert "(S2" not in text and "restore_from_backup" not in text
     assert render.name_table(locale, "strategies")["restore_from_backup"] in text
     close = TransitionView("assessed", "closed", "U0IC", f"false alarm: {HOSTILE}", T0, "close_false_alarm")
-    closed = all_text_of(blocks.stakeholder_update(v, close, locale))
+    closed = all_text_of(incident_blocks.stakeholder_update(v, close, locale))
     assert "&lt;!channel&gt;" in closed and "<!channel>" not in closed and "false alarm:" not in closed

@@ -8,7 +8,11 @@ from typing import Any
 
 import pytest
 
-from messages import blocks, render
+from messages import render
+from messages.blocks import backup as backup_blocks
+from messages.blocks import incident as incident_blocks
+from messages.blocks import kit as block_kit
+from messages.blocks import modals as modal_blocks
 from messages.views import (
     CheckView,
     IncidentView,
@@ -158,7 +162,7 @@ def test_filters() -> None:
 
 def test_unknown_locale_falls_back_to_english() -> None:
     assert render.text("fr", "buttons", part="approve") == "Approve"
-    assert blocks.help_text("xx").text == blocks.help_text("en").text
+    assert block_kit.help_text("xx").text == block_kit.help_text("en").text
 
 
 def test_missing_variable_is_an_error() -> None:
@@ -196,7 +200,7 @@ def test_locales_really_differ(locale: str) -> None:
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_incident_card_buttons(locale: str) -> None:
-    msg = blocks.incident_card(make_view(), locale)
+    msg = incident_blocks.incident_card(make_view(), locale)
     assert buttons(msg) == [
         ("claim_database_lead", "aegis_claim_role", "database_lead"),
         ("claim_security_lead", "aegis_claim_role", "security_lead"),
@@ -216,15 +220,15 @@ def test_incident_card_buttons(locale: str) -> None:
 @pytest.mark.parametrize("locale", LOCALES)
 def test_closed_incident_card_has_no_close_button(locale: str) -> None:
     v = make_view("closed", roles=[RoleView("incident_commander", "U0IC")])
-    msg = blocks.incident_card(v, locale)
+    msg = incident_blocks.incident_card(v, locale)
     assert buttons(msg) == []
     assert ("closed" if locale == "en" else "종료됨") in all_text(msg)
 
 
 def test_incident_card_shows_holders_and_unclaimed() -> None:
-    text = all_text(blocks.incident_card(make_view(), "en"))
+    text = all_text(incident_blocks.incident_card(make_view(), "en"))
     assert "<@U0IC>" in text and "<@U0INFRA>" in text and "unclaimed" in text
-    assert "미지정" in all_text(blocks.incident_card(make_view(), "ko"))
+    assert "미지정" in all_text(incident_blocks.incident_card(make_view(), "ko"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +237,7 @@ def test_incident_card_shows_holders_and_unclaimed() -> None:
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_plan_buttons_only_where_a_decision_is_needed(locale: str) -> None:
-    msg = blocks.plan_message(make_view(), locale)
+    msg = incident_blocks.plan_message(make_view(), locale)
     assert buttons(msg) == [
         ("step_13", "aegis_approve", "13"), ("step_13", "aegis_reject", "13"),
         ("step_14", "aegis_retry", "14"), ("step_14", "aegis_abort", "14"),
@@ -255,7 +259,7 @@ def test_plan_buttons_only_where_a_decision_is_needed(locale: str) -> None:
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_plan_shows_steps_statuses_and_approvals(locale: str) -> None:
-    msg = blocks.plan_message(make_view(), locale)
+    msg = incident_blocks.plan_message(make_view(), locale)
     text = all_text(msg)
     assert msg.blocks[0]["type"] == "header"
     assert ("failover" if locale == "en" else "페일오버") in msg.blocks[0]["text"]["text"]
@@ -276,7 +280,7 @@ def test_plan_shows_steps_statuses_and_approvals(locale: str) -> None:
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_plan_without_steps(locale: str) -> None:
-    msg = blocks.plan_message(make_view("assembled", steps=[], strategy=None), locale)
+    msg = incident_blocks.plan_message(make_view("assembled", steps=[], strategy=None), locale)
     assert buttons(msg) == []
     assert ("No plan yet" if locale == "en" else "아직 복구 계획이 없습니다") in all_text(msg)
 
@@ -291,7 +295,7 @@ def huge_plan(n: int) -> list[StepView]:
 def test_long_plan_keeps_every_button_within_50_blocks(n: int) -> None:
     steps = huge_plan(n)
     for locale in LOCALES:
-        msg = blocks.plan_message(make_view(steps=steps), locale)
+        msg = incident_blocks.plan_message(make_view(steps=steps), locale)
         assert_slack_valid(msg)
         assert {v for _, _, v in buttons(msg)} == {
             str(s.id) for s in steps if s.status in ("awaiting_approval", "failed")}
@@ -299,7 +303,7 @@ def test_long_plan_keeps_every_button_within_50_blocks(n: int) -> None:
 
 
 def test_absurd_plan_is_cut_cleanly() -> None:
-    msg = blocks.plan_message(make_view(steps=huge_plan(120)), "en")
+    msg = incident_blocks.plan_message(make_view(steps=huge_plan(120)), "en")
     assert_slack_valid(msg)
     assert msg.blocks[-1]["block_id"] == "truncated" and "more blocks" in all_text(msg)
     # Every actions block still follows the section describing its step.
@@ -315,7 +319,7 @@ def test_absurd_plan_is_cut_cleanly() -> None:
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_assessment(locale: str) -> None:
-    msg = blocks.assessment(make_view("assessed"), locale)
+    msg = incident_blocks.assessment(make_view("assessed"), locale)
     text = all_text(msg)
     assert "❌ *pg-primary* (PostgreSQL) — connection refused" in text
     assert "✅ *user-authentication* (HTTP)" in text
@@ -325,7 +329,7 @@ def test_assessment(locale: str) -> None:
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_status_reply(locale: str) -> None:
-    msg = blocks.status_reply(make_view(), locale)
+    msg = incident_blocks.status_reply(make_view(), locale)
     text = all_text(msg)
     assert STATE_NAMES[locale] in text
     assert "<@U0SEC>, <@U0DB>" in text and "(2/2)" not in text
@@ -338,18 +342,18 @@ def test_status_reply(locale: str) -> None:
 def test_incident_list(locale: str) -> None:
     items = [make_view(), make_view("assessed", key="INC-8", id=8, channel_id="C0INC8"),
              make_view("closed", key="INC-3", id=3)]
-    msg = blocks.incident_list(items, locale)
+    msg = incident_blocks.incident_list(items, locale)
     text = all_text(msg)
     assert "INC-7" in text and "INC-8" in text and "INC-3" not in text
     assert "<#C0INC7>" in text and "<#C0INC8>" in text
     assert STATE_NAMES[locale] in text
-    empty = blocks.incident_list([make_view("closed")], locale)
+    empty = incident_blocks.incident_list([make_view("closed")], locale)
     assert empty.text == ("No open incidents. 🎉" if locale == "en" else "진행 중인 인시던트가 없습니다. 🎉")
 
 
 def test_many_incidents_split_into_sections() -> None:
     items = [make_view(key=f"INC-{i}", id=i, summary="s" * 500) for i in range(40)]
-    msg = blocks.incident_list(items, "en")
+    msg = incident_blocks.incident_list(items, "en")
     assert_slack_valid(msg)
     assert len([b for b in msg.blocks if b["type"] == "section"]) > 1
     assert "INC-39" in all_text(msg)
@@ -362,11 +366,11 @@ def test_many_incidents_split_into_sections() -> None:
 @pytest.mark.parametrize("locale", LOCALES)
 def test_stakeholder_root_shows_current_state_in_bold(locale: str) -> None:
     for state in ("detected", "recovering", "closed"):
-        msg = blocks.stakeholder_root(make_view(state), locale)
+        msg = incident_blocks.stakeholder_root(make_view(state), locale)
         name = render.name_table(locale, "states")[state]
         assert f"*{name}*" in msg.blocks[0]["text"]["text"]
         assert name in msg.text
-    msg = blocks.stakeholder_root(make_view(), locale)
+    msg = incident_blocks.stakeholder_root(make_view(), locale)
     assert "2026-11-26 11:00 UTC" in all_text(msg)  # last update
     assert "INC-7" in msg.text
 
@@ -374,30 +378,30 @@ def test_stakeholder_root_shows_current_state_in_bold(locale: str) -> None:
 def test_stakeholder_update() -> None:
     v = make_view()
     t = TransitionView("assessed", "recovering", "U0DB", "plan approved", T0)
-    en = blocks.stakeholder_update(v, t, "en")
+    en = incident_blocks.stakeholder_update(v, t, "en")
     assert en.text == "INC-7 moved from *assessed* to *recovering* (by <@U0DB>): plan approved"
-    ko = blocks.stakeholder_update(v, t, "ko")
+    ko = incident_blocks.stakeholder_update(v, t, "ko")
     assert "*평가됨* → *복구 중*" in ko.text and "<@U0DB>" in ko.text
-    auto = blocks.stakeholder_update(v, TransitionView("recovering", "verified", "aegis", "", T0), "en")
+    auto = incident_blocks.stakeholder_update(v, TransitionView("recovering", "verified", "aegis", "", T0), "en")
     assert auto.text == "INC-7 moved from *recovering* to *verified* (by Aegis)"
 
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_reminder_names_what_is_awaited(locale: str) -> None:
     v = make_view(steps=[s for s in make_steps() if s.status != "failed"])
-    msg = blocks.reminder(v, 3725, locale)
+    msg = incident_blocks.reminder(v, 3725, locale)
     text = all_text(msg)
     assert STATE_NAMES[locale] in text
     assert ("1h 02m" if locale == "en" else "1시간 2분") in text
     assert "Promote standby pg-standby" in text  # the first step awaiting approval, by name
-    failed = blocks.reminder(make_view(), 60, locale)
+    failed = incident_blocks.reminder(make_view(), 60, locale)
     assert "Restore orders from backup" in failed.text  # a failed step is the most urgent
 
 
 def test_reminder_waiting_for_commander() -> None:
     v = make_view("detected", steps=[], roles=[RoleView("incident_commander", None)])
-    assert "incident commander" in blocks.reminder(v, 600, "en").text
-    assert "인시던트 지휘관" in blocks.reminder(v, 600, "ko").text
+    assert "incident commander" in incident_blocks.reminder(v, 600, "en").text
+    assert "인시던트 지휘관" in incident_blocks.reminder(v, 600, "ko").text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,7 +410,7 @@ def test_reminder_waiting_for_commander() -> None:
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_closing_report_marks_missed_rto(locale: str) -> None:
-    msg = blocks.closing_report(make_view("closed", close_summary="Failed over to pg-standby"),
+    msg = incident_blocks.closing_report(make_view("closed", close_summary="Failed over to pg-standby"),
                                 make_report(rto=5 * 3600), locale)
     objectives = next(b for b in msg.blocks if b["block_id"] == "report_objectives")["text"]["text"]
     rto_line = next(line for line in objectives.splitlines() if "RTO" in line)
@@ -421,10 +425,10 @@ def test_closing_report_marks_missed_rto(locale: str) -> None:
 
 
 def test_closing_report_met_rto_and_false_alarm() -> None:
-    met = blocks.closing_report(make_view("closed"), make_report(rto=3600), "en")
+    met = incident_blocks.closing_report(make_view("closed"), make_report(rto=3600), "en")
     objectives = next(b for b in met.blocks if b["block_id"] == "report_objectives")["text"]["text"]
     assert "✅ met" in next(line for line in objectives.splitlines() if "RTO" in line)
-    false_alarm = blocks.closing_report(
+    false_alarm = incident_blocks.closing_report(
         make_view("closed", steps=[]),
         ObjectiveReport(None, 14400, None, 900, "not measured", 600, 7200), "en")
     assert "not reached" in all_text(false_alarm)
@@ -432,7 +436,7 @@ def test_closing_report_met_rto_and_false_alarm() -> None:
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_closing_report_with_200_timeline_items(locale: str) -> None:
-    msg = blocks.closing_report(make_view("closed", timeline=long_timeline(200)), make_report(), locale)
+    msg = incident_blocks.closing_report(make_view("closed", timeline=long_timeline(200)), make_report(), locale)
     assert_slack_valid(msg)
     text = all_text(msg)
     lines = [line for line in text.splitlines() if line.startswith("`2026-")]
@@ -443,7 +447,7 @@ def test_closing_report_with_200_timeline_items(locale: str) -> None:
 
 def test_timeline_of_very_long_lines_is_split_into_sections() -> None:
     items = [TimelineItem(T0, "note", "U0IC", "y" * 5000) for _ in range(40)]
-    msg = blocks.closing_report(make_view("closed", timeline=items), make_report(), "en")
+    msg = incident_blocks.closing_report(make_view("closed", timeline=items), make_report(), "en")
     assert_slack_valid(msg)
     assert len([b for b in msg.blocks if b["block_id"].startswith("report_timeline")]) > 1
 
@@ -454,7 +458,7 @@ def test_timeline_of_very_long_lines_is_split_into_sections() -> None:
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_help_lists_every_command(locale: str) -> None:
-    text = all_text(blocks.help_text(locale))
+    text = all_text(block_kit.help_text(locale))
     for command in ("/aegis incident <scenario> <severity> <summary…>", "/aegis status [INC-id]",
                     "/aegis list", "/aegis help", "datacenter_outage", "database_failure", "ransomware",
                     "critical", "high", "medium", "low"):
@@ -464,7 +468,7 @@ def test_help_lists_every_command(locale: str) -> None:
 @pytest.mark.parametrize("locale", LOCALES)
 @pytest.mark.parametrize("problem", list(USAGE_PROBLEMS))
 def test_usage_errors_say_what_to_type(locale: str, problem: str) -> None:
-    msg = blocks.usage_error(problem, locale, **USAGE_PROBLEMS[problem])
+    msg = block_kit.usage_error(problem, locale, **USAGE_PROBLEMS[problem])
     text = all_text(msg)
     assert "/aegis incident <scenario> <severity> <summary…>" in text  # the usage line
     for value in USAGE_PROBLEMS[problem].values():
@@ -473,42 +477,42 @@ def test_usage_errors_say_what_to_type(locale: str, problem: str) -> None:
 
 
 def test_usage_error_hints() -> None:
-    assert "`datacenter_outage`, `database_failure`, `ransomware`" in blocks.usage_error(
+    assert "`datacenter_outage`, `database_failure`, `ransomware`" in block_kit.usage_error(
         "unknown_scenario", "en", value="meteor").text
-    assert "`critical`, `high`, `medium`, `low`" in blocks.usage_error(
+    assert "`critical`, `high`, `medium`, `low`" in block_kit.usage_error(
         "unknown_severity", "en", value="x").text
-    assert "/aegis status INC-7" in blocks.usage_error("no_incident_here", "en").text
-    assert "``" not in blocks.usage_error("unknown_severity", "en", value="").text  # nothing typed
-    assert "/aegis list" in blocks.usage_error("incident_not_found", "ko", key="INC-9").text
+    assert "/aegis status INC-7" in block_kit.usage_error("no_incident_here", "en").text
+    assert "``" not in block_kit.usage_error("unknown_severity", "en", value="").text  # nothing typed
+    assert "/aegis list" in block_kit.usage_error("incident_not_found", "ko", key="INC-9").text
 
 
 def test_user_text_in_usage_errors_is_escaped() -> None:
-    msg = blocks.usage_error("unknown_command", "en", text="<!channel> hi")
+    msg = block_kit.usage_error("unknown_command", "en", text="<!channel> hi")
     assert "<!channel>" not in all_text(msg) and "&lt;!channel&gt;" in msg.text
 
 
 @pytest.mark.parametrize("locale", LOCALES)
 @pytest.mark.parametrize("reason", list(REFUSALS))
 def test_refusals(locale: str, reason: str) -> None:
-    msg = blocks.refusal(reason, locale, **REFUSALS[reason])
+    msg = block_kit.refusal(reason, locale, **REFUSALS[reason])
     assert_slack_valid(msg)
     assert buttons(msg) == []
 
 
 def test_refusal_contents() -> None:
-    text = blocks.refusal("not_allowed_to_approve", "en", **REFUSALS["not_allowed_to_approve"]).text
+    text = block_kit.refusal("not_allowed_to_approve", "en", **REFUSALS["not_allowed_to_approve"]).text
     assert "Promote standby" in text and "database lead or incident commander" in text
-    assert "데이터베이스 리드 또는 인시던트 지휘관" in blocks.refusal(
+    assert "데이터베이스 리드 또는 인시던트 지휘관" in block_kit.refusal(
         "not_allowed_to_approve", "ko", **REFUSALS["not_allowed_to_approve"]).text
-    assert "<@U0DB>" in blocks.refusal("role_taken", "en", role="database_lead", holder="U0DB").text
-    assert "<@U0IC>" in blocks.refusal("not_commander", "en", commander="U0IC").text
-    assert "nobody" in blocks.refusal("not_commander", "en", commander=None).text
-    assert "security lead" in blocks.refusal("second_approver_required", "en", step_title="Restore").text
-    internal = blocks.refusal("internal_error", "en", reference="err-4f2a9c").text
+    assert "<@U0DB>" in block_kit.refusal("role_taken", "en", role="database_lead", holder="U0DB").text
+    assert "<@U0IC>" in block_kit.refusal("not_commander", "en", commander="U0IC").text
+    assert "nobody" in block_kit.refusal("not_commander", "en", commander=None).text
+    assert "security lead" in block_kit.refusal("second_approver_required", "en", step_title="Restore").text
+    internal = block_kit.refusal("internal_error", "en", reference="err-4f2a9c").text
     assert "err-4f2a9c" in internal and "Nothing was changed" in internal
-    ko_internal = blocks.refusal("internal_error", "ko", reference="err-4f2a9c").text
+    ko_internal = block_kit.refusal("internal_error", "ko", reference="err-4f2a9c").text
     assert "err-4f2a9c" in ko_internal and "변경되지 않았" in ko_internal
-    wrong = blocks.refusal("wrong_state", "en", action="close", state="recovering").text
+    wrong = block_kit.refusal("wrong_state", "en", action="close", state="recovering").text
     assert "recovering" in wrong and "losing the incident" in wrong
 
 
@@ -520,7 +524,7 @@ def test_refusal_contents() -> None:
 def test_reapproval_request(locale: str) -> None:
     v = make_view()
     step = v.steps[2]
-    msg = blocks.reapproval_request(v, step, locale)
+    msg = incident_blocks.reapproval_request(v, step, locale)
     assert buttons(msg) == [("step_13", "aegis_approve", "13"), ("step_13", "aegis_reject", "13")]
     text = all_text(msg)
     assert "Promote standby pg-standby" in text
@@ -530,12 +534,12 @@ def test_reapproval_request(locale: str) -> None:
 @pytest.mark.parametrize("locale", LOCALES)
 def test_step_result(locale: str) -> None:
     v = make_view()
-    failed = blocks.step_result(v, v.steps[3], locale)
+    failed = incident_blocks.step_result(v, v.steps[3], locale)
     text = all_text(failed)
     assert "checksum mismatch in chunk 17" in text
     assert ("*Retry* or *Abort*" if locale == "en" else "*재시도* 또는 *중단*") in text
     assert buttons(failed) == []
-    ok = blocks.step_result(v, v.steps[1], locale)
+    ok = incident_blocks.step_result(v, v.steps[1], locale)
     assert "✅" in ok.text and "Fence old primary pg-primary" in ok.text
 
 
@@ -545,7 +549,7 @@ def test_step_result(locale: str) -> None:
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_declare_modal(locale: str) -> None:
-    view = blocks.declare_modal(locale)
+    view = modal_blocks.declare_modal(locale)
     assert_modal_valid(view)
     assert view["callback_id"] == "aegis_declare"
     by_id = {b["block_id"]: b for b in view["blocks"]}
@@ -561,8 +565,8 @@ def test_declare_modal(locale: str) -> None:
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_close_modal_label_depends_on_state(locale: str) -> None:
-    verified = blocks.close_modal(make_view("verified"), locale)
-    early = blocks.close_modal(make_view("assessed"), locale)
+    verified = modal_blocks.close_modal(make_view("verified"), locale)
+    early = modal_blocks.close_modal(make_view("assessed"), locale)
     for view in (verified, early):
         assert_modal_valid(view)
         assert view["callback_id"] == "aegis_close_submit"
@@ -578,7 +582,7 @@ def test_close_modal_label_depends_on_state(locale: str) -> None:
 
 
 def test_ops_notice() -> None:
-    msg = blocks.ops_notice("Backup failed", "pg_basebackup: disk full", "en")
+    msg = block_kit.ops_notice("Backup failed", "pg_basebackup: disk full", "en")
     assert msg.text == "Backup failed: pg_basebackup: disk full"
     assert msg.blocks[0]["text"]["text"] == "*Backup failed*\npg_basebackup: disk full"
 
@@ -588,8 +592,9 @@ def test_ops_notice() -> None:
 
 
 LONG_BUILDERS: list[Callable[[IncidentView, str], Message]] = [
-    blocks.incident_card, blocks.plan_message, blocks.assessment, blocks.stakeholder_root,
-    blocks.status_reply,
+    incident_blocks.incident_card, incident_blocks.plan_message, incident_blocks.assessment,
+    incident_blocks.stakeholder_root,
+    incident_blocks.status_reply,
 ]
 
 
@@ -607,7 +612,7 @@ def test_long_free_text_is_truncated(builder: Callable[[IncidentView, str], Mess
 
 def test_summary_markup_is_escaped() -> None:
     v = make_view(summary="<!channel> please <@U999> & <https://evil|click>")
-    for msg in (blocks.incident_card(v, "en"), blocks.stakeholder_root(v, "ko")):
+    for msg in (incident_blocks.incident_card(v, "en"), incident_blocks.stakeholder_root(v, "ko")):
         text = all_text(msg)
         assert "<!channel>" not in text and "<@U999>" not in text and "<https://evil" not in text
         assert "&lt;!channel&gt; please &lt;@U999&gt; &amp;" in text
@@ -616,11 +621,11 @@ def test_summary_markup_is_escaped() -> None:
 @pytest.mark.parametrize("locale", LOCALES)
 def test_backup_failure_names_the_target_the_reason_and_the_previous_good_backup(locale: str) -> None:
     failed = backup_run("failed")
-    for msg in (blocks.backup_result(failed, locale), blocks.backup_ops_alert(failed, locale)):
+    for msg in (backup_blocks.backup_result(failed, locale), backup_blocks.backup_ops_alert(failed, locale)):
         text = all_text(msg)
         assert "backup_20261129_020000" in text and "s3" in text and "backup_20261122_020000" in text
-    alert = all_text(blocks.backup_ops_alert(failed, locale))
+    alert = all_text(backup_blocks.backup_ops_alert(failed, locale))
     assert "connection refused" in alert and "<@U0DB>" in alert
-    warning = all_text(blocks.backup_ops_alert(backup_run("warning"), locale))
+    warning = all_text(backup_blocks.backup_ops_alert(backup_run("warning"), locale))
     assert "s3" in warning and "backup_20261122_020000" not in warning
-    assert "3.0 GiB" in all_text(blocks.backup_list([failed.previous_good], locale))
+    assert "3.0 GiB" in all_text(backup_blocks.backup_list([failed.previous_good], locale))

@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from messages import blocks
+from messages.blocks import backup as backup_blocks
+from messages.blocks import incident as incident_blocks
+from messages.blocks import kit as block_kit
 from messages.views import (
     ApprovalView,
     CheckView,
@@ -105,54 +107,55 @@ def every_message(locale: str) -> dict[str, Message]:
     step = v.steps[2]
     t = TransitionView("assessed", "recovering", "U0DB", "plan approved", T0)
     msgs: dict[str, Message] = {
-        "incident_card": blocks.incident_card(v, locale),
-        "incident_card_closed": blocks.incident_card(make_view("closed"), locale),
-        "plan": blocks.plan_message(v, locale),
-        "plan_empty": blocks.plan_message(make_view("assembled", steps=[], strategy=None), locale),
-        "assessment": blocks.assessment(v, locale),
-        "assessment_empty": blocks.assessment(make_view(checks=[], strategy=None), locale),
-        "stakeholder_root": blocks.stakeholder_root(v, locale),
-        "stakeholder_update": blocks.stakeholder_update(v, t, locale),
-        "stakeholder_update_auto": blocks.stakeholder_update(
+        "incident_card": incident_blocks.incident_card(v, locale),
+        "incident_card_closed": incident_blocks.incident_card(make_view("closed"), locale),
+        "plan": incident_blocks.plan_message(v, locale),
+        "plan_empty": incident_blocks.plan_message(make_view("assembled", steps=[], strategy=None), locale),
+        "assessment": incident_blocks.assessment(v, locale),
+        "assessment_empty": incident_blocks.assessment(make_view(checks=[], strategy=None), locale),
+        "stakeholder_root": incident_blocks.stakeholder_root(v, locale),
+        "stakeholder_update": incident_blocks.stakeholder_update(v, t, locale),
+        "stakeholder_update_auto": incident_blocks.stakeholder_update(
             v, TransitionView("recovering", "verified", None, "", T0), locale),
-        "reminder": blocks.reminder(v, 3725, locale),
-        "closing_report": blocks.closing_report(make_view("closed", close_summary="Failed over"),
+        "reminder": incident_blocks.reminder(v, 3725, locale),
+        "closing_report": incident_blocks.closing_report(make_view("closed", close_summary="Failed over"),
                                                 make_report(), locale),
-        "closing_report_false_alarm": blocks.closing_report(
+        "closing_report_false_alarm": incident_blocks.closing_report(
             make_view("closed", steps=[], timeline=[]),
             ObjectiveReport(None, 14400, None, 900, "not measured", None, 7200), locale),
-        "status_reply": blocks.status_reply(v, locale),
-        "status_reply_empty": blocks.status_reply(make_view("detected", steps=[], roles=[]), locale),
-        "incident_list": blocks.incident_list([v, make_view("assessed", key="INC-8", id=8, channel_id=None)],
+        "status_reply": incident_blocks.status_reply(v, locale),
+        "status_reply_empty": incident_blocks.status_reply(make_view("detected", steps=[], roles=[]), locale),
+        "incident_list": incident_blocks.incident_list([v, make_view("assessed", key="INC-8", id=8, channel_id=None)],
                                               locale),
-        "incident_list_empty": blocks.incident_list([], locale),
-        "help": blocks.help_text(locale),
-        "reapproval": blocks.reapproval_request(v, step, locale),
-        "step_result_ok": blocks.step_result(v, v.steps[1], locale),
-        "step_result_failed": blocks.step_result(v, v.steps[3], locale),
-        "step_result_other": blocks.step_result(v, v.steps[5], locale),
-        "ops_notice": blocks.ops_notice("Backup failed", "pg_basebackup: disk full", locale),
+        "incident_list_empty": incident_blocks.incident_list([], locale),
+        "help": block_kit.help_text(locale),
+        "reapproval": incident_blocks.reapproval_request(v, step, locale),
+        "step_result_ok": incident_blocks.step_result(v, v.steps[1], locale),
+        "step_result_failed": incident_blocks.step_result(v, v.steps[3], locale),
+        "step_result_other": incident_blocks.step_result(v, v.steps[5], locale),
+        "ops_notice": block_kit.ops_notice("Backup failed", "pg_basebackup: disk full", locale),
     }
     for waiting_state in ("detected", "assembled", "assessed", "recovering", "verified", "closed"):
-        msgs[f"reminder_{waiting_state}"] = blocks.reminder(make_view(waiting_state, steps=[]), 60, locale)
+        msgs[f"reminder_{waiting_state}"] = incident_blocks.reminder(make_view(waiting_state, steps=[]), 60, locale)
     for problem, ctx in USAGE_PROBLEMS.items():
-        msgs[f"usage_{problem}"] = blocks.usage_error(problem, locale, **ctx)
+        msgs[f"usage_{problem}"] = block_kit.usage_error(problem, locale, **ctx)
     for reason, ctx in REFUSALS.items():
-        msgs[f"refusal_{reason}"] = blocks.refusal(reason, locale, **ctx)
-    msgs["refusal_not_commander_nobody"] = blocks.refusal("not_commander", locale, commander=None)
+        msgs[f"refusal_{reason}"] = block_kit.refusal(reason, locale, **ctx)
+    msgs["refusal_not_commander_nobody"] = block_kit.refusal("not_commander", locale, commander=None)
     msgs.update(backup_messages(locale))
     return msgs
 
 
-def backup_run(status: str, **overrides: Any) -> blocks.BackupRunView:
-    good = blocks.BackupObjectView("backup_20261122_020000", "backup_20261122_020000/postgres-base.tar.zst.aes",
-                                   "pg_full", "ok", 3 * 2**30, T0, [blocks.BackupTargetView("s3", True)])
+def backup_run(status: str, **overrides: Any) -> backup_blocks.BackupRunView:
+    good = backup_blocks.BackupObjectView("backup_20261122_020000", "backup_20261122_020000/postgres-base.tar.zst.aes",
+                                   "pg_full", "ok", 3 * 2**30, T0, [backup_blocks.BackupTargetView("s3", True)])
     failed = status != "ok"
-    obj = blocks.BackupObjectView(
+    obj = backup_blocks.BackupObjectView(
         "backup_20261129_020000", "backup_20261129_020000/postgres-base.tar.zst.aes", "pg_full",
         "failed" if status == "failed" else "ok", 123456, T0,
-        [blocks.BackupTargetView("local", True), blocks.BackupTargetView("s3", not failed, "s3: connection refused"),
-         blocks.BackupTargetView("azure", True, removed=True)],
+        [backup_blocks.BackupTargetView("local", True),
+         backup_blocks.BackupTargetView("s3", not failed, "s3: connection refused"),
+         backup_blocks.BackupTargetView("azure", True, removed=True)],
         "every remote target failed; the local staging copy is kept" if status == "failed" else "")
     fields: dict[str, Any] = {
         "run_id": "backup_20261129_020000", "kind": "postgresql", "status": status, "objects": [obj],
@@ -161,32 +164,33 @@ def backup_run(status: str, **overrides: Any) -> blocks.BackupRunView:
         "local_kept": status == "failed",
     }
     fields.update(overrides)
-    return blocks.BackupRunView(**fields)
+    return backup_blocks.BackupRunView(**fields)
 
 
 def backup_messages(locale: str) -> dict[str, Message]:
     failed = backup_run("failed")
-    check = blocks.BackupCheckView("backup_20261129_020000", failed.objects[0].object_name, False,
+    check = backup_blocks.BackupCheckView("backup_20261129_020000", failed.objects[0].object_name, False,
                                    ["local: authentication failed (chunk 3)"], ["local"])
     return {
-        "backup_started": blocks.backup_started("postgresql", locale),
-        "backup_verify_started": blocks.backup_verify_started("backup_20261129_020000", locale),
-        "backup_result_ok": blocks.backup_result(backup_run("ok"), locale),
-        "backup_result_warning": blocks.backup_result(backup_run("warning"), locale),
-        "backup_result_failed": blocks.backup_result(failed, locale),
-        "backup_result_failed_scheduled_no_previous": blocks.backup_result(
+        "backup_started": backup_blocks.backup_started("postgresql", locale),
+        "backup_verify_started": backup_blocks.backup_verify_started("backup_20261129_020000", locale),
+        "backup_result_ok": backup_blocks.backup_result(backup_run("ok"), locale),
+        "backup_result_warning": backup_blocks.backup_result(backup_run("warning"), locale),
+        "backup_result_failed": backup_blocks.backup_result(failed, locale),
+        "backup_result_failed_scheduled_no_previous": backup_blocks.backup_result(
             backup_run("failed", started_by=None, schedule="backup-postgres_full", previous_good=None,
                        objects=[], errors=["postgresql: OperationalError: connection refused"]), locale),
-        "backup_ops_failed": blocks.backup_ops_alert(failed, locale),
-        "backup_ops_warning": blocks.backup_ops_alert(backup_run("warning"), locale),
-        "backup_list": blocks.backup_list(failed.objects * 40, locale),
-        "backup_list_empty": blocks.backup_list([], locale),
-        "backup_verify_ok": blocks.backup_verify_result(
-            "backup_20261129_020000", [blocks.BackupCheckView("backup_20261129_020000", "x", True, [], ["s3"])],
+        "backup_ops_failed": backup_blocks.backup_ops_alert(failed, locale),
+        "backup_ops_warning": backup_blocks.backup_ops_alert(backup_run("warning"), locale),
+        "backup_list": backup_blocks.backup_list(failed.objects * 40, locale),
+        "backup_list_empty": backup_blocks.backup_list([], locale),
+        "backup_verify_ok": backup_blocks.backup_verify_result(
+            "backup_20261129_020000", [backup_blocks.BackupCheckView("backup_20261129_020000", "x", True, [], ["s3"])],
             [None], locale),
-        "backup_verify_failed": blocks.backup_verify_result("backup_20261129_020000", [check],
+        "backup_verify_failed": backup_blocks.backup_verify_result("backup_20261129_020000", [check],
                                                             [failed.previous_good], locale),
-        **{f"backup_job_{p}": blocks.backup_job_alert(p, "backup-wal_switch", "OperationalError: refused", locale)
+        **{f"backup_job_{p}": backup_blocks.backup_job_alert(p, "backup-wal_switch", "OperationalError: refused",
+                                                               locale)
            for p in ("not_run", "wal_failed", "prune_failed")},
     }
 
