@@ -64,3 +64,13 @@ def missing_extras(config: Config) -> list[str]:
                             f"(missing: {', '.join(missing)}); install it: pip install '{DISTRIBUTION}[{need.extra}]' "
                             f"(in a checkout: .venv/bin/pip install -e '.[{need.extra}]')")
     return problems
+
+
+def installed_version() -> str:
+    """The installed distribution's version (``aegis --version``); a bare checkout has none."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
