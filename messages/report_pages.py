@@ -1,0 +1,124 @@
+"""The report pages (``/reports/``) as HTML, and the Slack reply that carries a fresh link.
+
+Plain values in — the figures of ``recovery.reporting`` are read by attribute, never imported — and
+HTML out, from ``templates/<locale>/report_*.html.j2``. This environment autoescapes (the output is
+HTML, unlike the Slack templates'), and its charts come from ``messages.svg``, which escapes every
+label it is given; the words of the charts are written in the templates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from messages import render
+from messages.svg import Bar, Point, bar_chart, line_chart
+from messages.views import Message
+
+Href = Callable[[str], str]     # a path under /reports/ → the URL to link (the viewer's token kept on it)
+
+
+def _minutes(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds / 60
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _name(table: dict[str, str], key: object) -> str:
+    text = str(key)
+    return table.get(text, text.replace("_", " "))
+
+
+def _make_env(locale: str) -> Environment:
+    env = Environment(loader=FileSystemLoader(render.TEMPLATE_DIR / locale), autoescape=True, trim_blocks=True,
+                      lstrip_blocks=True, undefined=StrictUndefined)
+    env.filters.update({
+        "dt": render.format_dt,
+        "duration": partial(render.format_duration, render.name_table(locale, "durations")),
+        "num": _number,
+        "minutes": _minutes,
+        "scenario": partial(_name, render.name_table(locale, "scenarios")),
+        "state": partial(_name, render.name_table(locale, "states")),
+        "severity": partial(_name, render.name_table(locale, "severities")),
+    })
+    env.globals.update(line_chart=line_chart, bar_chart=bar_chart)
+    return env
+
+
+_ENVS = {locale: _make_env(locale) for locale in render.LOCALES}
+
+
+def _page(locale: str, name: str, **ctx: Any) -> str:
+    return _ENVS[render.resolve_locale(locale)].get_template(name).render(locale=render.resolve_locale(locale), **ctx)
+
+
+def _ticks(times: Sequence[datetime], count: int = 5) -> list[tuple[float, str]]:
+    """Up to ``count`` dates spread over the points' time range, in the display zone."""
+    if not times:
+        return []
+    low, high = min(times).timestamp(), max(times).timestamp()
+    steps = [low] if high - low < 1 else [low + (high - low) * i / (count - 1) for i in range(count)]
+    zone = render.display_timezone()
+    return [(t, datetime.fromtimestamp(t, zone).strftime("%Y-%m-%d")) for t in steps]
+
+
+def _over_time(incidents: Sequence[Any], drills: Sequence[Any], figure: str) -> dict[str, list[Point]]:
+    """Minutes of ``figure`` (rto_seconds / rpo_seconds) per incident and per drill, at their start."""
+    series: dict[str, list[Point]] = {"incidents": [], "drills": []}
+    for incident in incidents:
+        value = getattr(incident, figure)
+        if value is not None:
+            series["incidents"].append(Point(incident.declared_at.timestamp(), value / 60, incident.key))
+    for drill in drills:
+        value = getattr(drill, figure)
+        if value is not None:
+            series["drills"].append(Point(drill.started_at.timestamp(), value / 60, f"#{drill.id} {drill.name}"))
+    return series
+
+
+def overview(locale: str, *, incidents: Sequence[Any], drills: Sequence[Any], mttr: Sequence[Any],
+             backups: Sequence[Any], services: Sequence[Any], tiers: Sequence[Any], objectives: Mapping[str, float],
+             since: datetime, until: datetime, now: datetime, href: Href) -> str:
+    """The overview: RTO/RPO over time, MTTR by month, backups per component, availability (O4)."""
+    times = [i.declared_at for i in incidents] + [d.started_at for d in drills]
+    return _page(locale, "report_overview.html.j2", incidents=incidents, drills=drills, mttr=mttr, backups=backups,
+                 services=services, tiers=tiers, objectives=objectives, since=since, until=until, now=now,
+                 href=href, rto_series=_over_time(incidents, drills, "rto_seconds"),
+                 rpo_series=_over_time(incidents, drills, "rpo_seconds"), ticks=_ticks(times),
+                 mttr_bars=[Bar(m.month, m.mean_seconds / 60, f"{m.incidents}") for m in mttr],
+                 downtime_bars=[_downtime_bar(a) for a in [*services, *tiers]])
+
+
+def _downtime_bar(figure: Any) -> Bar:
+    """A service's (or tier's, "T1") downtime minutes; unknown when none of its time was watched."""
+    label = figure.name if figure.tier is None else f"T{figure.tier}"
+    value = figure.downtime_minutes if figure.known_minutes > 0 else None
+    return Bar(label, value, f"{figure.unknown_minutes:.1f}")
+
+
+def drill(locale: str, *, run: Any, objectives: Mapping[str, float], href: Href) -> str:
+    """One drill: the steps with timings, the figures against the objectives, pass/fail, each figure's basis."""
+    step_bars = [Bar(str(s.get("name", ""))[:40], float(s["seconds"]) if isinstance(s.get("seconds"), int | float)
+                     else None) for s in run.steps]
+    return _page(locale, "report_drill.html.j2", run=run, objectives=objectives, href=href, step_bars=step_bars)
+
+
+def denied(locale: str, reason: str) -> str:
+    """The one-line page of a refused request: ``missing``, ``bad``, ``expired`` or ``password``."""
+    return _page(locale, "report_denied.html.j2", reason=reason)
+
+
+def not_found(locale: str, href: Href) -> str:
+    return _page(locale, "report_not_found.html.j2", href=href)
+
+
+def link_reply(locale: str, *, url: str | None, expires_at: datetime | None, reason: str = "") -> Message:
+    """``/aegis report``'s ephemeral answer: the link and when it expires, or why there is none."""
+    text = render.text(locale, "report_link", url=url, expires_at=expires_at, reason=reason)
+    return Message(text=text, blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text}}])
