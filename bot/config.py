@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bot.extras import missing_extras
 from recovery.planner import HOOK_NAMES
 
 ROLES = (
@@ -664,10 +665,15 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if os.environ.get("AEGIS_LOCALE"):
         data["locale"] = os.environ["AEGIS_LOCALE"]
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         problems = [_one_line(f"{file}: {line}") for line in describe_errors(exc)]
         raise ConfigError("\n".join(problems), problems) from None
+    # a component or storage target whose library is an extra that is not installed (bot/extras.py)
+    missing = [_one_line(f"{file}: {line}") for line in missing_extras(config)]
+    if missing:
+        raise ConfigError("\n".join(missing), missing)
+    return config
 
 
 def describe_errors(exc: ValidationError) -> list[str]:
