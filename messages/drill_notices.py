@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from messages import blocks, render
+from messages import render
+from messages.blocks.kit import ops_notice
 from messages.views import Message
 
 STEP_LINES = 25
@@ -37,11 +38,11 @@ def result(*, run_id: int, name: str, status: str, trigger: str, requested_by: s
         lines.append(_t(locale, "error", error=error))
     lines.append(_t(locale, "report", report_path=report_path, report_url=report_url))
     lines.append(_t(locale, "origin", trigger=trigger, requested_by=requested_by, run_id=run_id))
-    return blocks.ops_notice(_t(locale, "result_title", drill=name, status=status), "\n".join(lines), locale)
+    return ops_notice(_t(locale, "result_title", drill=name, status=status), "\n".join(lines), locale)
 
 
 def restore_failed(backup: Mapping[str, object], locale: str) -> Message:
-    return blocks.ops_notice(_t(locale, "restore_failed_title", b=backup), _t(locale, "restore_failed_body", b=backup),
+    return ops_notice(_t(locale, "restore_failed_title", b=backup), _t(locale, "restore_failed_body", b=backup),
                              locale)
 
 

@@ -91,3 +91,14 @@ def may_close(user_id: str, *, holders: dict[str, str], declared_by: str, state:
     if commander is not None:
         return Decision(user_id == commander, "not_commander")
     return Decision(user_id == declared_by and state != "verified", "not_commander")
+
+
+#: who may start a drill (``/aegis drill run``): it restores production backups into scratch
+#: servers and loads the storage targets, so the same roster roles as ``/aegis backup run``
+DRILL_ROLES = ("incident_commander", "database_lead", "infrastructure_lead")
+
+
+def may_run_drill(user_id: str, *, roster: dict[str, list[str]]) -> Decision:
+    """Only users the roster lists for one of ``DRILL_ROLES``; with an empty roster nobody (from Slack)."""
+    mine = tuple(role for role in DRILL_ROLES if user_id in roster.get(role, []))
+    return Decision(bool(mine), "drill_not_allowed", mine)

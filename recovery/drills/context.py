@@ -31,6 +31,7 @@ class DrillSettings:
     retest_days: float = 7.0                  # every retained backup restore-tested at least this often
     os_user: str = "postgres"
     pg_bin: str | None = None
+    step_delay_seconds: float = 0.0           # tests only: hold after each step so a crash can be timed
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,8 @@ class DrillContext:
 class Steps:
     """Per-step timings written to the drill's row as each step ends (plain dicts, in order)."""
 
-    def __init__(self, store: Store, run_id: int, say: Say) -> None:
-        self.store, self.run_id, self.say = store, run_id, say
+    def __init__(self, store: Store, run_id: int, say: Say, delay: float = 0.0) -> None:
+        self.store, self.run_id, self.say, self.delay = store, run_id, say, delay
         self.failed: list[str] = []
 
     @contextmanager
@@ -87,6 +88,8 @@ class Steps:
         mark = "ok" if entry["ok"] else "FAILED"
         detail = f": {entry['detail']}" if entry["detail"] else ""
         self.say(f"{mark} {entry['name']} ({entry['seconds']:.1f} s){detail}")
+        if self.delay:
+            time.sleep(self.delay)
 
 
 @contextmanager

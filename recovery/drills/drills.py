@@ -264,7 +264,7 @@ def run_drill(ctx: DrillContext, name: str, trigger: str, requested_by: str | No
         ctx.say(line)
     run = runs.start(ctx.store, name, trigger, requested_by=requested_by, scenario=SCENARIO_OF.get(name))
     run_id = require_id(run)
-    steps = Steps(ctx.store, run_id, ctx.say)
+    steps = Steps(ctx.store, run_id, ctx.say, ctx.settings.step_delay_seconds)
     findings, error = Findings(checks_ok=False), ""
     with lease_renewed(ctx.store, run_id):
         try:

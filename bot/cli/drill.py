@@ -1,0 +1,72 @@
+"""``aegis drill run NAME | list | sweep``: drills from the command line.
+
+``run`` prints a progress line per step while the drill runs and the scored result at the end; with
+Slack credentials in the environment (``SLACK_BOT_TOKEN``, ``SLACK_API_URL``) the result is also
+posted to ``slack.ops_channel``. Exit status 0 only when the drill passed (1 failed, 2 usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from bot.cli.checks import OneLineParser
+from bot.cli.common import setup
+from bot.flows.drills import drill_context, post_outcome, sweep_leftovers
+from bot.slack.gateway import DEFAULT_API_URL, SlackGateway
+from recovery.drills import runs
+from recovery.drills.drills import DRILLS, describe, run_drill
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _gateway() -> SlackGateway | None:
+    token = os.environ.get("SLACK_BOT_TOKEN", "").strip()
+    return SlackGateway(token, os.environ.get("SLACK_API_URL") or DEFAULT_API_URL) if token else None
+
+
+def _run(args: argparse.Namespace) -> int:
+    config, store = setup(args)
+    ctx = drill_context(config, store, _say, args.budget_minutes)
+    outcome = run_drill(ctx, args.name, "cli", os.environ.get("USER"))
+    for score in outcome.scores:
+        value = "unknown" if score.value is None else f"{score.value:.1f} s"
+        verdict = {True: "met", False: "MISSED", None: "unknown"}[score.passed]
+        print(f"{score.objective}: {value} (target {score.target:.0f} s) {verdict} — {score.basis}")
+    if outcome.error:
+        print(f"error: {outcome.error}")
+    print(f"drill {outcome.run_id} {outcome.name}: {outcome.status.upper()}; report: {outcome.report_path}")
+    if post_outcome(_gateway(), config, outcome, trigger="cli", requested_by=None):
+        print(f"result posted to {config.slack.ops_channel}")
+    return 0 if outcome.status == "passed" else 1
+
+
+def _list(args: argparse.Namespace) -> int:
+    _config, store = setup(args)
+    rows = runs.recent(store, args.limit)
+    print("\n".join(describe(r) for r in rows) if rows else "no drill has run yet")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    config, store = setup(args)
+    lines = sweep_leftovers(config, store)
+    print("\n".join(lines) if lines else "no leftovers of interrupted drills")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
+    drill = sub.add_parser("drill", help="DR drills in an isolated scratch environment (D1, D2)")
+    actions = drill.add_subparsers(dest="drill_command", required=True)
+    run = actions.add_parser("run", help="run a drill now; exit 0 only when it passed")
+    run.add_argument("name", choices=DRILLS)
+    run.add_argument("--budget-minutes", type=float, help="backup_restore_test: stop starting restores after this")
+    run.set_defaults(func=_run)
+    listing = actions.add_parser("list", help="recent drills, newest first")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.set_defaults(func=_list)
+    actions.add_parser("sweep", help="remove what interrupted drills left behind").set_defaults(func=_sweep)
+
+

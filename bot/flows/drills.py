@@ -1,0 +1,159 @@
+"""Drills for the CLI, Slack and the schedule: the context from config, the runs and their result posts.
+
+- ``drill_context`` resolves the config into the domain's ``DrillContext`` (targets, key, scratch
+  settings, objectives, Neo4j/Milvus sources and how to drop their scratch copies, services' drill URLs).
+- ``DrillDuty.run`` runs one drill (one at a time per process), then posts the result to
+  ``slack.ops_channel`` — figures, pass/fail per objective, the report location — and one notice per
+  backup that failed its restore test.
+- The schedules and their job functions are in bot/jobs/drills.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bot.backup_wiring import key_from, sources_from, targets_from
+from bot.config import Config
+from bot.slack.gateway import SlackCallFailed, SlackGateway
+from messages import drill_notices
+from messages.views import Message
+from recovery.backup.runner import BackupRunner
+from recovery.drills.context import DrillContext, DrillSettings, Say, ServiceProbe
+from recovery.drills.drills import DrillOutcome, run_drill
+from recovery.drills.scoring import Objectives
+from recovery.drills.scratch import Droppers, sweep
+from statemachines.store import Store
+
+log = logging.getLogger("aegis.drills")
+
+
+# --- from config --------------------------------------------------------------------------------
+
+def _droppers(config: Config) -> Droppers:
+    sources = sources_from(config)
+
+    def drop_neo4j(uri: str, database: str) -> None:
+        from neo4j import GraphDatabase
+
+        cfg = sources.neo4j
+        auth = (cfg["user"], cfg["password"]) if cfg and cfg["password"] else None
+        with GraphDatabase.driver(uri, auth=auth) as driver:
+            driver.execute_query("DROP DATABASE $name IF EXISTS", name=database, database_="system")
+
+    def drop_milvus(uri: str, collection: str) -> None:
+        if not uri.startswith(("http://", "https://", "tcp://", "grpc://")):
+            return   # a scratch Milvus Lite file inside the drill's directory: removed with it
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri=uri)
+        try:
+            if client.has_collection(collection):
+                client.drop_collection(collection)
+        finally:
+            client.close()
+
+    return Droppers(neo4j=drop_neo4j if sources.neo4j else None, milvus=drop_milvus)
+
+
+def drill_settings(config: Config, budget_minutes: float | None = None) -> DrillSettings:
+    drills = config.drills
+    scratch = Path(drills.scratch_dir)
+    return DrillSettings(scratch_dir=scratch, report_dir=Path(drills.report_dir) if drills.report_dir
+                         else scratch / "reports",
+                         restore_budget_seconds=(budget_minutes or drills.restore_budget_minutes) * 60,
+                         retest_days=drills.retest_days, pg_bin=drills.pg_bin,
+                         # a test hook (like AEGIS_TEST_DISPATCH_DELAY): hold after each step so a test can crash it
+                         step_delay_seconds=float(os.environ.get("AEGIS_TEST_DRILL_STEP_DELAY") or 0))
+
+
+def drill_context(config: Config, store: Store, say: Say | None = None,
+                  budget_minutes: float | None = None) -> DrillContext:
+    sources = sources_from(config)
+    runner = BackupRunner(store, targets_from(config), key_from(config), sources)
+    objectives = Objectives(config.objectives.rto_minutes * 60, config.objectives.rpo_minutes * 60,
+                            config.objectives.mttr_minutes * 60)
+    services = [ServiceProbe(s.name, s.tier, tuple(s.depends_on), s.drill_url) for s in config.services]
+    return DrillContext(store, runner, drill_settings(config, budget_minutes), objectives, sources.neo4j,
+                        sources.milvus_uri, services, _droppers(config), say or (lambda _line: None))
+
+
+def sweep_leftovers(config: Config, store: Store) -> list[str]:
+    """At start: remove what drills interrupted by a crash left behind (logged)."""
+    return sweep(store, _droppers(config))
+
+
+# --- results --------------------------------------------------------------------------------------
+
+def result_message(outcome: DrillOutcome, *, trigger: str, requested_by: str | None, config: Config) -> Message:
+    return drill_notices.result(
+        run_id=outcome.run_id, name=outcome.name, status=outcome.status, trigger=trigger,
+        requested_by=requested_by, objectives=[s.as_dict() for s in outcome.scores], steps=outcome.steps,
+        figures=outcome.figures, error=outcome.error, report_path=outcome.report_path,
+        retest_days=config.drills.retest_days, locale=config.locale)
+
+
+def post_outcome(gateway: SlackGateway | None, config: Config, outcome: DrillOutcome, *, trigger: str,
+                 requested_by: str | None) -> bool:
+    """The result, and a notice per backup that failed its restore test, to the ops channel."""
+    if gateway is None or not config.slack.ops_channel:
+        return False
+    messages = [result_message(outcome, trigger=trigger, requested_by=requested_by, config=config)]
+    messages += [drill_notices.restore_failed(b.as_dict(), config.locale) for b in outcome.failed_backups]
+    try:
+        for message in messages:
+            gateway.post(config.slack.ops_channel, message.text, message.blocks)
+    except SlackCallFailed as exc:
+        log.error("could not post the result of drill %s: %s", outcome.run_id, exc)
+        return False
+    return True
+
+
+class DrillGate:
+    """One drill at a time in this process (scratch servers are heavy; two would skew the timings)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.holder: str | None = None
+        self.since: datetime | None = None
+
+    def try_enter(self, what: str) -> bool:
+        if not self._lock.acquire(blocking=False):
+            return False
+        self.holder, self.since = what, datetime.now(UTC)
+        return True
+
+    def enter(self, what: str) -> None:
+        self._lock.acquire()
+        self.holder, self.since = what, datetime.now(UTC)
+
+    def leave(self) -> None:
+        self.holder = self.since = None
+        self._lock.release()
+
+
+@dataclass
+class DrillDuty:
+    """Runs drills for Slack and the schedule and posts their results to the ops channel."""
+
+    config: Config
+    store: Store
+    gateway: SlackGateway | None
+
+    def __post_init__(self) -> None:
+        self.gate = DrillGate()
+
+    def run(self, name: str, *, trigger: str, requested_by: str | None = None,
+            say: Callable[[str], None] | None = None) -> DrillOutcome:
+        """Run drill ``name`` (the caller holds the gate) and post its result."""
+        ctx = drill_context(self.config, self.store, say)
+        outcome = run_drill(ctx, name, trigger, requested_by)
+        log.info("drill %s (%s, %s) %s%s", outcome.run_id, name, trigger, outcome.status,
+                 f": {outcome.error}" if outcome.error else "")
+        post_outcome(self.gateway, self.config, outcome, trigger=trigger, requested_by=requested_by)
+        return outcome
