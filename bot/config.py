@@ -180,6 +180,18 @@ class Service(_Strict):
     tier: int = 3
     depends_on: list[str] = Field(default_factory=list)
     health: HealthCheck | None = None
+    # where a drill instance of the service answers (http(s)://… or tcp://host:port): the
+    # full_system_recovery_test probes it after restoring into scratch (recovery/drills)
+    drill_url: str | None = None
+
+    @field_validator("drill_url")
+    @classmethod
+    def _drill_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if urlsplit(value).scheme not in ("http", "https", "tcp"):
+            raise ValueError("a drill_url is an http://, https:// or tcp://host:port URL")
+        return _no_url_password(value, "health checks take no credentials")
 
     @field_validator("tier")
     @classmethod
@@ -545,6 +557,45 @@ class Monitoring(_Strict):
         return self
 
 
+# --- drills (D1, D2): schedules, scratch environment, the restore-test rotation ---------------------
+
+
+def _crontab_or_none(value: str | None) -> str | None:
+    if value is not None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"not a crontab expression ({exc}); e.g. \"0 2 15 * *\"") from None
+    return value
+
+
+class DrillSchedules(_Strict):
+    """Crontab lines in ``backups.timezone`` (D1's defaults); null disables one."""
+
+    database_failover_test: str | None = "0 2 1 * *"          # monthly, the 1st 02:00 (2 h)
+    full_system_recovery_test: str | None = "0 4 1 1,4,7,10 *"  # quarterly, after the failover test (4 h)
+    backup_restore_test: str | None = "0 2 15 * *"            # monthly, the 15th 02:00 (1 h)
+    # daily restore-test rotation: keeps every retained backup restore-tested within retest_days
+    restore_rotation: str | None = "0 6 * * *"
+
+    @field_validator("database_failover_test", "full_system_recovery_test", "backup_restore_test",
+                     "restore_rotation")
+    @classmethod
+    def _crontab(cls, value: str | None) -> str | None:
+        return _crontab_or_none(value)
+
+
+class Drills(_Strict):
+    scratch_dir: str = Field(default="/var/tmp/aegis-drills", min_length=1)  # the postgres user must traverse it
+    report_dir: str | None = None             # default: <scratch_dir>/reports
+    restore_budget_minutes: float = Field(default=60, gt=0)   # per backup_restore_test run (D1: 1 h)
+    retest_days: float = Field(default=7, gt=0)              # every retained backup tested at least this often
+    pg_bin: str | None = None                 # binaries of the backups' major version (default: AEGIS_PG_BIN)
+    schedules: DrillSchedules = Field(default_factory=DrillSchedules)
+
+
 # --- the file ------------------------------------------------------------------------------------
 
 
@@ -562,6 +613,7 @@ class Config(_Strict):
     encryption: Encryption = Field(default_factory=lambda: Encryption(key_env=DEFAULT_KEY_ENV))
     backups: Backups = Field(default_factory=Backups)
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    drills: Drills = Field(default_factory=Drills)
 
     @model_validator(mode="after")
     def _dependencies_exist(self) -> Config:

@@ -116,7 +116,8 @@ def test_backup_run_acks_at_once_posts_the_result_and_lists_it(
     desk = desk_factory(make_config(tmp_path, database, moto_s3))
     with desk.store.engine.connect() as connection:      # `aegis serve` registered the schedules at start
         jobs = {row[0] for row in connection.exec_driver_sql("SELECT job_id FROM scheduled_job")}
-    assert jobs == {"backup-postgres_full", "backup-postgres_incremental", "backup-wal_switch", "backup-prune"}
+    assert {j for j in jobs if j.startswith("backup-")} == {"backup-postgres_full", "backup-postgres_incremental",
+                                                            "backup-wal_switch", "backup-prune"}
     run_id = desk.run("U0DB", "postgresql")
     result = desk.post_with(run_id)
     assert "✅" in result and "postgres-base" in result and "s3" in result and "<@U0DB>" in result
