@@ -2,8 +2,8 @@
 
 Three child processes, all on 127.0.0.1: the Slack emulator (``python -m slack_emulator.server``),
 ``aegis serve`` (SQLite store in a temp dir, Web API pointed at the emulator) and the peer, a bare
-Bolt app whose listeners only ``ack()``, wrapped by ``bot.server.make_wsgi`` and served by
-``bot.server.HttpServer`` (waitress, 32 threads) — ``python bench/ack_latency.py --serve-bare``.
+Bolt app whose listeners only ``ack()``, wrapped by ``bot.slack.server.make_wsgi`` and served by
+``bot.slack.server.HttpServer`` (waitress, 32 threads) — ``python bench/ack_latency.py --serve-bare``.
 
 For each request kind (``/aegis status`` in an incident channel; a button click) × concurrency
 (1, 10, 50) × target, the bench sends a warm-up, waits until every child is idle again (no CPU
@@ -77,7 +77,7 @@ def serve_bare(host: str, port: int) -> int:
     from slack_sdk import WebClient
 
     from bot.logs import setup_logging
-    from bot.server import HttpServer, make_wsgi
+    from bot.slack.server import HttpServer, make_wsgi
 
     setup_logging("INFO")  # same logging set-up as ``aegis serve``
     app = App(

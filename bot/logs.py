@@ -6,7 +6,7 @@ message quoting input) could carry newlines that forge whole log lines
 the log without limit. So the formatter escapes every control character in the message and in
 the exception messages of a traceback (the traceback's own line structure stays), and cuts each
 line at ``MAX_LINE`` characters. Bolt's logger that prints the body of a rejected request is
-silenced; the front door (bot/server.py) rejects bad requests before Bolt sees them anyway.
+silenced; the front door (bot/slack/server.py) rejects bad requests before Bolt sees them anyway.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def _drop_all(_record: logging.LogRecord) -> bool:
 
 def _drop_token_notice(record: logging.LogRecord) -> bool:
     # Bolt warns at every start that SLACK_BOT_TOKEN is unused: the app is given its client and its
-    # own authorize function (bot/app.py), which is what Aegis means.
+    # own authorize function (bot/slack/app.py), which is what Aegis means.
     message = str(record.msg)
     return not (message.startswith("As you gave `client` as well")
                 or message.startswith("As `installation_store` or `authorize` has been used"))

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from urllib.parse import urlsplit
 
-from bot.backup_jobs import newest_usable
 from bot.config import Config, ConfigError, Monitoring, PostgresNode, closest
+from bot.flows.backup import newest_usable
 from bot.wiring import service_specs
 from recovery.monitor import checks as probes
 from recovery.monitor.checks import Check, Probe

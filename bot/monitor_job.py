@@ -25,9 +25,9 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from bot.config import Config
-from bot.flows import Flows
+from bot.flows.incident import Flows
 from bot.monitor_checks import monitor_checks, risk_rules
-from bot.slack_gateway import SlackCallFailed, SlackGateway
+from bot.slack.gateway import SlackCallFailed, SlackGateway
 from messages import monitor_notices
 from messages.views import Message
 from recovery.monitor.history import MonitorHistory

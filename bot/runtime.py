@@ -15,17 +15,17 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bot.app import create_app
-from bot.backup_jobs import BackupDuty
-from bot.backup_slack import BackupDesk
 from bot.config import Config
-from bot.flows import Flows
-from bot.job_registry import JobContext, default_registry
+from bot.flows.backup import BackupDuty
+from bot.flows.incident import Flows
+from bot.jobs.registry import JobContext, default_registry
+from bot.jobs.scheduler import Scheduler
 from bot.monitor_job import MonitorDuty
-from bot.scheduler import Scheduler
 from bot.secrets import install_masking
-from bot.server import Health, HttpServer, make_wsgi
-from bot.slack_gateway import DEFAULT_API_URL, SlackGateway
+from bot.slack.app import create_app
+from bot.slack.backup_desk import BackupDesk
+from bot.slack.gateway import DEFAULT_API_URL, SlackGateway
+from bot.slack.server import Health, HttpServer, make_wsgi
 from recovery.redact import redact
 from statemachines.store import Store
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from messages import blocks, render
+from messages import render
+from messages.blocks import kit as block_kit
 from messages.views import Message
 
 
@@ -24,19 +25,19 @@ def evidence_lines(evidence: Sequence[Mapping[str, object]], locale: str) -> str
 def critical_alert(*, key: str, scenario: str, summary: str, evidence: Sequence[Mapping[str, object]],
                    incident_key: str, locale: str) -> Message:
     body = _t(locale, "critical_body", summary=summary, scenario=scenario, incident_key=incident_key)
-    return blocks.ops_notice(_t(locale, "critical_title", key=key, scenario=scenario),
+    return block_kit.ops_notice(_t(locale, "critical_title", key=key, scenario=scenario),
                              f"{body}\n{evidence_lines(evidence, locale)}", locale)
 
 
 def warning(*, key: str, summary: str, since: datetime, evidence: Sequence[Mapping[str, object]],
             repeat_minutes: float, locale: str) -> Message:
     body = _t(locale, "warning_body", summary=summary, since=since, repeat_minutes=f"{repeat_minutes:g}")
-    return blocks.ops_notice(_t(locale, "warning_title", key=key), f"{body}\n{evidence_lines(evidence, locale)}",
+    return block_kit.ops_notice(_t(locale, "warning_title", key=key), f"{body}\n{evidence_lines(evidence, locale)}",
                              locale)
 
 
 def all_clear(*, key: str, since: datetime, cleared: datetime, locale: str) -> Message:
-    return blocks.ops_notice(_t(locale, "clear_title", key=key),
+    return block_kit.ops_notice(_t(locale, "clear_title", key=key),
                              _t(locale, "clear_body", since=since, cleared=cleared), locale)
 
 

@@ -27,7 +27,7 @@ Where it is applied:
   connection errors — with the hook's own ``pass_env`` and header values added;
 - the engine (``recovery/engine.py``): step details (plan message, step result, timeline text),
   progress lines, and every string of a step's output before the ledger row is written;
-- Slack (``bot/slack_gateway.py``): every Web API call's ``text``, ``blocks``, ``attachments`` and
+- Slack (``bot/slack/gateway.py``): every Web API call's ``text``, ``blocks``, ``attachments`` and
   ``view``, as the last line of defence;
 - logs (``bot/logs.py``): every formatted record;
 - health check details and backup/restore/WAL errors, in their own modules.

@@ -5,7 +5,7 @@ plus the timeline event that explains it. A caller holding a stale version loses
 ``StaleVersion`` and changes nothing; that is what makes Slack retries, double clicks and two bot
 replicas safe. Nothing here performs side effects outside the database: what a change must tell
 the team is written as outbox rows (``tell``) in the same transaction, and delivered later by the
-bot's dispatcher (bot/outbox.py), so a crash or a chat outage delays a message but never loses it.
+bot's dispatcher (bot/slack/outbox.py), so a crash or a chat outage delays a message but never loses it.
 """
 
 from __future__ import annotations

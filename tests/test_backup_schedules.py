@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from bot.backup_jobs import BackupDuty
 from bot.config import Config, S3Storage
-from bot.fire_claims import FireClaims
-from bot.job_registry import JobContext, JobRegistry, default_registry
-from bot.scheduler import Scheduler
-from bot.slack_gateway import SlackGateway
+from bot.flows.backup import BackupDuty
+from bot.jobs.claims import FireClaims
+from bot.jobs.registry import JobContext, JobRegistry, default_registry
+from bot.jobs.scheduler import Scheduler
+from bot.slack.gateway import SlackGateway
 from slack_emulator.server import EmulatorServer
 from statemachines.models import BackupRecord, ScheduledClaim, ScheduledJob
 from statemachines.store import Store

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot import commands
 from bot.config import ConfigError, load_config
+from bot.slack import commands
 from recovery.redact import redact
 
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from bot.backup_cli import key_from, sources_from, targets_from
+from bot.backup_wiring import key_from, sources_from, targets_from
 from bot.config import (
     HOOK_NAMES,
     TIERS,

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from bot import commands
-from bot.backup_jobs import BackupDuty
-from bot.backup_slack import BackupDesk
 from bot.config import Config
+from bot.flows.backup import BackupDuty
+from bot.slack import commands
+from bot.slack.backup_desk import BackupDesk
 from slack_emulator.server import EmulatorServer
 from statemachines.models import BackupRecord
 from statemachines.store import Store

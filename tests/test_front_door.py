@@ -22,7 +22,7 @@ import requests
 
 from bot.bounded import BoundedPool, Busy
 from bot.logs import RedactingFormatter
-from bot.server import HttpServer
+from bot.slack.server import HttpServer
 from slack_emulator.faults import fault_from_json
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc

@@ -20,8 +20,8 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlmodel import select
 
-from bot.job_registry import JobRegistry
-from bot.scheduler import Scheduler
+from bot.jobs.registry import JobRegistry
+from bot.jobs.scheduler import Scheduler
 from slack_emulator.server import EmulatorServer
 from statemachines.models import ScheduledClaim, ScheduledJob
 from statemachines.store import Store
@@ -29,7 +29,7 @@ from tests.harness.aegis_process import AegisProcess, wait_for
 from tests.harness.pgcluster import PgSingle
 from tests.harness.slack_reading import all_text, channel, channel_by_id
 
-TAKEOVER_BOUND = 10.0      # seconds; README, bot/leader.py
+TAKEOVER_BOUND = 10.0      # seconds; README, bot/jobs/leader.py
 CLAIMED = re.compile(r"(\S+) at (\S+): claimed by (\S+), running")
 
 

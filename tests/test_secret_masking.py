@@ -23,7 +23,7 @@ import pytest
 from bot.config import Config
 from bot.logs import RedactingFormatter
 from bot.secrets import declared_secret_names, install_masking
-from bot.slack_gateway import SlackGateway
+from bot.slack.gateway import SlackGateway
 from recovery.redact import MASK, forget_secrets, redact, redact_data, register_secrets
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.slack_gateway import SlackCallFailed, SlackGateway
+from bot.slack.gateway import SlackCallFailed, SlackGateway
 from slack_emulator.faults import fault_from_json
 from slack_emulator.server import EmulatorServer
 from tests.harness.aegis_process import BOT_TOKEN

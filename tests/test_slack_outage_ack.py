@@ -2,7 +2,7 @@
 
 Bolt's default single-workspace authorization calls ``auth.test`` on the first request and fails
 every request until it succeeds, so during a Slack API outage no click or command would be acked.
-Aegis authorizes with the bot token it already has (bot/app.py): the request is acked, the
+Aegis authorizes with the bot token it already has (bot/slack/app.py): the request is acked, the
 incident is stored, and the failed Slack calls are recorded on the timeline for later.
 """
 

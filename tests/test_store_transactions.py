@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.flows import Refused
+from bot.flows.incident import Refused
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from statemachines.service import StepSpec

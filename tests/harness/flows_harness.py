@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from bot.config import Config
-from bot.flows import Flows, Refused
-from bot.slack_gateway import SlackGateway
+from bot.flows.incident import Flows, Refused
+from bot.slack.gateway import SlackGateway
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from statemachines.models import Incident, PlanStep

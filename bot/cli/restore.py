@@ -17,8 +17,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from bot.backup_cli import ProgressLine, key_from, runner_from, setup, sources_from, targets_from
-from bot.cli_checks import OneLineParser
+from bot.backup_wiring import key_from, runner_from, sources_from, targets_from
+from bot.cli.checks import OneLineParser
+from bot.cli.common import ProgressLine, setup
 from recovery.backup.catalog import POSTGRES_BASE_KINDS, BackupNotFound
 from recovery.backup.catalog import choose as choose_backup
 from recovery.backup.errors import CollectionExistsError, DatabaseNotEmptyError

@@ -7,85 +7,22 @@ verification failed (the reason is printed), 2 a usage or configuration problem.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 
 from sqlmodel import col, select
 
-from bot.cli_checks import OneLineParser
-from bot.config import Config, load_config
-from bot.secrets import install_masking
+from bot.backup_wiring import key_from, retention_policy, runner_from, targets_from
+from bot.cli.checks import OneLineParser
+from bot.cli.common import ProgressLine, setup
 from recovery.backup.catalog import (
-    KIND_FULL,
-    KIND_INCREMENTAL,
-    KIND_MANIFEST,
-    LOGICAL_KIND,
-    MILVUS_KIND,
-    NEO4J_KIND,
     SUPPORTING_KINDS,
-    WAL_KIND,
     previous_good,
     records_for,
 )
-from recovery.backup.retention import RetentionPolicy, prune
-from recovery.backup.runner import BackupRunner, Neo4jSource, Progress, RunReport, Sources
-from recovery.backup.storage.base import Target, target_from_config
-from recovery.backup.stream.crypto import BackupKey, BackupKeyError, load_key
+from recovery.backup.retention import prune
+from recovery.backup.runner import RunReport
 from recovery.backup.verify import verify
 from statemachines.models import BackupRecord
-from statemachines.store import Store
-
-
-class BackupSetupError(Exception):
-    """Backups are not configured well enough to run; the message says what to add."""
-
-
-def targets_from(config: Config) -> list[Target]:
-    if not config.storage:
-        raise BackupSetupError("no storage targets: add a `storage:` list (local, s3, azure) to the config")
-    targets = []
-    for index, entry in enumerate(config.storage):
-        try:  # unset keys are left out, so storage.py's defaults apply; the name is filled in by Config
-            targets.append(target_from_config(entry.model_dump(exclude_none=True)))
-        except (ValueError, TypeError) as exc:
-            raise BackupSetupError(f"storage[{index}]: {exc}") from None
-    return targets
-
-
-def key_from(config: Config) -> BackupKey:
-    enc = config.encryption   # exactly one of the two (validated); no silent fall back to another source
-    return load_key(key_file=enc.key_file) if enc.key_file else load_key(str(enc.key_env))
-
-
-def sources_from(config: Config) -> Sources:
-    pg = config.components.postgres
-    neo4j = config.components.neo4j
-    milvus = config.components.milvus
-    neo: Neo4jSource | None = None
-    if neo4j:
-        password = os.environ.get(neo4j.password_env) if neo4j.password_env else None
-        neo = {"uri": neo4j.uri, "user": neo4j.user, "password": password, "database": neo4j.database}
-    return Sources(postgres_dsn=pg.primary.full_dsn() if pg else None, neo4j=neo,
-                   milvus_uri=milvus.uri if milvus else None)
-
-
-class ProgressLine:
-    """``postgres-base…: 512.0 MiB read, 48.2 MiB/s`` redrawn at most twice a second."""
-
-    def __init__(self) -> None:
-        self.started: dict[str, float] = {}
-        self.last = 0.0
-
-    def __call__(self, name: str, done: int) -> None:
-        now = time.monotonic()
-        start = self.started.setdefault(name, now)
-        if now - self.last < 0.5:
-            return
-        self.last = now
-        rate = done / max(now - start, 1e-6) / 2**20
-        sys.stderr.write(f"\r{name}: {done / 2**20:8.1f} MiB read, {rate:6.1f} MiB/s ")
-        sys.stderr.flush()
 
 
 def describe(record: BackupRecord) -> str:
@@ -104,10 +41,6 @@ def report_lines(report: RunReport) -> list[str]:
     return lines
 
 
-def runner_from(config: Config, store: Store, progress: Progress | None = None) -> BackupRunner:
-    return BackupRunner(store, targets_from(config), key_from(config), sources_from(config), progress=progress)
-
-
 def _run(args: argparse.Namespace) -> int:
     config, store = setup(args)
     runner = runner_from(config, store, None if args.quiet else ProgressLine())
@@ -115,15 +48,6 @@ def _run(args: argparse.Namespace) -> int:
     sys.stderr.write("\n")
     print("\n".join(report_lines(report)))
     return 0 if report.ok else 1
-
-
-def retention_policy(config: Config) -> RetentionPolicy:
-    r = config.backups.retention
-    return RetentionPolicy({
-        KIND_FULL: r.postgres_full_days, KIND_INCREMENTAL: r.postgres_incremental_days,
-        KIND_MANIFEST: r.postgres_incremental_days, WAL_KIND: r.postgres_wal_days,
-        LOGICAL_KIND: r.postgres_logical_days, NEO4J_KIND: r.neo4j_days, MILVUS_KIND: r.milvus_days,
-    })
 
 
 def _prune(args: argparse.Namespace) -> int:
@@ -176,14 +100,6 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def setup(args: argparse.Namespace) -> tuple[Config, Store]:
-    config = load_config(args.config)
-    install_masking(config)   # the backup, wal and restore commands log and print redacted, like serve
-    store = Store()
-    store.migrate()
-    return config, store
-
-
 def add_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     backup = sub.add_parser("backup", help="encrypted, verified backups (B1-B6)")
     actions = backup.add_subparsers(dest="backup_command", required=True)
@@ -205,4 +121,3 @@ def add_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     pruning.set_defaults(func=_prune)
 
 
-FRIENDLY_ERRORS = (BackupSetupError, BackupKeyError)

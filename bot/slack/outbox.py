@@ -36,7 +36,7 @@ from sqlmodel import Session, col, select
 
 from bot.config import ROLES, Config
 from bot.presenters import incident_view, objective_report
-from bot.slack_gateway import TRANSIENT, SlackCallFailed, SlackGateway
+from bot.slack.gateway import TRANSIENT, SlackCallFailed, SlackGateway
 from messages import monitor_notices
 from messages.blocks import incident as incident_blocks
 from messages.views import IncidentView, Message, ReplacedView, StepView, TransitionView

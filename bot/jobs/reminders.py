@@ -1,4 +1,4 @@
-"""The ``reminder`` job: one stakeholder reminder for an open incident (registered in ``bot.job_registry``)."""
+"""The ``reminder`` job: one stakeholder reminder for an open incident (registered in ``bot.jobs.registry``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:   # the registry imports this module
-    from bot.job_registry import JobContext
+    from bot.jobs.registry import JobContext
 
 log = logging.getLogger("aegis.jobs")
 

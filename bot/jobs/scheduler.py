@@ -1,6 +1,6 @@
-"""One scheduler per cluster: the leader (``bot.leader``) runs APScheduler; every replica stores schedules.
+"""One scheduler per cluster: the leader (``bot.jobs.leader``) runs APScheduler; every replica stores schedules.
 
-Schedules are rows of ``scheduled_job`` (a stable job name from ``bot.job_registry``, plain
+Schedules are rows of ``scheduled_job`` (a stable job name from ``bot.jobs.registry``, plain
 arguments, a crontab or an interval), written by whichever replica asks: a reminder when an
 incident's room opens (removed at close), the backup schedules at every start (``reconcile_backups``:
 ``backups.schedules`` in ``backups.timezone``, only for configured components and only when
@@ -8,7 +8,7 @@ incident's room opens (removed at close), the backup schedules at every start (`
 store: APScheduler never shares a store) and re-reads the table every poll (2 s), so a schedule
 written by a standby is picked up within seconds.
 
-Every fire runs under a claim with a lease (``bot.fire_claims``): one run per (job, fire time), and
+Every fire runs under a claim with a lease (``bot.jobs.claims``): one run per (job, fire time), and
 a fire whose claimant died mid-run is run again by the next leader. A standby that takes over also
 runs any fire of the last ``TAKEOVER_WINDOW`` that nobody claimed (the gap between the old leader's
 death and the takeover). At election, schedules written by the old APScheduler job store
@@ -36,9 +36,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 
 from bot.config import Config
-from bot.fire_claims import FireClaims, Lapsed
-from bot.job_registry import REMINDER, JobRegistry
-from bot.leader import Leadership
+from bot.jobs.claims import FireClaims, Lapsed
+from bot.jobs.leader import Leadership
+from bot.jobs.registry import REMINDER, JobRegistry
 from statemachines.models import ScheduledJob, utcnow
 from statemachines.store import Store
 

@@ -4,15 +4,15 @@ Nothing acknowledged is lost (issue 8, Mechanism 1b): a handler that changes som
 approve, retry, abort, declare, and the reject/verify/close forms) runs the decision to its commit on
 the request thread *before* it acks — a few milliseconds of SQL inside Slack's 3-second budget — so
 a crash right after the HTTP 200 cannot lose the vote or the claim. The decision's transaction wrote
-what must be told as outbox rows (bot/outbox.py delivers them), and its follow-ups (assessment, the
+what must be told as outbox rows (bot/slack/outbox.py delivers them), and its follow-ups (assessment, the
 engine) are found again from durable state by the sweeper. No Web API call runs before the ack: the
 clicker's ephemeral answer (``respond()``, or ``chat.postEphemeral`` for a form) and the forms'
 ``views.open`` run after it on a small interaction pool, as do read-only commands (status, list).
-Requests reach Bolt only through the front door (bot/server.py), which has checked the signature on
+Requests reach Bolt only through the front door (bot/slack/server.py), which has checked the signature on
 the raw bytes and parsed the body. All errors end in one place, ``answer_for``: a ``Refused``
 becomes an ephemeral explanation, an unexpected exception an ephemeral "nothing was changed,
 reference X" plus a logged traceback.
-``/aegis backup …`` goes to ``BackupDesk`` (bot/backup_slack.py), which runs backups on a worker of
+``/aegis backup …`` goes to ``BackupDesk`` (bot/slack/backup_desk.py), which runs backups on a worker of
 its own so that a long backup never holds one of the interaction threads.
 
 Values Slack sends are not trusted beyond their signature: a payload without a user or a pressed
@@ -35,13 +35,13 @@ from slack_bolt.context.ack import Ack
 from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 
-from bot import commands
-from bot.backup_slack import BackupDesk
 from bot.bounded import BoundedPool, Busy, queue_limit
 from bot.config import SCENARIOS, SEVERITIES
-from bot.flows import Flows, Refused, reference
+from bot.flows.incident import Flows, Refused, reference
 from bot.reads import Reads
-from bot.slack_gateway import SlackCallFailed
+from bot.slack import commands
+from bot.slack.backup_desk import BackupDesk
+from bot.slack.gateway import SlackCallFailed
 from messages.blocks import kit as block_kit
 from messages.blocks import modals as modal_blocks
 from messages.views import Message

@@ -22,8 +22,9 @@ import sys
 import threading
 from pathlib import Path
 
-from bot.backup_cli import BackupSetupError, runner_from, setup, sources_from
-from bot.cli_checks import OneLineParser
+from bot.backup_wiring import BackupSetupError, runner_from, sources_from
+from bot.cli.checks import OneLineParser
+from bot.cli.common import setup
 from recovery.backup.wal.archive import TargetWalStore
 from recovery.backup.wal.commands import FETCH_ERROR_EXIT, PUSH_FAILED_EXIT, fetch_main, push_main
 from recovery.backup.wal.stream import WalStreamer

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot import backup_jobs, jobs
-from bot.backup_jobs import BackupDuty
-from bot.flows import Flows
+from bot.flows.backup import BackupDuty
+from bot.flows.incident import Flows
+from bot.jobs import backups as backup_jobs
+from bot.jobs import reminders
 
 log = logging.getLogger("aegis.scheduler")
 JobFunction = Callable[..., object]     # (context, job_id, *args) -> a result only logged or tested
@@ -59,7 +60,7 @@ class JobRegistry:
 def default_registry(context: JobContext) -> JobRegistry:
     """The bot's seven jobs."""
     registry = JobRegistry(context)
-    registry.register(REMINDER, jobs.send_reminder)
+    registry.register(REMINDER, reminders.send_reminder)
     for name, (kind, incremental) in BACKUP_KINDS.items():
         registry.register(name, _backup(kind, incremental))
     registry.register("backup.prune", lambda ctx, job_id: _with_duty(ctx, job_id, backup_jobs.prune_backups))

@@ -4,11 +4,11 @@
   when the run failed or lost a target, posts to ``slack.ops_channel``: the reason, the target(s)
   that failed and the newest usable backup of that kind, which stays in place.
 - One backup at a time per bot process (``BackupGate``): a Slack ``backup run`` while another run is
-  going is refused with what is running (see ``bot/backup_slack.py``); a scheduled run waits for
+  going is refused with what is running (see ``bot/slack/backup_desk.py``); a scheduled run waits for
   the gate instead, since nobody is there to retry it.
-- Only the scheduler leader fires jobs (``bot.scheduler``), each fire under a claim with a lease
-  (``bot.fire_claims``). The job functions below are registered by stable name in
-  ``bot.job_registry`` and get the running ``BackupDuty`` as their first argument.
+- Only the scheduler leader fires jobs (``bot.jobs.scheduler``), each fire under a claim with a lease
+  (``bot.jobs.claims``). The job functions below are registered by stable name in
+  ``bot.jobs.registry`` and get the running ``BackupDuty`` as their first argument.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 from sqlmodel import col, select
 
-from bot.backup_cli import key_from, sources_from, targets_from
+from bot.backup_wiring import key_from, sources_from, targets_from
 from bot.config import Config
-from bot.slack_gateway import SlackCallFailed, SlackGateway
+from bot.slack.gateway import SlackCallFailed, SlackGateway
 from messages.blocks import backup as backup_blocks
 from messages.blocks.backup import BackupObjectView, BackupRunView, BackupTargetView
 from messages.views import Message
@@ -34,7 +34,7 @@ from statemachines.models import BackupRecord
 from statemachines.store import Store
 
 if TYPE_CHECKING:   # retention is imported lazily, when the prune job fires
-    from recovery.backup.retention import PruneReport
+    pass
 
 log = logging.getLogger("aegis.backup")
 
@@ -157,70 +157,3 @@ class BackupDuty:
         except SlackCallFailed as exc:
             log.error("could not post %s to %s: %s", what, channel, exc)
             return False
-
-
-# --- scheduled job functions (registered by name in bot.job_registry) ---------------------------
-
-
-def run_backup(duty: BackupDuty, job_id: str, kind: str, incremental: bool = False) -> str | None:
-    """A scheduled backup (B1-B3); returns the run id, or None when it could not run."""
-    duty.gate.enter(job_id)   # wait for a Slack-started run rather than skip the slot
-    try:
-        view = duty.run(kind, incremental=incremental, schedule=job_id)
-    except Exception as exc:                     # not configured, key missing: tell ops, never die silently
-        log.exception("scheduled %s could not run", job_id)
-        error = redact(f"{type(exc).__name__}: {exc}")[:400]
-        message = backup_blocks.backup_job_alert("not_run", job_id, error, duty.locale)
-        duty.post(duty.config.slack.ops_channel, message, f"{job_id} failure")
-        return None
-    finally:
-        duty.gate.leave()
-    return view.run_id
-
-
-def switch_wal(duty: BackupDuty, job_id: str) -> str | None:
-    """B1's second line behind ``archive_timeout``: close the current WAL segment so it is archived."""
-    from recovery.backup.wal.commands import switch_wal as pg_switch_wal
-
-    if duty.config.components.postgres is None:
-        return None
-    try:
-        lsn = pg_switch_wal(duty.config.components.postgres.primary.full_dsn())
-    except Exception as exc:
-        _report_once(duty, job_id, "wal_failed", redact(f"{type(exc).__name__}: {exc}")[:400])
-        return None
-    duty.failing.discard(job_id)
-    log.info("%s: WAL switched at %s", job_id, lsn)
-    return lsn
-
-
-def prune_backups(duty: BackupDuty, job_id: str) -> PruneReport | None:
-    """Retention (B1-B3) after the nightly runs; errors go to the ops channel."""
-    duty.gate.enter(job_id)     # never prune while a backup is being written
-    try:
-        # lazy: retention lives in its own module and is only needed when the prune job fires
-        from bot.backup_cli import retention_policy
-        from recovery.backup.retention import prune
-
-        report = prune(duty.store, targets_from(duty.config), retention_policy(duty.config))
-    except Exception as exc:
-        log.exception("prune failed")
-        _report_once(duty, job_id, "prune_failed", redact(f"{type(exc).__name__}: {exc}")[:400])
-        return None
-    finally:
-        duty.gate.leave()
-    if report.errors:
-        _report_once(duty, job_id, "prune_failed", "; ".join(redact(e) for e in report.errors)[:1500])
-    else:
-        duty.failing.discard(job_id)
-    return report
-
-
-def _report_once(duty: BackupDuty, job_id: str, part: str, error: str) -> None:
-    """Post a repeating job's failure once per streak (a WAL switch fails every 15 minutes while PG is down)."""
-    log.error("%s failed: %s", job_id, error)
-    if job_id in duty.failing:
-        return
-    duty.failing.add(job_id)
-    duty.post(duty.config.slack.ops_channel, backup_blocks.backup_job_alert(part, job_id, error, duty.locale),
-              f"{job_id} failure")

@@ -27,11 +27,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from bot import commands
-from bot.backup_cli import FRIENDLY_ERRORS, key_from, targets_from
-from bot.backup_jobs import BackupDuty, object_view
+from bot.backup_wiring import FRIENDLY_ERRORS, key_from, targets_from
 from bot.bounded import BoundedPool, Busy, queue_limit
-from bot.flows import reference
+from bot.flows.backup import BackupDuty, object_view
+from bot.flows.incident import reference
+from bot.slack import commands
 from messages.blocks import backup as backup_blocks
 from messages.blocks import kit as block_kit
 from messages.blocks.backup import BackupCheckView

@@ -15,8 +15,11 @@ import threading
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot import backup_cli, restore_cli, wal_cli
-from bot.cli_checks import (
+from bot.backup_wiring import FRIENDLY_ERRORS as BACKUP_SETUP_ERRORS
+from bot.cli import backup as backup_cli
+from bot.cli import restore as restore_cli
+from bot.cli import wal as wal_cli
+from bot.cli.checks import (
     CommandLineError,
     OneLineParser,
     check_database_url,
@@ -147,14 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             return error_exit
         raise
     setup_logging(args.log_level)
-    # Every failure ends as one line on stderr and a non-zero exit, never a traceback (bot/cli_checks.py).
+    # Every failure ends as one line on stderr and a non-zero exit, never a traceback (bot/cli/checks.py).
     try:
         return int(args.func(args))
     except ConfigError as exc:  # one line per problem, each naming the file and the key (bot/config.py)
         for problem in exc.problems:
             fail(redact(problem), error_exit)
         return error_exit
-    except (CommandLineError, *backup_cli.FRIENDLY_ERRORS, *restore_cli.FRIENDLY_ERRORS) as exc:
+    except (CommandLineError, *BACKUP_SETUP_ERRORS, *restore_cli.FRIENDLY_ERRORS) as exc:
         return fail(redact(str(exc)), error_exit)
     except restore_cli.REFUSALS as exc:
         return fail(redact(str(exc)), 1)

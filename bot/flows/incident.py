@@ -2,9 +2,9 @@
 
 Each flow is: authorise (``statemachines.policy``) → one transaction in the store, which also
 writes the outbox rows of what must be told (``svc.tell``; transitions write theirs themselves) →
-after commit, the outbox dispatcher is woken (bot/outbox.py delivers to Slack) and the follow-up
+after commit, the outbox dispatcher is woken (bot/slack/outbox.py delivers to Slack) and the follow-up
 work (assessment, the engine) is handed to a worker. No flow calls the Slack Web API: a request
-thread can run a decision to its commit before it acks (bot/app.py), and a crash or a Slack outage
+thread can run a decision to its commit before it acks (bot/slack/app.py), and a crash or a Slack outage
 delays a message but never loses it. Every follow-up is also found again from durable state by
 ``sweep`` (at start and periodically): an ``assembled`` incident is assessed, an ``assessed`` one
 whose plan was rejected or failed is re-assessed, a ``recovering`` one is advanced.
@@ -28,9 +28,9 @@ from sqlmodel import Session
 from bot import wiring
 from bot.bounded import BoundedPool, queue_limit
 from bot.config import ROLES, Config
-from bot.outbox import Dispatcher
 from bot.presenters import incident_view, objective_report
-from bot.slack_gateway import SlackCallFailed, SlackGateway
+from bot.slack.gateway import SlackCallFailed, SlackGateway
+from bot.slack.outbox import Dispatcher
 from messages import render
 from messages.blocks import incident as incident_blocks
 from messages.blocks import kit as block_kit

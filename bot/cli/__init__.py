@@ -1,0 +1,1 @@
+"""The ``aegis`` command line (main.py); ``python -m bot.cli`` runs it."""
