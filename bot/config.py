@@ -645,6 +645,11 @@ class Config(_Strict):
             self.backups.timezone = self.timezone
         return self
 
+    def response_team(self, scenario: str) -> list[str]:
+        """The users the roster invites to an incident of ``scenario`` (R1): those listed for its roles."""
+        roles = self.slack.scenario_roles.get(scenario) or list(ROLES)
+        return list(dict.fromkeys(user for role in roles for user in self.roster.get(role, [])))
+
 
 # --- reading the file and saying what is wrong ---------------------------------------------------
 
@@ -704,6 +709,14 @@ def _read(file: Path) -> dict[str, Any]:
     return data
 
 
+def config_file(path: str | os.PathLike[str] | None = None) -> Path | None:
+    """The file :func:`load_config` reads: the one given (or in AEGIS_CONFIG), else ``./aegis.yaml`` when
+    it exists; None when there is no file at all (built-in defaults, or the embedded default's demo)."""
+    explicit = path or os.environ.get("AEGIS_CONFIG")
+    file = Path(explicit or "aegis.yaml")
+    return file if explicit or file.exists() or file.is_symlink() else None
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load and validate the config; no file (and no AEGIS_CONFIG) means built-in defaults."""
     explicit = path or os.environ.get("AEGIS_CONFIG")
@@ -714,8 +727,14 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         data: dict[str, Any] = {}
     else:
         data = _read(file)
+    return validate_config(data, str(file))
+
+
+def validate_config(data: dict[str, Any], source: str) -> Config:
+    """The checked config from parsed YAML (``source`` names it in every problem line); AEGIS_LOCALE wins."""
     if os.environ.get("AEGIS_LOCALE"):
         data["locale"] = os.environ["AEGIS_LOCALE"]
+    file = source
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
