@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -34,6 +35,9 @@ from bot.logs import setup_logging
 from recovery.redact import redact
 from statemachines.store import Store, database_url
 
+if TYPE_CHECKING:   # imported by `aegis serve` only (it pulls in psycopg and the demo's servers)
+    from bot.demo.session import DemoSession
+
 log = logging.getLogger("aegis")
 
 
@@ -47,7 +51,6 @@ def _serve(args: argparse.Namespace) -> int:
         slack_settings_from_env,
     )
 
-    config = load_config(args.config)
     try:
         slack = slack_settings_from_env()
     except StartupError as exc:
@@ -55,6 +58,8 @@ def _serve(args: argparse.Namespace) -> int:
     if slack is None:   # the built-in emulator: anyone can act as anyone, so loopback only
         require_loopback_for_emulator(args.host)
     check_database_url(database_url())
+    demo = _open_demo(args, slack_configured=slack is not None)   # no config file, no Slack: bot/demo/
+    config = demo.config() if demo is not None else load_config(args.config)
     store = Store()
     store.migrate()
     emulator = None
@@ -86,6 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
     if emulator is not None:
         print(f"Built-in Slack emulator: open {emulator.url}/ in a browser "
               f"(store: {store.url.split('://', 1)[0]})", flush=True)
+    for line in demo.banner() if demo is not None else []:
+        print(line, flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -93,7 +100,27 @@ def _serve(args: argparse.Namespace) -> int:
     runtime.stop()
     if emulator is not None:
         emulator.stop()
+    if demo is not None:
+        demo.close()   # the demo's servers and their run directory (atexit does it on a failed start)
     return 0
+
+
+def _open_demo(args: argparse.Namespace, *, slack_configured: bool) -> DemoSession | None:
+    """The demo workspace when there is no config file and no Slack (``--demo``: with real PostgreSQL)."""
+    import atexit
+
+    from bot.demo.session import DemoError, open_demo
+
+    try:
+        demo, notices = open_demo(getattr(args, "config", None), slack_configured=slack_configured,
+                                  with_postgres=args.demo, store_url=database_url())
+    except DemoError as exc:
+        raise CommandLineError(str(exc)) from None
+    for line in notices:
+        print(line, flush=True)
+    if demo is not None:
+        atexit.register(demo.close)
+    return demo
 
 
 def _migrate(_args: argparse.Namespace) -> int:
@@ -125,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="port of the built-in Slack emulator (used when SLACK_BOT_TOKEN is unset)")
     serve.add_argument("--sweep-seconds", type=float, default=5.0,
                        help="how often to look for steps a crash interrupted")
+    serve.add_argument("--demo", action="store_true",
+                       help="on the built-in emulator with no config file: also start a local PostgreSQL "
+                            "primary + standby and a sample service to fail over (bot/demo/)")
     serve.set_defaults(func=_serve)
     sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(func=_migrate)
     config = sub.add_parser("config", help="configuration tools")

@@ -166,6 +166,12 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             return lambda: answer_for(failure)
         return lambda: result
 
+    def declare(user: str, scenario: str, severity: str, summary: str) -> Message:
+        """Declare, and the declarer's confirmation naming whom the roster invites (nobody: how to add one)."""
+        key = flows.declare(user_id=user, scenario=scenario, severity=severity, summary=summary).key or ""
+        invited = [u for u in flows.config.response_team(scenario) if u != user]
+        return modal_blocks.declared_ack(key, locale, scenario=scenario, invited=invited)
+
     def reply_later(respond: Respond | None, answer: Callable[[], Message | None]) -> None:
         """Send a decision's answer after the ack; when the pool is full, right here (it is committed)."""
         def send() -> None:
@@ -250,9 +256,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             return
 
         if isinstance(parsed, commands.Declare):
-            answer = decide(lambda: modal_blocks.declared_ack(flows.declare(
-                user_id=user, scenario=parsed.scenario, severity=parsed.severity,
-                summary=parsed.summary).key or "", locale))
+            answer = decide(lambda: declare(user, parsed.scenario, parsed.severity, parsed.summary))
             declared = answer()   # a declaration's answers never call Slack: the ack carries them
             if declared is None:
                 ack()
@@ -394,8 +398,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         reply = private_reply(user, metadata if isinstance(metadata, str) and metadata else None)
 
         # the same confirmation as the slash command, where the form was opened (or as a DM)
-        answer = decide(lambda: modal_blocks.declared_ack(flows.declare(
-            user_id=user, scenario=scenario, severity=severity, summary=summary[:1000]).key or "", locale))
+        answer = decide(lambda: declare(user, scenario, severity, summary[:1000]))
         ack()
         reply_later(reply, answer)
 

@@ -117,9 +117,10 @@ def reject_modal(v: IncidentView, step: StepView, locale: str) -> Block:
                       intro_block="reject_intro")
 
 
-def declared_ack(key: str, locale: str) -> Message:
-    """The declarer's ephemeral confirmation, sent before the channel exists."""
-    body = phrase(locale, "declared", key=key)
+def declared_ack(key: str, locale: str, *, scenario: str, invited: list[str]) -> Message:
+    """The declarer's ephemeral confirmation, sent before the channel exists: it names the users the
+    roster invites (``invited``, the declarer left out), or says that nobody is and how to add a roster."""
+    body = phrase(locale, "declared", key=key, scenario=scenario, invited=invited)
     return as_message(body, [section_block(body, "declared")], locale)
 
 
