@@ -31,6 +31,7 @@ from bot.cli.checks import (
     require_loopback_for_emulator,
 )
 from bot.config import ConfigError, load_config
+from bot.extras import installed_version
 from bot.logs import setup_logging
 from recovery.redact import redact
 from statemachines.store import Store, database_url
@@ -140,6 +141,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="aegis", description="Aegis disaster-recovery ChatOps bot")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     parser.add_argument("--config", help="config file (default: $AEGIS_CONFIG or ./aegis.yaml)")
     parser.add_argument("--log-level", type=log_level, default=os.environ.get("AEGIS_LOG_LEVEL") or "INFO",
                         help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default: $AEGIS_LOG_LEVEL or INFO)")
