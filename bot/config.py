@@ -29,17 +29,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from bot.extras import missing_extras
 from recovery.planner import HOOK_NAMES
+from statemachines.vocabulary import ROLES, SCENARIOS
 
-ROLES = (
-    "incident_commander",
-    "infrastructure_lead",
-    "database_lead",
-    "application_lead",
-    "security_lead",
-    "communication_manager",
-)
-SCENARIOS = ("datacenter_outage", "database_failure", "ransomware")
-SEVERITIES = ("critical", "high", "medium", "low")
 TIERS = (1, 2, 3)                      # 1 recovers first (the plan's tier 1 services)
 DEFAULT_KEY_ENV = "AEGIS_BACKUP_KEY"
 # Set by Aegis for every hook (recovery/actions/hook.py): a hook's `env` may not shadow any AEGIS_*

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from bot.config import ROLES, Config
+from bot.config import Config
 from messages.views import (
     ApprovalView,
     CheckView,
@@ -26,6 +26,7 @@ from messages.views import (
 from statemachines import policy
 from statemachines import service as svc
 from statemachines.models import Incident, PlanStep, TimelineEvent, require_id
+from statemachines.vocabulary import ROLES, SECURITY_LEAD
 
 # Events that explain why a plan was replaced, newest wins.
 _REPLAN_CAUSES = {"step_rejected": "rejected", "recovery_aborted": "aborted"}
@@ -70,7 +71,7 @@ def _step(session: Session, step: PlanStep) -> StepView:
         id=require_id(step), position=step.position, title=step.title, action=step.action, risk=step.risk,
         approver_roles=list(step.approver_roles or []), approvals_required=step.approvals_required,
         status=step.status, approvals=votes, detail=detail, manual=step.action == "manual",
-        required_role=policy.SECURITY_LEAD if step.approvals_required >= 2 else None,
+        required_role=SECURITY_LEAD if step.approvals_required >= 2 else None,
     )
 
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-COMMANDER = "incident_commander"
-SECURITY_LEAD = "security_lead"
+from statemachines.vocabulary import COMMANDER, DATABASE_LEAD, INFRASTRUCTURE_LEAD, SECURITY_LEAD
+
 #: roles whose holders approve destructive steps: never self-appointed while a roster exists
-GATING_ROLES = frozenset({SECURITY_LEAD, "database_lead", "infrastructure_lead"})
+GATING_ROLES = frozenset({SECURITY_LEAD, DATABASE_LEAD, INFRASTRUCTURE_LEAD})
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def may_close(user_id: str, *, holders: dict[str, str], declared_by: str, state:
 
 #: who may start a drill (``/aegis drill run``): it restores production backups into scratch
 #: servers and loads the storage targets, so the same roster roles as ``/aegis backup run``
-DRILL_ROLES = ("incident_commander", "database_lead", "infrastructure_lead")
+DRILL_ROLES = (COMMANDER, DATABASE_LEAD, INFRASTRUCTURE_LEAD)
 
 
 def may_run_drill(user_id: str, *, roster: dict[str, list[str]]) -> Decision:

@@ -27,7 +27,7 @@ from sqlmodel import Session
 
 from bot import wiring
 from bot.bounded import BoundedPool, queue_limit
-from bot.config import ROLES, Config
+from bot.config import Config
 from bot.presenters import incident_view, objective_report
 from bot.slack.gateway import SlackCallFailed, SlackGateway
 from bot.slack.outbox import Dispatcher
@@ -46,6 +46,7 @@ from statemachines.machine import IllegalTransition
 from statemachines.models import Incident, PlanStep, require_id, utcnow
 from statemachines.service import StaleVersion, Transition
 from statemachines.store import Store
+from statemachines.vocabulary import COMMANDER, ROLES
 
 log = logging.getLogger("aegis.flows")
 T = TypeVar("T")
@@ -176,7 +177,7 @@ class Flows:
             except svc.RoleTaken as exc:
                 raise Refused("role_taken", role=role, holder=exc.holder) from None
             svc.tell(session, incident_id=incident_id, kind="card")
-            if role == policy.COMMANDER and incident.state == "detected":
+            if role == COMMANDER and incident.state == "detected":
                 transition = svc.transition(session, incident_id=incident_id, trigger="assemble", actor=user_id,
                                             reason="incident commander took command")
         self.committed(transition)
@@ -251,7 +252,7 @@ class Flows:
                           data={"step_id": step.id})
             session.commit()
             raise Refused("not_allowed_to_approve", step_title=step.title,
-                          roles=sorted(set(step.approver_roles or []) | {policy.COMMANDER}))
+                          roles=sorted(set(step.approver_roles or []) | {COMMANDER}))
         return decision
 
     def approve(self, *, user_id: str, step_id: int) -> None:
@@ -444,7 +445,7 @@ class Flows:
             svc.add_event(session, incident_id=require_id(incident), kind="audit", actor=user_id,
                           text="refused: close (not the incident commander)")
             session.commit()
-            raise Refused("not_commander", commander=holders.get(policy.COMMANDER))
+            raise Refused("not_commander", commander=holders.get(COMMANDER))
 
     def close(self, *, user_id: str, incident_id: int, summary: str) -> None:
         with self.store.session() as session:

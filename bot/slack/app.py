@@ -36,7 +36,6 @@ from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 
 from bot.bounded import BoundedPool, Busy, queue_limit
-from bot.config import SCENARIOS, SEVERITIES
 from bot.flows.incident import Flows, Refused, reference
 from bot.reads import Reads
 from bot.slack import commands
@@ -49,6 +48,7 @@ from statemachines import service as svc
 from statemachines.machine import IllegalTransition
 from statemachines.models import require_id
 from statemachines.service import StaleVersion
+from statemachines.vocabulary import SCENARIOS, SEVERITIES
 
 log = logging.getLogger("aegis.app")
 Respond = Callable[..., object]

@@ -40,10 +40,11 @@ from recovery.backup.catalog import SUPPORTING_KINDS, previous_good, records_for
 from recovery.backup.verify import verify
 from recovery.redact import redact
 from statemachines.models import BackupRecord
+from statemachines.vocabulary import COMMANDER, DATABASE_LEAD, INFRASTRUCTURE_LEAD
 
 log = logging.getLogger("aegis.backup_slack")
 Respond = Callable[..., object]
-RUN_ROLES = ("incident_commander", "database_lead", "infrastructure_lead")
+RUN_ROLES = (COMMANDER, DATABASE_LEAD, INFRASTRUCTURE_LEAD)
 LIST_LIMIT = 30
 BackupCommand = commands.BackupRun | commands.BackupList | commands.BackupVerify
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bot.config import SCENARIOS, SEVERITIES
+from statemachines.vocabulary import SCENARIOS, SEVERITIES
 
 _KEY = re.compile(r"^(?:INC-)?\d+$", re.I)
 # A run id (backup_YYYYMMDD_HHMMSS[_n]) or one object's name (backup_…/postgres-base.tar.zst.aes).

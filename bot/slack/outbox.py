@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from bot.config import ROLES, Config
+from bot.config import Config
 from bot.presenters import incident_view, objective_report
 from bot.slack.gateway import TRANSIENT, SlackCallFailed, SlackGateway
 from messages import monitor_notices
@@ -44,6 +44,7 @@ from statemachines import policy
 from statemachines import service as svc
 from statemachines.models import Incident, OutboxRow, require_id, utcnow
 from statemachines.store import Store
+from statemachines.vocabulary import ROLES
 
 log = logging.getLogger("aegis.outbox")
 

@@ -1,0 +1,26 @@
+"""The closed word lists the domain, the config and the Slack surface share, defined once.
+
+Roles, scenarios and severities are stored in the database and typed by users (``/aegis declare
+database_failure high``), so they are stable identifiers, not display names: the templates'
+``names`` tables translate them.
+"""
+
+from __future__ import annotations
+
+# --- roles (the incident's role holders; the roster lists who may claim each) -------------------
+COMMANDER = "incident_commander"
+INFRASTRUCTURE_LEAD = "infrastructure_lead"
+DATABASE_LEAD = "database_lead"
+APPLICATION_LEAD = "application_lead"
+SECURITY_LEAD = "security_lead"
+COMMUNICATION_MANAGER = "communication_manager"
+ROLES = (COMMANDER, INFRASTRUCTURE_LEAD, DATABASE_LEAD, APPLICATION_LEAD, SECURITY_LEAD, COMMUNICATION_MANAGER)
+
+# --- scenarios (each has a plan in recovery.planner) ---------------------------------------------
+DATACENTER_OUTAGE = "datacenter_outage"
+DATABASE_FAILURE = "database_failure"
+RANSOMWARE = "ransomware"
+SCENARIOS = (DATACENTER_OUTAGE, DATABASE_FAILURE, RANSOMWARE)
+
+# --- severities ----------------------------------------------------------------------------------
+SEVERITIES = ("critical", "high", "medium", "low")
