@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.backup_wiring import FRIENDLY_ERRORS as BACKUP_SETUP_ERRORS
 from bot.cli import backup as backup_cli
+from bot.cli import drill as drill_cli
 from bot.cli import restore as restore_cli
 from bot.cli import wal as wal_cli
 from bot.cli.checks import (
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup_cli.add_commands(sub)
     wal_cli.add_commands(sub)
     restore_cli.add_commands(sub)
+    drill_cli.add_commands(sub)
     return parser
 
 

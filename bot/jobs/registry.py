@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.flows.backup import BackupDuty
+from bot.flows.drills import DrillDuty
 from bot.flows.incident import Flows
 from bot.jobs import backups as backup_jobs
 from bot.jobs import reminders
+from bot.jobs.drills import JOB_DRILLS, run_scheduled
 
 log = logging.getLogger("aegis.scheduler")
 JobFunction = Callable[..., object]     # (context, job_id, *args) -> a result only logged or tested
@@ -36,6 +38,7 @@ class JobContext:
 
     flows: Flows | None = None
     backups: BackupDuty | None = None
+    drills: DrillDuty | None = None
 
 
 class JobRegistry:
@@ -58,14 +61,25 @@ class JobRegistry:
 
 
 def default_registry(context: JobContext) -> JobRegistry:
-    """The bot's seven jobs."""
+    """The bot's jobs: reminders, the seven backup jobs and the four drill jobs."""
     registry = JobRegistry(context)
     registry.register(REMINDER, reminders.send_reminder)
     for name, (kind, incremental) in BACKUP_KINDS.items():
         registry.register(name, _backup(kind, incremental))
     registry.register("backup.prune", lambda ctx, job_id: _with_duty(ctx, job_id, backup_jobs.prune_backups))
     registry.register("backup.wal_switch", lambda ctx, job_id: _with_duty(ctx, job_id, backup_jobs.switch_wal))
+    for name in JOB_DRILLS:
+        registry.register(name, _drill(name))
     return registry
+
+
+def _drill(job_name: str) -> JobFunction:
+    def run(ctx: JobContext, job_id: str) -> object:
+        if ctx.drills is None:
+            log.warning("%s fired in a process without drills wired; not run", job_id)
+            return None
+        return run_scheduled(ctx.drills, job_id, job_name)
+    return run
 
 
 def _backup(kind: str, incremental: bool) -> JobFunction:
