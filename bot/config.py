@@ -587,6 +587,40 @@ class Drills(_Strict):
     schedules: DrillSchedules = Field(default_factory=DrillSchedules)
 
 
+# --- reports and metrics: who may read /reports/ and /metrics (bot/reports/, bot/metrics.py) ----------
+
+
+class Reports(_Strict):
+    """``/reports/`` is never open: a signed, expiring link (``/aegis report`` in Slack) or basic auth.
+
+    The links are HMAC-signed with the secret in ``secret_env`` (never the Slack signing secret;
+    replicas must share it). ``/metrics`` is open to loopback clients only, unless ``metrics_token_env``
+    names a variable holding a bearer token: then it needs that token, from anywhere.
+    """
+
+    secret_env: EnvName = "AEGIS_REPORTS_SECRET"
+    link_minutes: float = Field(default=24 * 60, gt=0, le=31 * 24 * 60)   # how long a link works
+    base_url: str | None = None            # how people reach `aegis serve` (default: its own host:port)
+    basic_auth_user: str | None = Field(default=None, min_length=1)
+    basic_auth_password_env: EnvName | None = None
+    metrics_token_env: EnvName | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("base_url is the http:// or https:// address people reach `aegis serve` at")
+        return _no_url_password(value, "the reports' address takes no credentials").rstrip("/")
+
+    @model_validator(mode="after")
+    def _basic_pair(self) -> Reports:
+        if (self.basic_auth_user is None) != (self.basic_auth_password_env is None):
+            raise ValueError("give both basic_auth_user and basic_auth_password_env, or neither")
+        return self
+
+
 # --- the file ------------------------------------------------------------------------------------
 
 
@@ -605,6 +639,7 @@ class Config(_Strict):
     backups: Backups = Field(default_factory=Backups)
     monitoring: Monitoring = Field(default_factory=Monitoring)
     drills: Drills = Field(default_factory=Drills)
+    reports: Reports = Field(default_factory=Reports)
 
     @model_validator(mode="after")
     def _dependencies_exist(self) -> Config:

@@ -90,20 +90,22 @@ def sweep_leftovers(config: Config, store: Store) -> list[str]:
 
 # --- results --------------------------------------------------------------------------------------
 
-def result_message(outcome: DrillOutcome, *, trigger: str, requested_by: str | None, config: Config) -> Message:
+def result_message(outcome: DrillOutcome, *, trigger: str, requested_by: str | None, config: Config,
+                   report_url: str | None = None) -> Message:
     return drill_notices.result(
         run_id=outcome.run_id, name=outcome.name, status=outcome.status, trigger=trigger,
         requested_by=requested_by, objectives=[s.as_dict() for s in outcome.scores], steps=outcome.steps,
-        figures=outcome.figures, error=outcome.error, report_path=outcome.report_path,
+        figures=outcome.figures, error=outcome.error, report_path=outcome.report_path, report_url=report_url,
         retest_days=config.drills.retest_days, locale=config.locale)
 
 
 def post_outcome(gateway: SlackGateway | None, config: Config, outcome: DrillOutcome, *, trigger: str,
-                 requested_by: str | None) -> bool:
+                 requested_by: str | None, report_url: str | None = None) -> bool:
     """The result, and a notice per backup that failed its restore test, to the ops channel."""
     if gateway is None or not config.slack.ops_channel:
         return False
-    messages = [result_message(outcome, trigger=trigger, requested_by=requested_by, config=config)]
+    messages = [result_message(outcome, trigger=trigger, requested_by=requested_by, config=config,
+                               report_url=report_url)]
     messages += [drill_notices.restore_failed(b.as_dict(), config.locale) for b in outcome.failed_backups]
     try:
         for message in messages:
@@ -144,6 +146,8 @@ class DrillDuty:
     config: Config
     store: Store
     gateway: SlackGateway | None
+    # stores the drill's report page in the targets and returns a signed link to it (bot/reports/publish.py)
+    on_report: Callable[[int], str | None] | None = None
 
     def __post_init__(self) -> None:
         self.gate = DrillGate()
@@ -155,5 +159,7 @@ class DrillDuty:
         outcome = run_drill(ctx, name, trigger, requested_by)
         log.info("drill %s (%s, %s) %s%s", outcome.run_id, name, trigger, outcome.status,
                  f": {outcome.error}" if outcome.error else "")
-        post_outcome(self.gateway, self.config, outcome, trigger=trigger, requested_by=requested_by)
+        report_url = self.on_report(outcome.run_id) if self.on_report else None
+        post_outcome(self.gateway, self.config, outcome, trigger=trigger, requested_by=requested_by,
+                     report_url=report_url)
         return outcome

@@ -195,9 +195,17 @@ class Health(TypedDict):
     scheduler: NotRequired[str]  # leader | standby
 
 
-def make_wsgi(bolt_app: App, health: Callable[[], Health], *, signing_secret: str | None) -> WSGIApp:
-    """The bot's WSGI app. ``signing_secret=None`` (Socket Mode): the events route is not served."""
+def make_wsgi(bolt_app: App, health: Callable[[], Health], *, signing_secret: str | None,
+              mounts: Sequence[tuple[str, WSGIApp]] = ()) -> WSGIApp:
+    """The bot's WSGI app. ``signing_secret=None`` (Socket Mode): the events route is not served.
+
+    ``mounts``: (path, app) of the read-only routes with their own access rules (``/metrics``,
+    ``/reports`` and everything under it: bot/metrics.py, bot/reports/web.py).
+    """
     slack = SlackFrontDoor(bolt_app, signing_secret) if signing_secret else None
+
+    def mounted(path: str) -> WSGIApp | None:
+        return next((app for prefix, app in mounts if path == prefix or path.startswith(prefix + "/")), None)
 
     def wsgi(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
@@ -207,6 +215,9 @@ def make_wsgi(bolt_app: App, health: Callable[[], Health], *, signing_secret: st
             report = health()
             status = "200 OK" if report.get("ok") else "503 Service Unavailable"
             return _answer(start_response, status, json.dumps(report).encode(), "application/json")
+        app = mounted(path)
+        if app is not None:
+            return app(environ, start_response)
         return _answer(start_response, "404 Not Found", b"not found")
 
     return wsgi
