@@ -20,12 +20,15 @@ from bot.flows.backup import BackupDuty
 from bot.flows.incident import Flows
 from bot.jobs.registry import JobContext, default_registry
 from bot.jobs.scheduler import Scheduler
+from bot.metrics import MetricsApp
 from bot.monitor_job import MonitorDuty
+from bot.reports.desk import ReportDesk
+from bot.reports.tokens import ReportSecretError
 from bot.secrets import install_masking
 from bot.slack.app import create_app
 from bot.slack.backup_desk import BackupDesk
 from bot.slack.gateway import DEFAULT_API_URL, SlackGateway
-from bot.slack.server import Health, HttpServer, make_wsgi
+from bot.slack.server import Health, HttpServer, WSGIApp, make_wsgi
 from recovery.redact import redact
 from statemachines.store import Store
 
@@ -97,6 +100,11 @@ class Runtime:
         self.flows.on_reminder_schedule = self.scheduler.schedule_reminder
         self.flows.on_reminder_cancel = self.scheduler.cancel_reminder
         self.backups = BackupDesk(self.backup_duty)
+        # /reports and /metrics (issue 10): links signed with the reports' own secret, never Slack's
+        try:
+            self.reports = ReportDesk(config, store, slack_signing_secret=slack.signing_secret)
+        except ReportSecretError as exc:
+            raise StartupError(str(exc)) from None
         # M1-M3: cycles run only while this replica's scheduler leads
         self.monitor = (MonitorDuty(config, store, self.flows, self.gateway,
                                     is_leader=lambda: self.scheduler.role == "leader")
@@ -105,7 +113,8 @@ class Runtime:
         # it gets a random one nobody knows rather than a guessable default.
         bolt_secret = slack.signing_secret if not slack.socket_mode else secrets.token_hex(32)
         self.bolt = create_app(self.flows, token=slack.token, signing_secret=bolt_secret or "",
-                               api_url=slack.api_url, backups=self.backups)
+                               api_url=slack.api_url, backups=self.backups,
+                               reports=self.reports.link_reply)
         self._socket_mode: RedeliverySafeHandler | None = None
         self.sweep_seconds = sweep_seconds
         self._stop = threading.Event()
@@ -129,8 +138,11 @@ class Runtime:
     def start(self, host: str, port: int) -> HttpServer:
         # Bind first: a port in use (OSError) must fail before any job or sweep has started.
         events_secret = None if self.slack.socket_mode else self.slack.signing_secret
-        self.http = HttpServer(make_wsgi(self.bolt, self.health, signing_secret=events_secret),
+        metrics = MetricsApp(self.store, self.config.reports.metrics_token_env)
+        mounts: list[tuple[str, WSGIApp]] = [("/metrics", metrics), ("/reports", self.reports.app)]
+        self.http = HttpServer(make_wsgi(self.bolt, self.health, signing_secret=events_secret, mounts=mounts),
                                host=host, port=port)
+        self.reports.serving_at(host, self.http.port)
         self.scheduler.start()
         self.scheduler.reconcile_backups(self.config)
         self.flows.outbox.start()   # delivers what committed changes must tell, also what a crash left

@@ -106,7 +106,8 @@ def field(view: dict[str, Any], block: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, backups: BackupDesk) -> App:
+def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, backups: BackupDesk,
+               reports: Callable[[str], Message] | None = None) -> App:
     if not signing_secret:
         raise ValueError("create_app needs the real signing secret; there is no default")
     locale = flows.locale
@@ -244,6 +245,11 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             return
         user = command["user_id"]
         channel = command.get("channel_id") if isinstance(command.get("channel_id"), str) else None
+        if isinstance(parsed, commands.Report) and reports is not None:
+            # a signed link is an HMAC in memory: the ack carries it (bot/reports/web.py)
+            link = reports(user)
+            ack(text=link.text, blocks=link.blocks, response_type="ephemeral")
+            return
         if isinstance(parsed, commands.BackupRun | commands.BackupList | commands.BackupVerify):
             try:
                 reply = backups.handle(parsed, user=user, channel=channel, respond=respond, later=later)

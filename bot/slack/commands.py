@@ -60,12 +60,18 @@ class BackupVerify:
 
 
 @dataclass(frozen=True)
+class Report:
+    pass                          # a fresh signed link to the report pages (bot/reports/), ephemeral
+
+
+@dataclass(frozen=True)
 class Usage:
     problem: str                  # usage_error key
     ctx: dict[str, str]
 
 
-Command = Declare | OpenDeclareForm | Status | ListOpen | Help | BackupRun | BackupList | BackupVerify | Usage
+Command = (Declare | OpenDeclareForm | Status | ListOpen | Help | BackupRun | BackupList | BackupVerify | Report
+           | Usage)
 
 
 def parse(text: str) -> Command:
@@ -85,6 +91,8 @@ def parse(text: str) -> Command:
         return _incident(args)
     if verb == "backup":
         return _backup(args, text)
+    if verb in ("report", "reports") and not args:
+        return Report()
     return Usage("unknown_command", {"text": text.strip()})
 
 
