@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 
 from bot.config import Config
 from bot.flows.backup import BackupDuty
+from bot.flows.drills import DrillDuty, sweep_leftovers
 from bot.flows.incident import Flows
+from bot.jobs.drills import reconcile_drills
 from bot.jobs.registry import JobContext, default_registry
 from bot.jobs.scheduler import Scheduler
 from bot.metrics import MetricsApp
@@ -27,6 +29,7 @@ from bot.reports.tokens import ReportSecretError
 from bot.secrets import install_masking
 from bot.slack.app import create_app
 from bot.slack.backup_desk import BackupDesk
+from bot.slack.drill_desk import DrillDesk
 from bot.slack.gateway import DEFAULT_API_URL, SlackGateway
 from bot.slack.server import Health, HttpServer, WSGIApp, make_wsgi
 from recovery.redact import redact
@@ -95,16 +98,19 @@ class Runtime:
         self.flows = Flows(config, store, self.gateway, owner=self.owner)
         self.backup_duty = BackupDuty(config, store, self.gateway, owner=self.owner)
         # jobs reach the running bot through the registry's context, never through module globals
-        registry = default_registry(JobContext(flows=self.flows, backups=self.backup_duty))
+        self.drill_duty = DrillDuty(config, store, self.gateway)
+        registry = default_registry(JobContext(flows=self.flows, backups=self.backup_duty, drills=self.drill_duty))
         self.scheduler = Scheduler(store, registry, owner=self.owner, reminder_minutes=config.slack.reminder_minutes)
         self.flows.on_reminder_schedule = self.scheduler.schedule_reminder
         self.flows.on_reminder_cancel = self.scheduler.cancel_reminder
         self.backups = BackupDesk(self.backup_duty)
+        self.drills = DrillDesk(self.drill_duty)
         # /reports and /metrics (issue 10): links signed with the reports' own secret, never Slack's
         try:
             self.reports = ReportDesk(config, store, slack_signing_secret=slack.signing_secret)
         except ReportSecretError as exc:
             raise StartupError(str(exc)) from None
+        self.drill_duty.on_report = self.reports.publish_drill
         # M1-M3: cycles run only while this replica's scheduler leads
         self.monitor = (MonitorDuty(config, store, self.flows, self.gateway,
                                     is_leader=lambda: self.scheduler.role == "leader")
@@ -113,7 +119,7 @@ class Runtime:
         # it gets a random one nobody knows rather than a guessable default.
         bolt_secret = slack.signing_secret if not slack.socket_mode else secrets.token_hex(32)
         self.bolt = create_app(self.flows, token=slack.token, signing_secret=bolt_secret or "",
-                               api_url=slack.api_url, backups=self.backups,
+                               api_url=slack.api_url, backups=self.backups, drills=self.drills,
                                reports=self.reports.link_reply)
         self._socket_mode: RedeliverySafeHandler | None = None
         self.sweep_seconds = sweep_seconds
@@ -127,6 +133,13 @@ class Runtime:
             return {"ok": True, "store": "ok", "owner": self.owner, "scheduler": self.scheduler.role}
         except Exception as exc:
             return {"ok": False, "store": type(exc).__name__}
+
+    def _sweep_drills(self) -> None:
+        try:
+            for line in sweep_leftovers(self.config, self.store):
+                log.warning("%s", line)
+        except Exception:
+            log.exception("could not sweep the leftovers of interrupted drills; the next drill retries")
 
     def _sweeper(self) -> None:
         while not self._stop.wait(self.sweep_seconds):
@@ -145,6 +158,9 @@ class Runtime:
         self.reports.serving_at(host, self.http.port)
         self.scheduler.start()
         self.scheduler.reconcile_backups(self.config)
+        reconcile_drills(self.store, self.config)   # drill-* schedules; the leader's next sync picks them up
+        # leftovers of drills a crash interrupted (scratch servers, directories): removed at every start
+        threading.Thread(target=self._sweep_drills, name="aegis-drill-sweep", daemon=True).start()
         self.flows.outbox.start()   # delivers what committed changes must tell, also what a crash left
         self.flows.submit(self.flows.sweep)   # resume whatever a crash left, right away
         if self.monitor is not None:
@@ -185,6 +201,7 @@ class Runtime:
             self.monitor.stop()
         self.scheduler.shutdown()
         self.backups.shutdown()
+        self.drills.shutdown()
         if self.http:
             self.http.stop()
         if self._socket_mode is not None:

@@ -40,6 +40,7 @@ from bot.flows.incident import Flows, Refused, reference
 from bot.reads import Reads
 from bot.slack import commands
 from bot.slack.backup_desk import BackupDesk
+from bot.slack.drill_desk import DrillDesk
 from bot.slack.gateway import SlackCallFailed
 from messages.blocks import kit as block_kit
 from messages.blocks import modals as modal_blocks
@@ -107,7 +108,7 @@ def field(view: dict[str, Any], block: str) -> str:
 
 
 def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, backups: BackupDesk,
-               reports: Callable[[str], Message] | None = None) -> App:
+               drills: DrillDesk | None = None, reports: Callable[[str], Message] | None = None) -> App:
     if not signing_secret:
         raise ValueError("create_app needs the real signing secret; there is no default")
     locale = flows.locale
@@ -249,6 +250,16 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             # a signed link is an HMAC in memory: the ack carries it (bot/reports/web.py)
             link = reports(user)
             ack(text=link.text, blocks=link.blocks, response_type="ephemeral")
+            return
+        if isinstance(parsed, commands.DrillRun | commands.DrillList) and drills is not None:
+            try:
+                drill_reply = drills.handle(parsed, user=user, respond=respond, later=later)
+            except Busy:
+                drill_reply = busy
+            if drill_reply is None:
+                ack()
+            else:
+                ack(text=drill_reply.text, blocks=drill_reply.blocks, response_type="ephemeral")
             return
         if isinstance(parsed, commands.BackupRun | commands.BackupList | commands.BackupVerify):
             try:

@@ -60,6 +60,16 @@ class BackupVerify:
 
 
 @dataclass(frozen=True)
+class DrillRun:
+    name: str                     # checked against recovery.drills.drills.DRILLS by the drill desk
+
+
+@dataclass(frozen=True)
+class DrillList:
+    pass
+
+
+@dataclass(frozen=True)
 class Report:
     pass                          # a fresh signed link to the report pages (bot/reports/), ephemeral
 
@@ -70,8 +80,8 @@ class Usage:
     ctx: dict[str, str]
 
 
-Command = (Declare | OpenDeclareForm | Status | ListOpen | Help | BackupRun | BackupList | BackupVerify | Report
-           | Usage)
+Command = (Declare | OpenDeclareForm | Status | ListOpen | Help | BackupRun | BackupList | BackupVerify
+           | DrillRun | DrillList | Report | Usage)
 
 
 def parse(text: str) -> Command:
@@ -93,6 +103,11 @@ def parse(text: str) -> Command:
         return _backup(args, text)
     if verb in ("report", "reports") and not args:
         return Report()
+    if verb == "drill":
+        if len(args) == 2 and args[0].lower() == "run":
+            return DrillRun(args[1].lower()[:80])
+        if len(args) == 1 and args[0].lower() == "list":
+            return DrillList()
     return Usage("unknown_command", {"text": text.strip()})
 
 
