@@ -439,10 +439,23 @@ class BackupRetention(_Strict):
     milvus_days: float = Field(default=7, gt=0)
 
 
+class WalArchiver(_Strict):
+    """``aegis wal archiver`` (recovery/backup/wal/archiver.py) and the fast path of ``aegis wal push``.
+
+    ``socket`` default: ``pg_wal/aegis-archiver.sock`` in the data directory. The fast path reads this
+    key from the YAML itself (bot/cli/wal.py: it must not import pydantic per segment).
+    """
+
+    socket: str | None = Field(default=None, min_length=1, max_length=107)
+    parallel: int = Field(default=4, ge=1, le=32)          # pushes at once (the look-ahead's width)
+    answer_timeout_seconds: float = Field(default=600, gt=0)
+
+
 class Backups(_Strict):
     timezone: TimeZone = "UTC"          # default: the top-level `timezone`
     schedules: BackupSchedules = Field(default_factory=BackupSchedules)
     retention: BackupRetention = Field(default_factory=BackupRetention)
+    archiver: WalArchiver = Field(default_factory=WalArchiver)
 
 
 # --- monitoring (M1-M3): checks, thresholds, risk rules --------------------------------------------

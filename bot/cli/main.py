@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if (handed := wal_cli.fast_push(argv)) is not None:   # `wal push` answered by `aegis wal archiver`
+        return handed
     # archive/restore_command read exit codes: a usage or config error must not look like "absent".
     error_exit = wal_cli.failure_exit(argv) or 2
     try:
