@@ -3,14 +3,19 @@
 SQLite (``sqlite:///aegis.db``) is the embedded default; PostgreSQL
 (``postgresql+psycopg://…``) is for production, where several bot replicas share one store.
 The schema is created and upgraded only by Alembic (``migrate()``), never by ``create_all``.
+``schema_status()`` is the cheap check for everything else: one look at ``alembic_version`` against the
+revisions named in the migration files, without importing Alembic.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -19,6 +24,43 @@ from sqlmodel import Session
 
 DEFAULT_DATABASE_URL = "sqlite:///aegis.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
+# `revision = '0009'` / `down_revision = '0008'` (or None) at the top of each migration file.
+_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*['\"]?([^'\"\s]+)['\"]?", re.M)
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """The store's schema revision beside the ones this code ships."""
+
+    current: str | None        # alembic_version of the store; None: no schema yet (a fresh store)
+    head: str                  # the newest revision of statemachines/migrations
+    known: frozenset[str]      # every revision of statemachines/migrations
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+    @property
+    def behind(self) -> bool:
+        """An older revision of ours: ``migrate()`` brings it up to date."""
+        return self.current is not None and self.current in self.known and not self.up_to_date
+
+
+@cache
+def migration_revisions() -> tuple[str, frozenset[str]]:
+    """The head revision and all revisions, read from the migration files' text (no Alembic import)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for field, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8")):
+            if field == "revision":
+                revisions.add(value)
+            elif value != "None":
+                parents.add(value)
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"statemachines/migrations has {len(heads)} heads ({sorted(heads)}); expected one")
+    return heads.pop(), frozenset(revisions)
 
 
 def database_url() -> str:
@@ -81,6 +123,15 @@ class Store:
         with self.engine.begin() as connection:
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
+
+    def schema_status(self) -> SchemaStatus:
+        """Where the store's schema stands, from ``alembic_version`` alone (for commands that never migrate)."""
+        head, known = migration_revisions()
+        with self.engine.connect() as connection:
+            if not self.engine.dialect.has_table(connection, "alembic_version"):
+                return SchemaStatus(None, head, known)
+            current = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        return SchemaStatus(None if current is None else str(current), head, known)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

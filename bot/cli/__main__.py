@@ -1,7 +1,5 @@
-"""``python -m bot.cli``: the same as the ``aegis`` console script."""
+"""``python -m bot.cli``: the same as the ``aegis`` console script (one-shot commands end with the fast exit)."""
 
-import sys
+from bot.cli.main import run
 
-from bot.cli.main import main
-
-sys.exit(main())
+run()

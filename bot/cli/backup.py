@@ -8,21 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from sqlmodel import col, select
-
-from bot.backup_wiring import key_from, retention_policy, runner_from, targets_from
 from bot.cli.checks import OneLineParser
 from bot.cli.common import ProgressLine, setup
-from recovery.backup.catalog import (
-    SUPPORTING_KINDS,
-    previous_good,
-    records_for,
-)
-from recovery.backup.retention import prune
-from recovery.backup.runner import RunReport
-from recovery.backup.verify import verify
-from statemachines.models import BackupRecord
+
+if TYPE_CHECKING:   # the backup stack is imported inside each command: the parser loads none of it
+    from recovery.backup.runner import RunReport
+    from statemachines.models import BackupRecord
 
 
 def describe(record: BackupRecord) -> str:
@@ -42,6 +35,8 @@ def report_lines(report: RunReport) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from bot.backup_wiring import runner_from
+
     config, store = setup(args)
     runner = runner_from(config, store, None if args.quiet else ProgressLine())
     report = runner.run(args.kind, incremental=args.incremental)
@@ -51,6 +46,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
+    from bot.backup_wiring import retention_policy, targets_from
+    from recovery.backup.retention import prune
+
     config, store = setup(args)
     report = prune(store, targets_from(config), retention_policy(config), dry_run=args.dry_run)
     verb = "would delete" if report.dry_run else "deleted"
@@ -66,6 +64,11 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from sqlmodel import col, select
+
+    from recovery.backup.catalog import SUPPORTING_KINDS
+    from statemachines.models import BackupRecord
+
     _config, store = setup(args)
     with store.session() as session:
         query = select(BackupRecord)
@@ -80,6 +83,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from bot.backup_wiring import key_from, targets_from
+    from recovery.backup.catalog import previous_good, records_for
+    from recovery.backup.verify import verify
+
     config, store = setup(args)
     records = records_for(store, args.id)
     if not records:

@@ -14,9 +14,6 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 from bot.logs import check_level, escape
 from slack_emulator.network import is_loopback
 
@@ -59,6 +56,9 @@ def port_number(value: str) -> int:
 
 def check_database_url(url: str) -> None:
     """Refuse a database URL Aegis cannot use, before anything tries to connect to it."""
+    from sqlalchemy.engine import make_url  # imported here: the parser and --help load no database library
+    from sqlalchemy.exc import ArgumentError
+
     hint = "; set AEGIS_DATABASE_URL to e.g. " + " or ".join(SUPPORTED_DATABASES.values())
     try:
         parsed = make_url(url)
@@ -78,6 +78,9 @@ def check_database_url(url: str) -> None:
 
 def database_problem(exc: Exception, url: str) -> str:
     """One line for a database that could not be opened or reached (the password is never shown)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         shown = make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
@@ -92,6 +95,17 @@ def require_loopback_for_emulator(host: str) -> None:
             f"refusing to serve the built-in Slack emulator on {escape(host)[:60]!r}: it lets anyone act as "
             "any user, so it only listens on loopback. For the demo run `aegis serve` (127.0.0.1); for real "
             "Slack set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN)")
+
+
+def loaded(module: str, attribute: str) -> tuple[type[BaseException], ...]:
+    """The exception class(es) ``module.attribute`` if that module is already imported, else none.
+
+    An exception whose module was never imported cannot have been raised, so the error handler of
+    ``aegis`` can name the classes of heavy modules (SQLAlchemy, the restore stack) without importing
+    them on every start.
+    """
+    found = getattr(sys.modules.get(module), attribute, ())
+    return tuple(found) if isinstance(found, tuple) else (found,)
 
 
 def fail(text: str, code: int = 2) -> int:

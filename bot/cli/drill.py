@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 from bot.cli.checks import OneLineParser
 from bot.cli.common import setup
-from bot.flows.drills import drill_context, post_outcome, sweep_leftovers
-from bot.slack.gateway import DEFAULT_API_URL, SlackGateway
-from recovery.drills import runs
-from recovery.drills.drills import DRILLS, describe, run_drill
+
+if TYPE_CHECKING:   # the drills' stack is imported inside each command: the parser loads none of it
+    from bot.slack.gateway import SlackGateway
+
+# The names recovery.drills.drills.DRILLS defines, here so that the parser need not import the drills
+# (tests/test_cli_startup.py checks that the two agree).
+DRILL_NAMES = ("backup_restore_test", "database_failover_test", "full_system_recovery_test")
 
 
 def _say(line: str) -> None:
@@ -23,11 +27,16 @@ def _say(line: str) -> None:
 
 
 def _gateway() -> SlackGateway | None:
+    from bot.slack.gateway import DEFAULT_API_URL, SlackGateway
+
     token = os.environ.get("SLACK_BOT_TOKEN", "").strip()
     return SlackGateway(token, os.environ.get("SLACK_API_URL") or DEFAULT_API_URL) if token else None
 
 
 def _run(args: argparse.Namespace) -> int:
+    from bot.flows.drills import drill_context, post_outcome
+    from recovery.drills.drills import run_drill
+
     config, store = setup(args)
     ctx = drill_context(config, store, _say, args.budget_minutes)
     outcome = run_drill(ctx, args.name, "cli", os.environ.get("USER"))
@@ -44,6 +53,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from recovery.drills import runs
+    from recovery.drills.drills import describe
+
     _config, store = setup(args)
     rows = runs.recent(store, args.limit)
     print("\n".join(describe(r) for r in rows) if rows else "no drill has run yet")
@@ -51,6 +63,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from bot.flows.drills import sweep_leftovers
+
     config, store = setup(args)
     lines = sweep_leftovers(config, store)
     print("\n".join(lines) if lines else "no leftovers of interrupted drills")
@@ -61,7 +75,7 @@ def add_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     drill = sub.add_parser("drill", help="DR drills in an isolated scratch environment (D1, D2)")
     actions = drill.add_subparsers(dest="drill_command", required=True)
     run = actions.add_parser("run", help="run a drill now; exit 0 only when it passed")
-    run.add_argument("name", choices=DRILLS)
+    run.add_argument("name", choices=DRILL_NAMES)
     run.add_argument("--budget-minutes", type=float, help="backup_restore_test: stop starting restores after this")
     run.set_defaults(func=_run)
     listing = actions.add_parser("list", help="recent drills, newest first")

@@ -17,17 +17,11 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from bot.backup_wiring import key_from, runner_from, sources_from, targets_from
-from bot.cli.checks import OneLineParser
+from bot.cli.checks import OneLineParser, loaded
 from bot.cli.common import ProgressLine, setup
-from recovery.backup.catalog import POSTGRES_BASE_KINDS, BackupNotFound
-from recovery.backup.catalog import choose as choose_backup
-from recovery.backup.errors import CollectionExistsError, DatabaseNotEmptyError
-from recovery.backup.restore.from_catalog import restore_milvus, restore_neo4j, restore_postgres
-from recovery.backup.restore.postgres import RestoreError
-from recovery.backup.runner import Neo4jSource
-from recovery.backup.verify import verified_copy
-from recovery.backup.wal.archive import TargetWalStore
+
+# The restore stack (psycopg, sqlmodel, the crypto, the drivers) is imported inside each command, so that
+# building the parser (`aegis --help`, every other command) loads none of it.
 
 
 def _free_port() -> int:
@@ -57,6 +51,13 @@ def _progress(args: argparse.Namespace) -> ProgressLine | None:
 
 
 def _postgres(args: argparse.Namespace) -> int:
+    from bot.backup_wiring import runner_from
+    from recovery.backup.catalog import POSTGRES_BASE_KINDS
+    from recovery.backup.catalog import choose as choose_backup
+    from recovery.backup.restore.from_catalog import restore_postgres
+    from recovery.backup.verify import verified_copy
+    from recovery.backup.wal.archive import TargetWalStore
+
     target_time = _target_time(args.target_time)
     config, store = setup(args)
     runner = runner_from(config, store)
@@ -83,6 +84,12 @@ def _postgres(args: argparse.Namespace) -> int:
 def _neo4j(args: argparse.Namespace) -> int:
     from neo4j import GraphDatabase
 
+    from bot.backup_wiring import key_from, sources_from, targets_from
+    from recovery.backup.catalog import choose as choose_backup
+    from recovery.backup.restore.from_catalog import restore_neo4j
+    from recovery.backup.runner import Neo4jSource
+    from recovery.backup.verify import verified_copy
+
     config, store = setup(args)
     settings: Neo4jSource | dict[str, str] = sources_from(config).neo4j or {}   # {}: nothing configured
     uri = args.uri or settings.get("uri")
@@ -104,6 +111,11 @@ def _neo4j(args: argparse.Namespace) -> int:
 
 def _milvus(args: argparse.Namespace) -> int:
     from pymilvus import MilvusClient
+
+    from bot.backup_wiring import key_from, sources_from, targets_from
+    from recovery.backup.catalog import choose as choose_backup
+    from recovery.backup.restore.from_catalog import restore_milvus
+    from recovery.backup.verify import verified_copy
 
     config, store = setup(args)
     uri = args.uri or sources_from(config).milvus_uri
@@ -159,6 +171,19 @@ def add_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
         parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
-FRIENDLY_ERRORS = (RestoreUsageError, BackupNotFound)
+# Exceptions that end a restore with one line, by the module defining them, looked up only once that module
+# is loaded (bot/cli/checks.loaded); tests/test_cli_startup.py checks that every name resolves.
+FRIENDLY_ERROR_NAMES = (("recovery.backup.catalog", "BackupNotFound"),)
 # Refusals that protect data (damaged backup, a target that is not empty): exit 1 with the reason.
-REFUSALS = (RestoreError, DatabaseNotEmptyError, CollectionExistsError)  # RestoreRefused is a RestoreError
+REFUSAL_NAMES = (("recovery.backup.restore.postgres", "RestoreError"),   # RestoreRefused is a RestoreError
+                 ("recovery.backup.errors", "DatabaseNotEmptyError"),
+                 ("recovery.backup.errors", "CollectionExistsError"))
+
+
+def friendly_errors() -> tuple[type[BaseException], ...]:
+    """A restore asked for in a way that cannot work, or of a backup that does not exist: exit 2."""
+    return (RestoreUsageError, *(cls for name in FRIENDLY_ERROR_NAMES for cls in loaded(*name)))
+
+
+def refusals() -> tuple[type[BaseException], ...]:
+    return tuple(cls for name in REFUSAL_NAMES for cls in loaded(*name))
