@@ -23,6 +23,7 @@ from messages.views import (
     StepView,
     TimelineItem,
 )
+from recovery import objectives
 from statemachines import policy
 from statemachines import service as svc
 from statemachines.models import Incident, PlanStep, TimelineEvent, require_id
@@ -124,8 +125,6 @@ def _timeline_item(event: TimelineEvent, incident: Incident) -> TimelineItem:
 
 # --- objectives and evidence (the closing report) ---------------------------------------------
 
-NO_PROMOTION_RPO = "not measured (no database promotion in this incident)"
-
 
 def verification_evidence(session: Session, incident: Incident) -> list[EvidenceView]:
     """What the current plan's verification steps checked, each with the value they observed."""
@@ -139,19 +138,21 @@ def verification_evidence(session: Session, incident: Incident) -> list[Evidence
 
 
 def objective_report(session: Session, incident: Incident, config: Config) -> ObjectiveReport:
-    """Achieved versus target. RTO counts as met only when the incident was verified *on evidence*."""
-    objectives = config.objectives
-    rto = (incident.verified_at - incident.declared_at).total_seconds() if incident.verified_at else None
-    mttr = (incident.closed_at - incident.declared_at).total_seconds() if incident.closed_at else None
+    """Achieved versus target (the maths: recovery/objectives.py). RTO counts as met only when the
+    incident was verified *on evidence*."""
+    targets = config.objectives
     evidence = verification_evidence(session, incident) if incident.verified_at else []
-    proven = bool(evidence) and all(e.ok for e in evidence)
-    target = objectives.rto_minutes * 60
+    figures = objectives.incident_figures(
+        declared_at=incident.declared_at, verified_at=incident.verified_at, closed_at=incident.closed_at,
+        rpo_seconds=incident.rpo_seconds, rpo_basis=incident.rpo_basis,
+        evidence_ok=bool(evidence) and all(e.ok for e in evidence),
+        targets=objectives.Targets(targets.rto_minutes * 60, targets.rpo_minutes * 60, targets.mttr_minutes * 60))
     return ObjectiveReport(
-        rto_seconds=rto, rto_target_seconds=target,
-        rpo_seconds=incident.rpo_seconds, rpo_target_seconds=objectives.rpo_minutes * 60,
-        rpo_basis=incident.rpo_basis or NO_PROMOTION_RPO,
-        mttr_seconds=mttr, mttr_target_seconds=objectives.mttr_minutes * 60,
+        rto_seconds=figures.rto.seconds, rto_target_seconds=figures.rto.target_seconds,
+        rpo_seconds=figures.rpo.seconds, rpo_target_seconds=figures.rpo.target_seconds,
+        rpo_basis=figures.rpo.basis,
+        mttr_seconds=figures.mttr.seconds, mttr_target_seconds=figures.mttr.target_seconds,
         evidence=evidence,
         verified_manually_by=next((e.by for e in evidence if e.by), None),
-        rto_met=None if rto is None else (proven and rto <= target),
+        rto_met=figures.rto.met,
     )

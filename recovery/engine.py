@@ -19,9 +19,11 @@ Rules (DESIGN.md, "Actions and the ledger"):
   After the last step succeeds the incident becomes ``verified``; a failing verification step
   sends it back to ``assessed``.
 
-The engine knows nothing about chat: each of its transactions writes what must be told as outbox
-rows (``svc.tell_step``; transitions write theirs), and it pokes an ``EngineListener`` after the
-commit so that the rows are delivered at once.
+The engine claims and runs steps through the ledger and reports through the use cases
+(``statemachines.usecases``: start step, finish step, finish plan, verification failed, an
+interrupted step); they fire the transitions, write the timeline and the outbox rows, and store
+the RPO the engine computed from a promotion's output (``recovery.objectives``). The engine knows
+nothing about chat: it pokes an ``EngineListener`` after each commit so the rows are delivered at once.
 """
 
 from __future__ import annotations
@@ -30,21 +32,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from recovery import objectives
 from recovery.actions.base import Action, ActionError, NeedsHuman, VerificationFailed
+from recovery.objectives import rpo_from_promotion
 from recovery.redact import redact, redact_data
-from statemachines import policy
 from statemachines import service as svc
-from statemachines.machine import IllegalTransition
+from statemachines import usecases
 from statemachines.models import PlanStep, require_id, utcnow
-from statemachines.service import StaleVersion, Transition
+from statemachines.service import Transition
 from statemachines.store import Store
+from statemachines.usecases import Recorded, Rpo
+
+__all__ = ["ActionFactory", "Engine", "EngineListener", "Outcome", "rpo_from_promotion"]
 
 log = logging.getLogger("aegis.engine")
 
@@ -52,16 +57,8 @@ ActionFactory = Callable[[PlanStep, dict[str, str]], Action]   # (step, {"incide
 T = TypeVar("T")
 # errors that mean "the store is unreachable right now", worth waiting out
 STORE_DOWN = (OperationalError, InterfaceError)
-
-
-@dataclass
-class Outcome:
-    """What an action really did: ``succeeded``, ``failed`` or ``needs_human``."""
-
-    status: str
-    detail: str
-    output: dict[str, Any] = field(default_factory=dict)
-    evidence: list[dict[str, Any]] | None = None
+# what an action really did (succeeded, failed, needs_human): the use cases record it
+Outcome = usecases.StepOutcome
 
 
 class EngineListener(Protocol):
@@ -93,55 +90,25 @@ class Engine:
             claimed = self._claim_next(incident_id)
             if claimed is None:
                 return
-            step, entry_id, context = claimed
             with self._active_guard:
-                self._active.add(entry_id)
+                self._active.add(claimed.entry_id)
             try:
-                if not self._run(step, entry_id, context):
+                if not self._run(claimed.step, claimed.entry_id, claimed.context):
                     return
             finally:
                 with self._active_guard:
-                    self._active.discard(entry_id)
+                    self._active.discard(claimed.entry_id)
 
-    def _claim_next(self, incident_id: int) -> tuple[PlanStep, int, dict[str, str]] | None:
+    def _claim_next(self, incident_id: int) -> usecases.Claimed | None:
         with self.store.session() as session:
-            incident = svc.get(session, incident_id)
-            if incident.state != "recovering":
-                return None
-            for step in svc.current_steps(session, incident_id):
-                if step.status in ("succeeded", "skipped"):
-                    continue
-                if step.status == "pending" or (step.status == "approved" and self._still_approved(session, step)):
-                    try:
-                        entry = svc.ledger_start(session, step=step, owner=self.owner, lease=self.lease)
-                    except StaleVersion:
-                        return None
-                    if entry is None:
-                        return None
-                    svc.tell_step(session, incident_id=incident_id, step_id=require_id(step), event="started")
-                    context = {"incident": incident.key or str(incident.id), "step": str(step.id),
-                               "scenario": incident.scenario}
-                    return step, require_id(entry), context
-                return None   # awaiting approval, running elsewhere, failed or rejected: wait
-            # every step succeeded but the incident is still recovering (e.g. crash before verify)
-            self._finish_plan(session, incident_id)
-            return None
-
-    def _still_approved(self, session: Any, step: PlanStep) -> bool:
-        """Expired approvals send the step back for a fresh approval rather than running it."""
-        now = utcnow()
-        votes = [a for a in svc.approvals(session, step) if a.decision == "approve"]
-        valid = [(a.user_id, tuple(a.roles)) for a in votes if a.expires_at is None or a.expires_at > now]
-        if policy.approvals_satisfied(valid, step.approvals_required):
-            return True
-        if svc.move_step(session, step=step, to="awaiting_approval", from_statuses=("approved",),
-                         new_attempt=True, detail="approval expired: approve again"):
-            svc.add_event(session, incident_id=step.incident_id, kind="step", actor="aegis",
-                          text=f"approval of step {step.position} expired",
-                          data={"step_id": step.id, "code": "approval_expired", "position": step.position})
-            svc.tell_step(session, incident_id=step.incident_id, step_id=require_id(step), event="expired")
-            _on_commit(session, lambda: self._notify(step.incident_id, step.id, "expired", "approval expired"))
-        return False
+            next_step = usecases.start_step(session, incident_id=incident_id, owner=self.owner, lease=self.lease)
+            expired, verified = next_step.expired, next_step.verified
+            if expired is not None:
+                _on_commit(session, lambda: self._notify(expired.incident_id, expired.id, "expired",
+                                                         "approval expired"))
+            if verified is not None:
+                _on_commit(session, lambda: self.listener.transitioned(verified))
+        return next_step.claimed
 
     # --- one step ----------------------------------------------------------------------------
 
@@ -199,106 +166,31 @@ class Engine:
                 log.info("%s: done after the store came back (%d failed tries)", what, failures)
             return result
 
-    _STEP_STATUS = {"succeeded": "succeeded", "failed": "failed", "needs_human": "awaiting_verification"}
-
     def _record(self, step: PlanStep, entry_id: int, outcome: Outcome) -> bool:
+        """Report the outcome (usecases.finish_step), then tell the listener and react to it."""
         with self.store.session() as session:
-            if not svc.ledger_finish(session, entry_id=entry_id, status=outcome.status, output=outcome.output,
-                                     only_if_owner=self.owner):
-                return self._reconcile(session, step, entry_id, outcome)
-            current = svc.get_step(session, require_id(step))
-            svc.move_step(session, step=current, to=self._STEP_STATUS[outcome.status], detail=outcome.detail,
-                          evidence=outcome.evidence)
-            svc.add_event(session, incident_id=step.incident_id, kind="step", actor="aegis",
-                          text=_step_text(step, outcome),
-                          data={"step_id": step.id, "attempt": step.attempt, "outcome": outcome.status,
-                                "evidence": outcome.evidence or [], **_event_code(step, outcome)})
-            svc.tell_step(session, incident_id=step.incident_id, step_id=require_id(step), event=_event_name(outcome))
-            if outcome.status == "succeeded" and step.action == "postgres_promote":
-                self._record_rpo(session, step.incident_id, outcome.output)
+            recorded = usecases.finish_step(session, step=step, entry_id=entry_id, owner=self.owner,
+                                            outcome=outcome, rpo=_rpo_of(step, outcome))
+        if recorded is Recorded.NOT_RECORDED:
+            return False
         self._after_outcome(step, outcome)
         return outcome.status == "succeeded"
 
     def _after_outcome(self, step: PlanStep, outcome: Outcome) -> None:
-        self._notify(step.incident_id, require_id(step), _event_name(outcome), outcome.detail)
+        self._notify(step.incident_id, require_id(step), usecases.event_name(outcome), outcome.detail)
         if outcome.status == "failed" and step.action == "verify":
-            self._fire(step.incident_id, "verification_failed", f"verification failed: {outcome.detail}")
-
-    def _reconcile(self, session: Any, step: PlanStep, entry_id: int, outcome: Outcome) -> bool:
-        """A sweeper took the step over while it still ran here: record what really happened.
-
-        The sweeper had to decide without knowing the outcome; now it is known. The ledger row gets
-        the real outcome, and a step the sweeper sent back (for approval, or to run again) takes it
-        too — unless someone already acted on the new attempt, whose decision then stands.
-        """
-        entry = svc.get_ledger(session, entry_id)
-        if not svc.ledger_finish_late(session, entry_id=entry_id, owner=self.owner, status=outcome.status,
-                                      output=outcome.output):
-            log.warning("ledger row %s is %s and no longer ours; not recording this result", entry_id,
-                        entry.status)
-            return False
-        current = svc.get_step(session, require_id(step))
-        untouched = (current.attempt == entry.attempt + 1 and current.status in ("awaiting_approval", "pending")
-                     and not svc.approvals(session, current))
-        log.warning("ledger row %s finished (%s) after a sweeper took it over; step %s is %s", entry_id,
-                    outcome.status, step.id, current.status)
-        if not untouched:
-            svc.add_event(session, incident_id=step.incident_id, kind="step", actor="aegis",
-                          text=f"step {step.position} attempt {entry.attempt} finished late ({outcome.status}) "
-                               f"after its lease lapsed; the step had moved on ({current.status})",
-                          data={"step_id": step.id, "attempt": entry.attempt, "outcome": outcome.status,
-                                "late": True})
-            return False
-        detail = f"finished after its lease lapsed: {outcome.detail}".rstrip(": ")
-        svc.move_step(session, step=current, to=self._STEP_STATUS[outcome.status], detail=detail,
-                      evidence=outcome.evidence, from_statuses=("awaiting_approval", "pending"))
-        svc.add_event(session, incident_id=step.incident_id, kind="step", actor="aegis",
-                      text=_step_text(step, outcome) + " (recorded after its lease lapsed; not re-run)",
-                      data={"step_id": step.id, "attempt": entry.attempt, "outcome": outcome.status,
-                            "late": True, "evidence": outcome.evidence or []})
-        svc.tell_step(session, incident_id=step.incident_id, step_id=require_id(step), event=_event_name(outcome))
-        if outcome.status == "succeeded" and step.action == "postgres_promote":
-            self._record_rpo(session, step.incident_id, outcome.output)
-        _on_commit(session, lambda: self._after_outcome(step, outcome))
-        return outcome.status == "succeeded"
-
-    def _record_rpo(self, session: Any, incident_id: int, output: dict[str, Any]) -> None:
-        rpo, basis = rpo_from_promotion(output)
-        svc.set_fields(session, incident_id=incident_id, rpo_seconds=rpo, rpo_basis=basis)
-
-    def _finish_plan(self, session: Any, incident_id: int) -> None:
-        steps = svc.current_steps(session, incident_id)
-        checks = [item for s in steps if s.action == "verify" for item in (s.evidence or [])]
-        if any(s.action == "verify" and not s.evidence for s in steps):
-            log.error("incident %s: a verification step succeeded without evidence; not verified", incident_id)
-            return
-        reason = (f"all steps succeeded; verified on {len(checks)} check(s)" if checks
-                  else "all steps succeeded (no verification step in this plan)")
-        try:
-            transition = svc.transition(session, incident_id=incident_id, trigger="verify", actor="aegis",
-                                        reason=reason, values={"verified_at": utcnow()})
-        except (StaleVersion, IllegalTransition):
-            return
-        self._after_commit(session, transition)
-
-    def _fire(self, incident_id: int, trigger: str, reason: str) -> None:
-        with self.store.session() as session:
-            try:
-                transition = svc.transition(session, incident_id=incident_id, trigger=trigger,
-                                            actor="aegis", reason=reason)
-            except (StaleVersion, IllegalTransition):
-                return
-            self._after_commit(session, transition)
-
-    def _after_commit(self, session: Any, transition: Transition) -> None:
-        _on_commit(session, lambda: self.listener.transitioned(transition))
+            with self.store.session() as session:
+                transition = usecases.verification_failed(session, incident_id=step.incident_id,
+                                                          reason=f"verification failed: {outcome.detail}")
+                if transition is not None:
+                    _on_commit(session, lambda: self.listener.transitioned(transition))
 
     def _heartbeat(self, entry_id: int, stop: threading.Event) -> None:
         """Renew the lease every lease/3; notice and log when renewals fail or the lease is lost.
 
         Once renewals have failed for longer than the lease, another replica may already have taken
         the step over, so this process stops renewing (a late renewal would race that takeover); the
-        action goes on and its outcome is reconciled in ``_record``.
+        action goes on and its outcome is reconciled when it is recorded (usecases.finish_step).
         """
         lease = self.lease.total_seconds()
         interval = max(lease / 3, 0.2)
@@ -362,31 +254,13 @@ class Engine:
                 step = svc.get_step(session, entry.step_id)
                 context = {"incident": f"INC-{entry.incident_id}", "step": str(step.id)}
                 done = self._probe(step, context)
-                if done:
-                    svc.move_step(session, step=step, to="succeeded", from_statuses=("running",),
-                                  detail="confirmed done after a restart (is_done)")
-                    event, text = "succeeded", "confirmed done after a restart"
-                    if step.action == "postgres_promote":
-                        svc.set_fields(session, incident_id=entry.incident_id, rpo_seconds=None,
-                                       rpo_basis="unknown: the process running the promotion died, so the "
-                                                 "replication lag at failover was not recorded")
-                else:
-                    action = self.factory(step, context)
-                    again = "pending" if not action.destructive else "awaiting_approval"
-                    svc.move_step(session, step=step, to=again, from_statuses=("running",),
-                                  new_attempt=True,
-                                  detail="interrupted by a restart; outcome unknown — not re-run")
-                    event = "reapproval" if again == "awaiting_approval" else "requeued"
-                    text = "interrupted by a restart; " + (
-                        "approve again to run it" if again == "awaiting_approval" else "will run again")
-                svc.add_event(session, incident_id=entry.incident_id, kind="step", actor="aegis",
-                              text=f"step {step.position} {text}",
-                              data={"step_id": step.id, "is_done": done, "code": "step_interrupted",
-                                    "position": step.position, "done": bool(done),
-                                    "again": event == "reapproval"})
-                svc.tell_step(session, incident_id=entry.incident_id, step_id=require_id(step), event=event)
+                # a promotion confirmed done by its probe: the lag at failover was never recorded
+                rpo = Rpo(None, objectives.LOST_PROMOTION_RPO) if done and step.action == "postgres_promote" else None
+                destructive = not done and self.factory(step, context).destructive
+                interrupted = usecases.record_interruption(session, entry=entry, step=step, done=done,
+                                                           destructive=destructive, rpo=rpo)
             touched.append(entry.incident_id)
-            self._notify(entry.incident_id, entry.step_id, event, text)
+            self._notify(entry.incident_id, entry.step_id, interrupted.event, interrupted.text)
         return touched
 
     def _probe(self, step: PlanStep, context: dict[str, str]) -> bool | None:
@@ -397,42 +271,12 @@ class Engine:
             return None
 
 
-def rpo_from_promotion(output: dict[str, Any]) -> tuple[float | None, str]:
-    """RPO of a promotion from what the standby reported just before it: seconds, or None + why.
-
-    Unknown stays unknown (None with the reason); it is never reported as 0.
-    """
-    if output.get("already_promoted"):
-        return None, ("unknown: the standby was already a primary when the promotion step ran, so its "
-                      "replication lag at failover was not observed")
-    unreplayed = output.get("unreplayed_bytes")
-    lag = output.get("replay_lag_seconds")
-    if unreplayed is None:
-        return None, "unknown: the standby's received WAL position was not known at failover"
-    if int(unreplayed) == 0:
-        return 0.0, "replication lag at failover (all WAL the standby had received was replayed)"
-    if lag is None:
-        return None, f"unknown: {unreplayed} bytes were unreplayed at failover and no replay time was known"
-    return float(lag), f"replication lag at failover ({unreplayed} bytes unreplayed)"
-
-
-def _event_name(outcome: Outcome) -> str:
-    """The step event an outcome is reported as (the listener's and the outbox's vocabulary)."""
-    return "manual_verification" if outcome.status == "needs_human" else outcome.status
-
-
-def _step_text(step: PlanStep, outcome: Outcome) -> str:
-    verb = {"succeeded": "succeeded", "failed": "failed", "needs_human": "waits for a manual verification"}
-    return f"step {step.position} {verb[outcome.status]}: {step.title}" + (
-        f" — {outcome.detail}" if outcome.detail else "")
-
-
-def _event_code(step: PlanStep, outcome: Outcome) -> dict[str, Any]:
-    """The timeline event's code and parameters, which the message layer words per locale."""
-    params: dict[str, Any] = {"code": f"step_{outcome.status}", "position": step.position, "title": step.title}
-    if outcome.status == "failed":
-        params["detail"] = outcome.detail   # the error; a success's raw output flags stay out of it
-    return params
+def _rpo_of(step: PlanStep, outcome: Outcome) -> Rpo | None:
+    """The RPO a succeeded promotion measured (recovery/objectives.py); other steps measure none."""
+    if outcome.status != "succeeded" or step.action != "postgres_promote":
+        return None
+    seconds, basis = rpo_from_promotion(outcome.output)
+    return Rpo(seconds, basis)
 
 
 def _one_line(exc: BaseException) -> str:

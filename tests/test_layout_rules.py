@@ -326,3 +326,69 @@ def test_the_cycle_finder_and_the_load_time_reader(tmp_path: Path) -> None:
     probe = ROOT / "bot" / "flows" / "backup.py"   # imports the runner at load time, retention only for types
     imported = load_time_imports(probe)
     assert "recovery.backup.runner" in imported and "recovery.backup.retention" not in imported, imported
+
+
+# --- one module moves an incident (issue 8): transitions are fired only by the use cases ---------
+
+SERVICE_MODULE = "statemachines.service"
+MAY_TRANSITION = ("statemachines/service.py", "statemachines/usecases.py")
+
+
+def transition_calls(path: Path) -> list[str]:
+    """Calls of the service's ``transition``: ``svc.transition(…)`` on any name the service module is
+    imported as, ``statemachines.service.transition(…)``, or a ``transition`` imported from it."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    name = module_name(path) if path.is_relative_to(ROOT) else [path.stem]
+    package = name if path.name == "__init__.py" else name[:-1]
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    modules: set[str] = set()      # local names bound to the service module
+    functions: set[str] = set()    # local names bound to service.transition
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {alias.asname for alias in node.names if alias.name == SERVICE_MODULE and alias.asname}
+        elif isinstance(node, ast.ImportFrom):
+            source = imports_in_node(node, package)[0] if node.level else node.module or ""
+            for alias in node.names:
+                if f"{source}.{alias.name}" == SERVICE_MODULE:
+                    modules.add(alias.asname or alias.name)
+                elif source == SERVICE_MODULE and alias.name == "transition":
+                    functions.add(alias.asname or alias.name)
+    bad = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "transition" and (
+                (isinstance(func.value, ast.Name) and func.value.id in modules)
+                or ast.unparse(func.value) == SERVICE_MODULE):
+            bad.append(f"{shown}:{node.lineno}")
+        elif isinstance(func, ast.Name) and func.id in functions:
+            bad.append(f"{shown}:{node.lineno}")
+    return bad
+
+
+def test_only_the_use_cases_fire_transitions() -> None:
+    """bot/ and recovery/ move an incident through statemachines/usecases.py, never by a transition of their own."""
+    allowed = {ROOT / p for p in MAY_TRANSITION}
+    bad = [b for path in python_files(*PRODUCT_PACKAGES, "bench") if path not in allowed
+           for b in transition_calls(path)]
+    assert not bad, "service.transition called outside statemachines/usecases.py:\n  " + "\n  ".join(bad)
+    assert transition_calls(ROOT / "statemachines" / "usecases.py"), "the reader no longer sees the use cases' call"
+
+
+def test_the_transition_reader_sees_every_spelling(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from statemachines import service as svc\n"
+        "import statemachines.service\n"
+        "import statemachines.service as s2\n"
+        "from statemachines.service import transition as fire\n"
+        "def f(session):\n"
+        "    svc.transition(session, incident_id=1, trigger='verify', actor=None)\n"
+        "    statemachines.service.transition(session)\n"
+        "    s2.transition(session)\n"
+        "    fire(session)\n"
+        "    svc.tell_transition(session, None)\n"
+        "    machine.transition(1)\n"
+    )
+    assert [line.rsplit(":", 1)[1] for line in transition_calls(probe)] == ["6", "7", "8", "9"]

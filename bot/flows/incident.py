@@ -1,15 +1,15 @@
-"""Incident flows: what each user action does, and what follows each committed change.
+"""Incident flows: the Slack-facing side of each user action, and what follows each committed change.
 
-Each flow is: authorise (``statemachines.policy``) → one transaction in the store, which also
-writes the outbox rows of what must be told (``svc.tell``; transitions write theirs themselves) →
-after commit, the outbox dispatcher is woken (bot/slack/outbox.py delivers to Slack) and the follow-up
+Each flow opens one transaction and runs the domain operation in it (``statemachines.usecases``:
+it authorises through the policy, records the change and writes the outbox rows of what must be
+told) → after commit, the outbox dispatcher is woken (bot/slack/outbox.py delivers to Slack) and the follow-up
 work (assessment, the engine) is handed to a worker. No flow calls the Slack Web API: a request
 thread can run a decision to its commit before it acks (bot/slack/app.py), and a crash or a Slack outage
 delays a message but never loses it. Every follow-up is also found again from durable state by
 ``sweep`` (at start and periodically): an ``assembled`` incident is assessed, an ``assessed`` one
 whose plan was rejected or failed is re-assessed, a ``recovering`` one is advanced.
-Refusals and user mistakes raise ``Refused`` with a message key; the Slack layer turns it into an
-ephemeral reply.
+Refusals and user mistakes raise the domain's ``Refused`` (a reason code and its template
+context); ``explain`` turns it into the ephemeral reply.
 """
 
 from __future__ import annotations
@@ -40,28 +40,20 @@ from recovery import planner
 from recovery.engine import Engine
 from recovery.health import run_checks
 from recovery.redact import redact
-from statemachines import policy
 from statemachines import service as svc
-from statemachines.machine import IllegalTransition
-from statemachines.models import Incident, PlanStep, require_id, utcnow
-from statemachines.service import StaleVersion, Transition
+from statemachines import usecases
+from statemachines.models import Incident, require_id, utcnow
+from statemachines.service import Transition
 from statemachines.store import Store
-from statemachines.vocabulary import COMMANDER, ROLES
+from statemachines.usecases import Refused
+
+__all__ = ["Flows", "Refused", "reference"]   # Refused: the domain's refusal, which the Slack layer answers
 
 log = logging.getLogger("aegis.flows")
 T = TypeVar("T")
 # test hook: seconds a follow-up (assessment, engine) waits before it starts, so a crash can land
 # between a decision's commit and its follow-up
 FOLLOW_UP_DELAY_ENV = "AEGIS_TEST_FOLLOW_UP_DELAY"
-
-
-class Refused(Exception):
-    """A user action that is not allowed or not possible now; ``reason`` is a refusal key."""
-
-    def __init__(self, reason: str, **ctx: Any) -> None:   # template context (Jinja), one link_of pair
-        super().__init__(reason)
-        self.reason = reason
-        self.ctx = ctx
 
 
 class Flows:
@@ -134,52 +126,22 @@ class Flows:
     def view(self, session: Session, incident: Incident, *, timeline: bool = False) -> IncidentView:
         return incident_view(session, incident, self.config, with_timeline=timeline)
 
-    def _incident_for_step(self, session: Session, step_id: int) -> tuple[Incident, PlanStep]:
-        try:
-            step = svc.get_step(session, step_id)
-        except svc.NotFound:
-            raise Refused("unknown_step") from None
-        # the incident lock serialises decisions on one plan; re-read the step once we hold it
-        incident = svc.lock(session, step.incident_id)
-        return incident, svc.get_step(session, step_id)
-
     # --- declare -----------------------------------------------------------------------------
 
     def declare(self, *, user_id: str, scenario: str, severity: str, summary: str) -> Incident:
         with self.store.session() as session:
-            incident = svc.declare(session, scenario=scenario, severity=severity, summary=summary,
-                                   declared_by=user_id, locale=self.locale,
-                                   stakeholder_channel=self.config.slack.stakeholder_channel)
-            # the room: channel, invites, reminders (R1, P1), then the card and the stakeholder thread
-            for kind in ("open_room", "card", "stakeholder_root"):
-                svc.tell(session, incident_id=require_id(incident), kind=kind, version=incident.version)
+            incident = usecases.declare(session, scenario=scenario, severity=severity, summary=summary,
+                                        declared_by=user_id, locale=self.locale,
+                                        stakeholder_channel=self.config.slack.stakeholder_channel)
         self.committed()
         return incident
 
     # --- roles -------------------------------------------------------------------------------
 
     def claim_role(self, *, user_id: str, incident_id: int, role: str) -> None:
-        if role not in ROLES:
-            raise Refused("not_on_roster", role=role)
-        transition = None
         with self.store.session() as session:
-            incident = svc.get(session, incident_id)
-            if incident.state == "closed":
-                raise Refused("wrong_state", action="claim", state=incident.state)
-            decision = policy.may_claim(role, user_id, roster=self.config.roster, declared_by=incident.declared_by)
-            if not decision.allowed:
-                svc.add_event(session, incident_id=incident_id, kind="audit", actor=user_id,
-                              text=f"refused: claim {role} (not on the roster)")
-                session.commit()
-                raise Refused("not_on_roster", role=role)
-            try:
-                svc.assign_role(session, incident_id=incident_id, role=role, user_id=user_id)
-            except svc.RoleTaken as exc:
-                raise Refused("role_taken", role=role, holder=exc.holder) from None
-            svc.tell(session, incident_id=incident_id, kind="card")
-            if role == COMMANDER and incident.state == "detected":
-                transition = svc.transition(session, incident_id=incident_id, trigger="assemble", actor=user_id,
-                                            reason="incident commander took command")
+            transition = usecases.claim_role(session, incident_id=incident_id, role=role, user_id=user_id,
+                                             roster=self.config.roster)
         self.committed(transition)
 
     # --- assessment --------------------------------------------------------------------------
@@ -201,19 +163,12 @@ class Flows:
         results = run_checks(wiring.component_specs(self.config) + wiring.service_specs(self.config))
         plan = planner.propose(wiring.facts(self.config, incident.scenario, results))
         checks = [{"name": r.name, "kind": r.kind, "ok": r.ok, "detail": redact(r.detail)} for r in results]
-        trigger = "assess" if incident.state == "assembled" else "reassess"
-        try:
-            with self.store.session() as session:
-                transition = svc.transition(session, incident_id=incident_id, trigger=trigger, actor="aegis",
-                                            reason=f"{plan.strategy}: {plan.rationale}",
-                                            expected_version=incident.version, values={"checks": checks})
-                svc.replace_plan(session, incident_id=incident_id, strategy=plan.strategy, specs=plan.steps)
-                # the assessment, then the new plan as a message of its own (the old one is retired)
-                svc.tell(session, incident_id=incident_id, kind="assessment", version=transition.version)
-                svc.tell(session, incident_id=incident_id, kind="plan_new", version=transition.version)
-        except (StaleVersion, IllegalTransition):
-            return   # someone else assessed first
-        self.committed(transition)
+        with self.store.session() as session:
+            transition = usecases.assess(session, incident_id=incident_id, expected_version=incident.version,
+                                         strategy=plan.strategy, rationale=plan.rationale, steps=plan.steps,
+                                         checks=checks)
+        if transition is not None:   # None: someone else assessed first
+            self.committed(transition)
 
     def advance(self, incident_id: int) -> None:
         """Run the steps that may run now (the engine); the follow-up of approvals, retries, verifications."""
@@ -233,181 +188,54 @@ class Flows:
             ctx["link"] = self.outbox.permalink(*link_of)
         return block_kit.refusal(exc.reason, self.locale, **ctx)
 
-    def _refuse_if_replaced(self, session: Session, incident: Incident, step: PlanStep) -> None:
-        """A button of an older plan revision: say which revision to use instead (with a link, later)."""
-        if step.revision != incident.plan_revision:
-            raise Refused("plan_replaced", revision=incident.plan_revision,
-                          link_of=(incident.channel_id, incident.plan_ts))
-
     # --- approvals ---------------------------------------------------------------------------
 
-    def _authorise_step(self, session: Session, incident: Incident, step: PlanStep, user_id: str,
-                        verb: str) -> policy.Decision:
-        holders = svc.roles(session, require_id(incident))
-        decision = policy.may_approve(list(step.approver_roles or []), user_id,
-                                      roster=self.config.roster, holders=holders)
-        if not decision.allowed:
-            svc.add_event(session, incident_id=require_id(incident), kind="audit", actor=user_id,
-                          text=f"refused: {verb} step {step.position} ({step.title}) — not an approver",
-                          data={"step_id": step.id})
-            session.commit()
-            raise Refused("not_allowed_to_approve", step_title=step.title,
-                          roles=sorted(set(step.approver_roles or []) | {COMMANDER}))
-        return decision
-
     def approve(self, *, user_id: str, step_id: int) -> None:
-        transition = None
         with self.store.session() as session:
-            incident, step = self._incident_for_step(session, step_id)
-            self._refuse_if_replaced(session, incident, step)
-            if incident.state not in ("assessed", "recovering"):
-                raise Refused("wrong_state", action="approve", state=incident.state)
-            decision = self._authorise_step(session, incident, step, user_id, "approve")
-            rejected = _rejected_step(session, incident)
-            if rejected is not None:
-                raise Refused("plan_rejected", step_title=step.title, rejected_position=rejected.position)
-            if step.status != "awaiting_approval":
-                if any(a.user_id == user_id for a in svc.approvals(session, step)):
-                    raise Refused("already_approved", step_title=step.title)
-                raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
-            if not svc.record_vote(session, step=step, user_id=user_id, decision="approve",
-                                   roles_used=list(decision.roles), expires_in=self.approval_ttl):
-                raise Refused("already_approved", step_title=step.title)
-            svc.add_event(session, incident_id=require_id(incident), kind="approval", actor=user_id,
-                          text=f"approved step {step.position}: {step.title}",
-                          data={"step_id": step.id, **_step_event("step_approved", step)})
-            votes = [(a.user_id, tuple(a.roles)) for a in svc.approvals(session, step) if a.decision == "approve"]
-            satisfied = policy.approvals_satisfied(votes, step.approvals_required)
-            if satisfied and not svc.move_step(session, step=step, to="approved",
-                                               from_statuses=("awaiting_approval",)):
-                raise Refused("already_approved", step_title=step.title)
-            svc.tell(session, incident_id=require_id(incident), kind="plan")
-            if incident.state == "assessed":
-                transition = svc.transition(session, incident_id=require_id(incident), trigger="start_recovery",
-                                            actor=user_id, reason=f"approved: {step.title}",
-                                            expected_version=incident.version)
-        self.committed(transition)
-        if not satisfied:
+            approved = usecases.approve(session, step_id=step_id, user_id=user_id, roster=self.config.roster,
+                                        approval_ttl=self.approval_ttl)
+        self.committed(approved.transition)
+        if not approved.satisfied:
             # the vote is recorded; a two-person step waits for its second approver
-            raise Refused("second_approver_required", step_title=step.title)
-        self.submit(self.advance, require_id(incident))
+            raise Refused("second_approver_required", step_title=approved.step_title)
+        self.submit(self.advance, approved.incident_id)
 
     def reject_modal(self, *, user_id: str, step_id: int) -> dict[str, Any]:
         """The reason form that Reject opens; refused (nothing opens) when the click could not reject."""
         with self.store.session() as session:
-            incident, step = self._incident_for_step(session, step_id)
-            self._refuse_if_replaced(session, incident, step)
-            if incident.state not in ("assessed", "recovering"):
-                raise Refused("wrong_state", action="reject", state=incident.state)
-            self._authorise_step(session, incident, step, user_id, "reject")
-            if step.status not in ("awaiting_approval", "failed"):
-                raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+            incident = usecases.check_reject(session, step_id=step_id, user_id=user_id, roster=self.config.roster)
             view = self.view(session, incident)
         step_view = next(s for s in view.steps if s.id == step_id)
         return modal_blocks.reject_modal(view, step_view, self.locale)
 
     def reject(self, *, user_id: str, step_id: int, reason: str = "") -> None:
         with self.store.session() as session:
-            incident, step = self._incident_for_step(session, step_id)
-            self._refuse_if_replaced(session, incident, step)
-            if incident.state not in ("assessed", "recovering"):
-                raise Refused("wrong_state", action="reject", state=incident.state)
-            self._authorise_step(session, incident, step, user_id, "reject")
-            running = _running_step(session, incident)
-            if running is not None:
-                raise Refused("step_running", running_title=running.title)
-            if not svc.move_step(session, step=step, to="rejected", from_statuses=("awaiting_approval", "failed")):
-                raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
-            svc.record_vote(session, step=step, user_id=user_id, decision="reject", roles_used=[], expires_in=None)
-            svc.add_event(session, incident_id=require_id(incident), kind="approval", actor=user_id,
-                          text=f"rejected step {step.position}: {step.title}" + (f" — {reason}" if reason else ""),
-                          data={"step_id": step.id, **_step_event("step_rejected", step), "reason": reason})
-            svc.tell(session, incident_id=require_id(incident), kind="plan")
-            svc.tell(session, incident_id=require_id(incident), kind="rejection", step_id=step_id, user=user_id,
-                     reason=reason)
-            transition = self._back_to_assessed(session, incident, user_id, f"rejected: {step.title}")
-        self.committed(transition)
-        if transition is None:
-            version = incident.version    # reject in ``assessed``: re-plan unless someone else moved first
-            self.submit(lambda: self.assess(require_id(incident), after_version=version))
+            rejected = usecases.reject(session, step_id=step_id, user_id=user_id, roster=self.config.roster,
+                                       reason=reason)
+        self.committed(rejected.transition)
+        if rejected.transition is None:
+            # reject in ``assessed``: re-plan unless someone else moved first
+            self.submit(lambda: self.assess(rejected.incident_id, after_version=rejected.seen_version))
 
     def retry(self, *, user_id: str, step_id: int) -> None:
         with self.store.session() as session:
-            incident, step = self._incident_for_step(session, step_id)
-            self._refuse_if_replaced(session, incident, step)
-            if incident.state != "recovering":
-                raise Refused("wrong_state", action="retry", state=incident.state)
-            decision = self._authorise_step(session, incident, step, user_id, "retry")
-            if step.status != "failed":
-                raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
-            needs_more = step.approvals_required > 1
-            target = "awaiting_approval" if needs_more else ("approved" if step.approvals_required else "pending")
-            if not svc.move_step(session, step=step, to=target, from_statuses=("failed",), new_attempt=True,
-                                 detail=""):
-                raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
-            step = svc.get_step(session, step_id)
-            if step.approvals_required:
-                svc.record_vote(session, step=step, user_id=user_id, decision="approve",
-                                roles_used=list(decision.roles), expires_in=self.approval_ttl)
-            svc.add_event(session, incident_id=require_id(incident), kind="approval", actor=user_id,
-                          text=f"retry of step {step.position}: {step.title} (attempt {step.attempt})",
-                          data={"step_id": step.id, **_step_event("step_retried", step), "attempt": step.attempt})
-            svc.tell(session, incident_id=require_id(incident), kind="plan")
+            incident_id = usecases.retry(session, step_id=step_id, user_id=user_id, roster=self.config.roster,
+                                         approval_ttl=self.approval_ttl)
         self.committed()
-        self.submit(self.advance, require_id(incident))
+        self.submit(self.advance, incident_id)
 
     def abort(self, *, user_id: str, step_id: int) -> None:
         with self.store.session() as session:
-            incident, step = self._incident_for_step(session, step_id)
-            self._refuse_if_replaced(session, incident, step)
-            if incident.state != "recovering":
-                raise Refused("wrong_state", action="abort", state=incident.state)
-            self._authorise_step(session, incident, step, user_id, "abort")
-            # only the failed step the plan is stuck on: an old Abort button of a step that was
-            # retried and succeeded must not drop the incident to assessed while a later step runs
-            current = _current_step(session, incident)
-            if step.status != "failed" or current is None or current.id != step.id:
-                raise Refused("abort_not_current", step_title=step.title, status=step.status)
-            svc.add_event(session, incident_id=require_id(incident), kind="approval", actor=user_id,
-                          text=f"aborted the recovery at step {step.position}: {step.title}",
-                          data={"step_id": step.id, **_step_event("recovery_aborted", step)})
-            svc.tell(session, incident_id=require_id(incident), kind="plan")
-            transition = self._back_to_assessed(session, incident, user_id, f"aborted at: {step.title}")
+            transition = usecases.abort(session, step_id=step_id, user_id=user_id, roster=self.config.roster)
         self.committed(transition)
 
-    def _back_to_assessed(self, session: Session, incident: Incident, user_id: str,
-                          reason: str) -> Transition | None:
-        if incident.state != "recovering":
-            return None
-        return svc.transition(session, incident_id=require_id(incident), trigger="abort_recovery", actor=user_id,
-                              reason=reason, expected_version=incident.version)
-
     # --- manual verification -----------------------------------------------------------------
-
-    def _verification_roles(self, session: Session, step: PlanStep) -> list[str]:
-        plan_roles = [r for s in svc.current_steps(session, step.incident_id) for r in s.approver_roles or []]
-        return policy.verification_roles(list(step.approver_roles or []), plan_roles)
-
-    def _authorise_verification(self, session: Session, incident: Incident, step: PlanStep,
-                                user_id: str) -> policy.Decision:
-        roles = self._verification_roles(session, step)
-        decision = policy.may_approve(roles, user_id, roster=self.config.roster,
-                                      holders=svc.roles(session, require_id(incident)))
-        if not decision.allowed:
-            svc.add_event(session, incident_id=require_id(incident), kind="audit", actor=user_id,
-                          text=f"refused: verify step {step.position} ({step.title}) — not authorised",
-                          data={"step_id": step.id})
-            session.commit()
-            raise Refused("not_allowed_to_verify", step_title=step.title, roles=roles)
-        if step.status != "awaiting_verification" or incident.state != "recovering":
-            raise Refused("not_awaiting_verification", step_title=step.title, status=step.status)
-        return decision
 
     def verify_modal(self, *, user_id: str, step_id: int) -> dict[str, Any]:
         """The evidence form for a step waiting for manual verification (authorised users only)."""
         with self.store.session() as session:
-            incident, step = self._incident_for_step(session, step_id)
-            self._authorise_verification(session, incident, step, user_id)
+            incident, _decision = usecases.check_verification(session, step_id=step_id, user_id=user_id,
+                                                              roster=self.config.roster)
             view = self.view(session, incident)
         step_view = next(s for s in view.steps if s.id == step_id)
         return modal_blocks.verify_modal(view, step_view, self.locale)
@@ -418,44 +246,21 @@ class Flows:
         if not statement:
             raise Refused("evidence_required")
         with self.store.session() as session:
-            incident, step = self._incident_for_step(session, step_id)
-            decision = self._authorise_verification(session, incident, step, user_id)
-            if not svc.record_manual_verification(session, step=step, user_id=user_id, statement=statement,
-                                                  roles_used=list(decision.roles)):
-                raise Refused("not_awaiting_verification", step_title=step.title, status=step.status)
-            svc.tell(session, incident_id=require_id(incident), kind="plan")
+            incident_id = usecases.verify_manually(session, step_id=step_id, user_id=user_id,
+                                                   roster=self.config.roster, statement=statement)
         self.committed()
-        self.submit(self.advance, require_id(incident))
+        self.submit(self.advance, incident_id)
 
     # --- close -------------------------------------------------------------------------------
 
     def close_modal(self, *, user_id: str, incident_id: int) -> dict[str, Any]:
         with self.store.session() as session:
-            incident = svc.get(session, incident_id)
-            self._authorise_close(session, incident, user_id)
+            incident = usecases.check_close(session, incident_id=incident_id, user_id=user_id)
             return modal_blocks.close_modal(self.view(session, incident), self.locale)
-
-    def _authorise_close(self, session: Session, incident: Incident, user_id: str) -> None:
-        if incident.state not in ("detected", "assembled", "assessed", "verified"):
-            raise Refused("wrong_state", action="close", state=incident.state)
-        holders = svc.roles(session, require_id(incident))
-        decision = policy.may_close(user_id, holders=holders, declared_by=incident.declared_by,
-                                    state=incident.state)
-        if not decision.allowed:
-            svc.add_event(session, incident_id=require_id(incident), kind="audit", actor=user_id,
-                          text="refused: close (not the incident commander)")
-            session.commit()
-            raise Refused("not_commander", commander=holders.get(COMMANDER))
 
     def close(self, *, user_id: str, incident_id: int, summary: str) -> None:
         with self.store.session() as session:
-            incident = svc.get(session, incident_id)
-            self._authorise_close(session, incident, user_id)
-            trigger = "close" if incident.state == "verified" else "close_false_alarm"
-            transition = svc.transition(session, incident_id=incident_id, trigger=trigger, actor=user_id,
-                                        reason=summary if trigger == "close" else f"false alarm: {summary}",
-                                        expected_version=incident.version,
-                                        values={"closed_at": utcnow(), "close_summary": summary})
+            transition = usecases.close(session, incident_id=incident_id, user_id=user_id, summary=summary)
         self.committed(transition)
 
     # --- the engine's listener interface: its transactions wrote the outbox rows --------------
@@ -539,25 +344,6 @@ class Flows:
         """An assessed plan with a rejected or failed step: a reject or an abort asked for a new one."""
         return incident.state == "assessed" and any(
             s.status in ("rejected", "failed") for s in svc.current_steps(session, require_id(incident)))
-
-
-def _step_event(code: str, step: PlanStep) -> dict[str, Any]:
-    """A timeline event's code and the step it names; ``timeline.j2`` words it per locale."""
-    return {"code": code, "position": step.position, "title": step.title}
-
-
-def _current_step(session: Session, incident: Incident) -> PlanStep | None:
-    """The first step of the current plan that has not succeeded (or been skipped)."""
-    return next((s for s in svc.current_steps(session, require_id(incident))
-                 if s.status not in ("succeeded", "skipped")), None)
-
-
-def _running_step(session: Session, incident: Incident) -> PlanStep | None:
-    return next((s for s in svc.current_steps(session, require_id(incident)) if s.status == "running"), None)
-
-
-def _rejected_step(session: Session, incident: Incident) -> PlanStep | None:
-    return next((s for s in svc.current_steps(session, require_id(incident)) if s.status == "rejected"), None)
 
 
 def reference() -> str:

@@ -1,0 +1,662 @@
+"""Use cases: what a person or the engine does to an incident, and the only code (with the service
+itself) that moves one.
+
+Each use case takes an open session plus plain facts (user id, roster, step or incident id, …),
+authorises through ``statemachines.policy``, records through ``statemachines.service`` (votes, step
+moves, transitions, timeline events, outbox rows) and returns a plain result, or raises ``Refused``
+with a reason code and the template context of its message. The caller owns the transaction: it
+opens the session, and after the commit wakes whatever delivers the outbox and starts the
+follow-up work (bot/flows/incident.py for people, recovery/engine.py for the engine). A refusal
+that must leave an audit trail commits that event before it raises.
+
+Every committed change also writes one operator log line (logger ``aegis.incident``, INFO, the
+incident key first): transitions, step starts and results, votes, manual verifications. The line is
+written after the commit, so a change that rolled back never appears in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import event
+from sqlmodel import Session
+
+from statemachines import policy
+from statemachines import service as svc
+from statemachines.machine import IllegalTransition
+from statemachines.models import Incident, LedgerEntry, PlanStep, require_id, utcnow
+from statemachines.service import StaleVersion, StepSpec, Transition
+from statemachines.vocabulary import COMMANDER, ROLES
+
+log = logging.getLogger("aegis.incident")
+AEGIS = "aegis"   # the actor of what the engine and the assessment do
+
+
+class Refused(Exception):
+    """An action that is not allowed or not possible now; ``reason`` is a refusal key of the message
+    layer and ``ctx`` its template context (``link_of``: a (channel, ts) pair the bot turns into a link)."""
+
+    def __init__(self, reason: str, **ctx: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.ctx = ctx
+
+
+# --- the operator log -------------------------------------------------------------------------
+
+def _key(incident_id: int) -> str:
+    return f"INC-{incident_id}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[:limit] + "…"
+
+
+def _log_on_commit(session: Session, incident_id: int, message: str, **fields: Any) -> None:
+    """One INFO line on ``aegis.incident`` once this transaction commits (never for a rollback).
+
+    The plain-text line reads on its own (the key first); the JSON formatter (bot/logs.py) also
+    writes ``incident`` and ``fields`` as their own keys.
+    """
+    key = _key(incident_id)
+    line = f"{key} {message}"
+    extra = {"incident": key, "fields": fields}
+    event.listen(session, "after_commit", lambda _s: log.info("%s", line, extra=extra), once=True)
+
+
+def _fire(session: Session, *, incident_id: int, trigger: str, actor: str | None, reason: str,
+          expected_version: int | None = None, values: dict[str, Any] | None = None) -> Transition:
+    """Fire one transition (service.transition) and log it once it commits."""
+    done = svc.transition(session, incident_id=incident_id, trigger=trigger, actor=actor, reason=reason,
+                          expected_version=expected_version, values=values)
+    _log_on_commit(session, incident_id,
+                   f"{done.source} → {done.dest} ({trigger}, by {actor or AEGIS})"
+                   + (f": {_one_line(reason)}" if reason else ""),
+                   event="transition", source=done.source, dest=done.dest, trigger=trigger, actor=actor,
+                   reason=_one_line(reason), version=done.version)
+    return done
+
+
+def _step_log(step: PlanStep) -> dict[str, Any]:
+    return {"step_id": step.id, "position": step.position, "action": step.action, "attempt": step.attempt}
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def _step_event(code: str, step: PlanStep) -> dict[str, Any]:
+    """A timeline event's code and the step it names; ``timeline.j2`` words it per locale."""
+    return {"code": code, "position": step.position, "title": step.title}
+
+
+def _current_step(session: Session, incident: Incident) -> PlanStep | None:
+    """The first step of the current plan that has not succeeded (or been skipped)."""
+    return next((s for s in svc.current_steps(session, require_id(incident))
+                 if s.status not in ("succeeded", "skipped")), None)
+
+
+def _running_step(session: Session, incident: Incident) -> PlanStep | None:
+    return next((s for s in svc.current_steps(session, require_id(incident)) if s.status == "running"), None)
+
+
+def _rejected_step(session: Session, incident: Incident) -> PlanStep | None:
+    return next((s for s in svc.current_steps(session, require_id(incident)) if s.status == "rejected"), None)
+
+
+def _audit_refusal(session: Session, incident: Incident, user_id: str, text: str,
+                   data: dict[str, Any] | None = None) -> None:
+    """A refused attempt stays on the timeline: committed here, before the refusal is raised."""
+    svc.add_event(session, incident_id=require_id(incident), kind="audit", actor=user_id, text=text, data=data)
+    session.commit()
+
+
+def step_of(session: Session, step_id: int) -> tuple[Incident, PlanStep]:
+    """The step and its incident, holding the incident's lock (decisions on one plan run one at a time)."""
+    try:
+        step = svc.get_step(session, step_id)
+    except svc.NotFound:
+        raise Refused("unknown_step") from None
+    incident = svc.lock(session, step.incident_id)
+    return incident, svc.get_step(session, step_id)   # re-read once we hold the lock
+
+
+def _refuse_if_replaced(incident: Incident, step: PlanStep) -> None:
+    """A button of an older plan revision: say which revision to use instead (with a link, later)."""
+    if step.revision != incident.plan_revision:
+        raise Refused("plan_replaced", revision=incident.plan_revision,
+                      link_of=(incident.channel_id, incident.plan_ts))
+
+
+def _authorise_step(session: Session, incident: Incident, step: PlanStep, user_id: str,
+                    roster: dict[str, list[str]], verb: str) -> policy.Decision:
+    holders = svc.roles(session, require_id(incident))
+    decision = policy.may_approve(list(step.approver_roles or []), user_id, roster=roster, holders=holders)
+    if not decision.allowed:
+        _audit_refusal(session, incident, user_id,
+                       f"refused: {verb} step {step.position} ({step.title}) — not an approver",
+                       {"step_id": step.id})
+        raise Refused("not_allowed_to_approve", step_title=step.title,
+                      roles=sorted(set(step.approver_roles or []) | {COMMANDER}))
+    return decision
+
+
+# --- declare and roles --------------------------------------------------------------------------
+
+def declare(session: Session, *, scenario: str, severity: str, summary: str, declared_by: str, locale: str,
+            stakeholder_channel: str | None) -> Incident:
+    """Open an incident: the room (channel, invites, reminders), the card and the stakeholder thread."""
+    incident = svc.declare(session, scenario=scenario, severity=severity, summary=summary,
+                           declared_by=declared_by, locale=locale, stakeholder_channel=stakeholder_channel)
+    incident_id = require_id(incident)
+    for kind in ("open_room", "card", "stakeholder_root"):
+        svc.tell(session, incident_id=incident_id, kind=kind, version=incident.version)
+    _log_on_commit(session, incident_id, f"declared: {scenario} / {severity} by {declared_by}: {_one_line(summary)}",
+                   event="declared", scenario=scenario, severity=severity, actor=declared_by, dest="detected")
+    return incident
+
+
+def claim_role(session: Session, *, incident_id: int, role: str, user_id: str,
+               roster: dict[str, list[str]]) -> Transition | None:
+    """Take a role; the incident commander taking command assembles a ``detected`` incident."""
+    if role not in ROLES:
+        raise Refused("not_on_roster", role=role)
+    incident = svc.get(session, incident_id)
+    if incident.state == "closed":
+        raise Refused("wrong_state", action="claim", state=incident.state)
+    decision = policy.may_claim(role, user_id, roster=roster, declared_by=incident.declared_by)
+    if not decision.allowed:
+        _audit_refusal(session, incident, user_id, f"refused: claim {role} (not on the roster)")
+        raise Refused("not_on_roster", role=role)
+    try:
+        taken = svc.assign_role(session, incident_id=incident_id, role=role, user_id=user_id)
+    except svc.RoleTaken as exc:
+        raise Refused("role_taken", role=role, holder=exc.holder) from None
+    svc.tell(session, incident_id=incident_id, kind="card")
+    if taken:
+        _log_on_commit(session, incident_id, f"{user_id} took the role {role}", event="role_claimed",
+                       role=role, actor=user_id)
+    if role == COMMANDER and incident.state == "detected":
+        return _fire(session, incident_id=incident_id, trigger="assemble", actor=user_id,
+                     reason="incident commander took command")
+    return None
+
+
+# --- assessment ---------------------------------------------------------------------------------
+
+def assess(session: Session, *, incident_id: int, expected_version: int, strategy: str, rationale: str,
+           steps: list[StepSpec], checks: list[dict[str, Any]]) -> Transition | None:
+    """Store an assessment and its plan (``assess`` from ``assembled``, ``reassess`` from ``assessed``).
+
+    None when someone else changed the incident since ``expected_version`` (they assessed first).
+    """
+    incident = svc.get(session, incident_id)
+    trigger = "assess" if incident.state == "assembled" else "reassess"
+    try:
+        transition = _fire(session, incident_id=incident_id, trigger=trigger, actor=AEGIS,
+                           reason=f"{strategy}: {rationale}", expected_version=expected_version,
+                           values={"checks": checks})
+    except (StaleVersion, IllegalTransition):
+        return None
+    svc.replace_plan(session, incident_id=incident_id, strategy=strategy, specs=steps)
+    # the assessment, then the new plan as a message of its own (the old one is retired)
+    svc.tell(session, incident_id=incident_id, kind="assessment", version=transition.version)
+    svc.tell(session, incident_id=incident_id, kind="plan_new", version=transition.version)
+    return transition
+
+
+# --- approvals ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Approved:
+    incident_id: int
+    step_title: str
+    satisfied: bool                  # False: a two-person step waits for its second approver
+    transition: Transition | None    # start_recovery, for the first approval of an assessed plan
+
+
+def approve(session: Session, *, step_id: int, user_id: str, roster: dict[str, list[str]],
+            approval_ttl: timedelta) -> Approved:
+    incident, step = step_of(session, step_id)
+    _refuse_if_replaced(incident, step)
+    if incident.state not in ("assessed", "recovering"):
+        raise Refused("wrong_state", action="approve", state=incident.state)
+    decision = _authorise_step(session, incident, step, user_id, roster, "approve")
+    rejected = _rejected_step(session, incident)
+    if rejected is not None:
+        raise Refused("plan_rejected", step_title=step.title, rejected_position=rejected.position)
+    if step.status != "awaiting_approval":
+        if any(a.user_id == user_id for a in svc.approvals(session, step)):
+            raise Refused("already_approved", step_title=step.title)
+        raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+    if not svc.record_vote(session, step=step, user_id=user_id, decision="approve",
+                           roles_used=list(decision.roles), expires_in=approval_ttl):
+        raise Refused("already_approved", step_title=step.title)
+    incident_id = require_id(incident)
+    svc.add_event(session, incident_id=incident_id, kind="approval", actor=user_id,
+                  text=f"approved step {step.position}: {step.title}",
+                  data={"step_id": step.id, **_step_event("step_approved", step)})
+    votes = [(a.user_id, tuple(a.roles)) for a in svc.approvals(session, step) if a.decision == "approve"]
+    satisfied = policy.approvals_satisfied(votes, step.approvals_required)
+    if satisfied and not svc.move_step(session, step=step, to="approved", from_statuses=("awaiting_approval",)):
+        raise Refused("already_approved", step_title=step.title)
+    svc.tell(session, incident_id=incident_id, kind="plan")
+    _log_on_commit(session, incident_id,
+                   f"step {step.position} approved by {user_id} ({len(votes)}/{step.approvals_required}"
+                   f"{'' if satisfied else ', waits for another approver'}): {step.title}",
+                   event="approval", decision="approve", actor=user_id, roles=list(decision.roles),
+                   satisfied=satisfied, **_step_log(step))
+    transition = None
+    if incident.state == "assessed":
+        transition = _fire(session, incident_id=incident_id, trigger="start_recovery", actor=user_id,
+                           reason=f"approved: {step.title}", expected_version=incident.version)
+    return Approved(incident_id, step.title, satisfied, transition)
+
+
+def check_reject(session: Session, *, step_id: int, user_id: str, roster: dict[str, list[str]]) -> Incident:
+    """Whether ``user_id`` could reject the step now (the reason form opens only then)."""
+    incident, step = step_of(session, step_id)
+    _refuse_if_replaced(incident, step)
+    if incident.state not in ("assessed", "recovering"):
+        raise Refused("wrong_state", action="reject", state=incident.state)
+    _authorise_step(session, incident, step, user_id, roster, "reject")
+    if step.status not in ("awaiting_approval", "failed"):
+        raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+    return incident
+
+
+@dataclass(frozen=True)
+class Rejected:
+    incident_id: int
+    seen_version: int                # the incident's version the rejection was decided on
+    transition: Transition | None    # abort_recovery when it was recovering; else a re-plan is due
+
+
+def reject(session: Session, *, step_id: int, user_id: str, roster: dict[str, list[str]],
+           reason: str = "") -> Rejected:
+    incident, step = step_of(session, step_id)
+    _refuse_if_replaced(incident, step)
+    if incident.state not in ("assessed", "recovering"):
+        raise Refused("wrong_state", action="reject", state=incident.state)
+    _authorise_step(session, incident, step, user_id, roster, "reject")
+    running = _running_step(session, incident)
+    if running is not None:
+        raise Refused("step_running", running_title=running.title)
+    if not svc.move_step(session, step=step, to="rejected", from_statuses=("awaiting_approval", "failed")):
+        raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+    incident_id = require_id(incident)
+    svc.record_vote(session, step=step, user_id=user_id, decision="reject", roles_used=[], expires_in=None)
+    svc.add_event(session, incident_id=incident_id, kind="approval", actor=user_id,
+                  text=f"rejected step {step.position}: {step.title}" + (f" — {reason}" if reason else ""),
+                  data={"step_id": step.id, **_step_event("step_rejected", step), "reason": reason})
+    svc.tell(session, incident_id=incident_id, kind="plan")
+    svc.tell(session, incident_id=incident_id, kind="rejection", step_id=step_id, user=user_id, reason=reason)
+    _log_on_commit(session, incident_id, f"step {step.position} rejected by {user_id}: {step.title}"
+                   + (f" — {_one_line(reason)}" if reason else ""),
+                   event="approval", decision="reject", actor=user_id, reason=_one_line(reason), **_step_log(step))
+    transition = back_to_assessed(session, incident, user_id, f"rejected: {step.title}")
+    return Rejected(incident_id, incident.version, transition)
+
+
+def retry(session: Session, *, step_id: int, user_id: str, roster: dict[str, list[str]],
+          approval_ttl: timedelta) -> int:
+    """A failed step gets a new attempt (approved by the one who retries it); returns the incident id."""
+    incident, step = step_of(session, step_id)
+    _refuse_if_replaced(incident, step)
+    if incident.state != "recovering":
+        raise Refused("wrong_state", action="retry", state=incident.state)
+    decision = _authorise_step(session, incident, step, user_id, roster, "retry")
+    if step.status != "failed":
+        raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+    needs_more = step.approvals_required > 1
+    target = "awaiting_approval" if needs_more else ("approved" if step.approvals_required else "pending")
+    if not svc.move_step(session, step=step, to=target, from_statuses=("failed",), new_attempt=True, detail=""):
+        raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+    step = svc.get_step(session, step_id)
+    if step.approvals_required:
+        svc.record_vote(session, step=step, user_id=user_id, decision="approve",
+                        roles_used=list(decision.roles), expires_in=approval_ttl)
+    incident_id = require_id(incident)
+    svc.add_event(session, incident_id=incident_id, kind="approval", actor=user_id,
+                  text=f"retry of step {step.position}: {step.title} (attempt {step.attempt})",
+                  data={"step_id": step.id, **_step_event("step_retried", step), "attempt": step.attempt})
+    svc.tell(session, incident_id=incident_id, kind="plan")
+    _log_on_commit(session, incident_id, f"step {step.position} retried by {user_id} (attempt {step.attempt}): "
+                   f"{step.title}", event="approval", decision="retry", actor=user_id, **_step_log(step))
+    return incident_id
+
+
+def abort(session: Session, *, step_id: int, user_id: str, roster: dict[str, list[str]]) -> Transition | None:
+    """Stop a recovery stuck on its failed step: back to ``assessed`` (a new plan follows)."""
+    incident, step = step_of(session, step_id)
+    _refuse_if_replaced(incident, step)
+    if incident.state != "recovering":
+        raise Refused("wrong_state", action="abort", state=incident.state)
+    _authorise_step(session, incident, step, user_id, roster, "abort")
+    # only the failed step the plan is stuck on: an old Abort button of a step that was retried and
+    # succeeded must not drop the incident to assessed while a later step runs
+    current = _current_step(session, incident)
+    if step.status != "failed" or current is None or current.id != step.id:
+        raise Refused("abort_not_current", step_title=step.title, status=step.status)
+    svc.add_event(session, incident_id=require_id(incident), kind="approval", actor=user_id,
+                  text=f"aborted the recovery at step {step.position}: {step.title}",
+                  data={"step_id": step.id, **_step_event("recovery_aborted", step)})
+    svc.tell(session, incident_id=require_id(incident), kind="plan")
+    return back_to_assessed(session, incident, user_id, f"aborted at: {step.title}")
+
+
+def back_to_assessed(session: Session, incident: Incident, user_id: str, reason: str) -> Transition | None:
+    """A recovering incident goes back to ``assessed`` (abort, or a rejected step); else nothing."""
+    if incident.state != "recovering":
+        return None
+    return _fire(session, incident_id=require_id(incident), trigger="abort_recovery", actor=user_id,
+                 reason=reason, expected_version=incident.version)
+
+
+# --- manual verification ------------------------------------------------------------------------
+
+def check_verification(session: Session, *, step_id: int, user_id: str,
+                       roster: dict[str, list[str]]) -> tuple[Incident, policy.Decision]:
+    """Whether ``user_id`` may state the evidence of the step's manual verification now."""
+    incident, step = step_of(session, step_id)
+    plan_roles = [r for s in svc.current_steps(session, step.incident_id) for r in s.approver_roles or []]
+    roles = policy.verification_roles(list(step.approver_roles or []), plan_roles)
+    decision = policy.may_approve(roles, user_id, roster=roster, holders=svc.roles(session, require_id(incident)))
+    if not decision.allowed:
+        _audit_refusal(session, incident, user_id,
+                       f"refused: verify step {step.position} ({step.title}) — not authorised", {"step_id": step.id})
+        raise Refused("not_allowed_to_verify", step_title=step.title, roles=roles)
+    if step.status != "awaiting_verification" or incident.state != "recovering":
+        raise Refused("not_awaiting_verification", step_title=step.title, status=step.status)
+    return incident, decision
+
+
+def verify_manually(session: Session, *, step_id: int, user_id: str, roster: dict[str, list[str]],
+                    statement: str) -> int:
+    """Record "verified manually by @user: <statement>" (already redacted); returns the incident id."""
+    if not statement:
+        raise Refused("evidence_required")
+    incident, decision = check_verification(session, step_id=step_id, user_id=user_id, roster=roster)
+    step = svc.get_step(session, step_id)
+    if not svc.record_manual_verification(session, step=step, user_id=user_id, statement=statement,
+                                          roles_used=list(decision.roles)):
+        raise Refused("not_awaiting_verification", step_title=step.title, status=step.status)
+    incident_id = require_id(incident)
+    svc.tell(session, incident_id=incident_id, kind="plan")
+    _log_on_commit(session, incident_id, f"step {step.position} verified manually by {user_id}: {step.title}",
+                   event="manual_verification", actor=user_id, roles=list(decision.roles), **_step_log(step))
+    return incident_id
+
+
+# --- close --------------------------------------------------------------------------------------
+
+def check_close(session: Session, *, incident_id: int, user_id: str) -> Incident:
+    """Whether ``user_id`` may close the incident now (the close form opens only then)."""
+    incident = svc.get(session, incident_id)
+    if incident.state not in ("detected", "assembled", "assessed", "verified"):
+        raise Refused("wrong_state", action="close", state=incident.state)
+    holders = svc.roles(session, incident_id)
+    decision = policy.may_close(user_id, holders=holders, declared_by=incident.declared_by, state=incident.state)
+    if not decision.allowed:
+        _audit_refusal(session, incident, user_id, "refused: close (not the incident commander)")
+        raise Refused("not_commander", commander=holders.get(COMMANDER))
+    return incident
+
+
+def close(session: Session, *, incident_id: int, user_id: str, summary: str) -> Transition:
+    """Close a verified incident, or one never recovered as a false alarm."""
+    incident = check_close(session, incident_id=incident_id, user_id=user_id)
+    trigger = "close" if incident.state == "verified" else "close_false_alarm"
+    return _fire(session, incident_id=incident_id, trigger=trigger, actor=user_id,
+                 reason=summary if trigger == "close" else f"false alarm: {summary}",
+                 expected_version=incident.version, values={"closed_at": utcnow(), "close_summary": summary})
+
+
+# --- the engine: start a step, finish a step, finish the plan ----------------------------------
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What an action really did: ``succeeded``, ``failed`` or ``needs_human`` (values already redacted)."""
+
+    status: str
+    detail: str
+    output: dict[str, Any] = field(default_factory=dict)
+    evidence: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Rpo:
+    """The RPO to store with a step's outcome (recovery/objectives.py computes it)."""
+
+    seconds: float | None
+    basis: str
+
+
+@dataclass(frozen=True)
+class Claimed:
+    step: PlanStep
+    entry_id: int
+    context: dict[str, str]          # {"incident": key, "step": id, "scenario": …} for the action
+
+
+@dataclass(frozen=True)
+class NextStep:
+    """What ``start_step`` did: claimed a step, sent one back for approval, or verified the plan."""
+
+    claimed: Claimed | None = None
+    expired: PlanStep | None = None          # its approval expired: it waits for a new one
+    verified: Transition | None = None       # every step succeeded: the incident is verified
+
+
+def start_step(session: Session, *, incident_id: int, owner: str, lease: timedelta) -> NextStep:
+    """The engine's claim of the next step that may run now: pending, or approved and still approved.
+
+    The ledger row is written in this transaction, before the action starts, so a step is claimed by
+    exactly one thread of one process. An expired approval sends the step back for a new one. A
+    plan whose steps all succeeded while the incident is still recovering (a crash before verify)
+    is verified here.
+    """
+    incident = svc.get(session, incident_id)
+    if incident.state != "recovering":
+        return NextStep()
+    for step in svc.current_steps(session, incident_id):
+        if step.status in ("succeeded", "skipped"):
+            continue
+        if step.status == "approved" and not _still_approved(session, step):
+            return NextStep(expired=step if _sent_back_for_approval(session, step) else None)
+        if step.status not in ("pending", "approved"):
+            return NextStep()   # awaiting approval, running elsewhere, failed or rejected: wait
+        try:
+            entry = svc.ledger_start(session, step=step, owner=owner, lease=lease)
+        except StaleVersion:
+            return NextStep()
+        if entry is None:
+            return NextStep()
+        svc.tell_step(session, incident_id=incident_id, step_id=require_id(step), event="started")
+        _log_on_commit(session, incident_id, f"step {step.position} started (attempt {step.attempt}): {step.title}",
+                       event="step_started", **_step_log(step))
+        context = {"incident": incident.key or str(incident.id), "step": str(step.id), "scenario": incident.scenario}
+        return NextStep(claimed=Claimed(step, require_id(entry), context))
+    return NextStep(verified=finish_plan(session, incident_id=incident_id))
+
+
+def _still_approved(session: Session, step: PlanStep) -> bool:
+    """Whether the step's valid (unexpired) votes still satisfy the approval policy."""
+    now = utcnow()
+    votes = [a for a in svc.approvals(session, step) if a.decision == "approve"]
+    valid = [(a.user_id, tuple(a.roles)) for a in votes if a.expires_at is None or a.expires_at > now]
+    return policy.approvals_satisfied(valid, step.approvals_required)
+
+
+def _sent_back_for_approval(session: Session, step: PlanStep) -> bool:
+    """An approved step whose approvals expired waits for new ones (False: someone moved it first)."""
+    if not svc.move_step(session, step=step, to="awaiting_approval", from_statuses=("approved",),
+                         new_attempt=True, detail="approval expired: approve again"):
+        return False
+    svc.add_event(session, incident_id=step.incident_id, kind="step", actor=AEGIS,
+                  text=f"approval of step {step.position} expired",
+                  data={"step_id": step.id, "code": "approval_expired", "position": step.position})
+    svc.tell_step(session, incident_id=step.incident_id, step_id=require_id(step), event="expired")
+    _log_on_commit(session, step.incident_id, f"step {step.position} approval expired: approve again",
+                   event="approval_expired", **_step_log(step))
+    return True
+
+
+class Recorded(Enum):
+    """How ``finish_step`` recorded an outcome."""
+
+    RECORDED = "recorded"          # the step took the outcome
+    LATE = "late"                  # after a sweeper's takeover, the untouched step took it anyway
+    NOT_RECORDED = "not_recorded"  # the step had moved on (or the row is no longer ours): nothing more
+
+
+_STEP_STATUS = {"succeeded": "succeeded", "failed": "failed", "needs_human": "awaiting_verification"}
+
+
+def finish_step(session: Session, *, step: PlanStep, entry_id: int, owner: str, outcome: StepOutcome,
+                rpo: Rpo | None = None) -> Recorded:
+    """Record an action's outcome: ledger finish, step move, timeline event, outbox, and the RPO."""
+    if not svc.ledger_finish(session, entry_id=entry_id, status=outcome.status, output=outcome.output,
+                             only_if_owner=owner):
+        return _finish_late(session, step, entry_id, owner, outcome, rpo)
+    current = svc.get_step(session, require_id(step))
+    svc.move_step(session, step=current, to=_STEP_STATUS[outcome.status], detail=outcome.detail,
+                  evidence=outcome.evidence)
+    svc.add_event(session, incident_id=step.incident_id, kind="step", actor=AEGIS, text=_step_text(step, outcome),
+                  data={"step_id": step.id, "attempt": step.attempt, "outcome": outcome.status,
+                        "evidence": outcome.evidence or [], **_event_code(step, outcome)})
+    svc.tell_step(session, incident_id=step.incident_id, step_id=require_id(step), event=event_name(outcome))
+    _store_rpo(session, step.incident_id, rpo)
+    _log_result(session, step, outcome)
+    return Recorded.RECORDED
+
+
+def _finish_late(session: Session, step: PlanStep, entry_id: int, owner: str, outcome: StepOutcome,
+                 rpo: Rpo | None) -> Recorded:
+    """A sweeper took the step over while it still ran: record what really happened.
+
+    The sweeper had to decide without knowing the outcome; now it is known. The ledger row gets
+    the real outcome, and a step the sweeper sent back (for approval, or to run again) takes it
+    too — unless someone already acted on the new attempt, whose decision then stands.
+    """
+    entry = svc.get_ledger(session, entry_id)
+    key = _key(step.incident_id)
+    if not svc.ledger_finish_late(session, entry_id=entry_id, owner=owner, status=outcome.status,
+                                  output=outcome.output):
+        log.warning("%s ledger row %s is %s and no longer ours; not recording this result", key, entry_id,
+                    entry.status)
+        return Recorded.NOT_RECORDED
+    current = svc.get_step(session, require_id(step))
+    untouched = (current.attempt == entry.attempt + 1 and current.status in ("awaiting_approval", "pending")
+                 and not svc.approvals(session, current))
+    log.warning("%s ledger row %s finished (%s) after a sweeper took it over; step %s is %s", key, entry_id,
+                outcome.status, step.id, current.status)
+    if not untouched:
+        svc.add_event(session, incident_id=step.incident_id, kind="step", actor=AEGIS,
+                      text=f"step {step.position} attempt {entry.attempt} finished late ({outcome.status}) "
+                           f"after its lease lapsed; the step had moved on ({current.status})",
+                      data={"step_id": step.id, "attempt": entry.attempt, "outcome": outcome.status, "late": True})
+        return Recorded.NOT_RECORDED
+    detail = f"finished after its lease lapsed: {outcome.detail}".rstrip(": ")
+    svc.move_step(session, step=current, to=_STEP_STATUS[outcome.status], detail=detail,
+                  evidence=outcome.evidence, from_statuses=("awaiting_approval", "pending"))
+    svc.add_event(session, incident_id=step.incident_id, kind="step", actor=AEGIS,
+                  text=_step_text(step, outcome) + " (recorded after its lease lapsed; not re-run)",
+                  data={"step_id": step.id, "attempt": entry.attempt, "outcome": outcome.status,
+                        "late": True, "evidence": outcome.evidence or []})
+    svc.tell_step(session, incident_id=step.incident_id, step_id=require_id(step), event=event_name(outcome))
+    _store_rpo(session, step.incident_id, rpo)
+    _log_result(session, step, outcome, late=True)
+    return Recorded.LATE
+
+
+def _store_rpo(session: Session, incident_id: int, rpo: Rpo | None) -> None:
+    if rpo is not None:
+        svc.set_fields(session, incident_id=incident_id, rpo_seconds=rpo.seconds, rpo_basis=rpo.basis)
+
+
+def _log_result(session: Session, step: PlanStep, outcome: StepOutcome, *, late: bool = False) -> None:
+    verb = {"succeeded": "succeeded", "failed": "failed", "needs_human": "waits for a manual verification"}
+    _log_on_commit(session, step.incident_id,
+                   f"step {step.position} {verb[outcome.status]}{' (late)' if late else ''}: {step.title}"
+                   + (f" — {_one_line(outcome.detail, 200)}" if outcome.detail else ""),
+                   event="step_result", status=outcome.status, detail=_one_line(outcome.detail, 200), late=late,
+                   **_step_log(step))
+
+
+def finish_plan(session: Session, *, incident_id: int) -> Transition | None:
+    """Every step succeeded: ``verify`` — only on the evidence the verification steps stored."""
+    steps = svc.current_steps(session, incident_id)
+    checks = [item for s in steps if s.action == "verify" for item in (s.evidence or [])]
+    if any(s.action == "verify" and not s.evidence for s in steps):
+        log.error("%s a verification step succeeded without evidence; not verified", _key(incident_id))
+        return None
+    reason = (f"all steps succeeded; verified on {len(checks)} check(s)" if checks
+              else "all steps succeeded (no verification step in this plan)")
+    try:
+        return _fire(session, incident_id=incident_id, trigger="verify", actor=AEGIS, reason=reason,
+                     values={"verified_at": utcnow()})
+    except (StaleVersion, IllegalTransition):
+        return None
+
+
+def verification_failed(session: Session, *, incident_id: int, reason: str) -> Transition | None:
+    """A failing verification step sends the incident back to ``assessed`` (a new plan follows)."""
+    try:
+        return _fire(session, incident_id=incident_id, trigger="verification_failed", actor=AEGIS, reason=reason)
+    except (StaleVersion, IllegalTransition):
+        return None
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    event: str     # succeeded | reapproval | requeued (the step event the outbox tells)
+    text: str
+
+
+def record_interruption(session: Session, *, entry: LedgerEntry, step: PlanStep, done: bool | None,
+                        destructive: bool, rpo: Rpo | None = None) -> Interrupted:
+    """A step whose process died (its ledger row was just marked interrupted): by the ``is_done`` probe,
+    done → succeeded; otherwise a read-only step runs again and a destructive one waits for a new approval."""
+    if done:
+        svc.move_step(session, step=step, to="succeeded", from_statuses=("running",),
+                      detail="confirmed done after a restart (is_done)")
+        _store_rpo(session, entry.incident_id, rpo)
+        result = Interrupted("succeeded", "confirmed done after a restart")
+    else:
+        again = "awaiting_approval" if destructive else "pending"
+        svc.move_step(session, step=step, to=again, from_statuses=("running",), new_attempt=True,
+                      detail="interrupted by a restart; outcome unknown — not re-run")
+        result = Interrupted("reapproval" if destructive else "requeued", "interrupted by a restart; " + (
+            "approve again to run it" if destructive else "will run again"))
+    svc.add_event(session, incident_id=entry.incident_id, kind="step", actor=AEGIS,
+                  text=f"step {step.position} {result.text}",
+                  data={"step_id": step.id, "is_done": done, "code": "step_interrupted", "position": step.position,
+                        "done": bool(done), "again": result.event == "reapproval"})
+    svc.tell_step(session, incident_id=entry.incident_id, step_id=require_id(step), event=result.event)
+    _log_on_commit(session, entry.incident_id, f"step {step.position} {result.text}: {step.title}",
+                   event="step_interrupted", status=result.event, **_step_log(step))
+    return result
+
+
+def event_name(outcome: StepOutcome) -> str:
+    """The step event an outcome is reported as (the engine listener's and the outbox's vocabulary)."""
+    return "manual_verification" if outcome.status == "needs_human" else outcome.status
+
+
+def _step_text(step: PlanStep, outcome: StepOutcome) -> str:
+    verb = {"succeeded": "succeeded", "failed": "failed", "needs_human": "waits for a manual verification"}
+    return f"step {step.position} {verb[outcome.status]}: {step.title}" + (
+        f" — {outcome.detail}" if outcome.detail else "")
+
+
+def _event_code(step: PlanStep, outcome: StepOutcome) -> dict[str, Any]:
+    """The timeline event's code and parameters, which the message layer words per locale."""
+    params: dict[str, Any] = {"code": f"step_{outcome.status}", "position": step.position, "title": step.title}
+    if outcome.status == "failed":
+        params["detail"] = outcome.detail   # the error; a success's raw output flags stay out of it
+    return params
+
