@@ -6,21 +6,34 @@ message quoting input) could carry newlines that forge whole log lines
 the log without limit. So the formatter escapes every control character in the message and in
 the exception messages of a traceback (the traceback's own line structure stays), and cuts each
 line at ``MAX_LINE`` characters. Bolt's logger that prints the body of a rejected request is
-silenced; the front door (bot/slack/server.py) rejects bad requests before Bolt sees them anyway.
+silenced; the front door (bot/slack/server.py) rejects bad requests before Bolt sees them anyway,
+and logs a rejection without its body.
+
+Two formats (``aegis serve --log-format``, ``AEGIS_LOG_FORMAT``): ``text`` (the default, one readable
+line) and ``json`` for log pipelines: one JSON object per line with ``time``, ``level``, ``logger``,
+``message``, ``incident`` (when the line is about one) and the structured fields the operator lines
+carry (``extra={"incident": "INC-7", "fields": {...}}``, see statemachines/usecases.py); every string
+value redacted and capped, non-ASCII escaped so no value can break the line.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 import traceback
+from datetime import UTC, datetime
 from types import TracebackType
+from typing import Any
 
 from recovery.redact import redact
 
 MAX_LINE = 4000
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FORMATS = ("text", "json")
+# keys of a JSON line that a record's structured fields never overwrite
+_JSON_KEYS = ("time", "level", "logger", "message", "incident", "exception")
 # C0 and C1 control characters, DEL, and the Unicode line/paragraph separators
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -81,6 +94,40 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+class JsonFormatter(RedactingFormatter):
+    """One JSON object per line: time, level, logger, message, incident and the record's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname, "logger": record.name,
+            "message": cap(redact(record.getMessage())),
+        }
+        incident = getattr(record, "incident", None)
+        if incident:
+            line["incident"] = _clean(incident)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update({str(k): _clean(v) for k, v in fields.items() if str(k) not in _JSON_KEYS})
+        if record.exc_info and record.exc_info[1] is not None:
+            line["exception"] = redact(self.formatException(record.exc_info))
+        # ensure_ascii: U+2028 and friends are escaped too, so a value never splits the line
+        return json.dumps(line, ensure_ascii=True, default=str)
+
+
+def _clean(value: Any) -> Any:
+    """A structured field for a JSON line: strings redacted and capped, containers walked."""
+    if isinstance(value, str):
+        return cap(redact(value))
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_clean(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return cap(redact(str(value)))
+
+
 def check_level(level: str) -> str:
     """The level name in upper case; ``ValueError`` naming the valid ones otherwise."""
     name = str(level).strip().upper()
@@ -89,9 +136,18 @@ def check_level(level: str) -> str:
     return name
 
 
-def setup_logging(level: str = "INFO") -> None:
+def check_format(name: str) -> str:
+    """``text`` or ``json``; ``ValueError`` naming both otherwise."""
+    value = str(name).strip().lower()
+    if value not in FORMATS:
+        raise ValueError(f"unknown log format {escape(str(name))[:40]!r}; use one of {', '.join(FORMATS)}")
+    return value
+
+
+def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if check_format(log_format) == "json"
+                         else RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(check_level(level))

@@ -31,7 +31,7 @@ from bot.cli.checks import (
     require_loopback_for_emulator,
 )
 from bot.cli.common import close_stores
-from bot.logs import setup_logging
+from bot.logs import check_format, setup_logging
 from recovery.redact import redact
 
 # Building the parser and `aegis --help` / `--version` import only the standard library and the light
@@ -91,12 +91,12 @@ def _serve(args: argparse.Namespace) -> int:
             emulator.stop()
         raise CommandLineError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
                                "(choose another --port, or stop what is using it)") from None
-    print(f"Aegis is listening on {http.url}/slack/events (health: {http.url}/healthz)", flush=True)
+    announce(args, f"Aegis is listening on {http.url}/slack/events (health: {http.url}/healthz)")
     if emulator is not None:
-        print(f"Built-in Slack emulator: open {emulator.url}/ in a browser "
-              f"(store: {store.url.split('://', 1)[0]})", flush=True)
+        announce(args, f"Built-in Slack emulator: open {emulator.url}/ in a browser "
+                       f"(store: {store.url.split('://', 1)[0]})")
     for line in demo.banner() if demo is not None else []:
-        print(line, flush=True)
+        announce(args, line)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -120,7 +120,7 @@ def _open_demo(args: argparse.Namespace, *, slack_configured: bool) -> DemoSessi
     except DemoError as exc:
         raise CommandLineError(str(exc)) from None
     for line in notices:
-        print(line, flush=True)
+        announce(args, line)
     if demo is not None:
         atexit.register(demo.close)
     return demo
@@ -160,15 +160,35 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+def announce(args: argparse.Namespace, line: str) -> None:
+    """A line of ``aegis serve`` for the person who started it: printed, or with ``--log-format json``
+    a log record (so that every line of the output is one JSON object)."""
+    if getattr(args, "log_format", "text") == "json":
+        log.info("%s", line)
+    else:
+        print(line, flush=True)
+
+
+def log_format(value: str) -> str:
+    try:
+        return check_format(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="aegis", description="Aegis disaster-recovery ChatOps bot")
     parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("--config", help="config file (default: $AEGIS_CONFIG or ./aegis.yaml)")
     parser.add_argument("--log-level", type=log_level, default=os.environ.get("AEGIS_LOG_LEVEL") or "INFO",
                         help="DEBUG, INFO, WARNING, ERROR or CRITICAL (default: $AEGIS_LOG_LEVEL or INFO)")
+    parser.add_argument("--log-format", type=log_format, default=os.environ.get("AEGIS_LOG_FORMAT") or "text",
+                        help="text (default) or json: one JSON object per line (default: $AEGIS_LOG_FORMAT)")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the bot (HTTP mode; Socket Mode when SLACK_APP_TOKEN is set)")
     serve.add_argument("--config", default=argparse.SUPPRESS, help="config file (as before the subcommand)")
+    serve.add_argument("--log-format", type=log_format, default=argparse.SUPPRESS,
+                       help="text or json (as before the subcommand)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=port_number, default=3000)
     serve.add_argument("--emulator-port", type=port_number, default=3001,
@@ -223,7 +243,7 @@ def _dispatch(argv: list[str]) -> tuple[int, str | None]:
         if exc.code:
             return error_exit, None
         raise
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     return _execute(args, error_exit), str(args.command)
 
 

@@ -138,6 +138,8 @@ class BackupDuty:
             schedule: str | None = None, report_channel: str | None = None) -> BackupRunView:
         """Run one backup (the caller holds the gate). Raises ``BackupSetupError``/``BackupKeyError``
         when backups are not configured; every other failure is in the returned view."""
+        log.info("backup (%s%s) started by %s", kind, ", incremental" if incremental else "",
+                 f"schedule {schedule}" if schedule else (started_by or "aegis"))
         runner = BackupRunner(self.store, targets_from(self.config), key_from(self.config), sources_from(self.config))
         report = runner.run(kind, incremental=incremental)
         view = run_view(self.store, report, started_by=started_by, schedule=schedule)

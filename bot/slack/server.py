@@ -155,6 +155,9 @@ class SlackFrontDoor:
         timestamp = str(environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", "")).encode("latin-1", "replace")
         signature = str(environ.get("HTTP_X_SLACK_SIGNATURE", "")).encode("latin-1", "replace")
         if not signature_ok(self._secret, timestamp, signature, raw):
+            # the rejection is logged, never the body: it is unauthenticated input
+            log.warning("rejected a request to %s: invalid or stale signature (%d bytes, body not logged)",
+                        EVENTS_PATH, len(raw))
             return _answer(start_response, "401 Unauthorized", b"invalid request signature")
         try:
             text, body = parse_slack_body(raw, str(environ.get("CONTENT_TYPE", "")))
