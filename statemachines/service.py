@@ -6,6 +6,9 @@ plus the timeline event that explains it. A caller holding a stale version loses
 replicas safe. Nothing here performs side effects outside the database: what a change must tell
 the team is written as outbox rows (``tell``) in the same transaction, and delivered later by the
 bot's dispatcher (bot/slack/outbox.py), so a crash or a chat outage delays a message but never loses it.
+
+``transition`` is called only by ``statemachines.usecases`` (the domain operations people and the
+engine perform); tests/test_layout_rules.py fails if any other module fires one.
 """
 
 from __future__ import annotations
