@@ -180,6 +180,26 @@ def conversations_info(state: EmulatorState, p: Params) -> dict[str, Any]:
     return {"ok": True, "channel": state.channel_info(p.required("channel", "channel_not_found"))}
 
 
+def conversations_list(state: EmulatorState, p: Params) -> dict[str, Any]:
+    """The channels the bot can see (public ones, private ones it is in), a page at a time."""
+    wanted = {t.strip() for t in (p.text("types") or "public_channel").split(",") if t.strip()}
+    start = 0
+    if p.text("cursor"):
+        try:
+            start = int(base64.b64decode(p.text("cursor"), validate=True).decode().removeprefix("offset:"))
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise SlackError("invalid_cursor") from None
+    visible = [c for c in state.channels() if not c["is_im"]
+               and ("private_channel" if c["is_private"] else "public_channel") in wanted
+               and (c["is_member"] or not c["is_private"])
+               and not (c["is_archived"] and p.flag("exclude_archived"))]
+    limit = max(1, min(1000, p.number("limit", 100)))
+    page = [{k: v for k, v in c.items() if k not in ("members", "messages")} for c in visible[start:start + limit]]
+    more = start + limit < len(visible)
+    next_cursor = base64.b64encode(f"offset:{start + limit}".encode()).decode() if more else ""
+    return {"ok": True, "channels": page, "response_metadata": {"next_cursor": next_cursor}}
+
+
 def conversations_join(state: EmulatorState, p: Params) -> dict[str, Any]:
     channel, already = state.join(p.required("channel", "channel_not_found"))
     body: dict[str, Any] = {"ok": True, "channel": channel}
@@ -281,6 +301,7 @@ HANDLERS: dict[str, Callable[[EmulatorState, Params], dict[str, Any]]] = {
     "conversations.invite": conversations_invite,
     "conversations.info": conversations_info,
     "conversations.join": conversations_join,
+    "conversations.list": conversations_list,
     "conversations.members": conversations_members,
     "conversations.open": conversations_open,
     "conversations.setTopic": _set_channel_text("topic"),

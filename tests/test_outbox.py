@@ -187,3 +187,29 @@ def test_a_failed_channel_creation_is_retried(bot: AegisProcess, emulator: Emula
     opened = next(r for r in rows(bot) if r.kind == "open_room")
     assert opened.attempts == 1 and opened.done_at is not None
     assert {"U0IC", "U0DB"} <= set(chan["members"])
+
+
+def test_a_kill_while_slack_creates_the_channel_then_the_channel_is_adopted_not_made_twice(
+    bot: AegisProcess, emulator: EmulatorServer,
+) -> None:
+    # Slack receives conversations.create and holds its answer: the bot dies before it learns the id
+    emulator.state.faults.add(Fault("conversations.create", 1, hold_seconds=60))
+    bot.start()
+    declare(bot, emulator)
+    wait_for(lambda: emulator.state.faults.held("conversations.create") == 1,
+             what="Slack holding the bot's conversations.create")
+    bot.kill()
+    emulator.state.faults.release_holds()   # Slack creates the channel; its answer goes nowhere
+    created = wait_for(lambda: channel(emulator.state, "inc-"), what="the channel, created for the dead process")
+    assert incident_of(bot).channel_id is None
+
+    bot.start()
+    wait_for(lambda: all_delivered(bot), timeout=40, what="the room's rows delivered by the restarted bot")
+    channels = [c for c in emulator.state.channels() if c["name"].startswith("inc-")]
+    assert [c["id"] for c in channels] == [created["id"]], [c["name"] for c in channels]
+    assert len(emulator.state.calls("conversations.create")) == 1
+    assert emulator.state.calls("conversations.list"), "the restarted bot looked the recorded name up"
+    assert incident_of(bot).channel_id == created["id"]
+    room = channel_by_id(emulator.state, created["id"])
+    assert message_with_button(room, "aegis_claim_role", "incident_commander") is not None
+    assert {"U0IC", "U0DB"} <= set(room["members"])

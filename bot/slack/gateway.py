@@ -92,15 +92,22 @@ class SlackGateway:
         self.call("views.open", trigger_id=trigger_id, view=view)
 
     def create_channel(self, name: str) -> str:
-        """Create a channel; when the name is taken, try name-2, name-3, …"""
-        for n in range(1, 20):
-            candidate = name if n == 1 else f"{name}-{n}"
-            try:
-                return str(self.call("conversations.create", name=candidate[:80])["channel"]["id"])
-            except SlackCallFailed as exc:
-                if exc.error != "name_taken":
-                    raise
-        raise SlackCallFailed("conversations.create", "name_taken")
+        """Create a channel of exactly this name; ``SlackCallFailed("name_taken")`` when it exists."""
+        return str(self.call("conversations.create", name=name[:80])["channel"]["id"])
+
+    def find_channel(self, name: str) -> str | None:
+        """The id of the unarchived channel of this name that the bot is in, or None
+        (``conversations.list``, a page of up to 1000 channels at a time)."""
+        cursor: str | None = None
+        while True:
+            data = self.call("conversations.list", types="public_channel,private_channel", exclude_archived=True,
+                             limit=1000, cursor=cursor)
+            for channel in data.get("channels") or []:
+                if channel.get("name") == name[:80] and channel.get("is_member"):
+                    return str(channel["id"])
+            cursor = str((data.get("response_metadata") or {}).get("next_cursor") or "") or None
+            if cursor is None:
+                return None
 
     def invite(self, channel: str, users: list[str]) -> None:
         if users:

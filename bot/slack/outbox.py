@@ -14,6 +14,9 @@ Mechanism 1 (issue 8). The transaction that moves an incident or a step also wri
   restarts (a row claimed by a process that died is taken over once its lease lapses). A Slack
   error that retrying cannot fix (``invalid_blocks``, ``channel_not_found``, …) is given up after
   ``PERMANENT_ATTEMPTS`` tries and stays on the timeline.
+- creates an incident's channel once: the name is recorded on the ``open_room`` row before
+  ``conversations.create``, and a retry (after a crash that lost Slack's answer) adopts the channel
+  of that name instead of making ``inc-7-x-2``.
 
 Ephemeral answers to the person who clicked are not outbox rows: they go through ``respond()``
 (the response URL, valid 30 minutes) from the interaction pool, because they report on a change
@@ -53,6 +56,7 @@ FIRST_BACKOFF = 1.0          # seconds before the first retry; doubles per failu
 MAX_BACKOFF = 10.0           # a Slack outage is retried at least this often once it is over
 PERMANENT_ATTEMPTS = 5       # tries of a row Slack refuses for a reason retrying cannot fix
 POLL_SECONDS = 1.0           # rows of other replicas and due retries are found at least this often
+ROOM_NAME_ATTEMPTS = 19      # inc-7-x, inc-7-x-2, … inc-7-x-19 before a taken name is given up
 # test hook: seconds the dispatcher waits after claiming, before delivering (a crash can land there)
 DELAY_ENV = "AEGIS_TEST_DISPATCH_DELAY"
 
@@ -282,11 +286,42 @@ class Dispatcher:
         """Channel (once: its id is stored before anything else), invites, reminders (R1, P1)."""
         incident = batch.incident
         if not incident.channel_id:
-            name = f"{self.config.slack.incident_channel_prefix}-{incident.id}-{incident.scenario.replace('_', '-')}"
-            self._set(batch, channel_id=self.gateway.create_channel(name))
+            self._set(batch, channel_id=self._create_room(incident, row))
             batch.view = dataclasses.replace(batch.view, channel_id=incident.channel_id)
         self.gateway.invite(incident.channel_id or "", self._team(incident))
         self.on_room_opened(require_id(incident))
+
+    def _room_name(self, incident: Incident, attempt: int) -> str:
+        base = f"{self.config.slack.incident_channel_prefix}-{incident.id}-{incident.scenario.replace('_', '-')}"
+        return base if attempt == 1 else f"{base}-{attempt}"
+
+    def _create_room(self, incident: Incident, row: OutboxRow) -> str:
+        """The incident's channel, created once even when the process dies between Slack's answer to
+        ``conversations.create`` and storing the channel id: the name about to be created is
+        recorded on the row (committed) before each call, and a later try of the row first looks
+        that name up (a channel of that name the bot is in) and adopts it. A name someone else took
+        is skipped: name-2, name-3, …"""
+        payload = row.payload or {}
+        intended, attempt = payload.get("room_name"), int(payload.get("room_attempt") or 1)
+        if isinstance(intended, str) and intended:
+            found = self.gateway.find_channel(intended)
+            if found is not None:
+                log.info("incident %s: adopted #%s (%s), created by an earlier try", incident.id, intended, found)
+                return found
+        for n in range(attempt, ROOM_NAME_ATTEMPTS + 1):
+            name = self._room_name(incident, n)
+            self._record_room_intent(row, name, n)
+            try:
+                return self.gateway.create_channel(name)
+            except SlackCallFailed as exc:
+                if exc.error != "name_taken":
+                    raise
+        raise SlackCallFailed("conversations.create", "name_taken")
+
+    def _record_room_intent(self, row: OutboxRow, name: str, attempt: int) -> None:
+        row.payload = {**(row.payload or {}), "room_name": name, "room_attempt": attempt}
+        with self.store.session() as session:
+            session.execute(update(OutboxRow).where(col(OutboxRow.id) == row.id).values(payload=row.payload))
 
     def _team(self, incident: Incident) -> list[str]:
         roles = self.config.slack.scenario_roles.get(incident.scenario) or list(ROLES)
