@@ -16,7 +16,7 @@ from sqlmodel import select
 
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
-from statemachines.models import Approval, Incident
+from statemachines.models import Approval, Incident, require_id
 from tests.harness.aegis_process import AegisProcess, wait_for
 from tests.harness.slack_reading import channel, channel_by_id, message_with_button
 
@@ -85,7 +85,7 @@ def test_kill_between_a_claim_and_the_assessment_then_assessed_once_after_restar
                     what="the plan posted after the restart")
     assert plan is not None
     found = incident(bot)
-    events = read(bot, lambda s: svc.timeline(s, found.id or 0))
+    events = read(bot, lambda s: svc.timeline(s, require_id(found)))
     assert [e.data.get("trigger") for e in events if e.kind == "transition" and e.source_state] == \
         ["assemble", "assess"], "assessed more than once (or not at all)"
     assert found.plan_revision == 1
@@ -102,7 +102,7 @@ def test_kill_right_after_the_200_of_an_approve_then_the_approval_counts(
     plan = wait_for(lambda: message_with_button(channel_by_id(emulator.state, chan["id"]), "aegis_approve"),
                     what="the plan")
     found = incident(bot)
-    fence = next(s for s in read(bot, lambda s: svc.current_steps(s, found.id or 0)) if s.action == "hook")
+    fence = next(s for s in read(bot, lambda s: svc.current_steps(s, require_id(found))) if s.action == "hook")
     bot.stop()
     bot.env[DELAY] = "60"      # the engine will not start before the kill
     bot.start()
@@ -117,7 +117,7 @@ def test_kill_right_after_the_200_of_an_approve_then_the_approval_counts(
 
     del bot.env[DELAY]
     bot.start()
-    wait_for(lambda: read(bot, lambda s: svc.get_step(s, fence.id or 0)).status == "succeeded",
+    wait_for(lambda: read(bot, lambda s: svc.get_step(s, require_id(fence))).status == "succeeded",
              what="the approved step run after the restart")
     assert (tmp_path / "fence.count").read_text().splitlines() == ["run"]
     # the channel hears about it: the plan shows the approval, and the step result is posted

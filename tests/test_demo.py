@@ -25,7 +25,7 @@ from sqlmodel import select
 
 from bot.demo.postgres import find_pg_bin
 from statemachines import service as svc
-from statemachines.models import BackupRecord
+from statemachines.models import BackupRecord, require_id
 from tests.harness.aegis_process import wait_for
 from tests.harness.embedded_aegis import EmbeddedAegis
 from tests.harness.emulator_page import EmulatorPage
@@ -79,7 +79,7 @@ class Incident:
         with self.store.session() as session:
             found = svc.find_by_channel(session, self.channel_id)
             assert found is not None
-            self.id = found.id or 0
+            self.id = require_id(found)
         return self.page.ephemeral_text(user)
 
     def state(self) -> str:
@@ -133,7 +133,7 @@ def test_the_embedded_default_runs_the_demo_roster_and_key(plain_demo: EmbeddedA
     incident.click("U0DB", "aegis_approve", str(first.id))
     incident.wait_state("recovering")
     with incident.store.session() as session:
-        votes = svc.approvals(session, svc.get_step(session, first.id or 0))
+        votes = svc.approvals(session, svc.get_step(session, require_id(first)))
     assert [(v.user_id, tuple(v.roles or ())) for v in votes] == [("U0DB", ("database_lead",))]
 
     # /aegis backup list answers the demo's roles (an empty catalog), and refuses someone not rostered

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from statemachines.models import require_id
 from tests.harness.cli_workspace import (
     SERVER_AEGIS,
     flip_byte,
@@ -336,8 +337,8 @@ def test_a_drill_killed_mid_run_leaves_scratch_that_the_next_start_removes_then_
     emulator.bot_url = bot.url
     bot.start()
     try:
-        wait_for(lambda: (runs.get(store, run.id or 0) or run).cleaned_at, timeout=60, what="the sweep at start")
-        swept = runs.get(store, run.id or 0)
+        wait_for(lambda: (runs.get(store, require_id(run)) or run).cleaned_at, timeout=60, what="the sweep at start")
+        swept = runs.get(store, require_id(run))
         assert swept is not None and swept.status == "interrupted"
         assert not _port_open(port) and not data_dir.exists()
         assert not Path(str(swept.scratch[0]["path"])).exists()

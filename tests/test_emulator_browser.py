@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from statemachines import service as svc
+from statemachines.models import require_id
 from tests.harness.embedded_aegis import EmbeddedAegis
 from tests.harness.team import ROSTER
 
@@ -115,7 +116,7 @@ def incident_steps(bot: EmbeddedAegis, channel_id: str) -> tuple[int, list[Any]]
     with bot.store().session() as session:
         incident = svc.find_by_channel(session, channel_id)
         assert incident is not None
-        return incident.id or 0, svc.current_steps(session, incident.id or 0)
+        return require_id(incident), svc.current_steps(session, require_id(incident))
 
 
 def incident_state(bot: EmbeddedAegis, incident_id: int) -> str:

@@ -19,7 +19,7 @@ from recovery.actions.verify import VerifyRecovery
 from recovery.engine import Engine
 from recovery.health import HealthSpec
 from statemachines import service as svc
-from statemachines.models import Approval, LedgerEntry, PlanStep, utcnow
+from statemachines.models import Approval, LedgerEntry, PlanStep, require_id, utcnow
 from statemachines.service import StepSpec
 from statemachines.store import Store
 
@@ -64,13 +64,13 @@ def setup(tmp_path: Path, listening: str) -> tuple[Store, Engine, Recorder, int,
     with store.session() as session:
         incident = svc.declare(session, scenario="database_failure", severity="high", summary="x",
                                declared_by="U1", locale="en", stakeholder_channel=None)
-        svc.replace_plan(session, incident_id=incident.id or 0, strategy="failover", specs=[
+        svc.replace_plan(session, incident_id=require_id(incident), strategy="failover", specs=[
             StepSpec(title="hook", action="hook", risk="high", approver_roles=["database_lead"]),
             StepSpec(title="check", action="verify", approvals_required=0),
         ])
         for trigger in ("assemble", "assess", "start_recovery"):
-            svc.transition(session, incident_id=incident.id or 0, trigger=trigger, actor="U1")
-    return store, engine, recorder, incident.id or 0, count
+            svc.transition(session, incident_id=require_id(incident), trigger=trigger, actor="U1")
+    return store, engine, recorder, require_id(incident), count
 
 
 def _approve(store: Store, step_id: int, expires_in: timedelta) -> None:
@@ -87,7 +87,7 @@ def test_runs_in_order_and_verifies(setup: tuple[Store, Engine, Recorder, int, P
     assert not count.exists()
     with store.session() as session:
         first, second = svc.current_steps(session, incident_id)
-    _approve(store, first.id or 0, timedelta(minutes=5))
+    _approve(store, require_id(first), timedelta(minutes=5))
     engine.advance(incident_id)
     assert count.read_text().count("x") == 1
     with store.session() as session:
@@ -102,13 +102,13 @@ def test_expired_approval_is_asked_for_again(setup: tuple[Store, Engine, Recorde
     store, engine, recorder, incident_id, count = setup
     with store.session() as session:
         first = svc.current_steps(session, incident_id)[0]
-    _approve(store, first.id or 0, timedelta(minutes=5))
+    _approve(store, require_id(first), timedelta(minutes=5))
     with store.session() as session:
         session.execute(update(Approval).values(expires_at=utcnow() - timedelta(seconds=1)))
     engine.advance(incident_id)
     assert not count.exists()
     with store.session() as session:
-        step = svc.get_step(session, first.id or 0)
+        step = svc.get_step(session, require_id(first))
     assert (step.status, step.attempt) == ("awaiting_approval", 2)
     assert (first.id, "expired") in recorder.events
 
@@ -121,12 +121,12 @@ def test_lapsed_lease_destructive_waits_readonly_reruns(setup: tuple[Store, Engi
         for step in (first, second):
             if step.status == "awaiting_approval":
                 svc.move_step(session, step=step, to="approved")
-                step = svc.get_step(session, step.id or 0)
+                step = svc.get_step(session, require_id(step))
             svc.ledger_start(session, step=step, owner="ghost", lease=timedelta(seconds=-1))
     touched = engine.resume_interrupted()
     assert touched == [incident_id, incident_id]
     with store.session() as session:
-        hook_step, check_step = (svc.get_step(session, first.id or 0), svc.get_step(session, second.id or 0))
+        hook_step, check_step = (svc.get_step(session, require_id(first)), svc.get_step(session, require_id(second)))
         entries = session.exec(select(LedgerEntry)).all()
     assert (hook_step.status, hook_step.attempt) == ("awaiting_approval", 2)   # destructive, no probe
     assert (check_step.status, check_step.attempt) == ("pending", 2)          # read-only: may run again

@@ -22,7 +22,7 @@ from recovery.actions.verify import IntegrityQuery, PostgresVerification, Verify
 from recovery.engine import rpo_from_promotion
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
-from statemachines.models import utcnow
+from statemachines.models import require_id, utcnow
 from statemachines.service import StepSpec
 from statemachines.store import Store
 from tests.harness.aegis_process import wait_for
@@ -58,8 +58,8 @@ def approve_until_verification(harness: Harness) -> Any:
     for step in harness.steps():
         if step.action == "verify":
             return step
-        harness.flows.approve(user_id=users.get((step.approver_roles or ["x"])[0], "U0IC"), step_id=step.id or 0)
-        harness.wait_step(step.id or 0, "succeeded")
+        harness.flows.approve(user_id=users.get((step.approver_roles or ["x"])[0], "U0IC"), step_id=require_id(step))
+        harness.wait_step(require_id(step), "succeeded")
     raise AssertionError("the plan has no verification step")
 
 
@@ -91,7 +91,7 @@ def test_verified_on_evidence_each_check_with_its_observed_value(
         harness.walk_to_assessed()
         verify = approve_until_verification(harness)
         harness.wait_state("verified")
-        evidence = harness.step(verify.id or 0).evidence or []
+        evidence = harness.step(require_id(verify)).evidence or []
         by_check = {e["check"]: e for e in evidence}
         assert by_check["pg-main role (pg_is_in_recovery)"]["observed"] == "primary (false)"
         assert by_check["pg-main accepts writes"]["observed"].startswith("committed transaction ")
@@ -145,7 +145,7 @@ def test_a_failed_check_is_recorded_with_its_value_and_sends_the_incident_back(
         harness.walk_to_assessed()
         verify = approve_until_verification(harness)
         wait_for(lambda: harness.incident().plan_revision == 2, what="a new plan after the failed verification")
-        (failed,) = harness.step(verify.id or 0).evidence or []
+        (failed,) = harness.step(require_id(verify)).evidence or []
         assert failed["check"] == "billing (TCP)" and failed["ok"] is False
         assert "unreachable" in failed["observed"]
         assert harness.incident().state == "assessed" and harness.incident().verified_at is None
@@ -160,7 +160,7 @@ def test_manual_verification_by_an_authorised_responder_with_the_evidence(
     try:
         harness.walk_to_assessed()
         verify = approve_until_verification(harness)
-        harness.wait_step(verify.id or 0, "awaiting_verification")
+        harness.wait_step(require_id(verify), "awaiting_verification")
         assert harness.incident().state == "recovering"          # not verified on nothing
         chan = harness.incident().channel_id or ""
         request = wait_for(lambda: message_with_button(channel_by_id(emulator.state, chan), block_kit.VERIFY_MANUAL,
@@ -168,19 +168,19 @@ def test_manual_verification_by_an_authorised_responder_with_the_evidence(
         assert "no automated check" in all_text(request)
 
         # the communication manager approves nothing in this plan: may not state the evidence
-        assert outcome_of(lambda: harness.flows.verify_modal(user_id="U0COMM", step_id=verify.id or 0)) \
+        assert outcome_of(lambda: harness.flows.verify_modal(user_id="U0COMM", step_id=require_id(verify))) \
             == "not_allowed_to_verify"
-        assert outcome_of(lambda: harness.flows.verify_manually(user_id="U0COMM", step_id=verify.id or 0,
+        assert outcome_of(lambda: harness.flows.verify_manually(user_id="U0COMM", step_id=require_id(verify),
                                                                 evidence="looks fine")) == "not_allowed_to_verify"
-        assert outcome_of(lambda: harness.flows.verify_manually(user_id="U0DB", step_id=verify.id or 0,
+        assert outcome_of(lambda: harness.flows.verify_manually(user_id="U0DB", step_id=require_id(verify),
                                                                 evidence="   ")) == "evidence_required"
-        modal = harness.flows.verify_modal(user_id="U0DB", step_id=verify.id or 0)
+        modal = harness.flows.verify_modal(user_id="U0DB", step_id=require_id(verify))
         assert modal["callback_id"] == block_kit.VERIFY_CALLBACK and modal["private_metadata"] == str(verify.id)
 
-        harness.flows.verify_manually(user_id="U0DB", step_id=verify.id or 0,
+        harness.flows.verify_manually(user_id="U0DB", step_id=require_id(verify),
                                       evidence="placed test order 991; orders table has today's rows")
         harness.wait_state("verified")
-        (stated,) = harness.step(verify.id or 0).evidence or []
+        (stated,) = harness.step(require_id(verify)).evidence or []
         assert (stated["by"], stated["observed"]) == ("U0DB", "placed test order 991; orders table has today's rows")
         assert any(e.kind == "verification" and e.actor == "U0DB" for e in harness.events())
         report = close(harness)
@@ -198,7 +198,7 @@ def test_rto_is_met_only_for_an_incident_verified_with_evidence(
         with sqlite_store.session() as session:
             incident = svc.declare(session, scenario="database_failure", severity="high", summary="x",
                                    declared_by="U0IC", locale="en", stakeholder_channel=None)
-            incident_id = incident.id or 0
+            incident_id = require_id(incident)
             svc.replace_plan(session, incident_id=incident_id, strategy="failover", specs=[
                 StepSpec(title="verify", action="verify", approvals_required=0)])
             for trigger in ("assemble", "assess", "start_recovery"):

@@ -29,7 +29,7 @@ from recovery.engine import Engine
 from recovery.health import HealthSpec
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
-from statemachines.models import LedgerEntry, PlanStep, utcnow
+from statemachines.models import LedgerEntry, PlanStep, require_id, utcnow
 from statemachines.service import StepSpec
 from statemachines.store import Store
 from tests.harness.aegis_process import wait_for
@@ -60,9 +60,9 @@ def test_reject_step_1_and_approve_step_2_at_once_never_strand_the_incident(
         results: dict[str, str] = {}
         at_once(
             lambda: results.__setitem__("reject", outcome_of(lambda: harness.flows.reject(
-                user_id="U0DB", step_id=first.id or 0, reason="wrong server"))),
+                user_id="U0DB", step_id=require_id(first), reason="wrong server"))),
             lambda: results.__setitem__("approve", outcome_of(lambda: harness.flows.approve(
-                user_id="U0DB", step_id=second.id or 0))),
+                user_id="U0DB", step_id=require_id(second)))),
         )
         assert results["reject"] == "accepted", results
         # the approval either came first (and the rejection then sent the incident back), or it
@@ -70,7 +70,7 @@ def test_reject_step_1_and_approve_step_2_at_once_never_strand_the_incident(
         assert results["approve"] in ("accepted", "plan_rejected", "plan_replaced"), results
         harness.wait_state("assessed")
         wait_for(lambda: harness.incident().plan_revision == 2, what="the new plan after the rejection")
-        assert harness.step(first.id or 0).status == "rejected"
+        assert harness.step(require_id(first)).status == "rejected"
         assert any(s.status == "awaiting_approval" for s in harness.steps()), "no button left on the new plan"
         with store.session() as session:
             votes = [a for a in svc.all_approvals(session, harness.incident_id) if a.step_id == second.id]
@@ -86,10 +86,10 @@ def test_an_approval_right_after_a_rejection_is_refused_with_the_reason(
     try:
         harness.walk_to_assessed()
         first, second = harness.steps()[:2]
-        harness.flows.reject(user_id="U0DB", step_id=first.id or 0, reason="wrong server")
-        refused = outcome_of(lambda: harness.flows.approve(user_id="U0DB", step_id=second.id or 0))
+        harness.flows.reject(user_id="U0DB", step_id=require_id(first), reason="wrong server")
+        refused = outcome_of(lambda: harness.flows.approve(user_id="U0DB", step_id=require_id(second)))
         assert refused in ("plan_rejected", "plan_replaced")
-        assert harness.step(second.id or 0).status in ("awaiting_approval", "skipped")
+        assert harness.step(require_id(second)).status in ("awaiting_approval", "skipped")
         wait_for(lambda: harness.incident().plan_revision == 2, what="the new plan")
         assert harness.incident().state == "assessed"
     finally:
@@ -130,29 +130,30 @@ def test_abort_of_an_earlier_retried_step_is_refused_while_a_later_step_runs(
         harness.walk_to_assessed()
         fence, restore, start = harness.steps()[:3]
         assert (fence.action, restore.action, start.action) == ("hook", "manual", "hook")
-        harness.flows.approve(user_id="U0DB", step_id=fence.id or 0)
-        harness.wait_step(fence.id or 0, "failed")
-        harness.flows.retry(user_id="U0DB", step_id=fence.id or 0)
-        harness.wait_step(fence.id or 0, "succeeded")
-        harness.flows.approve(user_id="U0DB", step_id=restore.id or 0)
-        harness.wait_step(restore.id or 0, "succeeded")
-        harness.flows.approve(user_id="U0APP", step_id=start.id or 0)
+        harness.flows.approve(user_id="U0DB", step_id=require_id(fence))
+        harness.wait_step(require_id(fence), "failed")
+        harness.flows.retry(user_id="U0DB", step_id=require_id(fence))
+        harness.wait_step(require_id(fence), "succeeded")
+        harness.flows.approve(user_id="U0DB", step_id=require_id(restore))
+        harness.wait_step(require_id(restore), "succeeded")
+        harness.flows.approve(user_id="U0APP", step_id=require_id(start))
         wait_for(lambda: (tmp_path / "start.running").exists(), what="the start_services hook to run")
-        harness.wait_step(start.id or 0, "running")
+        harness.wait_step(require_id(start), "running")
 
         # the Abort button of step 1's failure is still in the channel: pressing it now is refused
-        assert outcome_of(lambda: harness.flows.abort(user_id="U0DB", step_id=fence.id or 0)) == "abort_not_current"
+        assert outcome_of(lambda: harness.flows.abort(user_id="U0DB", step_id=require_id(fence))) == "abort_not_current"
         # and Abort on the running step is no abort either
-        assert outcome_of(lambda: harness.flows.abort(user_id="U0APP", step_id=start.id or 0)) == "abort_not_current"
+        assert outcome_of(lambda: harness.flows.abort(user_id="U0APP", step_id=require_id(start))) \
+            == "abort_not_current"
         assert harness.incident().state == "recovering"
-        assert harness.step(start.id or 0).status == "running"
+        assert harness.step(require_id(start)).status == "running"
         # a Reject meanwhile would re-plan under the running hook: refused too
         verify = harness.steps()[3]
-        assert outcome_of(lambda: harness.flows.reject(user_id="U0IC", step_id=verify.id or 0,
+        assert outcome_of(lambda: harness.flows.reject(user_id="U0IC", step_id=require_id(verify),
                                                        reason="x")) == "step_running"
 
         (tmp_path / "start.release").touch()
-        harness.wait_step(start.id or 0, "succeeded")
+        harness.wait_step(require_id(start), "succeeded")
         assert harness.incident().state == "recovering" and harness.incident().plan_revision == 1
         assert not [e for e in harness.events() if e.kind == "transition" and e.dest_state == "assessed"
                     and e.source_state == "recovering"]
@@ -225,7 +226,7 @@ def _recovering_incident(store: Store) -> tuple[int, int]:
     with store.session() as session:
         incident = svc.declare(session, scenario="database_failure", severity="high", summary="x",
                                declared_by="U0IC", locale="en", stakeholder_channel=None)
-        incident_id = incident.id or 0
+        incident_id = require_id(incident)
         svc.replace_plan(session, incident_id=incident_id, strategy="failover", specs=[
             StepSpec(title="fence", action="hook", risk="high", approver_roles=["database_lead"]),
             StepSpec(title="verify", action="verify", approvals_required=0),
@@ -236,7 +237,7 @@ def _recovering_incident(store: Store) -> tuple[int, int]:
         svc.record_vote(session, step=hook, user_id="U0DB", decision="approve", roles_used=["database_lead"],
                         expires_in=None)
         svc.move_step(session, step=hook, to="approved", from_statuses=("awaiting_approval",))
-    return incident_id, hook.id or 0
+    return incident_id, require_id(hook)
 
 
 def _hook_runs(tmp_path: Path) -> int:
@@ -351,8 +352,8 @@ def test_an_unlisted_security_lead_cannot_be_claimed_to_pass_the_two_person_rule
         restore = next(s for s in harness.steps() if s.approvals_required == 2)
         # the database lead and the commander together still are not "one of them the security lead"
         for user in ("U0DB", "U0IC"):
-            outcome_of(lambda u=user: harness.flows.approve(user_id=u, step_id=restore.id or 0))
-        assert harness.step(restore.id or 0).status == "awaiting_approval"
+            outcome_of(lambda u=user: harness.flows.approve(user_id=u, step_id=require_id(restore)))
+        assert harness.step(require_id(restore)).status == "awaiting_approval"
     finally:
         harness.stop()
         store.dispose()

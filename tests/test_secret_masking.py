@@ -27,6 +27,7 @@ from bot.slack.gateway import SlackGateway
 from recovery.redact import MASK, forget_secrets, redact, redact_data, register_secrets
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
+from statemachines.models import require_id
 from tests.harness.aegis_process import BOT_TOKEN, SIGNING_SECRET, AegisProcess, wait_for
 from tests.harness.pgcluster import free_port
 from tests.harness.slack_reading import channel_by_id
@@ -229,7 +230,8 @@ def test_declared_secrets_reach_no_slack_call_database_or_log(
         wait_for(lambda: f"authenticated as {MASK}" in json.dumps(emulator.state.calls()),
                  what="the webhook's masked answer in a Slack call")
         with walk.store.session() as session:
-            outputs = json.dumps([e.output for s in (fence, start) for e in svc.ledger_for_step(session, s.id or 0)])
+            outputs = json.dumps([e.output for s in (fence, start)
+                                  for e in svc.ledger_for_step(session, require_id(s))])
         assert f"fencing with password {MASK}" in outputs and f"authenticated as {MASK}" in outputs
         assert f"backup key in use: {MASK}" in outputs
     finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from statemachines import service as svc
+from statemachines.models import require_id
 from tests.harness.aegis_process import SIGNING_SECRET, AegisProcess, wait_for
 from tests.harness.pgcluster import free_port
 from tests.harness.signing import post, sign, slash_body
@@ -50,7 +51,7 @@ def test_commands_are_acked_and_recorded_while_the_slack_api_is_down(bot_without
                             what="the declared incident")
         assert incident.summary == "primary unreachable during a Slack outage" and incident.state == "detected"
         # what could not be told is on the timeline, to be seen once Slack answers again
-        errors = wait_for(lambda: read(lambda s: [e for e in svc.timeline(s, incident.id or 0)
+        errors = wait_for(lambda: read(lambda s: [e for e in svc.timeline(s, require_id(incident))
                                                   if e.kind == "slack_error"]),
                           timeout=60, what="a recorded Slack error")
         assert "channel" in errors[0].text

@@ -12,6 +12,7 @@ from sqlalchemy import inspect
 from statemachines import policy
 from statemachines import service as svc
 from statemachines.machine import STATES, IllegalTransition, next_state, triggers_from
+from statemachines.models import require_id
 from statemachines.service import StaleVersion, StepSpec
 from statemachines.store import Store
 
@@ -25,8 +26,9 @@ def store(tmp_path: Path) -> Store:
 
 def _declare(store: Store) -> int:
     with store.session() as session:
-        return svc.declare(session, scenario="database_failure", severity="critical", summary="db down",
-                           declared_by="U1", locale="en", stakeholder_channel="C0STAKE").id or 0
+        return require_id(svc.declare(session, scenario="database_failure", severity="critical",
+                                      summary="db down", declared_by="U1", locale="en",
+                                      stakeholder_channel="C0STAKE"))
 
 
 def test_happy_path_and_false_alarm_rules() -> None:
@@ -116,15 +118,15 @@ def test_votes_and_ledger_claims_are_unique(store: Store) -> None:
                                    expires_in=None)
         assert svc.move_step(session, step=step, to="approved", from_statuses=("awaiting_approval",))
     with store.session() as session:
-        step = svc.get_step(session, step.id or 0)
+        step = svc.get_step(session, require_id(step))
         first = svc.ledger_start(session, step=step, owner="a", lease=timedelta(seconds=30))
     with store.session() as session:
-        again = svc.ledger_start(session, step=svc.get_step(session, step.id or 0), owner="b",
+        again = svc.ledger_start(session, step=svc.get_step(session, require_id(step)), owner="b",
                                  lease=timedelta(seconds=30))
     assert first is not None and again is None
     with store.session() as session:
-        assert svc.get_step(session, step.id or 0).status == "running"
-        assert len(svc.ledger_for_step(session, step.id or 0)) == 1
+        assert svc.get_step(session, require_id(step)).status == "running"
+        assert len(svc.ledger_for_step(session, require_id(step))) == 1
 
 
 def test_new_plan_revision_supersedes_unfinished_steps(store: Store) -> None:

@@ -18,6 +18,7 @@ import pytest
 from bot.flows.incident import Refused
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
+from statemachines.models import require_id
 from statemachines.service import StepSpec
 from statemachines.store import Store
 from tests.harness.concurrency import at_once
@@ -45,9 +46,9 @@ def _incident_with_plan(store: Store) -> tuple[int, list[int]]:
     with store.session() as session:
         incident = svc.declare(session, scenario="database_failure", severity="high", summary="x",
                                declared_by="U1", locale="en", stakeholder_channel=None)
-        svc.replace_plan(session, incident_id=incident.id or 0, strategy="failover", specs=SPECS)
-        steps = [s.id or 0 for s in svc.current_steps(session, incident.id or 0)]
-    return incident.id or 0, steps
+        svc.replace_plan(session, incident_id=require_id(incident), strategy="failover", specs=SPECS)
+        steps = [require_id(s) for s in svc.current_steps(session, require_id(incident))]
+    return require_id(incident), steps
 
 
 def test_a_rolled_back_transaction_leaves_no_claim_vote_or_ledger_row(store: Store) -> None:
@@ -136,4 +137,4 @@ def test_two_steps_approved_at_once_both_count_and_leave_exactly_their_votes(
 def _two_manual_steps(harness: Harness) -> tuple[int, int]:
     harness.walk_to_assessed()
     steps = [s for s in harness.steps() if s.status == "awaiting_approval" and "database_lead" in s.approver_roles]
-    return steps[0].id or 0, steps[1].id or 0
+    return require_id(steps[0]), require_id(steps[1])

@@ -20,7 +20,7 @@ from bot.flows.incident import Flows, Refused
 from bot.slack.gateway import SlackGateway
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
-from statemachines.models import Incident, PlanStep
+from statemachines.models import Incident, PlanStep, require_id
 from statemachines.store import Store
 from tests.harness.aegis_process import BOT_TOKEN, wait_for
 from tests.harness.pgcluster import PgSingle
@@ -74,7 +74,7 @@ class Harness:
 
     def declare(self, scenario: str = "database_failure", summary: str = "primary is down") -> None:
         incident = self.flows.declare(user_id="U0IC", scenario=scenario, severity="critical", summary=summary)
-        self.incident_id = incident.id or 0
+        self.incident_id = require_id(incident)
         wait_for(lambda: self.incident().card_ts, what="the incident card")
 
     def walk_to_assessed(self, scenario: str = "database_failure") -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from slack_emulator.driver import SlackDriver
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
+from statemachines.models import require_id
 from tests.harness.aegis_process import AegisProcess, wait_for
 from tests.harness.slack_reading import channel, channel_by_id, message_with_button
 
@@ -33,7 +34,7 @@ class Walk:
         with self.store.session() as session:
             incident = svc.find_by_channel(session, self.channel_id)
             assert incident is not None
-            self.incident_id = incident.id or 0
+            self.incident_id = require_id(incident)
 
     def chan(self) -> dict[str, Any]:
         return channel_by_id(self.state, self.channel_id)
