@@ -28,8 +28,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.extras import missing_extras
-from recovery.planner import HOOK_NAMES
-from statemachines.vocabulary import ROLES, SCENARIOS
+from statemachines.vocabulary import HOOK_NAMES, ROLES, SCENARIOS
 
 TIERS = (1, 2, 3)                      # 1 recovers first (the plan's tier 1 services)
 DEFAULT_KEY_ENV = "AEGIS_BACKUP_KEY"

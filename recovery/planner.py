@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 from statemachines.service import StepSpec
 from statemachines.vocabulary import APPLICATION_LEAD, DATABASE_LEAD, INFRASTRUCTURE_LEAD, SECURITY_LEAD
+from statemachines.vocabulary import HOOK_NAMES as HOOK_NAMES  # re-exported: recovery.planner.HOOK_NAMES as before
 
 DB, INFRA, APP, SEC = DATABASE_LEAD, INFRASTRUCTURE_LEAD, APPLICATION_LEAD, SECURITY_LEAD
-# The site-specific steps a plan can hand to a configured hook; `hooks:` in the config may define
-# exactly these (bot/config.py rejects any other name, with the closest of these).
-HOOK_NAMES = ("fence_primary", "update_traffic", "activate_standby_environment", "start_services", "isolate_systems")
+# HOOK_NAMES (statemachines/vocabulary.py): the site-specific steps a plan can hand to a configured hook;
+# `hooks:` in the config may define exactly these (bot/config.py rejects any other name, with the closest).
 
 
 @dataclass(frozen=True)

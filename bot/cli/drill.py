@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from bot.cli.checks import OneLineParser
@@ -17,9 +18,26 @@ from bot.cli.common import setup
 if TYPE_CHECKING:   # the drills' stack is imported inside each command: the parser loads none of it
     from bot.slack.gateway import SlackGateway
 
-# The names recovery.drills.drills.DRILLS defines, here so that the parser need not import the drills
-# (tests/test_cli_startup.py checks that the two agree).
-DRILL_NAMES = ("backup_restore_test", "database_failover_test", "full_system_recovery_test")
+
+
+class _DrillNames:
+    """``recovery.drills.drills.DRILLS`` as argparse choices, imported only when argparse looks at them
+    (``aegis drill run NAME`` or its help), so that building the parser does not import the drills."""
+
+    @staticmethod
+    def _names() -> tuple[str, ...]:
+        from recovery.drills.drills import DRILLS
+
+        return DRILLS
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
 
 
 def _say(line: str) -> None:
@@ -75,7 +93,9 @@ def add_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     drill = sub.add_parser("drill", help="DR drills in an isolated scratch environment (D1, D2)")
     actions = drill.add_subparsers(dest="drill_command", required=True)
     run = actions.add_parser("run", help="run a drill now; exit 0 only when it passed")
-    run.add_argument("name", choices=DRILL_NAMES)
+    # metavar given: otherwise argparse iterates the choices while building the parser; %(choices)s is
+    # expanded only when the help is shown
+    run.add_argument("name", choices=_DrillNames(), metavar="NAME", help="the drill: %(choices)s")
     run.add_argument("--budget-minutes", type=float, help="backup_restore_test: stop starting restores after this")
     run.set_defaults(func=_run)
     listing = actions.add_parser("list", help="recent drills, newest first")

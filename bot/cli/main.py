@@ -263,8 +263,9 @@ def _failure(exc: Exception, error_exit: int) -> int:
         for problem in getattr(exc, "problems", [str(exc)]):
             fail(redact(problem), error_exit)
         return error_exit
-    if isinstance(exc, (CommandLineError, *loaded("bot.backup_wiring", "FRIENDLY_ERRORS"),
-                        *restore_cli.friendly_errors())):
+    if isinstance(exc, CommandLineError):   # first: the restore's classes below are imported to be named
+        return fail(redact(str(exc)), error_exit)
+    if isinstance(exc, (*loaded("bot.backup_wiring", "FRIENDLY_ERRORS"), *restore_cli.friendly_errors())):
         return fail(redact(str(exc)), error_exit)
     if isinstance(exc, restore_cli.refusals()):
         return fail(redact(str(exc)), 1)

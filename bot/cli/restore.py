@@ -17,7 +17,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from bot.cli.checks import OneLineParser, loaded
+from bot.cli.checks import OneLineParser
 from bot.cli.common import ProgressLine, setup
 
 # The restore stack (psycopg, sqlmodel, the crypto, the drivers) is imported inside each command, so that
@@ -171,19 +171,19 @@ def add_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
         parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
-# Exceptions that end a restore with one line, by the module defining them, looked up only once that module
-# is loaded (bot/cli/checks.loaded); tests/test_cli_startup.py checks that every name resolves.
-FRIENDLY_ERROR_NAMES = (("recovery.backup.catalog", "BackupNotFound"),)
-# Refusals that protect data (damaged backup, a target that is not empty): exit 1 with the reason.
-REFUSAL_NAMES = (("recovery.backup.restore.postgres", "RestoreError"),   # RestoreRefused is a RestoreError
-                 ("recovery.backup.errors", "DatabaseNotEmptyError"),
-                 ("recovery.backup.errors", "CollectionExistsError"))
+def friendly_errors() -> tuple[type[Exception], ...]:
+    """A restore asked for in a way that cannot work, or of a backup that does not exist: exit 2.
+
+    Imported here, on the error path only (by then the failing command has loaded them anyway).
+    """
+    from recovery.backup.catalog import BackupNotFound
+
+    return (RestoreUsageError, BackupNotFound)
 
 
-def friendly_errors() -> tuple[type[BaseException], ...]:
-    """A restore asked for in a way that cannot work, or of a backup that does not exist: exit 2."""
-    return (RestoreUsageError, *(cls for name in FRIENDLY_ERROR_NAMES for cls in loaded(*name)))
+def refusals() -> tuple[type[Exception], ...]:
+    """Refusals that protect data (damaged backup, a target that is not empty): exit 1 with the reason."""
+    from recovery.backup.errors import CollectionExistsError, DatabaseNotEmptyError
+    from recovery.backup.restore.postgres import RestoreError  # RestoreRefused is a RestoreError
 
-
-def refusals() -> tuple[type[BaseException], ...]:
-    return tuple(cls for name in REFUSAL_NAMES for cls in loaded(*name))
+    return (RestoreError, DatabaseNotEmptyError, CollectionExistsError)
