@@ -6,8 +6,9 @@ the request thread *before* it acks — a few milliseconds of SQL inside Slack's
 a crash right after the HTTP 200 cannot lose the vote or the claim. The decision's transaction wrote
 what must be told as outbox rows (bot/slack/outbox.py delivers them), and its follow-ups (assessment, the
 engine) are found again from durable state by the sweeper. No Web API call runs before the ack: the
-clicker's ephemeral answer (``respond()``, or ``chat.postEphemeral`` for a form) and the forms'
-``views.open`` run after it on a small interaction pool, as do read-only commands (status, list).
+clicker's ephemeral answer (``respond()``, or ``chat.postEphemeral`` for a form) is rendered and sent
+by one reply thread (bot/slack/replies.py); the forms' ``views.open`` and read-only commands (status,
+list) run after the ack on a small interaction pool.
 Requests reach Bolt only through the front door (bot/slack/server.py), which has checked the signature on
 the raw bytes and parsed the body. All errors end in one place, ``answer_for``: a ``Refused``
 becomes an ephemeral explanation, an unexpected exception an ephemeral "nothing was changed,
@@ -42,6 +43,7 @@ from bot.slack import commands
 from bot.slack.backup_desk import BackupDesk
 from bot.slack.drill_desk import DrillDesk
 from bot.slack.gateway import SlackCallFailed
+from bot.slack.replies import ReplySender
 from messages.blocks import kit as block_kit
 from messages.blocks import modals as modal_blocks
 from messages.views import Message
@@ -130,6 +132,8 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     # Two threads: enough to keep up with people clicking, few enough that acks keep the CPU they need.
     # Bounded: past the queue, new user work is refused ("busy") rather than piling up (bot/bounded.py).
     interactions = BoundedPool(2, queue_limit(100), thread_name_prefix="aegis-interaction")
+    # the answers of committed decisions: never on a request thread, never refused (bot/slack/replies.py)
+    replies = ReplySender()
     busy = block_kit.refusal("busy", locale)
 
     def later(respond: Respond | None, work: Callable[[], None]) -> None:
@@ -175,15 +179,8 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         return modal_blocks.declared_ack(key, locale, scenario=scenario, invited=invited)
 
     def reply_later(respond: Respond | None, answer: Callable[[], Message | None]) -> None:
-        """Send a decision's answer after the ack; when the pool is full, right here (it is committed)."""
-        def send() -> None:
-            message = answer()
-            if message is not None:
-                _ephemeral(respond, message)
-        try:
-            later(respond, send)
-        except Busy:
-            guarded(respond, send)
+        """Render and send a committed decision's answer after the ack, on the reply thread."""
+        replies.send(lambda message: _ephemeral(respond, message), answer)
 
     def private_reply(user: str, channel: str | None) -> Respond:
         """A ``respond`` for view submissions (which have no response URL): an ephemeral in ``channel``,
