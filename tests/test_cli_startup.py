@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,11 @@ def imported(stderr: str) -> set[str]:
 
 def top_level(names: set[str]) -> set[str]:
     return {name.split(".")[0] for name in names}
+
+
+def revision_of(database: Path) -> list[tuple[str]]:
+    with closing(sqlite3.connect(database)) as conn:   # closed: the tests look at the -wal file too
+        return list(conn.execute("SELECT version_num FROM alembic_version"))
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -132,17 +138,17 @@ def test_a_store_behind_is_refused_in_one_line_until_migrated(tmp_path: Path) ->
     fetch = aegis(tmp_path, "wal", "fetch", SEGMENT, str(tmp_path / "out"))
     assert fetch.returncode == 255, fetch.stderr   # recovery stops; "absent" (1) would end it and promote
     assert "`aegis migrate`" in fetch.stderr
-    with sqlite3.connect(tmp_path / "aegis.db") as conn:   # the check changed nothing
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007",)]
+    assert revision_of(tmp_path / "aegis.db") == [("0007",)]   # the check changed nothing
 
     assert aegis(tmp_path, "migrate").returncode == 0
+    assert not (tmp_path / "aegis.db-wal").exists()   # closed before the fast exit (no files left to others)
     after = aegis(tmp_path, "backup", "list")
     assert after.returncode == 0 and "no backups yet" in after.stdout, after.stderr
 
 
 def test_a_store_newer_than_this_code_is_refused(tmp_path: Path) -> None:
     assert aegis(tmp_path, "migrate").returncode == 0
-    with sqlite3.connect(tmp_path / "aegis.db") as conn:
+    with closing(sqlite3.connect(tmp_path / "aegis.db")) as conn, conn:
         conn.execute("UPDATE alembic_version SET version_num = 'f00d'")
     result = aegis(tmp_path, "--log-level", "WARNING", "backup", "list")
     assert result.returncode == 2
@@ -155,8 +161,7 @@ def test_a_fresh_sqlite_store_is_created_a_fresh_postgresql_store_refused(tmp_pa
     head, _known = migration_revisions()
     fresh = aegis(tmp_path, "backup", "list")
     assert fresh.returncode == 0 and "no backups yet" in fresh.stdout, fresh.stderr
-    with sqlite3.connect(tmp_path / "aegis.db") as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
+    assert revision_of(tmp_path / "aegis.db") == [(head,)]
 
     url = pg_url(pg_single, "postgres")
     refused = aegis(tmp_path, "--log-level", "WARNING", "backup", "list", AEGIS_DATABASE_URL=url)

@@ -131,7 +131,12 @@ def _migrate(_args: argparse.Namespace) -> int:
 
     check_database_url(database_url())
     store = Store()
-    store.migrate()
+    try:
+        store.migrate()
+    finally:
+        # closed before the fast exit: a SQLite connection left open keeps its -wal/-shm files, owned by
+        # whoever migrated, and the server's OS user (archive_command) could then not write the catalog
+        store.dispose()
     print("schema is up to date")
     return 0
 
