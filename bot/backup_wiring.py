@@ -1,7 +1,9 @@
-"""Config → what backups work with: storage targets, the key, the sources, the runner, the retention policy.
+"""Config → what backups work with: the repository (store + storage targets + key), the sources, the
+runner, the retention policy.
 
-Shared by the CLI (bot/cli/backup.py, restore.py, wal.py), the Slack desk and the scheduled jobs,
-so none of them imports another's module for it.
+The one place a ``recovery.backup.repository.Repository`` is built from the config
+(``repository_from``). Shared by the CLI (bot/cli/backup.py, restore.py, wal.py), the Slack desk,
+the backup service and jobs, and the drills, so none of them imports another's module for it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from recovery.backup.catalog import (
     NEO4J_KIND,
     WAL_KIND,
 )
+from recovery.backup.repository import Repository
 from recovery.backup.retention import RetentionPolicy
 from recovery.backup.runner import BackupRunner, Neo4jSource, Progress, Sources
 from recovery.backup.storage.base import Target, target_from_config
@@ -58,8 +61,13 @@ def sources_from(config: Config) -> Sources:
                    milvus_uri=milvus.uri if milvus else None)
 
 
+def repository_from(config: Config, store: Store) -> Repository:
+    """What a backup, restore, verify, prune or WAL command works with."""
+    return Repository(store, targets_from(config), key_from(config))
+
+
 def runner_from(config: Config, store: Store, progress: Progress | None = None) -> BackupRunner:
-    return BackupRunner(store, targets_from(config), key_from(config), sources_from(config), progress=progress)
+    return BackupRunner.on(repository_from(config, store), sources_from(config), progress)
 
 
 def retention_policy(config: Config) -> RetentionPolicy:

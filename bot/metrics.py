@@ -44,9 +44,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from recovery.backup.catalog import WAL_KIND
+from recovery.backup.catalog import newest_archived_at
 from recovery.reporting.figures import backup_status, drill_figures
-from statemachines.models import BackupRecord, Incident, LedgerEntry, MonitorCondition, MonitorSample
+from statemachines.models import Incident, LedgerEntry, MonitorCondition, MonitorSample
 from statemachines.store import Store
 
 log = logging.getLogger("aegis.metrics")
@@ -119,9 +119,7 @@ class AegisCollector(Collector):
                                   ("never", entry.never_tested)):
                 tests.add_metric([entry.component, result], count)
         yield from (last, size, tests)
-        with self.store.session() as session:
-            archived = session.exec(select(func.max(BackupRecord.finished_at))
-                                    .where(BackupRecord.kind == WAL_KIND, BackupRecord.status == "ok")).first()
+        archived = newest_archived_at(self.store)
         wal = GaugeMetricFamily("aegis_wal_archive_last_success_timestamp_seconds",
                                 "When the newest WAL segment was archived (catalog)")
         lag = GaugeMetricFamily("aegis_wal_archive_lag_seconds", "Seconds since the newest WAL segment was archived")

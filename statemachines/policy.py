@@ -102,3 +102,23 @@ def may_run_drill(user_id: str, *, roster: dict[str, list[str]]) -> Decision:
     """Only users the roster lists for one of ``DRILL_ROLES``; with an empty roster nobody (from Slack)."""
     mine = tuple(role for role in DRILL_ROLES if user_id in roster.get(role, []))
     return Decision(bool(mine), "drill_not_allowed", mine)
+
+
+# --- backup commands (``/aegis backup run|list|verify``) -------------------------------------------
+
+#: who may start a backup (``/aegis backup run``): it loads the primary and the network
+BACKUP_RUN_ROLES = (COMMANDER, DATABASE_LEAD, INFRASTRUCTURE_LEAD)
+
+
+def may_run_backup(user_id: str, *, roster: dict[str, list[str]]) -> Decision:
+    """Only users the roster lists for one of ``BACKUP_RUN_ROLES``; with an empty roster nobody (from
+    Slack: the CLI on the bot's host still works — a bot anyone in the workspace can drive to load the
+    production database is not a safe default)."""
+    mine = tuple(role for role in BACKUP_RUN_ROLES if user_id in roster.get(role, []))
+    return Decision(bool(mine), "backup_run_not_allowed", mine)
+
+
+def may_read_backups(user_id: str, *, roster: dict[str, list[str]]) -> Decision:
+    """``backup list`` and ``backup verify`` change nothing: anyone the roster lists, under any role."""
+    mine = tuple(role for role, users in roster.items() if user_id in users)
+    return Decision(bool(mine), "backup_read_not_allowed", mine)

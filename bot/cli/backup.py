@@ -46,11 +46,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from bot.backup_wiring import retention_policy, targets_from
+    from bot.backup_wiring import repository_from, retention_policy
     from recovery.backup.retention import prune
 
     config, store = setup(args)
-    report = prune(store, targets_from(config), retention_policy(config), dry_run=args.dry_run)
+    repo = repository_from(config, store)
+    report = prune(repo.store, repo.targets, retention_policy(config), dry_run=args.dry_run)
     verb = "would delete" if report.dry_run else "deleted"
     for name in report.deleted:
         print(f"{verb} {name}")
@@ -64,17 +65,10 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from sqlmodel import col, select
-
-    from recovery.backup.catalog import SUPPORTING_KINDS
-    from statemachines.models import BackupRecord
+    from recovery.backup.catalog import listing
 
     _config, store = setup(args)
-    with store.session() as session:
-        query = select(BackupRecord)
-        if not args.wal:  # one row per WAL segment (and per manifest) would bury the backups
-            query = query.where(col(BackupRecord.kind).not_in(SUPPORTING_KINDS))
-        rows = list(session.exec(query.order_by(col(BackupRecord.id).desc()).limit(args.limit)))
+    rows = listing(store, limit=args.limit, include_deleted=args.all, include_supporting=args.wal)
     for row in rows:
         print(describe(row))
     if not rows:
@@ -83,7 +77,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from bot.backup_wiring import key_from, targets_from
+    from bot.backup_wiring import repository_from
     from recovery.backup.catalog import previous_good, records_for
     from recovery.backup.verify import verify
 
@@ -92,7 +86,7 @@ def _verify(args: argparse.Namespace) -> int:
     if not records:
         print(f"no backup {args.id!r}: see `aegis backup list`", file=sys.stderr)
         return 2
-    checks = verify(store, args.id, targets_from(config), key_from(config), deep=args.deep)
+    checks = verify(repository_from(config, store), args.id, deep=args.deep)
     failed = False
     for record, check in zip(records, checks, strict=True):
         state = "ok" if check.ok else "FAILED"
@@ -115,10 +109,11 @@ def add_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     run.add_argument("--incremental", action="store_true", help="the daily PostgreSQL slot (full on PostgreSQL < 17)")
     run.add_argument("--quiet", action="store_true", help="no progress line")
     run.set_defaults(func=_run)
-    listing = actions.add_parser("list", help="the catalog, newest first")
-    listing.add_argument("--limit", type=int, default=50)
-    listing.add_argument("--wal", action="store_true", help="include archived WAL segments and manifests")
-    listing.set_defaults(func=_list)
+    lister = actions.add_parser("list", help="the catalog, newest first (pruned backups hidden)")
+    lister.add_argument("--limit", type=int, default=50)
+    lister.add_argument("--wal", action="store_true", help="include archived WAL segments and manifests")
+    lister.add_argument("--all", action="store_true", help="include pruned (deleted) backups")
+    lister.set_defaults(func=_list)
     check = actions.add_parser("verify", help="check existence and size everywhere, re-read one copy")
     check.add_argument("id", help="a run id (backup_YYYYMMDD_HHMMSS) or an object name")
     check.add_argument("--deep", action="store_true", help="re-read every copy, not just one")

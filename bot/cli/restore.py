@@ -55,14 +55,13 @@ def _postgres(args: argparse.Namespace) -> int:
     from recovery.backup.catalog import POSTGRES_BASE_KINDS
     from recovery.backup.catalog import choose as choose_backup
     from recovery.backup.restore.from_catalog import restore_postgres
-    from recovery.backup.verify import verified_copy
     from recovery.backup.wal.archive import TargetWalStore
 
     target_time = _target_time(args.target_time)
     config, store = setup(args)
     runner = runner_from(config, store)
     [record] = choose_backup(store, POSTGRES_BASE_KINDS, args.id)[:1]
-    copy = verified_copy(store, record, runner.targets, runner.key)
+    copy = runner.repository.verified_copy(record)
     data_dir = Path(args.data_dir).absolute()
     port = args.port or _free_port()
     socket_dir = Path(args.socket_dir).absolute() if args.socket_dir else data_dir.with_name(data_dir.name + ".sock")
@@ -84,11 +83,11 @@ def _postgres(args: argparse.Namespace) -> int:
 def _neo4j(args: argparse.Namespace) -> int:
     from neo4j import GraphDatabase
 
-    from bot.backup_wiring import key_from, sources_from, targets_from
+    from bot.backup_wiring import repository_from, sources_from
+    from recovery.backup.catalog import NEO4J_KIND
     from recovery.backup.catalog import choose as choose_backup
     from recovery.backup.restore.from_catalog import restore_neo4j
     from recovery.backup.runner import Neo4jSource
-    from recovery.backup.verify import verified_copy
 
     config, store = setup(args)
     settings: Neo4jSource | dict[str, str] = sources_from(config).neo4j or {}   # {}: nothing configured
@@ -98,11 +97,11 @@ def _neo4j(args: argparse.Namespace) -> int:
     password = os.environ.get(args.password_env) if args.password_env else settings.get("password")
     user = args.user or settings.get("user", "neo4j")
     database = args.database or settings.get("database", "neo4j")
-    key = key_from(config)
-    [record] = choose_backup(store, ("neo4j",), args.id)[:1]
-    copy = verified_copy(store, record, targets_from(config), key)
+    repo = repository_from(config, store)
+    [record] = choose_backup(store, (NEO4J_KIND,), args.id)[:1]
+    copy = repo.verified_copy(record)
     with GraphDatabase.driver(uri, auth=(user, password) if password else None) as driver:
-        stats = restore_neo4j(copy, key, driver, database, progress=_progress(args))
+        stats = restore_neo4j(copy, repo.key, driver, database, progress=_progress(args))
     sys.stderr.write("\n")
     print(f"restored {record.run_id} into Neo4j database {database!r}: {stats.nodes} nodes, "
           f"{stats.relationships} relationships (counts checked against the export)")
@@ -112,29 +111,28 @@ def _neo4j(args: argparse.Namespace) -> int:
 def _milvus(args: argparse.Namespace) -> int:
     from pymilvus import MilvusClient
 
-    from bot.backup_wiring import key_from, sources_from, targets_from
+    from bot.backup_wiring import repository_from, sources_from
+    from recovery.backup.catalog import MILVUS_KIND
     from recovery.backup.catalog import choose as choose_backup
     from recovery.backup.restore.from_catalog import restore_milvus
-    from recovery.backup.verify import verified_copy
 
     config, store = setup(args)
     uri = args.uri or sources_from(config).milvus_uri
     if not uri:
         raise RestoreUsageError("no Milvus to restore into: give --uri or configure components.milvus")
-    records = choose_backup(store, ("milvus",), args.id)
+    records = choose_backup(store, (MILVUS_KIND,), args.id)
     if args.collection:
         records = [r for r in records if r.object_name.endswith(f"/milvus-{args.collection}.jsonl.zst.aes")]
         if not records:
             raise RestoreUsageError(f"that backup has no collection {args.collection!r}")
     if args.as_name and len(records) != 1:
         raise RestoreUsageError("--as renames one collection: pick it with --collection")
-    key = key_from(config)
-    targets = targets_from(config)
-    copies = [verified_copy(store, r, targets, key) for r in records]  # all verified before any import
+    repo = repository_from(config, store)
+    copies = [repo.verified_copy(r) for r in records]  # all verified before any import
     client = MilvusClient(uri=uri)
     try:
         for copy in copies:
-            stats = restore_milvus(copy, key, client, args.as_name, progress=_progress(args))
+            stats = restore_milvus(copy, repo.key, client, args.as_name, progress=_progress(args))
             sys.stderr.write("\n")
             print(f"restored {copy.record.object_name} as collection {stats.collection!r}: {stats.total_rows} rows")
     finally:

@@ -17,30 +17,20 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
-from sqlmodel import col, select
-
-from bot.backup_wiring import key_from, sources_from, targets_from
+from bot.backup_wiring import runner_from
 from bot.config import Config
 from bot.slack.gateway import SlackCallFailed, SlackGateway
 from messages.blocks import backup as backup_blocks
 from messages.blocks.backup import BackupObjectView, BackupRunView, BackupTargetView
 from messages.views import Message
-from recovery.backup.catalog import MILVUS_KIND, NEO4J_KIND, POSTGRES_BASE_KINDS
-from recovery.backup.runner import BackupRunner, RunReport
+from recovery.backup.catalog import kinds_of_run, newest_good
+from recovery.backup.runner import RunReport
 from recovery.redact import redact
 from statemachines.models import BackupRecord
 from statemachines.store import Store
 
-if TYPE_CHECKING:   # retention is imported lazily, when the prune job fires
-    pass
-
 log = logging.getLogger("aegis.backup")
-
-# Which catalog kinds count as "a backup of that kind" for each run kind (WAL segments and
-# logical dumps are not a usable restore point on their own).
-USABLE_KINDS = {"postgresql": POSTGRES_BASE_KINDS, "neo4j": (NEO4J_KIND,), "milvus": (MILVUS_KIND,)}
 
 
 # --- one run at a time ------------------------------------------------------------------------
@@ -81,14 +71,9 @@ def object_view(record: BackupRecord) -> BackupObjectView:
 
 def newest_usable(store: Store, run_kind: str, kinds: list[str] | None = None,
                   before_run: str | None = None) -> BackupRecord | None:
-    """The newest backup with status ok of these catalog kinds (default: those of ``run_kind``)."""
-    wanted = kinds or [k for part in (["postgresql", "neo4j", "milvus"] if run_kind == "full" else [run_kind])
-                       for k in USABLE_KINDS.get(part, ())]
-    query = select(BackupRecord).where(col(BackupRecord.kind).in_(wanted), BackupRecord.status == "ok")
-    if before_run:
-        query = query.where(BackupRecord.run_id != before_run)
-    with store.session() as session:
-        return session.exec(query.order_by(col(BackupRecord.id).desc())).first()
+    """The newest good backup of these catalog kinds (default: those a ``run_kind`` run stores);
+    the backup service's and the monitor's backup-age check's question, asked of the catalog."""
+    return newest_good(store, kinds or kinds_of_run(run_kind), before_run=before_run)
 
 
 def run_view(store: Store, report: RunReport, *, started_by: str | None, schedule: str | None) -> BackupRunView:
@@ -140,8 +125,7 @@ class BackupDuty:
         when backups are not configured; every other failure is in the returned view."""
         log.info("backup (%s%s) started by %s", kind, ", incremental" if incremental else "",
                  f"schedule {schedule}" if schedule else (started_by or "aegis"))
-        runner = BackupRunner(self.store, targets_from(self.config), key_from(self.config), sources_from(self.config))
-        report = runner.run(kind, incremental=incremental)
+        report = runner_from(self.config, self.store).run(kind, incremental=incremental)
         view = run_view(self.store, report, started_by=started_by, schedule=schedule)
         log.info("backup %s (%s) %s%s", report.run_id, kind, view.status,
                  f": {'; '.join(view.reasons)}" if view.reasons else "")

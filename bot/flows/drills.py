@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bot.backup_wiring import key_from, sources_from, targets_from
+from bot.backup_wiring import repository_from, sources_from
 from bot.config import Config
 from bot.slack.gateway import SlackCallFailed, SlackGateway
 from messages import drill_notices
@@ -75,7 +75,7 @@ def drill_settings(config: Config, budget_minutes: float | None = None) -> Drill
 def drill_context(config: Config, store: Store, say: Say | None = None,
                   budget_minutes: float | None = None) -> DrillContext:
     sources = sources_from(config)
-    runner = BackupRunner(store, targets_from(config), key_from(config), sources)
+    runner = BackupRunner.on(repository_from(config, store), sources)
     objectives = Objectives(config.objectives.rto_minutes * 60, config.objectives.rpo_minutes * 60,
                             config.objectives.mttr_minutes * 60)
     services = [ServiceProbe(s.name, s.tier, tuple(s.depends_on), s.drill_url) for s in config.services]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from bot.backup_wiring import retention_policy, targets_from
+from bot.backup_wiring import repository_from, retention_policy
 from bot.flows.backup import BackupDuty
 from messages.blocks import backup as backup_blocks
 from recovery.redact import redact
@@ -58,7 +58,8 @@ def prune_backups(duty: BackupDuty, job_id: str) -> PruneReport | None:
     try:
         from recovery.backup.retention import prune  # only needed when the prune job fires
 
-        report = prune(duty.store, targets_from(duty.config), retention_policy(duty.config))
+        repo = repository_from(duty.config, duty.store)
+        report = prune(repo.store, repo.targets, retention_policy(duty.config))
     except Exception as exc:
         log.exception("prune failed")
         _report_once(duty, job_id, "prune_failed", redact(f"{type(exc).__name__}: {exc}")[:400])

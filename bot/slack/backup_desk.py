@@ -1,18 +1,16 @@
 """``/aegis backup run|list|verify``: who may, what is acked, where the work runs, where results go.
 
 Decisions:
-- **Who may.** Starting a backup loads the primary and the network, so ``backup run`` is for people
-  the roster lists as ``incident_commander``, ``database_lead`` or ``infrastructure_lead``.
-  ``backup list`` and ``backup verify`` change nothing, so anyone on the roster (any role) may use
-  them. Nobody else: a refusal says who may. With an empty roster nobody may use them from Slack
-  (the CLI on the bot's host still works) — a bot that anyone in the workspace can drive to load
-  the production database is not a safe default.
+- **Who may** is policy's (``statemachines.policy.may_run_backup`` / ``may_read_backups``): ``backup
+  run`` for the roster's incident commander, database lead or infrastructure lead; ``list`` and
+  ``verify`` for anyone on the roster; with an empty roster nobody from Slack. A refusal says who may.
 - **Ack.** Authorisation and the one-at-a-time check are in memory, so they happen in the ack: the
   user gets an ephemeral "started" (or the refusal) at once. No database, storage or backup work
   happens in the ack path.
 - **Where it runs.** Backups and verifications run on one dedicated worker thread, never on the
   interaction pool, so a long backup cannot starve incident clicks. ``list`` is one quick query and
-  runs on the interaction pool.
+  runs on the interaction pool; it follows the catalog's listing rule (``recovery.backup.catalog.listing``:
+  pruned backups and WAL segments hidden), as ``aegis backup list`` does without ``--all``/``--wal``.
 - **A second run** while one is going (from Slack or the schedule, in this process) is refused
   with what is running and since when, rather than queued: a queued backup would start at a time
   nobody chose, and the result of the first tells whether a second is still needed. Scheduled runs
@@ -27,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from bot.backup_wiring import FRIENDLY_ERRORS, key_from, targets_from
+from bot.backup_wiring import FRIENDLY_ERRORS, repository_from
 from bot.bounded import BoundedPool, Busy, queue_limit
 from bot.flows.backup import BackupDuty, object_view
 from bot.flows.incident import reference
@@ -36,15 +34,13 @@ from messages.blocks import backup as backup_blocks
 from messages.blocks import kit as block_kit
 from messages.blocks.backup import BackupCheckView
 from messages.views import Message
-from recovery.backup.catalog import SUPPORTING_KINDS, previous_good, records_for
+from recovery.backup.catalog import listing, previous_good, records_for
 from recovery.backup.verify import verify
 from recovery.redact import redact
-from statemachines.models import BackupRecord
-from statemachines.vocabulary import COMMANDER, DATABASE_LEAD, INFRASTRUCTURE_LEAD
+from statemachines import policy
 
 log = logging.getLogger("aegis.backup_slack")
 Respond = Callable[..., object]
-RUN_ROLES = (COMMANDER, DATABASE_LEAD, INFRASTRUCTURE_LEAD)
 LIST_LIMIT = 30
 BackupCommand = commands.BackupRun | commands.BackupList | commands.BackupVerify
 
@@ -60,10 +56,10 @@ class BackupDesk:
     # --- who may ---------------------------------------------------------------------------
 
     def may_run(self, user: str) -> bool:
-        return any(user in self.roster.get(role, []) for role in RUN_ROLES)
+        return policy.may_run_backup(user, roster=self.roster).allowed
 
     def may_read(self, user: str) -> bool:
-        return any(user in users for users in self.roster.values())
+        return policy.may_read_backups(user, roster=self.roster).allowed
 
     def _not_configured(self, kind: str) -> Message | None:
         """A run that could only fail (no storage, no such component) is refused before it starts."""
@@ -83,7 +79,7 @@ class BackupDesk:
         """Authorise and hand off the work; the returned message (if any) is the ephemeral ack."""
         if isinstance(parsed, commands.BackupRun):
             if not self.may_run(user):
-                return block_kit.refusal("backup_run_not_allowed", self.locale, roles=list(RUN_ROLES))
+                return block_kit.refusal("backup_run_not_allowed", self.locale, roles=list(policy.BACKUP_RUN_ROLES))
             missing = self._not_configured(parsed.kind)
             if missing:
                 return missing
@@ -130,13 +126,7 @@ class BackupDesk:
         self._publish(channel, respond, backup_blocks.backup_result(view, self.locale), f"result of {view.run_id}")
 
     def listing(self) -> Message:
-        from sqlmodel import col, select
-
-        with self.duty.store.session() as session:
-            # one row per WAL segment (and the incremental manifests) would bury the backups; pruned ones are gone
-            query = select(BackupRecord).where(col(BackupRecord.kind).not_in(SUPPORTING_KINDS),
-                                               BackupRecord.status != "deleted")
-            rows = list(session.exec(query.order_by(col(BackupRecord.id).desc()).limit(LIST_LIMIT)))
+        rows = listing(self.duty.store, limit=LIST_LIMIT)   # the catalog's rule, as `aegis backup list`
         return backup_blocks.backup_list([object_view(r) for r in rows], self.locale)
 
     def _verify(self, ident: str, channel: str | None, respond: Respond) -> None:
@@ -144,8 +134,7 @@ class BackupDesk:
         if not records:
             self._ephemeral(respond, block_kit.usage_error("backup_not_found", self.locale, ident=ident))
             return
-        config = self.duty.config
-        checks = verify(self.duty.store, ident, targets_from(config), key_from(config))
+        checks = verify(repository_from(self.duty.config, self.duty.store), ident)
         views = [BackupCheckView(c.run_id, c.object_name, c.ok, [redact(p) for p in c.problems], c.reread)
                  for c in checks]
         goods = []

@@ -1,22 +1,35 @@
-"""The backup catalog's words and lookups: the kinds a row can have, the object names, and the queries
-the pipeline, restores and retention share.
+"""The backup catalog: its words (kinds, statuses, object names) and **every** query on it.
 
 A catalog row is a ``statemachines.models.BackupRecord`` (the table lives with the other tables,
-so one Alembic history migrates them all). Catalog SQL still written elsewhere (to be gathered here):
-``runner.BackupRunner`` (insert and update of its rows), ``incremental`` (``chain_for`` walks
-``parent_run_id`` through ``good_base``), ``restore.from_catalog`` (the archived WAL listing),
-``verify`` (writes results back), ``retention`` (rows to prune), ``wal.archive`` (one row per segment),
-and in bot/: the CLI and Slack listings and the newest-good lookups of the backup service.
+so one Alembic history migrates them all): one row per stored object — a base backup, an
+incremental's manifest, an archived WAL segment (run id ``wal``), a Neo4j or Milvus export. No
+other module selects or updates these rows; they call the functions below (the runner inserts and
+finishes rows, verify marks them verified, retention marks them deleted, the drills record restore
+tests, the CLI and Slack list them, the monitor and the backup service ask for the newest good one).
+
+**Good** is defined once (``_good``): the row's object was stored and the run finished (status
+``ok`` — not ``running``, ``failed`` or ``deleted``); ``verified=True`` also requires that the last
+``aegis backup verify`` of it passed; ``restore_test_ok=True`` refuses a backup whose last restore
+test failed (an untested one may still be chosen: only a test can prove it bad).
+
+**Listing rule** (``listing``, shared by ``aegis backup list`` and ``/aegis backup list``): newest
+first; pruned (``deleted``) rows are hidden unless asked for (``--all``), and the supporting rows
+(WAL segments, manifests) unless asked for (``--wal``); failed rows are shown, since an operator
+must see a run that failed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
+from sqlalchemy import func
 from sqlmodel import col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from recovery.backup.wal.commands import check_wal_name
-from statemachines.models import BackupRecord, require_id
+from statemachines.models import BackupRecord, require_id, utcnow
 from statemachines.store import Store
 
 # --- kinds -------------------------------------------------------------------------------------------
@@ -33,6 +46,30 @@ POSTGRES_BASE_KINDS = (KIND_FULL, KIND_INCREMENTAL)
 # Rows that are parts of other backups, not backups an operator lists or restores on their own.
 SUPPORTING_KINDS = (WAL_KIND, KIND_MANIFEST)
 WAL_RUN_ID = "wal"                   # every archived WAL file's row has this run id
+# The backups a restore test restores: base backups and exports (WAL is tested by replaying it).
+RESTORE_TESTED_KINDS = (KIND_FULL, KIND_INCREMENTAL, NEO4J_KIND, MILVUS_KIND)
+
+# What a run of each kind (``aegis backup run KIND``) stores as usable restore points.
+RUN_KINDS: dict[str, tuple[str, ...]] = {
+    "postgresql": POSTGRES_BASE_KINDS, "neo4j": (NEO4J_KIND,), "milvus": (MILVUS_KIND,),
+}
+
+
+def kinds_of_run(run_kind: str) -> tuple[str, ...]:
+    """The catalog kinds a run of ``run_kind`` (``full`` = every component) counts as backups."""
+    if run_kind == "full":
+        return tuple(kind for kinds in RUN_KINDS.values() for kind in kinds)
+    return RUN_KINDS.get(run_kind, ())
+
+
+# --- statuses ----------------------------------------------------------------------------------------
+
+STATUS_RUNNING = "running"
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_DELETED = "deleted"
+# Rows whose objects may still be on a target: what retention judges (deleted ones are gone).
+LIVE_STATUSES = (STATUS_OK, STATUS_FAILED)
 
 
 # --- object names ------------------------------------------------------------------------------------
@@ -55,18 +92,107 @@ def segment_of(object_name: str) -> str:
     return object_name.removeprefix("wal/").removesuffix(".zst.aes")
 
 
-# --- queries -----------------------------------------------------------------------------------------
-
 class BackupNotFound(LookupError):
     """No usable backup matches; the message says what exists."""
 
+
+class ChainError(RuntimeError):
+    """The catalog does not hold a complete, usable chain for a backup."""
+
+
+# --- the one definition of "good" --------------------------------------------------------------------
+
+def _good(kinds: Iterable[str], *, verified: bool = False,
+          restore_test_ok: bool | None = None) -> SelectOfScalar[BackupRecord]:
+    """Rows of these kinds a restore may use (see the module docstring)."""
+    query = select(BackupRecord).where(col(BackupRecord.kind).in_(tuple(kinds)), BackupRecord.status == STATUS_OK)
+    if verified:
+        query = query.where(col(BackupRecord.verified_at).is_not(None),
+                            col(BackupRecord.verify_result)["ok"].as_boolean().is_(True))
+    if restore_test_ok:
+        query = query.where(col(BackupRecord.restore_test_ok).is_not(False))
+    return query
+
+
+def _of(ident: str) -> Any:
+    """Rows of run ``ident`` or the row of object ``ident``."""
+    return (col(BackupRecord.run_id) == ident) | (col(BackupRecord.object_name) == ident)
+
+
+def newest_good(store: Store, kinds: Iterable[str], *, component: str | None = None, run_id: str | None = None,
+                before_run: str | None = None, before: BackupRecord | None = None, verified: bool = False,
+                restore_test_ok: bool | None = None) -> BackupRecord | None:
+    """The newest good backup of these kinds — the catalog's one "newest good backup" query.
+
+    ``component``/``run_id`` narrow it; ``before_run`` leaves that run out (the run that just failed);
+    ``before`` takes only rows older than that row; ``verified`` and ``restore_test_ok`` as in ``_good``.
+    """
+    query = _good(kinds, verified=verified, restore_test_ok=restore_test_ok)
+    if component is not None:
+        query = query.where(BackupRecord.component == component)
+    if run_id is not None:
+        query = query.where(BackupRecord.run_id == run_id)
+    if before_run is not None:
+        query = query.where(BackupRecord.run_id != before_run)
+    if before is not None:
+        query = query.where(col(BackupRecord.id) < require_id(before))
+    with store.session() as session:
+        return session.exec(query.order_by(col(BackupRecord.id).desc())).first()
+
+
+def previous_good(store: Store, record: BackupRecord) -> BackupRecord | None:
+    """The newest good backup of the same kind and component taken before ``record``."""
+    return newest_good(store, (record.kind,), component=record.component, before=record)
+
+
+def good_base(store: Store, run_id: str) -> BackupRecord | None:
+    """The good full/incremental of a run (a run whose incremental failed may hold a full instead)."""
+    return newest_good(store, POSTGRES_BASE_KINDS, component="postgres", run_id=run_id)
+
+
+def newest_good_base(store: Store) -> BackupRecord | None:
+    """The newest good PostgreSQL full or incremental: what the next incremental builds on."""
+    return newest_good(store, POSTGRES_BASE_KINDS, component="postgres")
+
+
+def manifest_record(store: Store, base: BackupRecord) -> BackupRecord | None:
+    """The stored ``backup_manifest`` of base backup ``base``, if it was captured."""
+    query = _good((KIND_MANIFEST,)).where(BackupRecord.run_id == base.run_id,
+                                          BackupRecord.object_name == manifest_object_name(base.object_name))
+    with store.session() as session:
+        return session.exec(query).first()
+
+
+def choose(store: Store, kinds: tuple[str, ...], ident: str | None = None) -> list[BackupRecord]:
+    """The good rows to restore: those of run/object ``ident``, else the newest good run's."""
+    with store.session() as session:
+        if ident:
+            rows = list(session.exec(_good(kinds).where(_of(ident)).order_by(col(BackupRecord.id))))
+            if not rows:
+                raise BackupNotFound(f"no good {'/'.join(kinds)} backup {ident!r}: see `aegis backup list`")
+            return rows
+    newest = newest_good(store, kinds)
+    if newest is None:
+        raise BackupNotFound(f"no good {'/'.join(kinds)} backup in the catalog yet: run `aegis backup run`")
+    with store.session() as session:
+        return list(session.exec(_good(kinds).where(BackupRecord.run_id == newest.run_id)
+                                 .order_by(col(BackupRecord.id))))
+
+
+def retained_backups(store: Store) -> list[BackupRecord]:
+    """Every good backup an operator restores (no WAL segments or manifests), oldest first."""
+    query = _good(kind for kinds in RUN_KINDS.values() for kind in kinds)
+    with store.session() as session:
+        return list(session.exec(query.order_by(col(BackupRecord.id))))
+
+
+# --- lookups by name and listing ---------------------------------------------------------------------
 
 def new_run_id(store: Store, now: datetime | None = None) -> str:
     """``backup_YYYYMMDD_HHMMSS`` (UTC), with ``_2``, ``_3``… when a run already took that second."""
     base = f"backup_{(now or datetime.now(UTC)):%Y%m%d_%H%M%S}"
     with store.session() as session:
-        taken = {r.run_id for r in session.exec(select(BackupRecord).where(
-            col(BackupRecord.run_id).startswith(base)))}
+        taken = set(session.exec(select(BackupRecord.run_id).where(col(BackupRecord.run_id).startswith(base))))
     if base not in taken:
         return base
     n = 2
@@ -76,82 +202,171 @@ def new_run_id(store: Store, now: datetime | None = None) -> str:
 
 
 def records_for(store: Store, ident: str) -> list[BackupRecord]:
-    """Every row of run ``ident``, or the row of object ``ident``, oldest first."""
+    """Every row of run ``ident``, or the row of object ``ident``, oldest first (any status)."""
     with store.session() as session:
-        query = select(BackupRecord).where(
-            (col(BackupRecord.run_id) == ident) | (col(BackupRecord.object_name) == ident))
-        return list(session.exec(query.order_by(col(BackupRecord.id))))
+        return list(session.exec(select(BackupRecord).where(_of(ident)).order_by(col(BackupRecord.id))))
 
 
-def choose(store: Store, kinds: tuple[str, ...], ident: str | None = None) -> list[BackupRecord]:
-    """The good catalog rows to restore: those of run/object ``ident``, else the newest run's."""
+def listing(store: Store, *, limit: int, include_deleted: bool = False,
+            include_supporting: bool = False) -> list[BackupRecord]:
+    """The catalog as operators see it, newest first (the listing rule: module docstring)."""
+    query = select(BackupRecord)
+    if not include_supporting:  # one row per WAL segment (and per manifest) would bury the backups
+        query = query.where(col(BackupRecord.kind).not_in(SUPPORTING_KINDS))
+    if not include_deleted:     # pruned: the objects are gone, the row is an audit trail
+        query = query.where(BackupRecord.status != STATUS_DELETED)
     with store.session() as session:
-        query = select(BackupRecord).where(col(BackupRecord.kind).in_(kinds), BackupRecord.status == "ok")
-        if ident:
-            rows = list(session.exec(query.where(
-                (col(BackupRecord.run_id) == ident) | (col(BackupRecord.object_name) == ident))
-                .order_by(col(BackupRecord.id))))
-            if not rows:
-                raise BackupNotFound(f"no good {'/'.join(kinds)} backup {ident!r}: see `aegis backup list`")
-            return rows
-        newest = session.exec(query.order_by(col(BackupRecord.id).desc())).first()
-        if newest is None:
-            raise BackupNotFound(f"no good {'/'.join(kinds)} backup in the catalog yet: run `aegis backup run`")
-        return list(session.exec(query.where(BackupRecord.run_id == newest.run_id).order_by(col(BackupRecord.id))))
+        return list(session.exec(query.order_by(col(BackupRecord.id).desc()).limit(limit)))
 
 
-def previous_good(store: Store, record: BackupRecord) -> BackupRecord | None:
-    """The newest usable backup of the same kind and component taken before ``record``."""
+# --- incremental chains ------------------------------------------------------------------------------
+
+# A corrupt catalog (a parent_run_id loop) must not hang a restore.
+_CHAIN_WALK_LIMIT = 1000
+
+
+def _base_named(store: Store, backup: str) -> BackupRecord | None:
+    """The good base backup of run ``backup``, else the row whose object is ``backup`` (any status)."""
+    record = good_base(store, backup)
+    if record is not None:
+        return record
     with store.session() as session:
-        return session.exec(
-            select(BackupRecord).where(BackupRecord.kind == record.kind, BackupRecord.component == record.component,
-                                       BackupRecord.status == "ok", col(BackupRecord.id) < require_id(record))
-            .order_by(col(BackupRecord.id).desc())
-        ).first()
+        return session.exec(select(BackupRecord).where(BackupRecord.object_name == backup)).first()
 
 
-def good_base(store: Store, run_id: str) -> BackupRecord | None:
-    """The usable full/incremental of a run (a run whose incremental failed may hold a full instead)."""
+def chain_for(store: Store, backup: str | BackupRecord) -> list[BackupRecord]:
+    """``[full, incremental 1, …, backup]`` by walking ``parent_run_id``; ``ChainError`` if any link is unusable.
+
+    ``backup`` is a catalog record or a run id / object name of a PostgreSQL base backup.
+    """
+    record = _base_named(store, backup) if isinstance(backup, str) else backup
+    if record is None:
+        raise ChainError(f"no usable PostgreSQL base backup {backup!r} in the catalog")
+    if record.kind not in POSTGRES_BASE_KINDS or record.component != "postgres":
+        raise ChainError(f"{record.object_name} is a {record.kind} backup, not a PostgreSQL base backup")
+    if record.status != STATUS_OK:
+        raise ChainError(f"backup {record.run_id} ({record.object_name}) is {record.status}, not usable")
+    chain = [record]
+    while chain[-1].kind == KIND_INCREMENTAL:
+        child = chain[-1]
+        if not child.parent_run_id:
+            raise ChainError(f"incremental {child.run_id} has no parent recorded: its chain is broken")
+        parent = good_base(store, child.parent_run_id)
+        if parent is None:
+            raise ChainError(f"incremental {child.run_id} needs {child.parent_run_id}, which is missing or failed")
+        if len(chain) > _CHAIN_WALK_LIMIT or any(r.id == parent.id for r in chain):
+            raise ChainError(f"the chain of {record.run_id} loops at {parent.run_id}: the catalog is corrupt")
+        chain.append(parent)
+    chain.reverse()
+    return chain
+
+
+# --- writing rows ------------------------------------------------------------------------------------
+
+def insert_record(store: Store, record: BackupRecord, *, replace_failed: bool = False) -> BackupRecord:
+    """Add a new (running) row; ``replace_failed`` first drops an earlier non-ok row of the same object
+    (a WAL segment PostgreSQL re-archives after a failed push). A good row is never replaced."""
     with store.session() as session:
-        return session.exec(
-            select(BackupRecord).where(BackupRecord.run_id == run_id, BackupRecord.component == "postgres",
-                                       col(BackupRecord.kind).in_(POSTGRES_BASE_KINDS), BackupRecord.status == "ok")
-            .order_by(col(BackupRecord.id).desc())
-        ).first()
+        if replace_failed:
+            stale = session.exec(select(BackupRecord).where(
+                BackupRecord.run_id == record.run_id, BackupRecord.object_name == record.object_name,
+                BackupRecord.status != STATUS_OK)).first()
+            if stale is not None:
+                session.delete(stale)
+                session.flush()
+        session.add(record)
+        session.flush()
+        session.refresh(record)
+    return record
 
 
-def newest_good_base(store: Store) -> BackupRecord | None:
-    """The newest usable PostgreSQL full or incremental: what the next incremental builds on."""
+def update_record(store: Store, record_id: int, **values: object) -> BackupRecord:
+    """Set columns of one row; returns the row as stored."""
     with store.session() as session:
-        return session.exec(
-            select(BackupRecord).where(BackupRecord.component == "postgres",
-                                       col(BackupRecord.kind).in_(POSTGRES_BASE_KINDS), BackupRecord.status == "ok")
-            .order_by(col(BackupRecord.id).desc())
-        ).first()
+        row = session.get(BackupRecord, record_id)
+        if row is None:
+            raise LookupError(f"backup catalog row {record_id} is gone")
+        for field_name, value in values.items():
+            setattr(row, field_name, value)
+        session.add(row)
+        session.flush()
+        session.refresh(row)
+        return row
 
 
-def manifest_record(store: Store, base: BackupRecord) -> BackupRecord | None:
-    """The stored ``backup_manifest`` of base backup ``base``, if it was captured."""
+def finish_record(store: Store, record_id: int, *, ok: bool, **values: object) -> BackupRecord:
+    """A run's object is done: good (``ok``) or failed, with what the pipeline reported."""
+    return update_record(store, record_id, status=STATUS_OK if ok else STATUS_FAILED, finished_at=utcnow(), **values)
+
+
+def mark_failed(store: Store, record_id: int, reason: str) -> BackupRecord:
+    return finish_record(store, record_id, ok=False, reason=reason)
+
+
+def mark_verified(store: Store, record_id: int, *, ok: bool, problems: list[str], reread: list[str]) -> None:
+    """Record a verification's outcome (``aegis backup verify``); the status is left as it is."""
+    update_record(store, record_id, verified_at=utcnow(),
+                  verify_result={"ok": ok, "problems": problems, "reread": reread})
+
+
+def mark_deleted(store: Store, record_id: int, note: str) -> None:
+    """Retention removed the object from every target; the row stays as an audit trail."""
     with store.session() as session:
-        return session.exec(
-            select(BackupRecord).where(BackupRecord.run_id == base.run_id, BackupRecord.kind == KIND_MANIFEST,
-                                       BackupRecord.object_name == manifest_object_name(base.object_name),
-                                       BackupRecord.status == "ok")
-        ).first()
+        row = session.get(BackupRecord, record_id)
+        if row is not None:
+            row.status = STATUS_DELETED
+            row.reason = (row.reason + " " if row.reason else "") + note
+            session.add(row)
+
+
+def retention_candidates(store: Store) -> list[BackupRecord]:
+    """Every row whose object may still be stored (good or failed), oldest first: what retention judges."""
+    with store.session() as session:
+        return list(session.exec(select(BackupRecord).where(col(BackupRecord.status).in_(LIVE_STATUSES))
+                                 .order_by(col(BackupRecord.id))))
+
+
+# --- WAL ---------------------------------------------------------------------------------------------
+
+def wal_rows(store: Store, name: str) -> list[BackupRecord]:
+    """Every row of archived WAL file ``name`` (a failed push leaves a failed row), oldest first."""
+    with store.session() as session:
+        return list(session.exec(select(BackupRecord).where(
+            BackupRecord.run_id == WAL_RUN_ID, BackupRecord.object_name == wal_object(name))
+            .order_by(col(BackupRecord.id))))
+
+
+def good_wal(store: Store, name: str) -> BackupRecord | None:
+    """The good row of archived WAL file ``name``, if it was archived."""
+    return next((r for r in wal_rows(store, name) if r.status == STATUS_OK), None)
+
+
+def archived_wal(store: Store) -> dict[str, datetime | None]:
+    """Every archived WAL file name with when it was pushed (the range a restore can replay)."""
+    with store.session() as session:
+        return {segment_of(r.object_name): r.started_at for r in session.exec(_good((WAL_KIND,)))}
+
+
+def newest_archived_wal(store: Store) -> BackupRecord | None:
+    """The WAL file archived most recently (the RPO's reference point)."""
+    with store.session() as session:
+        return session.exec(_good((WAL_KIND,)).order_by(col(BackupRecord.finished_at).desc())).first()
+
+
+def newest_archived_at(store: Store) -> datetime | None:
+    """When the newest WAL file was archived, or None before the first."""
+    with store.session() as session:
+        return session.exec(select(func.max(BackupRecord.finished_at)).where(
+            BackupRecord.kind == WAL_KIND, BackupRecord.status == STATUS_OK)).first()
 
 
 # --- restore tests (recovery/drills) -----------------------------------------------------------------
 
-# The backups a restore test restores: base backups and exports (WAL is tested by replaying it).
-RESTORE_TESTED_KINDS = (KIND_FULL, KIND_INCREMENTAL, NEO4J_KIND, MILVUS_KIND)
-
-
 def restore_test_queue(store: Store, kinds: tuple[str, ...] = RESTORE_TESTED_KINDS) -> list[BackupRecord]:
     """Every retained good backup, least recently restore-tested first (never-tested ones before all)."""
     with store.session() as session:
-        return list(session.exec(
-            select(BackupRecord).where(col(BackupRecord.kind).in_(kinds), BackupRecord.status == "ok")
-            .order_by(col(BackupRecord.restore_tested_at).asc().nulls_first(), col(BackupRecord.id))))
+        return list(session.exec(_good(kinds).order_by(col(BackupRecord.restore_tested_at).asc().nulls_first(),
+                                                       col(BackupRecord.id))))
 
 
 def mark_restore_test(store: Store, record_id: int, ok: bool, reason: str) -> None:
@@ -163,21 +378,3 @@ def mark_restore_test(store: Store, record_id: int, ok: bool, reason: str) -> No
             row.restore_test_ok = ok
             row.restore_test_reason = reason[:1000]
             session.add(row)
-
-
-def newest_good(store: Store, kinds: tuple[str, ...], *, component: str | None = None,
-                before_run: str | None = None, restore_test_ok: bool | None = None) -> BackupRecord | None:
-    """The newest usable backup of these kinds.
-
-    ``restore_test_ok=True`` is the clean-point choice: a backup whose restore test failed is never
-    returned (an untested one may be: only a test can prove it bad); ``None`` ignores restore tests.
-    """
-    query = select(BackupRecord).where(col(BackupRecord.kind).in_(kinds), BackupRecord.status == "ok")
-    if component is not None:
-        query = query.where(BackupRecord.component == component)
-    if before_run is not None:
-        query = query.where(BackupRecord.run_id != before_run)
-    if restore_test_ok:
-        query = query.where(col(BackupRecord.restore_test_ok).is_not(False))
-    with store.session() as session:
-        return session.exec(query.order_by(col(BackupRecord.id).desc())).first()

@@ -38,16 +38,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
-from sqlmodel import select
-
 from recovery.backup.catalog import (
     KIND_FULL,
     KIND_INCREMENTAL,
-    POSTGRES_BASE_KINDS,
-    good_base,
     manifest_record,
     newest_good_base,
 )
+from recovery.backup.catalog import ChainError as ChainError  # the chain lookup is a catalog query; named here
+from recovery.backup.catalog import chain_for as chain_for  # too for the chain's restore callers
+from recovery.backup.repository import NoGoodCopy, Repository
 from recovery.backup.restore.postgres import (
     RestoredCluster,
     RestoreError,
@@ -75,15 +74,12 @@ from recovery.backup.storage.base import Target
 from recovery.backup.stream.crypto import BackupKey
 from recovery.backup.stream.pipe import produced
 from recovery.backup.stream.pipeline import restore_stream
-from recovery.backup.verify import holders, verified_copy
 from recovery.redact import redact
 from statemachines.models import BackupRecord
 from statemachines.store import Store
 
 CHAIN_MAX_INCREMENTALS = 6
 CHAIN_MAX_AGE = timedelta(days=8)
-# A corrupt catalog (a parent_run_id loop) must not hang a restore.
-_CHAIN_WALK_LIMIT = 1000
 _TAR_BLOCK = 512
 
 
@@ -229,56 +225,6 @@ class ManifestCapturingBackup:
 # --- the catalog's chains ---------------------------------------------------------------------------
 
 
-class ChainError(RuntimeError):
-    """The catalog does not hold a complete, usable chain for a backup."""
-
-
-def chain_for(store: Store, backup: str | BackupRecord) -> list[BackupRecord]:
-    """``[full, incremental 1, …, backup]`` by walking ``parent_run_id``; ``ChainError`` if any link is unusable.
-
-    ``backup`` is a catalog record or a run id / object name of a PostgreSQL base backup.
-    """
-    if isinstance(backup, str):
-        record = good_base(store, backup)
-        if record is None:
-            with store.session() as session:
-                record = session.exec(select(BackupRecord).where(BackupRecord.object_name == backup)).first()
-        if record is None:
-            raise ChainError(f"no usable PostgreSQL base backup {backup!r} in the catalog")
-    else:
-        record = backup
-    if record.kind not in POSTGRES_BASE_KINDS or record.component != "postgres":
-        raise ChainError(f"{record.object_name} is a {record.kind} backup, not a PostgreSQL base backup")
-    if record.status != "ok":
-        raise ChainError(f"backup {record.run_id} ({record.object_name}) is {record.status}, not usable")
-    chain = [record]
-    while chain[-1].kind == KIND_INCREMENTAL:
-        child = chain[-1]
-        if not child.parent_run_id:
-            raise ChainError(f"incremental {child.run_id} has no parent recorded: its chain is broken")
-        parent = good_base(store, child.parent_run_id)
-        if parent is None:
-            raise ChainError(f"incremental {child.run_id} needs {child.parent_run_id}, which is missing or failed")
-        if len(chain) > _CHAIN_WALK_LIMIT or any(r.id == parent.id for r in chain):
-            raise ChainError(f"the chain of {record.run_id} loops at {parent.run_id}: the catalog is corrupt")
-        chain.append(parent)
-    chain.reverse()
-    return chain
-
-
-def _fetch_plain(record: BackupRecord, targets: list[Target], key: BackupKey, dest: Path) -> None:
-    """Decrypt one (small) object to ``dest`` from the first target that yields a verified copy."""
-    problems = []
-    for target in holders(record, targets) or targets:
-        try:
-            with open(dest, "wb") as out:
-                restore_stream(target, record.object_name, key, out, record.sha256)
-            return
-        except Exception as exc:  # try the next copy; report them all if none works
-            problems.append(f"{target.name}: {redact(str(exc))[:200]}")
-    raise ChainError(f"cannot read {record.object_name}: " + ("; ".join(problems) or "no target holds it"))
-
-
 @dataclass
 class BasePlan:
     """What the PostgreSQL slot of a run takes: a full, or an incremental on ``parent``."""
@@ -344,12 +290,12 @@ def plan_base_backup(store: Store, dsn: str, targets: list[Target], key: BackupK
         return full.as_full(f"the previous backup {parent.run_id} has no stored backup_manifest: took a full backup")
     manifest_path = workdir / "parent.backup_manifest"
     try:
-        _fetch_plain(manifest_row, targets, key, manifest_path)
+        Repository(store, targets, key).fetch_file(manifest_row, manifest_path)
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         ranges = manifest["WAL-Ranges"]
         parent_tli = int(ranges[-1]["Timeline"])
         parent_sysid = manifest.get("System-Identifier")  # manifest version 2 (PostgreSQL 17+)
-    except (ChainError, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
+    except (NoGoodCopy, ValueError, KeyError, IndexError, TypeError, OSError) as exc:
         return full.as_full(f"the manifest of {parent.run_id} is unusable ({redact(str(exc))[:200]}): "
                             "took a full backup")
     sysid, tli = _server_identity(dsn)
@@ -423,7 +369,8 @@ def restore_chain(
     owner = os_user_ids(os_user)
     check_reachable(data_dir, owner)
     _check_target_dir(data_dir)
-    copies = [verified_copy(store, record, targets, key) for record in chain]   # before a byte is written
+    repo = Repository(store, targets, key)
+    copies = [repo.verified_copy(record) for record in chain]   # before a byte is written
 
     if len(chain) == 1:   # a lone full: no combine step, extract straight into place
         prepare_data_dir(data_dir, owner)

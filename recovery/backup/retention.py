@@ -21,9 +21,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlmodel import col, select
-
-from recovery.backup.catalog import KIND_MANIFEST, POSTGRES_BASE_KINDS, WAL_KIND, segment_of
+from recovery.backup.catalog import (
+    KIND_MANIFEST,
+    LIVE_STATUSES,
+    POSTGRES_BASE_KINDS,
+    STATUS_OK,
+    SUPPORTING_KINDS,
+    WAL_KIND,
+    mark_deleted,
+    retention_candidates,
+    segment_of,
+)
 from recovery.backup.storage.base import StorageError, Target
 from recovery.backup.wal.archive import segment_name
 from recovery.redact import redact
@@ -59,7 +67,7 @@ def _age_reference(record: BackupRecord) -> datetime:
 def _newest_good(rows: Iterable[BackupRecord]) -> set[int]:
     newest: dict[tuple[str, str, str], BackupRecord] = {}
     for row in rows:
-        if row.status == "ok" and row.kind not in (WAL_KIND, KIND_MANIFEST):  # those follow their base
+        if row.status == STATUS_OK and row.kind not in SUPPORTING_KINDS:  # those follow their base
             key = _series(row)
             if key not in newest or require_id(row) > require_id(newest[key]):
                 newest[key] = row
@@ -81,14 +89,14 @@ def _chain_runs(kept_bases: list[BackupRecord], by_run: dict[str, BackupRecord])
 def plan(rows: list[BackupRecord], policy: RetentionPolicy, now: datetime) -> tuple[list[BackupRecord],
                                                                                  list[tuple[BackupRecord, str]]]:
     """Split the catalog into (to delete, expired but kept with a reason). Pure: no storage access."""
-    live = [r for r in rows if r.status in ("ok", "failed")]
+    live = [r for r in rows if r.status in LIVE_STATUSES]
 
     def expired(row: BackupRecord) -> bool:
         window = policy.window(row.kind)
         return window is not None and _age_reference(row) < now - window
 
     protected = _newest_good(live)
-    bases = [r for r in live if r.kind in POSTGRES_BASE_KINDS and r.status == "ok"]
+    bases = [r for r in live if r.kind in POSTGRES_BASE_KINDS and r.status == STATUS_OK]
     kept_bases = [r for r in bases if not expired(r) or r.id in protected]
     by_run = {r.run_id: r for r in bases}
     chain = _chain_runs(kept_bases, by_run)
@@ -141,9 +149,7 @@ def _delete_everywhere(row: BackupRecord, targets: list[Target]) -> list[str]:
 def prune(store: Store, targets: list[Target], policy: RetentionPolicy, *, dry_run: bool = False,
           now: datetime | None = None) -> PruneReport:
     now = now or utcnow()
-    with store.session() as session:
-        rows = list(session.exec(select(BackupRecord).order_by(col(BackupRecord.id))))
-    delete, kept = plan(rows, policy, now)
+    delete, kept = plan(retention_candidates(store), policy, now)
     report = PruneReport(dry_run=dry_run, kept=[(r.object_name, why) for r, why in kept])
     for row in delete:
         if dry_run:
@@ -153,11 +159,6 @@ def prune(store: Store, targets: list[Target], policy: RetentionPolicy, *, dry_r
         if errors:
             report.errors += errors
             continue
-        with store.session() as session:
-            current = session.get(BackupRecord, row.id)
-            if current is not None:
-                current.status = "deleted"
-                current.reason = (current.reason + " " if current.reason else "") + f"pruned {now:%Y-%m-%d %H:%M} UTC"
-                session.add(current)
+        mark_deleted(store, require_id(row), f"pruned {now:%Y-%m-%d %H:%M} UTC")
         report.deleted.append(row.object_name)
     return report

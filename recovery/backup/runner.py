@@ -22,24 +22,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypedDict, cast
 
-from sqlmodel import select
-
 from recovery.backup.catalog import (
     KIND_INCREMENTAL,
     KIND_MANIFEST,
     MILVUS_KIND,
     NEO4J_KIND,
     base_object_name,
+    finish_record,
+    insert_record,
     manifest_object_name,
     new_run_id,
+    update_record,
 )
+from recovery.backup.repository import Repository
 from recovery.backup.storage.base import Target
 from recovery.backup.storage.local import LocalTarget
 from recovery.backup.stream.crypto import BackupKey
 from recovery.backup.stream.pipe import produced
 from recovery.backup.stream.pipeline import PipelineResult, backup_stream
 from recovery.redact import redact
-from statemachines.models import BackupRecord, utcnow
+from statemachines.models import BackupRecord, require_id
 from statemachines.store import Store
 
 if TYPE_CHECKING:   # incremental (and psycopg with it) loads only when a PostgreSQL backup runs
@@ -91,11 +93,28 @@ class RunReport:
 class BackupRunner:
     def __init__(self, store: Store, targets: list[Target], key: BackupKey, sources: Sources,
                  progress: Progress | None = None) -> None:
-        self.store = store
-        self.targets = targets
-        self.key = key
+        self.repository = Repository(store, targets, key)
         self.sources = sources
         self.progress = progress
+
+    @classmethod
+    def on(cls, repository: Repository, sources: Sources, progress: Progress | None = None) -> BackupRunner:
+        """A runner storing into ``repository`` (the object ``bot/backup_wiring`` builds from the config)."""
+        runner = cls(repository.store, repository.targets, repository.key, sources, progress)
+        runner.repository = repository
+        return runner
+
+    @property
+    def store(self) -> Store:
+        return self.repository.store
+
+    @property
+    def targets(self) -> list[Target]:
+        return self.repository.targets
+
+    @property
+    def key(self) -> BackupKey:
+        return self.repository.key
 
     # --- one object -----------------------------------------------------------------------
 
@@ -107,17 +126,9 @@ class BackupRunner:
         ``replace_failed`` lets a retry of the same name (a WAL segment PostgreSQL re-archives) take
         the place of an earlier failed attempt; a good row is never replaced.
         """
-        record = BackupRecord(run_id=run_id, kind=kind, component=component, object_name=object_name,
-                              reason=reason, key_id=self.key.key_id)
-        with self.store.session() as session:
-            if replace_failed:
-                stale = session.exec(select(BackupRecord).where(
-                    BackupRecord.run_id == run_id, BackupRecord.object_name == object_name,
-                    BackupRecord.status != "ok")).first()
-                if stale is not None:
-                    session.delete(stale)
-                    session.flush()
-            session.add(record)
+        record = insert_record(self.store, BackupRecord(run_id=run_id, kind=kind, component=component,
+                                                        object_name=object_name, reason=reason,
+                                                        key_id=self.key.key_id), replace_failed=replace_failed)
         result: PipelineResult | None = None
         error = ""
         facts = _SourceFacts(start_lsn=None, stop_lsn=None, timeline=None, source_sha256=None)
@@ -150,24 +161,16 @@ class BackupRunner:
             error = "every remote target failed; the local staging copy is kept"
         if ok and result is not None:
             self._drop_staging_copy(record.object_name, result, targets)
-        with self.store.session() as session:
-            row = session.get(BackupRecord, record.id)
-            assert row is not None
-            row.status = "ok" if ok else "failed"
-            row.finished_at = utcnow()
-            row.targets = targets
-            if not ok:
-                failed = "; ".join(f"{n}: {t.get('error')}" for n, t in targets.items() if not t["ok"])
-                why = error or "every target failed"
-                row.reason = (row.reason + " " if row.reason else "") + (f"{why} ({failed})" if failed else why)
-            if result is not None:
-                row.source_size, row.stored_size, row.sha256 = result.source_size, result.stored_size, result.sha256
-            row.start_lsn, row.stop_lsn, row.timeline = facts["start_lsn"], facts["stop_lsn"], facts["timeline"]
-            row.source_sha256 = facts["source_sha256"]
-            session.add(row)
-            session.flush()
-            session.refresh(row)
-            return row
+        values: dict[str, object] = {"targets": targets, "start_lsn": facts["start_lsn"],
+                                     "stop_lsn": facts["stop_lsn"], "timeline": facts["timeline"],
+                                     "source_sha256": facts["source_sha256"]}
+        if not ok:
+            failed = "; ".join(f"{n}: {t.get('error')}" for n, t in targets.items() if not t["ok"])
+            why = error or "every target failed"
+            values["reason"] = (record.reason + " " if record.reason else "") + (f"{why} ({failed})" if failed else why)
+        if result is not None:
+            values.update(source_size=result.source_size, stored_size=result.stored_size, sha256=result.sha256)
+        return finish_record(self.store, require_id(record), ok=ok, **values)
 
     def _drop_staging_copy(self, name: str, result: PipelineResult, targets: dict[str, _TargetOutcome]) -> None:
         """B6: the local copy goes only once two remote targets hold the object."""
@@ -243,15 +246,7 @@ class BackupRunner:
         return [record, stored]
 
     def _set_row(self, record: BackupRecord, **values: object) -> BackupRecord:
-        with self.store.session() as session:
-            row = session.get(BackupRecord, record.id)
-            assert row is not None
-            for field_name, value in values.items():
-                setattr(row, field_name, value)
-            session.add(row)
-            session.flush()
-            session.refresh(row)
-            return row
+        return update_record(self.store, require_id(record), **values)
 
     def _neo4j(self, run_id: str) -> list[BackupRecord]:
         from neo4j import GraphDatabase

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recovery.backup.catalog import previous_good, records_for
-from recovery.backup.restore.postgres import RestoreError
+from recovery.backup.catalog import mark_verified, records_for
+from recovery.backup.repository import Repository, RestoreRefused, VerifiedCopy, holders
 from recovery.backup.storage.base import StorageError, Target
 from recovery.backup.stream.crypto import BackupKey
 from recovery.backup.stream.pipeline import verify_object
 from recovery.redact import redact
-from statemachines.models import BackupRecord, utcnow
-from statemachines.store import Store
+from statemachines.models import BackupRecord, require_id
+
+__all__ = ["ObjectCheck", "RestoreRefused", "VerifiedCopy", "check_record", "holders", "verified_copy", "verify"]
 
 
 @dataclass
@@ -28,12 +29,6 @@ class ObjectCheck:
     ok: bool
     problems: list[str] = field(default_factory=list)   # "target: what is wrong (chunk N)"
     reread: list[str] = field(default_factory=list)      # targets re-read end to end
-
-
-def holders(record: BackupRecord, targets: list[Target]) -> list[Target]:
-    """Targets that should hold the object (stored there and not removed as a staging copy)."""
-    stored = record.targets
-    return [t for t in targets if stored.get(t.name, {}).get("ok") and not stored[t.name].get("removed")]
 
 
 def check_record(record: BackupRecord, targets: list[Target], key: BackupKey, *, deep: bool = False) -> ObjectCheck:
@@ -68,52 +63,16 @@ def check_record(record: BackupRecord, targets: list[Target], key: BackupKey, *,
     return check
 
 
-def verify(store: Store, ident: str, targets: list[Target], key: BackupKey, *, deep: bool = False) -> list[ObjectCheck]:
+def verify(repo: Repository, ident: str, *, deep: bool = False) -> list[ObjectCheck]:
+    """Check every row of run/object ``ident``; each result is written back to its catalog row."""
     checks = []
-    for record in records_for(store, ident):
-        check = check_record(record, targets, key, deep=deep)
-        with store.session() as session:
-            row = session.get(BackupRecord, record.id)
-            if row is not None:
-                row.verified_at = utcnow()
-                row.verify_result = {"ok": check.ok, "problems": check.problems, "reread": check.reread}
-                session.add(row)
+    for record in records_for(repo.store, ident):
+        check = check_record(record, repo.targets, repo.key, deep=deep)
+        mark_verified(repo.store, require_id(record), ok=check.ok, problems=check.problems, reread=check.reread)
         checks.append(check)
     return checks
 
 
-class RestoreRefused(RestoreError):
-    """No stored copy of the backup is intact; ``previous`` is the newest earlier good one, if any."""
-
-    def __init__(self, record: BackupRecord, problems: list[str], previous: BackupRecord | None) -> None:
-        self.record, self.problems, self.previous = record, problems, previous
-        offer = (f"the previous good backup is {previous.run_id} ({previous.object_name})" if previous
-                 else "there is no earlier good backup of this kind")
-        super().__init__(f"refusing to restore {record.run_id} ({record.object_name}): no intact copy — "
-                         f"{'; '.join(problems)}; nothing was written. {offer}")
-
-
-@dataclass
-class VerifiedCopy:
-    record: BackupRecord
-    target: Target
-    sha256: str
-    skipped: list[str] = field(default_factory=list)  # damaged or unreachable copies passed over
-
-
-def verified_copy(store: Store, record: BackupRecord, targets: list[Target], key: BackupKey) -> VerifiedCopy:
-    """Read copies in config order until one passes checksum and every tag; else refuse."""
-    problems: list[str] = []
-    for target in holders(record, targets):
-        try:
-            result = verify_object(target, record.object_name, key, record.sha256)
-        except StorageError as exc:
-            problems.append(f"{target.name}: unreachable ({redact(str(exc))[:160]})")
-            continue
-        if result.ok and result.sha256:
-            return VerifiedCopy(record, target, result.sha256, problems)
-        where = f" in chunk {result.chunk_index}" if result.chunk_index is not None else ""
-        problems.append(f"{target.name}: {result.reason}{where}")
-    if not problems:
-        problems.append("no target holds a copy")
-    raise RestoreRefused(record, problems, previous_good(store, record))
+def verified_copy(repo: Repository, record: BackupRecord) -> VerifiedCopy:
+    """Read copies in config order until one passes checksum and every tag; else ``RestoreRefused``."""
+    return repo.verified_copy(record)

@@ -30,8 +30,8 @@ from recovery.backup.catalog import (
     MILVUS_KIND,
     NEO4J_KIND,
     POSTGRES_BASE_KINDS,
-    WAL_KIND,
     mark_restore_test,
+    newest_archived_wal,
     newest_good,
     restore_test_queue,
 )
@@ -126,11 +126,7 @@ def _backup_restore_test(ctx: DrillContext, scratch: Scratch, steps: Steps, star
 # --- database_failover_test ---------------------------------------------------------------------
 
 def _newest_archived(ctx: DrillContext) -> BackupRecord | None:
-    from sqlmodel import col, select
-
-    with ctx.store.session() as session:
-        return session.exec(select(BackupRecord).where(BackupRecord.kind == WAL_KIND, BackupRecord.status == "ok")
-                            .order_by(col(BackupRecord.finished_at).desc())).first()
+    return newest_archived_wal(ctx.store)
 
 
 def _rpo(replay: dict[str, Any], archived: BackupRecord | None, base: BackupRecord) -> Figure:

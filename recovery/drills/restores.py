@@ -19,7 +19,6 @@ from typing import Any
 from recovery.backup.catalog import MILVUS_KIND, NEO4J_KIND, POSTGRES_BASE_KINDS
 from recovery.backup.restore.from_catalog import restore_milvus, restore_neo4j, restore_postgres
 from recovery.backup.restore.postgres import RestoredCluster
-from recovery.backup.verify import verified_copy
 from recovery.backup.wal.archive import TargetWalStore
 from recovery.drills.contents import compare, snapshot
 from recovery.drills.context import DrillContext
@@ -55,7 +54,7 @@ def restore_postgres_copy(ctx: DrillContext, scratch: Scratch, record: BackupRec
                           replay_wal: bool) -> tuple[RestoredCluster, int, int]:
     """Verify one copy, restore it into a new scratch data dir; returns the cluster, WAL files, resource index."""
     runner = ctx.runner
-    copy = verified_copy(ctx.store, record, runner.targets, runner.key)
+    copy = runner.repository.verified_copy(record)
     data_dir, port, socket_dir, index = scratch.postgres()
     cluster, wal_files = restore_postgres(ctx.store, copy, TargetWalStore(runner), data_dir, port=port,
                                           socket_dir=socket_dir, replay_wal=replay_wal,
@@ -104,7 +103,7 @@ def test_neo4j(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> Res
     from neo4j.exceptions import ClientError
 
     try:
-        copy = verified_copy(ctx.store, record, ctx.runner.targets, ctx.runner.key)
+        copy = ctx.runner.repository.verified_copy(record)
     except Exception as exc:
         return _fail(record, began, exc)
     with _neo4j_driver(ctx) as driver:
@@ -138,7 +137,7 @@ def test_milvus(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> Re
 
     began = time.monotonic()
     try:
-        copy = verified_copy(ctx.store, record, ctx.runner.targets, ctx.runner.key)
+        copy = ctx.runner.repository.verified_copy(record)
     except Exception as exc:
         return _fail(record, began, exc)
     source = record.object_name.rsplit("/milvus-", 1)[-1].removesuffix(".jsonl.zst.aes")

@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from recovery.backup.catalog import RESTORE_TESTED_KINDS, SUPPORTING_KINDS
-from statemachines.models import BackupRecord, DrillRun, Incident, MonitorSample
+from recovery.backup.catalog import RESTORE_TESTED_KINDS, retained_backups
+from statemachines.models import DrillRun, Incident, MonitorSample
 from statemachines.store import Store
 
 
@@ -155,10 +155,7 @@ class ComponentBackups:
 
 def backup_status(store: Store) -> list[ComponentBackups]:
     """Per component: the newest good backup and the restore tests of every retained one."""
-    with store.session() as session:
-        rows = list(session.exec(select(BackupRecord).where(BackupRecord.status == "ok",
-                                                            col(BackupRecord.kind).not_in(SUPPORTING_KINDS))
-                                 .order_by(col(BackupRecord.id))))
+    rows = retained_backups(store)
     status: dict[str, ComponentBackups] = {}
     for row in rows:
         entry = status.setdefault(row.component, ComponentBackups(row.component))

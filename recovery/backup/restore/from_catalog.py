@@ -28,10 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from sqlmodel import select
-
-from recovery.backup.catalog import KIND_INCREMENTAL, WAL_KIND, BackupNotFound, segment_of
+from recovery.backup.catalog import KIND_INCREMENTAL, BackupNotFound, archived_wal, segment_of
 from recovery.backup.incremental import restore_chain
+from recovery.backup.repository import VerifiedCopy
 from recovery.backup.restore.postgres import (
     PG_OS_USER,
     RestoredCluster,
@@ -44,7 +43,6 @@ from recovery.backup.storage.base import StorageError, Target
 from recovery.backup.stream.crypto import BackupKey
 from recovery.backup.stream.pipe import produced
 from recovery.backup.stream.pipeline import restore_stream
-from recovery.backup.verify import VerifiedCopy
 from recovery.backup.wal import commands as wal
 from recovery.backup.wal.archive import TargetWalStore, segment_name
 from recovery.backup.wal.sequence import first_gap, histories_in, parse_segment
@@ -98,9 +96,7 @@ class WalGapError(RestoreError):
 
 def _archived(store: Store, targets: list[Target]) -> dict[str, datetime | None]:
     """Archived WAL file names, with when each was pushed: the catalog's, else the targets' own listings."""
-    with store.session() as session:
-        archived: dict[str, datetime | None] = {segment_of(r.object_name): r.started_at for r in session.exec(
-            select(BackupRecord).where(BackupRecord.kind == WAL_KIND, BackupRecord.status == "ok"))}
+    archived = archived_wal(store)
     if archived:
         return archived
     # No catalog rows (catalog restored from an older copy): the archive lists itself. The union of

@@ -24,18 +24,12 @@ import hashlib
 import logging
 from typing import BinaryIO
 
-from sqlmodel import select
-
-from recovery.backup.catalog import WAL_KIND, WAL_RUN_ID, wal_object
+from recovery.backup.catalog import STATUS_OK, WAL_KIND, WAL_RUN_ID, good_wal, wal_object, wal_rows
+from recovery.backup.repository import NoGoodCopy
 from recovery.backup.runner import BackupRunner
-from recovery.backup.storage.base import StorageError, Target
+from recovery.backup.storage.base import Target
 from recovery.backup.storage.local import LocalTarget
-from recovery.backup.stream.crypto import IntegrityError
-from recovery.backup.stream.pipeline import restore_stream
-from recovery.backup.verify import holders
 from recovery.backup.wal.commands import WalError
-from recovery.redact import redact
-from statemachines.models import BackupRecord
 
 log = logging.getLogger("aegis.wal")
 
@@ -65,15 +59,6 @@ class _HashingReader:
         return self._digest.hexdigest()
 
 
-class _HashingSink:
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        return len(data)
-
-
 class TargetWalStore:
     """A ``recovery.backup.wal.commands.WalStore`` over the configured targets, key and catalog."""
 
@@ -84,34 +69,21 @@ class TargetWalStore:
     def targets(self) -> list[Target]:
         return self.runner.targets
 
-    def _row(self, name: str) -> BackupRecord | None:
-        with self.runner.store.session() as session:
-            return session.exec(select(BackupRecord).where(
-                BackupRecord.run_id == WAL_RUN_ID, BackupRecord.object_name == wal_object(name),
-                BackupRecord.status == "ok")).first()
-
     def checksum(self, name: str) -> str | None:
-        with self.runner.store.session() as session:
-            rows = list(session.exec(select(BackupRecord).where(
-                BackupRecord.run_id == WAL_RUN_ID, BackupRecord.object_name == wal_object(name))))
+        rows = wal_rows(self.runner.store, name)
         if rows:  # the catalog knows this name: archived only if a row is good (a failed push is not)
-            good = [r for r in rows if r.status == "ok" and r.source_sha256]
+            good = [r for r in rows if r.status == STATUS_OK and r.source_sha256]
             return good[0].source_sha256 if good else None
         # Not in the catalog (e.g. the catalog was restored from an older copy) but perhaps stored:
         # hash the stored plaintext so a push still cannot overwrite a different segment. A target
         # that is unreachable or holds a damaged copy cannot tell; the push then writes everywhere.
-        obj = wal_object(name)
         remotes = [t for t in self.targets if not isinstance(t, LocalTarget)]
-        for target in remotes or self.targets:  # a staging copy alone is not an archived segment (B6)
-            try:
-                if not target.exists(obj):
-                    continue
-                sink = _HashingSink()
-                restore_stream(target, obj, self.runner.key, sink, verify_first=False)
-                return sink.digest.hexdigest()
-            except (StorageError, IntegrityError) as exc:
-                log.warning("WAL %s: cannot check the copy on %s: %s", name, target.name, redact(str(exc))[:200])
-        return None
+        try:   # a staging copy alone is not an archived segment (B6)
+            return self.runner.repository.plaintext_sha256(wal_object(name), remotes or self.targets)
+        except NoGoodCopy as exc:
+            if exc.problems:
+                log.warning("WAL %s: cannot check the stored copies: %s", name, "; ".join(exc.problems))
+            return None
 
     def put(self, name: str, source: BinaryIO) -> str:
         reader = _HashingReader(source)
@@ -127,14 +99,14 @@ class TargetWalStore:
         A segment the catalog lists as archived but no target holds is an error (``WalError``:
         ``aegis wal fetch`` exits 255), not "absent": absent would end recovery there and promote.
         """
-        row = self._row(name)
+        row = good_wal(self.runner.store, name)
         if row is None:
             self._read_into(name, dest, expected_sha256=None)
             return
         try:
             # holders first; then any target (a copy recorded as removed may still be there)
             self._read_into(name, dest, expected_sha256=row.sha256,
-                            candidates=holders(row, self.targets) or self.targets)
+                            candidates=self.runner.repository.holders(row) or self.targets)
         except FileNotFoundError:
             stored_on = ", ".join(sorted(t for t, outcome in row.targets.items() if outcome.get("ok"))) or "none"
             raise WalError(f"{name} is in the catalog as archived (stored on: {stored_on}) but no storage target "
@@ -148,19 +120,11 @@ class TargetWalStore:
         had the object but no copy was good, that is an error, not "absent" — recovery must stop
         rather than end early on a gap.
         """
-        obj = wal_object(name)
-        problems: list[str] = []
-        for target in candidates if candidates is not None else self.targets:
-            try:
-                if not target.exists(obj):
-                    continue
-                dest.seek(0)
-                dest.truncate()  # a copy that failed half-way must not leave its prefix behind
-                restore_stream(target, obj, self.runner.key, dest, expected_sha256, verify_first=False)
-                return
-            except (StorageError, IntegrityError) as exc:
-                problems.append(f"{target.name}: {redact(str(exc))[:200]}")
-                log.warning("WAL %s: copy on %s unusable: %s", name, target.name, problems[-1])
-        if problems:
-            raise WalError(f"{name}: no usable copy ({'; '.join(problems)})")
-        raise FileNotFoundError(name)
+        try:
+            self.runner.repository.read_into(wal_object(name), dest, expected_sha256=expected_sha256,
+                                             candidates=candidates, skip_absent=True)
+        except NoGoodCopy as exc:
+            if exc.problems:
+                log.warning("WAL %s: no usable copy: %s", name, "; ".join(exc.problems))
+                raise WalError(f"{name}: no usable copy ({'; '.join(exc.problems)})") from None
+            raise FileNotFoundError(name) from None
