@@ -105,7 +105,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7, help="runs of each command (median; default 7)")
     parser.add_argument("--aegis", help="an aegis executable (default: python -m bot.cli)")
     args = parser.parse_args()
-    aegis = [args.aegis] if args.aegis else [sys.executable, "-m", "bot.cli"]
+    # the commands run in a temporary directory: a relative --aegis is taken from here
+    aegis = [str(Path(args.aegis).absolute()) if "/" in args.aegis else args.aegis] if args.aegis \
+        else [sys.executable, "-m", "bot.cli"]
     work = Path(tempfile.mkdtemp(prefix="aegis-startup-"))
     try:
         env = _environment(work)
