@@ -74,7 +74,8 @@ def test_the_declared_names_come_from_every_section_of_the_config() -> None:
     names = declared_secret_names(full_config())
     declared = {"API_DSN", "DB_PASS", "DB2_PASS", "GRAPH_PW", "LB_AUTH", "IPMI_PW", "AZ_CONN", "BK_KEY"}
     implicit = {"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_CONNECTION_STRING",
-                "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "AEGIS_BACKUP_KEY"}
+                "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "AEGIS_BACKUP_KEY",
+                "AEGIS_REPORTS_SECRET"}
     assert names == declared | implicit
     # a hook's env holds literal values shown in the file, not secrets
     assert "MODE" not in names

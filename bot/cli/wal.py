@@ -166,8 +166,11 @@ def fast_push(argv: list[str]) -> int | None:
     timeout = settings.get("answer_timeout_seconds", 600)
     answer = hand_over(socket_path, segment, float(timeout) if isinstance(timeout, (int, float)) else 600.0)
     if answer is None:
-        print(f"aegis wal push: no archiver answered on {socket_path}; pushing {segment.name} here",
-              file=sys.stderr)
+        # said only when an archiver was expected (its socket is there): without one, pushing here is the
+        # normal path and PostgreSQL's log should not get a line per segment about it
+        if socket_path.exists():
+            print(f"aegis wal push: no archiver answered on {socket_path}; pushing {segment.name} here",
+                  file=sys.stderr)
         return None
     print(f"aegis wal push: {answer.message}", file=sys.stderr, flush=True)
     return 0 if answer.durable else PUSH_FAILED_EXIT

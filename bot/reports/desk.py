@@ -3,6 +3,7 @@ and the publishing of a finished drill's report (wired in bot/runtime.py)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from datetime import timedelta
 
@@ -13,6 +14,8 @@ from bot.reports.web import ReportLinks, ReportsApp
 from messages import report_pages
 from messages.views import Message
 from statemachines.store import Store
+
+log = logging.getLogger("aegis.reports")
 
 
 class ReportDesk:
@@ -26,6 +29,10 @@ class ReportDesk:
 
     def serving_at(self, host: str, port: int) -> None:
         """Without ``reports.base_url``, links point at the address ``aegis serve`` bound."""
+        if self.signer.ephemeral_because:
+            log.warning("%s is not set: report links are signed with a random secret of this process (they stop "
+                        "working at a restart and on other replicas); set it to a shared secret",
+                        self.signer.ephemeral_because)
         if self.links.base_url:
             return
         shown = socket.getfqdn() if host in ("0.0.0.0", "::", "") else host

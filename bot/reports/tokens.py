@@ -12,13 +12,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import logging
 import os
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
 
-log = logging.getLogger("aegis.reports")
 _TOKEN = re.compile(r"^([0-9]{1,12})\.([A-Za-z0-9_-]{0,64})\.([A-Za-z0-9_-]{43})$")
 _SUBJECT = re.compile(r"[^A-Za-z0-9_-]")
 MIN_SECRET_CHARS = 16
@@ -34,6 +32,8 @@ class LinkSigner:
             raise ReportSecretError(f"the reports secret must be at least {MIN_SECRET_CHARS} characters")
         self._secret = secret
         self.ttl = ttl
+        # the env var that was unset when the secret is this process's own random one (warned once serving)
+        self.ephemeral_because: str | None = None
 
     def _sign(self, expires: int, subject: str) -> str:
         mac = hmac.new(self._secret, f"aegis-reports/v1\n{expires}\n{subject}".encode(), hashlib.sha256).digest()
@@ -61,12 +61,14 @@ class LinkSigner:
 
 def signer_from_env(secret_env: str, ttl: timedelta, *, slack_signing_secret: str | None) -> LinkSigner:
     """The signer of this process: the secret in ``secret_env``; without one, a random secret (links
-    then work on this process only, until it restarts, and a warning says so)."""
+    then work on this process only, until it restarts; ``ReportDesk.serving_at`` warns once the server
+    is bound, so a start that fails still ends in its one line)."""
     value = os.environ.get(secret_env, "")
     if not value:
-        log.warning("%s is not set: report links are signed with a random secret of this process (they stop "
-                    "working at a restart and on other replicas); set it to a shared secret", secret_env)
-        return LinkSigner(secrets.token_bytes(32), ttl)
+        signer = LinkSigner(secrets.token_bytes(32), ttl)
+        signer.ephemeral_because = secret_env
+        return signer
+
     if slack_signing_secret and hmac.compare_digest(value.encode(), slack_signing_secret.encode()):
         raise ReportSecretError(f"{secret_env} must not be the Slack signing secret: give the reports their own")
     return LinkSigner(value.encode(), ttl)
