@@ -20,10 +20,10 @@ from bot.flows.backup import BackupDuty
 from bot.flows.drills import DrillDuty, sweep_leftovers
 from bot.flows.incident import Flows
 from bot.jobs.drills import reconcile_drills
+from bot.jobs.monitor import MonitorDuty
 from bot.jobs.registry import JobContext, default_registry
 from bot.jobs.scheduler import Scheduler
 from bot.metrics import MetricsApp
-from bot.monitor_job import MonitorDuty
 from bot.reports.desk import ReportDesk
 from bot.reports.tokens import ReportSecretError
 from bot.secrets import install_masking
@@ -36,7 +36,7 @@ from recovery.redact import redact
 from statemachines.store import Store
 
 if TYPE_CHECKING:   # imported when Socket Mode is used, not before
-    from bot.socket_mode import RedeliverySafeHandler
+    from bot.slack.socket_mode import RedeliverySafeHandler
 
 log = logging.getLogger("aegis.runtime")
 
@@ -175,9 +175,9 @@ class Runtime:
         """Connect over Socket Mode in the background, retrying with back-off; never crash ``serve``.
 
         Once connected, slack_sdk's client reconnects by itself (a dropped connection, a
-        ``disconnect`` asking for a refresh); redelivered envelopes are not run twice (bot/socket_mode.py).
+        ``disconnect`` asking for a refresh); redelivered envelopes are not run twice (bot/slack/socket_mode.py).
         """
-        from bot.socket_mode import RedeliverySafeHandler
+        from bot.slack.socket_mode import RedeliverySafeHandler
 
         wait = first_wait
         while not self._stop.is_set():

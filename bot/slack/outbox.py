@@ -484,7 +484,7 @@ class Dispatcher:
         self._thread_post(batch, self._closing(batch))
 
     def _monitor_alert(self, batch: Batch, row: OutboxRow) -> None:
-        """The ops channel's critical alert for an incident the monitor opened (bot/monitor_job.py)."""
+        """The ops channel's critical alert for an incident the monitor opened (bot/jobs/monitor.py)."""
         payload = row.payload or {}
         evidence = payload.get("evidence")
         message = monitor_notices.critical_alert(
