@@ -23,8 +23,10 @@ def evidence_lines(evidence: Sequence[Mapping[str, object]], locale: str) -> str
 
 
 def critical_alert(*, key: str, scenario: str, summary: str, evidence: Sequence[Mapping[str, object]],
-                   incident_key: str, locale: str) -> Message:
-    body = _t(locale, "critical_body", summary=summary, scenario=scenario, incident_key=incident_key)
+                   incident_key: str, invited: int, locale: str) -> Message:
+    """``invited``: how many people the roster invited (none: the post says so instead of "paged")."""
+    body = _t(locale, "critical_body", summary=summary, scenario=scenario, incident_key=incident_key,
+              invited=invited)
     return block_kit.ops_notice(_t(locale, "critical_title", key=key, scenario=scenario),
                              f"{body}\n{evidence_lines(evidence, locale)}", locale)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from messages import render
+from messages import monitor_notices, render
 from messages.blocks import backup as backup_blocks
 from messages.blocks import incident as incident_blocks
 from messages.blocks import kit as block_kit
@@ -629,3 +630,12 @@ def test_backup_failure_names_the_target_the_reason_and_the_previous_good_backup
     warning = all_text(backup_blocks.backup_ops_alert(backup_run("warning"), locale))
     assert "s3" in warning and "backup_20261122_020000" not in warning
     assert "3.0 GiB" in all_text(backup_blocks.backup_list([failed.previous_good], locale))
+
+
+@pytest.mark.parametrize("locale", ["en", "ko"])
+def test_the_monitors_alert_says_whom_it_invited_and_never_claims_a_page_without_a_roster(locale: str) -> None:
+    alert = functools.partial(monitor_notices.critical_alert, key="primary_down", scenario="database_failure",
+                              summary="primary down", evidence=[], incident_key="INC-3", locale=locale)
+    nobody, three = alert(invited=0).text, alert(invited=3).text
+    assert "roster:" in nobody and "3" not in nobody.replace("INC-3", "")
+    assert "3" in three.replace("INC-3", "") and "roster:" not in three

@@ -127,6 +127,7 @@ def test_a_sigkilled_primary_with_a_healthy_standby_opens_an_incident_within_two
                          what="the critical alert")
         assert len(alert) == 1
         assert "postgres primary" in alert[0] and "unreachable" in alert[0] and "INC-" in alert[0]
+        assert "from the roster" in alert[0] and "paged" not in alert[0]   # says whom it invited, truthfully
         store = bot.store()
         try:
             with store.session() as session:

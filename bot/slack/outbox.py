@@ -47,7 +47,6 @@ from statemachines import policy
 from statemachines import service as svc
 from statemachines.models import Incident, OutboxRow, require_id, utcnow
 from statemachines.store import Store
-from statemachines.vocabulary import ROLES
 
 log = logging.getLogger("aegis.outbox")
 
@@ -324,11 +323,8 @@ class Dispatcher:
             session.execute(update(OutboxRow).where(col(OutboxRow.id) == row.id).values(payload=row.payload))
 
     def _team(self, incident: Incident) -> list[str]:
-        roles = self.config.slack.scenario_roles.get(incident.scenario) or list(ROLES)
         users = [incident.declared_by] if incident.declared_by.startswith("U") else []
-        for role in roles:
-            users += self.config.roster.get(role, [])
-        return list(dict.fromkeys(users))
+        return list(dict.fromkeys(users + self.config.response_team(incident.scenario)))
 
     def _card(self, batch: Batch, row: OutboxRow) -> None:
         self._post_or_update(batch, batch.incident.channel_id, "card_ts",
@@ -490,5 +486,6 @@ class Dispatcher:
         message = monitor_notices.critical_alert(
             key=str(payload.get("key", "")), scenario=batch.incident.scenario, summary=str(payload.get("summary", "")),
             evidence=[e for e in evidence if isinstance(e, dict)] if isinstance(evidence, list) else [],
-            incident_key=batch.incident.key or "", locale=self.locale)
+            incident_key=batch.incident.key or "", invited=len(self.config.response_team(batch.incident.scenario)),
+            locale=self.locale)
         self.gateway.post(self.config.slack.ops_channel, message.text, message.blocks)
