@@ -380,12 +380,15 @@ def ledger_start(
         action=step.action, owner=owner, lease_until=utcnow() + lease,
     )
     try:
+        # one savepoint for both: a step that moved meanwhile leaves no ledger row behind, which would
+        # otherwise hold this attempt's idempotency key and keep the step from ever being claimed
         with session.begin_nested():
             session.add(entry)
+            session.flush()
+            if not move_step(session, step=step, to="running", from_statuses=("pending", "approved")):
+                raise StaleVersion(f"step {step.id} moved while it was being claimed")
     except IntegrityError:
         return None
-    if not move_step(session, step=step, to="running", from_statuses=("pending", "approved")):
-        raise StaleVersion(f"step {step.id} moved while it was being claimed")
     return entry
 
 

@@ -129,6 +129,26 @@ def test_votes_and_ledger_claims_are_unique(store: Store) -> None:
         assert len(svc.ledger_for_step(session, require_id(step))) == 1
 
 
+def test_a_claim_of_a_step_that_moved_meanwhile_leaves_no_ledger_row(store: Store) -> None:
+    incident_id = _declare(store)
+    with store.session() as session:
+        svc.replace_plan(session, incident_id=incident_id, strategy="failover",
+                         specs=[StepSpec(title="check", action="manual")])
+    with store.session() as session:
+        stale = svc.current_steps(session, incident_id)[0]   # read here, moved by someone else below
+        assert stale.status == "awaiting_approval"
+    with store.session() as session:
+        assert svc.move_step(session, step=svc.get_step(session, require_id(stale)), to="approved")
+    with store.session() as session:   # the claimant's transaction commits after losing, as the engine's does
+        with pytest.raises(StaleVersion):
+            svc.ledger_start(session, step=stale, owner="a", lease=timedelta(seconds=30))
+    with store.session() as session:
+        assert svc.ledger_for_step(session, require_id(stale)) == []
+        fresh = svc.get_step(session, require_id(stale))
+        claimed = svc.ledger_start(session, step=fresh, owner="b", lease=timedelta(seconds=30))
+    assert claimed is not None   # the attempt's idempotency key was not left taken by the lost claim
+
+
 def test_new_plan_revision_supersedes_unfinished_steps(store: Store) -> None:
     incident_id = _declare(store)
     spec = StepSpec(title="x", action="manual")
