@@ -464,6 +464,9 @@ class Backups(_Strict):
 MONITOR_RULES = ("database_failure", "datacenter_outage", "ransomware", "wal_archiving_stalled",
                  "backup_stale", "check_failed")     # recovery/monitor/risk.py BUILTIN_RULES
 AUTO_RECOVERY_ACTIONS = ("postgres_confirm_down", "postgres_promote", "hook", "verify")
+# steps under the two-person rule (the ransomware plan's restore from a clean backup, a manual step):
+# configuration never pre-approves them, whatever auto_recovery says
+TWO_PERSON_ACTIONS = ("manual", "restore")
 
 
 class CheckOverride(_Strict):
@@ -501,6 +504,17 @@ class Canary(_Strict):
         return self
 
 
+class Signals(_Strict):
+    """``POST /signals`` (bot/signals.py): HMAC-signed reports of an endpoint-security tool.
+
+    No default secret: without ``secret_env`` the route answers 404, with the variable unset 503.
+    A ``ransomware`` signal fails the ``signal ransomware`` check for ``hold_minutes``.
+    """
+
+    secret_env: EnvName | None = None
+    hold_minutes: float = Field(default=60, gt=0, le=7 * 24 * 60)
+
+
 class RiskRule(_Strict):
     """A built-in rule's override, or (any other name) a custom rule over named checks."""
 
@@ -526,9 +540,11 @@ class Monitoring(_Strict):
     endpoints: list[Endpoint] = Field(default_factory=list)
     canaries: list[Canary] = Field(default_factory=list)
     rules: dict[str, RiskRule] = Field(default_factory=dict)
-    # automatic recovery (M2): parsed here, acted on by a later part of the response
+    # automatic recovery (M2): bot/flows/incident.py Flows.auto_recover; names as in the plan's steps
+    # (postgres_promote, hook.fence_primary…: statemachines.usecases.action_name)
     auto_recovery: dict[ScenarioName, bool] = Field(default_factory=dict)
     pre_approved_actions: list[str] = Field(default_factory=list)
+    signals: Signals = Field(default_factory=Signals)
 
     @field_validator("hosts")
     @classmethod
@@ -551,6 +567,12 @@ class Monitoring(_Strict):
                 raise ValueError(f"rules.{name}: a critical rule needs a scenario (one of {', '.join(SCENARIOS)})")
         for action in self.pre_approved_actions:
             base = action.split(".", 1)[0]
+            if base in TWO_PERSON_ACTIONS:
+                raise ValueError(f"pre_approved_actions: `{action}` is a two-person step (the ransomware restore "
+                                 "needs the security lead and a second approver); config never pre-approves it")
+            if base == "hook" and action.split(".", 1)[-1] not in HOOK_NAMES:
+                raise ValueError(f"pre_approved_actions: `{action}`: name the hook, one of "
+                                 + ", ".join(f"hook.{h}" for h in HOOK_NAMES))
             if base not in AUTO_RECOVERY_ACTIONS:
                 raise ValueError(f"pre_approved_actions: unknown action `{action}`; "
                                  f"{_did_you_mean(base, AUTO_RECOVERY_ACTIONS, 'actions')}")

@@ -4,7 +4,8 @@ Check names come from the config and are what people read in a warning or an inc
 evidence: ``host db1:22``, ``disk /var/backups``, ``postgres primary`` (a node's label),
 ``postgres standby lag bytes``, ``postgres primary wal archiving``, ``backup postgres``,
 ``neo4j``, ``milvus``, ``service <name>``, ``dns <endpoint>``, ``endpoint <endpoint>``,
-``canary <name>``. ``monitoring.checks`` overrides interval, threshold and timeout by that name;
+``canary <name>``, ``signal ransomware`` (``POST /signals``, when configured). ``monitoring.checks``
+overrides interval, threshold and timeout by that name;
 an unknown name is a config error that says the closest one.
 """
 
@@ -22,6 +23,7 @@ from bot.wiring import service_specs
 from recovery.monitor import checks as probes
 from recovery.monitor.checks import Check, Probe
 from recovery.monitor.risk import RiskRules, RuleSetting
+from recovery.monitor.signals import KINDS, SignalStore, signal_probe
 from statemachines.store import Store
 
 BACKUP_SCHEDULE_PROBES = 8        # fires looked at to find the longest gap of a crontab
@@ -44,7 +46,7 @@ class _Spec:
 def monitor_checks(config: Config, store: Store) -> list[Check]:
     """Every check the config asks for, with ``monitoring.checks`` overrides applied."""
     specs = [*_infrastructure(config), *_database(config, store), *_application(config), *_network(config),
-             *_canaries(config)]
+             *_canaries(config), *_signals(config, store)]
     return _apply_overrides(config.monitoring, specs)
 
 
@@ -262,3 +264,13 @@ def _canaries(config: Config) -> list[_Spec]:
         specs.append(_Spec(f"canary {canary.name}", "database", "canary",
                            fixed(probes.query_canary_probe(node.full_dsn(), canary.sql, canary.expect))))
     return specs
+
+
+def _signals(config: Config, store: Store) -> list[_Spec]:
+    """``signal <kind>``: fails while ``POST /signals`` received such a signal within ``hold_minutes``."""
+    section = config.monitoring.signals
+    if section.secret_env is None:
+        return []
+    hold, recent = timedelta(minutes=section.hold_minutes), SignalStore(store).recent
+    return [_Spec(f"signal {kind}", "infrastructure", "signal", fixed(signal_probe(kind, hold, recent)),
+                  subject=f"signal {kind}") for kind in KINDS]

@@ -27,6 +27,7 @@ from bot.metrics import MetricsApp
 from bot.reports.desk import ReportDesk
 from bot.reports.tokens import ReportSecretError
 from bot.secrets import install_masking
+from bot.signals import SignalsApp
 from bot.slack.app import create_app
 from bot.slack.backup_desk import BackupDesk
 from bot.slack.drill_desk import DrillDesk
@@ -152,7 +153,8 @@ class Runtime:
         # Bind first: a port in use (OSError) must fail before any job or sweep has started.
         events_secret = None if self.slack.socket_mode else self.slack.signing_secret
         metrics = MetricsApp(self.store, self.config.reports.metrics_token_env)
-        mounts: list[tuple[str, WSGIApp]] = [("/metrics", metrics), ("/reports", self.reports.app)]
+        mounts: list[tuple[str, WSGIApp]] = [("/metrics", metrics), ("/reports", self.reports.app),
+                                             ("/signals", SignalsApp(self.config, self.store))]
         self.http = HttpServer(make_wsgi(self.bolt, self.health, signing_secret=events_secret, mounts=mounts),
                                host=host, port=port)
         self.reports.serving_at(host, self.http.port)

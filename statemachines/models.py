@@ -136,6 +136,8 @@ class Approval(SQLModel, table=True):
     roles: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # roles that authorised it
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # "" for a person's vote; why Aegis approved it otherwise ("pre-approved by config (…)", usecases.pre_approve)
+    basis: str = ""
 
 
 class LedgerEntry(SQLModel, table=True):
@@ -305,6 +307,25 @@ class MonitorCondition(SQLModel, table=True):
     incident_id: int | None = Field(default=None, foreign_key="incident.id")
     last_warned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     evidence: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+
+
+class MonitorSignal(SQLModel, table=True):
+    """A signal an endpoint-security tool sent to ``POST /signals`` (bot/signals.py), HMAC-verified.
+
+    The monitor's ``signal ransomware`` check reads the recent ones (recovery/monitor/signals.py).
+    ``digest`` (sha256 of the signed timestamp and body) is unique: a replay inside the five-minute
+    window is answered but stored once.
+    """
+
+    __tablename__ = "monitor_signal"
+    id: int | None = Field(default=None, primary_key=True)
+    digest: str = Field(unique=True)
+    source: str
+    kind: str = Field(index=True)                # ransomware
+    host: str = ""
+    detail: str = ""                             # redacted, at most 2000 characters
+    at: datetime = Field(sa_type=UTCDateTime)    # when the tool saw it (its clock)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
 
 
 class DrillRun(SQLModel, table=True):

@@ -356,6 +356,82 @@ def back_to_assessed(session: Session, incident: Incident, user_id: str, reason:
                  reason=reason, expected_version=incident.version)
 
 
+# --- automatic recovery (monitoring.auto_recovery, pre_approved_actions) -------------------------
+
+PRE_APPROVED = "pre-approved by config"
+
+
+def action_name(step: PlanStep) -> str:
+    """A step's name in ``monitoring.pre_approved_actions``: its action, and a hook's name (``hook.fence_primary``)."""
+    hook = (step.params or {}).get("hook") if step.action == "hook" else None
+    return f"hook.{hook}" if hook else step.action
+
+
+def auto_assemble(session: Session, *, incident_id: int, basis: str) -> Transition | None:
+    """An incident the monitor declared, with automatic recovery on: Aegis assembles it itself, so the
+    assessment runs without waiting for an incident commander (a person may still take command).
+
+    None when it is not Aegis's own ``detected`` incident any more (someone took command first).
+    """
+    incident = svc.lock(session, incident_id)
+    if incident.state != "detected" or incident.declared_by != AEGIS:
+        return None
+    svc.add_event(session, incident_id=incident_id, kind="audit", actor=AEGIS,
+                  text=f"automatic recovery ({basis}): assessed without waiting for an incident commander",
+                  data={"code": "auto_recovery", "basis": basis})
+    return _fire(session, incident_id=incident_id, trigger="assemble", actor=AEGIS,
+                 reason=f"automatic recovery ({basis})", expected_version=incident.version)
+
+
+def pre_approve(session: Session, *, step_id: int, basis: str) -> bool:
+    """Approve a step on the config's word: an approval row of Aegis carrying ``basis`` and an audit event.
+
+    Never a person's vote, and never for a two-person step (P3): such a step keeps waiting for its
+    approvers. False when the step was not awaiting approval or is a two-person step.
+    """
+    incident, step = step_of(session, step_id)
+    incident_id = require_id(incident)
+    if step.approvals_required >= 2:
+        svc.add_event(session, incident_id=incident_id, kind="audit", actor=AEGIS,
+                      text=f"not pre-approved: step {step.position} ({step.title}) needs two approvers",
+                      data={"step_id": step.id})
+        return False
+    if step.status != "awaiting_approval" or not svc.record_vote(
+            session, step=step, user_id=AEGIS, decision="approve", roles_used=[], expires_in=None):
+        return False
+    vote = next(a for a in svc.approvals(session, step) if a.user_id == AEGIS)
+    vote.basis = basis
+    session.add(vote)
+    if not svc.move_step(session, step=step, to="approved", from_statuses=("awaiting_approval",)):
+        return False
+    svc.add_event(session, incident_id=incident_id, kind="approval", actor=AEGIS,
+                  text=f"{basis}: step {step.position}: {step.title}",
+                  data={"step_id": step.id, **_step_event("step_pre_approved", step), "basis": basis})
+    _log_on_commit(session, incident_id, f"step {step.position} {basis}: {step.title}", event="approval",
+                   decision="pre_approve", actor=AEGIS, basis=basis, **_step_log(step))
+    return True
+
+
+def auto_start(session: Session, *, incident_id: int, expected_version: int, pre_approved: frozenset[str],
+               scenario_basis: str) -> Transition | None:
+    """Start the recovery of an assessed incident under automatic recovery: the steps whose action the
+    config lists are pre-approved, then ``start_recovery`` — read-only steps run, the others wait.
+
+    None when the incident moved since the assessment (a person approved, or it was re-planned).
+    """
+    incident = svc.lock(session, incident_id)
+    if incident.state != "assessed" or incident.version != expected_version:
+        return None
+    for step in svc.current_steps(session, incident_id):
+        name = action_name(step)
+        if step.status == "awaiting_approval" and name in pre_approved:
+            basis = f"{PRE_APPROVED} (monitoring.pre_approved_actions: {name})"
+            pre_approve(session, step_id=require_id(step), basis=basis)
+    svc.tell(session, incident_id=incident_id, kind="plan")
+    return _fire(session, incident_id=incident_id, trigger="start_recovery", actor=AEGIS,
+                 reason=f"automatic recovery ({scenario_basis}): read-only and pre-approved steps run")
+
+
 # --- manual verification ------------------------------------------------------------------------
 
 def check_verification(session: Session, *, step_id: int, user_id: str,

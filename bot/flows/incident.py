@@ -105,6 +105,8 @@ class Flows:
         incident_id = transition.incident_id
         if transition.dest == "assembled":
             self.submit(self.assess, incident_id)
+        elif transition.dest == "assessed" and transition.trigger == "assess":
+            self.submit(lambda: self.auto_start(incident_id, transition.version))
         elif transition.dest == "assessed" and transition.trigger in ("abort_recovery", "verification_failed"):
             self.submit(lambda: self.assess(incident_id, after_version=transition.version))
         elif transition.dest == "closed":
@@ -187,6 +189,40 @@ class Flows:
         if link_of is not None:
             ctx["link"] = self.outbox.permalink(*link_of)
         return block_kit.refusal(exc.reason, self.locale, **ctx)
+
+    # --- automatic recovery (monitoring.auto_recovery: an incident the monitor opened) ---------
+
+    def auto_recovery_on(self, incident: Incident) -> bool:
+        """Whether Aegis recovers this incident by itself: the monitor declared it and the config turns
+        automatic recovery on for its scenario."""
+        return incident.declared_by == usecases.AEGIS and self.config.monitoring.auto_recovery.get(
+            incident.scenario, False)
+
+    def auto_recover(self, incident_id: int) -> None:
+        """Assess at once, without waiting for an incident commander to take command (the monitor's
+        incident has none); the assessment's follow-up then starts the recovery (``auto_start``)."""
+        with self.store.session() as session:
+            incident = svc.get(session, incident_id)
+            if not self.auto_recovery_on(incident):
+                return
+            transition = usecases.auto_assemble(session, incident_id=incident_id,
+                                                basis=f"monitoring.auto_recovery.{incident.scenario}")
+        self.committed(transition)
+
+    def auto_start(self, incident_id: int, version: int) -> None:
+        """The first plan of an automatically recovered incident: pre-approve what the config lists
+        (never a two-person step), start the recovery, run what may run (read-only, pre-approved)."""
+        with self.store.session() as session:
+            incident = svc.get(session, incident_id)
+            if not self.auto_recovery_on(incident) or incident.plan_revision != 1:
+                return
+            transition = usecases.auto_start(
+                session, incident_id=incident_id, expected_version=version,
+                pre_approved=frozenset(self.config.monitoring.pre_approved_actions),
+                scenario_basis=f"monitoring.auto_recovery.{incident.scenario}")
+        self.committed(transition)
+        if transition is not None:
+            self.submit(self.advance, incident_id)
 
     # --- approvals ---------------------------------------------------------------------------
 
@@ -329,10 +365,15 @@ class Flows:
         self.engine.resume_interrupted()   # its transactions wrote their outbox rows
         self.outbox.wake()
         with self.store.session() as session:
-            stalled = [(require_id(i), i.state, i.version, self._needs_replan(session, i))
+            stalled = [(require_id(i), i.state, i.version, self._needs_replan(session, i),
+                        self.auto_recovery_on(i) and i.plan_revision <= 1)
                        for i in svc.open_incidents(session)]
-        for incident_id, state, version, replan in stalled:
-            if state == "assembled":
+        for incident_id, state, version, replan, auto in stalled:
+            if state == "detected" and auto:
+                self.auto_recover(incident_id)          # declared, then a crash before Aegis assembled it
+            elif state == "assessed" and auto and not replan:
+                self.auto_start(incident_id, version)   # assessed, then a crash before the recovery started
+            elif state == "assembled":
                 self.assess(incident_id)
             elif state == "assessed" and replan:
                 self.assess(incident_id, after_version=version)

@@ -15,7 +15,12 @@ happened:
 - a cleared condition posts the all-clear in the ops channel.
 
 A failing cycle is logged and retried after ``monitoring.retry_after_seconds`` (M3).
-``auto_recovery`` and ``pre_approved_actions`` are parsed by the config but not acted on yet.
+With ``monitoring.auto_recovery.<scenario>: true`` the incident is recovered by Aegis itself
+(``Flows.auto_recover``): assembled by Aegis and assessed at once, its plan posted in the room the
+scenario's team was invited to, read-only steps run, and a destructive step runs only when
+``monitoring.pre_approved_actions`` names its action (``usecases.pre_approve``: "pre-approved by
+config"; never a two-person step) — the others wait for an approver's click.
+A ``POST /signals`` report (bot/signals.py) is seen by the ``signal ransomware`` check at the next cycle.
 """
 
 from __future__ import annotations
@@ -106,6 +111,8 @@ class MonitorDuty:
                      key=condition.key, scenario=scenario, summary=condition.summary, evidence=condition.evidence)
         self.flows.committed()
         log.warning("incident %s opened for condition %s", incident.key, condition.key)
+        if self.section.auto_recovery.get(scenario, False):
+            self.flows.submit(self.flows.auto_recover, incident_id)   # assessed without waiting for a claim
 
     def _warn(self, condition: Condition) -> None:
         repeat = timedelta(minutes=self.section.warning_repeat_minutes)

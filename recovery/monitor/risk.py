@@ -6,7 +6,8 @@ rules can be added):
 - ``database_failure`` — the PostgreSQL primary fails while a standby is healthy and in recovery:
   CRITICAL ``database_failure``;
 - ``datacenter_outage`` — every tier-1 service's health check fails: CRITICAL ``datacenter_outage``;
-- ``ransomware`` — a canary (file or query) changed: CRITICAL ``ransomware``;
+- ``ransomware`` — a canary (file or query) changed, or a tool reported ransomware to ``POST /signals``
+  (one condition per reporting source, counted at the first cycle that sees it): CRITICAL ``ransomware``;
 - ``wal_archiving_stalled`` — WAL waits longer than the RPO objective, or archiving failures grow: HIGH;
 - ``backup_stale`` — the newest good backup is older than its schedule plus grace: HIGH;
 - ``check_failed`` — any other failing check (one not explained by a CRITICAL finding on its subject): HIGH.
@@ -56,6 +57,7 @@ class Finding:
     checks: tuple[str, ...]             # the checks whose samples make it (and clear it)
     summary: str
     evidence: tuple[dict[str, Any], ...]
+    consecutive: int | None = None      # samples it must hold; None: the tracker's (a signal: 1)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,25 @@ def _backup_stale(seen: _Seen) -> list[_Raw]:
             if seen.failing(c)]
 
 
+def _signal_findings(seen: _Seen, level: str, scenario: str | None) -> list[Finding]:
+    """One finding per source that reported ransomware to ``POST /signals`` (the signal is its evidence).
+
+    A tool's report is not a blip to wait out: it counts at the first cycle that sees it.
+    """
+    findings = []
+    for check in seen.of("signal"):
+        sample = seen.latest.get(check.name)
+        if sample is None or sample.ok:
+            continue
+        for signal in sample.facts.get("signals") or []:
+            source, host = str(signal.get("source")), str(signal.get("host") or "?")
+            reason = f"{source} reported {signal.get('kind')} on {host} at {signal.get('at')}: {signal.get('detail')}"
+            evidence = evidence_of(sample) | {"reason": reason[:300], "signal": dict(signal)}
+            findings.append(Finding(f"ransomware:signal {source}", "ransomware", level, scenario, (check.name,),
+                                    reason[:300], (evidence,), consecutive=1))
+    return findings
+
+
 BUILTIN: dict[str, RuleFunction] = {
     "database_failure": _database_failure,
     "datacenter_outage": _datacenter_outage,
@@ -164,6 +185,8 @@ class RiskRules:
         for rule, function in BUILTIN.items():
             if self._enabled(rule):
                 findings += [self._finding(rule, raw, seen) for raw in function(seen)]
+        if self._enabled("ransomware"):
+            findings += _signal_findings(seen, *self._level("ransomware"))
         for rule, setting in self.settings.items():
             if rule in BUILTIN_RULES or not setting.enabled:
                 continue
@@ -260,7 +283,7 @@ class ConditionTracker:
             streak = self._bad.get(key, (0, ()))[0] + 1
             self._bad[key] = (streak, finding.checks)
             changes.pending[key] = streak
-            if streak >= self.consecutive:
+            if streak >= (finding.consecutive or self.consecutive):
                 self._bad.pop(key)
                 condition = _condition_of(finding, at)
                 if self.store.open_condition(condition):
