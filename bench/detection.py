@@ -25,7 +25,7 @@ It prints the load, one row per trial (each loop's phase at the kill), p50/p95 o
 aegis/floor and the goals: p95 ≤ 10 s at a 5 s interval, ratio to the floor ≤ 1.2 (judged on p95 and p50).
 The exit status is 0 whether or not the goals are met, 1 when a trial cannot run, 130 on interrupt.
 
-    python bench/detection.py                       # 20 trials at 5 s, about 10 minutes
+    python bench/detection.py                       # 20 trials at 5 s, about 7 minutes
     python bench/detection.py --trials 5 --interval 2
 """
 
