@@ -152,6 +152,26 @@ def test_the_embedded_default_runs_the_demo_roster_and_key(plain_demo: EmbeddedA
     assert not any(secret.encode() in p.read_bytes() for p in tmp_path.glob("*.db*"))
 
 
+def test_demo_without_postgres_binaries_says_what_to_install_and_runs_the_plain_demo(tmp_path: Path) -> None:
+    bot = demo_process(tmp_path, "--demo")
+    bot.env["AEGIS_PG_BIN"] = str(tmp_path / "no-postgres-here")
+    bot.start()
+    try:
+        wait_for(lambda: "no PostgreSQL server binaries found" in bot.log(), what="the install hint")
+        hint = next(line for line in bot.log().splitlines() if "no PostgreSQL server binaries found" in line)
+        assert "apt-get install postgresql" in hint and "plain demo" in hint
+        # the plain demo runs: a declared incident gets its plan of manual steps
+        page = EmulatorPage(bot.emulator_url)
+        incident = Incident(bot, page)
+        incident.declare()
+        incident.click("U0IC", "aegis_claim_role", "incident_commander")
+        incident.wait_state("assessed")
+        assert incident.steps()[0].action == "manual"
+        assert not list(tmp_path.glob("aegis-demo.json")) or not demo_state(tmp_path).get("cluster")
+    finally:
+        bot.stop()
+
+
 @needs_postgres
 def test_demo_fails_over_to_a_real_standby_backs_up_and_cleans_up(tmp_path: Path) -> None:
     bot = demo_process(tmp_path, "--demo").start(timeout=90)

@@ -53,10 +53,13 @@ def _has_binaries(bin_dir: Path) -> bool:
 
 
 def find_pg_bin() -> Path | None:
-    """PostgreSQL server binaries: ``AEGIS_PG_BIN``, else the newest ``/usr/lib/postgresql/*/bin``."""
+    """PostgreSQL server binaries: ``AEGIS_PG_BIN``, else the newest ``/usr/lib/postgresql/*/bin``.
+
+    A set ``AEGIS_PG_BIN`` is the operator's choice: when it holds no binaries there are none (said so),
+    rather than silently running another version from /usr/lib."""
     explicit = os.environ.get("AEGIS_PG_BIN")
-    candidates = [Path(explicit)] if explicit else []
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_major, reverse=True)
+    candidates = [Path(explicit)] if explicit else sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                                                          key=_major, reverse=True)
     return next((c for c in candidates if _has_binaries(c)), None)
 
 
