@@ -28,6 +28,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot.extras import missing_extras
+from statemachines.json_types import JsonObject
 from statemachines.vocabulary import HOOK_NAMES, ROLES, SCENARIOS
 
 TIERS = (1, 2, 3)                      # 1 recovers first (the plan's tier 1 services)
@@ -742,7 +743,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def _read(file: Path) -> dict[str, Any]:
+def _read(file: Path) -> JsonObject:
     try:
         raw = file.read_bytes()
     except IsADirectoryError:
@@ -784,13 +785,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     if not file.exists() and not file.is_symlink():
         if explicit:
             raise ConfigError(f"config file {file} does not exist (set AEGIS_CONFIG to an existing file)")
-        data: dict[str, Any] = {}
+        data: JsonObject = {}
     else:
         data = _read(file)
     return validate_config(data, str(file))
 
 
-def validate_config(data: dict[str, Any], source: str) -> Config:
+def validate_config(data: JsonObject, source: str) -> Config:
     """The checked config from parsed YAML (``source`` names it in every problem line); AEGIS_LOCALE wins."""
     if os.environ.get("AEGIS_LOCALE"):
         data["locale"] = os.environ["AEGIS_LOCALE"]

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from recovery.redact import redact
+from statemachines.json_types import JsonObject
 
 MAX_LINE = 4000
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -98,7 +99,7 @@ class JsonFormatter(RedactingFormatter):
     """One JSON object per line: time, level, logger, message, incident and the record's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
+        line: JsonObject = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname, "logger": record.name,
             "message": cap(redact(record.getMessage())),

@@ -7,8 +7,6 @@ the policy's two-person rule becomes the role the message names.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlmodel import Session, col, select
 
 from bot.config import Config
@@ -26,6 +24,7 @@ from messages.views import (
 from recovery import objectives
 from statemachines import policy
 from statemachines import service as svc
+from statemachines.json_types import JsonObject
 from statemachines.models import Incident, PlanStep, TimelineEvent, require_id
 from statemachines.vocabulary import ROLES, SECURITY_LEAD
 
@@ -109,7 +108,7 @@ def _revision(session: Session, incident: Incident, current: list[PlanStep],
 
 
 def _timeline_item(event: TimelineEvent, incident: Incident) -> TimelineItem:
-    data: dict[str, Any] = dict(event.data or {})
+    data: JsonObject = dict(event.data or {})
     code = str(data.get("code") or "")
     if event.kind == "transition":
         # transitions are written by the state machine's service: their code comes from the states

@@ -44,6 +44,7 @@ from recovery.objectives import rpo_from_promotion
 from recovery.redact import redact, redact_data
 from statemachines import service as svc
 from statemachines import usecases
+from statemachines.json_types import JsonObject
 from statemachines.models import PlanStep, require_id, utcnow
 from statemachines.service import Transition
 from statemachines.store import Store
@@ -284,7 +285,7 @@ def _one_line(exc: BaseException) -> str:
     return redact(text[0] if text else type(exc).__name__)[:200]
 
 
-def _redact_evidence(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _redact_evidence(items: list[JsonObject]) -> list[JsonObject]:
     return [{k: redact(v) if isinstance(v, str) else v for k, v in item.items()} for item in items]
 
 
@@ -293,7 +294,7 @@ def _on_commit(session: Any, callback: Callable[[], None]) -> None:
     event.listen(session, "after_commit", lambda _s: callback(), once=True)
 
 
-def _summary(output: dict[str, Any]) -> str:
+def _summary(output: JsonObject) -> str:
     if not output:
         return ""
     if isinstance(output.get("evidence"), list):
@@ -302,6 +303,6 @@ def _summary(output: dict[str, Any]) -> str:
     return redact(", ".join(parts))[:300]
 
 
-def _redact_output(output: dict[str, Any]) -> dict[str, Any]:
+def _redact_output(output: JsonObject) -> JsonObject:
     # every string, also nested ones (a verification's list of checks), goes to the ledger redacted
     return dict(redact_data(output))

@@ -22,6 +22,7 @@ import requests
 from psycopg.conninfo import conninfo_to_dict
 
 from recovery.redact import redact
+from statemachines.json_types import JsonObject
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class CheckResult:
     ok: bool
     detail: str
     latency_ms: float
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: JsonObject = field(default_factory=dict)
 
 
 def _elapsed_ms(started: float) -> float:
@@ -139,11 +140,11 @@ SELECT count(*), extract(epoch FROM max(replay_lag))::float8 FROM pg_stat_replic
 """
 
 
-def postgres_facts(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+def postgres_facts(conn: psycopg.Connection[Any]) -> JsonObject:
     """Role and replication facts from an open connection (shared with the postgres actions)."""
     role = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     in_recovery = bool(role and role[0])
-    facts: dict[str, Any] = {"reachable": True, "in_recovery": in_recovery}
+    facts: JsonObject = {"reachable": True, "in_recovery": in_recovery}
     if in_recovery:
         row = conn.execute(_STANDBY_SQL).fetchone()
         assert row is not None
@@ -161,7 +162,7 @@ def postgres_facts(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     return facts
 
 
-def _postgres_detail(facts: dict[str, Any]) -> str:
+def _postgres_detail(facts: JsonObject) -> str:
     if not facts["in_recovery"]:
         n = facts["replicas"]
         return f"primary, accepting writes, {n} replica{'' if n == 1 else 's'}"

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+
+from statemachines.json_types import JsonObject
 
 #: the RPO basis of an incident that promoted no database
 NO_PROMOTION_RPO = "not measured (no database promotion in this incident)"
@@ -103,7 +104,7 @@ def incident_figures(*, declared_at: datetime, verified_at: datetime | None, clo
     )
 
 
-def rpo_from_promotion(output: dict[str, Any]) -> tuple[float | None, str]:
+def rpo_from_promotion(output: JsonObject) -> tuple[float | None, str]:
     """RPO of a promotion from what the standby reported just before it: seconds, or None + why.
 
     Unknown stays unknown (None with the reason); it is never reported as 0.

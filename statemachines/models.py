@@ -15,6 +15,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+from statemachines.json_types import JsonObject
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -72,7 +74,7 @@ class Incident(SQLModel, table=True):
     plan_ts: str | None = None
     stakeholder_channel: str | None = None
     stakeholder_ts: str | None = None
-    checks: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    checks: list[JsonObject] = Field(default_factory=list, sa_column=Column(JSON))
     verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     close_summary: str | None = None
@@ -91,7 +93,7 @@ class TimelineEvent(SQLModel, table=True):
     source_state: str | None = None
     dest_state: str | None = None
     text: str = ""
-    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    data: JsonObject = Field(default_factory=dict, sa_column=Column(JSON))
 
 
 class RoleAssignment(SQLModel, table=True):
@@ -112,7 +114,7 @@ class PlanStep(SQLModel, table=True):
     position: int
     title: str
     action: str                    # action kind: postgres_promote, hook, manual, check, …
-    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))   # config names only
+    params: JsonObject = Field(default_factory=dict, sa_column=Column(JSON))   # config names only
     risk: str = "low"
     approver_roles: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     approvals_required: int = 1
@@ -122,7 +124,7 @@ class PlanStep(SQLModel, table=True):
     detail: str = ""
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     # what a verification step observed: [{check, observed, expected, ok}] (+ "by" when manual)
-    evidence: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    evidence: list[JsonObject] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Approval(SQLModel, table=True):
@@ -155,7 +157,7 @@ class LedgerEntry(SQLModel, table=True):
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     lease_until: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    output: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    output: JsonObject = Field(default_factory=dict, sa_column=Column(JSON))
 
 
 class BackupRecord(SQLModel, table=True):
@@ -186,12 +188,12 @@ class BackupRecord(SQLModel, table=True):
     source_sha256: str | None = None            # of the plaintext; WAL pushes compare it (idempotency)
     parent_run_id: str | None = None            # an incremental's base: the previous backup in its chain
     key_id: str | None = None
-    targets: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    targets: JsonObject = Field(default_factory=dict, sa_column=Column(JSON))
     verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    verify_result: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    verify_result: JsonObject = Field(default_factory=dict, sa_column=Column(JSON))
     # what the backup held when it was taken (PostgreSQL: row counts and checksums per table, before
     # and after the base backup; recovery/drills/contents.py), compared by the restore test
-    contents: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    contents: JsonObject = Field(default_factory=dict, sa_column=Column(JSON))
     # the last restore test of this backup (recovery/drills): None = never tested
     restore_tested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     restore_test_ok: bool | None = None
@@ -255,7 +257,7 @@ class OutboxRow(SQLModel, table=True):
     incident_id: int = Field(foreign_key="incident.id", index=True)
     kind: str
     version: int = 0
-    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    payload: JsonObject = Field(default_factory=dict, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     attempts: int = 0
     next_try_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -306,7 +308,7 @@ class MonitorCondition(SQLModel, table=True):
     cleared_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     incident_id: int | None = Field(default=None, foreign_key="incident.id")
     last_warned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    evidence: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    evidence: list[JsonObject] = Field(default_factory=list, sa_column=Column(JSON))
 
 
 class MonitorSignal(SQLModel, table=True):
@@ -350,10 +352,10 @@ class DrillRun(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     owner: str = ""
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    steps: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
-    figures: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    objectives: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
-    scratch: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    steps: list[JsonObject] = Field(default_factory=list, sa_column=Column(JSON))
+    figures: JsonObject = Field(default_factory=dict, sa_column=Column(JSON))
+    objectives: list[JsonObject] = Field(default_factory=list, sa_column=Column(JSON))
+    scratch: list[JsonObject] = Field(default_factory=list, sa_column=Column(JSON))
     cleaned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     report_path: str | None = None
     error: str = ""

@@ -21,6 +21,7 @@ from sqlalchemy import CursorResult, Update, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from statemachines.json_types import JsonObject
 from statemachines.machine import OPEN_STATES, next_state
 from statemachines.models import (
     Approval,
@@ -78,7 +79,7 @@ class StepSpec:
     risk: str = "low"
     approver_roles: list[str] = field(default_factory=list)
     approvals_required: int = 1
-    params: dict[str, Any] = field(default_factory=dict)
+    params: JsonObject = field(default_factory=dict)
 
 
 # --- incidents -------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def open_incidents(session: Session) -> list[Incident]:
 
 def transition(
     session: Session, *, incident_id: int, trigger: str, actor: str | None, reason: str = "",
-    expected_version: int | None = None, values: dict[str, Any] | None = None,
+    expected_version: int | None = None, values: dict[str, object] | None = None,
 ) -> Transition:
     """Fire ``trigger``; write state, version+1 and a timeline event in this transaction."""
     incident = get(session, incident_id)
@@ -181,7 +182,7 @@ def set_fields(session: Session, *, incident_id: int, **values: object) -> None:
 
 def add_event(
     session: Session, *, incident_id: int, kind: str, actor: str | None, text: str,
-    data: dict[str, Any] | None = None,
+    data: JsonObject | None = None,
 ) -> None:
     session.add(TimelineEvent(incident_id=incident_id, kind=kind, actor=actor, text=text, data=data or {}))
     session.flush()
@@ -321,10 +322,10 @@ def get_step(session: Session, step_id: int) -> PlanStep:
 def move_step(
     session: Session, *, step: PlanStep, to: str, detail: str | None = None,
     from_statuses: tuple[str, ...] | None = None, new_attempt: bool = False,
-    evidence: list[dict[str, Any]] | None = None,
+    evidence: list[JsonObject] | None = None,
 ) -> bool:
     """Compare-and-set a step's status; False when another request moved it first."""
-    values: dict[str, Any] = {"status": to, "version": step.version + 1, "updated_at": utcnow()}
+    values: dict[str, object] = {"status": to, "version": step.version + 1, "updated_at": utcnow()}
     if detail is not None:
         values["detail"] = detail
     if evidence is not None:
@@ -402,7 +403,7 @@ def ledger_renew(session: Session, *, entry_id: int, owner: str, lease: timedelt
 
 
 def ledger_finish(
-    session: Session, *, entry_id: int, status: str, output: dict[str, Any],
+    session: Session, *, entry_id: int, status: str, output: JsonObject,
     only_if_owner: str | None = None,
 ) -> bool:
     query = update(LedgerEntry).where(col(LedgerEntry.id) == entry_id, col(LedgerEntry.status) == "running")
@@ -428,7 +429,7 @@ def ledger_interrupt(session: Session, *, entry_id: int, now: datetime, note: st
 
 
 def ledger_finish_late(
-    session: Session, *, entry_id: int, owner: str, status: str, output: dict[str, Any],
+    session: Session, *, entry_id: int, owner: str, status: str, output: JsonObject,
 ) -> bool:
     """The real outcome of a row a sweeper marked ``interrupted`` while its owner was still running it."""
     return _updated_one(session,

@@ -27,6 +27,7 @@ from sqlmodel import Session
 
 from statemachines import policy
 from statemachines import service as svc
+from statemachines.json_types import JsonObject
 from statemachines.machine import IllegalTransition
 from statemachines.models import Incident, LedgerEntry, PlanStep, require_id, utcnow
 from statemachines.service import StaleVersion, StepSpec, Transition
@@ -70,7 +71,7 @@ def _log_on_commit(session: Session, incident_id: int, message: str, **fields: A
 
 
 def _fire(session: Session, *, incident_id: int, trigger: str, actor: str | None, reason: str,
-          expected_version: int | None = None, values: dict[str, Any] | None = None) -> Transition:
+          expected_version: int | None = None, values: dict[str, object] | None = None) -> Transition:
     """Fire one transition (service.transition) and log it once it commits."""
     done = svc.transition(session, incident_id=incident_id, trigger=trigger, actor=actor, reason=reason,
                           expected_version=expected_version, values=values)
@@ -82,13 +83,13 @@ def _fire(session: Session, *, incident_id: int, trigger: str, actor: str | None
     return done
 
 
-def _step_log(step: PlanStep) -> dict[str, Any]:
+def _step_log(step: PlanStep) -> JsonObject:
     return {"step_id": step.id, "position": step.position, "action": step.action, "attempt": step.attempt}
 
 
 # --- helpers ------------------------------------------------------------------------------------
 
-def _step_event(code: str, step: PlanStep) -> dict[str, Any]:
+def _step_event(code: str, step: PlanStep) -> JsonObject:
     """A timeline event's code and the step it names; ``timeline.j2`` words it per locale."""
     return {"code": code, "position": step.position, "title": step.title}
 
@@ -108,7 +109,7 @@ def _rejected_step(session: Session, incident: Incident) -> PlanStep | None:
 
 
 def _audit_refusal(session: Session, incident: Incident, user_id: str, text: str,
-                   data: dict[str, Any] | None = None) -> None:
+                   data: JsonObject | None = None) -> None:
     """A refused attempt stays on the timeline: committed here, before the refusal is raised."""
     svc.add_event(session, incident_id=require_id(incident), kind="audit", actor=user_id, text=text, data=data)
     session.commit()
@@ -188,7 +189,7 @@ def claim_role(session: Session, *, incident_id: int, role: str, user_id: str,
 # --- assessment ---------------------------------------------------------------------------------
 
 def assess(session: Session, *, incident_id: int, expected_version: int, strategy: str, rationale: str,
-           steps: list[StepSpec], checks: list[dict[str, Any]]) -> Transition | None:
+           steps: list[StepSpec], checks: list[JsonObject]) -> Transition | None:
     """Store an assessment and its plan (``assess`` from ``assembled``, ``reassess`` from ``assessed``).
 
     None when someone else changed the incident since ``expected_version`` (they assessed first).
@@ -499,8 +500,8 @@ class StepOutcome:
 
     status: str
     detail: str
-    output: dict[str, Any] = field(default_factory=dict)
-    evidence: list[dict[str, Any]] | None = None
+    output: JsonObject = field(default_factory=dict)
+    evidence: list[JsonObject] | None = None
 
 
 @dataclass(frozen=True)
@@ -729,9 +730,9 @@ def _step_text(step: PlanStep, outcome: StepOutcome) -> str:
         f" — {outcome.detail}" if outcome.detail else "")
 
 
-def _event_code(step: PlanStep, outcome: StepOutcome) -> dict[str, Any]:
+def _event_code(step: PlanStep, outcome: StepOutcome) -> JsonObject:
     """The timeline event's code and parameters, which the message layer words per locale."""
-    params: dict[str, Any] = {"code": f"step_{outcome.status}", "position": step.position, "title": step.title}
+    params: JsonObject = {"code": f"step_{outcome.status}", "position": step.position, "title": step.title}
     if outcome.status == "failed":
         params["detail"] = outcome.detail   # the error; a success's raw output flags stay out of it
     return params

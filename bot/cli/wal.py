@@ -22,12 +22,13 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bot.cli.checks import OneLineParser
 from recovery.backup.wal.commands import FETCH_ERROR_EXIT, PUSH_FAILED_EXIT
 from recovery.backup.wal.handoff import default_socket, hand_over, segment_lock, wal_dir_of
 from recovery.redact import redact
+from statemachines.json_types import JsonObject
 
 if TYPE_CHECKING:   # the store stack (sqlalchemy, SDKs) is imported only by the commands that use it
     from recovery.backup.wal.archive import TargetWalStore
@@ -123,7 +124,7 @@ def _push_words(argv: list[str]) -> tuple[str | None, Path] | None:
     return config, Path(words[2])
 
 
-def _archiver_settings(config_option: str | None) -> dict[str, Any]:
+def _archiver_settings(config_option: str | None) -> JsonObject:
     """``backups.archiver`` read straight from the YAML: loading bot.config (pydantic) per segment
     would cost more than the hand-over. Validation is the archiver's job (it loads the whole config)."""
     import yaml

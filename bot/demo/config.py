@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from bot.config import Config, validate_config
+from statemachines.json_types import JsonObject
 
 DEMO_CONFIG = "demo.yaml"
 SOURCE = "the demo config (bot/demo/demo.yaml)"
@@ -70,14 +71,14 @@ def _fill(value: Any, data_dir: Path) -> Any:
     return value
 
 
-def demo_data(data_dir: Path) -> dict[str, Any]:
+def demo_data(data_dir: Path) -> JsonObject:
     text = resources.files("bot.demo").joinpath(DEMO_CONFIG).read_text(encoding="utf-8")
     data = yaml.safe_load(text)
     assert isinstance(data, dict), "bot/demo/demo.yaml must be a mapping"
     return dict(_fill(data, data_dir))
 
 
-def _with_postgres(data: dict[str, Any], pg: DemoPostgres) -> dict[str, Any]:
+def _with_postgres(data: JsonObject, pg: DemoPostgres) -> JsonObject:
     data["components"] = {"postgres": {
         "primary": {"dsn": pg.primary_dsn, "label": "demo primary"},
         "standby": {"dsn": pg.standby_dsn, "label": "demo standby"},

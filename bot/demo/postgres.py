@@ -23,6 +23,8 @@ from typing import Any
 
 import psycopg
 
+from statemachines.json_types import JsonObject
+
 BINARIES = ("initdb", "pg_ctl", "pg_basebackup", "postgres")
 ROOT_CLUSTER_USER = "postgres"
 SUPERUSER = "postgres"     # the database role (initdb -U), whoever the OS user is
@@ -126,12 +128,12 @@ class DemoNode:
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host={self.socket_dir} port={self.port} user={SUPERUSER} dbname={dbname}"
 
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self) -> JsonObject:
         return {"name": self.name, "port": self.port, "data_dir": str(self.data_dir),
                 "socket_dir": str(self.socket_dir), "log_file": str(self.log_file)}
 
     @classmethod
-    def from_state(cls, data: dict[str, Any]) -> DemoNode:
+    def from_state(cls, data: JsonObject) -> DemoNode:
         return cls(str(data["name"]), int(data["port"]), Path(data["data_dir"]), Path(data["socket_dir"]),
                    Path(data["log_file"]))
 
@@ -244,11 +246,11 @@ class DemoCluster:
         for node in (self.standby, self.primary):
             self.stop_node(node)
 
-    def to_state(self) -> dict[str, Any]:
+    def to_state(self) -> JsonObject:
         return {"pg_bin": str(self.pg_bin), "user": self.user.name,
                 "nodes": [node.to_state() for node in self.nodes]}
 
     @classmethod
-    def from_state(cls, data: dict[str, Any]) -> DemoCluster:
+    def from_state(cls, data: JsonObject) -> DemoCluster:
         nodes = {n["name"]: DemoNode.from_state(n) for n in data["nodes"]}
         return cls(Path(data["pg_bin"]), ClusterUser(data.get("user")), nodes["primary"], nodes["standby"])

@@ -22,6 +22,8 @@ from typing import Any
 
 import psycopg
 
+from statemachines.json_types import JsonObject
+
 log = logging.getLogger("aegis.demo")
 
 
@@ -60,7 +62,7 @@ class SampleService:
             name = "primary"
         return name if name in self.nodes else "primary"
 
-    def status(self) -> tuple[int, dict[str, Any]]:
+    def status(self) -> tuple[int, JsonObject]:
         node = self.target()
         try:
             orders, read_only = _read_orders(self.nodes[node])
@@ -84,7 +86,7 @@ class SampleService:
             self._server = None
 
 
-def _page(code: int, status: dict[str, Any]) -> str:
+def _page(code: int, status: JsonObject) -> str:
     template = Template(resources.files("bot.demo").joinpath("service_page.html").read_text(encoding="utf-8"))
     state = (f"reads {status['orders']} orders from the demo {status['reads_from']}" if code == 200
              else f"cannot read its orders from the demo {status['reads_from']}: {status['error']}")

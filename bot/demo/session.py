@@ -16,12 +16,12 @@ import shlex
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from bot.config import Config, config_file
 from bot.demo.config import DemoPostgres, data_directory, demo_config
 from bot.demo.postgres import DemoCluster, DemoPostgresError, find_pg_bin
 from bot.demo.service import SampleService
+from statemachines.json_types import JsonObject
 
 log = logging.getLogger("aegis.demo")
 
@@ -130,7 +130,7 @@ class DemoSession:
             self.cluster.stop_node(self.cluster.primary)
 
     def _save_state(self) -> None:
-        state: dict[str, Any] = {"pid": os.getpid(), "run_dir": str(self.run_dir)}
+        state: JsonObject = {"pid": os.getpid(), "run_dir": str(self.run_dir)}
         if self.cluster is not None:
             state["cluster"] = self.cluster.to_state()
         if self.service is not None:

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlmodel import Session
 
@@ -42,6 +42,7 @@ from recovery.health import run_checks
 from recovery.redact import redact
 from statemachines import service as svc
 from statemachines import usecases
+from statemachines.json_types import JsonObject
 from statemachines.models import Incident, require_id, utcnow
 from statemachines.service import Transition
 from statemachines.store import Store
@@ -236,7 +237,7 @@ class Flows:
             raise Refused("second_approver_required", step_title=approved.step_title)
         self.submit(self.advance, approved.incident_id)
 
-    def reject_modal(self, *, user_id: str, step_id: int) -> dict[str, Any]:
+    def reject_modal(self, *, user_id: str, step_id: int) -> JsonObject:
         """The reason form that Reject opens; refused (nothing opens) when the click could not reject."""
         with self.store.session() as session:
             incident = usecases.check_reject(session, step_id=step_id, user_id=user_id, roster=self.config.roster)
@@ -267,7 +268,7 @@ class Flows:
 
     # --- manual verification -----------------------------------------------------------------
 
-    def verify_modal(self, *, user_id: str, step_id: int) -> dict[str, Any]:
+    def verify_modal(self, *, user_id: str, step_id: int) -> JsonObject:
         """The evidence form for a step waiting for manual verification (authorised users only)."""
         with self.store.session() as session:
             incident, _decision = usecases.check_verification(session, step_id=step_id, user_id=user_id,
@@ -289,7 +290,7 @@ class Flows:
 
     # --- close -------------------------------------------------------------------------------
 
-    def close_modal(self, *, user_id: str, incident_id: int) -> dict[str, Any]:
+    def close_modal(self, *, user_id: str, incident_id: int) -> JsonObject:
         with self.store.session() as session:
             incident = usecases.check_close(session, incident_id=incident_id, user_id=user_id)
             return modal_blocks.close_modal(self.view(session, incident), self.locale)

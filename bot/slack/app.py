@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
 
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.authorization import AuthorizeResult
@@ -48,6 +47,7 @@ from messages.blocks import kit as block_kit
 from messages.blocks import modals as modal_blocks
 from messages.views import Message
 from statemachines import service as svc
+from statemachines.json_types import JsonObject
 from statemachines.machine import IllegalTransition
 from statemachines.models import require_id
 from statemachines.service import StaleVersion
@@ -73,7 +73,7 @@ def parse_id(value: object) -> int | None:
     return int(value) if isinstance(value, str) and _ID.fullmatch(value) else None
 
 
-def malformed(body: dict[str, Any]) -> str | None:
+def malformed(body: JsonObject) -> str | None:
     """Why an authenticated payload cannot be handled (a refusal key), or None when it can."""
     kind = body.get("type")
     if kind == "block_actions":
@@ -94,7 +94,7 @@ def malformed(body: dict[str, Any]) -> str | None:
     return None
 
 
-def field(view: dict[str, Any], block: str) -> str:
+def field(view: JsonObject, block: str) -> str:
     """One input's value from ``view.state.values``; "" for anything missing or not shaped like Slack's."""
     state = view.get("state")
     values = state.get("values") if isinstance(state, dict) else None
@@ -185,7 +185,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     def private_reply(user: str, channel: str | None) -> Respond:
         """A ``respond`` for view submissions (which have no response URL): an ephemeral in ``channel``,
         else a direct message to the user."""
-        def reply(*, text: str, blocks: list[dict[str, Any]] | None = None, **_: object) -> None:
+        def reply(*, text: str, blocks: list[JsonObject] | None = None, **_: object) -> None:
             if channel:
                 try:
                     flows.gateway.ephemeral(channel, user, text, blocks)
@@ -195,7 +195,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             flows.gateway.post(user, text, blocks)
         return reply
 
-    def open_form(trigger_id: object, view: dict[str, Any], what: str) -> None:
+    def open_form(trigger_id: object, view: JsonObject, what: str) -> None:
         """``views.open``; a trigger Slack no longer accepts (3 s, used once) becomes "press again"."""
         if not isinstance(trigger_id, str) or not trigger_id:
             raise Refused("form_expired", what=what)
@@ -231,7 +231,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     # --- /aegis ------------------------------------------------------------------------------
 
     @app.command("/aegis")
-    def aegis_command(ack: Ack, command: dict[str, Any], respond: Respond, client: WebClient) -> None:
+    def aegis_command(ack: Ack, command: JsonObject, respond: Respond, client: WebClient) -> None:
         parsed = commands.parse(str(command.get("text") or ""))
         if isinstance(parsed, commands.Help):
             message = block_kit.help_text(locale)
@@ -297,20 +297,20 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
 
     # --- buttons -----------------------------------------------------------------------------
 
-    def decision(action_id: str, handler: Callable[[str, str, dict[str, Any]], None]) -> None:
+    def decision(action_id: str, handler: Callable[[str, str, JsonObject], None]) -> None:
         """A button that changes something: decided and committed before the ack (nothing acked is lost)."""
         @app.action(action_id)
-        def _on_click(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+        def _on_click(ack: Ack, body: JsonObject, action: JsonObject, respond: Respond) -> None:
             user = body["user"]["id"]   # refuse_malformed has checked the shape
             value = action.get("value")
             answer = decide(lambda: handler(user, value if isinstance(value, str) else "", body))
             ack()
             reply_later(respond, answer)
 
-    def button(action_id: str, handler: Callable[[str, str, dict[str, Any]], None]) -> None:
+    def button(action_id: str, handler: Callable[[str, str, JsonObject], None]) -> None:
         """A button that opens a form (``views.open``): acked at once, the form opened after the ack."""
         @app.action(action_id)
-        def _on_click(ack: Ack, body: dict[str, Any], action: dict[str, Any], respond: Respond) -> None:
+        def _on_click(ack: Ack, body: JsonObject, action: JsonObject, respond: Respond) -> None:
             ack()
             user = body["user"]["id"]   # refuse_malformed has checked the shape
             value = action.get("value")
@@ -319,13 +319,13 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             except Busy:
                 _ephemeral(respond, busy)
 
-    def channel_of(body: dict[str, Any]) -> str | None:
+    def channel_of(body: JsonObject) -> str | None:
         channel, container = body.get("channel"), body.get("container")
         found = ((channel.get("id") if isinstance(channel, dict) else None)
                  or (container.get("channel_id") if isinstance(container, dict) else None))
         return found if isinstance(found, str) and found else None
 
-    def incident_of(body: dict[str, Any]) -> int:
+    def incident_of(body: JsonObject) -> int:
         channel = channel_of(body)
         incident_id = reads.channel_incident(channel) if channel else None
         if incident_id is None:
@@ -339,7 +339,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
                           text=f"refused: {what} of another incident pressed in this channel")
         raise Refused("other_incident")
 
-    def step_in_channel(user: str, value: str, body: dict[str, Any]) -> int:
+    def step_in_channel(user: str, value: str, body: JsonObject) -> int:
         """The step id in a button's value, refused unless the step belongs to this channel's incident."""
         step = parse_id(value)
         if step is None:
@@ -352,7 +352,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             refuse_foreign(user, here, "a step button")
         return step
 
-    def incident_in_channel(user: str, value: str, body: dict[str, Any]) -> int:
+    def incident_in_channel(user: str, value: str, body: JsonObject) -> int:
         """The incident a Close button names (else this channel's), refused unless it is this channel's."""
         here = incident_of(body)
         named = parse_id(value)
@@ -367,7 +367,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
 
     decision("aegis_claim_role", lambda u, v, b: flows.claim_role(user_id=u, incident_id=incident_of(b), role=v))
     decision("aegis_approve", lambda u, v, b: flows.approve(user_id=u, step_id=step_in_channel(u, v, b)))
-    def open_reject(user: str, value: str, body: dict[str, Any]) -> None:
+    def open_reject(user: str, value: str, body: JsonObject) -> None:
         # Reject asks for a reason first; the form's submission rejects (aegis_reject_submit)
         step = step_in_channel(user, value, body)
         open_form(body.get("trigger_id"), flows.reject_modal(user_id=user, step_id=step), "reject")
@@ -376,13 +376,13 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     decision("aegis_retry", lambda u, v, b: flows.retry(user_id=u, step_id=step_in_channel(u, v, b)))
     decision("aegis_abort", lambda u, v, b: flows.abort(user_id=u, step_id=step_in_channel(u, v, b)))
 
-    def open_close(user: str, value: str, body: dict[str, Any]) -> None:
+    def open_close(user: str, value: str, body: JsonObject) -> None:
         incident_id = incident_in_channel(user, value, body)
         open_form(body.get("trigger_id"), flows.close_modal(user_id=user, incident_id=incident_id), "close")
 
     button("aegis_close", open_close)
 
-    def open_verify(user: str, value: str, body: dict[str, Any]) -> None:
+    def open_verify(user: str, value: str, body: JsonObject) -> None:
         # manual verification: the form asks for the evidence (aegis_verify_submit records it)
         step = step_in_channel(user, value, body)
         open_form(body.get("trigger_id"), flows.verify_modal(user_id=user, step_id=step), "verify")
@@ -391,11 +391,11 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
 
     # --- modals ------------------------------------------------------------------------------
 
-    def form_error(block: str, message: Message) -> dict[str, Any]:
+    def form_error(block: str, message: Message) -> JsonObject:
         return {"response_action": "errors", "errors": {block: message.text[:150]}}
 
     @app.view("aegis_declare")
-    def declare_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def declare_submitted(ack: Ack, body: JsonObject, view: JsonObject) -> None:
         scenario, severity, summary = field(view, "scenario"), field(view, "severity"), field(view, "summary")
         errors = {}
         if scenario not in SCENARIOS:
@@ -417,7 +417,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         reply_later(reply, answer)
 
     @app.view("aegis_close_submit")
-    def close_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def close_submitted(ack: Ack, body: JsonObject, view: JsonObject) -> None:
         summary = field(view, "summary")
         incident_id = parse_id(view.get("private_metadata"))
         if not summary:
@@ -439,7 +439,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         ack()
         reply_later(private_reply(user, incident.channel_id), answer)
 
-    def step_form(ack: Ack, body: dict[str, Any], view: dict[str, Any], block: str, missing: str,
+    def step_form(ack: Ack, body: JsonObject, view: JsonObject, block: str, missing: str,
                   run: Callable[[str, int, str], None]) -> None:
         """A form about one plan step (its id in ``private_metadata``): validate, decide, ack, answer later."""
         text = field(view, block)
@@ -463,12 +463,12 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         reply_later(private_reply(user, channel), answer)
 
     @app.view("aegis_reject_submit")
-    def reject_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def reject_submitted(ack: Ack, body: JsonObject, view: JsonObject) -> None:
         step_form(ack, body, view, "reason", "reject_reason_missing",
                   lambda user, step, reason: flows.reject(user_id=user, step_id=step, reason=reason[:1000]))
 
     @app.view("aegis_verify_submit")
-    def verify_submitted(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def verify_submitted(ack: Ack, body: JsonObject, view: JsonObject) -> None:
         step_form(ack, body, view, "evidence", "evidence_required",
                   lambda user, step, evidence: flows.verify_manually(user_id=user, step_id=step,
                                                                      evidence=evidence[:2000]))

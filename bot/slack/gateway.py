@@ -26,6 +26,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from recovery.redact import redact, redact_data
+from statemachines.json_types import JsonObject
 
 log = logging.getLogger("aegis.slack")
 TRANSIENT = {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited"}
@@ -58,7 +59,7 @@ class SlackGateway:
         self.attempts = attempts
         self.backoff = backoff_seconds
 
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
+    def call(self, method: str, **params: Any) -> JsonObject:
         """Call a Web API method; raise SlackCallFailed once retries are exhausted."""
         params = _masked({k: v for k, v in params.items() if v is not None})
         error = "unknown"
@@ -77,18 +78,18 @@ class SlackGateway:
         raise SlackCallFailed(method, redact(error))
 
     # thin, typed helpers for the calls the bot makes
-    def post(self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None,
+    def post(self, channel: str, text: str, blocks: list[JsonObject] | None = None,
              thread_ts: str | None = None) -> str:
         data = self.call("chat.postMessage", channel=channel, text=text, blocks=blocks, thread_ts=thread_ts)
         return str(data["ts"])
 
-    def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
+    def update(self, channel: str, ts: str, text: str, blocks: list[JsonObject] | None = None) -> None:
         self.call("chat.update", channel=channel, ts=ts, text=text, blocks=blocks)
 
-    def ephemeral(self, channel: str, user: str, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
+    def ephemeral(self, channel: str, user: str, text: str, blocks: list[JsonObject] | None = None) -> None:
         self.call("chat.postEphemeral", channel=channel, user=user, text=text, blocks=blocks)
 
-    def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+    def open_view(self, trigger_id: str, view: JsonObject) -> None:
         self.call("views.open", trigger_id=trigger_id, view=view)
 
     def create_channel(self, name: str) -> str:
@@ -118,6 +119,6 @@ class SlackGateway:
                     raise
 
 
-def _masked(params: dict[str, Any]) -> dict[str, Any]:
+def _masked(params: JsonObject) -> JsonObject:
     """The call's arguments with every secret in its visible content masked (see the module docstring)."""
     return {k: redact_data(v, keep=_IDENTIFIERS) if k in _CONTENT_PARAMS else v for k, v in params.items()}

@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
@@ -122,7 +121,7 @@ def settle_failed(session: Session, *, row: OutboxRow, owner: str, error: str, g
     """Count the failure, schedule the retry, and release this process's hold on the incident's rows."""
     now = utcnow()
     attempts = row.attempts + 1
-    values: dict[str, Any] = {"attempts": attempts, "last_error": error[:500],
+    values: dict[str, object] = {"attempts": attempts, "last_error": error[:500],
                               "next_try_at": now + timedelta(seconds=backoff(attempts))}
     if give_up:
         values["done_at"] = now

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
-from typing import Any, NotRequired, TypedDict
+from typing import NotRequired, TypedDict
 from urllib.parse import parse_qsl
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -45,6 +45,8 @@ from slack_bolt.context import BoltContext
 from slack_bolt.request import BoltRequest
 from slack_bolt.request.internals import build_context
 from waitress.server import create_server
+
+from statemachines.json_types import JsonObject
 
 log = logging.getLogger("aegis.server")
 WSGIApp = WSGIApplication
@@ -91,7 +93,7 @@ def signature_ok(secret: str, timestamp: bytes, signature: bytes, body: bytes, *
     return hmac.compare_digest(b"v0=" + expected.encode(), signature)
 
 
-def parse_slack_body(raw: bytes, content_type: str) -> tuple[str, dict[str, Any]]:
+def parse_slack_body(raw: bytes, content_type: str) -> tuple[str, JsonObject]:
     """(decoded text, parsed body) of an authenticated request; ``BadRequest`` when malformed."""
     try:
         text = raw.decode("utf-8")
@@ -109,7 +111,7 @@ def parse_slack_body(raw: bytes, content_type: str) -> tuple[str, dict[str, Any]
     raise BadRequest("the form is neither a slash command nor an interaction payload")
 
 
-def _json_object(text: str, what: str) -> dict[str, Any]:
+def _json_object(text: str, what: str) -> JsonObject:
     try:
         value = json.loads(text)
     except ValueError:
@@ -123,7 +125,7 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
 BoltHeaders = dict[str, str | Sequence[str]]
 
 
-def _bolt_request(text: str, body: dict[str, Any], query: str, headers: BoltHeaders) -> BoltRequest:
+def _bolt_request(text: str, body: JsonObject, query: str, headers: BoltHeaders) -> BoltRequest:
     """A BoltRequest with our parse of the body (Bolt would re-parse ``text`` its own way)."""
     request = BoltRequest(body="", query=query, headers=headers)
     request.raw_body = text       # Bolt checks the signature again over this; it is the same bytes

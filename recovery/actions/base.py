@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+
+from statemachines.json_types import JsonObject
 
 Progress = Callable[[str], None]
 
@@ -20,7 +21,7 @@ class ActionError(Exception):
     """A step failed in a way a responder can act on; the message is safe to show in Slack."""
 
 
-Evidence = dict[str, Any]   # {"check": …, "observed": …, "expected": …, "ok": bool}
+Evidence = JsonObject   # {"check": …, "observed": …, "expected": …, "ok": bool}
 
 
 def evidence(check: str, observed: str, expected: str, ok: bool) -> Evidence:
@@ -58,7 +59,7 @@ class Action(ABC):
         """Raise ActionError when the action cannot run now (e.g. target unreachable)."""
 
     @abstractmethod
-    def execute(self, progress: Progress) -> dict[str, Any]:
+    def execute(self, progress: Progress) -> JsonObject:
         """Do the work; return JSON-able output for the ledger. Raise ActionError on failure."""
 
     def verify(self) -> None:

@@ -34,13 +34,14 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 from urllib.parse import urlsplit
 
 import requests
 
 from recovery.actions.base import Action, ActionError, Progress
 from recovery.redact import redact, secret_values
+from statemachines.json_types import JsonObject
 
 STDOUT_TAIL_CHARS = 2000
 _KILL_GRACE_SECONDS = 2.0
@@ -140,12 +141,12 @@ class HookAction(Action):
 
     # -- execute -----------------------------------------------------------------------------
 
-    def execute(self, progress: Progress) -> dict[str, Any]:
+    def execute(self, progress: Progress) -> JsonObject:
         if self.command is not None:
             return self._run_command(self.command, progress)
         return self._call_webhook()
 
-    def _run_command(self, command: list[str], progress: Progress) -> dict[str, Any]:
+    def _run_command(self, command: list[str], progress: Progress) -> JsonObject:
         proc = self._spawn(command, capture=True)
         lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
         assert proc.stdout is not None and proc.stderr is not None
@@ -214,7 +215,7 @@ class HookAction(Action):
             raise ActionError(f"hook {self.name} could not start {Path(command[0]).name}: "
                               f"{self._redact(exc.strerror or str(exc))}") from None
 
-    def _call_webhook(self) -> dict[str, Any]:
+    def _call_webhook(self) -> JsonObject:
         assert self.webhook is not None
         headers: dict[str, str] = {}
         for header, var in self.headers_env.items():
@@ -257,7 +258,7 @@ class HookAction(Action):
             _kill_group(proc)
 
 
-def _post_without_ambient_credentials(url: str, body: dict[str, Any], headers: dict[str, str],
+def _post_without_ambient_credentials(url: str, body: JsonObject, headers: dict[str, str],
                                      timeout: float) -> requests.Response:
     """POST with exactly our headers: no ``~/.netrc`` credentials, but the proxy and CA settings kept."""
     with requests.Session() as session:

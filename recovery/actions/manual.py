@@ -7,9 +7,8 @@ tells the engine not to auto-run it the way it may auto-run read-only checks.
 
 from __future__ import annotations
 
-from typing import Any
-
 from recovery.actions.base import Action, Progress
+from statemachines.json_types import JsonObject
 
 
 class ManualStep(Action):
@@ -24,7 +23,7 @@ class ManualStep(Action):
     def describe(self) -> str:
         return f"Manual step: {self.instruction}"
 
-    def execute(self, progress: Progress) -> dict[str, Any]:
+    def execute(self, progress: Progress) -> JsonObject:
         progress(f"confirmed by a responder: {self.instruction}")
         return {"confirmed_by_human": True}
 

@@ -18,6 +18,7 @@ import psycopg
 
 from recovery.actions.base import Action, ActionError, Progress
 from recovery.health import HealthSpec, check_postgres, describe_error
+from statemachines.json_types import JsonObject
 
 CONNECT_TIMEOUT_SECONDS = 5
 
@@ -72,11 +73,11 @@ class PostgresConfirmDown(Action):
     def describe(self) -> str:
         return f"Confirm {self.label} is down (no longer answering or accepting writes)"
 
-    def _probe(self) -> dict[str, Any]:
+    def _probe(self) -> JsonObject:
         result = check_postgres(HealthSpec(self.label, "postgres", self.dsn, CONNECT_TIMEOUT_SECONDS))
         return {**result.facts, "detail": result.detail}
 
-    def execute(self, progress: Progress) -> dict[str, Any]:
+    def execute(self, progress: Progress) -> JsonObject:
         facts = self._probe()
         if facts["reachable"] is False and facts.get("server_answered"):
             # e.g. auth failure or "too many connections": the server is up, we just cannot log in.
@@ -122,7 +123,7 @@ class PostgresPromote(Action):
         with connect_action(self.dsn, self.label) as conn:
             is_in_recovery(conn)
 
-    def execute(self, progress: Progress) -> dict[str, Any]:
+    def execute(self, progress: Progress) -> JsonObject:
         with connect_action(self.dsn, self.label) as conn:
             if not is_in_recovery(conn):
                 progress(f"{self.label} is already a primary; nothing to promote")
@@ -176,7 +177,7 @@ class PostgresWritable(Action):
     def describe(self) -> str:
         return f"Check {self.label} accepts writes"
 
-    def execute(self, progress: Progress) -> dict[str, Any]:
+    def execute(self, progress: Progress) -> JsonObject:
         with connect_action(self.dsn, self.label) as conn:
             txid = _check_writable(conn, self.label)
         progress(f"{self.label} accepts writes")

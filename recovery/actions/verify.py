@@ -23,6 +23,7 @@ from recovery.actions.base import (
     evidence,
 )
 from recovery.health import CheckResult, HealthSpec, describe_error, run_checks
+from statemachines.json_types import JsonObject
 
 _EXPECTED = {
     "http": "HTTP 2xx or 3xx",
@@ -43,7 +44,7 @@ class DatabaseCheck(Action):
     def observe(self) -> list[Evidence]:
         raise NotImplementedError
 
-    def execute(self, progress: Progress) -> dict[str, Any]:
+    def execute(self, progress: Progress) -> JsonObject:
         return {"evidence": self.observe()}
 
 
@@ -65,7 +66,7 @@ class VerifyRecovery(Action):
             return "manual verification: no automated check is configured"
         return f"check {len(self.checks)} service(s)" + (" and a database write" if self.database else "")
 
-    def execute(self, progress: Progress) -> dict[str, Any]:
+    def execute(self, progress: Progress) -> JsonObject:
         if not self.checks and self.database is None:
             raise NeedsHuman("no automated check is configured (no service health checks, no database)")
         observations: list[Evidence] = []

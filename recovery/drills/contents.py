@@ -25,9 +25,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from recovery.redact import redact
+from statemachines.json_types import JsonObject
 
 MAX_CHECKSUM_BYTES = 256 * 1024 * 1024
-Snapshot = dict[str, dict[str, dict[str, Any]]]   # database -> "schema.table" -> {"rows", "checksum"}
+Snapshot = dict[str, dict[str, JsonObject]]   # database -> "schema.table" -> {"rows", "checksum"}
 
 _TABLES = """
 SELECT n.nspname, c.relname, pg_relation_size(c.oid)
@@ -58,7 +59,7 @@ def _in_database(dsn: str, database: str) -> str:
 
 
 def _table_figures(conn: psycopg.Connection[Any], schema: str, table: str, size: int,
-                   max_checksum_bytes: int) -> dict[str, Any]:
+                   max_checksum_bytes: int) -> JsonObject:
     name = sql.Identifier(schema, table)
     if size > max_checksum_bytes:
         row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()
@@ -72,7 +73,7 @@ def snapshot(dsn: str, *, max_checksum_bytes: int = MAX_CHECKSUM_BYTES) -> Snaps
     """Row count and checksum of every permanent user table in every database of the cluster."""
     result: Snapshot = {}
     for database in _databases(dsn):
-        tables: dict[str, dict[str, Any]] = {}
+        tables: dict[str, JsonObject] = {}
         # one REPEATABLE READ transaction per database: every table of it seen at one moment
         with psycopg.connect(_in_database(dsn, database), connect_timeout=10) as conn:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -82,7 +83,7 @@ def snapshot(dsn: str, *, max_checksum_bytes: int = MAX_CHECKSUM_BYTES) -> Snaps
     return result
 
 
-def record_contents(before: Snapshot | None, after: Snapshot | None, error: str = "") -> dict[str, Any]:
+def record_contents(before: Snapshot | None, after: Snapshot | None, error: str = "") -> JsonObject:
     """The ``contents`` of a catalog row: both snapshots (or why there are none)."""
     if error or before is None or after is None:
         return {"error": redact(error or "no snapshot")[:300]}
@@ -119,8 +120,8 @@ class ContentsCheck:
         return [f"{t.database}.{t.table}: {t.detail}" for t in self.tables if not t.ok]
 
 
-def _check_table(database: str, table: str, before: dict[str, Any] | None, after: dict[str, Any] | None,
-                 restored: dict[str, Any] | None) -> TableCheck:
+def _check_table(database: str, table: str, before: JsonObject | None, after: JsonObject | None,
+                 restored: JsonObject | None) -> TableCheck:
     if restored is None:
         if before is None or after is None:   # created or dropped during the backup: either is consistent
             return TableCheck(database, table, True, "created or dropped during the backup; not compared")
@@ -148,7 +149,7 @@ def _check_table(database: str, table: str, before: dict[str, Any] | None, after
                                              "checksum not comparable)")
 
 
-def compare(contents: dict[str, Any], restored: Snapshot) -> ContentsCheck:
+def compare(contents: JsonObject, restored: Snapshot) -> ContentsCheck:
     """Compare ``restored`` with a catalog row's ``contents`` (see the module rules)."""
     if contents.get("kind") != "postgres_tables":
         why = contents.get("error") or "the catalog recorded none for this backup (taken before Aegis recorded them)"

@@ -10,13 +10,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from recovery.backup.runner import BackupRunner, Neo4jSource
 from recovery.drills import runs
 from recovery.drills.scoring import Objectives
 from recovery.drills.scratch import Droppers
 from recovery.redact import redact
+from statemachines.json_types import JsonObject
 from statemachines.models import utcnow
 from statemachines.store import Store
 
@@ -65,10 +65,10 @@ class Steps:
         self.failed: list[str] = []
 
     @contextmanager
-    def step(self, name: str) -> Iterator[dict[str, Any]]:
+    def step(self, name: str) -> Iterator[JsonObject]:
         """Time ``name``; the body may fill ``detail``/``ok`` in the yielded dict; an exception fails it."""
         began, started = time.monotonic(), utcnow()
-        entry: dict[str, Any] = {"name": name, "ok": True, "detail": ""}
+        entry: JsonObject = {"name": name, "ok": True, "detail": ""}
         self.say(f"… {name}")
         try:
             yield entry
@@ -79,7 +79,7 @@ class Steps:
         finally:
             self._end(entry, started, began)
 
-    def _end(self, entry: dict[str, Any], started: datetime, began: float) -> None:
+    def _end(self, entry: JsonObject, started: datetime, began: float) -> None:
         entry.update(started_at=started.isoformat(), finished_at=utcnow().isoformat(),
                      seconds=round(time.monotonic() - began, 3))
         if not entry["ok"]:

@@ -43,6 +43,7 @@ from recovery.drills.scoring import SCENARIO_OF, Figure, Score, overall, score
 from recovery.drills.scratch import Scratch, sweep
 from recovery.health import HealthSpec, run_check
 from recovery.redact import redact
+from statemachines.json_types import JsonObject
 from statemachines.models import BackupRecord, DrillRun, require_id, utcnow
 
 log = logging.getLogger("aegis.drills")
@@ -56,10 +57,10 @@ class Findings:
     figures: dict[str, Figure] = field(default_factory=dict)
     checks_ok: bool = True
     restores: list[RestoreResult] = field(default_factory=list)
-    services: list[dict[str, Any]] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
+    services: list[JsonObject] = field(default_factory=list)
+    facts: JsonObject = field(default_factory=dict)
 
-    def figures_dict(self) -> dict[str, Any]:
+    def figures_dict(self) -> JsonObject:
         return {**{name: f.as_dict() for name, f in self.figures.items()}, **self.facts}
 
 
@@ -68,9 +69,9 @@ class DrillOutcome:
     run_id: int
     name: str
     status: str                      # passed | failed | error
-    figures: dict[str, Any]
+    figures: JsonObject
     scores: list[Score]
-    steps: list[dict[str, Any]]
+    steps: list[JsonObject]
     report_path: str | None
     error: str = ""
     failed_backups: list[RestoreResult] = field(default_factory=list)
@@ -129,7 +130,7 @@ def _newest_archived(ctx: DrillContext) -> BackupRecord | None:
     return newest_archived_wal(ctx.store)
 
 
-def _rpo(replay: dict[str, Any], archived: BackupRecord | None, base: BackupRecord) -> Figure:
+def _rpo(replay: JsonObject, archived: BackupRecord | None, base: BackupRecord) -> Figure:
     last_xact: datetime | None = replay.get("last_xact_at")
     if archived is None or archived.finished_at is None:
         return Figure(None, "unknown: no WAL segment is archived (is archive_command `aegis wal push %p`?)")

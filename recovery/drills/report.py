@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from statemachines.json_types import JsonObject
 from statemachines.models import DrillRun
 
 
@@ -19,8 +20,8 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def write_report(report_dir: Path, run: DrillRun, status: str, figures: dict[str, Any],
-                 objectives: list[dict[str, Any]], error: str) -> Path:
+def write_report(report_dir: Path, run: DrillRun, status: str, figures: JsonObject,
+                 objectives: list[JsonObject], error: str) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / f"drill-{run.id}-{run.name}.json"
     document = {"id": run.id, "name": run.name, "trigger": run.trigger, "requested_by": run.requested_by,

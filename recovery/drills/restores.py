@@ -24,6 +24,7 @@ from recovery.drills.contents import compare, snapshot
 from recovery.drills.context import DrillContext
 from recovery.drills.scratch import Scratch
 from recovery.redact import redact
+from statemachines.json_types import JsonObject
 from statemachines.models import BackupRecord, utcnow
 
 
@@ -38,9 +39,9 @@ class RestoreResult:
     seconds: float
     details: list[str] = field(default_factory=list)
     wal_files: int = 0
-    replay: dict[str, Any] = field(default_factory=dict)
+    replay: JsonObject = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {"record_id": self.record_id, "run_id": self.run_id, "object": self.object_name, "kind": self.kind,
                 "ok": self.ok, "reason": self.reason, "seconds": round(self.seconds, 3), "details": self.details[:50]}
 
@@ -179,7 +180,7 @@ def test_backup(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> Re
                          f"not tested: no restore test for kind {record.kind}", 0.0)
 
 
-def replay_point(cluster: RestoredCluster) -> dict[str, Any]:
+def replay_point(cluster: RestoredCluster) -> JsonObject:
     """What recovery reached: the newest replayed transaction's commit time and the replay LSN."""
     import psycopg
 

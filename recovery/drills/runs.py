@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import col, select
 
+from statemachines.json_types import JsonObject
 from statemachines.models import DrillRun, require_id, utcnow
 from statemachines.store import Store
 
@@ -71,7 +72,7 @@ def _change(store: Store, run_id: int, **values: Any) -> None:
         session.execute(update(DrillRun).where(col(DrillRun.id) == run_id).values(**values))
 
 
-def _append(store: Store, run_id: int, column: str, item: dict[str, Any]) -> int:
+def _append(store: Store, run_id: int, column: str, item: JsonObject) -> int:
     """Append to a JSON list column under the row's lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: FOR UPDATE)."""
     with store.session() as session:
         row = session.exec(select(DrillRun).where(DrillRun.id == run_id).with_for_update()).one()
@@ -80,7 +81,7 @@ def _append(store: Store, run_id: int, column: str, item: dict[str, Any]) -> int
         return len(items) - 1
 
 
-def register(store: Store, run_id: int, resource: dict[str, Any]) -> int:
+def register(store: Store, run_id: int, resource: JsonObject) -> int:
     """Record a scratch resource about to be created; returns its index in ``scratch``."""
     return _append(store, run_id, "scratch", {**resource, "state": "registered"})
 
@@ -93,7 +94,7 @@ def set_resource_state(store: Store, run_id: int, index: int, state: str) -> Non
         session.execute(update(DrillRun).where(col(DrillRun.id) == run_id).values(scratch=items))
 
 
-def add_step(store: Store, run_id: int, step: dict[str, Any]) -> None:
+def add_step(store: Store, run_id: int, step: JsonObject) -> None:
     _append(store, run_id, "steps", step)
 
 
@@ -101,7 +102,7 @@ def renew(store: Store, run_id: int) -> None:
     _change(store, run_id, lease_until=utcnow() + LEASE)
 
 
-def finish(store: Store, run_id: int, *, status: str, figures: dict[str, Any], objectives: list[dict[str, Any]],
+def finish(store: Store, run_id: int, *, status: str, figures: JsonObject, objectives: list[JsonObject],
            report_path: str | None, error: str = "") -> None:
     _change(store, run_id, status=status, finished_at=utcnow(), figures=figures, objectives=objectives,
             report_path=report_path, error=error[:2000], lease_until=None)

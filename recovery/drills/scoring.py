@@ -9,7 +9,8 @@ bound (faster than expected is fine); its lower bound is shown beside it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+
+from statemachines.json_types import JsonObject
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class Figure:
     value: float | None          # seconds; None = unknown
     basis: str                   # what it was measured from, or why it is unknown
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {"value": self.value, "unit": "seconds", "basis": self.basis}
 
 
@@ -57,7 +58,7 @@ class Score:
     passed: bool | None          # None: unknown (the figure could not be measured)
     basis: str
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JsonObject:
         return {**asdict(self), "unit": "seconds"}
 
 

@@ -18,12 +18,12 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from recovery.backup.restore.postgres import RestoredCluster, chown_to, os_user_ids
 from recovery.backup.sources.postgres import pg_bin_dir
 from recovery.drills import runs
 from recovery.redact import redact
+from statemachines.json_types import JsonObject
 from statemachines.models import DrillRun, require_id
 from statemachines.store import Store
 
@@ -45,7 +45,7 @@ class Droppers:
     milvus: Callable[[str, str], None] | None = None      # (uri, collection) -> drop it
 
 
-def remove_resource(resource: dict[str, Any], droppers: Droppers) -> None:
+def remove_resource(resource: JsonObject, droppers: Droppers) -> None:
     """Remove one registered resource; raises when it could not be removed (it stays listed)."""
     kind = resource.get("kind")
     if kind == "postgres":

@@ -34,6 +34,7 @@ from recovery.health import (
     describe_error,
     dsn_password,
 )
+from statemachines.json_types import JsonObject
 
 DOMAINS = ("infrastructure", "database", "application", "network")
 
@@ -46,7 +47,7 @@ class Observation:
     value: float | None
     unit: str
     reason: str
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: JsonObject = field(default_factory=dict)
 
 
 Probe = Callable[[float], Observation]      # timeout in seconds -> what it saw
@@ -85,7 +86,7 @@ class Sample:
     threshold: float | None
     at: datetime
     reason: str
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: JsonObject = field(default_factory=dict)
     latency_ms: float = 0.0
 
 

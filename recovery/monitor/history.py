@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -17,6 +16,7 @@ from sqlmodel import col, delete, select
 
 from recovery.monitor.checks import Sample
 from recovery.monitor.risk import Condition
+from statemachines.json_types import JsonObject
 from statemachines.models import MonitorCondition, MonitorSample, utcnow
 from statemachines.store import Store
 
@@ -76,7 +76,7 @@ class MonitorHistory:
             return False
         return True
 
-    def touch_condition(self, key: str, last_seen: datetime, evidence: list[dict[str, Any]]) -> None:
+    def touch_condition(self, key: str, last_seen: datetime, evidence: list[JsonObject]) -> None:
         with self.store.session() as session:
             session.execute(update(MonitorCondition).where(col(MonitorCondition.open_key) == key)
                             .values(last_seen=last_seen, evidence=evidence))

@@ -22,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from recovery.monitor.checks import Check, Sample
+from statemachines.json_types import JsonObject
 
 CRITICAL = "CRITICAL"
 HIGH = "HIGH"
@@ -41,7 +42,7 @@ DEFAULTS: dict[str, tuple[str, str | None]] = {   # rule -> (level, scenario)
 }
 
 
-def evidence_of(sample: Sample) -> dict[str, Any]:
+def evidence_of(sample: Sample) -> JsonObject:
     """What an incident's evidence says about one sample: the check and what it observed."""
     return {"check": sample.check, "domain": sample.domain, "ok": sample.ok, "value": sample.value,
             "unit": sample.unit, "threshold": sample.threshold, "reason": sample.reason,
@@ -56,7 +57,7 @@ class Finding:
     scenario: str | None
     checks: tuple[str, ...]             # the checks whose samples make it (and clear it)
     summary: str
-    evidence: tuple[dict[str, Any], ...]
+    evidence: tuple[JsonObject, ...]
     consecutive: int | None = None      # samples it must hold; None: the tracker's (a signal: 1)
 
 
@@ -86,7 +87,7 @@ class _Seen:
     def of(self, kind: str, subject: str | None = None) -> list[Check]:
         return [c for c in self.checks.values() if c.kind == kind and (subject is None or c.subject == subject)]
 
-    def evidence(self, checks: Iterable[Check]) -> tuple[dict[str, Any], ...]:
+    def evidence(self, checks: Iterable[Check]) -> tuple[JsonObject, ...]:
         return tuple(evidence_of(self.latest[c.name]) for c in checks if c.name in self.latest)
 
 
@@ -227,7 +228,7 @@ class Condition:
     last_seen: datetime
     summary: str
     checks: tuple[str, ...]
-    evidence: list[dict[str, Any]] = field(default_factory=list)
+    evidence: list[JsonObject] = field(default_factory=list)
     incident_id: int | None = None
     last_warned_at: datetime | None = None
     cleared_at: datetime | None = None
@@ -240,7 +241,7 @@ class ConditionStore(Protocol):
 
     def open_condition(self, condition: Condition) -> bool: ...   # False: already open (another replica)
 
-    def touch_condition(self, key: str, last_seen: datetime, evidence: list[dict[str, Any]]) -> None: ...
+    def touch_condition(self, key: str, last_seen: datetime, evidence: list[JsonObject]) -> None: ...
 
     def clear_condition(self, key: str, at: datetime) -> Condition | None: ...
 

@@ -17,13 +17,13 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from recovery.monitor.checks import Observation, Probe
 from recovery.redact import redact
+from statemachines.json_types import JsonObject
 from statemachines.models import MonitorSignal, utcnow
 from statemachines.store import Store
 
@@ -52,7 +52,7 @@ class Signal:
     detail: str
     at: datetime
 
-    def facts(self) -> dict[str, Any]:
+    def facts(self) -> JsonObject:
         return {**asdict(self), "at": self.at.isoformat()}
 
 
@@ -90,7 +90,7 @@ def parse(body: bytes) -> Signal:
     return Signal(fields["source"], str(kind), fields["host"], redact(fields["detail"]), _time(data.get("at")))
 
 
-def _text(data: dict[str, Any], name: str, *, required: bool) -> str:
+def _text(data: JsonObject, name: str, *, required: bool) -> str:
     value = data.get(name, "")
     if not isinstance(value, str):
         raise SignalRefused(422, f"{name} must be a string")
@@ -136,7 +136,7 @@ class SignalStore:
             return list(session.exec(query))
 
 
-def signal_facts(row: MonitorSignal) -> dict[str, Any]:
+def signal_facts(row: MonitorSignal) -> JsonObject:
     """What an incident's evidence shows of one stored signal (plain JSON)."""
     return {"id": row.id, "source": row.source, "kind": row.kind, "host": row.host, "detail": row.detail,
             "at": row.at.isoformat(), "received_at": row.received_at.isoformat()}
@@ -146,7 +146,7 @@ def signal_probe(kind: str, hold: timedelta, recent: Callable[[str, datetime], l
                  now: Callable[[], datetime] = utcnow) -> Probe:
     """Fails while a ``kind`` signal arrived within ``hold``; ``facts["signals"]`` holds the newest per source."""
     def probe(timeout: float) -> Observation:
-        newest: dict[str, dict[str, Any]] = {}
+        newest: dict[str, JsonObject] = {}
         for row in recent(kind, now() - hold):
             newest[row.source] = signal_facts(row)       # oldest first: the newest per source wins
         minutes = f"{hold.total_seconds() / 60:g}"

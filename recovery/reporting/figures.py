@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from typing import Any
 
 from sqlmodel import col, select
 
 from recovery.backup.catalog import RESTORE_TESTED_KINDS, retained_backups
+from statemachines.json_types import JsonObject
 from statemachines.models import DrillRun, Incident, MonitorSample
 from statemachines.store import Store
 
@@ -50,7 +50,7 @@ def incident_figures(store: Store) -> list[IncidentFigure]:
                                i.closed_at, i.rpo_seconds, i.rpo_basis) for i in session.exec(query)]
 
 
-def _figure_value(figures: dict[str, Any], name: str) -> float | None:
+def _figure_value(figures: JsonObject, name: str) -> float | None:
     entry = figures.get(name)
     value = entry.get("value") if isinstance(entry, dict) else None
     return float(value) if isinstance(value, int | float) else None
@@ -66,9 +66,9 @@ class DrillFigure:
     scenario: str | None
     started_at: datetime
     finished_at: datetime | None
-    steps: list[dict[str, Any]]
-    figures: dict[str, Any]
-    objectives: list[dict[str, Any]]
+    steps: list[JsonObject]
+    figures: JsonObject
+    objectives: list[JsonObject]
     error: str
     report_path: str | None
 
@@ -81,13 +81,13 @@ class DrillFigure:
         return _figure_value(self.figures, "rpo")
 
     @property
-    def measured(self) -> list[dict[str, Any]]:
+    def measured(self) -> list[JsonObject]:
         """The figures that carry a basis (rto, rpo, mttr), as ``{name, value, unit, basis}``."""
         return [{"name": name, **entry} for name, entry in self.figures.items()
                 if isinstance(entry, dict) and "basis" in entry]
 
     @property
-    def facts(self) -> dict[str, Any]:
+    def facts(self) -> JsonObject:
         """The drill's other findings (counts, the base backup, …) that are plain values."""
         return {name: value for name, value in self.figures.items()
                 if not isinstance(value, dict | list)}

@@ -54,6 +54,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.client.types import LoadState
 
 from recovery.backup.errors import CollectionExistsError, ExportFormatError, MilvusBackupError
+from statemachines.json_types import JsonObject
 
 FORMAT = "aegis.milvus-export"
 FORMAT_VERSION = 1
@@ -121,7 +122,7 @@ def _type_name(value: int) -> str:
     return name
 
 
-def _default_value(raw: Any) -> dict[str, Any] | None:
+def _default_value(raw: Any) -> JsonObject | None:
     """pymilvus hands defaults back as a protobuf ValueField; keep the kind and the plain value."""
     if raw is None:
         return None
@@ -133,7 +134,7 @@ def _default_value(raw: Any) -> dict[str, Any] | None:
     return {"kind": kind, "value": getattr(raw, kind)}
 
 
-def _describe_schema(desc: dict[str, Any]) -> dict[str, Any]:
+def _describe_schema(desc: JsonObject) -> JsonObject:
     collection = desc["collection_name"]
     if desc.get("functions"):
         raise MilvusBackupError(
@@ -149,7 +150,7 @@ def _describe_schema(desc: dict[str, Any]) -> dict[str, Any]:
                 f"field {f['name']!r} of collection {collection!r} has type {dtype.name}, "
                 "which the Milvus export does not support"
             )
-        out: dict[str, Any] = {
+        out: JsonObject = {
             "name": f["name"],
             "type": dtype.name,
             "description": f.get("description", ""),
@@ -175,15 +176,15 @@ def _describe_schema(desc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _describe_index(client: MilvusClient, collection: str, index_name: str) -> dict[str, Any]:
+def _describe_index(client: MilvusClient, collection: str, index_name: str) -> JsonObject:
     info = dict(client.describe_index(collection, index_name) or {})
     if not info:
         raise MilvusBackupError(f"index {index_name!r} of collection {collection!r} vanished during the export")
-    params: dict[str, Any] = {}
+    params: JsonObject = {}
     nested = info.pop("params", None)
     if isinstance(nested, dict):
         params.update(nested)
-    definition: dict[str, Any] = {
+    definition: JsonObject = {
         "field_name": info.get("field_name", ""),
         "index_name": info.get("index_name", index_name),
         "index_type": info.pop("index_type", ""),
@@ -206,7 +207,7 @@ def _describe_index(client: MilvusClient, collection: str, index_name: str) -> d
 # ---------------------------------------------------------------- row encoding
 
 
-def _encode_row(row: dict[str, Any], vector_types: dict[str, DataType]) -> dict[str, Any]:
+def _encode_row(row: JsonObject, vector_types: dict[str, DataType]) -> JsonObject:
     out = dict(row)
     for name, dtype in vector_types.items():
         value = out.get(name)
@@ -229,7 +230,7 @@ def _sparse_items(value: Any) -> Iterable[tuple[Any, Any]]:
     raise MilvusBackupError(f"unexpected sparse vector value of type {type(value).__name__}")
 
 
-def _decode_row(row: dict[str, Any], vector_types: dict[str, DataType]) -> dict[str, Any]:
+def _decode_row(row: JsonObject, vector_types: dict[str, DataType]) -> JsonObject:
     for name, dtype in vector_types.items():
         value = row.get(name)
         if value is None:
@@ -252,7 +253,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} in a Milvus export")
 
 
-def _line(obj: dict[str, Any]) -> bytes:
+def _line(obj: JsonObject) -> bytes:
     # json writes floats with repr (shortest exact round trip) and NaN/Infinity as tokens json.loads reads back.
     return (json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=_json_default) + "\n").encode()
 
@@ -264,10 +265,10 @@ def _iter_batches(
     client: MilvusClient,
     collection: str,
     partition: str,
-    primary: dict[str, Any],
+    primary: JsonObject,
     output_fields: list[str],
     batch_size: int,
-) -> Iterator[list[dict[str, Any]]]:
+) -> Iterator[list[JsonObject]]:
     """Every row of one partition, ``batch_size`` at a time, in primary-key order."""
     if primary["type"] != DataType.VARCHAR.name:
         # query_iterator pins one snapshot (MVCC timestamp) for the whole partition on Milvus.
@@ -342,7 +343,7 @@ def export_collection(client: MilvusClient, collection: str, out: BinaryIO, batc
     }
     stats = ExportStats(collection=collection)
 
-    def write(obj: dict[str, Any]) -> None:
+    def write(obj: JsonObject) -> None:
         data = _line(obj)
         out.write(data)
         stats.bytes_written += len(data)
@@ -400,7 +401,7 @@ def _iter_lines(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
         yield bytes(pending)
 
 
-def _iter_records(source: BinaryIO | Iterable[bytes]) -> Iterator[dict[str, Any]]:
+def _iter_records(source: BinaryIO | Iterable[bytes]) -> Iterator[JsonObject]:
     for number, line in enumerate(_iter_lines(source), start=1):
         try:
             record = json.loads(line)
@@ -411,7 +412,7 @@ def _iter_records(source: BinaryIO | Iterable[bytes]) -> Iterator[dict[str, Any]
         yield record
 
 
-def _build_schema(spec: dict[str, Any]) -> Any:
+def _build_schema(spec: JsonObject) -> Any:
     fields = spec["fields"]
     primary = next(f for f in fields if f["is_primary"])
     schema = MilvusClient.create_schema(
@@ -420,7 +421,7 @@ def _build_schema(spec: dict[str, Any]) -> Any:
         description=spec.get("description", ""),
     )
     for f in fields:
-        kwargs: dict[str, Any] = dict(f.get("params") or {})
+        kwargs: dict[str, object] = dict(f.get("params") or {})
         kwargs["description"] = f.get("description", "")
         if f["is_primary"]:
             kwargs["is_primary"] = True
@@ -436,10 +437,10 @@ def _build_schema(spec: dict[str, Any]) -> Any:
     return schema
 
 
-def _index_params(client: MilvusClient, indexes: list[dict[str, Any]]) -> Any:
+def _index_params(client: MilvusClient, indexes: list[JsonObject]) -> Any:
     params = client.prepare_index_params()
     for index in indexes:
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, object] = {}
         if index.get("metric_type"):
             kwargs["metric_type"] = index["metric_type"]
         if index.get("params"):
@@ -499,7 +500,7 @@ def import_collection(
     vector_types = {f["name"]: DataType[f["type"]] for f in fields if DataType[f["type"]] in _VECTOR_TYPES}
     partition_key = any(f.get("is_partition_key") for f in fields)
     properties = dict(header.get("properties") or {})
-    create_kwargs: dict[str, Any] = {}
+    create_kwargs: dict[str, object] = {}
     if header.get("consistency_level") is not None:
         create_kwargs["consistency_level"] = header["consistency_level"]
     if header.get("num_shards"):
@@ -522,7 +523,7 @@ def import_collection(
         if unlock_auto_id:
             client.alter_collection_properties(name, {ALLOW_INSERT_AUTO_ID: "true"})
 
-        trailer: dict[str, Any] | None = None
+        trailer: JsonObject | None = None
         for record in records:
             if trailer is not None:
                 raise ExportFormatError("the Milvus export has data after its trailer")
@@ -564,7 +565,7 @@ def import_collection(
 
 
 def _insert(
-    client: MilvusClient, name: str, rows: list[dict[str, Any]], pk: str, partition: str, partition_key: bool
+    client: MilvusClient, name: str, rows: list[JsonObject], pk: str, partition: str, partition_key: bool
 ) -> None:
     kwargs = {} if partition_key else {"partition_name": partition}
     result = client.insert(name, rows, **kwargs)

@@ -63,6 +63,7 @@ from neo4j.spatial import CartesianPoint, Point, WGS84Point
 from neo4j.time import Date, DateTime, Duration, Time
 
 from recovery.backup.errors import CorruptExportError, DatabaseNotEmptyError, Neo4jExportError
+from statemachines.json_types import JsonObject
 
 FORMAT = "aegis.neo4j-export"
 FORMAT_VERSION = 1
@@ -234,11 +235,11 @@ def decode_value(value: Any) -> Any:
     raise CorruptExportError(f"unknown tagged property value {value!r}")
 
 
-def _encode_props(props: dict[str, Any]) -> dict[str, Any]:
+def _encode_props(props: JsonObject) -> JsonObject:
     return {k: encode_value(v) for k, v in props.items()}
 
 
-def _decode_props(props: dict[str, Any]) -> dict[str, Any]:
+def _decode_props(props: JsonObject) -> JsonObject:
     return {k: decode_value(v) for k, v in props.items()}
 
 
@@ -270,7 +271,7 @@ def export_graph(driver: Driver, database: str = "neo4j", *, out: BinaryIO, batc
     labels: Counter[str] = Counter()
     rel_types: Counter[str] = Counter()
 
-    def emit(obj: dict[str, Any]) -> None:
+    def emit(obj: JsonObject) -> None:
         # allow_nan=False: non-finite floats are tagged, so the output is strict JSON any reader accepts
         line = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode() + b"\n"
         out.write(line)
@@ -304,7 +305,7 @@ def export_graph(driver: Driver, database: str = "neo4j", *, out: BinaryIO, batc
                 emit({"type": "index", **i})
             stats.constraints, stats.indexes = len(constraints), len(indexes)
 
-            batch: list[dict[str, Any]] = []
+            batch: list[JsonObject] = []
             result = tx.run("MATCH (n) RETURN elementId(n) AS id, labels(n) AS labels, properties(n) AS props")
             for record in result:
                 node_labels = record["labels"]
@@ -413,8 +414,8 @@ def _check_empty(driver: Driver, database: str) -> None:
         )
 
 
-def _create_nodes(tx: Transaction, rows: list[dict[str, Any]]) -> int:
-    by_labels: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+def _create_nodes(tx: Transaction, rows: list[JsonObject]) -> int:
+    by_labels: dict[tuple[str, ...], list[JsonObject]] = {}
     for row in rows:
         props = _decode_props(row["props"])
         if IMPORT_ID in props:
@@ -431,8 +432,8 @@ def _create_nodes(tx: Transaction, rows: list[dict[str, Any]]) -> int:
     return created
 
 
-def _create_relationships(tx: Transaction, rows: list[dict[str, Any]]) -> int:
-    by_type: dict[str, list[dict[str, Any]]] = {}
+def _create_relationships(tx: Transaction, rows: list[JsonObject]) -> int:
+    by_type: dict[str, list[JsonObject]] = {}
     for row in rows:
         by_type.setdefault(row["type"], []).append(
             {"start": row["start"], "end": row["end"], "props": _decode_props(row["props"])}
@@ -450,10 +451,10 @@ def _create_relationships(tx: Transaction, rows: list[dict[str, Any]]) -> int:
     return created
 
 
-_BatchWriter = Callable[[Transaction, list[dict[str, Any]]], int]
+_BatchWriter = Callable[[Transaction, list[JsonObject]], int]
 
 
-def _write_batch(driver: Driver, database: str, fn: _BatchWriter, rows: list[dict[str, Any]]) -> int:
+def _write_batch(driver: Driver, database: str, fn: _BatchWriter, rows: list[JsonObject]) -> int:
     # one explicit transaction per batch; no automatic retry, which could duplicate a batch whose commit
     # reply was lost (the count checks would catch it, but failing fast is clearer)
     with driver.session(database=database, default_access_mode=WRITE_ACCESS) as session:
@@ -477,7 +478,7 @@ def _drop_import_wiring(driver: Driver, database: str) -> None:
         session.run(f"DROP INDEX {_quote(IMPORT_INDEX)} IF EXISTS").consume()
 
 
-def _verify(driver: Driver, database: str, trailer: dict[str, Any], stats: ImportStats) -> None:
+def _verify(driver: Driver, database: str, trailer: JsonObject, stats: ImportStats) -> None:
     problems = []
     for what in ("nodes", "relationships", "labels", "relationship_types", "constraints", "indexes"):
         if trailer.get(what) != getattr(stats, what):
@@ -543,7 +544,7 @@ def import_graph(
         ).consume()
         session.run("CALL db.awaitIndex($name, 300)", name=IMPORT_INDEX).consume()
 
-    trailer: dict[str, Any] | None = None
+    trailer: JsonObject | None = None
     for raw in lines:
         if trailer is not None:
             raise CorruptExportError("data after the trailer line")
