@@ -33,10 +33,11 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlmodel import Session
 
 from recovery import objectives
 from recovery.actions.base import Action, ActionError, NeedsHuman, VerificationFailed
@@ -289,7 +290,7 @@ def _redact_evidence(items: list[JsonObject]) -> list[JsonObject]:
     return [{k: redact(v) if isinstance(v, str) else v for k, v in item.items()} for item in items]
 
 
-def _on_commit(session: Any, callback: Callable[[], None]) -> None:
+def _on_commit(session: Session, callback: Callable[[], None]) -> None:
     """Run ``callback`` once the session's transaction has committed (never for a rollback)."""
     event.listen(session, "after_commit", lambda _s: callback(), once=True)
 

@@ -8,7 +8,7 @@ Slack retry cannot both win. JSON columns hold plain data only, never secrets.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
 from sqlalchemy.engine import Dialect
@@ -217,7 +217,7 @@ class ScheduledClaim(SQLModel, table=True):
     claimed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     # what to run again if the claimant dies mid-fire: a lapsed lease without done_at is re-run
     job_name: str = ""                           # stable registry name (``backup.prune``)
-    args: list[Any] = Field(default_factory=list, sa_column=Column(JSON))
+    args: list[object] = Field(default_factory=list, sa_column=Column(JSON))
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     done_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
@@ -233,7 +233,7 @@ class ScheduledJob(SQLModel, table=True):
     __tablename__ = "scheduled_job"
     job_id: str = Field(primary_key=True)        # reminder-12, backup-postgres_full
     name: str
-    args: list[Any] = Field(default_factory=list, sa_column=Column(JSON))
+    args: list[object] = Field(default_factory=list, sa_column=Column(JSON))
     cron: str | None = None
     interval_seconds: float | None = None
     timezone: str = "UTC"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import CursorResult, Update, update
 from sqlalchemy.exc import IntegrityError
@@ -46,8 +46,9 @@ class NotFound(Exception):
 
 def _updated_one(session: Session, statement: Update) -> bool:
     """Whether an UPDATE matched exactly one row: the verdict of every compare-and-set here."""
-    # an UPDATE always yields a CursorResult; Session.execute is typed with the general Result
-    result = cast("CursorResult[Any]", session.execute(statement))
+    # an UPDATE always yields a CursorResult (of no columns: no RETURNING); Session.execute is typed
+    # with the general Result
+    result = cast("CursorResult[tuple[()]]", session.execute(statement))
     return result.rowcount == 1
 
 

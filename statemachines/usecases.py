@@ -20,7 +20,6 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
-from typing import Any
 
 from sqlalchemy import event
 from sqlmodel import Session
@@ -39,11 +38,13 @@ AEGIS = "aegis"   # the actor of what the engine and the assessment do
 
 class Refused(Exception):
     """An action that is not allowed or not possible now; ``reason`` is a refusal key of the message
-    layer and ``ctx`` its template context (``link_of``: a (channel, ts) pair the bot turns into a link)."""
+    layer and ``ctx`` its template context; ``link_of`` is a (channel, ts) pair the bot turns into a link."""
 
-    def __init__(self, reason: str, **ctx: Any) -> None:
+    def __init__(self, reason: str, *, link_of: tuple[str | None, str | None] | None = None,
+                 **ctx: object) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.link_of = link_of
         self.ctx = ctx
 
 
@@ -58,7 +59,7 @@ def _one_line(text: str, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[:limit] + "…"
 
 
-def _log_on_commit(session: Session, incident_id: int, message: str, **fields: Any) -> None:
+def _log_on_commit(session: Session, incident_id: int, message: str, **fields: object) -> None:
     """One INFO line on ``aegis.incident`` once this transaction commits (never for a rollback).
 
     The plain-text line reads on its own (the key first); the JSON formatter (bot/logs.py) also

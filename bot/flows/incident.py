@@ -186,9 +186,8 @@ class Flows:
         """The refusal's reply. A button of a replaced plan gets a link to the current plan: Slack is
         asked for it here (after the ack, on the interaction pool), never inside a decision."""
         ctx = dict(exc.ctx)
-        link_of = ctx.pop("link_of", None)
-        if link_of is not None:
-            ctx["link"] = self.outbox.permalink(*link_of)
+        if exc.link_of is not None:
+            ctx["link"] = self.outbox.permalink(*exc.link_of)
         return block_kit.refusal(exc.reason, self.locale, **ctx)
 
     # --- automatic recovery (monitoring.auto_recovery: an incident the monitor opened) ---------

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -42,7 +41,7 @@ class Lapsed:
     job_id: str
     fire_time: str
     job_name: str
-    args: list[Any]
+    args: list[object]
     lease_until: datetime | None
 
 
@@ -52,7 +51,7 @@ class FireClaims:
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
 
-    def run(self, job_id: str, fire_time: datetime, job_name: str, args: list[Any],
+    def run(self, job_id: str, fire_time: datetime, job_name: str, args: list[object],
             work: Callable[[], object]) -> tuple[bool, object]:
         """Claim (job, fire time) and do ``work`` under a renewed lease; (False, None) when taken."""
         claim_id = self._insert(job_id, fire_key(fire_time), job_name, args)
@@ -95,7 +94,7 @@ class FireClaims:
 
     # --- rows -----------------------------------------------------------------------------------
 
-    def _insert(self, job_id: str, key: str, job_name: str, args: list[Any]) -> int | None:
+    def _insert(self, job_id: str, key: str, job_name: str, args: list[object]) -> int | None:
         row = ScheduledClaim(job_id=job_id, fire_time=key, owner=self.owner, job_name=job_name, args=args,
                              lease_until=utcnow() + self.lease)
         try:

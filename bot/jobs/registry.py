@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from bot.flows.backup import BackupDuty
 from bot.flows.drills import DrillDuty
@@ -52,7 +51,7 @@ class JobRegistry:
     def names(self) -> list[str]:
         return sorted(self._functions)
 
-    def run(self, name: str, job_id: str, args: list[Any]) -> object:
+    def run(self, name: str, job_id: str, args: list[object]) -> object:
         function = self._functions.get(name)
         if function is None:
             log.error("%s: no job is registered under the name %r; not run", job_id, name)

@@ -24,7 +24,6 @@ import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -50,11 +49,15 @@ TAKEOVER_WINDOW = timedelta(seconds=30)
 LEGACY_TABLE = "apscheduler_jobs"
 
 
+# (name, args, cron, interval_seconds, timezone, start_at, misfire_grace_seconds) of a ScheduledJob row
+_ScheduleKey = tuple[str, tuple[object, ...], str | None, float | None, str, datetime, int]
+
+
 @dataclass(frozen=True)
 class _Loaded:
     """A schedule as the leader turned it into an APScheduler job (compared to see a row changed)."""
 
-    row: tuple[Any, ...]
+    row: _ScheduleKey
     trigger: BaseTrigger
     grace: int
 
@@ -187,14 +190,14 @@ class Scheduler:
             self._aps.add_job(self._fire, trigger, args=[job_id, row.name, list(row.args or [])], id=job_id,
                               name=job_id, replace_existing=True, misfire_grace_time=row.misfire_grace_seconds)
 
-    def _fire(self, job_id: str, name: str, args: list[Any]) -> object:
+    def _fire(self, job_id: str, name: str, args: list[object]) -> object:
         """APScheduler's call: the scheduled time is the trigger's newest fire at or before now."""
         loaded = self._loaded.get(job_id)
         now = datetime.now(UTC)
         fire_time = (last_fire_time(loaded.trigger, now, timedelta(seconds=loaded.grace)) if loaded else None) or now
         return self._run(job_id, name, args, fire_time)
 
-    def _run(self, job_id: str, name: str, args: list[Any], fire_time: datetime) -> object:
+    def _run(self, job_id: str, name: str, args: list[object], fire_time: datetime) -> object:
         ran, result = self.claims.run(job_id, fire_time, name, args, lambda: self.registry.run(name, job_id, args))
         return result if ran else None
 

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import ColumnElement, func
 from sqlmodel import col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -114,7 +113,7 @@ def _good(kinds: Iterable[str], *, verified: bool = False,
     return query
 
 
-def _of(ident: str) -> Any:
+def _of(ident: str) -> ColumnElement[bool]:
     """Rows of run ``ident`` or the row of object ``ident``."""
     return (col(BackupRecord.run_id) == ident) | (col(BackupRecord.object_name) == ident)
 

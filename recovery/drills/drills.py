@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from recovery.backup.catalog import (
     MILVUS_KIND,
@@ -36,7 +35,7 @@ from recovery.backup.catalog import (
     restore_test_queue,
 )
 from recovery.drills import runs
-from recovery.drills.context import DrillContext, Steps, lease_renewed
+from recovery.drills.context import DrillContext, ServiceProbe, Steps, lease_renewed
 from recovery.drills.report import write_report
 from recovery.drills.restores import RestoreResult, replay_point, restore_postgres_copy, test_backup
 from recovery.drills.scoring import SCENARIO_OF, Figure, Score, overall, score
@@ -184,9 +183,9 @@ def _database_failover_test(ctx: DrillContext, scratch: Scratch, steps: Steps, s
 
 # --- full_system_recovery_test ------------------------------------------------------------------
 
-def _service_order(ctx: DrillContext) -> list[Any]:
+def _service_order(ctx: DrillContext) -> list[ServiceProbe]:
     """Tier 1 first, then dependencies before their dependants (T4)."""
-    ordered: list[Any] = []
+    ordered: list[ServiceProbe] = []
     remaining = sorted(ctx.services, key=lambda s: (s.tier, s.name))
     while remaining:
         done = {s.name for s in ordered}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from recovery.backup.catalog import MILVUS_KIND, NEO4J_KIND, POSTGRES_BASE_KINDS
 from recovery.backup.restore.from_catalog import restore_milvus, restore_neo4j, restore_postgres
@@ -26,6 +26,9 @@ from recovery.drills.scratch import Scratch
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
 from statemachines.models import BackupRecord, utcnow
+
+if TYPE_CHECKING:   # neo4j is imported where a drill first needs it, as before
+    from neo4j import Driver
 
 
 @dataclass
@@ -87,7 +90,7 @@ def test_postgres(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> 
                          reason, time.monotonic() - began, details)
 
 
-def _neo4j_driver(ctx: DrillContext) -> Any:
+def _neo4j_driver(ctx: DrillContext) -> Driver:
     from neo4j import GraphDatabase
 
     cfg = ctx.neo4j

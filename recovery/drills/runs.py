@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import col, select
@@ -67,7 +66,7 @@ def get(store: Store, run_id: int) -> DrillRun | None:
         return session.get(DrillRun, run_id)
 
 
-def _change(store: Store, run_id: int, **values: Any) -> None:
+def _change(store: Store, run_id: int, **values: object) -> None:
     with store.session() as session:
         session.execute(update(DrillRun).where(col(DrillRun.id) == run_id).values(**values))
 
