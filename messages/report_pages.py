@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Protocol
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -20,6 +20,55 @@ from messages.svg import Bar, Point, bar_chart, line_chart
 from messages.views import Message
 
 Href = Callable[[str], str]     # a path under /reports/ → the URL to link (the viewer's token kept on it)
+
+
+# What the Python here reads of recovery.reporting's figures (the templates read more, by name).
+class _IncidentFigure(Protocol):
+    @property
+    def key(self) -> str: ...
+    @property
+    def declared_at(self) -> datetime: ...
+    @property
+    def rto_seconds(self) -> float | None: ...
+    @property
+    def rpo_seconds(self) -> float | None: ...
+
+
+class _DrillFigure(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def started_at(self) -> datetime: ...
+    @property
+    def steps(self) -> Sequence[Mapping[str, object]]: ...
+    @property
+    def rto_seconds(self) -> float | None: ...
+    @property
+    def rpo_seconds(self) -> float | None: ...
+
+
+class _MonthlyMttr(Protocol):
+    @property
+    def month(self) -> str: ...
+    @property
+    def incidents(self) -> int: ...
+    @property
+    def mean_seconds(self) -> float: ...
+
+
+class _Availability(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def tier(self) -> int | None: ...
+    @property
+    def downtime_minutes(self) -> float: ...
+    @property
+    def known_minutes(self) -> float: ...
+    @property
+    def unknown_minutes(self) -> float: ...
 
 
 def _minutes(seconds: float | None) -> float | None:
@@ -54,7 +103,7 @@ def _make_env(locale: str) -> Environment:
 _ENVS = {locale: _make_env(locale) for locale in render.LOCALES}
 
 
-def _page(locale: str, name: str, **ctx: Any) -> str:
+def _page(locale: str, name: str, **ctx: object) -> str:
     return _ENVS[render.resolve_locale(locale)].get_template(name).render(locale=render.resolve_locale(locale), **ctx)
 
 
@@ -68,7 +117,8 @@ def _ticks(times: Sequence[datetime], count: int = 5) -> list[tuple[float, str]]
     return [(t, datetime.fromtimestamp(t, zone).strftime("%Y-%m-%d")) for t in steps]
 
 
-def _over_time(incidents: Sequence[Any], drills: Sequence[Any], figure: str) -> dict[str, list[Point]]:
+def _over_time(incidents: Sequence[_IncidentFigure], drills: Sequence[_DrillFigure],
+               figure: str) -> dict[str, list[Point]]:
     """Minutes of ``figure`` (rto_seconds / rpo_seconds) per incident and per drill, at their start."""
     series: dict[str, list[Point]] = {"incidents": [], "drills": []}
     for incident in incidents:
@@ -82,8 +132,9 @@ def _over_time(incidents: Sequence[Any], drills: Sequence[Any], figure: str) -> 
     return series
 
 
-def overview(locale: str, *, incidents: Sequence[Any], drills: Sequence[Any], mttr: Sequence[Any],
-             backups: Sequence[Any], services: Sequence[Any], tiers: Sequence[Any], objectives: Mapping[str, float],
+def overview(locale: str, *, incidents: Sequence[_IncidentFigure], drills: Sequence[_DrillFigure],
+             mttr: Sequence[_MonthlyMttr], backups: Sequence[object], services: Sequence[_Availability],
+             tiers: Sequence[_Availability], objectives: Mapping[str, float],
              since: datetime, until: datetime, now: datetime, href: Href) -> str:
     """The overview: RTO/RPO over time, MTTR by month, backups per component, availability (O4)."""
     times = [i.declared_at for i in incidents] + [d.started_at for d in drills]
@@ -95,17 +146,21 @@ def overview(locale: str, *, incidents: Sequence[Any], drills: Sequence[Any], mt
                  downtime_bars=[_downtime_bar(a) for a in [*services, *tiers]])
 
 
-def _downtime_bar(figure: Any) -> Bar:
+def _downtime_bar(figure: _Availability) -> Bar:
     """A service's (or tier's, "T1") downtime minutes; unknown when none of its time was watched."""
     label = figure.name if figure.tier is None else f"T{figure.tier}"
     value = figure.downtime_minutes if figure.known_minutes > 0 else None
     return Bar(label, value, f"{figure.unknown_minutes:.1f}")
 
 
-def drill(locale: str, *, run: Any, objectives: Mapping[str, float], href: Href) -> str:
+def _seconds(value: object) -> float | None:
+    """A step's recorded ``seconds`` (a JSON number), or None when it has none."""
+    return float(value) if isinstance(value, int | float) else None
+
+
+def drill(locale: str, *, run: _DrillFigure, objectives: Mapping[str, float], href: Href) -> str:
     """One drill: the steps with timings, the figures against the objectives, pass/fail, each figure's basis."""
-    step_bars = [Bar(str(s.get("name", ""))[:40], float(s["seconds"]) if isinstance(s.get("seconds"), int | float)
-                     else None) for s in run.steps]
+    step_bars = [Bar(str(s.get("name", ""))[:40], _seconds(s.get("seconds"))) for s in run.steps]
     return _page(locale, "report_drill.html.j2", run=run, objectives=objectives, href=href, step_bars=step_bars)
 
 
