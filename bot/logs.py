@@ -25,7 +25,6 @@ import sys
 import traceback
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
 
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
@@ -116,7 +115,7 @@ class JsonFormatter(RedactingFormatter):
         return json.dumps(line, ensure_ascii=True, default=str)
 
 
-def _clean(value: Any) -> Any:
+def _clean(value: object) -> object:
     """A structured field for a JSON line: strings redacted and capped, containers walked."""
     if isinstance(value, str):
         return cap(redact(value))

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
 import requests
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
 
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
@@ -123,7 +123,7 @@ def check_http(spec: HealthSpec) -> CheckResult:
     return CheckResult(spec.name, spec.kind, ok, detail, _elapsed_ms(started), facts)
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: object) -> object:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     return value
@@ -140,7 +140,7 @@ SELECT count(*), extract(epoch FROM max(replay_lag))::float8 FROM pg_stat_replic
 """
 
 
-def postgres_facts(conn: psycopg.Connection[Any]) -> JsonObject:
+def postgres_facts(conn: psycopg.Connection[TupleRow]) -> JsonObject:
     """Role and replication facts from an open connection (shared with the postgres actions)."""
     role = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     in_recovery = bool(role and role[0])

@@ -39,8 +39,10 @@ import os
 import re
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import overload
 from urllib.parse import quote
+
+from statemachines.json_types import JsonObject
 
 MASK = "********"
 #: shorter values are not registered: they would mask fragments of ordinary words and numbers
@@ -119,14 +121,21 @@ def redact(text: str, extra_secrets: Iterable[str] | None = None) -> str:
     return _apply(text, _known(extra_secrets))
 
 
-def redact_data(data: Any, *, keep: frozenset[str] = frozenset(), extra_secrets: Iterable[str] | None = None) -> Any:
+@overload
+def redact_data(data: JsonObject, *, keep: frozenset[str] = frozenset(),
+                extra_secrets: Iterable[str] | None = None) -> JsonObject: ...
+@overload
+def redact_data(data: object, *, keep: frozenset[str] = frozenset(),
+                extra_secrets: Iterable[str] | None = None) -> object: ...
+def redact_data(data: object, *, keep: frozenset[str] = frozenset(),
+                extra_secrets: Iterable[str] | None = None) -> object:
     """Copy of a JSON-like value with every string redacted, except values under the keys in ``keep``.
 
     ``keep`` protects identifiers (a button's ``value``, a ``block_id``) that must reach Slack intact.
     """
     known = _known(extra_secrets)
 
-    def walk(node: Any) -> Any:
+    def walk(node: object) -> object:
         if isinstance(node, str):
             return _apply(node, known) if node else node
         if isinstance(node, dict):

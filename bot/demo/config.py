@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import overload
 
 import yaml
 
@@ -61,7 +61,11 @@ def ensure_demo_key(path: Path) -> None:
         key_file.write(base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode("ascii") + "\n")
 
 
-def _fill(value: Any, data_dir: Path) -> Any:
+@overload
+def _fill(value: JsonObject, data_dir: Path) -> JsonObject: ...
+@overload
+def _fill(value: object, data_dir: Path) -> object: ...
+def _fill(value: object, data_dir: Path) -> object:
     if isinstance(value, str):
         return value.replace("{data_dir}", str(data_dir))
     if isinstance(value, list):

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from recovery.actions.base import Action, ActionError, Progress
 from recovery.health import HealthSpec, check_postgres, describe_error
@@ -24,7 +24,7 @@ CONNECT_TIMEOUT_SECONDS = 5
 
 
 @contextmanager
-def connect_action(dsn: str, label: str) -> Iterator[psycopg.Connection[Any]]:
+def connect_action(dsn: str, label: str) -> Iterator[psycopg.Connection[TupleRow]]:
     """Autocommit connection; connection failures become a redacted ActionError."""
     try:
         conn = psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS, autocommit=True)
@@ -38,19 +38,19 @@ def connect_action(dsn: str, label: str) -> Iterator[psycopg.Connection[Any]]:
         conn.close()
 
 
-def is_in_recovery(conn: psycopg.Connection[Any]) -> bool:
+def is_in_recovery(conn: psycopg.Connection[TupleRow]) -> bool:
     row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     return bool(row and row[0])
 
 
-def _timeline(conn: psycopg.Connection[Any]) -> int:
+def _timeline(conn: psycopg.Connection[TupleRow]) -> int:
     """Current timeline from the WAL file name: pg_control_checkpoint() lags until the next checkpoint."""
     row = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
     assert row is not None
     return int(str(row[0])[:8], 16)
 
 
-def _check_writable(conn: psycopg.Connection[Any], label: str) -> int:
+def _check_writable(conn: psycopg.Connection[TupleRow], label: str) -> int:
     """Raise unless ``conn`` is a primary that can commit a write; return the new transaction id."""
     if is_in_recovery(conn):
         raise ActionError(f"{label} is still in recovery (read-only)")

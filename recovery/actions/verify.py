@@ -9,9 +9,10 @@ checked, and that statement becomes the evidence. "Checked nothing" is never a p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import SupportsFloat, cast
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from recovery.actions.base import (
     Action,
@@ -101,17 +102,18 @@ class IntegrityQuery:
             return f"≥ {self.minimum:g}"
         return "a value that is not empty or false"
 
-    def judge(self, value: Any) -> bool:
+    def judge(self, value: object) -> bool:
         if self.expect is not None:
             return value is not None and str(value) == self.expect
         if self.minimum is not None:
             try:
-                return value is not None and not isinstance(value, bool) and float(value) >= self.minimum
-            except (TypeError, ValueError):
+                number = cast("SupportsFloat", value)   # float() raises below for what is not a number
+                return value is not None and not isinstance(value, bool) and float(number) >= self.minimum
+            except (TypeError, ValueError):   # a value float() cannot read (a date, a word): not a number
                 return False
         return value is not None and value is not False and value != ""
 
-    def observe(self, conn: psycopg.Connection[Any]) -> Evidence:
+    def observe(self, conn: psycopg.Connection[TupleRow]) -> Evidence:
         """Run read-only under a statement timeout; a failing query is a failed check, never a crash."""
         check = f"integrity: {self.name}"
         try:

@@ -18,11 +18,11 @@ twice per backup); the comparison then says the checksum was not recorded and wh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
 
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
@@ -58,7 +58,7 @@ def _in_database(dsn: str, database: str) -> str:
     return make_conninfo(dsn, dbname=database)
 
 
-def _table_figures(conn: psycopg.Connection[Any], schema: str, table: str, size: int,
+def _table_figures(conn: psycopg.Connection[TupleRow], schema: str, table: str, size: int,
                    max_checksum_bytes: int) -> JsonObject:
     name = sql.Identifier(schema, table)
     if size > max_checksum_bytes:

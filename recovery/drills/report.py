@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from statemachines.json_types import JsonObject
 from statemachines.models import DrillRun
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: object) -> object:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from recovery.health import (
     HealthSpec,
@@ -183,7 +183,7 @@ def postgres_probe(dsn: str, role: str) -> Probe:
     return probe
 
 
-def _connect(dsn: str, timeout: float) -> psycopg.Connection[tuple[Any, ...]]:
+def _connect(dsn: str, timeout: float) -> psycopg.Connection[TupleRow]:
     # libpq takes whole seconds and treats 1 as 2 (as recovery.health does)
     conn = psycopg.connect(dsn, connect_timeout=max(2, math.ceil(timeout)), autocommit=True)
     conn.execute(f"SET statement_timeout = {int(timeout * 1000)}")
@@ -288,7 +288,7 @@ class WalArchivingProbe:
                            f"archiving: last {last_wal or 'none'}, {failed} failures", facts)
 
 
-def _ready_segments(conn: psycopg.Connection[tuple[Any, ...]]) -> int | None:
+def _ready_segments(conn: psycopg.Connection[TupleRow]) -> int | None:
     try:
         with conn.transaction():
             row = conn.execute(_READY_SQL).fetchone()

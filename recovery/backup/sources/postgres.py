@@ -26,10 +26,11 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, BinaryIO, Self
+from typing import IO, BinaryIO, Self
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
 
 from recovery.redact import redact
 
@@ -71,7 +72,7 @@ def client_env(dsn: str) -> dict[str, str]:
     return env
 
 
-def connect_source(dsn: str) -> psycopg.Connection[Any]:
+def connect_source(dsn: str) -> psycopg.Connection[TupleRow]:
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
     except psycopg.Error as exc:
