@@ -20,12 +20,14 @@ import os
 import re
 import types
 import zoneinfo
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from bot.extras import missing_extras
 from statemachines.json_types import JsonObject
@@ -74,7 +76,7 @@ def _did_you_mean(word: str, choices: tuple[str, ...] | list[str], what: str) ->
     return f"did you mean `{guess}`?" if guess else f"{what} are {', '.join(choices)}"
 
 
-def _known(choices: tuple[str, ...], what: str, plural: str) -> Any:
+def _known(choices: tuple[str, ...], what: str, plural: str) -> AfterValidator:
     def check(value: str) -> str:
         if value not in choices:
             raise ValueError(f"unknown {what} `{value}`; {_did_you_mean(value, choices, plural)}")
@@ -718,8 +720,8 @@ class Config(_Strict):
 class _UniqueKeyLoader(yaml.SafeLoader):
     """safe_load, except that a key given twice in one mapping is an error, not "the last one wins"."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, object]:
+        seen: set[Hashable] = set()
         for key_node, _value in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
                 continue
@@ -818,7 +820,7 @@ def describe_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
-def _explain(err: Any, path: str, model: type[BaseModel] | None) -> tuple[str, str]:
+def _explain(err: ErrorDetails, path: str, model: type[BaseModel] | None) -> tuple[str, str]:
     kind, ctx = err["type"], err.get("ctx") or {}
     if kind == "extra_forbidden":
         fields = list(model.model_fields) if model else []
@@ -847,7 +849,7 @@ def _locate(loc: tuple[int | str, ...]) -> tuple[str, type[BaseModel] | None]:
     (``s3``) and a dict key marker (``[key]``) are pydantic's, not part of the file.
     """
     path = ""
-    annotation: Any = Config
+    annotation: object = Config
     holder: type[BaseModel] | None = None
     for item in loc:
         annotation = _plain(annotation)
@@ -878,11 +880,11 @@ def _is_tag(annotation: object, item: int | str) -> bool:
     return get_origin(annotation) is Literal and set(get_args(annotation)) == {item}
 
 
-def _is_union(annotation: Any) -> bool:
+def _is_union(annotation: object) -> bool:
     return get_origin(annotation) in (Union, types.UnionType)
 
 
-def _plain(annotation: Any) -> Any:
+def _plain(annotation: object) -> object:
     """Strip ``Annotated[...]`` and ``| None``: what is left is what the location walks into."""
     while True:
         if get_origin(annotation) is Annotated:
@@ -896,7 +898,7 @@ def _plain(annotation: Any) -> Any:
             return annotation
 
 
-def _models_of_union(annotation: Any) -> list[type[BaseModel]]:
+def _models_of_union(annotation: object) -> list[type[BaseModel]]:
     if not _is_union(annotation):
         return []
     members = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from bot.cli import backup as backup_cli
 from bot.cli import drill as drill_cli
@@ -153,7 +153,7 @@ def _config_check(args: argparse.Namespace) -> int:
 class _VersionAction(argparse.Action):
     """``--version``: the installed distribution's version, looked up only when asked for."""
 
-    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **_: Any) -> None:
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **_: object) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
                          help="show the installed version and exit")
 

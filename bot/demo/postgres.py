@@ -19,7 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import psycopg
 
@@ -72,6 +72,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _UserSwitch(TypedDict, total=False):
+    """subprocess.run's keywords that run a binary as another user (none: as this process's user)."""
+
+    user: str
+    group: str
+    extra_groups: list[str]
+
+
 @dataclass(frozen=True)
 class ClusterUser:
     """The OS user the server binaries run as: ``None`` is the current user."""
@@ -91,7 +99,7 @@ class ClusterUser:
 
     def run(self, cmd: list[str], cwd: Path, timeout: float = 120) -> str:
         """Run a server binary as this user; raise with the end of its output when it fails."""
-        switch: dict[str, Any] = {"user": self.name, "group": self.name, "extra_groups": []} if self.name else {}
+        switch: _UserSwitch = {"user": self.name, "group": self.name, "extra_groups": []} if self.name else {}
         try:
             proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                                   check=False, **switch)

@@ -18,7 +18,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Any
 
 import psycopg
 
@@ -95,7 +94,7 @@ def _page(code: int, status: JsonObject) -> str:
 
 def _handler(service: SampleService) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:   # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: object) -> None:   # noqa: A002 - the base class's name
             log.debug("orders-api: " + format, *args)
 
         def _send(self, code: int, body: str, content_type: str) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -59,7 +58,7 @@ class SlackGateway:
         self.attempts = attempts
         self.backoff = backoff_seconds
 
-    def call(self, method: str, **params: Any) -> JsonObject:
+    def call(self, method: str, **params: object) -> JsonObject:
         """Call a Web API method; raise SlackCallFailed once retries are exhausted."""
         params = _masked({k: v for k, v in params.items() if v is not None})
         error = "unknown"

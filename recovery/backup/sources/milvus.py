@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
+# pymilvus ships no types: its schema and index objects, protobuf defaults and row values are the Any here.
 import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.client.types import LoadState
@@ -245,7 +246,7 @@ def _decode_row(row: JsonObject, vector_types: dict[str, DataType]) -> JsonObjec
     return row
 
 
-def _json_default(value: Any) -> Any:
+def _json_default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -54,8 +54,8 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from datetime import UTC, datetime, tzinfo
+from typing import BinaryIO
 
 import pytz
 from neo4j import READ_ACCESS, WRITE_ACCESS, Driver, Transaction
@@ -127,7 +127,7 @@ def _offset_seconds(value: DateTime | Time) -> int:
     return int(offset.total_seconds())
 
 
-def _zone_name(tz: Any) -> str | None:
+def _zone_name(tz: object) -> str | None:
     # pytz zones (what the driver hydrates) have .zone; zoneinfo zones have .key; fixed offsets have neither
     name = getattr(tz, "zone", None) or getattr(tz, "key", None)
     return name if isinstance(name, str) else None
@@ -141,7 +141,7 @@ def _fmt_date(v: DateTime | Date) -> str:
     return f"{v.year:04d}-{v.month:02d}-{v.day:02d}"
 
 
-def encode_value(value: Any) -> Any:
+def encode_value(value: object) -> object:
     """A property value as JSON-ready data; non-JSON types get an explicit ``$`` tag (see module docstring)."""
     if value is None or isinstance(value, bool | int | str):
         return value
@@ -179,7 +179,7 @@ def _match(regex: re.Pattern[str], text: str, tag: str) -> list[int]:
     return [int(g) for g in m.groups()]
 
 
-def _fixed_offset(seconds: int) -> Any:
+def _fixed_offset(seconds: int) -> tzinfo:
     # pytz, not datetime.timezone: the driver's Time encoder calls tzinfo.utcoffset(Time), which only pytz accepts
     minutes, rest = divmod(seconds, 60)
     if rest:
@@ -187,7 +187,7 @@ def _fixed_offset(seconds: int) -> Any:
     return pytz.FixedOffset(minutes)
 
 
-def decode_value(value: Any) -> Any:
+def decode_value(value: object) -> object:
     """The inverse of :func:`encode_value`: driver-native values that Bolt sends as the original types."""
     if isinstance(value, list):
         return [decode_value(v) for v in value]
