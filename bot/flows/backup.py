@@ -3,8 +3,8 @@
 - ``BackupDuty.run`` takes one backup (``BackupRunner``), turns the report into a plain view and,
   when the run failed or lost a target, posts to ``slack.ops_channel``: the reason, the target(s)
   that failed and the newest usable backup of that kind, which stays in place.
-- One backup at a time per bot process (``BackupGate``): a Slack ``backup run`` while another run is
-  going is refused with what is running (see ``bot/slack/backup_desk.py``); a scheduled run waits for
+- One backup at a time per bot process (``bot.run_gate.RunGate``): a Slack ``backup run`` while
+  another run is going is refused with what is running (see ``bot/slack/backup_desk.py``); a scheduled run waits for
   the gate instead, since nobody is there to retry it.
 - Only the scheduler leader fires jobs (``bot.jobs.scheduler``), each fire under a claim with a lease
   (``bot.jobs.claims``). The job functions below are registered by stable name in
@@ -14,12 +14,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from bot.backup_wiring import runner_from
 from bot.config import Config
+from bot.run_gate import RunGate
 from bot.slack.gateway import SlackCallFailed, SlackGateway
 from messages.blocks import backup as backup_blocks
 from messages.blocks.backup import BackupObjectView, BackupRunView, BackupTargetView
@@ -31,32 +30,6 @@ from statemachines.models import BackupRecord
 from statemachines.store import Store
 
 log = logging.getLogger("aegis.backup")
-
-
-# --- one run at a time ------------------------------------------------------------------------
-
-
-class BackupGate:
-    """One backup at a time in this process; says what holds it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.holder: str | None = None
-        self.since: datetime | None = None
-
-    def try_enter(self, what: str) -> bool:
-        if not self._lock.acquire(blocking=False):
-            return False
-        self.holder, self.since = what, datetime.now(UTC)
-        return True
-
-    def enter(self, what: str) -> None:
-        self._lock.acquire()
-        self.holder, self.since = what, datetime.now(UTC)
-
-    def leave(self) -> None:
-        self.holder = self.since = None
-        self._lock.release()
 
 
 # --- runs and their reports -------------------------------------------------------------------
@@ -115,7 +88,7 @@ class BackupDuty:
     owner: str = ""
 
     def __post_init__(self) -> None:
-        self.gate = BackupGate()
+        self.gate = RunGate()
         self.locale = self.config.locale
         self.failing: set[str] = set()   # repeating jobs whose failure streak ops was already told of
 

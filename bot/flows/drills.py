@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.backup_wiring import repository_from, sources_from
 from bot.config import Config
+from bot.run_gate import RunGate
 from bot.slack.gateway import SlackCallFailed, SlackGateway
 from messages import drill_notices
 from messages.views import Message
@@ -116,29 +115,6 @@ def post_outcome(gateway: SlackGateway | None, config: Config, outcome: DrillOut
     return True
 
 
-class DrillGate:
-    """One drill at a time in this process (scratch servers are heavy; two would skew the timings)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.holder: str | None = None
-        self.since: datetime | None = None
-
-    def try_enter(self, what: str) -> bool:
-        if not self._lock.acquire(blocking=False):
-            return False
-        self.holder, self.since = what, datetime.now(UTC)
-        return True
-
-    def enter(self, what: str) -> None:
-        self._lock.acquire()
-        self.holder, self.since = what, datetime.now(UTC)
-
-    def leave(self) -> None:
-        self.holder = self.since = None
-        self._lock.release()
-
-
 @dataclass
 class DrillDuty:
     """Runs drills for Slack and the schedule and posts their results to the ops channel."""
@@ -150,7 +126,7 @@ class DrillDuty:
     on_report: Callable[[int], str | None] | None = None
 
     def __post_init__(self) -> None:
-        self.gate = DrillGate()
+        self.gate = RunGate()
 
     def run(self, name: str, *, trigger: str, requested_by: str | None = None,
             say: Callable[[str], None] | None = None) -> DrillOutcome:
