@@ -138,9 +138,10 @@ def test_a_whole_incident_walks_over_the_socket_to_closed(
     envelopes = socket.envelopes()
     assert {e["type"] for e in envelopes} == {"slash_commands", "interactive"}
     assert all(e["acked"] for e in envelopes), [e for e in envelopes if not e["acked"]]
-    # one connection carried it all, and nobody needed a second delivery
+    # one connection carried it all; an ack slower than the emulator's 3 s (a loaded machine) may have
+    # been redelivered with retry_attempt > 0 — answered from memory, never run twice (the lost-ack test
+    # below counts the step's runs)
     assert len(socket.connections()) == 1
-    assert all(len(e["attempts"]) == 1 for e in envelopes)
 
 
 def test_a_dropped_socket_mid_incident_is_reconnected_and_the_walk_goes_on(
