@@ -42,7 +42,7 @@ from bot.slack import commands
 from bot.slack.backup_desk import BackupDesk
 from bot.slack.drill_desk import DrillDesk
 from bot.slack.gateway import SlackCallFailed
-from bot.slack.replies import ReplySender
+from bot.slack.replies import ReplySender, ephemeral
 from messages.blocks import kit as block_kit
 from messages.blocks import modals as modal_blocks
 from messages.views import Message
@@ -57,15 +57,6 @@ log = logging.getLogger("aegis.app")
 Respond = Callable[..., object]
 _ID = re.compile(r"[0-9]{1,18}")          # database ids: digits only, and they fit in a 64-bit integer
 EXPIRED_TRIGGER = {"expired_trigger_id", "invalid_trigger_id", "trigger_exchanged"}
-
-
-def _ephemeral(respond: Respond | None, message: Message) -> None:
-    if respond is None:
-        return
-    try:
-        respond(text=message.text, blocks=message.blocks, response_type="ephemeral", replace_original=False)
-    except Exception:
-        log.warning("could not send an ephemeral reply", exc_info=True)
 
 
 def parse_id(value: object) -> int | None:
@@ -160,7 +151,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         try:
             work()
         except Exception as exc:
-            _ephemeral(respond, answer_for(exc))
+            ephemeral(respond, answer_for(exc))
 
     def decide(work: Callable[[], Message | None]) -> Callable[[], Message | None]:
         """Run a decision now, on the request thread, to its commit (before the ack); return what to
@@ -180,7 +171,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
 
     def reply_later(respond: Respond | None, answer: Callable[[], Message | None]) -> None:
         """Render and send a committed decision's answer after the ack, on the reply thread."""
-        replies.send(lambda message: _ephemeral(respond, message), answer)
+        replies.send(lambda message: ephemeral(respond, message), answer)
 
     def private_reply(user: str, channel: str | None) -> Respond:
         """A ``respond`` for view submissions (which have no response URL): an ephemeral in ``channel``,
@@ -221,9 +212,9 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             respond = req.context.respond
             if respond is not None:
                 try:
-                    later(respond, lambda: _ephemeral(respond, block_kit.refusal(problem, locale)))
+                    later(respond, lambda: ephemeral(respond, block_kit.refusal(problem, locale)))
                 except Busy:
-                    _ephemeral(respond, busy)
+                    ephemeral(respond, busy)
             return BoltResponse(status=200, body="")
 
     app.use(RefuseMalformed())
@@ -284,9 +275,9 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
                 form["private_metadata"] = channel or ""   # where to confirm the declaration
                 open_form(command.get("trigger_id"), form, "declare")
             elif isinstance(parsed, commands.Status):
-                _ephemeral(respond, flows.status(key=parsed.key, channel_id=channel))
+                ephemeral(respond, flows.status(key=parsed.key, channel_id=channel))
             elif isinstance(parsed, commands.ListOpen):
-                _ephemeral(respond, flows.list_open())
+                ephemeral(respond, flows.list_open())
 
         try:
             later(respond, work)
@@ -317,7 +308,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             try:
                 later(respond, lambda: handler(user, value if isinstance(value, str) else "", body))
             except Busy:
-                _ephemeral(respond, busy)
+                ephemeral(respond, busy)
 
     def channel_of(body: JsonObject) -> str | None:
         channel, container = body.get("channel"), body.get("container")

@@ -30,6 +30,7 @@ from bot.bounded import BoundedPool, Busy, queue_limit
 from bot.flows.backup import BackupDuty, object_view
 from bot.flows.incident import reference
 from bot.slack import commands
+from bot.slack.replies import ephemeral
 from messages.blocks import backup as backup_blocks
 from messages.blocks import kit as block_kit
 from messages.blocks.backup import BackupCheckView
@@ -92,7 +93,7 @@ class BackupDesk:
         if not self.may_read(user):
             return block_kit.refusal("backup_read_not_allowed", self.locale)
         if isinstance(parsed, commands.BackupList):
-            later(respond, lambda: self._ephemeral(respond, self.listing()))
+            later(respond, lambda: ephemeral(respond, self.listing()))
             return None
         self._submit(respond, lambda: self._verify(parsed.ident, channel, respond))
         return backup_blocks.backup_verify_started(parsed.ident, self.locale)
@@ -102,12 +103,12 @@ class BackupDesk:
             try:
                 work()
             except FRIENDLY_ERRORS as exc:      # no storage, no key: say what to add, no stack trace
-                self._ephemeral(respond, block_kit.refusal("backups_not_configured", self.locale,
+                ephemeral(respond, block_kit.refusal("backups_not_configured", self.locale,
                                                         detail=redact(str(exc))[:300]))
             except Exception:
                 ref = reference()
                 log.exception("backup command failed (reference %s)", ref)
-                self._ephemeral(respond, block_kit.refusal("internal_error", self.locale, reference=ref))
+                ephemeral(respond, block_kit.refusal("internal_error", self.locale, reference=ref))
             finally:
                 if release_gate:
                     self.duty.gate.leave()
@@ -132,7 +133,7 @@ class BackupDesk:
     def _verify(self, ident: str, channel: str | None, respond: Respond) -> None:
         records = records_for(self.duty.store, ident)
         if not records:
-            self._ephemeral(respond, block_kit.usage_error("backup_not_found", self.locale, ident=ident))
+            ephemeral(respond, block_kit.usage_error("backup_not_found", self.locale, ident=ident))
             return
         checks = verify(repository_from(self.duty.config, self.duty.store), ident)
         views = [BackupCheckView(c.run_id, c.object_name, c.ok, [redact(p) for p in c.problems], c.reread)
@@ -154,13 +155,6 @@ class BackupDesk:
             respond(text=message.text, blocks=message.blocks, response_type="in_channel", replace_original=False)
         except Exception:
             log.error("could not deliver the %s anywhere", what, exc_info=True)
-
-    @staticmethod
-    def _ephemeral(respond: Respond, message: Message) -> None:
-        try:
-            respond(text=message.text, blocks=message.blocks, response_type="ephemeral", replace_original=False)
-        except Exception:
-            log.warning("could not send an ephemeral reply", exc_info=True)
 
     def shutdown(self) -> None:
         self.worker.shutdown(wait=False, cancel_futures=True)

@@ -19,6 +19,7 @@ from bot.bounded import BoundedPool, Busy, queue_limit
 from bot.flows.drills import DrillDuty
 from bot.flows.incident import reference
 from bot.slack import commands
+from bot.slack.replies import ephemeral
 from messages import drill_notices
 from messages.views import Message
 from recovery.drills import runs
@@ -43,7 +44,7 @@ class DrillDesk:
         if isinstance(parsed, commands.DrillList):
             if not any(user in users for users in roster.values()):
                 return drill_notices.refusal("not_allowed", self.locale, roles=list(DRILL_ROLES))
-            later(respond, lambda: self._ephemeral(respond, self.listing()))
+            later(respond, lambda: ephemeral(respond, self.listing()))
             return None
         if parsed.name not in DRILLS:
             return drill_notices.refusal("unknown", self.locale, drill=parsed.name, names=list(DRILLS))
@@ -67,7 +68,7 @@ class DrillDesk:
             log.exception("drill %s failed to run (reference %s)", name, ref)
             from messages.blocks.kit import refusal
 
-            self._ephemeral(respond, refusal("internal_error", self.locale, reference=ref))
+            ephemeral(respond, refusal("internal_error", self.locale, reference=ref))
         finally:
             self.duty.gate.leave()
 
@@ -75,13 +76,6 @@ class DrillDesk:
         rows = [{"id": r.id, "name": r.name, "status": r.status, "started_at": r.started_at, "trigger": r.trigger}
                 for r in runs.recent(self.duty.store, 15)]
         return drill_notices.listing(rows, self.locale)
-
-    @staticmethod
-    def _ephemeral(respond: Respond, message: Message) -> None:
-        try:
-            respond(text=message.text, blocks=message.blocks, response_type="ephemeral", replace_original=False)
-        except Exception:
-            log.warning("could not send an ephemeral reply", exc_info=True)
 
     def shutdown(self) -> None:
         self.worker.shutdown(wait=False, cancel_futures=True)

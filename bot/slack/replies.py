@@ -23,6 +23,17 @@ from collections.abc import Callable
 from messages.views import Message
 
 log = logging.getLogger("aegis.replies")
+Respond = Callable[..., object]
+
+
+def ephemeral(respond: Respond | None, message: Message) -> None:
+    """Answer the clicker or the typer privately through Slack's ``respond``; a failure is logged, not raised."""
+    if respond is None:
+        return
+    try:
+        respond(text=message.text, blocks=message.blocks, response_type="ephemeral", replace_original=False)
+    except Exception:
+        log.warning("could not send an ephemeral reply", exc_info=True)
 Answer = Callable[[], Message | None]
 Send = Callable[[Message], None]
 QUEUE_LIMIT = 2000     # replies waiting; each is a few hundred bytes of closure
