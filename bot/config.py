@@ -252,6 +252,30 @@ class PostgresComponent(_Strict):
     integrity_checks: list[IntegrityCheck] = Field(default_factory=list)
 
 
+class Neo4jVerify(_Strict):
+    """A read-only Cypher query run after an in-place Neo4j restore (in a read transaction, under a
+    timeout); its first value is the evidence, judged like an ``IntegrityCheck``: ``expect`` (text
+    equal), ``min`` (a number at least), or neither (not empty and not false)."""
+
+    cypher: str = Field(min_length=1)
+    expect: str | None = None
+    min: float | None = None
+    timeout_seconds: float = Field(default=30, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _one_expectation(self) -> Neo4jVerify:
+        if self.expect is not None and self.min is not None:
+            raise ValueError("give at most one of expect or min")
+        return self
+
+
+class MilvusVerify(_Strict):
+    """After an in-place Milvus restore of ``collection``: it must hold at least ``min_rows`` rows."""
+
+    collection: str = Field(min_length=1)
+    min_rows: int = Field(default=1, ge=0)
+
+
 NEO4J_SCHEMES = ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc")
 
 
@@ -262,6 +286,7 @@ class Neo4jComponent(_Strict):
     user: str = "neo4j"
     password_env: EnvName | None = None
     database: str = "neo4j"
+    verify: Neo4jVerify | None = None   # checked after an in-place restore (recovery/actions/graph_restore.py)
 
     @field_validator("uri")
     @classmethod
@@ -276,6 +301,7 @@ class MilvusComponent(_Strict):
     """A Milvus server URL (http://host:19530) or a Milvus Lite file; every collection is backed up."""
 
     uri: str = Field(min_length=1)
+    verify: MilvusVerify | None = None  # checked after an in-place restore (recovery/actions/vector_restore.py)
 
     @field_validator("uri")
     @classmethod
