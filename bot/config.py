@@ -212,6 +212,7 @@ class PostgresNode(_Strict):
     dsn: str                          # libpq DSN without a password (use password_env)
     password_env: EnvName | None = None
     label: str | None = None
+    control: PostgresControl | None = None   # how an in-place restore stops/starts this server
 
     @field_validator("dsn")
     @classmethod
@@ -360,6 +361,36 @@ class Hook(_Strict):
         if both:
             raise ValueError(f"{', '.join(both)} is both in env (a literal) and in pass_env (passed through)")
         return self
+
+
+class PostgresControl(_Strict):
+    """How an in-place restore (recovery/actions/postgres_restore.py) stops and starts a PostgreSQL
+    server: ``pg_ctl -D data_dir`` run as ``os_user`` on this host, or, for a remote host, the
+    ``stop``/``start`` hooks (both or neither). ``data_dir`` is always needed: it is restored into."""
+
+    data_dir: str = Field(min_length=1)
+    os_user: str = Field(default="postgres", min_length=1)
+    pg_bin: str | None = None         # default: AEGIS_PG_BIN, else the Debian path
+    stop: Hook | None = None
+    start: Hook | None = None
+
+    @field_validator("data_dir", "pg_bin")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isabs(value):
+            raise ValueError(f"{value!r} is not an absolute path; give the full path "
+                             "(e.g. /var/lib/postgresql/15/main)")
+        return value
+
+    @model_validator(mode="after")
+    def _both_hooks_or_neither(self) -> PostgresControl:
+        if (self.stop is None) != (self.start is None):
+            raise ValueError("give both stop and start hooks (remote control) or neither (pg_ctl as os_user)")
+        return self
+
+    @property
+    def kind(self) -> Literal["pg_ctl", "hooks"]:
+        return "hooks" if self.stop is not None else "pg_ctl"
 
 
 class Engine(_Strict):
