@@ -176,6 +176,10 @@ class Service(_Strict):
     # where a drill instance of the service answers (http(s)://… or tcp://host:port): the
     # full_system_recovery_test probes it after restoring into scratch (recovery/drills)
     drill_url: str | None = None
+    # how Aegis starts (or restarts) this service after a recovery: the plan's service_start step runs
+    # the hook, then probes `health` (recovery order: tier, then depends_on). Neither: the start_services step.
+    start: Hook | None = None
+    restart: Hook | None = None
 
     @field_validator("drill_url")
     @classmethod
@@ -361,6 +365,9 @@ class Hook(_Strict):
         if both:
             raise ValueError(f"{', '.join(both)} is both in env (a literal) and in pass_env (passed through)")
         return self
+
+
+Service.model_rebuild()   # its start/restart are Hooks, defined after it
 
 
 class PostgresControl(_Strict):
@@ -718,6 +725,32 @@ class Reports(_Strict):
 # --- the file ------------------------------------------------------------------------------------
 
 
+def dependency_cycle(depends_on: dict[str, list[str]]) -> list[str] | None:
+    """One dependency cycle as a path that ends where it starts (``[auth, search, auth]``), or None.
+
+    Depth-first in config order, so the same file always names the same cycle; unknown names are
+    skipped (they are reported on their own)."""
+    done: set[str] = set()
+
+    def walk(name: str, path: list[str]) -> list[str] | None:
+        if name in path:
+            return [*path[path.index(name):], name]
+        if name in done or name not in depends_on:
+            return None
+        for dep in depends_on[name]:
+            found = walk(dep, [*path, name])
+            if found:
+                return found
+        done.add(name)
+        return None
+
+    for name in depends_on:
+        found = walk(name, [])
+        if found:
+            return found
+    return None
+
+
 class Config(_Strict):
     locale: Literal["en", "ko"] = "en"
     timezone: TimeZone = "UTC"          # every time Aegis shows (IANA name), named beside the time
@@ -746,6 +779,10 @@ class Config(_Strict):
             if missing:
                 hints = "; ".join(f"`{m}`: {_did_you_mean(m, names, 'services')}" for m in missing)
                 raise ValueError(f"service {service.name!r} depends on unknown service(s) {missing} ({hints})")
+        cycle = dependency_cycle({s.name: s.depends_on for s in self.services})
+        if cycle:
+            raise ValueError(f"services depend on each other in a cycle: {' → '.join(cycle)}; "
+                             "remove one of these depends_on entries (a cycle has no start order)")
         return self
 
     @model_validator(mode="after")

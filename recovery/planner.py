@@ -130,12 +130,16 @@ def datacenter_outage(facts: Facts) -> Plan:
         steps.append(StepSpec(title="Promote the database replicas (manual)", action="manual",
                               risk="critical", approver_roles=[DB],
                               params={"instruction": "Promote the standby region's replicas"}))
+    steps += [_hook_or_manual(facts, hook, f"Run {hook}", f"Run {hook}", "high", [INFRA])
+              for hook in ("neo4j_standby", "milvus_standby") if hook in facts.hooks]
     steps += [
         _start_services(facts),
         _hook_or_manual(facts, "update_traffic", "Update the load balancer",
                         "Send traffic to the standby data centre", "high", [INFRA]),
         _verify_step(facts, postgres_node="standby" if facts.has_postgres_standby else None),
     ]
+    if "restore_traffic" in facts.hooks:
+        steps.append(_hook_or_manual(facts, "restore_traffic", "Restore traffic routing", "", "high", [INFRA]))
     return Plan("failover", steps, "whole data-centre outage: fail over to the other region (S1, C2)")
 
 

@@ -28,4 +28,6 @@ SEVERITIES = ("critical", "high", "medium", "low")
 # --- hooks (the site-specific steps a plan can hand to a configured hook; recovery.planner) ---------
 # Here rather than in the planner so that loading the config (`aegis config check`, every one-shot
 # command) does not import the planner's ORM stack for this one list.
-HOOK_NAMES = ("fence_primary", "update_traffic", "activate_standby_environment", "start_services", "isolate_systems")
+HOOK_NAMES = ("fence_primary", "update_traffic", "activate_standby_environment", "start_services", "isolate_systems",
+              # failover (S1): bring up the graph / vector standbys, then route traffic back once verified
+              "neo4j_standby", "milvus_standby", "restore_traffic")
