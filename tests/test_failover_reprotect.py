@@ -1,0 +1,124 @@
+"""Data-centre failover, re-protect, service start and the clean-up after close (issue 9, H6).
+
+Real PostgreSQL primary + streaming standby (tests/harness/pgcluster.py); hooks are real commands
+that append what they were asked to do to a file; the health check is a real HTTP server.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from recovery.actions.base import ActionError
+from recovery.actions.reprotect import NodeControl, PostgresReprotect
+from tests.harness.pgcluster import PgNode, PgPair
+
+pytest_plugins = ["tests.harness.pgcluster"]
+
+
+def _restart_with(node: PgNode, setting: str) -> None:
+    node.sql(f"ALTER SYSTEM SET {setting}")
+    node.stop("fast")
+    node.start()
+
+
+def _fail_over(pair: PgPair) -> None:
+    """The old primary dies; the standby is promoted and takes writes on its new timeline."""
+    pair.primary.sql("CREATE TABLE orders (id int PRIMARY KEY)")
+    pair.primary.sql("INSERT INTO orders SELECT generate_series(1, 50)")
+    pair.wait_replicated()
+    pair.primary.stop("immediate")
+    pair.standby.sql("SELECT pg_promote(true, 30)")
+    pair.standby.sql("INSERT INTO orders SELECT generate_series(51, 60)")
+
+
+def _wait_rows(node: PgNode, query: str, expected: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    seen: object = None
+    while time.monotonic() < deadline:
+        try:
+            seen = node.sql(query)
+        except Exception as exc:   # still starting up
+            seen = exc
+        if seen == expected:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{query} on {node.name}: {seen!r}, wanted {expected!r}")
+
+
+def _reprotect(pair: PgPair, method: str) -> PostgresReprotect:
+    control = NodeControl(data_dir=pair.primary.data_dir, os_user="postgres", pg_bin=pair.primary.pg_bin)
+    return PostgresReprotect(control, "pg-a", pair.standby.dsn(), "pg-b", method=method, stream_timeout=60)
+
+
+def _streaming_names(node: PgNode) -> list[tuple[str, str]]:
+    return [(str(r[0]), str(r[1])) for r in node.sql("SELECT application_name, state FROM pg_stat_replication")]
+
+
+def test_reprotect_rewinds_the_old_primary_into_a_streaming_standby(pg_pair: PgPair) -> None:
+    _restart_with(pg_pair.primary, "wal_log_hints = on")
+    _fail_over(pg_pair)
+    action = _reprotect(pg_pair, "pg_rewind")
+    assert action.destructive and action.kind == "postgres_reprotect"
+    assert action.rewind_possible() == (True, "wal_log_hints on")
+    assert action.is_done() is False
+    lines: list[str] = []
+    action.precheck()
+    out = action.execute(lines.append)
+
+    assert out["method"] == "pg_rewind", out
+    assert out["aside"] == []
+    assert ("aegis_pg_a", "streaming") in _streaming_names(pg_pair.standby)
+    assert isinstance(out["lag_bytes"], int) and out["lag_bytes"] >= 0
+    assert out["lag_seconds"] is not None
+    assert any(e["check"].startswith("pg-a streams from pg-b") and e["ok"] for e in out["evidence"])
+    # it is a standby of the new primary, with the writes made after the failover
+    assert pg_pair.primary.sql("SELECT pg_is_in_recovery()") == [(True,)]
+    pg_pair.standby.sql("INSERT INTO orders VALUES (61)")
+    _wait_rows(pg_pair.primary, "SELECT count(*) FROM orders", [(61,)])
+    # it kept its own port and configuration (pg_rewind copies the source's)
+    assert f"port = {pg_pair.primary.port}" in (pg_pair.primary.data_dir / "postgresql.conf").read_text()
+    assert (pg_pair.primary.data_dir / "standby.signal").exists()
+    assert action.is_done() is True
+
+
+def test_reprotect_takes_a_base_backup_when_pg_rewind_is_impossible(pg_pair: PgPair) -> None:
+    _fail_over(pg_pair)   # no wal_log_hints, no data checksums: pg_rewind cannot work
+    action = _reprotect(pg_pair, "pg_rewind")
+    possible, why = action.rewind_possible()
+    assert not possible and "wal_log_hints" in why
+    out = action.execute(lambda _line: None)
+
+    assert out["method"] == "base_backup"
+    assert "pg_rewind cannot be used" in str(out["method_reason"])
+    [aside] = out["aside"]
+    assert aside["kind"] == "postgres_data_dir" and aside["component"] == "postgres"
+    kept = Path(str(aside["location"]))
+    assert kept.parent == pg_pair.primary.data_dir.parent and (kept / "PG_VERSION").is_file()   # never deleted
+    assert ("aegis_pg_a", "streaming") in _streaming_names(pg_pair.standby)
+    _wait_rows(pg_pair.primary, "SELECT count(*) FROM orders", [(60,)])
+    assert pg_pair.primary.sql("SELECT pg_is_in_recovery()") == [(True,)]
+
+
+def test_reprotect_keeps_the_password_out_of_every_file_but_a_0600_passfile(pg_pair: PgPair) -> None:
+    _fail_over(pg_pair)
+    # trust auth ignores it, but the DSN carries one: it must end up only in the passfile
+    dsn = pg_pair.standby.dsn() + " password=s3cret-pw"
+    control = NodeControl(data_dir=pg_pair.primary.data_dir, pg_bin=pg_pair.primary.pg_bin)
+    out = PostgresReprotect(control, "pg-a", dsn, "pg-b", method="base_backup").execute(lambda _line: None)
+    data_dir = pg_pair.primary.data_dir
+    auto = (data_dir / "postgresql.auto.conf").read_text()
+    assert "s3cret-pw" not in auto and "passfile=" in auto
+    passfile = data_dir / "aegis-primary.pgpass"
+    assert "s3cret-pw" in passfile.read_text()
+    assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
+    assert "s3cret-pw" not in repr(out)
+
+
+def test_reprotect_refuses_while_the_new_primary_is_still_a_standby(pg_pair: PgPair) -> None:
+    action = _reprotect(pg_pair, "pg_rewind")
+    with pytest.raises(ActionError, match="still a standby"):
+        action.precheck()
