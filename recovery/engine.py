@@ -172,7 +172,7 @@ class Engine:
         """Report the outcome (usecases.finish_step), then tell the listener and react to it."""
         with self.store.session() as session:
             recorded = usecases.finish_step(session, step=step, entry_id=entry_id, owner=self.owner,
-                                            outcome=outcome, rpo=_rpo_of(step, outcome))
+                                            outcome=outcome, rpo=_rpo_of(session, step, outcome))
         if recorded is Recorded.NOT_RECORDED:
             return False
         self._after_outcome(step, outcome)
@@ -256,8 +256,9 @@ class Engine:
                 step = svc.get_step(session, entry.step_id)
                 context = {"incident": f"INC-{entry.incident_id}", "step": str(step.id)}
                 done = self._probe(step, context)
-                # a promotion confirmed done by its probe: the lag at failover was never recorded
-                rpo = Rpo(None, objectives.LOST_PROMOTION_RPO) if done and step.action == "postgres_promote" else None
+                # a promotion or restore confirmed done by its probe: what it recovered was never recorded
+                lost = objectives.lost_rpo(step.action) if done else None
+                rpo = Rpo(None, lost) if lost else None
                 destructive = not done and self.factory(step, context).destructive
                 interrupted = usecases.record_interruption(session, entry=entry, step=step, done=done,
                                                            destructive=destructive, rpo=rpo)
@@ -273,12 +274,21 @@ class Engine:
             return None
 
 
-def _rpo_of(step: PlanStep, outcome: Outcome) -> Rpo | None:
-    """The RPO a succeeded promotion measured (recovery/objectives.py); other steps measure none."""
-    if outcome.status != "succeeded" or step.action != "postgres_promote":
+def _rpo_of(session: Session, step: PlanStep, outcome: Outcome) -> Rpo | None:
+    """The RPO a succeeded promotion or PostgreSQL restore measured (recovery/objectives.py), naming
+    the step; other steps measure none. A restore's is the incident's failure time minus its
+    ``recovered_to``."""
+    if outcome.status != "succeeded":
         return None
-    seconds, basis = rpo_from_promotion(outcome.output)
-    return Rpo(seconds, basis)
+    if step.action in objectives.PROMOTION_ACTIONS:
+        seconds, basis = rpo_from_promotion(outcome.output)
+    elif step.action in objectives.RESTORE_ACTIONS:
+        incident = svc.get(session, step.incident_id)
+        seconds, basis = objectives.rpo_from_restore(outcome.output, failure_at=incident.failure_at,
+                                                     declared_at=incident.declared_at)
+    else:
+        return None
+    return Rpo(seconds, f"{basis} — measured by step {step.position} ({step.action})")
 
 
 def _one_line(exc: BaseException) -> str:

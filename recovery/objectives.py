@@ -6,9 +6,22 @@ unknown: an RPO that was not observed is ``None`` with the reason, never 0.
 
 - RTO: declared → verified. Met only when the incident was verified *on evidence* within the target
   (a verification without evidence does not count as recovered).
-- RPO: what the failover lost, e.g. the standby's replication lag at a promotion
-  (``rpo_from_promotion``, computed by the engine from the promotion's output and stored on the incident).
+- RPO: what the recovery lost, computed by the engine from the step's output and stored on the
+  incident with its basis: for a promotion the standby's replication lag at failover
+  (``rpo_from_promotion``); for a PostgreSQL restore in place or a partial restore the failure time
+  minus the time of the last recovered transaction (``rpo_from_restore``: the action's
+  ``recovered_to``, i.e. ``pg_last_xact_replay_timestamp()`` or the recovery target). The failure
+  time is ``incident.failure_at`` (ransomware: the infection time); when it was never recorded the
+  declaration time stands in and the basis says so — the loss it gives is then an upper bound,
+  since nothing was written between the failure and the declaration. A recovery past the failure
+  time lost nothing before it: 0, not a negative figure. Only PostgreSQL reports a recovered-to
+  time; Neo4j and Milvus restores put back a whole backup and measure no RPO.
 - MTTR: declared → closed.
+
+Each figure is judged twice: against its objective (O1 RTO, O2 RPO, O3 MTTR, config ``objectives``)
+and, for RTO and RPO, against the expected range of the incident's scenario (S1–S3,
+``EXPECTED_RANGES``, the plan's table 3.1). A figure below a range's lower end is better than
+expected (a range is what the plan expects, not a floor to reach); above the upper end it is over.
 
 Nothing here reads the store or knows about chat: callers pass the times and the stored RPO, and
 turn the figures into their own views (bot/presenters.py).
@@ -17,15 +30,62 @@ turn the figures into their own views (bot/presenters.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from statemachines.json_types import JsonObject
 
-#: the RPO basis of an incident that promoted no database
-NO_PROMOTION_RPO = "not measured (no database promotion in this incident)"
+#: the RPO basis of an incident no step of which measured one
+NO_PROMOTION_RPO = ("unknown: no PostgreSQL promotion or restore step of this incident reported what it "
+                    "recovered")
 #: the RPO basis when the process running the promotion died before it could record the lag
 LOST_PROMOTION_RPO = ("unknown: the process running the promotion died, so the replication lag at failover "
                       "was not recorded")
+#: the RPO basis when the process running a restore died before it could record what it recovered
+LOST_RESTORE_RPO = ("unknown: the process running the restore died, so the time of the last recovered "
+                    "transaction was not recorded")
+#: the steps whose output gives the incident's RPO
+PROMOTION_ACTIONS = ("postgres_promote",)
+RESTORE_ACTIONS = ("postgres_restore", "postgres_partial_restore")
+
+#: the objectives' requirement ids (REQUIREMENTS.md)
+RTO_OBJECTIVE, RPO_OBJECTIVE, MTTR_OBJECTIVE = "O1", "O2", "O3"
+_HOUR, _MINUTE = 3600.0, 60.0
+
+
+@dataclass(frozen=True)
+class ExpectedRange:
+    """What the plan expects of a scenario's RTO or RPO (table 3.1), in seconds."""
+
+    requirement: str           # S1 | S2 | S3
+    low_seconds: float
+    high_seconds: float
+
+    def judge(self, seconds: float | None) -> str:
+        """``better`` (below the range), ``within``, ``over`` (above it) or ``unknown``."""
+        if seconds is None:
+            return "unknown"
+        if seconds < self.low_seconds:
+            return "better"
+        return "within" if seconds <= self.high_seconds else "over"
+
+
+#: scenario → {"rto": range, "rpo": range}; S3's RPO "1 h" is read as up to an hour
+EXPECTED_RANGES: dict[str, dict[str, ExpectedRange]] = {
+    "datacenter_outage": {"rto": ExpectedRange("S1", 2 * _HOUR, 4 * _HOUR),
+                          "rpo": ExpectedRange("S1", 5 * _MINUTE, 15 * _MINUTE)},
+    "database_failure": {"rto": ExpectedRange("S2", 30 * _MINUTE, 2 * _HOUR),
+                         "rpo": ExpectedRange("S2", 0.0, 5 * _MINUTE)},
+    "ransomware": {"rto": ExpectedRange("S3", 4 * _HOUR, 8 * _HOUR),
+                   "rpo": ExpectedRange("S3", 0.0, 1 * _HOUR)},
+}
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A figure against its scenario's range."""
+
+    range: ExpectedRange
+    verdict: str               # better | within | over | unknown
 
 
 @dataclass(frozen=True)
@@ -47,6 +107,8 @@ class Figure:
     basis: str                 # how the value was measured, or why it is unknown
     met: bool | None           # None: unknown
     reason: str                # why met / not met / unknown
+    requirement: str = ""      # O1 | O2 | O3
+    expected: Expected | None = None   # against the scenario's range (S1-S3); None: no range
 
 
 @dataclass(frozen=True)
@@ -61,45 +123,65 @@ def elapsed(start: datetime, end: datetime | None) -> float | None:
     return None if end is None else (end - start).total_seconds()
 
 
+def timestamp(at: datetime) -> str:
+    """How a figure's basis names a time: UTC to the second, ``2024-05-01 12:00:00Z``."""
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def expected(scenario: str | None, name: str, seconds: float | None) -> Expected | None:
+    """``seconds`` of figure ``name`` (rto | rpo) against the scenario's range; None without one."""
+    ranges = EXPECTED_RANGES.get(scenario or "", {})
+    found = ranges.get(name)
+    return None if found is None else Expected(found, found.judge(seconds))
+
+
 def rto(declared_at: datetime, verified_at: datetime | None, target_seconds: float, *,
-        evidence_ok: bool) -> Figure:
+        evidence_ok: bool, scenario: str | None = None) -> Figure:
     """Declared → verified; met only when verified on passing evidence within the target."""
     seconds = elapsed(declared_at, verified_at)
-    basis = "declared → verified"
-    if seconds is None:
-        return Figure("rto", None, target_seconds, basis, None, "never verified")
+    range_ = expected(scenario, "rto", seconds)
+    if verified_at is None:
+        basis = f"declared {timestamp(declared_at)}, not verified"
+        return Figure("rto", None, target_seconds, basis, None, "never verified", RTO_OBJECTIVE, range_)
+    basis = f"declared {timestamp(declared_at)} → verified {timestamp(verified_at)}"
     if not evidence_ok:
-        return Figure("rto", seconds, target_seconds, basis, False, "verified without passing evidence")
-    met = seconds <= target_seconds
-    return Figure("rto", seconds, target_seconds, basis, met, "within the target" if met else "over the target")
+        return Figure("rto", seconds, target_seconds, basis, False, "verified without passing evidence",
+                      RTO_OBJECTIVE, range_)
+    met = seconds is not None and seconds <= target_seconds
+    return Figure("rto", seconds, target_seconds, basis, met, "within the target" if met else "over the target",
+                  RTO_OBJECTIVE, range_)
 
 
-def rpo(seconds: float | None, basis: str | None, target_seconds: float) -> Figure:
-    """The stored RPO (``None`` = unknown or not measured, ``basis`` says which) against the target."""
+def rpo(seconds: float | None, basis: str | None, target_seconds: float, *, scenario: str | None = None) -> Figure:
+    """The stored RPO (``None`` = unknown, ``basis`` says why) against the target and the scenario's range."""
     said = basis or NO_PROMOTION_RPO
+    range_ = expected(scenario, "rpo", seconds)
     if seconds is None:
-        return Figure("rpo", None, target_seconds, said, None, said)
+        return Figure("rpo", None, target_seconds, said, None, said, RPO_OBJECTIVE, range_)
     met = seconds <= target_seconds
-    return Figure("rpo", seconds, target_seconds, said, met, "within the target" if met else "over the target")
+    return Figure("rpo", seconds, target_seconds, said, met, "within the target" if met else "over the target",
+                  RPO_OBJECTIVE, range_)
 
 
 def mttr(declared_at: datetime, closed_at: datetime | None, target_seconds: float) -> Figure:
     """Declared → closed."""
     seconds = elapsed(declared_at, closed_at)
-    basis = "declared → closed"
-    if seconds is None:
-        return Figure("mttr", None, target_seconds, basis, None, "not closed yet")
-    met = seconds <= target_seconds
-    return Figure("mttr", seconds, target_seconds, basis, met, "within the target" if met else "over the target")
+    if closed_at is None:
+        return Figure("mttr", None, target_seconds, f"declared {timestamp(declared_at)}, not closed", None,
+                      "not closed yet", MTTR_OBJECTIVE)
+    basis = f"declared {timestamp(declared_at)} → closed {timestamp(closed_at)}"
+    met = seconds is not None and seconds <= target_seconds
+    return Figure("mttr", seconds, target_seconds, basis, met, "within the target" if met else "over the target",
+                  MTTR_OBJECTIVE)
 
 
 def incident_figures(*, declared_at: datetime, verified_at: datetime | None, closed_at: datetime | None,
                      rpo_seconds: float | None, rpo_basis: str | None, evidence_ok: bool,
-                     targets: Targets) -> IncidentFigures:
-    """An incident's three figures from its stored times and RPO."""
+                     targets: Targets, scenario: str | None = None) -> IncidentFigures:
+    """An incident's three figures from its stored times and RPO (and its scenario, for S1-S3)."""
     return IncidentFigures(
-        rto=rto(declared_at, verified_at, targets.rto_seconds, evidence_ok=evidence_ok),
-        rpo=rpo(rpo_seconds, rpo_basis, targets.rpo_seconds),
+        rto=rto(declared_at, verified_at, targets.rto_seconds, evidence_ok=evidence_ok, scenario=scenario),
+        rpo=rpo(rpo_seconds, rpo_basis, targets.rpo_seconds, scenario=scenario),
         mttr=mttr(declared_at, closed_at, targets.mttr_seconds),
     )
 
@@ -121,3 +203,42 @@ def rpo_from_promotion(output: JsonObject) -> tuple[float | None, str]:
     if lag is None:
         return None, f"unknown: {unreplayed} bytes were unreplayed at failover and no replay time was known"
     return float(lag), f"replication lag at failover ({unreplayed} bytes unreplayed)"
+
+
+def rpo_from_restore(output: JsonObject, *, failure_at: datetime | None,
+                     declared_at: datetime) -> tuple[float | None, str]:
+    """RPO of a PostgreSQL restore: the failure time minus its last recovered transaction's time.
+
+    ``output`` is the restore step's (``recovered_to``: ISO time or null, ``recovered_to_basis``: what
+    it was measured from). Without a failure time the declaration time is used, and the basis says
+    so. Unknown stays unknown (None with the reason); a recovery past the failure time is 0.
+    """
+    if failure_at is not None:
+        baseline, said = failure_at, f"failure at {timestamp(failure_at)}"
+    else:
+        baseline = declared_at
+        said = (f"failure at {timestamp(declared_at)} (the declaration time: no failure time was recorded, "
+                "so this is an upper bound)")
+    measured = str(output.get("recovered_to_basis") or "not said")
+    recovered = output.get("recovered_to")
+    if not recovered:
+        return None, (f"unknown: the restore did not report the time of its last recovered transaction "
+                      f"(basis: {measured})")
+    try:
+        recovered_at = datetime.fromisoformat(str(recovered))
+    except ValueError:
+        return None, f"unknown: the restore reported an unreadable recovered-to time {str(recovered)[:40]!r}"
+    if recovered_at.tzinfo is None:
+        recovered_at = recovered_at.replace(tzinfo=UTC)
+    seconds = (baseline - recovered_at).total_seconds()
+    basis = f"{said} − last recovered transaction {timestamp(recovered_at)} ({measured})"
+    if seconds < 0:
+        return 0.0, basis + "; recovered past the failure time, so nothing before it was lost"
+    return seconds, basis
+
+
+def lost_rpo(action: str) -> str | None:
+    """The RPO basis of a measuring step whose process died before it recorded its output; None for others."""
+    if action in PROMOTION_ACTIONS:
+        return LOST_PROMOTION_RPO
+    return LOST_RESTORE_RPO if action in RESTORE_ACTIONS else None
