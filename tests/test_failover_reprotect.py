@@ -6,6 +6,9 @@ that append what they were asked to do to a file; the health check is a real HTT
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import stat
 import time
 from pathlib import Path
@@ -13,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from recovery.actions.base import ActionError
+from recovery.actions.hook import HookAction
 from recovery.actions.reprotect import NodeControl, PostgresReprotect
-from tests.harness.pgcluster import PgNode, PgPair
+from recovery.actions.service_start import ServiceStart
+from recovery.health import HealthSpec
+from tests.harness.pgcluster import PgNode, PgPair, free_port
 
 pytest_plugins = ["tests.harness.pgcluster"]
 
@@ -122,3 +128,50 @@ def test_reprotect_refuses_while_the_new_primary_is_still_a_standby(pg_pair: PgP
     action = _reprotect(pg_pair, "pg_rewind")
     with pytest.raises(ActionError, match="still a standby"):
         action.precheck()
+
+
+# --- service_start ------------------------------------------------------------------------------
+
+def _service_hook(tmp_path: Path, port: int, *, start_server: bool = True) -> Path:
+    """A real start hook: records its call, then (optionally) starts an HTTP service outside its group."""
+    script = tmp_path / "start-service.sh"
+    serve = (f"setsid python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 </dev/null &\n"
+             f"echo $! > {tmp_path}/service.pid\n") if start_server else ""
+    script.write_text(f"#!/bin/sh\necho \"$AEGIS_HOOK $AEGIS_INCIDENT $1\" >> {tmp_path}/calls.log\n{serve}")
+    script.chmod(0o755)
+    return script
+
+
+def _stop_service(tmp_path: Path) -> None:
+    pid_file = tmp_path / "service.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+
+
+def test_service_start_runs_the_hook_then_waits_until_healthy(tmp_path: Path) -> None:
+    port = free_port()
+    hook = HookAction("service.auth.start", command=[str(_service_hook(tmp_path, port)), "auth"],
+                      context={"incident": "INC-7"})
+    action = ServiceStart("auth", hook, HealthSpec("auth", "http", f"http://127.0.0.1:{port}/", 1.0),
+                          health_timeout=20, poll=0.1)
+    assert action.is_done() is None   # not healthy yet, and no done_check
+    try:
+        out = action.execute(lambda _line: None)
+        assert (tmp_path / "calls.log").read_text() == "service.auth.start INC-7 auth\n"
+        assert out["healthy"] is True
+        [seen] = out["evidence"]
+        assert seen["ok"] is True and "HTTP 200" in seen["observed"]
+        assert action.is_done() is True
+    finally:
+        _stop_service(tmp_path)
+
+
+def test_service_start_fails_with_evidence_when_the_service_never_gets_healthy(tmp_path: Path) -> None:
+    port = free_port()
+    hook = HookAction("service.auth.start", command=[str(_service_hook(tmp_path, port, start_server=False)), "auth"])
+    action = ServiceStart("auth", hook, HealthSpec("auth", "http", f"http://127.0.0.1:{port}/", 0.5),
+                          health_timeout=1.0, poll=0.1)
+    with pytest.raises(ActionError, match="auth started but is not healthy"):
+        action.execute(lambda _line: None)
+    assert (tmp_path / "calls.log").read_text().strip() == "service.auth.start  auth"
