@@ -81,6 +81,15 @@ class Incident(SQLModel, table=True):
     rpo_seconds: float | None = None
     rpo_basis: str | None = None
     last_reminder_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # what responders chose in forms: {"strategy", "infection_time", "partial": {...}} (bot/flows/incident.py)
+    recovery_options: JsonObject = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # when the failure happened, the RPO baseline: None = the declaration time; ransomware: the infection time
+    failure_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # None while the current plan revision is the recovery plan; "reprotect" | "cleanup" for a plan that
+    # runs after the incident is verified (or closed) without moving its state
+    aftercare: str | None = None
+    # None = not applicable; False = after a failover, running without a standby; True = re-protected
+    protected: bool | None = None
 
 
 class TimelineEvent(SQLModel, table=True):
