@@ -37,6 +37,7 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from recovery.actions.base import Action, ActionError, Evidence, Progress, evidence
+from recovery.actions.discard_aside import mark_aside
 from recovery.actions.postgres import connect_action, is_in_recovery
 from recovery.backup.restore.postgres import chown_to, last_line, os_user_ids, run_as
 from recovery.backup.sources.postgres import pg_bin_dir, split_password
@@ -258,6 +259,7 @@ class PostgresReprotect(Action):
         aside = data_dir.with_name(f"{data_dir.name}.aegis-aside-{stamp}")
         progress(f"{self.old_label}: moving {data_dir} aside to {aside}")
         data_dir.rename(aside)
+        mark_aside(aside, original=data_dir, reason=f"re-protect of {self.old_label}: replaced by a base backup")
         data_dir.mkdir(mode=0o700)
         chown_to(data_dir, self.owner)
         progress(f"{self.old_label}: fresh base backup from {self.new_label} (pg_basebackup -R)")
