@@ -14,6 +14,7 @@ from messages.views import (
     ApprovalView,
     CheckView,
     EvidenceView,
+    ExpectedView,
     IncidentView,
     ObjectiveReport,
     RevisionView,
@@ -54,6 +55,7 @@ def incident_view(session: Session, incident: Incident, config: Config, *, with_
         close_summary=incident.close_summary, updated_at=incident.updated_at,
         roles_open=_roles_open(config), plan_revision=max(incident.plan_revision, 1),
         revision=_revision(session, incident, rows, events) if revision is None else None,
+        objectives=objective_report(session, incident, config) if revision is None else None,
     )
 
 
@@ -125,27 +127,43 @@ def _timeline_item(event: TimelineEvent, incident: Incident) -> TimelineItem:
 # --- objectives and evidence (the closing report) ---------------------------------------------
 
 
+def verifying_step(session: Session, incident: Incident) -> PlanStep | None:
+    """The verification step that made the incident ``verified``: the newest succeeded one that
+    finished by ``verified_at`` (an aftercare plan's later checks do not count); None before that."""
+    if incident.verified_at is None:
+        return None
+    found = session.exec(
+        select(PlanStep).where(PlanStep.incident_id == require_id(incident), PlanStep.action == "verify",
+                               PlanStep.status == "succeeded", col(PlanStep.updated_at) <= incident.verified_at)
+        .order_by(col(PlanStep.revision).desc(), col(PlanStep.position).desc())
+    ).first()
+    return found
+
+
 def verification_evidence(session: Session, incident: Incident) -> list[EvidenceView]:
-    """What the current plan's verification steps checked, each with the value they observed."""
-    items: list[EvidenceView] = []
-    for step in svc.current_steps(session, require_id(incident)):
-        if step.action != "verify" or step.status != "succeeded":
-            continue
-        items += [EvidenceView(str(e.get("check", "")), str(e.get("observed", "")), str(e.get("expected", "")),
-                               bool(e.get("ok")), e.get("by")) for e in step.evidence or []]
-    return items
+    """What the verification step checked, each with the value it observed."""
+    return _evidence_of(verifying_step(session, incident))
+
+
+def _evidence_of(step: PlanStep | None) -> list[EvidenceView]:
+    return [] if step is None else [
+        EvidenceView(str(e.get("check", "")), str(e.get("observed", "")), str(e.get("expected", "")),
+                     bool(e.get("ok")), e.get("by")) for e in step.evidence or []]
 
 
 def objective_report(session: Session, incident: Incident, config: Config) -> ObjectiveReport:
-    """Achieved versus target (the maths: recovery/objectives.py). RTO counts as met only when the
-    incident was verified *on evidence*."""
+    """Achieved versus target (O1-O3) and the scenario's range (S1-S3); the maths is
+    recovery/objectives.py. RTO counts as met only when the incident was verified *on evidence*;
+    the RPO is what the engine stored from the step that measured it, with that basis."""
     targets = config.objectives
-    evidence = verification_evidence(session, incident) if incident.verified_at else []
+    step = verifying_step(session, incident)
+    evidence = _evidence_of(step)
     figures = objectives.incident_figures(
         declared_at=incident.declared_at, verified_at=incident.verified_at, closed_at=incident.closed_at,
         rpo_seconds=incident.rpo_seconds, rpo_basis=incident.rpo_basis,
         evidence_ok=bool(evidence) and all(e.ok for e in evidence),
-        targets=objectives.Targets(targets.rto_minutes * 60, targets.rpo_minutes * 60, targets.mttr_minutes * 60))
+        targets=objectives.Targets(targets.rto_minutes * 60, targets.rpo_minutes * 60, targets.mttr_minutes * 60),
+        scenario=incident.scenario)
     return ObjectiveReport(
         rto_seconds=figures.rto.seconds, rto_target_seconds=figures.rto.target_seconds,
         rpo_seconds=figures.rpo.seconds, rpo_target_seconds=figures.rpo.target_seconds,
@@ -154,4 +172,13 @@ def objective_report(session: Session, incident: Incident, config: Config) -> Ob
         evidence=evidence,
         verified_manually_by=next((e.by for e in evidence if e.by), None),
         rto_met=figures.rto.met,
+        rto_expected=_expected(figures.rto.expected), rpo_expected=_expected(figures.rpo.expected),
+        declared_at=incident.declared_at, verified_at=incident.verified_at,
+        verify_step=step.position if step is not None else None,
     )
+
+
+def _expected(found: objectives.Expected | None) -> ExpectedView | None:
+    if found is None:
+        return None
+    return ExpectedView(found.range.requirement, found.range.low_seconds, found.range.high_seconds, found.verdict)

@@ -114,6 +114,7 @@ class IncidentView:
     roles_open: bool = False       # no roster: every role may be claimed by anyone in the channel
     plan_revision: int = 1
     revision: RevisionView | None = None   # set when the plan replaces an earlier revision
+    objectives: ObjectiveReport | None = None   # RTO/RPO so far, for /aegis status (current revision only)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,16 @@ class EvidenceView:
 
 
 @dataclass(frozen=True)
+class ExpectedView:
+    """A figure against its scenario's expected range (the plan's table 3.1)."""
+
+    requirement: str               # S1 | S2 | S3
+    low_seconds: float
+    high_seconds: float
+    verdict: str                   # better (below the range) | within | over | unknown
+
+
+@dataclass(frozen=True)
 class ObjectiveReport:
     """Achieved versus target for the closing post (O1-O3).
 
@@ -156,3 +167,8 @@ class ObjectiveReport:
     evidence: list[EvidenceView] = field(default_factory=list)   # what verification checked, with values
     verified_manually_by: str | None = None    # Slack user id when verification was manual
     rto_met: bool | None = None    # None: never verified; False: missed, or verified without evidence
+    rto_expected: ExpectedView | None = None   # the scenario's range (S1-S3); None: no range for it
+    rpo_expected: ExpectedView | None = None
+    declared_at: datetime | None = None        # RTO's evidence: declared → verified
+    verified_at: datetime | None = None
+    verify_step: int | None = None             # position of the verification step whose checks are listed

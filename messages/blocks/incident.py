@@ -270,9 +270,11 @@ def status_reply(v: IncidentView, locale: str) -> Message:
         lines = [phrase(locale, "status_reply", "steps_title")]
         lines += [clip(phrase(locale, "status_reply", "step", row=r, progress=_progress(r, locale)), LINE_CHARS)
                   for r in rows]
-        blocks.extend(sections(lines, "status_steps")[: MAX_BLOCKS - 2])
+        blocks.extend(sections(lines, "status_steps")[: MAX_BLOCKS - 3])
     else:
         blocks.append(section_block(phrase(locale, "status_reply", "no_steps"), "status_steps"))
+    if v.objectives is not None:
+        blocks.append(section_block(objective_lines(v.objectives, locale, closing=False), "status_objectives"))
     blocks.append(section_block(phrase(locale, "status_reply", "roles", v=v), "status_roles"))
     return as_message(phrase(locale, "status_reply", "text", v=v), blocks, locale)
 
@@ -307,7 +309,8 @@ def closing_report(v: IncidentView, report: ObjectiveReport, locale: str) -> Mes
     blocks = [
         header_block(phrase(locale, "closing_report", "header", v=v), "report_header"),
         section_block(phrase(locale, "closing_report", "summary", v=v), "report_summary"),
-        section_block(phrase(locale, "closing_report", "objectives", r=report), "report_objectives"),
+        section_block(objective_lines(report, locale, closing=True) + "\n"
+                      + phrase(locale, "closing_report", "verification", r=report), "report_objectives"),
     ]
     items = sorted((i for i in v.timeline if i.kind not in REPORT_HIDDEN_KINDS), key=lambda item: item.at)
     lines = [phrase(locale, "closing_report", "timeline_title", count=len(items))]
@@ -320,6 +323,13 @@ def closing_report(v: IncidentView, report: ObjectiveReport, locale: str) -> Mes
     blocks.append(context_block(phrase(locale, "closing_report", "context", v=v, updated_at=_last_update(v)),
                            "report_context"))
     return as_message(phrase(locale, "closing_report", "text", v=v, r=report), blocks, locale)
+
+
+def objective_lines(r: ObjectiveReport, locale: str, *, closing: bool) -> str:
+    """RTO and RPO (and MTTR once closed), each against its objective (O1-O3) and the scenario's
+    range (S1-S3), with the evidence it came from (``objectives.j2``)."""
+    parts = ("title", "rto", "rpo", "mttr") if closing else ("title", "rto", "rpo")
+    return "\n".join(phrase(locale, "objectives", part, r=r, closing=closing) for part in parts)
 
 
 def timeline_event(v: IncidentView, item: TimelineItem, locale: str) -> str:
