@@ -30,7 +30,8 @@ from statemachines.models import Incident, PlanStep, TimelineEvent, require_id
 from statemachines.vocabulary import ROLES, SECURITY_LEAD
 
 # Events that explain why a plan was replaced, newest wins.
-_REPLAN_CAUSES = {"step_rejected": "rejected", "recovery_aborted": "aborted"}
+_REPLAN_CAUSES = {"step_rejected": "rejected", "recovery_aborted": "aborted",
+                  "recovery_options_set": "options_changed"}
 # What a manual step's action reports; the plan shows who marked it done instead.
 _INTERNAL_DETAILS = {"confirmed_by_human=True"}
 

@@ -15,7 +15,7 @@ MAX_VIEW_BLOCKS = 100
 MAX_MESSAGE_TEXT = 40_000
 KNOWN_BLOCKS = {"header", "section", "context", "divider", "actions", "image", "input", "rich_text"}
 KNOWN_INPUTS = {"plain_text_input", "static_select", "multi_static_select", "users_select",
-                "multi_users_select", "conversations_select", "datepicker", "checkboxes", "radio_buttons",
+                "multi_users_select", "conversations_select", "datepicker", "timepicker", "checkboxes", "radio_buttons",
                 "number_input"}
 
 

@@ -231,6 +231,32 @@ class SlackDriver:
             payload["message"] = self._message_payload(message, message_ts)
         return self._send(urlencode({"payload": json.dumps(payload)}), retry_num)
 
+    def select(self, user_id: str, action_id: str, value: str, channel_id: str, message_ts: str) -> requests.Response:
+        """Pick an option of a message's ``static_select``: a block_actions payload with ``selected_option``
+        (the option as the message has it), the way Slack sends a select."""
+        message = self._link.message(channel_id, message_ts, user_id)
+        block_id, element = find_button((message or {}).get("blocks") or [], action_id)
+        option = next((o for o in (element or {}).get("options") or [] if o.get("value") == value),
+                      {"text": {"type": "plain_text", "text": value}, "value": value})
+        trigger_id, response_url = self._link.interaction(user_id, channel_id, message_ts)
+        payload: dict[str, Any] = {
+            "type": "block_actions",
+            "user": self._user(user_id),
+            "api_app_id": APP_ID,
+            "token": VERIFICATION_TOKEN,
+            "container": {"type": "message", "message_ts": message_ts, "channel_id": channel_id,
+                          "is_ephemeral": False},
+            "trigger_id": trigger_id,
+            "team": {"id": TEAM_ID, "domain": TEAM_DOMAIN},
+            "channel": {"id": channel_id, "name": self._link.channel_name(channel_id)},
+            "state": {"values": {}},
+            "response_url": response_url,
+            "actions": [{"type": "static_select", "action_id": action_id, "block_id": block_id or "b",
+                         "selected_option": option, "action_ts": f"{time.time():.6f}"}],
+            "message": self._message_payload(message, message_ts),
+        }
+        return self._send(urlencode({"payload": json.dumps(payload)}), None)
+
     @staticmethod
     def _message_payload(message: dict[str, Any] | None, message_ts: str) -> dict[str, Any]:
         if message is None:

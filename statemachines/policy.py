@@ -12,6 +12,8 @@
   card tells the channel.
 - A step may be approved by anyone who holds, or is rostered for, one of the step's approver
   roles. The incident commander may approve every step.
+- The recovery's choices (strategy, infection time, partial target) are made by the same people:
+  the incident commander or an approver of the current plan (``may_choose_recovery``).
 - A step needing two approvals (ransomware restores) needs two different people, one of them the
   security lead.
 - A manual verification (a verify step with nothing automated to check) is recorded by the same
@@ -67,6 +69,16 @@ def may_approve(
     allowed_roles = set(approver_roles) | {COMMANDER}
     mine = user_roles(user_id, roster=roster, holders=holders) & allowed_roles
     return Decision(bool(mine), "not_allowed_to_approve", tuple(sorted(mine)))
+
+
+def may_choose_recovery(
+    user_id: str, *, plan_roles: list[str], roster: dict[str, list[str]], holders: dict[str, str],
+) -> Decision:
+    """Who may switch the strategy or set the recovery's inputs (infection time, partial target):
+    the incident commander, or anyone who may approve a step of the current plan (holds or is
+    rostered for one of its approver roles). Choosing re-plans but runs nothing, so the people who
+    would approve the new plan may ask for it; a bystander may not churn it."""
+    return may_approve(plan_roles, user_id, roster=roster, holders=holders)
 
 
 def verification_roles(step_roles: list[str], plan_roles: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 
 from sqlalchemy import event
@@ -208,6 +208,91 @@ def assess(session: Session, *, incident_id: int, expected_version: int, strateg
     svc.tell(session, incident_id=incident_id, kind="assessment", version=transition.version)
     svc.tell(session, incident_id=incident_id, kind="plan_new", version=transition.version)
     return transition
+
+
+# --- recovery choices: strategy, infection time, partial target (issue 9) -------------------------
+
+#: what a responder may choose from the assessment message (``manual`` is the planner's fallback only)
+RECOVERY_STRATEGIES = ("failover", "restore_from_backup", "partial_recovery")
+OPTION_KEYS = ("strategy", "infection_time", "partial")
+
+
+@dataclass(frozen=True)
+class OptionsSet:
+    """A stored choice: the incident's version the re-plan is planned against, and the options now."""
+
+    incident_id: int
+    version: int
+    options: JsonObject
+
+
+def check_recovery_choice(session: Session, *, incident_id: int, user_id: str,
+                          roster: dict[str, list[str]]) -> Incident:
+    """Whether ``user_id`` may change the recovery's choices now (a form opens only then).
+
+    Only while ``assessed``: a recovering incident runs its plan's steps, and a new plan under them
+    would strand what already ran — abort first. Who: ``policy.may_choose_recovery``.
+    """
+    incident = svc.get(session, incident_id)
+    if incident.state == "recovering":
+        raise Refused("choice_while_recovering")
+    if incident.state != "assessed":
+        raise Refused("wrong_state", action="choose", state=incident.state)
+    plan_roles = sorted({r for s in svc.current_steps(session, incident_id) for r in s.approver_roles or []})
+    decision = policy.may_choose_recovery(user_id, plan_roles=plan_roles, roster=roster,
+                                          holders=svc.roles(session, incident_id))
+    if not decision.allowed:
+        _audit_refusal(session, incident, user_id, "refused: change the recovery choices (not an approver)")
+        raise Refused("not_allowed_to_choose", roles=sorted(set(plan_roles) | {COMMANDER}))
+    return incident
+
+
+def set_recovery_options(session: Session, *, incident_id: int, user_id: str, roster: dict[str, list[str]],
+                         changes: JsonObject, failure_at: datetime | None = None) -> OptionsSet:
+    """Store what a responder chose (merged into ``incident.recovery_options``; ``failure_at`` for a
+    ransomware infection time) with a timeline event; the caller then re-plans (``replan``).
+
+    Refused when nothing would change: a second click on the same choice does not re-plan twice.
+    """
+    unknown = set(changes) - set(OPTION_KEYS)
+    if unknown:
+        raise ValueError(f"unknown recovery options: {sorted(unknown)}")
+    strategy = changes.get("strategy")
+    if "strategy" in changes and strategy not in RECOVERY_STRATEGIES:
+        raise Refused("unknown_strategy", strategy=str(strategy))
+    svc.lock(session, incident_id)
+    incident = check_recovery_choice(session, incident_id=incident_id, user_id=user_id, roster=roster)
+    before: JsonObject = dict(incident.recovery_options or {})
+    options: JsonObject = {**before, **changes}
+    if options == before and (strategy is None or strategy == incident.strategy):
+        raise Refused("choice_unchanged", strategy=incident.strategy or "")
+    values: dict[str, object] = {"recovery_options": options}
+    if failure_at is not None:
+        values["failure_at"] = failure_at
+    svc.set_fields(session, incident_id=incident_id, **values)
+    summary = ", ".join(f"{k}={changes[k]}" for k in OPTION_KEYS if k in changes)
+    svc.add_event(session, incident_id=incident_id, kind="note", actor=user_id,
+                  text=f"changed the recovery choices: {summary}; re-planning",
+                  data={"code": "recovery_options_set", **{k: changes[k] for k in OPTION_KEYS if k in changes}})
+    svc.tell(session, incident_id=incident_id, kind="card")
+    _log_on_commit(session, incident_id, f"{user_id} changed the recovery choices: {_one_line(summary)}",
+                   event="recovery_options", actor=user_id, **{k: changes[k] for k in OPTION_KEYS if k in changes})
+    return OptionsSet(incident_id, incident.version, options)
+
+
+def replan(session: Session, *, incident_id: int, expected_version: int, options: JsonObject, strategy: str,
+           rationale: str, steps: list[StepSpec], checks: list[JsonObject]) -> Transition | None:
+    """Store the plan a choice asked for as a new revision (``reassess``; the incident stays ``assessed``).
+
+    None when the incident moved since ``expected_version``, or its options are no longer the ones
+    this plan was made from (a later choice re-plans on its own): only a plan of the current choice lands.
+    """
+    incident = svc.lock(session, incident_id)
+    if incident.state != "assessed" or incident.version != expected_version \
+            or dict(incident.recovery_options or {}) != options:
+        return None
+    return assess(session, incident_id=incident_id, expected_version=expected_version, strategy=strategy,
+                  rationale=rationale, steps=steps, checks=checks)
 
 
 # --- approvals ----------------------------------------------------------------------------------

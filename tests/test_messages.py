@@ -325,7 +325,9 @@ def test_assessment(locale: str) -> None:
     assert "❌ *pg-primary* (PostgreSQL) — connection refused" in text
     assert "✅ *user-authentication* (HTTP)" in text
     assert ("failover to the standby" if locale == "en" else "스탠바이로 페일오버") in text
-    assert buttons(msg) == []
+    # issue 9: the strategy select (a section accessory) and the partial-recovery form; no step buttons
+    assert buttons(msg) == [("assessment_actions", "aegis_partial_target", "7")]
+    assert msg.blocks[-3]["accessory"]["action_id"] == "aegis_strategy"
 
 
 @pytest.mark.parametrize("locale", LOCALES)

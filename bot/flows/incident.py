@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, tzinfo
 from typing import TypeVar
 
 from sqlmodel import Session
@@ -30,6 +30,7 @@ from bot.bounded import BoundedPool, queue_limit
 from bot.config import Config
 from bot.presenters import incident_view, objective_report
 from bot.slack.gateway import SlackCallFailed, SlackGateway
+from bot.slack import choice_forms
 from bot.slack.outbox import Dispatcher
 from messages import render
 from messages.blocks import incident as incident_blocks
@@ -163,9 +164,7 @@ class Flows:
             return
         if after_version is not None and (incident.state != "assessed" or incident.version != after_version):
             return
-        results = run_checks(wiring.component_specs(self.config) + wiring.service_specs(self.config))
-        plan = planner.propose(wiring.facts(self.config, incident.scenario, results))
-        checks = [{"name": r.name, "kind": r.kind, "ok": r.ok, "detail": redact(r.detail)} for r in results]
+        plan, checks = self._plan(incident)
         with self.store.session() as session:
             transition = usecases.assess(session, incident_id=incident_id, expected_version=incident.version,
                                          strategy=plan.strategy, rationale=plan.rationale, steps=plan.steps,
@@ -176,6 +175,104 @@ class Flows:
     def advance(self, incident_id: int) -> None:
         """Run the steps that may run now (the engine); the follow-up of approvals, retries, verifications."""
         self._wait_follow_up()
+    def _plan(self, incident: Incident) -> tuple[planner.Plan, list[JsonObject]]:
+        """Health checks, then the planner on them and on what the responders chose (read-only)."""
+        results = run_checks(wiring.component_specs(self.config) + wiring.service_specs(self.config))
+        plan = planner.propose(wiring.facts(self.config, incident.scenario, results))
+        checks = [{"name": r.name, "kind": r.kind, "ok": r.ok, "detail": redact(r.detail)} for r in results]
+        return plan, checks
+
+    # --- recovery choices (issue 9): the strategy select, the infection time, the partial target ---
+
+    def replan(self, incident_id: int, *, after_version: int) -> None:
+        """Re-plan an ``assessed`` incident on its current ``recovery_options`` as a new revision.
+
+        Done only if nothing moved the incident since the choice (``after_version``), and stored only
+        if the options are still the ones planned with (``usecases.replan``): of two quick choices,
+        the plan of the last one lands. Read-only until it stores; safe to repeat (the sweep does).
+        """
+        self._wait_follow_up()
+        with self.store.session() as session:
+            incident = svc.get(session, incident_id)
+        if incident.state != "assessed" or incident.version != after_version:
+            return
+        options: JsonObject = dict(incident.recovery_options or {})
+        plan, checks = self._plan(incident)
+        with self.store.session() as session:
+            transition = usecases.replan(session, incident_id=incident_id, expected_version=after_version,
+                                         options=options, strategy=plan.strategy, rationale=plan.rationale,
+                                         steps=plan.steps, checks=checks)
+        if transition is not None:
+            self.committed(transition)
+
+    def _choose(self, user_id: str, incident_id: int, changes: JsonObject,
+                failure_at: datetime | None = None) -> str:
+        """Store a choice (authorised by the use case), then re-plan on a worker; returns the key."""
+        with self.store.session() as session:
+            chosen = usecases.set_recovery_options(session, incident_id=incident_id, user_id=user_id,
+                                                   roster=self.config.roster, changes=changes,
+                                                   failure_at=failure_at)
+            key = svc.get(session, incident_id).key or f"INC-{incident_id}"
+        self.committed()
+        self.submit(lambda: self.replan(incident_id, after_version=chosen.version))
+        return key
+
+    def zone(self) -> tzinfo:
+        """The team's zone (config ``timezone``) the forms' dates and times are in."""
+        return render.display_timezone()
+
+    def wants_partial_form(self, incident_id: int, strategy: str) -> bool:
+        """Choosing partial recovery with no partial target yet opens the form instead of re-planning."""
+        with self.store.session() as session:
+            options = svc.get(session, incident_id).recovery_options or {}
+        return strategy == "partial_recovery" and not options.get("partial")
+
+    def choose_strategy(self, *, user_id: str, incident_id: int, strategy: str) -> Message:
+        key = self._choose(user_id, incident_id, {"strategy": strategy})
+        return block_kit.simple_message(self.locale, "recovery_choice", "strategy", "recovery_choice",
+                                        key=key, strategy=strategy)
+
+    def infection_modal(self, *, user_id: str, incident_id: int) -> JsonObject:
+        """The infection-time form (default: the time given before, else the detection time)."""
+        with self.store.session() as session:
+            incident = usecases.check_recovery_choice(session, incident_id=incident_id, user_id=user_id,
+                                                      roster=self.config.roster)
+            view = self.view(session, incident)
+        date, time_of_day = choice_forms.form_defaults(incident.failure_at or incident.declared_at, self.zone())
+        return modal_blocks.infection_time_modal(view, self.locale, date=date, time=time_of_day,
+                                                 zone=self.config.timezone)
+
+    def set_infection_time(self, *, user_id: str, incident_id: int, changes: JsonObject) -> Message:
+        """Store the infection time (also the incident's ``failure_at``, the RPO baseline) and re-plan."""
+        when = datetime.fromisoformat(str(changes["infection_time"]))
+        key = self._choose(user_id, incident_id, changes, failure_at=when)
+        return block_kit.simple_message(self.locale, "recovery_choice", "infection", "recovery_choice",
+                                        key=key, when=when)
+
+    def partial_modal(self, *, user_id: str, incident_id: int) -> JsonObject:
+        """The partial-recovery form, prefilled with the target chosen before."""
+        with self.store.session() as session:
+            incident = usecases.check_recovery_choice(session, incident_id=incident_id, user_id=user_id,
+                                                      roster=self.config.roster)
+            view = self.view(session, incident)
+        before = (incident.recovery_options or {}).get("partial") or {}
+        current = {k: str(before[k]) for k in ("component", "database", "table", "collection") if before.get(k)}
+        if before.get("target_time"):
+            current["date"], current["time"] = choice_forms.form_defaults(
+                datetime.fromisoformat(str(before["target_time"])), self.zone())
+        return modal_blocks.partial_modal(view, self.locale, current=current, zone=self.config.timezone)
+
+    def configured_components(self) -> frozenset[str]:
+        """The components a partial recovery may name: those the config has."""
+        components = self.config.components
+        return frozenset(name for name in choice_forms.PARTIAL_COMPONENTS if getattr(components, name, None))
+
+    def set_partial(self, *, user_id: str, incident_id: int, changes: JsonObject) -> Message:
+        """Store the partial target with strategy ``partial_recovery`` and re-plan."""
+        key = self._choose(user_id, incident_id, changes)
+        return block_kit.simple_message(self.locale, "recovery_choice", "partial", "recovery_choice",
+                                        key=key, what=choice_forms.describe(changes["partial"]))
+
         self.engine.advance(incident_id)
 
     def _wait_follow_up(self) -> None:
@@ -361,15 +458,18 @@ class Flows:
     def sweep(self) -> None:
         """Finish what a crash or a lost worker left, from durable state alone: interrupted steps,
         an unassessed ``assembled`` incident, an ``assessed`` one whose plan was rejected or failed
-        (re-assessed once: ``assess`` compares the version), a ``recovering`` one to advance."""
+        (re-assessed once: ``assess`` compares the version) or whose responders' choice has no plan
+        yet (``replan``), a ``recovering`` one to advance."""
         self.engine.resume_interrupted()   # its transactions wrote their outbox rows
         self.outbox.wake()
         with self.store.session() as session:
             stalled = [(require_id(i), i.state, i.version, self._needs_replan(session, i),
-                        self.auto_recovery_on(i) and i.plan_revision <= 1)
+                        self.auto_recovery_on(i) and i.plan_revision <= 1, self._choice_pending(session, i))
                        for i in svc.open_incidents(session)]
-        for incident_id, state, version, replan, auto in stalled:
-            if state == "detected" and auto:
+        for incident_id, state, version, replan, auto, chosen in stalled:
+            if state == "assessed" and chosen:
+                self.replan(incident_id, after_version=version)   # a choice stored, then a crash before its plan
+            elif state == "detected" and auto:
                 self.auto_recover(incident_id)          # declared, then a crash before Aegis assembled it
             elif state == "assessed" and auto and not replan:
                 self.auto_start(incident_id, version)   # assessed, then a crash before the recovery started
@@ -388,6 +488,20 @@ class Flows:
 
 
 def reference() -> str:
+
+    @staticmethod
+    def _choice_pending(session: Session, incident: Incident) -> bool:
+        """An assessed incident whose newest plan-making event is a stored choice, not a plan: the
+        re-plan it asked for has not landed (a crash, or a lost worker)."""
+        if incident.state != "assessed":
+            return False
+        for event in reversed(svc.timeline(session, require_id(incident))):
+            data = event.data or {}
+            if data.get("code") == "recovery_options_set":
+                return True
+            if event.kind == "transition" and data.get("trigger") in ("assess", "reassess"):
+                return False
+        return False
     """An opaque id for an internal error, shown to the user and logged with the traceback."""
     return uuid.uuid4().hex[:8]
 

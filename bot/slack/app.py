@@ -38,7 +38,7 @@ from slack_sdk import WebClient
 from bot.bounded import BoundedPool, Busy, queue_limit
 from bot.flows.incident import Flows, Refused, reference
 from bot.reads import Reads
-from bot.slack import commands
+from bot.slack import choice_forms, commands
 from bot.slack.backup_desk import BackupDesk
 from bot.slack.drill_desk import DrillDesk
 from bot.slack.gateway import SlackCallFailed
@@ -49,7 +49,7 @@ from messages.views import Message
 from statemachines import service as svc
 from statemachines.json_types import JsonObject
 from statemachines.machine import IllegalTransition
-from statemachines.models import require_id
+from statemachines.models import Incident, require_id, utcnow
 from statemachines.service import StaleVersion
 from statemachines.vocabulary import SCENARIOS, SEVERITIES
 
@@ -379,6 +379,91 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         open_form(body.get("trigger_id"), flows.verify_modal(user_id=user, step_id=step), "verify")
 
     button("aegis_verify_manual", open_verify)
+
+    # --- recovery choices (issue 9): the strategy select and the two forms on the assessment ---
+
+    @app.action(block_kit.STRATEGY)
+    def strategy_chosen(ack: Ack, body: JsonObject, action: JsonObject, respond: Respond) -> None:
+        """A strategy picked: decided before the ack — unless it is partial recovery with no target
+        yet, which opens the partial form instead (after the ack)."""
+        user = body["user"]["id"]
+        option = action.get("selected_option")
+        strategy = str(option.get("value") or "") if isinstance(option, dict) else ""
+        form_for: list[int] = []
+
+        def choose() -> Message | None:
+            incident_id = incident_of(body)
+            if flows.wants_partial_form(incident_id, strategy):
+                form_for.append(incident_id)
+                return None
+            return flows.choose_strategy(user_id=user, incident_id=incident_id, strategy=strategy)
+
+        answer = decide(choose)
+        ack()
+        if not form_for:
+            reply_later(respond, answer)
+            return
+        try:
+            later(respond, lambda: open_form(body.get("trigger_id"),
+                                             flows.partial_modal(user_id=user, incident_id=form_for[0]), "partial"))
+        except Busy:
+            ephemeral(respond, busy)
+
+    def open_infection(user: str, value: str, body: JsonObject) -> None:
+        incident_id = incident_in_channel(user, value, body)
+        open_form(body.get("trigger_id"), flows.infection_modal(user_id=user, incident_id=incident_id), "infection")
+
+    def open_partial(user: str, value: str, body: JsonObject) -> None:
+        incident_id = incident_in_channel(user, value, body)
+        open_form(body.get("trigger_id"), flows.partial_modal(user_id=user, incident_id=incident_id), "partial")
+
+    button(block_kit.SET_INFECTION_TIME, open_infection)
+    button(block_kit.SET_PARTIAL_TARGET, open_partial)
+
+    def choice_form(ack: Ack, body: JsonObject, view: JsonObject, name: str, first_block: str,
+                    parse: Callable[[Incident], choice_forms.Parsed],
+                    store: Callable[[str, int, JsonObject], Message]) -> None:
+        """A recovery-choice form (the incident id in ``private_metadata``): bad input keeps the form
+        open with its errors and stores nothing; a good one is decided before the ack."""
+        incident_id = parse_id(view.get("private_metadata"))
+        incident = None
+        if incident_id is not None:
+            with flows.store.session() as session:
+                try:
+                    incident = svc.get(session, incident_id)
+                except svc.NotFound:
+                    pass
+        if incident is None:
+            ack(**form_error(first_block, block_kit.refusal("incident_gone", locale)))
+            return
+        parsed = parse(incident)
+        if parsed.value is None:
+            ack(response_action="errors", errors=modal_blocks.form_errors(
+                locale, name, parsed.errors, declared_at=incident.declared_at,
+                component=choice_forms.picked(view, "component")))
+            return
+        user = body["user"]["id"]
+        found, value = require_id(incident), parsed.value
+        answer = decide(lambda: store(user, found, value))
+        ack()
+        reply_later(private_reply(user, incident.channel_id), answer)
+
+    @app.view(block_kit.INFECTION_CALLBACK)
+    def infection_submitted(ack: Ack, body: JsonObject, view: JsonObject) -> None:
+        choice_form(ack, body, view, "infection_modal", "date",
+                    lambda incident: choice_forms.infection_time(view, zone=flows.zone(),
+                                                                 declared_at=incident.declared_at, now=utcnow()),
+                    lambda user, incident_id, changes: flows.set_infection_time(
+                        user_id=user, incident_id=incident_id, changes=changes))
+
+    @app.view(block_kit.PARTIAL_CALLBACK)
+    def partial_submitted(ack: Ack, body: JsonObject, view: JsonObject) -> None:
+        choice_form(ack, body, view, "partial_modal", "component",
+                    lambda _incident: choice_forms.partial_target(view, zone=flows.zone(),
+                                                                  configured=flows.configured_components(),
+                                                                  now=utcnow()),
+                    lambda user, incident_id, changes: flows.set_partial(
+                        user_id=user, incident_id=incident_id, changes=changes))
 
     # --- modals ------------------------------------------------------------------------------
 

@@ -361,7 +361,8 @@ class Dispatcher:
         return self.gateway.post(channel, message.text, message.blocks) if channel else None
 
     def _assessment(self, batch: Batch, row: OutboxRow) -> None:
-        self._channel_post(batch, incident_blocks.assessment(batch.view, self.locale))
+        self._channel_post(batch, incident_blocks.assessment(batch.view, self.locale,
+                                                             batch.incident.recovery_options or {}))
 
     def _plan_new(self, batch: Batch, row: OutboxRow) -> None:
         """A new plan revision: its own message; the previous one is retired by a row of its own."""

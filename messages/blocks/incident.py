@@ -3,19 +3,23 @@ report, reminders, status and the incident list, built from ``messages.views`` w
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from messages.blocks.kit import (
     ABORT,
     APPROVE,
+    CHOOSABLE_STRATEGIES,
     CLAIM_ROLE,
     CLOSE,
     LINE_CHARS,
     MAX_BLOCKS,
     REJECT,
     RETRY,
+    SET_INFECTION_TIME,
+    SET_PARTIAL_TARGET,
+    STRATEGY,
     VERIFY_MANUAL,
     actions_block,
     as_message,
@@ -27,6 +31,7 @@ from messages.blocks.kit import (
     safe_link,
     section_block,
     sections,
+    select,
 )
 from messages.views import (
     Block,
@@ -200,8 +205,9 @@ def step_rejected(v: IncidentView, step: StepView, user_id: str, reason: str, lo
                     [section_block(phrase(locale, "plan", "rejected", **ctx), f"step_{step.id}_rejected")], locale)
 
 
-def assessment(v: IncidentView, locale: str) -> Message:
-    """Health check results and the strategy chosen from them."""
+def assessment(v: IncidentView, locale: str, options: Mapping[str, object] | None = None) -> Message:
+    """Health check results, the strategy chosen from them, and the controls to choose otherwise
+    (``options``: the incident's ``recovery_options``)."""
     failing = sum(not c.ok for c in v.checks)
     counts = {"failing": failing, "total": len(v.checks)}
     blocks = [header_block(phrase(locale, "assessment", "header", v=v), "assessment_header")]
@@ -211,7 +217,46 @@ def assessment(v: IncidentView, locale: str) -> Message:
     else:
         blocks.append(section_block(phrase(locale, "assessment", "no_checks"), "assessment_checks"))
     blocks.append(section_block(phrase(locale, "assessment", "strategy", v=v, **counts), "assessment_strategy"))
+    blocks += _choice_blocks(v, options or {}, locale)
     return as_message(phrase(locale, "assessment", "text", v=v, **counts), blocks, locale)
+
+
+def _choice_blocks(v: IncidentView, options: Mapping[str, object], locale: str) -> list[Block]:
+    """What the responders chose so far, and the controls to change it: the strategy select, the
+    partial-recovery form and, for ransomware, the infection-time form. Choosing re-plans (a new
+    revision); the bot refuses it once the recovery runs, so the controls stay on older messages."""
+    infection = _parse_time(options.get("infection_time"))
+    found = options.get("partial")
+    partial = found if isinstance(found, dict) else None
+    ransomware = v.scenario == "ransomware"
+    blocks: list[Block] = []
+    if infection is not None or partial or ransomware:
+        text = phrase(locale, "assessment", "choices", v=v, infection=infection, partial=partial,
+                      partial_time=_parse_time((partial or {}).get("target_time")), ransomware=ransomware)
+        blocks.append(context_block(text, "assessment_choices"))
+    chooser = select(phrase(locale, "assessment", "strategy_placeholder"), STRATEGY,
+                     [(key, phrase(locale, "assessment", "strategy_option", key=key)) for key in CHOOSABLE_STRATEGIES],
+                     initial=v.strategy)
+    switch = section_block(phrase(locale, "assessment", "strategy_switch", v=v), "assessment_switch")
+    switch["accessory"] = chooser
+    blocks.append(switch)
+    controls = []
+    if ransomware:
+        controls.append(button(phrase(locale, "assessment", "infection_button"), SET_INFECTION_TIME, str(v.id)))
+    controls.append(button(phrase(locale, "assessment", "partial_button"), SET_PARTIAL_TARGET, str(v.id)))
+    blocks.append(actions_block("assessment_actions", controls))
+    blocks.append(context_block(phrase(locale, "assessment", "choices_hint", v=v), "assessment_hint"))
+    return blocks
+
+
+def _parse_time(value: object) -> datetime | None:
+    """An ISO-8601 time from the options JSON; None for anything else."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 def reapproval_request(v: IncidentView, step: StepView, locale: str) -> Message:

@@ -201,3 +201,27 @@ def simple_message(locale: str, name: str, part: str, block_id: str, **ctx: obje
 # Manual verification (a verify step with no automated check: a responder states the evidence).
 VERIFY_MANUAL = "aegis_verify_manual"      # value: str(step.id)
 VERIFY_CALLBACK = "aegis_verify_submit"    # private_metadata: str(step.id)
+
+# Recovery choices on the assessment message (issue 9): the strategy select and the two forms.
+STRATEGY = "aegis_strategy"                    # static_select; selected_option.value: a strategy
+SET_INFECTION_TIME = "aegis_infection_time"    # value: str(incident.id)
+SET_PARTIAL_TARGET = "aegis_partial_target"    # value: str(incident.id)
+INFECTION_CALLBACK = "aegis_infection_submit"  # private_metadata: str(incident.id)
+PARTIAL_CALLBACK = "aegis_partial_submit"      # private_metadata: str(incident.id)
+CHOOSABLE_STRATEGIES = ("failover", "restore_from_backup", "partial_recovery")
+PARTIAL_COMPONENTS = ("postgres", "neo4j", "milvus")
+
+
+def select(placeholder: str, action_id: str, options: list[tuple[str, str]], initial: str | None = None) -> Block:
+    """A static select (in an actions block or a form); ``options`` are (value, label) pairs."""
+    items: list[Block] = [{"text": plain_text(text, OPTION_CHARS), "value": value} for value, text in options]
+    element: Block = {
+        "type": "static_select",
+        "action_id": action_id,
+        "placeholder": plain_text(placeholder, PLACEHOLDER_CHARS),
+        "options": items,
+    }
+    chosen = next((o for o in items if o["value"] == initial), None)
+    if chosen is not None:
+        element["initial_option"] = chosen   # Slack requires it to equal one of the options exactly
+    return element
