@@ -29,8 +29,8 @@ from bot import wiring
 from bot.bounded import BoundedPool, queue_limit
 from bot.config import Config
 from bot.presenters import incident_view, objective_report
-from bot.slack.gateway import SlackCallFailed, SlackGateway
 from bot.slack import choice_forms
+from bot.slack.gateway import SlackCallFailed, SlackGateway
 from bot.slack.outbox import Dispatcher
 from messages import render
 from messages.blocks import incident as incident_blocks
@@ -172,9 +172,6 @@ class Flows:
         if transition is not None:   # None: someone else assessed first
             self.committed(transition)
 
-    def advance(self, incident_id: int) -> None:
-        """Run the steps that may run now (the engine); the follow-up of approvals, retries, verifications."""
-        self._wait_follow_up()
     def _plan(self, incident: Incident) -> tuple[planner.Plan, list[JsonObject]]:
         """Health checks, then the planner on them and on what the responders chose (read-only)."""
         results = run_checks(wiring.component_specs(self.config) + wiring.service_specs(self.config))
@@ -273,6 +270,9 @@ class Flows:
         return block_kit.simple_message(self.locale, "recovery_choice", "partial", "recovery_choice",
                                         key=key, what=choice_forms.describe(changes["partial"]))
 
+    def advance(self, incident_id: int) -> None:
+        """Run the steps that may run now (the engine); the follow-up of approvals, retries, verifications."""
+        self._wait_follow_up()
         self.engine.advance(incident_id)
 
     def _wait_follow_up(self) -> None:
@@ -481,15 +481,6 @@ class Flows:
                 self.advance(incident_id)
 
     @staticmethod
-    def _needs_replan(session: Session, incident: Incident) -> bool:
-        """An assessed plan with a rejected or failed step: a reject or an abort asked for a new one."""
-        return incident.state == "assessed" and any(
-            s.status in ("rejected", "failed") for s in svc.current_steps(session, require_id(incident)))
-
-
-def reference() -> str:
-
-    @staticmethod
     def _choice_pending(session: Session, incident: Incident) -> bool:
         """An assessed incident whose newest plan-making event is a stored choice, not a plan: the
         re-plan it asked for has not landed (a crash, or a lost worker)."""
@@ -502,6 +493,15 @@ def reference() -> str:
             if event.kind == "transition" and data.get("trigger") in ("assess", "reassess"):
                 return False
         return False
+
+    @staticmethod
+    def _needs_replan(session: Session, incident: Incident) -> bool:
+        """An assessed plan with a rejected or failed step: a reject or an abort asked for a new one."""
+        return incident.state == "assessed" and any(
+            s.status in ("rejected", "failed") for s in svc.current_steps(session, require_id(incident)))
+
+
+def reference() -> str:
     """An opaque id for an internal error, shown to the user and logged with the traceback."""
     return uuid.uuid4().hex[:8]
 
