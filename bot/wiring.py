@@ -7,16 +7,20 @@ action; plan steps in the database only name config entries (``{"node": "standby
 from __future__ import annotations
 
 import os
+from datetime import datetime
 
 from bot.config import Config, PostgresNode
+from bot.plan_facts import build_facts
 from recovery.actions.base import Action, ActionError
 from recovery.actions.hook import HookAction
 from recovery.actions.manual import ManualStep
 from recovery.actions.postgres import PostgresConfirmDown, PostgresPromote
 from recovery.actions.verify import IntegrityQuery, PostgresVerification, VerifyRecovery
 from recovery.health import CheckResult, HealthSpec
-from recovery.planner import Facts, ServiceInfo
+from recovery.planner import Facts
+from statemachines.json_types import JsonObject
 from statemachines.models import PlanStep
+from statemachines.store import Store
 
 
 def _node(config: Config, which: str) -> PostgresNode:
@@ -58,16 +62,11 @@ def service_specs(config: Config) -> list[HealthSpec]:
     return specs
 
 
-def facts(config: Config, scenario: str, results: list[CheckResult]) -> Facts:
-    pg = config.components.postgres
-    return Facts(
-        scenario=scenario,
-        has_postgres_primary=pg is not None,
-        has_postgres_standby=bool(pg and pg.standby),
-        hooks=frozenset(config.hooks),
-        services=tuple(ServiceInfo(s.name, s.tier, tuple(s.depends_on)) for s in config.services),
-        failing=frozenset(r.name for r in results if not r.ok),
-    )
+def facts(config: Config, scenario: str, results: list[CheckResult], *, store: Store | None = None,
+          options: JsonObject | None = None, infection_time: datetime | None = None) -> Facts:
+    """The planner's facts (bot/plan_facts.py): with ``store``, the catalog's backups; ``options`` =
+    incident.recovery_options; ``infection_time`` the default time of infection (its form's value wins)."""
+    return build_facts(config, scenario, results, store=store, options=options, infection_time=infection_time)
 
 
 def build_action(config: Config, step: PlanStep, context: dict[str, str]) -> Action:
