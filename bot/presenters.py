@@ -23,7 +23,7 @@ from messages.views import (
     TimelineItem,
 )
 from recovery import objectives
-from statemachines import policy
+from statemachines import policy, usecases
 from statemachines import service as svc
 from statemachines.json_types import JsonObject
 from statemachines.models import Incident, PlanStep, TimelineEvent, require_id
@@ -45,6 +45,7 @@ def incident_view(session: Session, incident: Incident, config: Config, *, with_
     role_names = [r for r in ROLES if r in wanted or r in holders]
     rows = svc.current_steps(session, incident_id) if revision is None else _steps(session, incident_id, revision)
     events = svc.timeline(session, incident_id)
+    lag = usecases.replication_after_reprotect(session, incident_id) if incident.protected else None
     return IncidentView(
         key=incident.key or f"INC-{incident.id}", id=incident_id, scenario=incident.scenario,
         severity=incident.severity, summary=incident.summary, state=incident.state,
@@ -55,9 +56,17 @@ def incident_view(session: Session, incident: Incident, config: Config, *, with_
         timeline=[_timeline_item(e, incident) for e in events] if with_timeline else [],
         close_summary=incident.close_summary, updated_at=incident.updated_at,
         roles_open=_roles_open(config), plan_revision=max(incident.plan_revision, 1),
-        revision=_revision(session, incident, rows, events) if revision is None else None,
+        revision=_revision(session, incident, rows, events) if revision is None and not incident.aftercare else None,
         objectives=objective_report(session, incident, config) if revision is None else None,
+        # aftercare (issue 9): the plan that runs after the recovery, and whether a standby protects again
+        aftercare=incident.aftercare if revision is None else None, protected=incident.protected,
+        standby_lag_bytes=int(lag["lag_bytes"]) if lag and _is_number(lag.get("lag_bytes")) else None,
+        standby_lag_seconds=float(lag["lag_seconds"]) if lag and _is_number(lag.get("lag_seconds")) else None,
     )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _steps(session: Session, incident_id: int, revision: int) -> list[PlanStep]:

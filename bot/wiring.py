@@ -7,14 +7,20 @@ action; plan steps in the database only name config entries (``{"node": "standby
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 
-from bot.config import Config, PostgresNode
+from bot.config import Config, Hook, PostgresNode
 from bot.plan_facts import build_facts
 from recovery.actions.base import Action, ActionError
+from recovery.actions.discard_aside import DiscardAside, Discarder, discard_postgres_data_dir
 from recovery.actions.hook import HookAction
 from recovery.actions.manual import ManualStep
 from recovery.actions.postgres import PostgresConfirmDown, PostgresPromote
+from recovery.actions.reprotect import ASIDE_INFIX as REPROTECT_ASIDE
+from recovery.actions.reprotect import NodeControl, PostgresReprotect
+from recovery.actions.service_start import ServiceStart
 from recovery.actions.verify import IntegrityQuery, PostgresVerification, VerifyRecovery
 from recovery.health import CheckResult, HealthSpec
 from recovery.planner import Facts
@@ -96,6 +102,8 @@ def build_action(config: Config, step: PlanStep, context: dict[str, str]) -> Act
             node = _node(config, which)
             database = PostgresVerification(node.full_dsn(), _label(node, which), integrity_queries(config))
         return VerifyRecovery(service_specs(config) if params.get("services") else [], database)
+    if step.action in AFTERCARE_ACTIONS:   # failover aftercare and service start (issue 9)
+        return AFTERCARE_ACTIONS[step.action](config, params, context)
     raise ActionError(f"unknown action {step.action!r}")
 
 
@@ -105,3 +113,67 @@ def integrity_queries(config: Config) -> tuple[IntegrityQuery, ...]:
     if postgres is None:
         return ()
     return tuple(IntegrityQuery(c.name, c.sql, c.expect, c.min, c.timeout_seconds) for c in postgres.integrity_checks)
+
+
+# --- re-protect, service start, clean-up (issue 9): built from config -----------------------------
+
+def _control(config: Config, which: str) -> NodeControl:
+    node = _node(config, which)
+    control = node.control
+    if control is None:
+        raise ActionError(f"components.postgres.{which}.control is not configured: re-protect needs its "
+                          "data_dir (and os_user) to rebuild it")
+    context = {"node": which}
+    return NodeControl(Path(control.data_dir), control.os_user, Path(control.pg_bin) if control.pg_bin else None,
+                       _hook(f"{which}.stop", control.stop, context) if control.stop else None,
+                       _hook(f"{which}.start", control.start, context) if control.start else None)
+
+
+def _hook(name: str, hook: Hook, context: dict[str, str]) -> HookAction:
+    return HookAction(name, command=hook.command, webhook=hook.webhook, timeout_seconds=hook.timeout_seconds,
+                      headers_env=hook.headers_env, done_check=hook.done_check, context=context, env=hook.env,
+                      pass_env=hook.pass_env)
+
+
+def _reprotect(config: Config, params: JsonObject, context: dict[str, str]) -> Action:
+    old, new = str(params.get("old_primary", "primary")), str(params.get("new_primary", "standby"))
+    new_node = _node(config, new)
+    return PostgresReprotect(_control(config, old), _label(_node(config, old), old), new_node.full_dsn(),
+                             _label(new_node, new), method=str(params.get("method", "pg_rewind")))
+
+
+def _service_start(config: Config, params: JsonObject, context: dict[str, str]) -> Action:
+    name, which = str(params.get("service")), str(params.get("hook", "start"))
+    service = next((s for s in config.services if s.name == name), None)
+    if service is None:
+        raise ActionError(f"service {name!r} is not configured (services[].name)")
+    hook = service.start if which == "start" else service.restart if which == "restart" else None
+    if hook is None:
+        raise ActionError(f"service {name} has no {which} hook (services[{name}].{which})")
+    health = next((spec for spec in service_specs(config) if spec.name == name), None)
+    return ServiceStart(name, _hook(f"service.{name}.{which}", hook, context), health)
+
+
+def _live_data_dirs(config: Config) -> tuple[str, ...]:
+    pg = config.components.postgres
+    nodes = [pg.primary, pg.standby] if pg else []
+    return tuple(n.control.data_dir for n in nodes if n is not None and n.control is not None)
+
+
+def _discard_data_dir(config: Config) -> Discarder:
+    """A data directory a re-protect moved aside (its own name and marker), else an in-place restore's."""
+    def discard(location: str) -> str:
+        if REPROTECT_ASIDE in Path(location).name:
+            return discard_postgres_data_dir(location, live_data_dirs=_live_data_dirs(config))
+        raise ActionError(f"refusing to remove {location}: not a data directory a re-protect put aside")
+    return discard
+
+
+def _discard_aside(config: Config, params: JsonObject, context: dict[str, str]) -> Action:
+    items = [i for i in params.get("items") or [] if isinstance(i, dict)]
+    return DiscardAside(items, {"postgres_data_dir": _discard_data_dir(config)})
+
+
+AFTERCARE_ACTIONS: dict[str, Callable[[Config, JsonObject, dict[str, str]], Action]] = {
+    "postgres_reprotect": _reprotect, "service_start": _service_start, "discard_aside": _discard_aside,
+}

@@ -115,6 +115,10 @@ class IncidentView:
     plan_revision: int = 1
     revision: RevisionView | None = None   # set when the plan replaces an earlier revision
     objectives: ObjectiveReport | None = None   # RTO/RPO so far, for /aegis status (current revision only)
+    aftercare: str | None = None   # reprotect | cleanup: the current plan runs after the recovery (state stays)
+    protected: bool | None = None  # False: after a failover, running without a standby; True: re-protected
+    standby_lag_bytes: int | None = None      # the replication lag the re-protect measured
+    standby_lag_seconds: float | None = None
 
 
 @dataclass(frozen=True)

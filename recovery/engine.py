@@ -110,6 +110,8 @@ class Engine:
                                                          "approval expired"))
             if verified is not None:
                 _on_commit(session, lambda: self.listener.transitioned(verified))
+            if next_step.aftercare_done is not None:   # an aftercare plan finished: its post is in the outbox
+                _on_commit(session, lambda: self._notify(incident_id, None, "aftercare_done", "aftercare done"))
         return next_step.claimed
 
     # --- one step ----------------------------------------------------------------------------

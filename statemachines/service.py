@@ -476,3 +476,13 @@ def expired_running(session: Session, *, now: datetime) -> list[LedgerEntry]:
     return list(session.exec(
         select(LedgerEntry).where(LedgerEntry.status == "running", col(LedgerEntry.lease_until) < now)
     ))
+
+
+def succeeded_outputs(session: Session, incident_id: int) -> list[tuple[PlanStep, JsonObject]]:
+    """Each succeeded execution of the incident's steps with its ledger output, oldest first (every revision)."""
+    rows = session.exec(
+        select(PlanStep, LedgerEntry).where(LedgerEntry.incident_id == incident_id,
+                                            LedgerEntry.step_id == PlanStep.id, LedgerEntry.status == "succeeded")
+        .order_by(col(LedgerEntry.id))
+    )
+    return [(step, dict(entry.output or {})) for step, entry in rows]

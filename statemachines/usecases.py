@@ -309,7 +309,7 @@ def approve(session: Session, *, step_id: int, user_id: str, roster: dict[str, l
             approval_ttl: timedelta) -> Approved:
     incident, step = step_of(session, step_id)
     _refuse_if_replaced(incident, step)
-    if incident.state not in ("assessed", "recovering"):
+    if not decisions_open(incident):
         raise Refused("wrong_state", action="approve", state=incident.state)
     decision = _authorise_step(session, incident, step, user_id, roster, "approve")
     rejected = _rejected_step(session, incident)
@@ -347,7 +347,7 @@ def check_reject(session: Session, *, step_id: int, user_id: str, roster: dict[s
     """Whether ``user_id`` could reject the step now (the reason form opens only then)."""
     incident, step = step_of(session, step_id)
     _refuse_if_replaced(incident, step)
-    if incident.state not in ("assessed", "recovering"):
+    if not decisions_open(incident):
         raise Refused("wrong_state", action="reject", state=incident.state)
     _authorise_step(session, incident, step, user_id, roster, "reject")
     if step.status not in ("awaiting_approval", "failed"):
@@ -366,7 +366,7 @@ def reject(session: Session, *, step_id: int, user_id: str, roster: dict[str, li
            reason: str = "") -> Rejected:
     incident, step = step_of(session, step_id)
     _refuse_if_replaced(incident, step)
-    if incident.state not in ("assessed", "recovering"):
+    if not decisions_open(incident):
         raise Refused("wrong_state", action="reject", state=incident.state)
     _authorise_step(session, incident, step, user_id, roster, "reject")
     running = _running_step(session, incident)
@@ -393,7 +393,7 @@ def retry(session: Session, *, step_id: int, user_id: str, roster: dict[str, lis
     """A failed step gets a new attempt (approved by the one who retries it); returns the incident id."""
     incident, step = step_of(session, step_id)
     _refuse_if_replaced(incident, step)
-    if incident.state != "recovering":
+    if not runs_now(incident):
         raise Refused("wrong_state", action="retry", state=incident.state)
     decision = _authorise_step(session, incident, step, user_id, roster, "retry")
     if step.status != "failed":
@@ -420,7 +420,7 @@ def abort(session: Session, *, step_id: int, user_id: str, roster: dict[str, lis
     """Stop a recovery stuck on its failed step: back to ``assessed`` (a new plan follows)."""
     incident, step = step_of(session, step_id)
     _refuse_if_replaced(incident, step)
-    if incident.state != "recovering":
+    if not runs_now(incident):
         raise Refused("wrong_state", action="abort", state=incident.state)
     _authorise_step(session, incident, step, user_id, roster, "abort")
     # only the failed step the plan is stuck on: an old Abort button of a step that was retried and
@@ -428,6 +428,9 @@ def abort(session: Session, *, step_id: int, user_id: str, roster: dict[str, lis
     current = _current_step(session, incident)
     if step.status != "failed" or current is None or current.id != step.id:
         raise Refused("abort_not_current", step_title=step.title, status=step.status)
+    if incident.aftercare:
+        abandon_aftercare(session, incident, step, user_id)
+        return None
     svc.add_event(session, incident_id=require_id(incident), kind="approval", actor=user_id,
                   text=f"aborted the recovery at step {step.position}: {step.title}",
                   data={"step_id": step.id, **_step_event("recovery_aborted", step)})
@@ -532,7 +535,7 @@ def check_verification(session: Session, *, step_id: int, user_id: str,
         _audit_refusal(session, incident, user_id,
                        f"refused: verify step {step.position} ({step.title}) — not authorised", {"step_id": step.id})
         raise Refused("not_allowed_to_verify", step_title=step.title, roles=roles)
-    if step.status != "awaiting_verification" or incident.state != "recovering":
+    if step.status != "awaiting_verification" or not runs_now(incident):
         raise Refused("not_awaiting_verification", step_title=step.title, status=step.status)
     return incident, decision
 
@@ -612,6 +615,7 @@ class NextStep:
     claimed: Claimed | None = None
     expired: PlanStep | None = None          # its approval expired: it waits for a new one
     verified: Transition | None = None       # every step succeeded: the incident is verified
+    aftercare_done: str | None = None        # every step of an aftercare plan succeeded (its kind)
 
 
 def start_step(session: Session, *, incident_id: int, owner: str, lease: timedelta) -> NextStep:
@@ -623,7 +627,7 @@ def start_step(session: Session, *, incident_id: int, owner: str, lease: timedel
     is verified here.
     """
     incident = svc.get(session, incident_id)
-    if incident.state != "recovering":
+    if not runs_now(incident):
         return NextStep()
     for step in svc.current_steps(session, incident_id):
         if step.status in ("succeeded", "skipped"):
@@ -643,6 +647,8 @@ def start_step(session: Session, *, incident_id: int, owner: str, lease: timedel
                        event="step_started", **_step_log(step))
         context = {"incident": incident.key or str(incident.id), "step": str(step.id), "scenario": incident.scenario}
         return NextStep(claimed=Claimed(step, require_id(entry), context))
+    if incident.aftercare:
+        return NextStep(aftercare_done=finish_aftercare(session, incident_id=incident_id))
     return NextStep(verified=finish_plan(session, incident_id=incident_id))
 
 
@@ -759,15 +765,20 @@ def finish_plan(session: Session, *, incident_id: int) -> Transition | None:
         return None
     reason = (f"all steps succeeded; verified on {len(checks)} check(s)" if checks
               else "all steps succeeded (no verification step in this plan)")
+    values: dict[str, object] = {"verified_at": utcnow()}
+    if failed_over(steps):
+        values["protected"] = False   # the promoted standby runs alone until a re-protect (aftercare)
     try:
         return _fire(session, incident_id=incident_id, trigger="verify", actor=AEGIS, reason=reason,
-                     values={"verified_at": utcnow()})
+                     values=values)
     except (StaleVersion, IllegalTransition):
         return None
 
 
 def verification_failed(session: Session, *, incident_id: int, reason: str) -> Transition | None:
     """A failing verification step sends the incident back to ``assessed`` (a new plan follows)."""
+    if svc.get(session, incident_id).aftercare:
+        return None   # a verified (or closed) incident's aftercare failing does not undo its recovery
     try:
         return _fire(session, incident_id=incident_id, trigger="verification_failed", actor=AEGIS, reason=reason)
     except (StaleVersion, IllegalTransition):
@@ -823,3 +834,122 @@ def _event_code(step: PlanStep, outcome: StepOutcome) -> JsonObject:
         params["detail"] = outcome.detail   # the error; a success's raw output flags stay out of it
     return params
 
+
+
+# --- aftercare: plans that run after the recovery, without moving the state (issue 9) -------------
+# A plan revision with ``incident.aftercare`` set ("reprotect" after a failover reached ``verified``,
+# "cleanup" once a closed incident's restores left something aside) runs its steps under the same
+# approvals, ledger and outbox as a recovery plan, while the incident stays ``verified`` (or
+# ``closed``). The planner builds these plans (recovery/planner.py); the bot proposes them
+# (bot/flows/aftercare.py) because they need the config. Decided here: aborting a failed aftercare
+# step abandons that plan (the step is marked rejected), and a failing step never moves the state.
+
+REPROTECT, CLEANUP = "reprotect", "cleanup"
+#: the states in which an aftercare plan's steps may be decided on and run
+AFTERCARE_STATES = {REPROTECT: ("verified",), CLEANUP: ("verified", "closed")}
+
+
+def runs_now(incident: Incident) -> bool:
+    """Whether the current plan's steps may run: a recovery while ``recovering``, an aftercare plan in its states."""
+    if incident.aftercare:
+        return incident.state in AFTERCARE_STATES.get(incident.aftercare, ())
+    return incident.state == "recovering"
+
+
+def decisions_open(incident: Incident) -> bool:
+    """Whether the current plan's steps may be approved or rejected now."""
+    return runs_now(incident) or (not incident.aftercare and incident.state == "assessed")
+
+
+def failed_over(steps: list[PlanStep]) -> bool:
+    """A plan that promoted a standby: afterwards the system runs without one."""
+    return any(s.action == "postgres_promote" and s.status == "succeeded" for s in steps)
+
+
+def propose_aftercare(session: Session, *, incident_id: int, kind: str, steps: list[StepSpec],
+                      rationale: str) -> int | None:
+    """Store an aftercare plan as the incident's next revision (its own plan message); the revision,
+    or None when it does not apply now (wrong state, already proposed, a step running, no steps)."""
+    incident = svc.lock(session, incident_id)
+    if not steps or incident.state not in AFTERCARE_STATES.get(kind, ()) or incident.aftercare == kind:
+        return None
+    if kind == REPROTECT and incident.protected is not False:
+        return None
+    if any(s.status == "running" for s in svc.current_steps(session, incident_id)):
+        return None   # never replace a plan under a running step
+    revision = svc.replace_plan(session, incident_id=incident_id, strategy=incident.strategy or kind, specs=steps)
+    svc.set_fields(session, incident_id=incident_id, aftercare=kind)
+    svc.add_event(session, incident_id=incident_id, kind="aftercare", actor=AEGIS,
+                  text=f"proposed the {kind} plan (revision {revision}): {rationale}",
+                  data={"code": "aftercare_proposed", "aftercare": kind, "revision": revision,
+                        "reason": rationale})
+    svc.tell(session, incident_id=incident_id, kind="card")
+    svc.tell(session, incident_id=incident_id, kind="plan_new")
+    _log_on_commit(session, incident_id, f"{kind} plan proposed (revision {revision}): {_one_line(rationale)}",
+                   event="aftercare_proposed", aftercare=kind, revision=revision)
+    return revision
+
+
+def _aftercare_recorded(session: Session, incident: Incident) -> bool:
+    done = [e.data or {} for e in svc.timeline(session, require_id(incident))]
+    return any(d.get("code") == "aftercare_done" and d.get("revision") == incident.plan_revision for d in done)
+
+
+def finish_aftercare(session: Session, *, incident_id: int) -> str | None:
+    """Every step of the aftercare plan succeeded: record it once (re-protect: ``protected``), post it."""
+    incident = svc.lock(session, incident_id)
+    kind = incident.aftercare
+    if kind is None or _aftercare_recorded(session, incident):
+        return None
+    if kind == REPROTECT:
+        svc.set_fields(session, incident_id=incident_id, protected=True)
+    svc.add_event(session, incident_id=incident_id, kind="aftercare", actor=AEGIS,
+                  text=f"the {kind} plan is done", data={"code": "aftercare_done", "aftercare": kind,
+                                                         "revision": incident.plan_revision})
+    svc.tell(session, incident_id=incident_id, kind="card")
+    svc.tell(session, incident_id=incident_id, kind="plan")
+    svc.tell(session, incident_id=incident_id, kind="aftercare_done", aftercare=kind, revision=incident.plan_revision)
+    _log_on_commit(session, incident_id, f"{kind} plan done", event="aftercare_done", aftercare=kind)
+    return kind
+
+
+def abandon_aftercare(session: Session, incident: Incident, step: PlanStep, user_id: str) -> None:
+    """Abort on a failed aftercare step: that plan stops there (the step is marked rejected); the state stays."""
+    if not svc.move_step(session, step=step, to="rejected", from_statuses=("failed",),
+                         detail=f"aborted by <@{user_id}>: {step.detail}".rstrip(": ")):
+        raise Refused("abort_not_current", step_title=step.title, status=step.status)
+    incident_id = require_id(incident)
+    svc.add_event(session, incident_id=incident_id, kind="approval", actor=user_id,
+                  text=f"aborted the {incident.aftercare} plan at step {step.position}: {step.title}",
+                  data={"step_id": step.id, **_step_event("aftercare_aborted", step), "aftercare": incident.aftercare})
+    svc.tell(session, incident_id=incident_id, kind="plan")
+    svc.tell(session, incident_id=incident_id, kind="card")
+    _log_on_commit(session, incident_id, f"{incident.aftercare} plan aborted by {user_id} at step {step.position}",
+                   event="aftercare_aborted", actor=user_id, **_step_log(step))
+
+
+def aside_items(session: Session, incident_id: int) -> list[JsonObject]:
+    """What the incident's succeeded steps put aside (their outputs' ``aside``) and no clean-up removed yet."""
+    found: dict[tuple[str, str], JsonObject] = {}
+    removed: set[str] = set()
+    for step, output in svc.succeeded_outputs(session, incident_id):
+        if step.action == "discard_aside":
+            removed.update(str(x) for x in output.get("removed") or [])
+        for item in output.get("aside") or []:
+            if isinstance(item, dict) and item.get("kind") and item.get("location"):
+                found[(str(item["kind"]), str(item["location"]))] = {
+                    "kind": str(item["kind"]), "location": str(item["location"]),
+                    "component": str(item.get("component") or "")}
+    return [item for (_kind, location), item in found.items() if location not in removed]
+
+
+def replication_after_reprotect(session: Session, incident_id: int) -> JsonObject | None:
+    """The replication lag the last succeeded re-protect measured: {"lag_bytes", "lag_seconds", "standby"}."""
+    last = None
+    for step, output in svc.succeeded_outputs(session, incident_id):
+        if step.action == "postgres_reprotect":
+            last = output
+    if last is None:
+        return None
+    return {"lag_bytes": last.get("lag_bytes"), "lag_seconds": last.get("lag_seconds"),
+            "standby": last.get("standby"), "method": last.get("method")}

@@ -7,11 +7,13 @@ that append what they were asked to do to a file; the health check is a real HTT
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +22,11 @@ from recovery.actions.hook import HookAction
 from recovery.actions.reprotect import NodeControl, PostgresReprotect
 from recovery.actions.service_start import ServiceStart
 from recovery.health import HealthSpec
+from slack_emulator.server import EmulatorServer
+from tests.harness.aegis_process import PG_PASSWORD, AegisProcess, wait_for
 from tests.harness.pgcluster import PgNode, PgPair, free_port
+from tests.harness.slack_reading import all_text, message_with_button
+from tests.harness.walk import Walk, close_with_modal
 
 pytest_plugins = ["tests.harness.pgcluster"]
 
@@ -175,3 +181,98 @@ def test_service_start_fails_with_evidence_when_the_service_never_gets_healthy(t
     with pytest.raises(ActionError, match="auth started but is not healthy"):
         action.execute(lambda _line: None)
     assert (tmp_path / "calls.log").read_text().strip() == "service.auth.start  auth"
+
+
+# --- the whole walk through Slack: failover → verified → re-protect → close → clean-up ------------
+
+HOOK = """#!/bin/sh
+echo "$1 $AEGIS_INCIDENT step $AEGIS_STEP" >> "{workdir}/hooks.log"
+"""
+
+
+def _walk_config(pair: PgPair, workdir: Path) -> dict[str, Any]:
+    hook = workdir / "hook.sh"
+    hook.write_text(HOOK.format(workdir=workdir))
+    hook.chmod(0o755)
+    node = {"password_env": "AEGIS_TEST_PG_PASSWORD"}
+    control = {"data_dir": str(pair.primary.data_dir), "os_user": "postgres", "pg_bin": str(pair.primary.pg_bin)}
+    return {
+        "locale": "en",
+        "slack": {"stakeholder_channel": "C0STAKE", "ops_channel": "C0OPS"},
+        "roster": {"incident_commander": ["U0IC"], "database_lead": ["U0DB"], "infrastructure_lead": ["U0INFRA"],
+                   "application_lead": ["U0APP"], "security_lead": ["U0SEC"], "communication_manager": ["U0COMM"]},
+        "components": {"postgres": {
+            "primary": {**node, "dsn": pair.primary.dsn(), "label": "pg-a", "control": control},
+            "standby": {**node, "dsn": pair.standby.dsn(), "label": "pg-b"},
+        }},
+        "hooks": {name: {"command": [str(hook), name], "timeout_seconds": 30}
+                  for name in ("fence_primary", "update_traffic")},
+        "engine": {"lease_seconds": 3},
+    }
+
+
+def _card_text(walk: Walk) -> str:
+    return all_text(message_with_button(walk.chan(), "aegis_close", str(walk.incident_id)) or {})
+
+
+def test_failover_through_slack_is_reprotected_then_cleaned_up_after_close(
+    tmp_path: Path, pg_pair: PgPair, emulator: EmulatorServer,
+) -> None:
+    tmp_path.chmod(0o755)
+    pg_pair.primary.sql("CREATE TABLE orders (id int PRIMARY KEY)")
+    pg_pair.primary.sql("INSERT INTO orders SELECT generate_series(1, 20)")
+    pg_pair.wait_replicated()
+    pg_pair.primary.stop("immediate")   # the primary dies; no wal_log_hints: the re-protect falls back
+    bot = AegisProcess(tmp_path, _walk_config(pg_pair, tmp_path), f"sqlite:///{tmp_path}/aegis.db", emulator.api_url)
+    emulator.bot_url = bot.url
+    bot.start()
+    try:
+        walk = Walk(bot, emulator)
+        walk.declare()
+        walk.assemble_and_assess()
+        assert walk.incident().strategy == "failover"
+        for action, hook, user in (("hook", "fence_primary", "U0INFRA"), ("postgres_promote", None, "U0DB"),
+                                   ("hook", "update_traffic", "U0INFRA")):
+            step = walk.step(action, hook)
+            walk.click(user, "aegis_approve", str(step.id))
+            walk.wait_step(step.id, "succeeded")
+        walk.wait_state("verified")
+
+        # verified, but alone: the card says so, and the re-protect plan waits for an approval
+        wait_for(lambda: walk.incident().aftercare == "reprotect", what="the re-protect plan")
+        assert walk.incident().protected is False
+        wait_for(lambda: "Running without a standby" in _card_text(walk), what="the card's warning")
+        reprotect = walk.step("postgres_reprotect")
+        assert reprotect.status == "awaiting_approval" and str(pg_pair.primary.data_dir) in reprotect.title
+        assert ("aegis_pg_a", "streaming") not in _streaming_names(pg_pair.standby)   # nothing before approval
+        walk.click("U0DB", "aegis_approve", str(reprotect.id))
+        walk.wait_step(reprotect.id, "succeeded", timeout=120)
+
+        assert ("aegis_pg_a", "streaming") in _streaming_names(pg_pair.standby)
+        assert walk.incident().state == "verified" and walk.incident().protected is True
+        wait_for(lambda: "Re-protected" in _card_text(walk) and "replication lag" in _card_text(walk)
+                 and "Running without a standby" not in _card_text(walk), what="the re-protected card")
+        wait_for(lambda: [m for m in walk.chan()["messages"] if "is protected again" in all_text(m)],
+                 what="the aftercare post")
+        [entry] = walk.ledger(reprotect.id)
+        assert entry.output["method"] == "base_backup"
+        [aside] = entry.output["aside"]
+        kept = Path(aside["location"])
+        assert kept.is_dir()
+
+        # close: the clean-up plan removes the moved-aside directory, and only it, after its approval
+        close_with_modal(walk, emulator, "U0IC", "Failed over; old primary rebuilt as a standby.")
+        wait_for(lambda: walk.incident().aftercare == "cleanup", what="the clean-up plan")
+        cleanup = walk.step("discard_aside")
+        assert str(kept) in cleanup.title and kept.is_dir()
+        walk.click("U0DB", "aegis_approve", str(cleanup.id))
+        walk.wait_step(cleanup.id, "succeeded")
+        assert not kept.exists()
+        assert (pg_pair.primary.data_dir / "PG_VERSION").is_file()
+        assert walk.incident().state == "closed"
+        assert pg_pair.primary.sql("SELECT pg_is_in_recovery()") == [(True,)]
+        hooks = (tmp_path / "hooks.log").read_text().splitlines()
+        assert [line.split()[0] for line in hooks] == ["fence_primary", "update_traffic"]
+    finally:
+        bot.stop()
+    assert PG_PASSWORD not in json.dumps(emulator.state.calls()) and PG_PASSWORD not in bot.log()

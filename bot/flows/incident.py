@@ -28,6 +28,7 @@ from sqlmodel import Session
 from bot import wiring
 from bot.bounded import BoundedPool, queue_limit
 from bot.config import Config
+from bot.flows import aftercare
 from bot.presenters import incident_view, objective_report
 from bot.slack import choice_forms
 from bot.slack.gateway import SlackCallFailed, SlackGateway
@@ -111,6 +112,8 @@ class Flows:
             self.submit(lambda: self.auto_start(incident_id, transition.version))
         elif transition.dest == "assessed" and transition.trigger in ("abort_recovery", "verification_failed"):
             self.submit(lambda: self.assess(incident_id, after_version=transition.version))
+        elif transition.dest == "verified":
+            self.submit(self.propose_reprotect, incident_id)
         elif transition.dest == "closed":
             self.on_reminder_cancel(incident_id)
 
@@ -394,7 +397,13 @@ class Flows:
     def close(self, *, user_id: str, incident_id: int, summary: str) -> None:
         with self.store.session() as session:
             transition = usecases.close(session, incident_id=incident_id, user_id=user_id, summary=summary)
+            aftercare.propose_cleanup(session, incident_id)
         self.committed(transition)
+
+    def propose_reprotect(self, incident_id: int) -> None:
+        """After a verified failover: the re-protect plan (bot/flows/aftercare.py), waiting for approval."""
+        if aftercare.propose_reprotect(self.config, self.store, incident_id):
+            self.committed()
 
     # --- the engine's listener interface: its transactions wrote the outbox rows --------------
 
@@ -479,6 +488,9 @@ class Flows:
                 self.assess(incident_id, after_version=version)
             elif state == "recovering":
                 self.advance(incident_id)
+            elif state == "verified":
+                self.propose_reprotect(incident_id)   # a crash between verify and the proposal
+                self.advance(incident_id)             # an approved aftercare step not run yet
 
     @staticmethod
     def _choice_pending(session: Session, incident: Incident) -> bool:

@@ -150,7 +150,7 @@ WHAT = {   # the timeline's words for a failed delivery ("could not …")
     "reapproval": "post a step result", "manual_verification": "ask for a manual verification",
     "rejection": "post the rejection", "closing_report": "post the closing report",
     "closing_report_stakeholders": "post the closing report to stakeholders",
-    "monitor_alert": "post the monitor's critical alert",
+    "monitor_alert": "post the monitor's critical alert", "aftercare_done": "post that an aftercare plan is done",
 }
 
 
@@ -175,7 +175,7 @@ class Dispatcher:
             "step_result": self._step_post, "reapproval": self._step_post,
             "manual_verification": self._manual_verification, "rejection": self._rejection,
             "closing_report": self._closing_report, "closing_report_stakeholders": self._closing_report_thread,
-            "monitor_alert": self._monitor_alert,
+            "monitor_alert": self._monitor_alert, "aftercare_done": self._aftercare_done,
         }
 
     # --- the thread ------------------------------------------------------------------------------
@@ -478,6 +478,11 @@ class Dispatcher:
 
     def _closing_report_thread(self, batch: Batch, row: OutboxRow) -> None:
         self._thread_post(batch, self._closing(batch))
+
+    def _aftercare_done(self, batch: Batch, row: OutboxRow) -> None:
+        """An aftercare plan (re-protect, clean-up) finished: say so in the incident channel."""
+        kind = str((row.payload or {}).get("aftercare") or "")
+        self._channel_post(batch, incident_blocks.aftercare_done(batch.view, kind, self.locale))
 
     def _monitor_alert(self, batch: Batch, row: OutboxRow) -> None:
         """The ops channel's critical alert for an incident the monitor opened (bot/jobs/monitor.py)."""

@@ -424,3 +424,9 @@ def manual_verification_request(v: IncidentView, step: StepView, roles: list[str
         ]),
     ]
     return as_message(phrase(locale, "verify_modal", "request_text", **ctx), blocks, locale)
+
+
+def aftercare_done(v: IncidentView, kind: str, locale: str) -> Message:
+    """The channel post when an aftercare plan finished: re-protected (with the new lag) or cleaned up."""
+    return as_message(phrase(locale, "aftercare", "done_text", v=v, kind=kind),
+                      [section_block(phrase(locale, "aftercare", "done", v=v, kind=kind), "aftercare_done")], locale)

@@ -6,9 +6,10 @@ closed the planner proposes one ``discard_aside`` step over those items; only af
 are they removed. Each kind has its own remover, which refuses a location that is not something
 Aegis put aside; the bot wires them (bot/wiring.py) since some need a connection from config:
 
-- ``postgres_data_dir``: a data directory moved aside — it must carry the marker file
-  (:data:`MARKER`) written when it was moved, must not be the configured live data directory, and
-  must not hold a running server (``postmaster.pid``);
+- ``postgres_data_dir``: a data directory moved aside — by an in-place restore (its remover checks
+  the restore's journal) or by a base-backup re-protect (``discard_postgres_data_dir``: it must
+  carry the marker file :data:`MARKER` written when it was moved, must not be a configured live
+  data directory, and must not hold a running server);
 - ``neo4j_export``, ``milvus_collection``, the partial restore's objects: their restore modules' own
   removers.
 
@@ -77,7 +78,7 @@ class DiscardAside(Action):
 
     def execute(self, progress: Progress) -> JsonObject:
         self.precheck()
-        observed = []
+        observed: list[JsonObject] = []
         for item in self.items:
             kind, location = str(item["kind"]), str(item["location"])
             try:

@@ -47,6 +47,7 @@ METHODS = ("pg_rewind", "base_backup")
 CONFIG_FILES = ("postgresql.conf", "pg_hba.conf", "pg_ident.conf", "postgresql.auto.conf")
 PASSFILE = "aegis-primary.pgpass"
 START_LOG = "aegis-pg_ctl.log"
+ASIDE_INFIX = ".aegis-reprotect-aside-"   # <data_dir>.aegis-reprotect-aside-<stamp>: the old directory, kept
 _TOOL_TIMEOUT = 3600.0
 
 
@@ -256,7 +257,7 @@ class PostgresReprotect(Action):
         """Move the old directory aside (never deleted), then pg_basebackup -R a fresh copy; the aside path."""
         data_dir = self.old.data_dir
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        aside = data_dir.with_name(f"{data_dir.name}.aegis-aside-{stamp}")
+        aside = data_dir.with_name(f"{data_dir.name}{ASIDE_INFIX}{stamp}")
         progress(f"{self.old_label}: moving {data_dir} aside to {aside}")
         data_dir.rename(aside)
         mark_aside(aside, original=data_dir, reason=f"re-protect of {self.old_label}: replaced by a base backup")
