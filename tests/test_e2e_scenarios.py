@@ -33,6 +33,19 @@ def approve_all(walk: Walk, approvers: dict[str, str]) -> None:
             walk.wait_step(step.id, "succeeded")
 
 
+def approve_by_two(walk: Walk, step_id: int, first: str, second: str) -> None:
+    """A two-person step: one approval recorded, then the second person's; it then runs."""
+    walk.click(first, "aegis_approve", str(step_id))
+
+    def votes() -> list[str]:
+        with walk.store.session() as session:
+            return [a.user_id for a in svc.all_approvals(session, walk.incident_id) if a.step_id == step_id]
+
+    wait_for(lambda: votes() == [first], what="the first approval")
+    walk.click(second, "aegis_approve", str(step_id))
+    walk.wait_step(step_id, "succeeded")
+
+
 def verify_with_modal(walk: Walk, emulator: EmulatorServer, user: str, evidence: str) -> None:
     """Nothing automated to check: press Verify manually, state the evidence in the form."""
     verify = next(s for s in walk.steps() if s.action == "verify")
@@ -69,12 +82,13 @@ def test_ransomware_via_the_form_needs_two_approvers_one_from_security_in_korean
         card = wait_for(lambda: message_with_button(walk.chan(), "aegis_claim_role"), what="the card")
         assert "탐지됨" in all_text(card)      # Korean state name on the card
         walk.assemble_and_assess()
-        restore = next(s for s in walk.steps() if s.approvals_required == 2)
+        # every destructive step of the ransomware plan needs two people, one of them the security lead
+        assert all(s.approvals_required == 2 for s in walk.steps() if s.action != "verify")
+        restore = next(s for s in walk.steps() if "Restore" in s.title)
 
         approve_all_before = [s for s in walk.steps() if s.position < restore.position]
         for step in approve_all_before:
-            walk.click("U0SEC", "aegis_approve", str(step.id))
-            walk.wait_step(step.id, "succeeded")
+            approve_by_two(walk, step.id, "U0SEC", "U0IC")
         # one approval is not enough; the same person twice is still one; then the security lead
         walk.click("U0DB", "aegis_approve", str(restore.id))
         wait_for(lambda: "🔐" in replies_for(emulator, "U0DB"), what="the second-approver notice")
@@ -87,7 +101,8 @@ def test_ransomware_via_the_form_needs_two_approvers_one_from_security_in_korean
             assert [a.user_id for a in restore_votes] == ["U0DB"]
         walk.click("U0SEC", "aegis_approve", str(restore.id))
         walk.wait_step(restore.id, "succeeded")
-        approve_all(walk, {"*": "U0APP"})
+        for step in [s for s in walk.steps() if s.status == "awaiting_approval"]:
+            approve_by_two(walk, step.id, "U0APP", "U0SEC")
         # no service health check and no database configured: verified only on a responder's evidence
         assert walk.incident().state == "recovering"
         verify_with_modal(walk, emulator, "U0SEC", "파일 서버 샘플 복원 확인, 해시 일치")
