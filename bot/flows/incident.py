@@ -178,7 +178,11 @@ class Flows:
     def _plan(self, incident: Incident) -> tuple[planner.Plan, list[JsonObject]]:
         """Health checks, then the planner on them and on what the responders chose (read-only)."""
         results = run_checks(wiring.component_specs(self.config) + wiring.service_specs(self.config))
-        plan = planner.propose(wiring.facts(self.config, incident.scenario, results))
+        # ransomware: until the form gives the infection time, the detection time (the declaration)
+        detected = incident.declared_at if incident.scenario == "ransomware" else None
+        plan = planner.propose(wiring.facts(self.config, incident.scenario, results, store=self.store,
+                                            options=dict(incident.recovery_options or {}),
+                                            infection_time=detected))
         checks = [{"name": r.name, "kind": r.kind, "ok": r.ok, "detail": redact(r.detail)} for r in results]
         return plan, checks
 
