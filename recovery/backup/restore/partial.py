@@ -62,7 +62,7 @@ from statemachines.json_types import JsonObject
 from statemachines.store import Store
 
 ASIDE = "__aegis_aside_"
-ASIDE_PATTERN = re.compile(r"__aegis_aside_\d{8}T\d{6}Z$")
+ASIDE_PATTERN = re.compile(r"__aegis_aside_\d{8}_\d{6}$")
 MAX_NAME = 63                     # NAMEDATALEN - 1
 LOCK_TIMEOUT = "30s"
 SCRATCH_PREFIX = "partial-"
@@ -79,7 +79,7 @@ class NotInBackup(PartialRestoreError):  # noqa: N818 (a refusal, like RestoreRe
 
 
 def stamp_now(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d_%H%M%S")
 
 
 def aside_name(name: str, stamp: str, number: int | None = None) -> str:
