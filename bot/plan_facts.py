@@ -110,4 +110,6 @@ def build_facts(config: Config, scenario: str, results: list[CheckResult], *, st
         has_milvus=config.components.milvus is not None,
         options=options,
         infection_time=parse_time(options.get("infection_time")) or infection_time,
+        # the standby's check is named as wiring.component_specs names it: its label, else "postgres standby"
+        standby_check=(pg.standby.label or "postgres standby") if pg and pg.standby else None,
     )

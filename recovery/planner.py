@@ -102,6 +102,7 @@ class Facts:
     has_milvus: bool = False
     options: JsonObject = field(default_factory=dict)   # incident.recovery_options
     infection_time: datetime | None = None     # ransomware: the responders' time of infection
+    standby_check: str | None = None           # the name of the standby's health check (failing: no failover)
 
 
 @dataclass(frozen=True)
@@ -450,9 +451,15 @@ def _default(facts: Facts) -> tuple[str, str]:
         return FAILOVER, "whole data-centre outage: fail over to the other region (S1, C2)"
     if facts.scenario == "ransomware":
         return RESTORE, "ransomware: isolate, then restore every component from a clean point (S3)"
+    if _standby_down(facts):
+        return RESTORE, f"the standby is unreachable ({facts.standby_check} failed): restore from backup (S2, C3)"
     if facts.has_postgres_standby:
         return FAILOVER, "a streaming standby is configured: promote it (S2)"
     return RESTORE, "no standby is configured: restore from backup in place (S2, C3, C4)"
+
+
+def _standby_down(facts: Facts) -> bool:
+    return facts.has_postgres_standby and facts.standby_check is not None and facts.standby_check in facts.failing
 
 
 def impossible(facts: Facts, strategy: str) -> str | None:
@@ -463,6 +470,8 @@ def impossible(facts: Facts, strategy: str) -> str | None:
         return "a standby replicates the attack, so ransomware is restored from a clean point"
     if strategy == FAILOVER and facts.scenario == "database_failure" and not facts.has_postgres_standby:
         return "no PostgreSQL standby is configured (components.postgres.standby)"
+    if strategy == FAILOVER and facts.scenario == "database_failure" and _standby_down(facts):
+        return f"the standby is unreachable ({facts.standby_check} failed)"
     if strategy == PARTIAL:
         partial = _partial(facts)
         if partial is None:

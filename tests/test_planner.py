@@ -7,6 +7,7 @@ a real (SQLite) store holding BackupRecord rows, through the same ``wiring.facts
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -95,6 +96,11 @@ def test_a_chosen_strategy_wins_when_possible_and_is_refused_with_the_reason_whe
 
     ransomware = propose(facts("ransomware", has_postgres_standby=True, options={"strategy": FAILOVER}))
     assert ransomware.strategy == RESTORE and "replicates the attack" in ransomware.rationale
+
+    down = facts(has_postgres_standby=True, standby_check="pg-b", failing=frozenset({"pg-b"}))
+    assert propose(down).strategy == RESTORE and "the standby is unreachable (pg-b failed)" in propose(down).rationale
+    refused = propose(replace(down, options={"strategy": FAILOVER}))
+    assert refused.strategy == RESTORE and "failover is not possible: the standby is unreachable" in refused.rationale
 
     unfilled = propose(facts(options={"strategy": PARTIAL}))
     assert unfilled.strategy == RESTORE
@@ -357,6 +363,7 @@ def test_facts_from_the_config_and_the_catalog_choose_the_clean_point(tmp_path: 
         assert plan.steps[2].params["collections"] == ["docs", "faces"]
         assert "backup_20261201_080000 was skipped: not verified before the infection" in plan.rationale
 
+        assert found.standby_check is None
         without_store = wiring.facts(config, "database_failure", [])
         assert without_store.backups == {} and without_store.options == {}
     finally:
