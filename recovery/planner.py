@@ -528,8 +528,8 @@ def reprotect_plan(facts: Facts) -> Plan:
                 f"({method}{'' if control else ': the old primary has no control configured for pg_rewind'})")
 
 
-_ASIDE_WORDS = {"postgres_data_dir": "data directory", "neo4j_export": "pre-restore export",
-                "milvus_collection": "collection"}
+_ASIDE_WORDS = {"postgres_data_dir": "data directory", "postgres_table": "table", "postgres_database": "database",
+                "neo4j_export": "pre-restore export", "milvus_collection": "collection"}
 
 
 def cleanup_plan(items: list[JsonObject]) -> Plan:
