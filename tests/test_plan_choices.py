@@ -38,6 +38,7 @@ def config(locale: str = "en") -> dict[str, Any]:
 def assessment_message(walk: Walk) -> dict[str, Any]:
     """The newest message carrying the strategy select (the assessment)."""
     def find() -> dict[str, Any] | None:
+        message: dict[str, Any]
         for message in reversed(walk.chan()["messages"]):
             blocks = message.get("blocks") or []
             if any((b.get("accessory") or {}).get("action_id") == "aegis_strategy" for b in blocks):
