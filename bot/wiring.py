@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bot.config import Config, Hook, PostgresNode
 from bot.plan_facts import build_facts
-from recovery.actions.base import Action, ActionError
+from recovery.actions.base import Action, ActionError, Progress
 from recovery.actions.discard_aside import DiscardAside, Discarder, discard_postgres_data_dir
 from recovery.actions.hook import HookAction
 from recovery.actions.manual import ManualStep
@@ -75,9 +75,12 @@ def facts(config: Config, scenario: str, results: list[CheckResult], *, store: S
     return build_facts(config, scenario, results, store=store, options=options, infection_time=infection_time)
 
 
-def build_action(config: Config, step: PlanStep, context: dict[str, str]) -> Action:
-    """The action that carries out ``step``, built from the *current* config."""
+def build_action(config: Config, step: PlanStep, context: dict[str, str], *, store: Store | None = None) -> Action:
+    """The action that carries out ``step``, built from the *current* config (``store``: the catalog, for
+    the restores)."""
     params = step.params or {}
+    if step.action == "postgres_restore":
+        return postgres_restore(config, params, context, store)
     if step.action == "postgres_confirm_down":
         node = _node(config, params.get("node", "primary"))
         return PostgresConfirmDown(node.full_dsn(), _label(node, "primary"))
@@ -113,6 +116,51 @@ def integrity_queries(config: Config) -> tuple[IntegrityQuery, ...]:
     if postgres is None:
         return ()
     return tuple(IntegrityQuery(c.name, c.sql, c.expect, c.min, c.timeout_seconds) for c in postgres.integrity_checks)
+
+
+# --- in-place PostgreSQL restore (recovery/actions/postgres_restore.py) ----------------------------------
+
+def _server_hook(name: str, hook: Hook, context: dict[str, str]) -> Callable[[Progress], object]:
+    action = HookAction(name, command=hook.command, webhook=hook.webhook, timeout_seconds=hook.timeout_seconds,
+                        headers_env=hook.headers_env, context=context, env=hook.env, pass_env=hook.pass_env)
+    return action.execute
+
+
+def postgres_restore(config: Config, params: JsonObject, context: dict[str, str], store: Store | None) -> Action:
+    """``postgres_restore`` from its params (node, backup_id, target_time) and the node's ``control``."""
+    from bot.backup_wiring import FRIENDLY_ERRORS, runner_from
+    from recovery.actions.postgres_restore import PostgresRestoreInPlace, parse_time, restore_checks
+    from recovery.backup.restore.in_place import InPlaceRestore, Server
+
+    which = str(params.get("node") or "primary")
+    node = _node(config, which)
+    control = node.control
+    if control is None:
+        raise ActionError(f"components.postgres.{which}.control is not configured: Aegis does not know the data "
+                          "directory or how to stop and start the server")
+    if params.get("data_dir") and str(params["data_dir"]) != control.data_dir:
+        raise ActionError(f"the plan restores into {params['data_dir']} but the config now says {control.data_dir}: "
+                          "re-plan")
+    backup_id = str(params.get("backup_id") or "")
+    if not backup_id:
+        raise ActionError("the step names no backup_id")
+    if store is None:
+        raise ActionError("an in-place restore needs the backup catalog, and none was given")
+    try:
+        runner = runner_from(config, store)
+    except FRIENDLY_ERRORS as exc:
+        raise ActionError(str(exc)) from None
+    label, dsn = _label(node, which), node.full_dsn()
+    server = Server(
+        Path(control.data_dir), dsn, label, os_user=control.os_user, pg_bin=control.pg_bin,
+        stop_hook=_server_hook("postgres_stop", control.stop, context) if control.stop else None,
+        start_hook=_server_hook("postgres_start", control.start, context) if control.start else None)
+    checks = restore_checks(dsn, label, PostgresVerification(dsn, label, integrity_queries(config)).observe)
+    restore = InPlaceRestore(store, runner, server, backup_id=backup_id,
+                             target_time=parse_time(params.get("target_time"), "target_time"),
+                             incident=context.get("incident", "manual"), checks=checks)
+    backup_time = params.get("backup_time")
+    return PostgresRestoreInPlace(restore, control=control.kind, backup_time=str(backup_time) if backup_time else None)
 
 
 # --- re-protect, service start, clean-up (issue 9): built from config -----------------------------

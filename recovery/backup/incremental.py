@@ -46,7 +46,7 @@ from recovery.backup.catalog import (
 )
 from recovery.backup.catalog import ChainError as ChainError  # the chain lookup is a catalog query; named here
 from recovery.backup.catalog import chain_for as chain_for  # too for the chain's restore callers
-from recovery.backup.repository import NoGoodCopy, Repository
+from recovery.backup.repository import NoGoodCopy, Repository, VerifiedCopy
 from recovery.backup.restore.postgres import (
     RestoredCluster,
     RestoreError,
@@ -359,23 +359,45 @@ def restore_chain(
     ``target_time``, ``target_action``, settings overrides); on a failure to start, the server is
     stopped and ``data_dir`` is left for diagnosis.
     """
-    os_user = options.os_user
+    fill_from_chain(store, backup, targets, key, data_dir, os_user=options.os_user, pg_bin=options.pg_bin,
+                    work_dir=work_dir)
+    return start_restored(data_dir, options)
+
+
+def fill_from_chain(
+    store: Store,
+    backup: str | BackupRecord,
+    targets: list[Target],
+    key: BackupKey,
+    data_dir: Path,
+    *,
+    os_user: str,
+    pg_bin: str | Path | None = None,
+    work_dir: Path | None = None,
+    copies: list[VerifiedCopy] | None = None,
+) -> None:
+    """The files half of ``restore_chain``: verify, extract (and combine) the chain into empty ``data_dir``.
+
+    ``copies`` are the chain's copies already verified by the caller (in ``chain_for`` order), so an
+    in-place restore that verified them before stopping the server does not read them twice.
+    """
     try:
         chain = chain_for(store, backup)
     except ChainError as exc:
         raise RestoreError(str(exc)) from None
-    bin_dir = pg_bin_dir(options.pg_bin)
+    bin_dir = pg_bin_dir(pg_bin)
     data_dir = Path(data_dir)
     owner = os_user_ids(os_user)
     check_reachable(data_dir, owner)
     _check_target_dir(data_dir)
-    repo = Repository(store, targets, key)
-    copies = [repo.verified_copy(record) for record in chain]   # before a byte is written
+    if copies is None or [c.record.id for c in copies] != [r.id for r in chain]:
+        repo = Repository(store, targets, key)
+        copies = [repo.verified_copy(record) for record in chain]   # before a byte is written
 
     if len(chain) == 1:   # a lone full: no combine step, extract straight into place
         prepare_data_dir(data_dir, owner)
         _download_extract(copies[0].target, chain[0], copies[0].sha256, key, data_dir, owner)
-        return start_restored(data_dir, options)
+        return
 
     parent_dir = Path(work_dir) if work_dir is not None else data_dir.parent
     parent_dir.mkdir(parents=True, exist_ok=True)
@@ -407,4 +429,3 @@ def restore_chain(
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return start_restored(data_dir, options)

@@ -182,6 +182,31 @@ def check_wal_sequence(stage: Path, record: BackupRecord, last_needed: str | Non
             "before the gap with --target-time"))
 
 
+def stage_for_restore(store: Store, wal_store: TargetWalStore, record: BackupRecord, stage: Path, *,
+                      target_time: datetime | None, os_user: str = PG_OS_USER,
+                      progress: Progress | None = None) -> tuple[str | None, int]:
+    """Stage (decrypt into new ``stage``, owned by ``os_user``) and check the archived WAL a restore of
+    ``record`` to ``target_time`` (None: the end of the archive) needs; returns the ``restore_command``
+    that reads it (None: no WAL after the backup) and the number of files staged.
+
+    ``WalGapError`` for a segment no target delivers or a hole in the sequence; ``BackupNotFound`` for a
+    point-in-time restore without any archived WAL. The caller removes ``stage`` when recovery is over.
+    """
+    archived = _archived(store, wal_store.targets)
+    names = wal_after(store, wal_store.targets, record)
+    if target_time is not None and not names:
+        raise BackupNotFound("point-in-time restore needs archived WAL after the backup; the archive has none "
+                             "(is archive_command set to `aegis wal push %p`?)")
+    if not names:
+        return None, 0
+    _owned_dir(stage, os_user)
+    stage_wal(wal_store, names, stage, os_user, progress)
+    check_wal_sequence(stage, record, _last_needed(archived, target_time))
+    # wal.py is standard-library only: the server's python3 can run it without Aegis installed.
+    restore_command = shell_command(["python3", "-P", str(wal.__file__), "fetch", "--dir", str(stage)], "%f", "%p")
+    return restore_command, len(names)
+
+
 def restore_postgres(
     store: Store, copy: VerifiedCopy, wal_store: TargetWalStore, data_dir: Path, *, port: int,
     socket_dir: Path, target_time: datetime | None = None, replay_wal: bool = True,
@@ -195,31 +220,20 @@ def restore_postgres(
     """
     restore_command = None
     stage = data_dir.with_name(data_dir.name + ".wal-stage")
-    names: list[str] = []
-    archived: dict[str, datetime | None] = {}
-    if replay_wal or target_time is not None:
-        archived = _archived(store, wal_store.targets)
-        names = wal_after(store, wal_store.targets, copy.record)
-    if target_time is not None and not names:
-        raise BackupNotFound("point-in-time restore needs archived WAL after the backup; the archive has none "
-                             "(is archive_command set to `aegis wal push %p`?)")
+    staged = 0
     try:
-        if names:
-            _owned_dir(stage, os_user)
-            stage_wal(wal_store, names, stage, os_user, progress)
-            check_wal_sequence(stage, copy.record, _last_needed(archived, target_time))
-            # wal.py is standard-library only: the server's python3 can run it without Aegis installed.
-            restore_command = shell_command(["python3", "-P", str(wal.__file__), "fetch", "--dir", str(stage)],
-                                            "%f", "%p")
+        if replay_wal or target_time is not None:
+            restore_command, staged = stage_for_restore(store, wal_store, copy.record, stage, target_time=target_time,
+                                                        os_user=os_user, progress=progress)
         options = RestoreOptions(
             port=port, socket_dir=socket_dir, restore_command=restore_command, target_time=target_time,
             target_action="pause" if pause_at_target else "promote", pg_bin=pg_bin, os_user=os_user)
         if copy.record.kind == KIND_INCREMENTAL:  # PostgreSQL 17+: combine the chain back to its full
             cluster = restore_chain(store, copy.record, wal_store.targets, wal_store.runner.key, data_dir, options)
-            return cluster, len(names)
+            return cluster, staged
         with plaintext(copy, wal_store.runner.key, progress) as tar_stream:
             cluster = restore_base_backup(tar_stream, data_dir, options)
-        return cluster, len(names)
+        return cluster, staged
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

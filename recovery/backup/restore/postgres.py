@@ -413,6 +413,77 @@ class RestoreOptions:
                 raise ValueError("point-in-time recovery needs a restore_command to fetch archived WAL")
 
 
+def _check_restored(data_dir: Path, bin_dir: Path, verify_manifest: bool) -> None:
+    """A restored data directory is a complete base backup of the binaries' major version; the source
+    server's leftovers (pid file, signal files) are removed."""
+    _check_pg_ctl_path(data_dir, "data directory")
+    missing = [name for name in _REQUIRED if not (data_dir / name).is_file()]
+    if missing:
+        raise RestoreError(f"stream is not a pg_basebackup tar: missing {', '.join(missing)}")
+    _check_major(data_dir, bin_dir)
+    if verify_manifest:
+        _verify_manifest(data_dir, bin_dir)
+    for name in _STALE:
+        (data_dir / name).unlink(missing_ok=True)
+
+
+def recovery_settings(restore_command: str | None, target_time: datetime | None,
+                      target_action: TargetAction = "promote") -> dict[str, str | int | bool]:
+    """The recovery part of the settings: ``restore_command`` and, for PITR, the target and its action."""
+    settings: dict[str, str | int | bool] = {}
+    if restore_command:
+        settings["restore_command"] = restore_command
+    if target_time is not None:
+        # recovery_target_time is a timestamptz literal; UTC with an explicit offset is unambiguous.
+        settings["recovery_target_time"] = target_time.astimezone(UTC).isoformat(sep=" ")
+        settings["recovery_target_action"] = target_action
+    return settings
+
+
+# Marks the recovery settings an in-place restore adds to postgresql.auto.conf (removed once recovery ends).
+IN_PLACE_BEGIN = "# --- Aegis in-place restore: recovery settings (removed when recovery ends) ---"
+IN_PLACE_END = "# --- end of Aegis in-place restore ---"
+
+
+def configure_in_place(data_dir: Path, *, restore_command: str | None, target_time: datetime | None,
+                       os_user: str = PG_OS_USER, pg_bin: str | Path | None = None) -> None:
+    """Make a restored data directory an archive recovery of *production* (the in-place restore, C4).
+
+    Unlike ``start_restored`` nothing of the scratch isolation is applied (port, listen addresses,
+    socket directory, pg_hba, ``archive_mode`` stay as the production files say): only the recovery
+    settings, between markers in ``postgresql.auto.conf`` so that ``clear_in_place`` removes them once
+    recovery is over, and ``recovery.signal``. The server is not started here; it promotes by itself
+    at the target (or the end of the archive).
+    """
+    if target_time is not None and (target_time.tzinfo is None or not restore_command):
+        raise ValueError("point-in-time recovery needs a timezone-aware target_time and a restore_command")
+    owner = os_user_ids(os_user)
+    _check_restored(Path(data_dir), pg_bin_dir(pg_bin), True)
+    settings = recovery_settings(restore_command, target_time)
+    if not settings:
+        return   # no archived WAL to replay: crash recovery to the backup's end point, then writable
+    lines = "".join(f"{key} = {_conf_value(value)}\n" for key, value in settings.items())
+    _write_owned(Path(data_dir) / "postgresql.auto.conf", f"\n{IN_PLACE_BEGIN}\n{lines}{IN_PLACE_END}\n", owner,
+                 append=True)
+    if restore_command:
+        _write_owned(Path(data_dir) / "recovery.signal", "", owner)
+
+
+def clear_in_place(data_dir: Path, os_user: str) -> bool:
+    """Remove the block ``configure_in_place`` wrote (a later restart must not be a recovery); True if found."""
+    path = Path(data_dir) / "postgresql.auto.conf"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return False
+    begin, end = text.find(IN_PLACE_BEGIN), text.find(IN_PLACE_END)
+    if begin < 0 or end < begin:
+        return False
+    kept = text[:begin].rstrip("\n") + "\n" + text[end + len(IN_PLACE_END):].lstrip("\n")
+    _write_owned(path, kept, os_user_ids(os_user))
+    return True
+
+
 def restore_base_backup(tar_stream: BinaryIO, data_dir: Path, options: RestoreOptions) -> RestoredCluster:
     """Extract a base backup tar stream into a new ``data_dir``, configure it, start it, wait for it.
 
@@ -442,17 +513,8 @@ def start_restored(data_dir: Path, options: RestoreOptions) -> RestoredCluster:
     os_user, db_user, target_time = options.os_user, options.db_user, options.target_time
     restore_command = options.restore_command
     owner = os_user_ids(os_user)
-    _check_pg_ctl_path(data_dir, "data directory")
     check_reachable(socket_dir, owner)
-    missing = [name for name in _REQUIRED if not (data_dir / name).is_file()]
-    if missing:
-        raise RestoreError(f"stream is not a pg_basebackup tar: missing {', '.join(missing)}")
-    _check_major(data_dir, bin_dir)
-    if options.verify_manifest:
-        _verify_manifest(data_dir, bin_dir)
-
-    for name in _STALE:
-        (data_dir / name).unlink(missing_ok=True)
+    _check_restored(data_dir, bin_dir, options.verify_manifest)
     if not (data_dir / "postgresql.conf").exists():
         _write_owned(data_dir / "postgresql.conf", "# written by Aegis restore; see postgresql.auto.conf\n", owner)
     _write_access_files(data_dir, options.pg_hba, db_user, os_user, owner)
@@ -470,12 +532,7 @@ def start_restored(data_dir: Path, options: RestoreOptions) -> RestoredCluster:
         "logging_collector": False,  # keep server output in our log file, for error reports
         "hot_standby": True,  # accept connections during replay: progress checks, and pause needs it
     }
-    if restore_command:
-        settings["restore_command"] = restore_command
-    if target_time is not None:
-        # recovery_target_time is a timestamptz literal; UTC with an explicit offset is unambiguous.
-        settings["recovery_target_time"] = target_time.astimezone(UTC).isoformat(sep=" ")
-        settings["recovery_target_action"] = options.target_action
+    settings.update(recovery_settings(restore_command, target_time, options.target_action))
     settings.update(options.extra_settings or {})
     lines = "".join(f"{key} = {_conf_value(value)}\n" for key, value in settings.items())
     # postgresql.auto.conf is read last, so these win over the production postgresql.conf.
