@@ -78,7 +78,7 @@ class Flows:
             owner=owner, on_room_opened=lambda incident_id: self.on_reminder_schedule(incident_id),
             lease_seconds=max(3 * config.engine.lease_seconds, 10.0))
         self.engine = Engine(
-            store, lambda step, ctx: wiring.build_action(config, step, ctx), self, owner=owner,
+            store, lambda step, ctx: wiring.build_action(config, step, ctx, store=store), self, owner=owner,
             lease=timedelta(seconds=config.engine.lease_seconds),
         )
         self.follow_up_delay = float(os.environ.get(FOLLOW_UP_DELAY_ENV) or 0)
