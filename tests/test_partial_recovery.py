@@ -18,7 +18,9 @@ target time and swaps the object back:
 from __future__ import annotations
 
 import re
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -76,18 +78,24 @@ def _store_and_runner(world: World) -> tuple[Store, BackupRunner]:
     return store, runner_from(load_config(world.workdir / "aegis.yaml"), store)
 
 
-@pytest.fixture
-def world(shared_dir: Path) -> Iterator[World]:
-    """shop.customers + shop.orders; backup (batch A); batch B; the target time; batch C — all archived."""
+@pytest.fixture(scope="module")
+def backed_up() -> Iterator[World]:
+    """shop.customers + shop.orders; backup (batch A); batch B; the target time; batch C — all archived.
+
+    Taken once for the module (initdb, the backup and the archiving are most of the time); each test
+    gets production's shop afresh from ``shop_template`` (made after the target, so no restore sees it).
+    """
     assert SERVER_AEGIS.exists(), "run ./scripts/setup (it installs .tools/server-venv)"
-    write_config(shared_dir, [local(shared_dir)])
-    migrate_shared_catalog(shared_dir)
-    archive_command = (f"AEGIS_CONFIG={shared_dir}/aegis.yaml AEGIS_DATABASE_URL=sqlite:///{shared_dir}/aegis.db "
+    workdir = Path(tempfile.mkdtemp(prefix="aegis-partial-", dir="/tmp"))
+    workdir.chmod(0o777)   # the archive_command (as postgres) writes the catalog here
+    write_config(workdir, [local(workdir)])
+    migrate_shared_catalog(workdir)
+    archive_command = (f"AEGIS_CONFIG={workdir}/aegis.yaml AEGIS_DATABASE_URL=sqlite:///{workdir}/aegis.db "
                        f"{SERVER_AEGIS} wal push %p")
     pg = PgSingle.create(settings={"archive_command": archive_command})
     try:
-        write_config(shared_dir, [local(shared_dir)], dsn=pg.primary.dsn())
-        w = World(shared_dir, pg)
+        write_config(workdir, [local(workdir)], dsn=pg.primary.dsn())
+        w = World(workdir, pg)
         pg.primary.sql("CREATE ROLE legacy")
         pg.primary.sql("CREATE DATABASE shop")
         w.shop("CREATE TABLE customers (id int PRIMARY KEY, batch text)")
@@ -107,9 +115,27 @@ def world(shared_dir: Path) -> Iterator[World]:
         time.sleep(0.3)  # separates batch C's commit time from the target (not a wait for a result)
         _batch(w, "C", customers=range(16, 21), orders=25)
         _wait_archived(pg.primary)
+        pg.primary.sql("CREATE DATABASE shop_template TEMPLATE shop STRATEGY file_copy")
         yield w
     finally:
         pg.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def world(backed_up: World) -> World:
+    """Production as the module fixture left it: shop (A, B, C) made afresh, role legacy owning ledger."""
+    primary = backed_up.primary
+    leftovers = "SELECT datname FROM pg_database WHERE datname = 'shop' OR datname LIKE 'shop\\_\\_aegis%'"
+    for (name,) in primary.sql(leftovers):
+        primary.sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    if not primary.sql("SELECT 1 FROM pg_roles WHERE rolname = 'legacy'"):
+        primary.sql("CREATE ROLE legacy")
+    with psycopg.connect(primary.dsn("shop_template"), autocommit=True) as conn:
+        conn.execute("ALTER TABLE ledger OWNER TO legacy")
+    primary.sql("CREATE DATABASE shop TEMPLATE shop_template STRATEGY file_copy")  # little WAL
+    backed_up.lines.clear()
+    return backed_up
 
 
 def _batch(w: World, batch: str, *, customers: range, orders: int) -> None:
@@ -267,7 +293,9 @@ def test_a_whole_database_goes_back_to_the_target_time_and_the_current_one_is_as
 def test_a_database_restore_that_fails_in_pg_restore_puts_the_original_back(world: World) -> None:
     from recovery.actions.base import ActionError
 
-    world.shop("ALTER TABLE ledger OWNER TO postgres")
+    for database in ("shop", "shop_template"):
+        with psycopg.connect(world.primary.dsn(database), autocommit=True) as conn:
+            conn.execute("ALTER TABLE ledger OWNER TO postgres")
     world.primary.sql("DROP ROLE legacy")   # the backup's ledger belongs to a role production no longer has
     current = {t: _digest(world, t) for t in TABLES}
     action = _action(world, table=None)
