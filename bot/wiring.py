@@ -81,6 +81,11 @@ def build_action(config: Config, step: PlanStep, context: dict[str, str], *, sto
     params = step.params or {}
     if step.action == "postgres_restore":
         return postgres_restore(config, params, context, store)
+    if step.action in ("neo4j_restore", "milvus_restore"):   # in place, with rollback (bot/restore_wiring.py)
+        from bot.restore_wiring import milvus_restore, neo4j_restore
+
+        restore = neo4j_restore if step.action == "neo4j_restore" else milvus_restore
+        return restore(config, params, context, store)
     if step.action == "postgres_confirm_down":
         node = _node(config, params.get("node", "primary"))
         return PostgresConfirmDown(node.full_dsn(), _label(node, "primary"))

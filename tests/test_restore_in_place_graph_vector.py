@@ -20,9 +20,9 @@ import pytest
 import yaml
 from pymilvus import DataType, MilvusClient
 
-from bot import restore_wiring
+from bot import restore_wiring, wiring
 from bot.backup_wiring import repository_from, runner_from
-from bot.config import Config, load_config
+from bot.config import Config, ConfigError, load_config
 from recovery.actions.base import Action, ActionError, VerificationFailed
 from recovery.actions.graph_restore import discard_neo4j_aside
 from recovery.actions.vector_restore import discard_milvus_aside
@@ -64,8 +64,7 @@ def step(action: str, params: dict[str, Any]) -> PlanStep:
 
 
 def build(config: Config, store: Store, plan_step: PlanStep) -> Action:
-    builder = {"neo4j_restore": restore_wiring.neo4j_restore, "milvus_restore": restore_wiring.milvus_restore}
-    return builder[plan_step.action](config, plan_step.params, CONTEXT, store)
+    return wiring.build_action(config, plan_step, CONTEXT, store=store)
 
 
 def run(action: Action) -> tuple[dict[str, Any], list[str]]:
@@ -74,6 +73,17 @@ def run(action: Action) -> tuple[dict[str, Any], list[str]]:
     out = action.execute(lines.append)
     action.verify()
     return out, lines
+
+
+class Crash(BaseException):
+    """Stands in for SIGKILL: raised from a progress line, it skips every rollback the action has."""
+
+
+def crash_at(prefix: str) -> Any:
+    def progress(line: str) -> None:
+        if line.startswith(prefix):
+            raise Crash(line)
+    return progress
 
 
 def aside_files(workdir: Path) -> list[Path]:
@@ -187,6 +197,38 @@ def test_neo4j_backup_missing_from_every_target_changes_nothing(
     assert action.is_done() is False
 
 
+@pytest.mark.timeout(300)
+def test_neo4j_rerun_after_a_crash_rolls_back_from_the_first_attempts_export(
+    tmp_path: Path, neo4j_clean: Neo4jServer, moto_s3: MotoS3,  # noqa: F811
+) -> None:
+    config, store = setup_world(tmp_path, moto_s3, {"neo4j": {"uri": neo4j_clean.uri}})
+    with neo4j_clean.driver() as driver:
+        build_graph(driver)
+    run_id = backup(config, store, "neo4j")
+    mutate_graph(neo4j_clean)
+    before = graph_now(neo4j_clean)
+    params = {"backup_id": run_id, "database": "neo4j"}
+
+    first = build(config, store, step("neo4j_restore", params))
+    first.precheck()
+    with pytest.raises(Crash):
+        first.execute(crash_at("importing"))               # killed after the wipe, before the import
+    assert graph_now(neo4j_clean)["nodes"] == {}
+
+    # after the restart the step is not done; its re-run (approved again) must not export the empty graph
+    # as "the state before": with a failing check it rolls back to the graph as it was before the first run
+    config, store = setup_world(tmp_path, moto_s3, neo4j_components(
+        neo4j_clean, {"cypher": "MATCH (n) RETURN count(n)", "min": 1000}))
+    again = build(config, store, step("neo4j_restore", params))
+    assert again.is_done() is False
+    lines: list[str] = []
+    again.precheck()
+    with pytest.raises(VerificationFailed, match="^rolled back"):
+        again.execute(lines.append)
+    assert graph_now(neo4j_clean) == before
+    assert any("keeping its export" in line for line in lines) and len(aside_files(tmp_path)) == 1
+
+
 # --- Milvus ------------------------------------------------------------------------------------------
 
 DIM = 8
@@ -235,8 +277,8 @@ def milvus_world(tmp_path: Path, moto_s3: MotoS3) -> Iterator[tuple[Path, MotoS3
         yield tmp_path, moto_s3
 
 
-def milvus_step(run_id: str) -> PlanStep:
-    return step("milvus_restore", {"backup_id": run_id, "backup_time": "t", "collections": ["docs", "notes"]})
+def milvus_step(run_id: str, collections: tuple[str, ...] = ("docs", "notes")) -> PlanStep:
+    return step("milvus_restore", {"backup_id": run_id, "backup_time": "t", "collections": list(collections)})
 
 
 @pytest.mark.timeout(300)
@@ -253,7 +295,7 @@ def test_milvus_restore_in_place_leaves_the_backup_and_keeps_the_collection_asid
     mutate_collections(client)
     changed = view(client, "docs")
 
-    action = build(config, store, milvus_step(run_id))
+    action = build(config, store, milvus_step(run_id, ()))   # no names: every collection in the backup
     assert action.destructive and action.is_done() is False
     out, _lines = run(action)
 
@@ -300,6 +342,33 @@ def test_milvus_failing_verification_rolls_back_every_collection_of_the_step(
 
 
 @pytest.mark.timeout(300)
+def test_milvus_rerun_after_a_crash_never_puts_its_own_restore_aside(milvus_world: tuple[Path, MotoS3]) -> None:
+    workdir, s3 = milvus_world
+    uri = str(workdir / "milvus.db")
+    config, store = setup_world(workdir, s3, {"milvus": {"uri": uri}})
+    client = MilvusClient(uri=uri)
+    backed_up = view(client, "docs")
+    run_id = backup(config, store, "milvus")
+    mutate_collections(client)
+    changed = view(client, "docs")
+
+    first = build(config, store, milvus_step(run_id))
+    first.precheck()
+    with pytest.raises(Crash):
+        first.execute(crash_at("recreating notes"))        # killed with docs restored, notes not yet
+    again = build(config, store, milvus_step(run_id))
+    assert again.is_done() is False
+    out, lines = run(again)
+
+    [aside] = [n for n in client.list_collections() if "__aegis_aside_" in n]   # one, the original
+    same(view(client, aside), changed)
+    same(view(client, "docs"), backed_up)
+    assert out["aside"] == [{"kind": "milvus_collection", "location": aside, "component": "milvus"}]
+    assert any("dropping its partial restore of docs" in line for line in lines) and again.is_done() is True
+    client.close()
+
+
+@pytest.mark.timeout(300)
 def test_milvus_backup_missing_from_every_target_changes_nothing(milvus_world: tuple[Path, MotoS3]) -> None:
     workdir, s3 = milvus_world
     uri = str(workdir / "milvus.db")
@@ -318,3 +387,25 @@ def test_milvus_backup_missing_from_every_target_changes_nothing(milvus_world: t
     same(view(client, "docs"), before)
     assert not os.path.exists(workdir / "staging" / "aegis-aside" / "milvus-restore-INC-7-step3.json")
     client.close()
+
+
+# --- config and wiring: refused in one line, before anything runs -------------------------------------
+
+def test_restore_steps_without_what_they_need_say_what_to_configure(tmp_path: Path) -> None:
+    path = tmp_path / "aegis.yaml"
+    path.write_text(yaml.safe_dump({"storage": [{"kind": "s3", "bucket": "b"}],
+                                    "drills": {"scratch_dir": str(tmp_path / "scratch")},
+                                    "components": {"milvus": {"uri": str(tmp_path / "m.db")}}}))
+    config = load_config(path)
+    store = Store(f"sqlite:///{tmp_path}/aegis.db")
+    with pytest.raises(ActionError, match=r"no Neo4j is configured .*components\.neo4j"):
+        build(config, store, step("neo4j_restore", {"backup_id": "backup_20260101_000000"}))
+    with pytest.raises(ActionError, match="names no backup"):
+        build(config, store, step("milvus_restore", {"collections": ["docs"]}))
+    # without a local storage target the rollback copy and journal go under the drills' scratch directory
+    assert restore_wiring.aside_dir(config) == tmp_path / "scratch" / "aegis-aside"
+
+    path.write_text(yaml.safe_dump({"components": {"neo4j": {"uri": "bolt://127.0.0.1:1", "verify": {
+        "cypher": "MATCH (n) RETURN count(n)", "expect": "3", "min": 1}}}}))
+    with pytest.raises(ConfigError, match="at most one of expect or min"):
+        load_config(path)

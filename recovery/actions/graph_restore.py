@@ -3,13 +3,13 @@ wipe the database → import the chosen backup → verify → on any failure, wi
 
 What the issue leaves open, decided here:
 
-- **Where the fresh export goes.** ``<aside_dir>/neo4j-<database>-<UTC stamp>.jsonl.zst.aes``, written
-  by the same stream pipeline as a backup (compressed and encrypted with the backup key, through a
-  ``LocalTarget`` rooted at ``aside_dir``), so no plaintext copy of the graph lands on disk; the file is
-  0600 (the local writer's ``mkstemp``), the directory 0700. ``bot/wiring.py`` picks ``aside_dir``:
-  ``<first local storage target>/aegis-aside``, else ``<drills.scratch_dir>/aegis-aside``. After a
-  successful restore the export is kept (the step's ``aside`` output) and only the approved clean-up
-  step removes it (``discard_neo4j_aside``, which removes nothing but a file of that name pattern).
+- **Where the fresh export goes.** ``<aside_dir>/neo4j-<database>-<YYYYMMDD_HHMMSS>.jsonl.zst.aes``
+  (UTC), written by the same stream pipeline as a backup (compressed and encrypted with the backup key,
+  through a ``LocalTarget`` rooted at ``aside_dir``), so no plaintext copy of the graph lands on disk;
+  the file is 0600 (the local writer's ``mkstemp``), the directory 0700. ``bot/restore_wiring.py`` picks
+  ``aside_dir``: ``<first local storage target>/aegis-aside``, else ``<drills.scratch_dir>/aegis-aside``.
+  After a successful restore the export is kept (the step's ``aside`` output) and only the approved
+  clean-up step removes it (``discard_neo4j_aside``, which removes nothing but a file of that pattern).
 - **Wipe, not drop.** Neo4j Community has one user database and no ``DROP DATABASE``: the restore
   empties it in place (batched ``DETACH DELETE``, then every constraint and every index but the LOOKUP
   ones every database has), which is what ``import_graph`` requires.
@@ -54,7 +54,7 @@ if TYPE_CHECKING:   # the driver loads only when a Neo4j restore runs (it is an 
     from recovery.backup.sources.neo4j import ExportStats
 
 EXPORT_KIND = "neo4j_export"
-_EXPORT_NAME = re.compile(r"^neo4j-[A-Za-z0-9_.-]+-\d{8}T\d{6}Z\.jsonl\.zst\.aes$")
+_EXPORT_NAME = re.compile(r"^neo4j-[A-Za-z0-9_.-]+-\d{8}_\d{6}\.jsonl\.zst\.aes$")
 ASIDE_DIR_NAME = "aegis-aside"
 _USER_INDEXES = ("SHOW INDEXES YIELD name, type, owningConstraint, state "
                  "WHERE type <> 'LOOKUP' AND owningConstraint IS NULL RETURN name, state ORDER BY name")
@@ -225,7 +225,7 @@ class Neo4jRestoreInPlace(Action):
         from recovery.backup.sources.neo4j import export_graph
 
         database = re.sub(r"[^A-Za-z0-9_.-]", "_", self.database)
-        name = f"neo4j-{database}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.jsonl.zst.aes"
+        name = f"neo4j-{database}-{datetime.now(UTC):%Y%m%d_%H%M%S}.jsonl.zst.aes"
         path = self.aside_dir / name
         self.journal.write(SAVING, export={"path": str(path), "object": name})
         progress(f"exporting the current graph to {path} (encrypted) for rollback")

@@ -4,11 +4,12 @@ the restored copy and rename the aside copy back.
 
 What the issue leaves open, decided here:
 
-- **The aside copy** is ``<name>__aegis_aside_<UTC stamp>`` (``MilvusClient.rename_collection``: no data
-  is copied, so putting a large collection aside is instant and rolling back is a rename). It is not
-  dropped by this step: it stays until the incident is ``verified`` and the approved clean-up step calls
-  ``discard_milvus_aside``, which drops only a collection whose name has that pattern. After the whole
-  step succeeded the aside copies are released (unloaded) so that they hold no memory meanwhile.
+- **The aside copy** is ``<name>__aegis_aside_<YYYYMMDD_HHMMSS>`` (UTC; the partial PostgreSQL restore
+  names a table the same way), made by ``MilvusClient.rename_collection``: no data is copied, so putting
+  a large collection aside is instant and rolling back is a rename. It is not dropped by this step: it
+  stays until the incident is ``verified`` and the approved clean-up step calls ``discard_milvus_aside``,
+  which drops only a collection whose name has that pattern. After the whole step succeeded the aside
+  copies are released (unloaded), so that they hold no memory meanwhile.
 - **All or nothing per step.** When one collection of the step fails, every collection the step already
   restored is rolled back as well, so the step's outcome is one fact: restored, or as before.
 - **A collection that no longer exists** (dropped, the disaster itself) is simply restored; there is
@@ -47,7 +48,7 @@ if TYPE_CHECKING:   # pymilvus loads only when a Milvus restore runs (an optiona
 
 ASIDE_KIND = "milvus_collection"
 ASIDE_MARK = "__aegis_aside_"
-_ASIDE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*__aegis_aside_\d{8}T\d{6}Z$")
+_ASIDE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*__aegis_aside_\d{8}_\d{6}$")
 _READ_CHUNK = 1024 * 1024
 _MAX_NAME = 255   # Milvus's limit on a collection name
 
@@ -129,12 +130,13 @@ class MilvusRestoreInPlace(Action):
 
     def precheck(self) -> None:
         """Every collection's export is in the catalog and one stored copy of each verifies; Milvus answers."""
-        if not self.collections:
-            raise ActionError("the step names no Milvus collection to restore")
         try:
             records = choose(self.repository.store, (MILVUS_KIND,), self.backup_id)
         except BackupNotFound as exc:
             raise ActionError(f"{exc}; nothing was changed") from None
+        if not self.collections:   # the plan's "every collection in the backup"
+            self.collections = [r.object_name.rsplit("/milvus-", 1)[-1].removesuffix(".jsonl.zst.aes")
+                                for r in records]
         copies: dict[str, VerifiedCopy] = {}
         for name in self.collections:
             if len(name) + len(ASIDE_MARK) + 16 > _MAX_NAME:
@@ -166,7 +168,7 @@ class MilvusRestoreInPlace(Action):
         state = self.journal.read()
         if state.get("phase") not in (RESTORING, RESTORED):   # a first attempt, or one that was rolled back
             state = {}
-        stamp = str(state.get("stamp") or f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+        stamp = str(state.get("stamp") or f"{datetime.now(UTC):%Y%m%d_%H%M%S}")
         planned: dict[str, JsonObject] = dict(state.get("collections") or {})
         done: list[str] = []
         observations: list[Evidence] = []
