@@ -81,6 +81,8 @@ def build_action(config: Config, step: PlanStep, context: dict[str, str], *, sto
     params = step.params or {}
     if step.action == "postgres_restore":
         return postgres_restore(config, params, context, store)
+    if step.action == "postgres_partial_restore":
+        return postgres_partial_restore(config, params, context, store)
     if step.action in ("neo4j_restore", "milvus_restore"):   # in place, with rollback (bot/restore_wiring.py)
         from bot.restore_wiring import milvus_restore, neo4j_restore
 
@@ -166,6 +168,37 @@ def postgres_restore(config: Config, params: JsonObject, context: dict[str, str]
                              incident=context.get("incident", "manual"), checks=checks)
     backup_time = params.get("backup_time")
     return PostgresRestoreInPlace(restore, control=control.kind, backup_time=str(backup_time) if backup_time else None)
+
+
+# --- partial PostgreSQL restore (recovery/actions/partial_restore.py) ------------------------------
+
+def postgres_partial_restore(config: Config, params: JsonObject, context: dict[str, str],
+                             store: Store | None) -> Action:
+    """``postgres_partial_restore`` from its params; the scratch copy goes under ``drills.scratch_dir``."""
+    from bot.backup_wiring import FRIENDLY_ERRORS, runner_from
+    from recovery.actions.partial_restore import PostgresPartialRestore
+    from recovery.actions.postgres_restore import parse_time
+    from recovery.backup.restore.partial import ScratchSettings
+
+    node = _node(config, "primary")
+    backup_id, database = str(params.get("backup_id") or ""), str(params.get("database") or "")
+    if not backup_id or not database:
+        raise ActionError("the step names no backup_id or no database")
+    if store is None:
+        raise ActionError("a partial restore needs the backup catalog, and none was given")
+    try:
+        runner = runner_from(config, store)
+    except FRIENDLY_ERRORS as exc:
+        raise ActionError(str(exc)) from None
+    control = node.control
+    scratch = ScratchSettings(Path(config.drills.scratch_dir), os_user=control.os_user if control else "postgres",
+                              pg_bin=(control.pg_bin if control else None) or config.drills.pg_bin)
+    table, backup_time = params.get("table"), params.get("backup_time")
+    return PostgresPartialRestore(
+        store=store, runner=runner, dsn=node.full_dsn(), label=_label(node, "primary"), backup_id=backup_id,
+        target_time=parse_time(params.get("target_time"), "target_time"), database=database,
+        table=str(table) if table else None, scratch=scratch, context=context,
+        backup_time=str(backup_time) if backup_time else None)
 
 
 # --- re-protect, service start, clean-up (issue 9): built from config -----------------------------

@@ -307,3 +307,27 @@ def test_a_database_restore_that_fails_in_pg_restore_puts_the_original_back(worl
     assert "shop" in databases and not [d for d in databases if "aegis_aside" in d]
     assert world.primary.sql("SELECT datallowconn FROM pg_database WHERE datname = 'shop'") == [(True,)]
     _assert_scratch_gone(world)
+
+
+def test_the_step_is_built_from_its_params_and_the_config(tmp_path: Path) -> None:
+    from bot import wiring
+    from bot.config import load_config
+    from recovery.actions.base import ActionError
+    from statemachines.models import PlanStep
+
+    write_config(tmp_path, [local(tmp_path)], dsn="host=/tmp port=5999 user=postgres dbname=postgres")
+    config = load_config(tmp_path / "aegis.yaml")
+    step = PlanStep(incident_id=1, revision=1, position=1, title="t", action="postgres_partial_restore", id=9,
+                    params={"backup_id": "backup_20261201_020000", "backup_time": "2026-12-01T02:00:00+00:00",
+                            "target_time": "2026-12-01T09:00:00+00:00", "database": "shop", "table": "public.orders"})
+    action = wiring.build_action(config, step, {"incident": "INC-4", "step": "9"},
+                                 store=Store(f"sqlite:///{tmp_path}/aegis.db"))
+    assert isinstance(action, PostgresPartialRestore) and action.destructive
+    assert (action.table, action.database, action.step) == ("public.orders", "shop", "INC-4 step 9")
+    assert action.scratch.root == Path(config.drills.scratch_dir)
+    assert "backup_20261201_020000 (taken 2026-12-01T02:00:00+00:00) to 2026-12-01T09:00:00+00:00" in action.describe()
+    with pytest.raises(ActionError, match="catalog"):
+        wiring.build_action(config, step, {})
+    step.params = {**step.params, "target_time": "2026-12-01 09:00"}
+    with pytest.raises(ActionError, match="no time zone"):
+        wiring.build_action(config, step, {}, store=Store(f"sqlite:///{tmp_path}/aegis.db"))
