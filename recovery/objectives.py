@@ -145,8 +145,10 @@ def rto(declared_at: datetime, verified_at: datetime | None, target_seconds: flo
         return Figure("rto", None, target_seconds, basis, None, "never verified", RTO_OBJECTIVE, range_)
     basis = f"declared {timestamp(declared_at)} → verified {timestamp(verified_at)}"
     if not evidence_ok:
+        # not proven recovered: neither the objective nor the scenario's range can count it
+        unproven = None if range_ is None else Expected(range_.range, "unknown")
         return Figure("rto", seconds, target_seconds, basis, False, "verified without passing evidence",
-                      RTO_OBJECTIVE, range_)
+                      RTO_OBJECTIVE, unproven)
     met = seconds is not None and seconds <= target_seconds
     return Figure("rto", seconds, target_seconds, basis, met, "within the target" if met else "over the target",
                   RTO_OBJECTIVE, range_)

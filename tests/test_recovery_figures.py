@@ -142,6 +142,7 @@ def test_rto_is_declared_to_verified_named_by_its_timestamps_and_met_only_on_evi
     assert slow.met is False and slow.expected is not None and slow.expected.verdict == "over"
     unproven = figures("database_failure", verified_after=timedelta(minutes=50), rpo=(0.0, "x"), evidence_ok=False)
     assert unproven.rto.met is False and unproven.rto.reason == "verified without passing evidence"
+    assert unproven.rto.expected is not None and unproven.rto.expected.verdict == "unknown"
     never = figures("database_failure", verified_after=None, rpo=(0.0, "x")).rto
     assert never.seconds is None and never.met is None and never.expected is not None
     assert never.expected.verdict == "unknown"
