@@ -17,7 +17,8 @@ Rules (DESIGN.md, "Actions and the ledger"):
 - a verification passes only on evidence (``[{check, observed, expected, ok}]``, stored on the
   step); with nothing automated to check, the step waits for a responder's manual verification.
   After the last step succeeds the incident becomes ``verified``; a failing verification step
-  sends it back to ``assessed``.
+  sends it back to ``assessed``, and so does a step that failed and undid its change
+  (``RolledBack``, e.g. an in-place restore that put the saved data back): the plan no longer fits.
 
 The engine claims and runs steps through the ledger and reports through the use cases
 (``statemachines.usecases``: start step, finish step, finish plan, verification failed, an
@@ -40,7 +41,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session
 
 from recovery import objectives
-from recovery.actions.base import Action, ActionError, NeedsHuman, VerificationFailed
+from recovery.actions.base import Action, ActionError, NeedsHuman, RolledBack, VerificationFailed
 from recovery.objectives import rpo_from_promotion
 from recovery.redact import redact, redact_data
 from statemachines import service as svc
@@ -139,6 +140,8 @@ class Engine:
             return Outcome("needs_human", redact(str(exc)), {"manual_verification": redact(str(exc))})
         except VerificationFailed as exc:
             return Outcome("failed", redact(str(exc)), {"error": redact(str(exc))}, _redact_evidence(exc.evidence))
+        except RolledBack as exc:
+            return Outcome("failed", redact(str(exc)), {"error": redact(str(exc)), "rolled_back": True})
         except ActionError as exc:
             return Outcome("failed", redact(str(exc)), {"error": redact(str(exc))})
         except Exception as exc:  # an action bug must not leave the step running forever
@@ -182,10 +185,11 @@ class Engine:
 
     def _after_outcome(self, step: PlanStep, outcome: Outcome) -> None:
         self._notify(step.incident_id, require_id(step), usecases.event_name(outcome), outcome.detail)
-        if outcome.status == "failed" and step.action == "verify":
+        rolled_back = outcome.status == "failed" and outcome.output.get("rolled_back") is True
+        if (outcome.status == "failed" and step.action == "verify") or rolled_back:
+            reason = f"{step.title}: {outcome.detail}" if rolled_back else f"verification failed: {outcome.detail}"
             with self.store.session() as session:
-                transition = usecases.verification_failed(session, incident_id=step.incident_id,
-                                                          reason=f"verification failed: {outcome.detail}")
+                transition = usecases.verification_failed(session, incident_id=step.incident_id, reason=reason)
                 if transition is not None:
                     _on_commit(session, lambda: self.listener.transitioned(transition))
 

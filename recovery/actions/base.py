@@ -37,6 +37,12 @@ class VerificationFailed(ActionError):
         self.evidence = observations
 
 
+class RolledBack(ActionError):
+    """The step failed after changing a system, and undid the change: the system is as it was before
+    the step (e.g. an in-place restore put the saved data back). The engine sends the incident back to
+    ``assessed`` with this reason, as for a failed verification: the plan's premise no longer holds."""
+
+
 class NeedsHuman(Exception):  # noqa: N818 (not an error: a hand-over)
     """The action cannot decide by itself (nothing automated is configured): a person must.
 

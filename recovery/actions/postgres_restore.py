@@ -9,7 +9,8 @@ This action maps them onto the engine's contract (recovery/actions/base.py):
   the server is touched; it also completes the rollback of an attempt a crash interrupted;
 - ``execute`` does the rest, verification included — a failing check must roll back, which it could
   not do later — and returns the evidence, what was put aside (``aside``), ``recovered_to`` and
-  ``recovered_to_basis``; a step whose restore the journal already records as verified returns
+  ``recovered_to_basis``; a rollback fails it with ``RolledBack`` (the engine sends the incident back
+  to ``assessed`` with the reason); a step whose restore the journal already records as verified returns
   that output again instead of restoring twice;
 - ``verify`` confirms the server still takes writes; ``is_done`` reads the journal.
 
@@ -22,9 +23,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from recovery.actions.base import Action, ActionError, Evidence, Progress
+from recovery.actions.base import Action, ActionError, Evidence, Progress, RolledBack
 from recovery.actions.postgres import connect_action, is_in_recovery
-from recovery.backup.restore.in_place import InPlaceError, InPlaceRestore, Prepared, discard_aside
+from recovery.backup.restore.in_place import (
+    InPlaceError,
+    InPlaceRestore,
+    Prepared,
+    RolledBackError,
+    discard_aside,
+)
 from statemachines.json_types import JsonObject
 
 
@@ -68,6 +75,8 @@ class PostgresRestoreInPlace(Action):
         try:
             prepared = self.prepared or self.restore.precheck(progress)
             return self.restore.run(prepared, progress)
+        except RolledBackError as exc:   # the original data is back: the engine returns the incident to assessed
+            raise RolledBack(str(exc)) from None
         except InPlaceError as exc:
             raise ActionError(str(exc)) from None
         finally:

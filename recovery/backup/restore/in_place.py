@@ -112,6 +112,10 @@ class InPlaceError(RestoreError):
     """The in-place restore did not happen (refused in precheck, or rolled back); safe to show."""
 
 
+class RolledBackError(InPlaceError):
+    """The restore failed after the stop and was rolled back: the server holds its original data again."""
+
+
 def size_text(size: int) -> str:
     value = float(size)
     for unit in ("bytes", "KiB", "MiB", "GiB"):
@@ -379,7 +383,7 @@ class InPlaceRestore:
                 raise InPlaceError(
                     f"restore failed ({reason}) and the rollback failed too: {redact(str(again))}; the saved "
                     f"data directory is {entry.get('aside') or '(none)'}, put it back by hand") from None
-            raise InPlaceError(f"rolled back: {reason}") from None
+            raise RolledBackError(f"rolled back: {reason}") from None
         finally:
             shutil.rmtree(self.stage, ignore_errors=True)
 
