@@ -33,8 +33,8 @@ def approve_all(walk: Walk, approvers: dict[str, str]) -> None:
             walk.wait_step(step.id, "succeeded")
 
 
-def approve_by_two(walk: Walk, step_id: int, first: str, second: str) -> None:
-    """A two-person step: one approval recorded, then the second person's; it then runs."""
+def approve_by_two(walk: Walk, step_id: int, first: str, second: str, outcome: str = "succeeded") -> None:
+    """A two-person step: one approval recorded, then the second person's; it then runs to ``outcome``."""
     walk.click(first, "aegis_approve", str(step_id))
 
     def votes() -> list[str]:
@@ -43,7 +43,7 @@ def approve_by_two(walk: Walk, step_id: int, first: str, second: str) -> None:
 
     wait_for(lambda: votes() == [first], what="the first approval")
     walk.click(second, "aegis_approve", str(step_id))
-    walk.wait_step(step_id, "succeeded")
+    walk.wait_step(step_id, outcome)
 
 
 def verify_with_modal(walk: Walk, emulator: EmulatorServer, user: str, evidence: str) -> None:
@@ -240,8 +240,7 @@ def test_abort_after_a_failed_step_goes_back_to_assessed_with_a_new_plan(
         walk.declare("incident ransomware critical file servers encrypted")
         walk.assemble_and_assess()
         isolate = walk.steps()[0]
-        walk.click("U0SEC", "aegis_approve", str(isolate.id))
-        walk.wait_step(isolate.id, "failed")
+        approve_by_two(walk, isolate.id, "U0SEC", "U0IC", outcome="failed")   # isolation: two people too
         wait_for(lambda: message_with_button(walk.chan(), "aegis_abort", str(isolate.id)), what="Retry/Abort")
         walk.click("U0APP", "aegis_abort", str(isolate.id))          # not an approver of this step
         wait_for(lambda: "can't" in replies_for(emulator, "U0APP"), what="the abort refusal")
