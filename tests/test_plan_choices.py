@@ -203,12 +203,22 @@ def test_ransomware_infection_time_form_in_korean(tmp_path: Path, emulator: Emul
                              for m in walk.chan()["messages"] if "감염 시각:" in all_text(m)),
                  what="the new assessment showing the infection time")
 
+        # a choice the planner cannot honour re-plans on the default, and the assessment says why
+        choose(walk, emulator, "U0SEC", "failover")
+        third = revision(walk, 3)
+        assert third.strategy == "restore_from_backup" and third.recovery_options["strategy"] == "failover"
+        wait_for(lambda: "failover is not possible" in all_text(assessment_message(walk)),
+                 what="the assessment saying why failover was not planned")
+
         # once the recovery runs (a first approval starts it), the choices are refused until it is aborted
         step = next(s for s in walk.steps() if s.status == "awaiting_approval")
+        answered = len(emulator.state.responses_for("U0SEC"))
         walk.click("U0SEC", "aegis_approve", str(step.id))
         walk.wait_state("recovering")
+        if step.approvals_required >= 2:   # its answer ("a second approver is needed") must not be read as the next
+            wait_for(lambda: len(emulator.state.responses_for("U0SEC")) > answered, what="the approval's answer")
         assert "먼저 복구를 중단하세요" in choose(walk, emulator, "U0SEC", "restore_from_backup")
-        assert walk.incident().plan_revision == 2 and "strategy" not in walk.incident().recovery_options
+        assert walk.incident().plan_revision == 3 and walk.incident().recovery_options["strategy"] == "failover"
     finally:
         bot.stop()
 

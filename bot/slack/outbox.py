@@ -362,7 +362,18 @@ class Dispatcher:
 
     def _assessment(self, batch: Batch, row: OutboxRow) -> None:
         self._channel_post(batch, incident_blocks.assessment(batch.view, self.locale,
-                                                             batch.incident.recovery_options or {}))
+                                                             batch.incident.recovery_options or {},
+                                                             rationale=self._rationale(batch.incident)))
+
+    def _rationale(self, incident: Incident) -> str:
+        """Why the planner chose the current strategy (its assess/reassess transition's reason): a
+        responder's choice it could not honour says so there."""
+        with self.store.session() as session:
+            events = svc.timeline(session, require_id(incident))
+        reason = next((e.text for e in reversed(events) if e.kind == "transition"
+                       and (e.data or {}).get("trigger") in ("assess", "reassess")), "")
+        prefix = f"{incident.strategy}: "
+        return reason[len(prefix):] if incident.strategy and reason.startswith(prefix) else reason
 
     def _plan_new(self, batch: Batch, row: OutboxRow) -> None:
         """A new plan revision: its own message; the previous one is retired by a row of its own."""

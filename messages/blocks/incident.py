@@ -205,9 +205,10 @@ def step_rejected(v: IncidentView, step: StepView, user_id: str, reason: str, lo
                     [section_block(phrase(locale, "plan", "rejected", **ctx), f"step_{step.id}_rejected")], locale)
 
 
-def assessment(v: IncidentView, locale: str, options: Mapping[str, object] | None = None) -> Message:
-    """Health check results, the strategy chosen from them, and the controls to choose otherwise
-    (``options``: the incident's ``recovery_options``)."""
+def assessment(v: IncidentView, locale: str, options: Mapping[str, object] | None = None, *,
+               rationale: str = "") -> Message:
+    """Health check results, the strategy chosen from them and why (``rationale``, the planner's
+    words), and the controls to choose otherwise (``options``: the incident's ``recovery_options``)."""
     failing = sum(not c.ok for c in v.checks)
     counts = {"failing": failing, "total": len(v.checks)}
     blocks = [header_block(phrase(locale, "assessment", "header", v=v), "assessment_header")]
@@ -216,7 +217,8 @@ def assessment(v: IncidentView, locale: str, options: Mapping[str, object] | Non
         blocks.extend(sections(lines, "assessment_checks")[: MAX_BLOCKS - 3])
     else:
         blocks.append(section_block(phrase(locale, "assessment", "no_checks"), "assessment_checks"))
-    blocks.append(section_block(phrase(locale, "assessment", "strategy", v=v, **counts), "assessment_strategy"))
+    blocks.append(section_block(phrase(locale, "assessment", "strategy", v=v, rationale=rationale, **counts),
+                                "assessment_strategy"))
     blocks += _choice_blocks(v, options or {}, locale)
     return as_message(phrase(locale, "assessment", "text", v=v, **counts), blocks, locale)
 
