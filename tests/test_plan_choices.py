@@ -249,3 +249,25 @@ def test_the_forms_read_times_in_the_teams_zone_and_refuse_bad_input() -> None:
         "target_time": "2026-03-01T00:00:00+00:00"}}
     assert choice_forms.partial_target(view(component="milvus"), zone=SEOUL, configured=frozenset({"milvus"}),
                                        now=now).errors == {"collection": "collection_missing"}
+
+
+def test_the_new_refusals_and_timeline_line_exist_in_both_locales() -> None:
+    from messages.blocks import kit
+    from messages.blocks.incident import timeline_event
+    from messages.views import TimelineItem
+    from tests.harness.message_samples import make_view
+
+    for locale in ("en", "ko"):
+        texts = [kit.refusal("choice_while_recovering", locale).text,
+                 kit.refusal("not_allowed_to_choose", locale, roles=["incident_commander", "database_lead"]).text,
+                 kit.refusal("unknown_strategy", locale, strategy="<b>").text,
+                 kit.refusal("choice_unchanged", locale, strategy="failover").text,
+                 kit.refusal("form_expired", locale, what="infection").text,
+                 kit.refusal("wrong_state", locale, action="choose", state="verified").text]
+        assert all(t and "None" not in t for t in texts) and "&lt;b&gt;" in texts[2]
+        item = TimelineItem(datetime.now(UTC), "note", "U0DB", "", "recovery_options_set", {
+            "strategy": "partial_recovery", "partial": {"component": "postgres", "database": "shop",
+                                                        "table": "public.orders", "collection": None,
+                                                        "target_time": None}})
+        line = timeline_event(make_view(), item, locale)
+        assert "public.orders" in line and ("partial recovery" in line or "부분 복구" in line)
