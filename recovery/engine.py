@@ -294,7 +294,7 @@ def _rpo_of(session: Session, step: PlanStep, outcome: Outcome) -> Rpo | None:
                                                      declared_at=incident.declared_at)
     else:
         return None
-    return Rpo(seconds, f"{basis} — measured by step {step.position} ({step.action})")
+    return Rpo(seconds, f"{basis} — {objectives.measured_by(step.position, step.title)}")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -239,6 +239,13 @@ def rpo_from_restore(output: JsonObject, *, failure_at: datetime | None,
     return seconds, basis
 
 
+def measured_by(position: int, title: str) -> str:
+    """How an RPO's basis names the step it came from: its position and (clipped) title, the words
+    the plan showed the approver — not the internal action name."""
+    shown = title if len(title) <= 80 else title[:79] + "…"
+    return f"measured by step {position} ({shown})"
+
+
 def lost_rpo(action: str) -> str | None:
     """The RPO basis of a measuring step whose process died before it recorded its output; None for others."""
     if action in PROMOTION_ACTIONS:

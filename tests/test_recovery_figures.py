@@ -36,7 +36,7 @@ from recovery.objectives import (
 )
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
-from statemachines.models import require_id, utcnow
+from statemachines.models import PlanStep, require_id, utcnow
 from statemachines.service import StepSpec
 from statemachines.store import Store
 from tests.harness.aegis_process import AegisProcess, wait_for
@@ -212,7 +212,7 @@ def verified_restore(store: Store, *, failure_at: datetime | None) -> int:
             {"recovered_to": ((failure_at or declared) - timedelta(seconds=42)).isoformat(),
              "recovered_to_basis": "pg_last_xact_replay_timestamp()"}, failure_at=failure_at, declared_at=declared)
         svc.set_fields(session, incident_id=incident_id, rpo_seconds=seconds,
-                       rpo_basis=f"{basis} — measured by step 1 (postgres_restore)")
+                       rpo_basis=f"{basis} — {objectives.measured_by(1, 'Restore backup_20240501_110000 in place')}")
         svc.transition(session, incident_id=incident_id, trigger="verify", actor="aegis",
                        values={"verified_at": utcnow()})
     with store.session() as session:
@@ -244,7 +244,8 @@ def test_status_and_closing_post_show_a_restores_figures_with_evidence(store: St
         rpo_line = next(line for line in text.splitlines() if "RPO:" in line)
         assert "O1" in rto_line and "S2" in rto_line and ("step 2" if locale == "en" else "2단계") in rto_line
         assert "O2" in rpo_line and "S2" in rpo_line and ("42s" if locale == "en" else "42초") in rpo_line
-        assert "pg_last_xact_replay_timestamp()" in rpo_line and "measured by step 1 (postgres_restore)" in rpo_line
+        assert "pg_last_xact_replay_timestamp()" in rpo_line
+        assert "measured by step 1 (Restore backup_20240501_110000 in place)" in rpo_line
         assert ("✅ met" if locale == "en" else "✅ 목표 달성") in rpo_line
         assert ("✅ within" if locale == "en" else "✅ 범위 내") in rpo_line
         assert "replication probe" not in text and "lag 0 bytes" not in text
@@ -312,20 +313,20 @@ def test_a_failovers_closing_post_and_status_show_rto_and_rpo_with_evidence(
         walk.driver.slash("U0IC", "status", channel_id=walk.channel_id)
         reply = wait_for(lambda: [r for r in emulator.state.responses_for("U0IC") if "RPO" in json.dumps(r)],
                          what="the status reply with the figures")[-1]
-        check_figures(all_text(reply), locale, promote.position, verify.position, closing=False)
+        check_figures(all_text(reply), locale, promote, verify.position, closing=False)
 
         close_with_modal(walk, emulator, "U0IC", "Standby promoted.")
         closing = wait_for(lambda: [m for m in walk.chan()["messages"] if "MTTR" in all_text(m)],
                            what="the closing post")[-1]
-        check_figures(all_text(closing), locale, promote.position, verify.position, closing=True)
+        check_figures(all_text(closing), locale, promote, verify.position, closing=True)
         incident = walk.incident()
-        assert incident.rpo_seconds is not None and incident.rpo_basis.endswith(
-            f"measured by step {promote.position} (postgres_promote)")
+        assert incident.rpo_seconds is not None
+        assert incident.rpo_basis.endswith(objectives.measured_by(promote.position, promote.title))
     finally:
         bot.stop()
 
 
-def check_figures(text: str, locale: str, promote: int, verify: int, *, closing: bool) -> None:
+def check_figures(text: str, locale: str, promote: PlanStep, verify: int, *, closing: bool) -> None:
     """RTO: O1 + S2 + declared → verified on the verification step; RPO: O2 + S2 + the promotion's lag."""
     rto_line = next(line for line in text.splitlines() if "RTO:" in line)
     rpo_line = next(line for line in text.splitlines() if "RPO:" in line)
@@ -336,5 +337,6 @@ def check_figures(text: str, locale: str, promote: int, verify: int, *, closing:
     assert (f"on the checks of step {verify}" if locale == "en" else f"{verify}단계의 검증 결과") in rto_line, rto_line
     assert "O2" in rpo_line and met in rpo_line and "S2" in rpo_line and within in rpo_line, rpo_line
     assert "replication lag at failover" in rpo_line, rpo_line
-    assert f"measured by step {promote} (postgres_promote)" in rpo_line, rpo_line
+    assert objectives.measured_by(promote.position, promote.title) in rpo_line, rpo_line
+    assert "postgres_promote" not in text     # the step as the plan showed it, not the action's internal name
     assert ("MTTR" in text) is closing
