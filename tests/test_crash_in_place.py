@@ -1,0 +1,253 @@
+"""Crash safety of an in-place PostgreSQL restore (issue 9): ``aegis serve`` SIGKILLed at every step boundary.
+
+A ``database_failure`` with a dead primary (stopped) and no standby, ``components.postgres.primary.control``
+configured with ``stop``/``start`` hooks (real scripts that record each call, then run ``pg_ctl`` as
+``postgres``), one real base backup (``aegis backup run``) and archived WAL after it (``aegis wal push``).
+The planner's ``restore_from_backup`` plan is: confirm the primary is down → restore in place
+(``postgres_restore``, approved) → start services (the ``start_services`` hook, approved) → verify.
+
+- ``test_database_failure_without_a_standby_walks_to_closed_through_an_in_place_restore`` — the issue's
+  "Done when" walk: from the slash command to ``closed`` with no crash.
+- ``test_sigkill_at_every_step_boundary_resumes_and_runs_nothing_destructive_twice`` — one walk, killed
+  at each boundary in turn and restarted. The approvals are given out of order (start_services first,
+  which starts the recovery; the restore after confirm_down) so that most boundaries are held exactly:
+  after an approval, before its step starts (the follow-up delay, ``AEGIS_TEST_FOLLOW_UP_DELAY``, holds
+  the engine that long); after a step whose successor waits for an approval. Where the next step needs
+  no further approval (start_services after the restore, verify after start_services) the kill comes
+  the moment the step is seen to succeed (polled every 10 ms), so it lands at the boundary or early in
+  the next step; both are covered by the ledger rule (start_services has a ``done_check``, verify is
+  read-only). After each restart the incident goes on; at the end it is ``verified``, the data is the
+  backup's plus the archived WAL, and by the hook records, the ledger and the data directory's history
+  (the restore journal's ``asides``, the ``.aegis-aside-`` directories, no ``.aegis-failed-`` one) the
+  server was stopped, put aside and started exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from recovery.backup.catalog import KIND_FULL, STATUS_OK
+from slack_emulator.server import EmulatorServer
+from tests.harness.aegis_process import AegisProcess, wait_for
+from tests.harness.cli_workspace import SERVER_AEGIS, aegis, catalog, local, migrate_shared_catalog, write_config
+from tests.harness.pgcluster import PG_BIN, PgSingle
+from tests.harness.slack_reading import all_text
+from tests.harness.team import ROSTER
+from tests.harness.walk import Walk, close_with_modal
+
+DELAY = "AEGIS_TEST_FOLLOW_UP_DELAY"
+
+# stop/start hooks of the primary and the start_services hook: each call appended to calls.log first
+CONTROL = """#!/usr/bin/env bash
+# test control hook: record the call, then do it ({data_dir}, as postgres)
+echo "$1 ${{AEGIS_INCIDENT:-}} ${{AEGIS_STEP:-}}" >> "{workdir}/calls.log"
+cd /tmp
+pg_ctl() {{ /usr/sbin/runuser -u postgres -- "{pg_bin}/pg_ctl" -D "{data_dir}" "$@"; }}
+case "$1" in
+  stop) if pg_ctl status >/dev/null; then pg_ctl -m fast -w -t 60 stop; fi ;;
+  start) pg_ctl -l "{log}" -w -t 120 start ;;
+  start_services) touch "{workdir}/services.done"; echo "services started" ;;
+esac
+"""
+
+
+@dataclass
+class DeadPrimary:
+    """The workspace (config, key, shared catalog), the stopped primary and what it held."""
+
+    workdir: Path
+    pg: PgSingle
+    run_id: str
+    rows: int          # orders rows: in the backup plus those only in the archived WAL after it
+
+    @property
+    def data_dir(self) -> Path:
+        return self.pg.primary.data_dir
+
+    def calls(self, name: str) -> int:
+        log = self.workdir / "calls.log"
+        return sum(1 for line in log.read_text().splitlines() if line.split()[0] == name) if log.exists() else 0
+
+    def asides(self) -> list[Path]:
+        return sorted(self.data_dir.parent.glob(f"{self.data_dir.name}.aegis-aside-*"))
+
+    def journal(self) -> dict[str, Any]:
+        path = self.data_dir.with_name(self.data_dir.name + ".aegis-restore.json")
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+@pytest.fixture
+def dead_primary(shared_dir: Path) -> Iterator[DeadPrimary]:
+    write_config(shared_dir, [local(shared_dir)])
+    migrate_shared_catalog(shared_dir)
+    push = (f"AEGIS_CONFIG={shared_dir}/aegis.yaml AEGIS_DATABASE_URL=sqlite:///{shared_dir}/aegis.db "
+            f"{SERVER_AEGIS} wal push %p")
+    pg = PgSingle.create(settings={"archive_command": push, "archive_timeout": 0})
+    try:
+        node = pg.primary
+        write_config(shared_dir, [local(shared_dir)], dsn=node.dsn())
+        node.sql("CREATE TABLE orders (id int PRIMARY KEY, note text)")
+        node.sql("INSERT INTO orders SELECT g, 'in the backup' FROM generate_series(1, 100) g")
+        backup = aegis(shared_dir, "backup", "run", "postgresql", "--quiet")
+        assert backup.returncode == 0, backup.stdout + backup.stderr
+        [row] = catalog(shared_dir, f"kind = '{KIND_FULL}' AND status = '{STATUS_OK}'")
+        node.sql("INSERT INTO orders SELECT g, 'archived WAL only' FROM generate_series(101, 150) g")
+        last = str(node.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0])
+        wait_for(lambda: node.sql("SELECT coalesce(last_archived_wal, '') >= %s FROM pg_stat_archiver", last)[0][0],
+                 timeout=60, what=f"{last} archived")
+        node.stop("immediate")   # the primary dies; there is no standby
+        yield DeadPrimary(shared_dir, pg, str(row["run_id"]), 150)
+    finally:
+        pg.destroy()
+
+
+def bot_config(dead: DeadPrimary) -> dict[str, Any]:
+    control = dead.workdir / "control.sh"
+    control.write_text(CONTROL.format(workdir=dead.workdir, data_dir=dead.data_dir, pg_bin=PG_BIN,
+                                      log=dead.pg.primary.log_file))
+    control.chmod(0o755)
+    workspace = yaml.safe_load((dead.workdir / "aegis.yaml").read_text())
+    workspace["components"]["postgres"]["primary"]["control"] = {
+        "data_dir": str(dead.data_dir), "os_user": "postgres", "pg_bin": str(PG_BIN),
+        "stop": {"command": [str(control), "stop"], "timeout_seconds": 60},
+        "start": {"command": [str(control), "start"], "timeout_seconds": 120}}
+    return {**workspace, "locale": "en", "roster": ROSTER,
+            "slack": {"stakeholder_channel": "C0STAKE", "ops_channel": "C0OPS", "reminder_minutes": 30},
+            # its done_check: after a crash mid-hook the step is confirmed done instead of asked again
+            "hooks": {"start_services": {"command": [str(control), "start_services"], "timeout_seconds": 30,
+                                         "done_check": ["test", "-f", str(dead.workdir / "services.done")]}},
+            "engine": {"lease_seconds": 3}}
+
+
+def start_bot(dead: DeadPrimary, emulator: EmulatorServer, delay: float = 0) -> AegisProcess:
+    bot = AegisProcess(dead.workdir, bot_config(dead), f"sqlite:///{dead.workdir}/aegis.db", emulator.api_url,
+                       name="bot")
+    if delay:
+        bot.env[DELAY] = str(delay)
+    emulator.bot_url = bot.url
+    return bot.start()
+
+
+def plan_of(walk: Walk) -> tuple[Any, Any, Any, Any]:
+    steps = walk.steps()
+    assert [s.action for s in steps] == ["postgres_confirm_down", "postgres_restore", "hook", "verify"], \
+        [(s.action, s.title) for s in steps]
+    confirm, restore, services, verify = steps
+    assert services.params["hook"] == "start_services"
+    return confirm, restore, services, verify
+
+
+def assert_restored(dead: DeadPrimary) -> None:
+    node = dead.pg.primary
+    assert node.sql("SELECT pg_is_in_recovery()")[0][0] is False
+    assert node.sql("SELECT count(*) FROM orders")[0][0] == dead.rows
+    assert node.sql("SELECT count(*) FROM orders WHERE note = 'archived WAL only'")[0][0] == 50
+
+
+def test_database_failure_without_a_standby_walks_to_closed_through_an_in_place_restore(
+    dead_primary: DeadPrimary, emulator: EmulatorServer,
+) -> None:
+    dead = dead_primary
+    bot = start_bot(dead, emulator)
+    try:
+        walk = Walk(bot, emulator)
+        walk.declare()
+        walk.assemble_and_assess()
+        assert walk.incident().strategy == "restore_from_backup"
+        _confirm, restore, services, _verify = plan_of(walk)
+        # the approver reads what will happen: the backup, the data directory, that it is moved aside
+        assert dead.run_id in restore.title and str(dead.data_dir) in restore.title
+        assert restore.params["backup_id"] == dead.run_id and restore.params["control"] == "hooks"
+        assert dead.calls("stop") == 0 and not dead.asides(), "something ran before the approval"
+
+        walk.click("U0DB", "aegis_approve", str(restore.id))
+        walk.wait_step(restore.id, "succeeded", timeout=120)
+        walk.click("U0APP", "aegis_approve", str(services.id))
+        walk.wait_state("verified", timeout=60)
+        assert_restored(dead)
+        [aside] = dead.asides()
+        assert (aside / "PG_VERSION").exists(), "the old data directory was not kept"
+        assert (dead.calls("stop"), dead.calls("start"), dead.calls("start_services")) == (1, 1, 1)
+
+        close_with_modal(walk, emulator, "U0IC", "Restored in place from the last backup and the WAL archive.")
+        closing = wait_for(lambda: [m for m in walk.chan()["messages"] if "RTO" in all_text(m)],
+                           what="the closing post")[-1]
+        assert "RPO" in all_text(closing)
+        assert aside.exists(), "the put-aside data directory was removed without an approved clean-up step"
+    finally:
+        bot.stop()
+
+
+def _restart(bot: AegisProcess) -> None:
+    bot.kill()
+    bot.start()
+
+
+def _kill_when_approved(walk: Walk, bot: AegisProcess, step_id: int) -> None:
+    """Approve, then SIGKILL inside the follow-up delay: the approval is committed, the step not started."""
+    walk.click("U0IC", "aegis_approve", str(step_id))
+    walk.wait_step(step_id, "approved", timeout=10)
+    assert not walk.ledger(step_id), "the step started before the kill"
+    _restart(bot)
+
+
+def _kill_as_soon_as(walk: Walk, bot: AegisProcess, step_id: int, status: str) -> None:
+    """SIGKILL the moment the step is seen in ``status`` (polled every 10 ms): at the boundary after it,
+    or early in the next step when that one needs no further approval."""
+    wait_for(lambda: walk.ledger(step_id) and walk.ledger(step_id)[-1].status == status, timeout=180,
+             interval=0.01, what=f"step {step_id} {status}")
+    _restart(bot)
+
+
+def test_sigkill_at_every_step_boundary_resumes_and_runs_nothing_destructive_twice(
+    dead_primary: DeadPrimary, emulator: EmulatorServer,
+) -> None:
+    dead = dead_primary
+    bot = start_bot(dead, emulator, delay=3)
+    try:
+        walk = Walk(bot, emulator)
+        walk.declare()
+        walk.assemble_and_assess()
+        confirm, restore, services, verify = plan_of(walk)
+
+        # before step 1: start_services approved first (the incident starts recovering), killed before
+        # confirm_down starts
+        _kill_when_approved(walk, bot, services.id)
+        assert not walk.ledger(confirm.id)
+
+        # after step 1: confirm_down succeeded, the restore waits for its approval
+        walk.wait_step(confirm.id, "succeeded", timeout=30)
+        walk.wait_step(restore.id, "awaiting_approval", timeout=10)
+        _restart(bot)
+        assert dead.calls("stop") == 0 and not dead.asides()
+
+        # before step 2: the restore approved, killed before it starts
+        _kill_when_approved(walk, bot, restore.id)
+        assert dead.calls("stop") == 0
+
+        # after step 2: the restore succeeded; start_services (approved already) follows at once
+        _kill_as_soon_as(walk, bot, restore.id, "succeeded")
+        # after step 3: start_services succeeded (or found done by its done_check after the kill); verify
+        # (read-only, no approval) follows at once
+        walk.wait_step(services.id, "succeeded", timeout=60)
+        _kill_as_soon_as(walk, bot, services.id, "succeeded")
+        walk.wait_state("verified", timeout=60)
+
+        # nothing destructive ran twice: by the hook records, the ledger and the data directory's history
+        assert_restored(dead)
+        assert (dead.calls("stop"), dead.calls("start"), dead.calls("start_services")) == (1, 1, 1)
+        assert [e.status for e in walk.ledger(restore.id)] == ["succeeded"]
+        assert [e.attempt for e in walk.ledger(services.id)] == [1]
+        journal = dead.journal()
+        assert journal["phase"] == "verified" and len(journal["asides"]) == 1, journal
+        assert len(dead.asides()) == 1 and not list(dead.data_dir.parent.glob("*.aegis-failed-*"))
+        assert walk.steps()[3].id == verify.id and walk.steps()[3].status == "succeeded"
+    finally:
+        bot.stop()
