@@ -331,3 +331,53 @@ def test_the_step_is_built_from_its_params_and_the_config(tmp_path: Path) -> Non
     step.params = {**step.params, "target_time": "2026-12-01 09:00"}
     with pytest.raises(ActionError, match="no time zone"):
         wiring.build_action(config, step, {}, store=Store(f"sqlite:///{tmp_path}/aegis.db"))
+
+
+_CRASHING_CHILD = """
+import sys, threading
+from bot.backup_wiring import runner_from
+from bot.config import load_config
+from recovery.backup.catalog import good_base
+from recovery.backup.restore.partial import ScratchSettings, scratch_copy
+from recovery.backup.wal.archive import TargetWalStore
+from statemachines.store import Store
+
+workdir, backup_id = sys.argv[1], sys.argv[2]
+store = Store(f"sqlite:///{workdir}/aegis.db")
+runner = runner_from(load_config(f"{workdir}/aegis.yaml"), store)
+copy = runner.repository.verified_copy(good_base(store, backup_id))
+with scratch_copy(store, copy, TargetWalStore(runner), ScratchSettings(__import__("pathlib").Path(workdir) / "scratch"),
+                  target_time=None, say=lambda line: print(line, flush=True)):
+    threading.Event().wait()   # killed here, the scratch copy running
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_scratch_copy_left_by_a_killed_process_is_removed_when_the_engine_asks_is_done(world: World) -> None:
+    import subprocess
+    import sys
+
+    from tests.harness.cli_workspace import REPO
+
+    child = subprocess.Popen([sys.executable, "-c", _CRASHING_CHILD, str(world.workdir), world.backup_id],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            world.lines.append(line)
+            if "scratch copy running on port" in line:
+                break
+        else:
+            pytest.fail(f"the child never started its scratch copy: {child.stderr.read() if child.stderr else ''}")
+        child.kill()   # SIGKILL: no finally runs, the scratch server keeps running
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    [port] = [int(p) for p in re.findall(r"port (\d+)", "".join(world.lines))]
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) == 0, "the dead process's scratch server still runs"
+    assert list(world.scratch_root.glob("partial-*"))
+
+    assert _action(world, table="public.orders").is_done() is None   # nothing of this step is in production
+    _assert_scratch_gone(world)

@@ -12,7 +12,8 @@ Step params (contract, issue 9): ``{"backup_id", "backup_time", "target_time": I
   only be seen there, so a missing one is refused in ``execute`` — before the first statement
   against production ("table x is not in backup …; nothing in production was changed"). The
   scratch copy is always stopped and removed, also on failure; copies left by a process that died
-  (``partial-<pid>-…`` of a pid no longer alive) are removed first.
+  (``partial-<pid>-…`` of a pid no longer alive) are removed first, and by ``is_done``, which the
+  engine asks right after a crash.
 - ``verify``: production's row count of the restored object is still the scratch copy's.
 - ``rollback`` (after a committed swap): drop the restored object, rename the aside one back.
 - ``is_done`` (after a crash): the aside object this step made is found by the comment it carries
@@ -182,6 +183,7 @@ class PostgresPartialRestore(Action):
         self._swap = None
 
     def is_done(self) -> bool | None:
+        partial.remove_leftovers(self.scratch)   # asked after a crash: the dead process's scratch copy goes now
         try:
             if self.table:
                 found = partial.find_table_aside(self.dsn, self.database, self.table, self.step)

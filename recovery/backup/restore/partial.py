@@ -355,7 +355,7 @@ def restore_table(scratch_dsn: str, prod_dsn: str, database: str, table: str, *,
                     swap.renamed, swap.comment = _put_table_aside(prod, schema, name, current[0], stamp,
                                                                   _marker(step, run_id, expected))
                     swap.location = f"{database}.{schema}.{swap.renamed[-1][2]}"
-                    say(f"current {database}.{table} renamed aside to {swap.location}")
+                    say(f"renaming {database}.{table} aside to {swap.location} (in the restore's transaction)")
                 else:
                     swap.notes.append(f"{database}.{table} did not exist in production: nothing was renamed aside")
                     say(swap.notes[-1])
