@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recovery.actions.base import Action, ActionError, Evidence, Progress, VerificationFailed, evidence
-from recovery.actions.restore_journal import RESTORED, RESTORING, SAVED, SAVING, StepJournal, aside_directory
+from recovery.actions.restore_journal import (
+    RESTORED,
+    RESTORING,
+    ROLLED_BACK,
+    SAVED,
+    SAVING,
+    StepJournal,
+    aside_directory,
+)
 from recovery.actions.verify import IntegrityQuery
 from recovery.backup.catalog import NEO4J_KIND, BackupNotFound, choose
 from recovery.backup.repository import Repository, VerifiedCopy
@@ -110,7 +118,7 @@ class Neo4jRestoreInPlace(Action):
         self.backup_time = backup_time
         self.aside_dir = aside_dir
         self.check = check
-        self.journal = StepJournal(aside_dir, "neo4j", context or {})
+        self.journal = StepJournal(aside_dir, "neo4j", self.database, context or {})
         self._copy: VerifiedCopy | None = None
 
     def describe(self) -> str:
@@ -210,14 +218,16 @@ class Neo4jRestoreInPlace(Action):
         }
 
     def _rollback_copy(self, driver: Driver, progress: Progress) -> JsonObject:
-        """The export to roll back from: an earlier attempt's complete one, else a fresh one."""
+        """The export to roll back from: an interrupted restore's complete one, else a fresh one."""
         state = self.journal.read()
         earlier = state.get("export") if isinstance(state.get("export"), dict) else None
-        if earlier and state.get("phase") in (SAVED, RESTORING, RESTORED) and Path(earlier["path"]).is_file():
-            progress(f"an earlier attempt of this step was interrupted: keeping its export {earlier['path']} "
+        if earlier and self.journal.interrupted(state) and Path(earlier["path"]).is_file():
+            progress(f"an earlier restore of this database was interrupted: keeping its export {earlier['path']} "
                      "(the graph as it was before) as the rollback copy")
             return dict(earlier)
-        if earlier:   # half written (crash while saving) or superseded (rolled back, graph verified equal)
+        if earlier and state.get("phase") in (SAVING, ROLLED_BACK):
+            # half written (a crash while saving), or superseded (rolled back: the graph was verified equal
+            # to it); a finished restore's export is another step's aside item, left to its clean-up
             Path(earlier["path"]).unlink(missing_ok=True)
         return self._export(driver, progress)
 
@@ -227,7 +237,7 @@ class Neo4jRestoreInPlace(Action):
         database = re.sub(r"[^A-Za-z0-9_.-]", "_", self.database)
         name = f"neo4j-{database}-{datetime.now(UTC):%Y%m%d_%H%M%S}.jsonl.zst.aes"
         path = self.aside_dir / name
-        self.journal.write(SAVING, export={"path": str(path), "object": name})
+        self.journal.write(SAVING, export={"path": str(path), "object": name}, restored=None, rolled_back=None)
         progress(f"exporting the current graph to {path} (encrypted) for rollback")
         done: list[ExportStats] = []
         try:
@@ -264,7 +274,7 @@ class Neo4jRestoreInPlace(Action):
                 f"the restore failed ({reason}) and so did the rollback ({_short(exc)}): Neo4j database "
                 f"{self.database!r} is NOT as it was. The graph as it was is kept, encrypted with the backup key, "
                 f"at {export['path']}; keep that file") from None
-        self.journal.write("rolled_back", rolled_back={"nodes": stats.nodes, "relationships": stats.relationships})
+        self.journal.write(ROLLED_BACK, rolled_back={"nodes": stats.nodes, "relationships": stats.relationships})
         progress(f"rolled back: {stats.nodes} nodes and {stats.relationships} relationships, as before the restore")
 
     # --- checks -------------------------------------------------------------------------------
@@ -316,5 +326,5 @@ class Neo4jRestoreInPlace(Action):
         return evidence(name, str(value)[:200] if value is not None else "null", check.expected(), check.judge(value))
 
     def is_done(self) -> bool | None:
-        """From the journal: restored (imported and verified) → True; any other phase, or none → False."""
-        return self.journal.phase == RESTORED
+        """From the journal: this step restored and verified the graph → True; otherwise False."""
+        return self.journal.done()

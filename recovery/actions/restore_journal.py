@@ -1,10 +1,14 @@
-"""A small per-step journal for the in-place Neo4j and Milvus restores: what has been done so far.
+"""A small journal for the in-place Neo4j and Milvus restores: what the last restore of a target did.
 
-One JSON file per plan step (``<aside_dir>/<component>-restore-<incident>-step<id>.json``), replaced
-atomically (temporary file, fsync, rename) at each phase boundary, mode 0600. It exists for two
-readers: ``is_done`` after a crash (the engine's ledger rule: done → succeeded, not done → ask again),
-and a re-run of the same step, which must roll back from the export or aside copy the first attempt
-made — not from a fresh copy of a half-restored database.
+One JSON file per restored target (``<aside_dir>/neo4j-restore-<database>.json``,
+``<aside_dir>/milvus-restore.json``), written by the in-place PostgreSQL restore's ``Journal``
+(replaced atomically with fsync, 0600, with a short history of phases), naming the incident and step
+that wrote it. Per target rather than per step, so that any later restore of the same target — the
+same step approved again after a crash, or a step of a new plan revision — finds an interrupted one.
+
+It exists for two readers: ``is_done`` after a crash (the engine's ledger rule: done → succeeded,
+not done → ask again), and the next restore of that target, which must roll back from the export or
+aside copy the interrupted attempt made — not from a fresh copy of a half-restored database.
 
 Phases, in order: ``saving`` (the rollback copy is being made; nothing changed yet) → ``saved`` (the
 copy is complete) → ``restoring`` (the live data is being replaced) → ``restored`` (replaced and
@@ -13,12 +17,10 @@ verified: the step's effect is in place) or ``rolled_back`` (the original data i
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from recovery.backup.restore.in_place import Journal
 from statemachines.json_types import JsonObject
 
 SAVING, SAVED, RESTORING, RESTORED, ROLLED_BACK = "saving", "saved", "restoring", "restored", "rolled_back"
@@ -34,43 +36,31 @@ def aside_directory(path: Path) -> Path:
 
 
 class StepJournal:
-    """The journal of one plan step of one component's in-place restore."""
+    """The journal of the in-place restores of one target, read and written by one plan step."""
 
-    def __init__(self, aside_dir: Path, component: str, context: dict[str, str]) -> None:
-        incident = _UNSAFE.sub("_", context.get("incident", "manual"))
-        step = _UNSAFE.sub("_", context.get("step", "0"))
-        self.path = aside_dir / f"{component}-restore-{incident}-step{step}.json"
+    def __init__(self, aside_dir: Path, component: str, target: str, context: dict[str, str]) -> None:
+        self.path = aside_dir / f"{component}-restore-{_UNSAFE.sub('_', target)}.json"
+        self.owner = {"incident": context.get("incident", "manual"), "step": context.get("step", "0")}
 
     def read(self) -> JsonObject:
-        """The last phase written (``{}`` when the step never started, or the file is unreadable)."""
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        """The last phase written (``{}`` when no restore of the target started, or the file is unreadable)."""
+        return Journal(self.path).read()
 
-    @property
-    def phase(self) -> str | None:
-        phase = self.read().get("phase")
-        return phase if isinstance(phase, str) else None
+    def mine(self, entry: JsonObject) -> bool:
+        """Whether ``entry`` was written by this plan step."""
+        return all(entry.get(key) == value for key, value in self.owner.items())
+
+    def interrupted(self, entry: JsonObject) -> bool:
+        """A restore that changed the target and neither finished nor rolled back — or this step's own
+        finished one (run again): its rollback copy is the one to keep using."""
+        return entry.get("phase") in (SAVED, RESTORING) or (entry.get("phase") == RESTORED and self.mine(entry))
+
+    def done(self) -> bool:
+        """This step restored the target and verified it (its effect is in place)."""
+        entry = self.read()
+        return entry.get("phase") == RESTORED and self.mine(entry)
 
     def write(self, phase: str, **facts: object) -> JsonObject:
         """Record ``phase`` with ``facts`` merged over the previous entry's; durable when it returns."""
-        entry = {**self.read(), **facts, "phase": phase}
         aside_directory(self.path.parent)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(entry, out, sort_keys=True)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return entry
+        return Journal(self.path).write(phase, **self.owner, **facts)

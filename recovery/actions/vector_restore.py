@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from recovery.actions.base import Action, ActionError, Evidence, Progress, VerificationFailed, evidence
-from recovery.actions.restore_journal import RESTORED, RESTORING, StepJournal, aside_directory
+from recovery.actions.restore_journal import RESTORED, RESTORING, ROLLED_BACK, StepJournal, aside_directory
 from recovery.backup.catalog import MILVUS_KIND, BackupNotFound, choose
 from recovery.backup.repository import Repository, VerifiedCopy
 from recovery.backup.restore.postgres import RestoreError
@@ -118,7 +118,7 @@ class MilvusRestoreInPlace(Action):
         self.check_collection = check_collection
         self.check_min_rows = check_min_rows
         self.aside_dir = aside_dir
-        self.journal = StepJournal(aside_dir, "milvus", context or {})
+        self.journal = StepJournal(aside_dir, "milvus", "collections", context or {})
         self._copies: dict[str, VerifiedCopy] | None = None
 
     def describe(self) -> str:
@@ -166,7 +166,7 @@ class MilvusRestoreInPlace(Action):
         copies = self._copies
         assert copies is not None
         state = self.journal.read()
-        if state.get("phase") not in (RESTORING, RESTORED):   # a first attempt, or one that was rolled back
+        if not self.journal.interrupted(state):   # nothing interrupted: a fresh restore with a new stamp
             state = {}
         stamp = str(state.get("stamp") or f"{datetime.now(UTC):%Y%m%d_%H%M%S}")
         planned: dict[str, JsonObject] = dict(state.get("collections") or {})
@@ -175,7 +175,7 @@ class MilvusRestoreInPlace(Action):
         with _client(self.uri) as client:
             try:
                 for name in self.collections:
-                    planned[name] = self._put_aside(client, name, planned.get(name), stamp, progress)
+                    planned[name] = self._put_aside(client, name, planned, stamp, progress)
                     self.journal.write(RESTORING, stamp=stamp, collections=planned)
                     done.append(name)
                     observations += self._restore_one(client, name, copies[name], progress)
@@ -185,7 +185,7 @@ class MilvusRestoreInPlace(Action):
                     raise VerificationFailed("verification failed: " + "; ".join(failed), observations)
             except Exception as exc:
                 self._roll_back(client, done, planned, progress, _short(exc))
-                self.journal.write("rolled_back", stamp=stamp, collections={})
+                self.journal.write(ROLLED_BACK, stamp=stamp, collections={})
                 if isinstance(exc, VerificationFailed):
                     raise VerificationFailed(f"rolled back: {exc}", exc.evidence) from None
                 raise ActionError(f"rolled back: the restore of {self.backup_id} failed ({_short(exc)}); "
@@ -205,10 +205,12 @@ class MilvusRestoreInPlace(Action):
             "recovered_to_basis": "when the backup's export of the collections finished",
         }
 
-    def _put_aside(self, client: MilvusClient, name: str, earlier: JsonObject | None, stamp: str,
+    def _put_aside(self, client: MilvusClient, name: str, planned: dict[str, JsonObject], stamp: str,
                    progress: Progress) -> JsonObject:
-        """Rename ``name`` aside (once); returns the journal entry ``{"aside": name | None}``."""
+        """Rename ``name`` aside (once); returns its journal entry ``{"aside": name | None}``. ``planned``
+        holds the entries of this restore so far (an interrupted one's, when continuing it)."""
         aside = f"{name}{ASIDE_MARK}{stamp}"
+        earlier = planned.get(name)
         if earlier is not None and earlier.get("aside") and client.has_collection(str(earlier["aside"])):
             # an interrupted attempt already put the original aside: what has the name now is ours
             if client.has_collection(name):
@@ -222,8 +224,7 @@ class MilvusRestoreInPlace(Action):
         if not client.has_collection(name):
             progress(f"collection {name} does not exist: nothing to put aside, restoring it")
             return {"aside": None, "created": True}
-        self.journal.write(RESTORING, stamp=stamp, collections={**(self.journal.read().get("collections") or {}),
-                                                                 name: {"aside": aside}})
+        self.journal.write(RESTORING, stamp=stamp, collections={**planned, name: {"aside": aside}})
         progress(f"renaming collection {name} to {aside}")
         client.rename_collection(name, aside)
         return {"aside": aside}
@@ -308,8 +309,8 @@ class MilvusRestoreInPlace(Action):
                         key in first)
 
     def is_done(self) -> bool | None:
-        """From the journal: restored (recreated and verified) → True; any other phase, or none → False."""
-        return self.journal.phase == RESTORED
+        """From the journal: this step recreated and verified the collections → True; otherwise False."""
+        return self.journal.done()
 
 
 def _count(client: MilvusClient, name: str) -> int:
