@@ -276,6 +276,8 @@ def test_a_whole_database_goes_back_to_the_target_time_and_the_current_one_is_as
     idle = psycopg.connect(world.primary.dsn("shop"), autocommit=True)   # an application session
     try:
         output = _run(world, _action(world, table=None))
+        with pytest.raises(psycopg.OperationalError):
+            idle.execute("SELECT 1")   # terminated for the rename
     finally:
         idle.close()
     assert world.shop("SELECT batch, count(*) FROM orders GROUP BY 1 ORDER BY 1") == [("A", 100), ("B", 50)]

@@ -485,8 +485,10 @@ def restore_database(scratch_dsn: str, prod_dsn: str, database: str, *, run_id: 
             differ = sorted(t for t in set(expected) | set(restored) if expected.get(t) != restored.get(t))
             problem = f"row counts differ from the scratch copy's in {', '.join(differ[:10])}"
     if problem is not None:
+        # a D that appeared after the rename (not pg_restore's) is someone else's: never dropped
+        created = f'database "{database}" already exists' not in proc.stderr
         try:
-            undo_database(prod_dsn, database, aside, created=True)
+            undo_database(prod_dsn, database, aside, created=created)
             undone = "the restored copy was dropped and the original database is back under its name"
         except psycopg.Error as exc:
             undone = f"rolling back failed too ({_error(exc)}): the original is {aside or 'not renamed'}"
