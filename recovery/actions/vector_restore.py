@@ -173,6 +173,10 @@ class MilvusRestoreInPlace(Action):
         done: list[str] = []
         observations: list[Evidence] = []
         with _client(self.uri) as client:
+            leftover = [name for name in planned if name not in self.collections]
+            if leftover:   # an interrupted restore of other collections: put them back as they were first
+                self._roll_back(client, leftover, planned, progress, "an interrupted restore left them half-done")
+                planned = {name: entry for name, entry in planned.items() if name in self.collections}
             try:
                 for name in self.collections:
                     planned[name] = self._put_aside(client, name, planned, stamp, progress)
