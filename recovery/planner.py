@@ -209,9 +209,10 @@ def _services(facts: Facts, *, all_services: bool) -> list[StepSpec]:
 
 
 def _start_services(facts: Facts, services: list[ServiceInfo]) -> StepSpec:
-    order = ", ".join(s.name for s in services) or "all application services"
-    return _hook_or_manual(facts, "start_services", "Start application services in tier order",
-                           f"Start, in this order: {order}", "high", [APP])
+    order = ", ".join(s.name for s in services)
+    title = f"Start {order}, in this order" if order else "Start application services in tier order"
+    return _hook_or_manual(facts, "start_services", title, f"Start, in this order: {order or 'all of them'}",
+                           "high", [APP])
 
 
 def _newest_usable(backups: tuple[BackupCandidate, ...], *, before: datetime | None = None,

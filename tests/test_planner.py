@@ -133,7 +133,7 @@ def test_restore_in_place_shows_backup_time_target_and_data_dir_and_starts_servi
     started = [(s.params.get("service"), s.params.get("hook")) for s in plan.steps if s.action == "service_start"]
     assert started == [("auth", "start"), ("search", "start"), ("pipeline", "restart")]
     assert "./ops/start.sh auth" in plan.steps[5].title
-    assert plan.steps[8].title == "Start application services in tier order (manual)"
+    assert plan.steps[8].title == "Start reports, in this order (manual)"
     assert plan.steps[8].params["instruction"] == "Start, in this order: reports"
 
 
