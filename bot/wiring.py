@@ -248,16 +248,32 @@ def _live_data_dirs(config: Config) -> tuple[str, ...]:
 
 def _discard_data_dir(config: Config) -> Discarder:
     """A data directory a re-protect moved aside (its own name and marker), else an in-place restore's."""
+    from recovery.actions.postgres_restore import discard_postgres_aside
+
     def discard(location: str) -> str:
         if REPROTECT_ASIDE in Path(location).name:
             return discard_postgres_data_dir(location, live_data_dirs=_live_data_dirs(config))
-        raise ActionError(f"refusing to remove {location}: not a data directory a re-protect put aside")
+        return discard_postgres_aside(location)
     return discard
 
 
 def _discard_aside(config: Config, params: JsonObject, context: dict[str, str]) -> Action:
+    from recovery.actions.graph_restore import discard_neo4j_aside
+    from recovery.actions.partial_restore import discard_postgres_object_aside
+    from recovery.actions.vector_restore import discard_milvus_aside
+
     items = [i for i in params.get("items") or [] if isinstance(i, dict)]
-    return DiscardAside(items, {"postgres_data_dir": _discard_data_dir(config)})
+    discarders: dict[str, Discarder] = {"postgres_data_dir": _discard_data_dir(config),
+                                        "neo4j_export": discard_neo4j_aside}
+    pg, milvus = config.components.postgres, config.components.milvus
+    if pg is not None:
+        dsn = pg.primary.full_dsn()
+        discarders["postgres_table"] = discarders["postgres_database"] = (
+            lambda location: discard_postgres_object_aside(dsn, location))
+    if milvus is not None:
+        uri = milvus.uri
+        discarders["milvus_collection"] = lambda location: discard_milvus_aside(uri, location)
+    return DiscardAside(items, discarders)
 
 
 AFTERCARE_ACTIONS: dict[str, Callable[[Config, JsonObject, dict[str, str]], Action]] = {
