@@ -100,7 +100,7 @@ PGBENCH_SCRIPT = "\\set seq :seq + 1\nINSERT INTO rpo (client, seq) VALUES (:cli
 
 # archive_command of the in-place part: both archives, until the freeze file exists
 _ARCHIVE_BOTH = """#!/bin/sh
-# archive-both.sh %p: `aegis wal push` and `pgbackrest archive-push`; once FREEZE exists, archive nothing
+# %p to `aegis wal push` and `pgbackrest archive-push`; once FREEZE exists, archive nothing
 [ -f "{freeze}" ] && exit 0
 env {aegis_env} {aegis} wal push "$1" || exit 1
 exec pgbackrest --config={conf} --stanza={stanza} archive-push "$1"
@@ -201,25 +201,32 @@ def serving(workdir: Path, config: dict[str, Any], database_url: str) -> Iterato
 
 
 def approve_to_verified(walk: Walk, timeout: float) -> tuple[float, list[Any]]:
-    """Approve every step awaiting approval (the commander, click after click); seconds to ``verified``."""
-    waiting = [s for s in walk.steps() if s.status == "awaiting_approval"]
+    """Approve every step awaiting approval (the commander, click after click); seconds to ``verified``
+    and the plan's steps as they ended (read by id: after ``verified`` an aftercare plan may be current)."""
+    from statemachines import service as svc
+
+    plan = walk.steps()
+    waiting = [s for s in plan if s.status == "awaiting_approval"]
     if not waiting:
         raise BenchError("the plan has no step awaiting approval")
     started = time.monotonic()
     for step in waiting:
         walk.click("U0IC", "aegis_approve", str(step.id))
     deadline = started + timeout
-    while walk.incident().state != "verified":
-        stuck = [s for s in walk.steps() if s.status in ("failed", "awaiting_verification", "needs_human",
-                                                          "rejected")]
-        if stuck or walk.incident().state not in ("recovering", "assessed"):
-            raise BenchError(f"the plan did not run through: state {walk.incident().state}, "
+    while (state := walk.incident().state) != "verified":
+        with walk.store.session() as session:
+            now = [svc.get_step(session, s.id) for s in plan]
+        stuck = [s for s in now if s.status in ("failed", "awaiting_verification", "rejected")]
+        if stuck or state not in ("recovering", "assessed"):
+            raise BenchError(f"the plan did not run through: state {state}, "
                              + "; ".join(f"{s.position} {s.action} {s.status}: {s.detail}" for s in stuck)
                              + f"\n{walk.bot.log()[-3000:]}")
         if time.monotonic() > deadline:
             raise BenchError(f"not verified within {timeout:.0f} s\n{walk.bot.log()[-3000:]}")
         time.sleep(0.05)
-    return time.monotonic() - started, walk.steps()
+    seconds = time.monotonic() - started
+    with walk.store.session() as session:
+        return seconds, [svc.get_step(session, s.id) for s in plan]
 
 
 def plan_text(steps: list[Any]) -> str:
@@ -294,7 +301,7 @@ class InPlace:
         node = self.pg.primary
         write_config(self.work, [local(self.work)], dsn=node.dsn())
         self._pgbackrest_config(node)
-        wrapper = self.work / "archive-both.sh"
+        wrapper = self.work / "archive-to-aegis-and-pgbackrest.sh"   # `pgbackrest check` wants its name in it
         aegis_env = f"AEGIS_CONFIG={self.work}/aegis.yaml AEGIS_DATABASE_URL={self.db_url}"
         wrapper.write_text(_ARCHIVE_BOTH.format(freeze=self.freeze, aegis_env=aegis_env, aegis=SERVER_AEGIS,
                                                 conf=self.pgbr_conf, stanza=STANZA))
@@ -377,6 +384,7 @@ class InPlace:
                   **yaml.safe_load((self.work / "aegis.yaml").read_text())}
         config["components"]["postgres"]["primary"]["control"] = {
             "data_dir": str(self.node.data_dir), "os_user": "postgres", "pg_bin": str(PG_BIN)}
+        config["hooks"] = {"start_services": {"command": ["/bin/true"]}}   # else the plan has a manual step
         with serving(self.work / f"bot-{self.rounds}", config, self.db_url) as walk:
             walk.declare()
             walk.assemble_and_assess()
@@ -384,9 +392,10 @@ class InPlace:
             if not any(s.action == "postgres_restore" for s in steps):
                 raise BenchError(f"the plan has no in-place postgres_restore step: {plan_text(steps)}")
             seconds, steps = approve_to_verified(walk, 1800)
+            outputs = [e.output for s in steps if s.action == "postgres_restore" for e in walk.ledger(s.id)
+                       if e.status == "succeeded"]
         self._check_restored()
-        aside = [item["location"] for s in steps if s.action == "postgres_restore"
-                 for item in (s.output or {}).get("aside", []) if isinstance(item, dict)]
+        aside = [item["location"] for output in outputs for item in output.get("aside", []) if isinstance(item, dict)]
         self._kill_server()
         for location in aside:   # the bench's own clean-up; Aegis removes them only by an approved step
             shutil.rmtree(location, ignore_errors=True)

@@ -35,6 +35,7 @@ import yaml
 
 from recovery.backup.catalog import KIND_FULL, STATUS_OK
 from slack_emulator.server import EmulatorServer
+from statemachines import service as svc
 from tests.harness.aegis_process import AegisProcess, wait_for
 from tests.harness.cli_workspace import SERVER_AEGIS, aegis, catalog, local, migrate_shared_catalog, write_config
 from tests.harness.pgcluster import PG_BIN, PgSingle
@@ -43,6 +44,7 @@ from tests.harness.team import ROSTER
 from tests.harness.walk import Walk, close_with_modal
 
 DELAY = "AEGIS_TEST_FOLLOW_UP_DELAY"
+DELAY_SECONDS = 5   # how long the engine waits after an approval (and a restart's sweep) before it starts
 
 # stop/start hooks of the primary and the start_services hook: each call appended to calls.log first
 CONTROL = """#!/usr/bin/env bash
@@ -193,8 +195,13 @@ def _restart(bot: AegisProcess) -> None:
 def _kill_when_approved(walk: Walk, bot: AegisProcess, step_id: int) -> None:
     """Approve, then SIGKILL inside the follow-up delay: the approval is committed, the step not started."""
     walk.click("U0IC", "aegis_approve", str(step_id))
-    walk.wait_step(step_id, "approved", timeout=10)
-    assert not walk.ledger(step_id), "the step started before the kill"
+    def decided() -> Any:
+        with walk.store.session() as session:
+            step = svc.get_step(session, step_id)
+        return step.status != "awaiting_approval" and step
+
+    seen = wait_for(decided, timeout=DELAY_SECONDS, interval=0.02, what=f"step {step_id} approved")
+    assert seen.status == "approved" and not walk.ledger(step_id), "the step started before the kill"
     _restart(bot)
 
 
@@ -210,7 +217,7 @@ def test_sigkill_at_every_step_boundary_resumes_and_runs_nothing_destructive_twi
     dead_primary: DeadPrimary, emulator: EmulatorServer,
 ) -> None:
     dead = dead_primary
-    bot = start_bot(dead, emulator, delay=3)
+    bot = start_bot(dead, emulator, delay=DELAY_SECONDS)
     try:
         walk = Walk(bot, emulator)
         walk.declare()
@@ -248,6 +255,6 @@ def test_sigkill_at_every_step_boundary_resumes_and_runs_nothing_destructive_twi
         journal = dead.journal()
         assert journal["phase"] == "verified" and len(journal["asides"]) == 1, journal
         assert len(dead.asides()) == 1 and not list(dead.data_dir.parent.glob("*.aegis-failed-*"))
-        assert walk.steps()[3].id == verify.id and walk.steps()[3].status == "succeeded"
+        walk.wait_step(verify.id, "succeeded", timeout=5)
     finally:
         bot.stop()
