@@ -17,10 +17,13 @@ Strategies and why (where the issue is silent):
   routing (hook, where configured). A database failover only starts the services that have their
   own ``start``/``restart`` hook (the application keeps running; it is repointed); a data-centre
   failover starts all of them.
-- **restore_from_backup** (S2 without a standby, C3/C4): confirm down → fence (hook, if configured) →
+- **restore_from_backup** (S2 without a standby, C3/C4): fence (hook, if configured) →
   restore every configured database that has a backup (PostgreSQL in place when its ``control`` is
   configured, else a manual step naming the backup) → services → verify. The backup is the newest
-  whose last verification or restore test did not fail; to the latest point (WAL).
+  whose last verification or restore test did not fail; to the latest point (WAL). No "confirm the
+  primary is down" step (that is a failover precondition: a promoted standby must never run beside a
+  live primary): the in-place restore stops the server itself, and a database failure whose primary
+  still runs but holds corrupted data must be restorable.
 - **ransomware** (S3, a restore_from_backup to a clean point): isolate → restore each component from
   its clean point (``recovery/clean_point.py``), PostgreSQL to one second before the infection →
   services → verify. Every destructive step needs two approvers, one of them the security lead.
@@ -311,9 +314,9 @@ def failover(facts: Facts, rationale: str) -> Plan:
 
 
 def restore_from_backup(facts: Facts, rationale: str) -> Plan:
+    # no confirm-down here (a failover precondition only): the in-place restore stops the server itself,
+    # and a running but corrupted primary must be restorable
     steps: list[StepSpec] = []
-    if facts.has_postgres_primary:
-        steps.append(_confirm_down())
     if "fence_primary" in facts.hooks:
         steps.append(_hook_or_manual(facts, "fence_primary", "Stop writes to the failed database", "", "high", [DB]))
     restores = _latest_restores(facts)

@@ -118,9 +118,10 @@ def test_restore_in_place_shows_backup_time_target_and_data_dir_and_starts_servi
                          postgres_control=CONTROL, neo4j_database="graph", has_milvus=True, services=SERVICES,
                          backups={"postgres": (NIGHTLY, NOON, MORNING), "neo4j": (NEO4J,), "milvus": (MILVUS,)}))
     assert plan.strategy == RESTORE
-    assert actions(plan) == ["postgres_confirm_down", "fence_primary", "postgres_restore", "neo4j_restore",
+    # no confirm-down: the in-place restore stops the server itself (a running, corrupted primary is restorable)
+    assert actions(plan) == ["fence_primary", "postgres_restore", "neo4j_restore",
                              "milvus_restore", "service_start", "service_start", "service_start", "manual", "verify"]
-    fence, restore, graph, vectors = plan.steps[1:5]
+    fence, restore, graph, vectors = plan.steps[0:4]
     assert fence.title == "Stop writes to the failed database: ./ops/fence.sh"
     assert restore.params == {"node": "primary", "backup_id": NOON.run_id, "backup_time": "2026-12-01T12:00:00+00:00",
                               "target_time": None, "data_dir": CONTROL.data_dir, "control": "pg_ctl"}
@@ -132,9 +133,9 @@ def test_restore_in_place_shows_backup_time_target_and_data_dir_and_starts_servi
     # tier, then depends_on; the service without a hook goes to start_services, at its place in the order
     started = [(s.params.get("service"), s.params.get("hook")) for s in plan.steps if s.action == "service_start"]
     assert started == [("auth", "start"), ("search", "start"), ("pipeline", "restart")]
-    assert "./ops/start.sh auth" in plan.steps[5].title
-    assert plan.steps[8].title == "Start reports, in this order (manual)"
-    assert plan.steps[8].params["instruction"] == "Start, in this order: reports"
+    assert "./ops/start.sh auth" in plan.steps[4].title
+    assert plan.steps[7].title == "Start reports, in this order (manual)"
+    assert plan.steps[7].params["instruction"] == "Start, in this order: reports"
 
 
 def test_restore_without_control_or_without_a_backup_is_a_manual_step_saying_why() -> None:
