@@ -519,17 +519,23 @@ def propose(facts: Facts) -> Plan:
 
 
 def reprotect_plan(facts: Facts) -> Plan:
-    """After a failover: rebuild the old primary as a standby of the promoted one (pg_rewind when Aegis
-    controls the old primary's server, else a fresh base backup)."""
+    """After a failover: rebuild the old primary as a standby of the promoted one (pg_rewind, else a fresh
+    base backup: recovery/actions/reprotect.py decides on the node). The action runs on the old primary's
+    data directory through its ``control`` config either way, so without it the step is manual."""
     control = facts.postgres_control
-    method = "pg_rewind" if control is not None else "base_backup"
-    where = f" ({control.data_dir}, {control.preview()})" if control else ""
+    if control is None:
+        step = _manual("Rebuild the old primary as a standby of the new primary (the promoted standby)",
+                       "Rebuild the old primary as a standby of the new primary (the promoted standby): pg_rewind "
+                       "or a new base backup; configure components.postgres.primary.control to let Aegis do it",
+                       "high", [DB])
+        return Plan("reprotect", [step], "the system runs without a standby since the failover: re-protect it "
+                    "by hand (the old primary has no control configured)")
     step = StepSpec(
-        title=f"Rebuild the old primary{where} as a standby of the new primary with {method}, then check it streams",
+        title=(f"Rebuild the old primary ({control.data_dir}, {control.preview()}) as a standby of the new "
+               "primary with pg_rewind (a fresh base backup if it cannot be rewound), then check it streams"),
         action="postgres_reprotect", risk="high", approver_roles=[DB],
-        params={"old_primary": "primary", "new_primary": "standby", "method": method})
-    return Plan("reprotect", [step], f"the system runs without a standby since the failover: re-protect it "
-                f"({method}{'' if control else ': the old primary has no control configured for pg_rewind'})")
+        params={"old_primary": "primary", "new_primary": "standby", "method": "pg_rewind"})
+    return Plan("reprotect", [step], "the system runs without a standby since the failover: re-protect it (pg_rewind)")
 
 
 _ASIDE_WORDS = {"postgres_data_dir": "data directory", "postgres_table": "table", "postgres_database": "database",

@@ -32,7 +32,7 @@ from recovery.planner import (
 )
 from statemachines.models import BackupRecord
 from statemachines.store import Store
-from statemachines.vocabulary import SECURITY_LEAD
+from statemachines.vocabulary import DATABASE_LEAD, SECURITY_LEAD
 
 DAY = datetime(2026, 12, 1, tzinfo=UTC)
 INFECTION = DAY.replace(hour=9, minute=14)
@@ -299,7 +299,12 @@ def test_reprotect_and_cleanup_plans() -> None:
     assert [s.params for s in rewind.steps] == [{"old_primary": "primary", "new_primary": "standby",
                                                  "method": "pg_rewind"}]
     assert CONTROL.data_dir in rewind.steps[0].title and rewind.steps[0].action == "postgres_reprotect"
-    assert reprotect_plan(facts(has_postgres_standby=True)).steps[0].params["method"] == "base_backup"
+    # without control the re-protect action cannot run on the old primary at all (either method): manual
+    by_hand = reprotect_plan(facts(has_postgres_standby=True)).steps
+    assert [s.action for s in by_hand] == ["manual"] and by_hand[0].approver_roles == [DATABASE_LEAD]
+    assert by_hand[0].params["instruction"] == (
+        "Rebuild the old primary as a standby of the new primary (the promoted standby): pg_rewind or a new base "
+        "backup; configure components.postgres.primary.control to let Aegis do it")
 
     items = [{"kind": "postgres_data_dir", "location": "/var/lib/pg.aside-INC-1", "component": "postgres"},
              {"kind": "neo4j_export", "location": "/var/tmp/neo4j-INC-1.jsonl", "component": "neo4j"},
