@@ -422,9 +422,11 @@ def _partial_postgres(partial: JsonObject, backup: BackupCandidate | None, targe
     if backup is None:
         return _manual(f"Restore {what} {point}", f"{_no_backup('PostgreSQL')} taken before that point; "
                        "restore the object by hand", "high", [DB])
+    # a whole database is swapped by renames, which need it free: its open sessions are cut (partial.py)
+    cut = "" if table else f"; open connections to {database} are terminated for the swap"
     return StepSpec(
         title=(f"Restore {what} {point} from {backup.run_id} (taken {at(backup.taken_at)}) via a scratch copy; "
-               "the current one is renamed aside first"),
+               f"the current one is renamed aside first{cut}"),
         action="postgres_partial_restore", risk="high", approver_roles=[DB],
         params={**_backup_params(backup), "target_time": iso(target), "database": database,
                 "table": str(table) if table else None})

@@ -274,9 +274,11 @@ def test_partial_recovery_shapes() -> None:
     assert step.params == {"backup_id": NIGHTLY.run_id, "backup_time": "2026-12-01T02:00:00+00:00",
                            "target_time": "2026-12-01T10:00:00+00:00", "database": "shop", "table": "public.orders"}
     assert "table public.orders of database shop as of 2026-12-01 10:00:00 UTC" in step.title
+    assert "terminated" not in step.title     # a table is swapped inside the database: nobody is cut off
 
     whole = partial({"partial": {"component": "postgres", "database": "shop"}})
     assert whole.steps[0].params["table"] is None and whole.steps[0].params["backup_id"] == NOON.run_id
+    assert whole.steps[0].title.endswith("; open connections to shop are terminated for the swap")
 
     graph = partial({"partial": {"component": "neo4j", "database": "people"}})
     assert actions(graph) == ["neo4j_restore", "verify"] and graph.steps[0].params["database"] == "people"
