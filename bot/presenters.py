@@ -17,6 +17,7 @@ from messages.views import (
     ExpectedView,
     IncidentView,
     ObjectiveReport,
+    PlanView,
     RevisionView,
     RoleView,
     StepView,
@@ -62,7 +63,22 @@ def incident_view(session: Session, incident: Incident, config: Config, *, with_
         aftercare=incident.aftercare if revision is None else None, protected=incident.protected,
         standby_lag_bytes=int(lag["lag_bytes"]) if lag and _is_number(lag.get("lag_bytes")) else None,
         standby_lag_seconds=float(lag["lag_seconds"]) if lag and _is_number(lag.get("lag_seconds")) else None,
+        plans=_plans(session, incident, events) if revision is None else [],
     )
+
+
+def _plans(session: Session, incident: Incident, events: list[TimelineEvent]) -> list[PlanView]:
+    """With aftercare: the recovery plan (the newest revision no aftercare proposal made — the one that
+    reached ``verified``), then each aftercare plan by revision, so status keeps who approved the recovery."""
+    if not incident.aftercare:
+        return []
+    incident_id = require_id(incident)
+    kinds = {int(d["revision"]): str(d.get("aftercare") or "") for d in (e.data or {} for e in events)
+             if d.get("code") == "aftercare_proposed" and isinstance(d.get("revision"), int)}
+    recovery = max((r for r in range(1, incident.plan_revision + 1) if r not in kinds), default=None)
+    found = [] if recovery is None else [(recovery, "recovery")]
+    found += sorted(kinds.items())
+    return [PlanView(r, kind, [_step(session, s) for s in _steps(session, incident_id, r)]) for r, kind in found]
 
 
 def _is_number(value: object) -> bool:

@@ -94,6 +94,15 @@ class ReplacedView:
 
 
 @dataclass(frozen=True)
+class PlanView:
+    """One plan revision of an incident that has aftercare: the recovery, or an aftercare plan after it."""
+
+    revision: int
+    kind: str                      # recovery | reprotect | cleanup
+    steps: list[StepView] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class IncidentView:
     key: str                       # "INC-7"
     id: int
@@ -119,6 +128,9 @@ class IncidentView:
     protected: bool | None = None  # False: after a failover, running without a standby; True: re-protected
     standby_lag_bytes: int | None = None      # the replication lag the re-protect measured
     standby_lag_seconds: float | None = None
+    # once an aftercare plan exists: the recovery plan that reached ``verified`` (with its approvals),
+    # then each aftercare plan in order; empty before (``steps`` is then the whole story)
+    plans: list[PlanView] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

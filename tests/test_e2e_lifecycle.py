@@ -137,11 +137,16 @@ def test_database_failure_walk_from_slash_command_to_closed(
         standby.sql("INSERT INTO orders VALUES (101, 'after failover')")
         assert standby.sql("SELECT count(*) FROM orders")[0][0] == 101
 
-        # status shows the state name, the steps and who approved what
+        # status shows the state name, the steps and who approved what — the recovery plan that reached
+        # verified, even once the re-protect plan (aftercare) is the current revision, which it lists too
+        wait_for(lambda: walk.incident().aftercare == "reprotect", what="the re-protect plan")
         walk.driver.slash("U0IC", "status", channel_id=walk.channel_id)
         status = wait_for(lambda: [r for r in emulator.state.responses_for("U0IC") if "verified" in json.dumps(r)],
                           what="the status reply")
-        assert "U0DB" in json.dumps(status[-1]) and "Promote" in json.dumps(status[-1])
+        reply = all_text(status[-1])
+        assert "U0DB" in reply and "Promote" in reply and "Fence" in reply
+        assert reply.index("Recovery plan") < reply.index("Promote") < reply.index("Aftercare: re-protect plan")
+        assert "Rebuild the old primary" in reply.split("Aftercare: re-protect plan")[1]
 
         # close: the commander's button opens a modal; submitting it closes the incident
         walk.click("U0IC", "aegis_close", str(walk.incident_id))

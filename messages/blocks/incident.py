@@ -310,10 +310,19 @@ def _waiting_for(v: IncidentView) -> tuple[str, StepView | None]:
 
 
 def status_reply(v: IncidentView, locale: str) -> Message:
-    """``/aegis status``: state, every step with its status and approvers, and the roles."""
+    """``/aegis status``: state, every step with its status and approvers, and the roles. Once an
+    aftercare plan exists, the recovery plan that reached ``verified`` is listed first and each
+    aftercare plan after it under its own title (``v.plans``)."""
     rows = _step_rows(v.steps)
     blocks = [section_block(phrase(locale, "status_reply", "head", v=v, updated_at=_last_update(v)), "status_head")]
-    if rows:
+    if v.plans:   # aftercare: the recovery plan that reached verified, then each aftercare plan, labelled
+        lines = []
+        for plan in v.plans:
+            lines.append(phrase(locale, "status_reply", "plan_title", plan=plan))
+            lines += [clip(phrase(locale, "status_reply", "step", row=r, progress=_progress(r, locale)), LINE_CHARS)
+                      for r in _step_rows(plan.steps)]
+        blocks.extend(sections(lines, "status_steps")[: MAX_BLOCKS - 3])
+    elif rows:
         lines = [phrase(locale, "status_reply", "steps_title")]
         lines += [clip(phrase(locale, "status_reply", "step", row=r, progress=_progress(r, locale)), LINE_CHARS)
                   for r in rows]
