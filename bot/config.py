@@ -31,7 +31,7 @@ from pydantic_core import ErrorDetails
 
 from bot.extras import missing_extras
 from statemachines.json_types import JsonObject
-from statemachines.vocabulary import HOOK_NAMES, ROLES, SCENARIOS
+from statemachines.vocabulary import DESTRUCTIVE_ACTIONS, HOOK_NAMES, ROLES, SCENARIOS
 
 TIERS = (1, 2, 3)                      # 1 recovers first (the plan's tier 1 services)
 DEFAULT_KEY_ENV = "AEGIS_BACKUP_KEY"
@@ -531,9 +531,10 @@ class Backups(_Strict):
 MONITOR_RULES = ("database_failure", "datacenter_outage", "ransomware", "wal_archiving_stalled",
                  "backup_stale", "check_failed")     # recovery/monitor/risk.py BUILTIN_RULES
 AUTO_RECOVERY_ACTIONS = ("postgres_confirm_down", "postgres_promote", "hook", "verify")
-# steps under the two-person rule (the ransomware plan's restore from a clean backup, a manual step):
-# configuration never pre-approves them, whatever auto_recovery says
-TWO_PERSON_ACTIONS = ("manual", "restore")
+# steps configuration never pre-approves, whatever auto_recovery says: a manual step (a person's word) and
+# every action that changes data or systems (two-person steps in a ransomware plan) that automatic
+# recovery does not run — the restores, re-protect, service starts, the clean-up
+NEVER_PRE_APPROVED = ("manual", *sorted(DESTRUCTIVE_ACTIONS.difference(AUTO_RECOVERY_ACTIONS)))
 
 
 class CheckOverride(_Strict):
@@ -634,9 +635,10 @@ class Monitoring(_Strict):
                 raise ValueError(f"rules.{name}: a critical rule needs a scenario (one of {', '.join(SCENARIOS)})")
         for action in self.pre_approved_actions:
             base = action.split(".", 1)[0]
-            if base in TWO_PERSON_ACTIONS:
-                raise ValueError(f"pre_approved_actions: `{action}` is a two-person step (the ransomware restore "
-                                 "needs the security lead and a second approver); config never pre-approves it")
+            if base in NEVER_PRE_APPROVED:
+                raise ValueError(f"pre_approved_actions: `{action}` is a two-person step in a ransomware plan (the "
+                                 "security lead and a second approver) and a person's decision in any plan; "
+                                 "config never pre-approves it")
             if base == "hook" and action.split(".", 1)[-1] not in HOOK_NAMES:
                 raise ValueError(f"pre_approved_actions: `{action}`: name the hook, one of "
                                  + ", ".join(f"hook.{h}" for h in HOOK_NAMES))

@@ -46,6 +46,7 @@ from recovery.clean_point import BackupCandidate, CleanPoint, choose, describe
 from statemachines.json_types import JsonObject
 from statemachines.service import StepSpec
 from statemachines.vocabulary import APPLICATION_LEAD, DATABASE_LEAD, INFRASTRUCTURE_LEAD, SECURITY_LEAD
+from statemachines.vocabulary import DESTRUCTIVE_ACTIONS as DESTRUCTIVE_ACTIONS  # the two-person rule's actions
 from statemachines.vocabulary import HOOK_NAMES as HOOK_NAMES  # re-exported: recovery.planner.HOOK_NAMES as before
 
 DB, INFRA, APP, SEC = DATABASE_LEAD, INFRASTRUCTURE_LEAD, APPLICATION_LEAD, SECURITY_LEAD
@@ -56,9 +57,6 @@ FAILOVER, RESTORE, PARTIAL = "failover", "restore_from_backup", "partial_recover
 STRATEGIES = (FAILOVER, RESTORE, PARTIAL)
 # the ransomware PITR target: this long before the infection time the responders gave
 CLEAN_MARGIN = timedelta(seconds=1)
-# actions that change data or systems: under the ransomware two-person rule whatever their risk
-DESTRUCTIVE_ACTIONS = frozenset({"postgres_restore", "neo4j_restore", "milvus_restore", "postgres_partial_restore",
-                                 "hook", "service_start", "postgres_promote", "discard_aside", "postgres_reprotect"})
 
 
 @dataclass(frozen=True)

@@ -31,3 +31,10 @@ SEVERITIES = ("critical", "high", "medium", "low")
 HOOK_NAMES = ("fence_primary", "update_traffic", "activate_standby_environment", "start_services", "isolate_systems",
               # failover (S1): bring up the graph / vector standbys, then route traffic back once verified
               "neo4j_standby", "milvus_standby", "restore_traffic")
+
+# --- plan step actions that change data or systems (recovery.planner) -----------------------------
+# Under the ransomware two-person rule whatever their risk (recovery.planner); bot/config.py refuses
+# to pre-approve those of them automatic recovery does not run (monitoring.pre_approved_actions).
+# Here for the same reason as HOOK_NAMES: one list, read by the config without the planner.
+DESTRUCTIVE_ACTIONS = frozenset({"postgres_restore", "neo4j_restore", "milvus_restore", "postgres_partial_restore",
+                                 "hook", "service_start", "postgres_promote", "discard_aside", "postgres_reprotect"})

@@ -172,7 +172,8 @@ def test_without_pre_approval_the_promotion_waits_for_approval_after_the_read_on
 
 @pytest.mark.parametrize(("actions", "expected"), [
     (["manual"], "pre_approved_actions: `manual` is a two-person step"),
-    (["postgres_promote", "restore"], "pre_approved_actions: `restore` is a two-person step"),
+    (["postgres_promote", "postgres_restore"], "pre_approved_actions: `postgres_restore` is a two-person step"),
+    (["discard_aside"], "pre_approved_actions: `discard_aside` is a two-person step"),
     (["hook"], "pre_approved_actions: `hook`: name the hook, one of hook.fence_primary"),
     (["hook.fence_primray"], "name the hook"),
 ])
