@@ -841,12 +841,17 @@ def _event_code(step: PlanStep, outcome: StepOutcome) -> JsonObject:
 # "cleanup" once a closed incident's restores left something aside) runs its steps under the same
 # approvals, ledger and outbox as a recovery plan, while the incident stays ``verified`` (or
 # ``closed``). The planner builds these plans (recovery/planner.py); the bot proposes them
-# (bot/flows/aftercare.py) because they need the config. Decided here: aborting a failed aftercare
-# step abandons that plan (the step is marked rejected), and a failing step never moves the state.
+# (bot/flows/aftercare.py) because they need the config. Decided here: aborting (or rejecting) a
+# failed aftercare step abandons that plan (the step is marked rejected), and a failing step never
+# moves the state. Neither plan is ever lost to the other or to the close: a re-protect plan may
+# still be approved and run after the incident is closed (closing does not make the system
+# protected, and the card keeps saying so), and the clean-up plan comes only once the re-protect
+# plan has *settled* — finished, or abandoned — so proposing it never skips a re-protect step, and
+# it also removes what the re-protect put aside. ``aftercare_settled`` is that test.
 
 REPROTECT, CLEANUP = "reprotect", "cleanup"
 #: the states in which an aftercare plan's steps may be decided on and run
-AFTERCARE_STATES = {REPROTECT: ("verified",), CLEANUP: ("verified", "closed")}
+AFTERCARE_STATES = {REPROTECT: ("verified", "closed"), CLEANUP: ("verified", "closed")}
 
 
 def runs_now(incident: Incident) -> bool:
@@ -866,17 +871,31 @@ def failed_over(steps: list[PlanStep]) -> bool:
     return any(s.action == "postgres_promote" and s.status == "succeeded" for s in steps)
 
 
+def aftercare_settled(session: Session, incident: Incident) -> bool:
+    """Whether the current aftercare plan is over: every step succeeded (or was skipped), or one was
+    rejected (aborted: the plan is abandoned there). True when there is no aftercare plan."""
+    if not incident.aftercare:
+        return True
+    steps = svc.current_steps(session, require_id(incident))
+    if any(s.status == "running" for s in steps):
+        return False
+    return any(s.status == "rejected" for s in steps) or all(s.status in ("succeeded", "skipped") for s in steps)
+
+
 def propose_aftercare(session: Session, *, incident_id: int, kind: str, steps: list[StepSpec],
                       rationale: str) -> int | None:
     """Store an aftercare plan as the incident's next revision (its own plan message); the revision,
-    or None when it does not apply now (wrong state, already proposed, a step running, no steps)."""
+    or None when it does not apply now (wrong state, already proposed, a step running, no steps, or —
+    for the clean-up — a re-protect plan that has not settled yet)."""
     incident = svc.lock(session, incident_id)
     if not steps or incident.state not in AFTERCARE_STATES.get(kind, ()) or incident.aftercare == kind:
         return None
-    if kind == REPROTECT and incident.protected is not False:
+    if kind == REPROTECT and (incident.protected is not False or incident.aftercare is not None):
         return None
     if any(s.status == "running" for s in svc.current_steps(session, incident_id)):
         return None   # never replace a plan under a running step
+    if not aftercare_settled(session, incident):
+        return None   # the clean-up waits until the re-protect plan finished or was abandoned
     revision = svc.replace_plan(session, incident_id=incident_id, strategy=incident.strategy or kind, specs=steps)
     svc.set_fields(session, incident_id=incident_id, aftercare=kind)
     svc.add_event(session, incident_id=incident_id, kind="aftercare", actor=AEGIS,

@@ -25,7 +25,7 @@ from recovery.health import HealthSpec
 from slack_emulator.server import EmulatorServer
 from tests.harness.aegis_process import PG_PASSWORD, AegisProcess, wait_for
 from tests.harness.pgcluster import PgNode, PgPair, free_port
-from tests.harness.slack_reading import all_text, message_with_button
+from tests.harness.slack_reading import all_text
 from tests.harness.walk import Walk, close_with_modal
 
 pytest_plugins = ["tests.harness.pgcluster"]
@@ -212,7 +212,9 @@ def _walk_config(pair: PgPair, workdir: Path) -> dict[str, Any]:
 
 
 def _card_text(walk: Walk) -> str:
-    return all_text(message_with_button(walk.chan(), "aegis_close", str(walk.incident_id)) or {})
+    """The incident card as posted now (found by its ts: a closed card has no Close button)."""
+    card_ts = walk.incident().card_ts
+    return all_text(next((m for m in walk.chan()["messages"] if m.get("ts") == card_ts), {}))
 
 
 def test_failover_through_slack_is_reprotected_then_cleaned_up_after_close(
@@ -245,11 +247,20 @@ def test_failover_through_slack_is_reprotected_then_cleaned_up_after_close(
         reprotect = walk.step("postgres_reprotect")
         assert reprotect.status == "awaiting_approval" and str(pg_pair.primary.data_dir) in reprotect.title
         assert ("aegis_pg_a", "streaming") not in _streaming_names(pg_pair.standby)   # nothing before approval
+
+        # closed before the re-protect ran: the re-protect plan stays (still approvable), no clean-up
+        # replaces it, and the closed card keeps saying the system runs without a standby
+        close_with_modal(walk, emulator, "U0IC", "Failed over; the old primary is rebuilt after the close.")
+        assert walk.incident().aftercare == "reprotect" and walk.step("postgres_reprotect").id == reprotect.id
+        assert walk.ledger(reprotect.id) == [] and walk.incident().protected is False
+        wait_for(lambda: "Running without a standby" in _card_text(walk) and "closed" in _card_text(walk).lower(),
+                 what="the closed card's warning")
+
+        # approved after the close, it runs; once it finished, the clean-up plan follows by itself
         walk.click("U0DB", "aegis_approve", str(reprotect.id))
         walk.wait_step(reprotect.id, "succeeded", timeout=120)
-
         assert ("aegis_pg_a", "streaming") in _streaming_names(pg_pair.standby)
-        assert walk.incident().state == "verified" and walk.incident().protected is True
+        assert walk.incident().state == "closed" and walk.incident().protected is True
         wait_for(lambda: "Re-protected" in _card_text(walk) and "replication lag" in _card_text(walk)
                  and "Running without a standby" not in _card_text(walk), what="the re-protected card")
         wait_for(lambda: [m for m in walk.chan()["messages"] if "is protected again" in all_text(m)],
@@ -260,8 +271,7 @@ def test_failover_through_slack_is_reprotected_then_cleaned_up_after_close(
         kept = Path(aside["location"])
         assert kept.is_dir()
 
-        # close: the clean-up plan removes the moved-aside directory, and only it, after its approval
-        close_with_modal(walk, emulator, "U0IC", "Failed over; old primary rebuilt as a standby.")
+        # the clean-up plan removes the moved-aside directory, and only it, after its approval
         wait_for(lambda: walk.incident().aftercare == "cleanup", what="the clean-up plan")
         cleanup = walk.step("discard_aside")
         assert str(kept) in cleanup.title and kept.is_dir()

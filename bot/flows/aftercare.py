@@ -2,13 +2,20 @@
 
 The plans come from the planner (``recovery.planner.reprotect_plan`` / ``cleanup_plan``) and are
 stored by ``statemachines.usecases.propose_aftercare``, which refuses what does not apply (wrong
-state, already proposed, a step running), so proposing again is harmless:
+state, already proposed, a step running, a re-protect plan not settled), so proposing again is
+harmless. ``propose_due`` decides which plan is due now; the rule that never loses either plan:
 
-- ``reprotect``: after a failover plan reached ``verified`` (``incident.protected`` is False) — the
-  follow-up of the ``verify`` transition, and found again by the sweep after a crash;
-- ``cleanup``: in the close's own transaction (``propose_cleanup`` takes the open session), from
-  what the incident's succeeded steps put aside. Closing is never blocked by it: no aside items,
-  or a plan that cannot be replaced now, just means no clean-up plan.
+- ``reprotect``: once a failover plan reached ``verified`` (``incident.protected`` is False) and
+  no aftercare plan exists yet — also after the incident was closed (closing does not make the
+  system protected), so a close that races the proposal does not drop it. Its steps may still be
+  approved and run after the close;
+- ``cleanup``: once the incident is closed *and* the re-protect plan (if any) has settled —
+  succeeded, or abandoned by Abort/Reject — from what the incident's succeeded steps put aside
+  (a re-protect's moved-aside data directory included). Closing is never blocked by it.
+
+It is asked at each moment one of those can become true: the ``verify`` follow-up, the close (in the
+close's own transaction), the end of an aftercare plan (the engine's ``aftercare_done``), an Abort or
+Reject of an aftercare step.
 """
 
 from __future__ import annotations
@@ -29,24 +36,34 @@ log = logging.getLogger("aegis.flows")
 
 
 def wants_reprotect(incident: Incident) -> bool:
-    """A verified failover still running without a standby, with no aftercare plan yet."""
-    return incident.state == "verified" and incident.protected is False and incident.aftercare is None
+    """A verified (or since closed) failover still running without a standby, with no aftercare plan yet."""
+    return incident.state in ("verified", "closed") and incident.protected is False and incident.aftercare is None
 
 
-def propose_reprotect(config: Config, store: Store, incident_id: int) -> bool:
-    """Store the re-protect plan as the incident's next revision; False when it does not apply."""
-    with store.session() as session:
-        incident = svc.get(session, incident_id)
-        if not wants_reprotect(incident):
-            return False
+def propose_due(config: Config, session: Session, incident_id: int) -> str | None:
+    """In the caller's transaction: store the aftercare plan due now; its kind, or None when none is."""
+    incident = svc.get(session, incident_id)
+    if wants_reprotect(incident):
         plan = planner.reprotect_plan(wiring.facts(config, incident.scenario, []))
-        revision = usecases.propose_aftercare(session, incident_id=incident_id, kind=usecases.REPROTECT,
-                                              steps=plan.steps, rationale=plan.rationale)
-    return revision is not None
+        if usecases.propose_aftercare(session, incident_id=incident_id, kind=usecases.REPROTECT,
+                                      steps=plan.steps, rationale=plan.rationale) is not None:
+            return usecases.REPROTECT
+        incident = svc.get(session, incident_id)
+    if incident.state != "closed" or incident.aftercare == usecases.CLEANUP:
+        return None
+    if not usecases.aftercare_settled(session, incident):
+        return None   # the re-protect plan still waits or runs: the clean-up follows it
+    return usecases.CLEANUP if propose_cleanup(session, incident_id) else None
+
+
+def propose(config: Config, store: Store, incident_id: int) -> str | None:
+    """``propose_due`` in a transaction of its own."""
+    with store.session() as session:
+        return propose_due(config, session, incident_id)
 
 
 def propose_cleanup(session: Session, incident_id: int) -> bool:
-    """In the close's transaction: the clean-up plan for what the recovery put aside, if anything."""
+    """The clean-up plan for what the recovery (and re-protect) put aside, if anything."""
     items = usecases.aside_items(session, incident_id)
     if not items:
         return False
@@ -57,3 +74,4 @@ def propose_cleanup(session: Session, incident_id: int) -> bool:
         log.warning("INC-%s: %d aside item(s) but no clean-up plan now (a step is still running)",
                     incident_id, len(items))
     return revision is not None
+

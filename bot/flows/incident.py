@@ -113,7 +113,7 @@ class Flows:
         elif transition.dest == "assessed" and transition.trigger in ("abort_recovery", "verification_failed"):
             self.submit(lambda: self.assess(incident_id, after_version=transition.version))
         elif transition.dest == "verified":
-            self.submit(self.propose_reprotect, incident_id)
+            self.submit(self.propose_aftercare, incident_id)
         elif transition.dest == "closed":
             self.on_reminder_cancel(incident_id)
 
@@ -356,6 +356,8 @@ class Flows:
         if rejected.transition is None:
             # reject in ``assessed``: re-plan unless someone else moved first
             self.submit(lambda: self.assess(rejected.incident_id, after_version=rejected.seen_version))
+            # reject of an aftercare step: that plan is abandoned, so the clean-up may be due now
+            self.submit(self.propose_aftercare, rejected.incident_id)
 
     def retry(self, *, user_id: str, step_id: int) -> None:
         with self.store.session() as session:
@@ -367,7 +369,10 @@ class Flows:
     def abort(self, *, user_id: str, step_id: int) -> None:
         with self.store.session() as session:
             transition = usecases.abort(session, step_id=step_id, user_id=user_id, roster=self.config.roster)
+            incident_id = svc.get_step(session, step_id).incident_id
         self.committed(transition)
+        if transition is None:   # an aftercare plan abandoned: the clean-up may be due now
+            self.submit(self.propose_aftercare, incident_id)
 
     # --- manual verification -----------------------------------------------------------------
 
@@ -401,12 +406,13 @@ class Flows:
     def close(self, *, user_id: str, incident_id: int, summary: str) -> None:
         with self.store.session() as session:
             transition = usecases.close(session, incident_id=incident_id, user_id=user_id, summary=summary)
-            aftercare.propose_cleanup(session, incident_id)
+            aftercare.propose_due(self.config, session, incident_id)
         self.committed(transition)
 
-    def propose_reprotect(self, incident_id: int) -> None:
-        """After a verified failover: the re-protect plan (bot/flows/aftercare.py), waiting for approval."""
-        if aftercare.propose_reprotect(self.config, self.store, incident_id):
+    def propose_aftercare(self, incident_id: int) -> None:
+        """The aftercare plan due now (bot/flows/aftercare.py: re-protect after a verified failover, the
+        clean-up once closed and the re-protect settled), waiting for approval."""
+        if aftercare.propose(self.config, self.store, incident_id):
             self.committed()
 
     # --- the engine's listener interface: its transactions wrote the outbox rows --------------
@@ -415,6 +421,8 @@ class Flows:
         self.committed(transition)
 
     def step_changed(self, incident_id: int, step_id: int, event: str, detail: str) -> None:
+        if event == "aftercare_done":   # a re-protect finished: the clean-up may be due now
+            self.submit(self.propose_aftercare, incident_id)
         if event != "progress":
             self.outbox.wake()
             return
@@ -493,7 +501,7 @@ class Flows:
             elif state == "recovering":
                 self.advance(incident_id)
             elif state == "verified":
-                self.propose_reprotect(incident_id)   # a crash between verify and the proposal
+                self.propose_aftercare(incident_id)   # a crash between verify and the proposal
                 self.advance(incident_id)             # an approved aftercare step not run yet
 
     @staticmethod
