@@ -15,21 +15,22 @@ harmless. ``propose_due`` decides which plan is due now; the rule that never los
 
 It is asked at each moment one of those can become true: the ``verify`` follow-up, the close (in the
 close's own transaction), the end of an aftercare plan (the engine's ``aftercare_done``), an Abort or
-Reject of an aftercare step.
+Reject of an aftercare step, and the sweep (``pending_ids``: closed incidents whose aftercare may
+still be due or may have an approved step a crash left unrun).
 """
 
 from __future__ import annotations
 
 import logging
 
-from sqlmodel import Session
+from sqlmodel import Session, col, or_, select
 
 from bot import wiring
 from bot.config import Config
 from recovery import planner
 from statemachines import service as svc
 from statemachines import usecases
-from statemachines.models import Incident
+from statemachines.models import Incident, require_id
 from statemachines.store import Store
 
 log = logging.getLogger("aegis.flows")
@@ -75,3 +76,11 @@ def propose_cleanup(session: Session, incident_id: int) -> bool:
                     incident_id, len(items))
     return revision is not None
 
+
+def pending_ids(session: Session) -> list[int]:
+    """Closed incidents whose aftercare may not be over: a failover not re-protected, or an aftercare
+    plan that has not settled, or a re-protect that settled with no clean-up proposed after it."""
+    found = session.exec(select(Incident).where(
+        Incident.state == "closed", or_(col(Incident.aftercare).is_not(None), col(Incident.protected).is_(False))))
+    return [require_id(i) for i in found
+            if i.aftercare != usecases.CLEANUP or not usecases.aftercare_settled(session, i)]

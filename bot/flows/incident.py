@@ -480,7 +480,8 @@ class Flows:
         """Finish what a crash or a lost worker left, from durable state alone: interrupted steps,
         an unassessed ``assembled`` incident, an ``assessed`` one whose plan was rejected or failed
         (re-assessed once: ``assess`` compares the version) or whose responders' choice has no plan
-        yet (``replan``), a ``recovering`` one to advance."""
+        yet (``replan``), a ``recovering`` one to advance, and the aftercare of a ``verified`` or
+        closed incident: the plan due now (``aftercare.propose_due``), an approved step to run."""
         self.engine.resume_interrupted()   # its transactions wrote their outbox rows
         self.outbox.wake()
         with self.store.session() as session:
@@ -503,6 +504,11 @@ class Flows:
             elif state == "verified":
                 self.propose_aftercare(incident_id)   # a crash between verify and the proposal
                 self.advance(incident_id)             # an approved aftercare step not run yet
+        with self.store.session() as session:
+            closed = aftercare.pending_ids(session)
+        for incident_id in closed:   # closed, aftercare not over: a plan now due, an approved step not run
+            self.propose_aftercare(incident_id)
+            self.advance(incident_id)
 
     @staticmethod
     def _choice_pending(session: Session, incident: Incident) -> bool:
