@@ -17,13 +17,18 @@ from typing import Any
 
 import pytest
 
+from bot.flows import aftercare
 from recovery.actions.base import ActionError
 from recovery.actions.hook import HookAction
 from recovery.actions.reprotect import NodeControl, PostgresReprotect
 from recovery.actions.service_start import ServiceStart
 from recovery.health import HealthSpec
 from slack_emulator.server import EmulatorServer
+from statemachines import service as svc
+from statemachines.models import require_id
+from statemachines.store import Store
 from tests.harness.aegis_process import PG_PASSWORD, AegisProcess, wait_for
+from tests.harness.flows_harness import harness_for, outcome_of
 from tests.harness.pgcluster import PgNode, PgPair, free_port
 from tests.harness.slack_reading import all_text
 from tests.harness.walk import Walk, close_with_modal
@@ -286,3 +291,76 @@ def test_failover_through_slack_is_reprotected_then_cleaned_up_after_close(
     finally:
         bot.stop()
     assert PG_PASSWORD not in json.dumps(emulator.state.calls()) and PG_PASSWORD not in bot.log()
+
+
+# --- a failing re-protect step: Retry, Abort and Reject (flows in-process, the emulator as Slack) ---
+
+@pytest.mark.parametrize("give_up", ["abort", "reject"])
+def test_a_failing_reprotect_step_retries_on_a_new_approval_and_abort_or_reject_abandons_it(
+    tmp_path: Path, pg_pair: PgPair, emulator: EmulatorServer, give_up: str,
+) -> None:
+    tmp_path.chmod(0o755)
+    pg_pair.primary.stop("immediate")
+    config = _walk_config(pg_pair, tmp_path)
+    for node in config["components"]["postgres"].values():
+        node.pop("password_env")   # trust auth; in-process there is no aegis serve environment to pass it
+    store = Store(f"sqlite:///{tmp_path}/aegis.db")
+    store.migrate()
+    harness = harness_for(store, emulator, tmp_path, extra={k: config[k] for k in ("components", "hooks", "engine")})
+    flows = harness.flows
+    try:
+        harness.walk_to_assessed()
+        for action, user in (("hook", "U0INFRA"), ("postgres_promote", "U0DB"), ("hook", "U0INFRA")):
+            step = next(s for s in harness.steps() if s.action == action and s.status == "awaiting_approval")
+            flows.approve(user_id=user, step_id=require_id(step))
+            harness.wait_step(require_id(step), "succeeded")
+        harness.wait_state("verified")
+        wait_for(lambda: harness.incident().aftercare == "reprotect", what="the re-protect plan")
+        [reprotect] = harness.steps()
+        step_id = require_id(reprotect)
+
+        pg_pair.standby.stop("fast")   # the new primary is unreachable: the step fails before touching anything
+        flows.approve(user_id="U0DB", step_id=step_id)
+        harness.wait_step(step_id, "failed")
+        assert outcome_of(lambda: flows.retry(user_id="U0OUT", step_id=step_id)) == "not_allowed_to_approve"
+        flows.retry(user_id="U0DB", step_id=step_id)   # the retry is the new approval: it runs again
+        failed = wait_for(lambda: (s := harness.step(step_id)).status == "failed" and s.attempt == 2 and s,
+                          what="the retried step failing again")
+        with store.session() as session:
+            entries = svc.ledger_for_step(session, step_id)
+            votes = svc.approvals(session, failed)
+        assert [(e.attempt, e.status) for e in entries] == [(1, "failed"), (2, "failed")]
+        assert [(v.user_id, v.decision) for v in votes] == [("U0DB", "approve")]
+        assert harness.incident().state == "verified"
+
+        if give_up == "abort":
+            flows.abort(user_id="U0DB", step_id=step_id)
+        else:
+            flows.reject(user_id="U0DB", step_id=step_id, reason="rebuild it by hand")
+        incident = harness.incident()
+        assert harness.step(step_id).status == "rejected"
+        assert incident.state == "verified" and incident.aftercare == "reprotect" and incident.protected is False
+        assert outcome_of(lambda: flows.retry(user_id="U0DB", step_id=step_id)) == "step_not_awaiting"
+        if give_up == "abort":
+            assert any((e.data or {}).get("code") == "aftercare_aborted" for e in harness.events())
+        # nothing ran a third time, nothing was moved aside, and the state never moved
+        with store.session() as session:
+            assert len(svc.ledger_for_step(session, step_id)) == 2
+        assert (pg_pair.primary.data_dir / "PG_VERSION").is_file()
+        assert not list(pg_pair.primary.data_dir.parent.glob("*aegis-reprotect-aside*"))
+        transitions = [e.dest_state for e in harness.events() if e.kind == "transition"]
+        assert transitions == ["detected", "assembled", "assessed", "recovering", "verified"]
+
+        # closed afterwards: the sweep still looks at it (its aftercare is not over until a clean-up
+        # had its chance) and, with nothing put aside, proposes nothing and runs nothing
+        flows.close(user_id="U0IC", incident_id=harness.incident_id, summary="Failed over; standby rebuilt by hand.")
+        harness.wait_state("closed")
+        with store.session() as session:
+            assert harness.incident_id in aftercare.pending_ids(session)
+        flows.sweep()
+        assert harness.incident().aftercare == "reprotect" and [s.id for s in harness.steps()] == [step_id]
+        with store.session() as session:
+            assert len(svc.ledger_for_step(session, step_id)) == 2
+    finally:
+        harness.stop()
+        store.dispose()
