@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from recovery.clean_point import BackupCandidate, CleanPoint, choose, describe
+from recovery.clean_point import BackupCandidate, CleanPoint, as_json, choose, describe
 from statemachines.json_types import JsonObject
 from statemachines.service import StepSpec
 from statemachines.vocabulary import APPLICATION_LEAD, DATABASE_LEAD, INFRASTRUCTURE_LEAD, SECURITY_LEAD
@@ -110,7 +110,17 @@ class Facts:
 class Plan:
     strategy: str          # failover | restore_from_backup | partial_recovery (aftercare: reprotect | cleanup)
     steps: list[StepSpec]
-    rationale: str
+    rationale: str         # English, for the timeline and the logs (no requirement ids)
+    # why, as data the messages render in each locale: the default's code (REASONS) and its params, the
+    # responders' choice ("choice": {"strategy", "outcome": chosen|refused, "why_not", "why_not_ctx"}) and,
+    # for ransomware, the clean point ("clean_point": {"infection_at", "pitr_target", "missing", "components"})
+    reason: str = ""
+    reason_ctx: JsonObject = field(default_factory=dict)
+
+
+# the default's reason codes (messages/templates/*/plan_reason.j2 words each)
+REASONS = ("datacenter_failover", "ransomware_restore", "standby_down_restore", "standby_failover",
+           "no_standby_restore")
 
 
 # --- small pieces ---------------------------------------------------------------------------------
@@ -346,27 +356,32 @@ def ransomware(facts: Facts, rationale: str) -> Plan:
                              "critical", [SEC, INFRA])]
     roles = [SEC, DB]
     reasons: list[str] = []
+    clean: JsonObject = {"infection_at": iso(infection), "pitr_target": None, "missing": None, "components": []}
     if infection is None:
         reason = "the time of infection is not given yet (the ransomware form)"
         steps.append(_manual("Restore from the clean backup", f"{reason}: pick the newest backup verified before "
                              "the infection and restore it into clean infrastructure", "critical", roles))
         reasons.append(f"no clean point chosen: {reason}")
+        clean["missing"] = "no_infection_time"
     else:
         target = infection - CLEAN_MARGIN
         points = {c: choose(c, facts.backups.get(c, ()), infection) for c in _components(facts)}
         reasons = [describe(p, infection) for p in points.values()]
         steps += [_clean_restore(facts, p, target, infection, roles) for p in points.values()]
+        clean["components"] = [as_json(p) for p in points.values()]
         if not points:
             steps.append(_manual("Restore from the clean backup", "Restore the newest backup verified before "
                                  f"{at(infection)} into clean infrastructure", "critical", roles))
             reasons.append("no database is configured: the restore is manual")
+            clean["missing"] = "no_database"
         else:
             pitr = f"; PostgreSQL to {at(target)}, 1 s before it" if "postgres" in points else ""
+            clean["pitr_target"] = iso(target) if "postgres" in points else None
             reasons.insert(0, f"infection at {at(infection)}{pitr}")
     steps += _services(facts, all_services=True)
     steps.append(_verify_step(facts, postgres_node="primary" if facts.has_postgres_primary else None))
     steps = [_two_person(s) for s in steps]
-    return Plan(RESTORE, steps, f"{rationale}. Clean point: " + "; ".join(reasons))
+    return Plan(RESTORE, steps, f"{rationale}. Clean point: " + "; ".join(reasons), reason_ctx={"clean_point": clean})
 
 
 def _components(facts: Facts) -> list[str]:
@@ -449,47 +464,77 @@ def _partial(facts: Facts) -> JsonObject | None:
 # --- choosing ------------------------------------------------------------------------------------------
 
 
-def _default(facts: Facts) -> tuple[str, str]:
-    """The scenario's strategy from the facts, and why."""
+def _default(facts: Facts) -> tuple[str, str, JsonObject]:
+    """The scenario's strategy from the facts, and why (a REASONS code and its params)."""
     if facts.scenario == "datacenter_outage":
-        return FAILOVER, "whole data-centre outage: fail over to the other region (S1, C2)"
+        return FAILOVER, "datacenter_failover", {}
     if facts.scenario == "ransomware":
-        return RESTORE, "ransomware: isolate, then restore every component from a clean point (S3)"
+        return RESTORE, "ransomware_restore", {}
     if _standby_down(facts):
-        return RESTORE, f"the standby is unreachable ({facts.standby_check} failed): restore from backup (S2, C3)"
+        return RESTORE, "standby_down_restore", {"check": facts.standby_check}
     if facts.has_postgres_standby:
-        return FAILOVER, "a streaming standby is configured: promote it (S2)"
-    return RESTORE, "no standby is configured: restore from backup in place (S2, C3, C4)"
+        return FAILOVER, "standby_failover", {}
+    return RESTORE, "no_standby_restore", {}
+
+
+_REASON_TEXT = {
+    "datacenter_failover": "whole data-centre outage: fail over to the other region",
+    "ransomware_restore": "ransomware: isolate, then restore every component from a clean point",
+    "standby_down_restore": "the standby is unreachable ({check} failed): restore from backup",
+    "standby_failover": "a streaming standby is configured: promote it",
+    "no_standby_restore": "no standby is configured: restore from backup in place",
+}
 
 
 def _standby_down(facts: Facts) -> bool:
     return facts.has_postgres_standby and facts.standby_check is not None and facts.standby_check in facts.failing
 
 
-def impossible(facts: Facts, strategy: str) -> str | None:
-    """Why ``strategy`` cannot be planned for these facts, or None when it can."""
+_WHY_NOT_TEXT = {
+    "not_a_strategy": "{strategy!r} is not a strategy (one of {choices})",
+    "ransomware_no_failover": "a standby replicates the attack, so ransomware is restored from a clean point",
+    "no_standby": "no PostgreSQL standby is configured (components.postgres.standby)",
+    "standby_down": "the standby is unreachable ({check} failed)",
+    "partial_form_empty": "fill the partial-recovery form first (the component and the object to restore)",
+    "component_not_configured": "{component} is not configured (components.{component})",
+    "partial_no_database": "the partial-recovery form names no PostgreSQL database",
+    "partial_no_collection": "the partial-recovery form names no Milvus collection",
+}
+
+
+def why_impossible(facts: Facts, strategy: str) -> tuple[str, JsonObject] | None:
+    """Why ``strategy`` cannot be planned for these facts, as a code and its params; None when it can."""
     if strategy not in STRATEGIES:
-        return f"{strategy!r} is not a strategy (one of {', '.join(STRATEGIES)})"
+        return "not_a_strategy", {"strategy": strategy}
     if strategy == FAILOVER and facts.scenario == "ransomware":
-        return "a standby replicates the attack, so ransomware is restored from a clean point"
+        return "ransomware_no_failover", {}
     if strategy == FAILOVER and facts.scenario == "database_failure" and not facts.has_postgres_standby:
-        return "no PostgreSQL standby is configured (components.postgres.standby)"
+        return "no_standby", {}
     if strategy == FAILOVER and facts.scenario == "database_failure" and _standby_down(facts):
-        return f"the standby is unreachable ({facts.standby_check} failed)"
+        return "standby_down", {"check": facts.standby_check}
     if strategy == PARTIAL:
         partial = _partial(facts)
         if partial is None:
-            return "fill the partial-recovery form first (the component and the object to restore)"
-        component = partial["component"]
+            return "partial_form_empty", {}
+        component = str(partial["component"])
         configured = {"postgres": facts.has_postgres_primary, "neo4j": facts.neo4j_database is not None,
                       "milvus": facts.has_milvus}
-        if not configured.get(str(component)):
-            return f"{component} is not configured (components.{component})"
+        if not configured.get(component):
+            return "component_not_configured", {"component": component}
         if component == "postgres" and not partial.get("database"):
-            return "the partial-recovery form names no PostgreSQL database"
+            return "partial_no_database", {}
         if component == "milvus" and not partial.get("collection"):
-            return "the partial-recovery form names no Milvus collection"
+            return "partial_no_collection", {}
     return None
+
+
+def impossible(facts: Facts, strategy: str) -> str | None:
+    """Why ``strategy`` cannot be planned for these facts (English), or None when it can."""
+    why = why_impossible(facts, strategy)
+    if why is None:
+        return None
+    code, ctx = why
+    return _WHY_NOT_TEXT[code].format(**ctx, choices=", ".join(STRATEGIES))
 
 
 def _build(facts: Facts, strategy: str, rationale: str) -> Plan:
@@ -504,15 +549,20 @@ def _build(facts: Facts, strategy: str, rationale: str) -> Plan:
 
 def propose(facts: Facts) -> Plan:
     """The plan for ``facts``: the responders' strategy when possible, else the scenario's default."""
-    strategy, rationale = _default(facts)
+    strategy, reason, ctx = _default(facts)
+    rationale = _REASON_TEXT[reason].format(**ctx)
     wanted = facts.options.get("strategy") or (PARTIAL if _partial(facts) else None)   # a filled form asks for it
     if isinstance(wanted, str) and wanted and wanted != strategy:
-        why_not = impossible(facts, wanted)
+        why_not = why_impossible(facts, wanted)
         if why_not is None:
             strategy, rationale = wanted, f"{wanted} chosen by the responders (default: {rationale})"
+            ctx = {**ctx, "choice": {"strategy": wanted, "outcome": "chosen"}}
         else:
-            rationale = f"{wanted} is not possible: {why_not}; planned instead: {rationale}"
-    return _build(facts, strategy, rationale)
+            rationale = f"{wanted} is not possible: {impossible(facts, wanted)}; planned instead: {rationale}"
+            ctx = {**ctx, "choice": {"strategy": wanted, "outcome": "refused", "why_not": why_not[0],
+                                     "why_not_ctx": why_not[1]}}
+    plan = _build(facts, strategy, rationale)
+    return replace(plan, reason=reason, reason_ctx={**ctx, **plan.reason_ctx})
 
 
 # --- aftercare (runs after `verified`; statemachines: incident.aftercare) -----------------------------

@@ -7,6 +7,7 @@ a real (SQLite) store holding BackupRecord rows, through the same ``wiring.facts
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from recovery.clean_point import BackupCandidate, choose, describe
 from recovery.planner import (
     FAILOVER,
     PARTIAL,
+    REASONS,
     RESTORE,
     Facts,
     Plan,
@@ -88,10 +90,15 @@ def test_the_default_strategy_follows_scenario_and_standby(scenario: str, standb
 def test_a_chosen_strategy_wins_when_possible_and_is_refused_with_the_reason_when_not() -> None:
     chosen = propose(facts(has_postgres_standby=True, options={"strategy": RESTORE}))
     assert chosen.strategy == RESTORE and "chosen by the responders" in chosen.rationale
+    # the same as data for the messages (rendered per locale): the default's code, the choice
+    assert (chosen.reason, chosen.reason_ctx) == ("standby_failover",
+                                                  {"choice": {"strategy": RESTORE, "outcome": "chosen"}})
 
     no_standby = propose(facts(options={"strategy": FAILOVER}))
     assert no_standby.strategy == RESTORE
     assert "failover is not possible: no PostgreSQL standby is configured" in no_standby.rationale
+    assert (no_standby.reason, no_standby.reason_ctx) == ("no_standby_restore", {"choice": {
+        "strategy": FAILOVER, "outcome": "refused", "why_not": "no_standby", "why_not_ctx": {}}})
     assert "postgres_promote" not in actions(no_standby)
 
     ransomware = propose(facts("ransomware", has_postgres_standby=True, options={"strategy": FAILOVER}))
@@ -99,6 +106,7 @@ def test_a_chosen_strategy_wins_when_possible_and_is_refused_with_the_reason_whe
 
     down = facts(has_postgres_standby=True, standby_check="pg-b", failing=frozenset({"pg-b"}))
     assert propose(down).strategy == RESTORE and "the standby is unreachable (pg-b failed)" in propose(down).rationale
+    assert (propose(down).reason, propose(down).reason_ctx) == ("standby_down_restore", {"check": "pg-b"})
     refused = propose(replace(down, options={"strategy": FAILOVER}))
     assert refused.strategy == RESTORE and "failover is not possible: the standby is unreachable" in refused.rationale
 
@@ -229,6 +237,18 @@ def test_ransomware_restores_every_component_from_its_clean_point_with_two_appro
             "backup_20261201_080000 was skipped: not verified before the infection (checked only at 09:30)"
             ) in plan.rationale
     assert "milvus: backup_20261201_040000 taken 04:00, restore-tested 05:00 (restore test)" in plan.rationale
+    # the clean point as data: the messages word it in English and Korean (tests/test_plan_reason.py)
+    assert plan.reason == "ransomware_restore"
+    clean = plan.reason_ctx["clean_point"]
+    assert (clean["infection_at"], clean["pitr_target"], clean["missing"]) == (
+        "2026-12-01T09:14:00+00:00", "2026-12-01T09:13:59+00:00", None)
+    assert clean["components"][0] == {
+        "component": "postgres",
+        "chosen": {"run_id": NIGHTLY.run_id, "taken_at": "2026-12-01T02:00:00+00:00", "proof": "verified",
+                   "proof_at": "2026-12-01T02:40:00+00:00"},
+        "skipped": [{"run_id": NOON.run_id, "code": "taken_after", "at": "2026-12-01T12:00:00+00:00"},
+                    {"run_id": MORNING.run_id, "code": "proven_later", "at": "2026-12-01T09:30:00+00:00"}]}
+    assert clean["components"][2]["chosen"]["proof"] == "restore_tested"
 
 
 def test_ransomware_without_a_clean_point_or_an_infection_time_says_so_with_manual_restores() -> None:
@@ -245,6 +265,16 @@ def test_ransomware_without_a_clean_point_or_an_infection_time_says_so_with_manu
     untimed = propose(facts("ransomware", postgres_control=CONTROL, backups={"postgres": (NIGHTLY,)}))
     assert [s.action for s in untimed.steps] == ["manual", "manual", "manual", "verify"]
     assert "time of infection is not given yet" in untimed.rationale
+    assert untimed.reason_ctx["clean_point"]["missing"] == "no_infection_time"
+
+
+@pytest.mark.parametrize("scenario", ["database_failure", "datacenter_outage", "ransomware"])
+@pytest.mark.parametrize("standby", [True, False])
+def test_no_rationale_carries_a_requirement_id(scenario: str, standby: bool) -> None:
+    for options in ({}, {"strategy": FAILOVER}, {"strategy": RESTORE}, {"strategy": PARTIAL}):
+        plan = propose(facts(scenario, has_postgres_standby=standby, options=options, infection_time=INFECTION))
+        assert not re.search(r"\b[SCOTP][0-9]\b", plan.rationale), plan.rationale
+        assert plan.reason in REASONS
 
 
 def test_the_clean_point_may_be_proven_by_a_restore_test_and_never_by_a_failed_one() -> None:
