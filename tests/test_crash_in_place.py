@@ -37,7 +37,8 @@ from recovery.backup.catalog import KIND_FULL, STATUS_OK
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
 from tests.harness.aegis_process import AegisProcess, wait_for
-from tests.harness.cli_workspace import SERVER_AEGIS, aegis, catalog, local, migrate_shared_catalog, write_config
+from tests.harness.archiving_primary import archive_all, archiving_primary
+from tests.harness.cli_workspace import aegis, catalog
 from tests.harness.pgcluster import PG_BIN, PgSingle
 from tests.harness.slack_reading import all_text
 from tests.harness.team import ROSTER
@@ -87,23 +88,16 @@ class DeadPrimary:
 
 @pytest.fixture
 def dead_primary(shared_dir: Path) -> Iterator[DeadPrimary]:
-    write_config(shared_dir, [local(shared_dir)])
-    migrate_shared_catalog(shared_dir)
-    push = (f"AEGIS_CONFIG={shared_dir}/aegis.yaml AEGIS_DATABASE_URL=sqlite:///{shared_dir}/aegis.db "
-            f"{SERVER_AEGIS} wal push %p")
-    pg = PgSingle.create(settings={"archive_command": push, "archive_timeout": 0})
+    pg = archiving_primary(shared_dir, {"archive_timeout": 0})
     try:
         node = pg.primary
-        write_config(shared_dir, [local(shared_dir)], dsn=node.dsn())
         node.sql("CREATE TABLE orders (id int PRIMARY KEY, note text)")
         node.sql("INSERT INTO orders SELECT g, 'in the backup' FROM generate_series(1, 100) g")
         backup = aegis(shared_dir, "backup", "run", "postgresql", "--quiet")
         assert backup.returncode == 0, backup.stdout + backup.stderr
         [row] = catalog(shared_dir, f"kind = '{KIND_FULL}' AND status = '{STATUS_OK}'")
         node.sql("INSERT INTO orders SELECT g, 'archived WAL only' FROM generate_series(101, 150) g")
-        last = str(node.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0])
-        wait_for(lambda: node.sql("SELECT coalesce(last_archived_wal, '') >= %s FROM pg_stat_archiver", last)[0][0],
-                 timeout=60, what=f"{last} archived")
+        archive_all(node)
         node.stop("immediate")   # the primary dies; there is no standby
         yield DeadPrimary(shared_dir, pg, str(row["run_id"]), 150)
     finally:
