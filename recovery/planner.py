@@ -502,6 +502,9 @@ _WHY_NOT_TEXT = {
 }
 
 
+WHY_NOT_CODES = tuple(_WHY_NOT_TEXT)   # why a chosen strategy was refused (plan_reason.j2 words each)
+
+
 def why_impossible(facts: Facts, strategy: str) -> tuple[str, JsonObject] | None:
     """Why ``strategy`` cannot be planned for these facts, as a code and its params; None when it can."""
     if strategy not in STRATEGIES:

@@ -190,9 +190,12 @@ def claim_role(session: Session, *, incident_id: int, role: str, user_id: str,
 # --- assessment ---------------------------------------------------------------------------------
 
 def assess(session: Session, *, incident_id: int, expected_version: int, strategy: str, rationale: str,
-           steps: list[StepSpec], checks: list[JsonObject]) -> Transition | None:
+           steps: list[StepSpec], checks: list[JsonObject], reason: str = "",
+           reason_ctx: JsonObject | None = None) -> Transition | None:
     """Store an assessment and its plan (``assess`` from ``assembled``, ``reassess`` from ``assessed``).
 
+    ``rationale`` (English) is the transition's reason on the timeline; ``reason`` + ``reason_ctx`` (the
+    planner's code and params) ride in the assessment's outbox row, which words them per locale.
     None when someone else changed the incident since ``expected_version`` (they assessed first).
     """
     incident = svc.get(session, incident_id)
@@ -205,7 +208,8 @@ def assess(session: Session, *, incident_id: int, expected_version: int, strateg
         return None
     svc.replace_plan(session, incident_id=incident_id, strategy=strategy, specs=steps)
     # the assessment, then the new plan as a message of its own (the old one is retired)
-    svc.tell(session, incident_id=incident_id, kind="assessment", version=transition.version)
+    svc.tell(session, incident_id=incident_id, kind="assessment", version=transition.version, reason=reason,
+             reason_ctx=reason_ctx or {})
     svc.tell(session, incident_id=incident_id, kind="plan_new", version=transition.version)
     return transition
 
@@ -281,7 +285,8 @@ def set_recovery_options(session: Session, *, incident_id: int, user_id: str, ro
 
 
 def replan(session: Session, *, incident_id: int, expected_version: int, options: JsonObject, strategy: str,
-           rationale: str, steps: list[StepSpec], checks: list[JsonObject]) -> Transition | None:
+           rationale: str, steps: list[StepSpec], checks: list[JsonObject], reason: str = "",
+           reason_ctx: JsonObject | None = None) -> Transition | None:
     """Store the plan a choice asked for as a new revision (``reassess``; the incident stays ``assessed``).
 
     None when the incident moved since ``expected_version``, or its options are no longer the ones
@@ -292,7 +297,7 @@ def replan(session: Session, *, incident_id: int, expected_version: int, options
             or dict(incident.recovery_options or {}) != options:
         return None
     return assess(session, incident_id=incident_id, expected_version=expected_version, strategy=strategy,
-                  rationale=rationale, steps=steps, checks=checks)
+                  rationale=rationale, steps=steps, checks=checks, reason=reason, reason_ctx=reason_ctx)
 
 
 # --- approvals ----------------------------------------------------------------------------------

@@ -207,8 +207,10 @@ def test_ransomware_infection_time_form_in_korean(tmp_path: Path, emulator: Emul
         choose(walk, emulator, "U0SEC", "failover")
         third = revision(walk, 3)
         assert third.strategy == "restore_from_backup" and third.recovery_options["strategy"] == "failover"
-        wait_for(lambda: "failover is not possible" in all_text(assessment_message(walk)),
+        # ... in Korean: the planner's reason code worded by ko/plan_reason.j2, not its English rationale
+        wait_for(lambda: "전략은 불가능합니다: 스탠바이는 공격까지 복제하므로" in all_text(assessment_message(walk)),
                  what="the assessment saying why failover was not planned")
+        assert "is not possible" not in all_text(assessment_message(walk))
 
         # once the recovery runs (a first approval starts it), the choices are refused until it is aborted
         step = next(s for s in walk.steps() if s.status == "awaiting_approval")

@@ -171,7 +171,7 @@ class Flows:
         with self.store.session() as session:
             transition = usecases.assess(session, incident_id=incident_id, expected_version=incident.version,
                                          strategy=plan.strategy, rationale=plan.rationale, steps=plan.steps,
-                                         checks=checks)
+                                         checks=checks, reason=plan.reason, reason_ctx=plan.reason_ctx)
         if transition is not None:   # None: someone else assessed first
             self.committed(transition)
 
@@ -205,7 +205,8 @@ class Flows:
         with self.store.session() as session:
             transition = usecases.replan(session, incident_id=incident_id, expected_version=after_version,
                                          options=options, strategy=plan.strategy, rationale=plan.rationale,
-                                         steps=plan.steps, checks=checks)
+                                         steps=plan.steps, checks=checks, reason=plan.reason,
+                                         reason_ctx=plan.reason_ctx)
         if transition is not None:
             self.committed(transition)
 

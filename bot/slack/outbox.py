@@ -361,9 +361,14 @@ class Dispatcher:
         return self.gateway.post(channel, message.text, message.blocks) if channel else None
 
     def _assessment(self, batch: Batch, row: OutboxRow) -> None:
-        self._channel_post(batch, incident_blocks.assessment(batch.view, self.locale,
-                                                             batch.incident.recovery_options or {},
-                                                             rationale=self._rationale(batch.incident)))
+        # the planner's reason code + params (usecases.assess), worded per locale; a row written before
+        # they were stored falls back to the timeline's English rationale
+        p = row.payload or {}
+        reason, ctx = str(p.get("reason") or ""), p.get("reason_ctx")
+        self._channel_post(batch, incident_blocks.assessment(
+            batch.view, self.locale, batch.incident.recovery_options or {},
+            rationale="" if reason else self._rationale(batch.incident), reason=reason,
+            reason_ctx=ctx if isinstance(ctx, dict) else None))
 
     def _rationale(self, incident: Incident) -> str:
         """Why the planner chose the current strategy (its assess/reassess transition's reason): a

@@ -33,6 +33,7 @@ from messages.blocks.kit import (
     sections,
     select,
 )
+from messages.blocks.plan_reason import plan_reason
 from messages.views import (
     Block,
     IncidentView,
@@ -206,9 +207,10 @@ def step_rejected(v: IncidentView, step: StepView, user_id: str, reason: str, lo
 
 
 def assessment(v: IncidentView, locale: str, options: Mapping[str, object] | None = None, *,
-               rationale: str = "") -> Message:
-    """Health check results, the strategy chosen from them and why (``rationale``, the planner's
-    words), and the controls to choose otherwise (``options``: the incident's ``recovery_options``)."""
+               rationale: str = "", reason: str = "", reason_ctx: Mapping[str, object] | None = None) -> Message:
+    """Health check results, the strategy chosen from them and why (``reason`` + ``reason_ctx``, the
+    planner's code and params, worded per locale by plan_reason.j2; else ``rationale``, English), and the
+    controls to choose otherwise (``options``: the incident's ``recovery_options``)."""
     failing = sum(not c.ok for c in v.checks)
     counts = {"failing": failing, "total": len(v.checks)}
     blocks = [header_block(phrase(locale, "assessment", "header", v=v), "assessment_header")]
@@ -217,8 +219,9 @@ def assessment(v: IncidentView, locale: str, options: Mapping[str, object] | Non
         blocks.extend(sections(lines, "assessment_checks")[: MAX_BLOCKS - 3])
     else:
         blocks.append(section_block(phrase(locale, "assessment", "no_checks"), "assessment_checks"))
-    blocks.append(section_block(phrase(locale, "assessment", "strategy", v=v, rationale=rationale, **counts),
-                                "assessment_strategy"))
+    why = plan_reason(locale, reason, reason_ctx)
+    blocks.append(section_block(phrase(locale, "assessment", "strategy", v=v, rationale=rationale, why=why,
+                                       **counts), "assessment_strategy"))
     blocks += _choice_blocks(v, options or {}, locale)
     return as_message(phrase(locale, "assessment", "text", v=v, **counts), blocks, locale)
 

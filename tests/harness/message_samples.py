@@ -101,6 +101,22 @@ def long_timeline(n: int) -> list[TimelineItem]:
 
 
 
+# a ransomware plan's reason as recovery/planner.py gives it (a refused failover, one clean point, one none)
+CLEAN_POINT_REASON: dict[str, Any] = {
+    "choice": {"strategy": "failover", "outcome": "refused", "why_not": "ransomware_no_failover", "why_not_ctx": {}},
+    "clean_point": {"infection_at": "2026-11-26T09:14:00+00:00", "pitr_target": "2026-11-26T09:13:59+00:00",
+                    "missing": None, "components": [
+                        {"component": "postgres",
+                         "chosen": {"run_id": "backup_20261126_020000", "taken_at": "2026-11-26T02:00:00+00:00",
+                                    "proof": "verified", "proof_at": "2026-11-26T02:40:00+00:00"},
+                         "skipped": [{"run_id": "backup_20261126_120000", "code": "taken_after",
+                                      "at": "2026-11-26T12:00:00+00:00"},
+                                     {"run_id": "backup_20261126_080000", "code": "proven_later",
+                                      "at": "2026-11-26T09:30:00+00:00"}]},
+                        {"component": "neo4j", "chosen": None, "skipped": []}]},
+}
+
+
 def every_message(locale: str) -> dict[str, Message]:
     """One of every message, with the context each refusal/usage problem needs."""
     v = make_view()
@@ -113,6 +129,9 @@ def every_message(locale: str) -> dict[str, Message]:
         "plan_empty": incident_blocks.plan_message(make_view("assembled", steps=[], strategy=None), locale),
         "assessment": incident_blocks.assessment(v, locale),
         "assessment_empty": incident_blocks.assessment(make_view(checks=[], strategy=None), locale),
+        "assessment_clean_point": incident_blocks.assessment(
+            make_view("assessed", scenario="ransomware", strategy="restore_from_backup"), locale,
+            reason="ransomware_restore", reason_ctx=CLEAN_POINT_REASON),
         "stakeholder_root": incident_blocks.stakeholder_root(v, locale),
         "stakeholder_update": incident_blocks.stakeholder_update(v, t, locale),
         "stakeholder_update_auto": incident_blocks.stakeholder_update(
