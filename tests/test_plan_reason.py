@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ def why(plan: Plan, locale: str, scenario: str = "database_failure") -> str:
     view = make_view("assessed", scenario=scenario, strategy=plan.strategy)
     msg: Message = incident_blocks.assessment(view, locale, reason=plan.reason, reason_ctx=plan.reason_ctx,
                                               rationale="the English rationale must not be shown")
-    block = next(b for b in msg.blocks if b.get("block_id") == "assessment_strategy")
+    block: Any = next(b for b in msg.blocks if b.get("block_id") == "assessment_strategy")
     text = str(block["text"]["text"])
     assert "English rationale" not in text and not IDS.search(text), text
     return text.split("_Why:_" if locale == "en" else "_근거:_", 1)[1].strip()
