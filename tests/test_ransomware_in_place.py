@@ -107,7 +107,7 @@ def clean(shared_dir: Path) -> Iterator[Clean]:
         clean_id = backup_and_verify(shared_dir)
         node.sql("INSERT INTO orders SELECT g, 'after the backup, before the infection' "
                  "FROM generate_series(101, 150) g")
-        last_commit = node.sql("SELECT max(pg_xact_commit_timestamp(xmin)) FROM orders")[0][0]
+        last_commit = node.sql("SELECT max(pg_xact_commit_timestamp(xmin)) FROM orders")[0][0].astimezone(UTC)
         yield Clean(shared_dir, pg, clean_id, node.sql(DIGEST)[0], last_commit)
     finally:
         pg.destroy()
