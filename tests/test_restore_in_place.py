@@ -389,26 +389,26 @@ class Crash(BaseException):
 def test_after_a_crash_at_each_phase_is_done_says_so_and_the_next_attempt_rolls_back_first(
     world: World, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from recovery.backup.restore import in_place
+    from recovery.backup.restore.journal import Journal
 
     backup = world.backup()
     _insert(world, "B", 501, 900)
     world.archive_all()
     original = world.rows()
-    real_write = in_place.Journal.write
+    real_write = Journal.write
 
     for phase in ("stopping", "stopped", "aside", "restored", "started"):
-        def crash_after(self: in_place.Journal, written: str, _phase: str = phase, **facts: object) -> Any:
+        def crash_after(self: Journal, written: str, _phase: str = phase, **facts: object) -> Any:
             entry = real_write(self, written, **facts)
             if written == _phase:
                 raise Crash(_phase)
             return entry
 
-        monkeypatch.setattr(in_place.Journal, "write", crash_after)
+        monkeypatch.setattr(Journal, "write", crash_after)
         action = world.action(backup)
         with pytest.raises(Crash):
             _run(action)
-        monkeypatch.setattr(in_place.Journal, "write", real_write)
+        monkeypatch.setattr(Journal, "write", real_write)
         assert _journal(world)["phase"] == phase
         assert world.action(backup).is_done() is False, phase
 

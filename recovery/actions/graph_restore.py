@@ -42,11 +42,11 @@ from recovery.actions.restore_journal import (
     SAVED,
     SAVING,
     StepJournal,
-    aside_directory,
 )
 from recovery.actions.verify import IntegrityQuery
 from recovery.backup.catalog import NEO4J_KIND, BackupNotFound, choose
 from recovery.backup.repository import Repository, VerifiedCopy
+from recovery.backup.restore.journal import owner_only_directory
 from recovery.backup.restore.postgres import RestoreError
 from recovery.backup.runner import Neo4jSource
 from recovery.backup.storage.local import LocalTarget
@@ -149,7 +149,7 @@ class Neo4jRestoreInPlace(Action):
         except RestoreError as exc:   # RestoreRefused: no intact copy on any target
             raise ActionError(redact(str(exc))) from None
         try:
-            aside_directory(self.aside_dir)
+            owner_only_directory(self.aside_dir)
         except OSError as exc:
             raise ActionError(f"cannot use {self.aside_dir} for the rollback export ({exc.strerror}); "
                               "nothing was changed") from None

@@ -1,10 +1,11 @@
 """A small journal for the in-place Neo4j and Milvus restores: what the last restore of a target did.
 
 One JSON file per restored target (``<aside_dir>/neo4j-restore-<database>.json``,
-``<aside_dir>/milvus-restore.json``), written by the in-place PostgreSQL restore's ``Journal``
-(replaced atomically with fsync, 0600, with a short history of phases), naming the incident and step
-that wrote it. Per target rather than per step, so that any later restore of the same target — the
-same step approved again after a crash, or a step of a new plan revision — finds an interrupted one.
+``<aside_dir>/milvus-restore-collections.json``), written by the restores' one ``Journal``
+(``recovery/backup/restore/journal.py``: replaced atomically with fsync, 0600, with a short history of
+phases), naming the incident and step that wrote it. Per target rather than per step, so that any
+later restore of the same target — the same step approved again after a crash, or a step of a new
+plan revision — finds an interrupted one.
 
 It exists for two readers: ``is_done`` after a crash (the engine's ledger rule: done → succeeded,
 not done → ask again), and the next restore of that target, which must roll back from the export or
@@ -20,19 +21,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from recovery.backup.restore.in_place import Journal
+from recovery.backup.restore.journal import Journal, owner_only_directory
 from statemachines.json_types import JsonObject
 
 SAVING, SAVED, RESTORING, RESTORED, ROLLED_BACK = "saving", "saved", "restoring", "restored", "rolled_back"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def aside_directory(path: Path) -> Path:
-    """``path`` created if needed, owner-only (0700) when this call creates it."""
-    if not path.is_dir():
-        path.mkdir(parents=True, mode=0o700, exist_ok=True)
-        path.chmod(0o700)
-    return path
 
 
 class StepJournal:
@@ -62,5 +55,5 @@ class StepJournal:
 
     def write(self, phase: str, **facts: object) -> JsonObject:
         """Record ``phase`` with ``facts`` merged over the previous entry's; durable when it returns."""
-        aside_directory(self.path.parent)
+        owner_only_directory(self.path.parent)
         return Journal(self.path).write(phase, **self.owner, **facts)

@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from recovery.actions.base import Action, ActionError, Evidence, Progress, VerificationFailed, evidence
-from recovery.actions.restore_journal import RESTORED, RESTORING, ROLLED_BACK, StepJournal, aside_directory
+from recovery.actions.restore_journal import RESTORED, RESTORING, ROLLED_BACK, StepJournal
 from recovery.backup.catalog import MILVUS_KIND, BackupNotFound, choose
 from recovery.backup.repository import Repository, VerifiedCopy
+from recovery.backup.restore.journal import owner_only_directory
 from recovery.backup.restore.postgres import RestoreError
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
@@ -150,7 +151,7 @@ class MilvusRestoreInPlace(Action):
             except RestoreError as exc:
                 raise ActionError(redact(str(exc))) from None
         try:
-            aside_directory(self.aside_dir)
+            owner_only_directory(self.aside_dir)
         except OSError as exc:
             raise ActionError(f"cannot keep the restore journal in {self.aside_dir} ({exc.strerror}); "
                               "nothing was changed") from None

@@ -1,7 +1,8 @@
 """Restore a production PostgreSQL server in place from the catalog, with rollback (issue 9, C3/C4).
 
 The order is fixed, and every phase is written to a journal beside the data directory
-(``<data_dir>.aegis-restore.json``, replaced atomically) before the next one starts:
+(``<data_dir>.aegis-restore.json``, ``recovery/backup/restore/journal.py``: replaced atomically)
+before the next one starts:
 
 1. **precheck** — nothing is stopped yet: the chosen backup is a good row of the catalog, one
    stored copy of it (and of every object of its chain) verifies end to end (sha256 and every
@@ -49,12 +50,10 @@ not archived when it stopped is not in it (the RPO of archiving, ``archive_timeo
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +66,7 @@ from recovery.backup.catalog import POSTGRES_BASE_KINDS, chain_for, choose
 from recovery.backup.incremental import fill_from_chain
 from recovery.backup.repository import VerifiedCopy
 from recovery.backup.restore.from_catalog import stage_for_restore
+from recovery.backup.restore.journal import Journal
 from recovery.backup.restore.postgres import (
     PG_OS_USER,
     RestoreError,
@@ -129,59 +129,22 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
+def pid_alive(pid: int) -> bool:
+    """A process with this pid exists (one of another user's counts: signalling it is merely refused)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def journal_path(data_dir: Path) -> Path:
     return data_dir.with_name(data_dir.name + JOURNAL_SUFFIX)
 
 
 # --- the journal ----------------------------------------------------------------------------------
-
-@dataclass
-class Journal:
-    """The last phase of the in-place restore of one data directory (JSON, 0600, replaced atomically)."""
-
-    path: Path
-
-    def read(self) -> JsonObject:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def write(self, phase: str, **facts: object) -> JsonObject:
-        """Record ``phase`` (facts merged over the previous entry's); durable when it returns."""
-        entry = {**self.read(), **facts, "phase": phase}
-        history = [*entry.get("history", []), {"phase": phase, "at": datetime.now(UTC).isoformat()}]
-        entry["history"] = history[-50:]
-        self._replace(entry)
-        return entry
-
-    def begin(self, **facts: object) -> JsonObject:
-        """A new attempt: the phases start over; every directory ever put aside stays recorded."""
-        old = self.read()
-        entry: JsonObject = {"asides": old.get("asides", []), "failed": old.get("failed", []),
-                             "discarded": old.get("discarded", []), **facts, "phase": PRECHECKED,
-                             "history": [{"phase": PRECHECKED, "at": datetime.now(UTC).isoformat()}]}
-        self._replace(entry)
-        return entry
-
-    def _replace(self, entry: JsonObject) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(entry, out, sort_keys=True, default=str)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
 
 # --- the server -----------------------------------------------------------------------------------
 
@@ -213,13 +176,7 @@ class Server:
             pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
         except (OSError, ValueError):
             return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(pid)
 
     def answers(self) -> bool:
         with contextlib.suppress(psycopg.Error):
@@ -359,9 +316,11 @@ class InPlaceRestore:
             raise InPlaceError(f"{redact(str(exc))}; {self.server.label} was not stopped") from None
         prepared = Prepared(record, record.run_id, copies, restore_command, wal_files,
                             needed, record.timeline or 1, dict(record.contents or {}), record.finished_at)
-        self.journal.begin(incident=self.incident, backup_id=record.run_id, data_dir=str(data_dir),
-                           target_time=self.target_time.isoformat() if self.target_time else None,
-                           wal_files=wal_files)
+        # a new attempt: the phases start over; every directory ever put aside stays recorded
+        self.journal.restart(PRECHECKED, keep=("asides", "failed", "discarded"), incident=self.incident,
+                             backup_id=record.run_id, data_dir=str(data_dir),
+                             target_time=self.target_time.isoformat() if self.target_time else None,
+                             wal_files=wal_files)
         progress(f"precheck passed: {record.run_id} verified on {copies[-1].target.name}, "
                  f"{wal_files} archived WAL file(s) staged and complete")
         return prepared

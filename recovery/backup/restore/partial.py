@@ -54,6 +54,7 @@ from psycopg.rows import TupleRow
 
 from recovery.backup.repository import VerifiedCopy
 from recovery.backup.restore.from_catalog import restore_postgres
+from recovery.backup.restore.in_place import pid_alive
 from recovery.backup.restore.postgres import PG_OS_USER, RestoredCluster, RestoreError, last_line, run_command
 from recovery.backup.sources.postgres import client_env, pg_bin_dir, split_password
 from recovery.backup.wal.archive import TargetWalStore
@@ -129,16 +130,6 @@ class ScratchSettings:
     pg_bin: str | None = None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_leftovers(settings: ScratchSettings) -> list[str]:
     """Scratch copies of processes that died (their pid is in the directory name): stopped and removed."""
     removed: list[str] = []
@@ -146,7 +137,7 @@ def remove_leftovers(settings: ScratchSettings) -> list[str]:
         return removed
     for work in sorted(settings.root.glob(f"{SCRATCH_PREFIX}*")):
         pid = work.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         _remove_work_dir(work, settings)
         removed.append(str(work))
