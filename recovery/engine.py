@@ -141,7 +141,9 @@ class Engine:
         except VerificationFailed as exc:
             return Outcome("failed", redact(str(exc)), {"error": redact(str(exc))}, _redact_evidence(exc.evidence))
         except RolledBack as exc:
-            return Outcome("failed", redact(str(exc)), {"error": redact(str(exc)), "rolled_back": True})
+            kept = {"aside": _redact_output({"aside": exc.aside})["aside"]} if exc.aside else {}
+            return Outcome("failed", redact(str(exc)), {"error": redact(str(exc)), "rolled_back": True, **kept},
+                           _redact_evidence(exc.evidence) or None)
         except ActionError as exc:
             return Outcome("failed", redact(str(exc)), {"error": redact(str(exc))})
         except Exception as exc:  # an action bug must not leave the step running forever

@@ -230,14 +230,14 @@ def test_a_table_restored_to_a_time_holds_exactly_the_rows_before_it_and_the_oth
 @pytest.mark.timeout(300)
 def test_rows_production_no_longer_accepts_roll_the_swap_back_and_rollback_renames_the_aside_back(
         world: World) -> None:
-    from recovery.actions.base import ActionError
+    from recovery.actions.base import RolledBack
 
     world.shop("DELETE FROM orders WHERE customer_id = 11")
     world.shop("DELETE FROM customers WHERE id = 11")   # batch B's orders point at it
     before, names = _digest(world, "orders"), _names(world)
     action = _action(world, table="public.orders")
     action.precheck()
-    with pytest.raises(ActionError, match=r"rolled back, production is unchanged.*orders_customer_id_fkey"):
+    with pytest.raises(RolledBack, match=r"rolled back, production is unchanged.*orders_customer_id_fkey"):
         action.execute(world.lines.append)
     assert _digest(world, "orders") == before and _names(world) == names
     _assert_scratch_gone(world)
@@ -254,7 +254,7 @@ def test_rows_production_no_longer_accepts_roll_the_swap_back_and_rollback_renam
 
 @pytest.mark.timeout(300)
 def test_a_table_that_is_not_in_the_backup_is_refused_and_production_is_unchanged(world: World) -> None:
-    from recovery.actions.base import ActionError
+    from recovery.actions.base import ActionError, RolledBack
 
     world.shop("CREATE TABLE returns (id int)")   # exists in production only, created after the target
     before = {t: _digest(world, t) for t in (*TABLES, "returns")}
@@ -262,8 +262,9 @@ def test_a_table_that_is_not_in_the_backup_is_refused_and_production_is_unchange
     action = _action(world, table="public.returns")
     action.precheck()
     with pytest.raises(ActionError, match=f"table public.returns is not in backup {world.backup_id}.*"
-                                          "nothing in production was changed"):
+                                          "nothing in production was changed") as refused:
         action.execute(world.lines.append)
+    assert not isinstance(refused.value, RolledBack), "nothing changed: a plain failure (Retry/Abort)"
     assert {t: _digest(world, t) for t in (*TABLES, "returns")} == before and _names(world) == names
     _assert_scratch_gone(world)
     with pytest.raises(ActionError, match="schema.table"):
@@ -293,7 +294,7 @@ def test_a_whole_database_goes_back_to_the_target_time_and_the_current_one_is_as
 
 @pytest.mark.timeout(300)
 def test_a_database_restore_that_fails_in_pg_restore_puts_the_original_back(world: World) -> None:
-    from recovery.actions.base import ActionError
+    from recovery.actions.base import RolledBack
 
     for database in ("shop", "shop_template"):
         with psycopg.connect(world.primary.dsn(database), autocommit=True) as conn:
@@ -302,7 +303,7 @@ def test_a_database_restore_that_fails_in_pg_restore_puts_the_original_back(worl
     current = {t: _digest(world, t) for t in TABLES}
     action = _action(world, table=None)
     action.precheck()
-    with pytest.raises(ActionError, match=r"pg_restore failed.*legacy.*original database is back"):
+    with pytest.raises(RolledBack, match=r"pg_restore failed.*legacy.*original database is back"):
         action.execute(world.lines.append)
     assert {t: _digest(world, t) for t in TABLES} == current
     databases = [r[0] for r in world.primary.sql("SELECT datname FROM pg_database")]

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from statemachines.store import Store
 from tests.harness.cli_workspace import (
     SERVER_AEGIS,
     flip_byte,
@@ -30,6 +31,7 @@ from tests.harness.cli_workspace import (
     table_digest,
     write_config,
 )
+from tests.harness.engine_step import through_the_engine
 from tests.harness.pgcluster import PG_BIN, PgNode, PgSingle
 
 pytestmark = pytest.mark.timeout(300)
@@ -139,40 +141,6 @@ def _refused(action: Any) -> str:
     message = str(failed.value)
     assert "Traceback" not in message
     return message
-
-
-class _Listener:
-    def step_changed(self, incident_id: int, step_id: int, event: str, detail: str) -> None:
-        pass
-
-    def transitioned(self, transition: Any) -> None:
-        pass
-
-
-def _through_the_engine(world: World, action: Any) -> tuple[str, Any]:
-    """Run ``action`` as the one step of a recovering incident's plan; the incident's state and the step after."""
-    from datetime import timedelta
-
-    from recovery.engine import Engine
-    from statemachines import service as svc
-    from statemachines.models import require_id
-    from statemachines.service import StepSpec
-    from statemachines.store import Store
-
-    store = Store(world.db_url)
-    with store.session() as session:
-        incident = svc.declare(session, scenario="database_failure", severity="high", summary="restore",
-                               declared_by="U1", locale="en", stakeholder_channel=None)
-        incident_id = require_id(incident)
-        svc.replace_plan(session, incident_id=incident_id, strategy="restore_from_backup", specs=[
-            StepSpec(title="Restore in place", action="postgres_restore", approvals_required=0)])
-        for trigger in ("assemble", "assess", "start_recovery"):
-            svc.transition(session, incident_id=incident_id, trigger=trigger, actor="U1")
-    engine = Engine(store, lambda _step, _ctx: action, _Listener(), owner="test", lease=timedelta(seconds=30))
-    engine.advance(incident_id)
-    with store.session() as session:
-        [step] = svc.current_steps(session, incident_id)
-        return svc.get(session, incident_id).state, step
 
 
 def _journal(world: World) -> dict[str, Any]:
@@ -317,10 +285,11 @@ def test_a_failed_verification_rolls_back_to_the_original_data_and_the_server_ru
     original = world.rows()
     integrity = [{"name": "all orders", "sql": "SELECT count(*) FROM t", "min": original[0]}]
 
-    state, step = _through_the_engine(world, world.action(backup, target_time=target, integrity=integrity))
+    run = through_the_engine(Store(world.db_url), world.action(backup, target_time=target, integrity=integrity),
+                             kind="postgres_restore")
 
-    message = step.detail
-    assert step.status == "failed" and state == "assessed", (step.status, state, message)
+    message = run.step.detail
+    assert run.step.status == "failed" and run.state == "assessed", (run.step.status, run.state, message)
     assert message.startswith("rolled back: verification failed"), message
     assert "integrity: all orders" in message
     assert world.rows() == original, "the database ends exactly as it was"

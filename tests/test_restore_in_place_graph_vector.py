@@ -10,6 +10,7 @@ pre-restore data exactly; a backup missing from every target refuses the step be
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +24,12 @@ from pymilvus import DataType, MilvusClient
 from bot import restore_wiring, wiring
 from bot.backup_wiring import repository_from, runner_from
 from bot.config import Config, ConfigError, load_config
-from recovery.actions.base import Action, ActionError, VerificationFailed
+from recovery.actions.base import Action, ActionError, RolledBack
 from recovery.actions.graph_restore import discard_neo4j_aside
 from recovery.actions.vector_restore import discard_milvus_aside
 from statemachines.models import PlanStep
 from statemachines.store import Store
+from tests.harness.engine_step import through_the_engine
 from tests.harness.milvus_data import all_rows, assert_rows_equal, index_view, schema_view, search_ids
 from tests.harness.milvus_server import milvus_lite
 from tests.harness.neo4j_data import build_graph, snapshot
@@ -165,7 +167,7 @@ def test_neo4j_failing_verification_rolls_back_to_the_graph_as_it_was(
     before = graph_now(neo4j_clean)
 
     action = build(config, store, step("neo4j_restore", {"backup_id": run_id, "database": "neo4j"}))
-    with pytest.raises(VerificationFailed, match="^rolled back: verification failed") as failure:
+    with pytest.raises(RolledBack, match="^rolled back: verification failed") as failure:
         run(action)
     assert graph_now(neo4j_clean) == before             # exactly as before the restore, mallory and all
     [query] = [e for e in failure.value.evidence if e["check"].startswith("neo4j query")]
@@ -223,7 +225,7 @@ def test_neo4j_rerun_after_a_crash_rolls_back_from_the_first_attempts_export(
     assert again.is_done() is False
     lines: list[str] = []
     again.precheck()
-    with pytest.raises(VerificationFailed, match="^rolled back"):
+    with pytest.raises(RolledBack, match="^rolled back"):
         again.execute(lines.append)
     assert graph_now(neo4j_clean) == before
     assert any("keeping its export" in line for line in lines) and len(aside_files(tmp_path)) == 1
@@ -332,11 +334,14 @@ def test_milvus_failing_verification_rolls_back_every_collection_of_the_step(
     before = view(client, "docs")
 
     action = build(config, store, milvus_step(run_id))
-    with pytest.raises(VerificationFailed, match="^rolled back: verification failed.*notes rows") as failure:
-        run(action)
+    result = through_the_engine(store, action, kind="milvus_restore")   # RolledBack: back to assessed
+    assert (result.state, result.step.status) == ("assessed", "failed"), (result.state, result.step.detail)
+    assert re.match("^rolled back: verification failed.*notes rows", result.step.detail), result.step.detail
+    assert result.output["rolled_back"] is True and "aside" not in result.output   # nothing left aside
     assert client.list_collections() == ["docs"]            # notes did not exist before: it is gone again
     same(view(client, "docs"), before)                     # the aside copy renamed back, exactly as it was
-    assert [e["check"] for e in failure.value.evidence if not e["ok"]] == ["milvus check: notes rows"]
+    evidence = result.step.evidence or []
+    assert [e["check"] for e in evidence if not e["ok"]] == ["milvus check: notes rows"]
     assert action.is_done() is False
     client.close()
 
@@ -382,8 +387,13 @@ def test_milvus_backup_missing_from_every_target_changes_nothing(milvus_world: t
     before = view(client, "docs")
 
     action = build(config, store, milvus_step(run_id))
-    with pytest.raises(ActionError, match="no intact copy.*nothing was written"):
+    with pytest.raises(ActionError, match="no intact copy.*nothing was written") as refused:
         action.precheck()
+    assert not isinstance(refused.value, RolledBack)
+    # through the engine: a plain failure (Retry/Abort), the incident stays in recovery
+    result = through_the_engine(store, action, kind="milvus_restore")
+    assert (result.state, result.step.status) == ("recovering", "failed"), (result.state, result.step.detail)
+    assert "no intact copy" in result.step.detail and "rolled_back" not in result.output
     assert client.list_collections() == ["docs"]
     same(view(client, "docs"), before)
     assert not os.path.exists(workdir / "staging" / "aegis-aside" / "milvus-restore-collections.json")

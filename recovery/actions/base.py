@@ -40,7 +40,19 @@ class VerificationFailed(ActionError):
 class RolledBack(ActionError):
     """The step failed after changing a system, and undid the change: the system is as it was before
     the step (e.g. an in-place restore put the saved data back). The engine sends the incident back to
-    ``assessed`` with this reason, as for a failed verification: the plan's premise no longer holds."""
+    ``assessed`` with this reason, as for a failed verification: the plan's premise no longer holds.
+
+    Raised only after a rollback that worked; a refusal before anything changed is a plain
+    ``ActionError`` (Retry/Abort), and so is a rollback that failed (the system is *not* as it was).
+    ``evidence`` holds the checks of a verification that failed (if that was the reason); ``aside``
+    what the failed attempt left behind for the clean-up step (``[{"kind", "location", "component"}]``,
+    e.g. the failed restore kept for diagnosis): the engine puts both on the failed step."""
+
+    def __init__(self, message: str, *, evidence: list[Evidence] | None = None,
+                 aside: list[JsonObject] | None = None) -> None:
+        super().__init__(message)
+        self.evidence = list(evidence or [])
+        self.aside = list(aside or [])
 
 
 class NeedsHuman(Exception):  # noqa: N818 (not an error: a hand-over)

@@ -17,6 +17,9 @@ What the issue leaves open, decided here:
   node and relationship counts equal the backup's (its trailer), as many constraints and indexes as the
   backup declares, every index ONLINE, and the configured query (``components.neo4j.verify``) run in a
   read transaction under its timeout. Each is evidence ``{check, observed, expected, ok}``.
+- **Failure.** A rollback that worked fails the step with ``RolledBack`` (with the checks, when a
+  verification failed): the engine sends the incident back to ``assessed`` with the reason. A refusal
+  before the graph was touched, or a rollback that failed, is a plain ``ActionError`` (Retry / Abort).
 - **Writers.** The export is a read-committed read (recovery/backup/sources/neo4j.py): the services
   writing to the graph should be stopped first (the plan restores before it starts services).
 - **Crash safety** (``restore_journal.py``): ``is_done`` is True only when the journal says
@@ -34,7 +37,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recovery.actions.base import Action, ActionError, Evidence, Progress, VerificationFailed, evidence
+from recovery.actions.base import (
+    Action,
+    ActionError,
+    Evidence,
+    Progress,
+    RolledBack,
+    VerificationFailed,
+    evidence,
+)
 from recovery.actions.restore_journal import (
     RESTORED,
     RESTORING,
@@ -198,11 +209,11 @@ class Neo4jRestoreInPlace(Action):
                 if failed:
                     raise VerificationFailed("verification failed: " + "; ".join(failed), observations)
             except Exception as exc:
-                self._roll_back(driver, export, progress, _short(exc))
+                self._roll_back(driver, export, progress, _short(exc))   # ActionError if that fails too
                 if isinstance(exc, VerificationFailed):
-                    raise VerificationFailed(f"rolled back: {exc}", exc.evidence) from None
-                raise ActionError(f"rolled back: the restore of {self.backup_id} failed ({_short(exc)}); "
-                                  f"Neo4j database {self.database!r} holds the graph as it was before") from None
+                    raise RolledBack(f"rolled back: {exc}", evidence=exc.evidence) from None
+                raise RolledBack(f"rolled back: the restore of {self.backup_id} failed ({_short(exc)}); "
+                                 f"Neo4j database {self.database!r} holds the graph as it was before") from None
         self.journal.write(RESTORED, restored={"nodes": stats.nodes, "relationships": stats.relationships})
         progress(f"restored {self.backup_id}: {stats.nodes} nodes, {stats.relationships} relationships; "
                  f"the graph as it was is kept at {export['path']}")

@@ -14,6 +14,10 @@ Step params (contract, issue 9): ``{"backup_id", "backup_time", "target_time": I
   scratch copy is always stopped and removed, also on failure; copies left by a process that died
   (``partial-<pid>-…`` of a pid no longer alive) are removed first, and by ``is_done``, which the
   engine asks right after a crash.
+  A failure after production was changed whose undo worked (the table's transaction rolled back, or
+  the restored database dropped and the aside one renamed back) fails the step with ``RolledBack``:
+  the engine sends the incident back to ``assessed`` with the reason. A refusal before production
+  was touched, or an undo that failed, is a plain ``ActionError`` (Retry / Abort).
 - ``verify``: production's row count of the restored object is still the scratch copy's.
 - ``rollback`` (after a committed swap): drop the restored object, rename the aside one back.
 - ``is_done`` (after a crash): the aside object this step made is found by the comment it carries
@@ -33,7 +37,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from recovery.actions.base import Action, ActionError, Progress
+from recovery.actions.base import Action, ActionError, Progress, RolledBack
 from recovery.backup.catalog import BackupNotFound, good_base
 from recovery.backup.repository import VerifiedCopy
 from recovery.backup.restore import partial
@@ -137,6 +141,8 @@ class PostgresPartialRestore(Action):
                     swap = partial.restore_database(cluster.dsn, self.dsn, self.database, run_id=self.backup_id,
                                                     step=self.step, stamp=stamp, work_dir=cluster.data_dir.parent,
                                                     pg_bin=self.scratch.pg_bin, say=progress)
+        except partial.SwapRolledBack as exc:   # production is as it was: the engine returns the incident to assessed
+            raise RolledBack(str(exc)) from None
         except partial.PartialRestoreError as exc:
             raise ActionError(str(exc)) from None
         except (RestoreError, BackupNotFound) as exc:   # the scratch copy did not come up: production untouched

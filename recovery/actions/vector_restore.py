@@ -12,6 +12,9 @@ What the issue leaves open, decided here:
   copies are released (unloaded), so that they hold no memory meanwhile.
 - **All or nothing per step.** When one collection of the step fails, every collection the step already
   restored is rolled back as well, so the step's outcome is one fact: restored, or as before.
+- **Failure.** A rollback that worked fails the step with ``RolledBack`` (with the checks, when a
+  verification failed): the engine sends the incident back to ``assessed`` with the reason. A failure
+  before the first collection was touched, or a rollback that failed, is a plain ``ActionError``.
 - **A collection that no longer exists** (dropped, the disaster itself) is simply restored; there is
   nothing to put aside, and a rollback drops what the step created.
 - **Verification** (inside ``execute``, so that a failure can still roll back): the row count equals the
@@ -35,7 +38,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from recovery.actions.base import Action, ActionError, Evidence, Progress, VerificationFailed, evidence
+from recovery.actions.base import (
+    Action,
+    ActionError,
+    Evidence,
+    Progress,
+    RolledBack,
+    VerificationFailed,
+    evidence,
+)
 from recovery.actions.restore_journal import RESTORED, RESTORING, ROLLED_BACK, StepJournal
 from recovery.backup.catalog import MILVUS_KIND, BackupNotFound, choose
 from recovery.backup.repository import Repository, VerifiedCopy
@@ -189,12 +200,15 @@ class MilvusRestoreInPlace(Action):
                 if failed:
                     raise VerificationFailed("verification failed: " + "; ".join(failed), observations)
             except Exception as exc:
-                self._roll_back(client, done, planned, progress, _short(exc))
+                self._roll_back(client, done, planned, progress, _short(exc))   # ActionError if that fails too
                 self.journal.write(ROLLED_BACK, stamp=stamp, collections={})
                 if isinstance(exc, VerificationFailed):
-                    raise VerificationFailed(f"rolled back: {exc}", exc.evidence) from None
-                raise ActionError(f"rolled back: the restore of {self.backup_id} failed ({_short(exc)}); "
-                                  f"collection(s) {', '.join(done)} are as they were before") from None
+                    raise RolledBack(f"rolled back: {exc}", evidence=exc.evidence) from None
+                if not done:   # failed before the first collection was touched: a plain failure (Retry/Abort)
+                    raise ActionError(f"the restore of {self.backup_id} failed ({_short(exc)}); "
+                                      "nothing was changed") from None
+                raise RolledBack(f"rolled back: the restore of {self.backup_id} failed ({_short(exc)}); "
+                                 f"collection(s) {', '.join(done)} are as they were before") from None
             asides = [str(planned[name]["aside"]) for name in self.collections if planned[name].get("aside")]
             for aside in asides:
                 client.release_collection(aside)   # kept on disk for the clean-up step, not in memory

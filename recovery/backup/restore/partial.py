@@ -75,6 +75,11 @@ class PartialRestoreError(RestoreError):
     """A partial restore could not be done; the message says whether production was changed."""
 
 
+class SwapRolledBack(PartialRestoreError):
+    """Production was changed (the object renamed aside, the restored one created) and the change was
+    undone: production is as it was before. Only raised when the undo worked."""
+
+
 class NotInBackup(PartialRestoreError):  # noqa: N818 (a refusal, like RestoreRefused)
     """The object asked for is not in the restored copy: refused, production untouched."""
 
@@ -334,12 +339,14 @@ def restore_table(scratch_dsn: str, prod_dsn: str, database: str, table: str, *,
         "not restored with the table: foreign keys of other tables, views and publications that refer to it "
         "keep referring to the aside table; recreate them if they should follow the restored one"])
     lock_timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT))
+    began = False   # whether production's transaction started (a failure after it is a rollback)
     try:
         with _connect(in_database(scratch_dsn, database)) as scratch, \
                 _connect(in_database(prod_dsn, database), autocommit=False) as prod:
             source = _relation(scratch, schema, name)
             assert source is not None   # check_table_in found it
             with prod.transaction():
+                began = True
                 prod.execute(lock_timeout)
                 current = _relation(prod, schema, name)
                 if current is not None:
@@ -357,11 +364,14 @@ def restore_table(scratch_dsn: str, prod_dsn: str, database: str, table: str, *,
                 prod.execute(post)
                 restored = _count(prod, schema, name)
                 if restored != expected:
-                    raise PartialRestoreError(f"restored {restored} rows of {table} but the scratch copy holds "
-                                              f"{expected}; the transaction was rolled back, nothing changed")
+                    raise SwapRolledBack(f"restored {restored} rows of {table} but the scratch copy holds "
+                                         f"{expected}; the transaction was rolled back, nothing changed")
     except psycopg.Error as exc:
-        raise PartialRestoreError(f"restoring {database}.{table} failed and was rolled back, production is "
-                                  f"unchanged: {_error(exc)}") from None
+        if not began:
+            raise PartialRestoreError(f"restoring {database}.{table} failed before production was changed: "
+                                      f"{_error(exc)}") from None
+        raise SwapRolledBack(f"restoring {database}.{table} failed and was rolled back, production is "
+                             f"unchanged: {_error(exc)}") from None
     with contextlib.suppress(psycopg.Error), _connect(in_database(prod_dsn, database)) as conn:
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, name)))   # fresh planner statistics
     say(f"{database}.{table} restored: {restored} rows, as in the scratch copy")
@@ -480,10 +490,11 @@ def restore_database(scratch_dsn: str, prod_dsn: str, database: str, *, run_id: 
         created = f'database "{database}" already exists' not in proc.stderr
         try:
             undo_database(prod_dsn, database, aside, created=created)
-            undone = "the restored copy was dropped and the original database is back under its name"
         except psycopg.Error as exc:
-            undone = f"rolling back failed too ({_error(exc)}): the original is {aside or 'not renamed'}"
-        raise PartialRestoreError(f"restoring database {database} failed: {problem}; {undone}")
+            raise PartialRestoreError(f"restoring database {database} failed: {problem}; rolling back failed too "
+                                      f"({_error(exc)}): the original is {aside or 'not renamed'}") from None
+        raise SwapRolledBack(f"restoring database {database} failed: {problem}; the restored copy was dropped and "
+                             "the original database is back under its name")
     notes.append("roles are cluster-wide and not in a database dump: the restored objects belong to the "
                  "production roles of the same names")
     rows = sum(restored.values())
