@@ -3,23 +3,31 @@
 A ``database_failure`` with a dead primary (stopped) and no standby, ``components.postgres.primary.control``
 configured with ``stop``/``start`` hooks (real scripts that record each call, then run ``pg_ctl`` as
 ``postgres``), one real base backup (``aegis backup run``) and archived WAL after it (``aegis wal push``).
-The planner's ``restore_from_backup`` plan is: confirm the primary is down → restore in place
-(``postgres_restore``, approved) → start services (the ``start_services`` hook, approved) → verify.
+The planner's ``restore_from_backup`` plan is: restore in place (``postgres_restore``, approved; it stops
+the server itself, so there is no confirm-down step) → start services (the ``start_services`` hook,
+approved) → verify.
 
 - ``test_database_failure_without_a_standby_walks_to_closed_through_an_in_place_restore`` — the issue's
   "Done when" walk: from the slash command to ``closed`` with no crash.
 - ``test_sigkill_at_every_step_boundary_resumes_and_runs_nothing_destructive_twice`` — one walk, killed
-  at each boundary in turn and restarted. The approvals are given out of order (start_services first,
-  which starts the recovery; the restore after confirm_down) so that most boundaries are held exactly:
-  after an approval, before its step starts (the follow-up delay, ``AEGIS_TEST_FOLLOW_UP_DELAY``, holds
-  the engine that long); after a step whose successor waits for an approval. Where the next step needs
-  no further approval (start_services after the restore, verify after start_services) the kill comes
-  the moment the step is seen to succeed (polled every 10 ms), so it lands at the boundary or early in
-  the next step; both are covered by the ledger rule (start_services has a ``done_check``, verify is
-  read-only). After each restart the incident goes on; at the end it is ``verified``, the data is the
-  backup's plus the archived WAL, and by the hook records, the ledger and the data directory's history
-  (the restore journal's ``asides``, the ``.aegis-aside-`` directories, no ``.aegis-failed-`` one) the
-  server was stopped, put aside and started exactly once.
+  at each boundary in turn and restarted:
+
+  1. before the restore: approved (the incident starts recovering), killed inside the follow-up delay
+     (``AEGIS_TEST_FOLLOW_UP_DELAY`` holds the engine that long after an approval or a restart's sweep);
+  2. between the restore and start_services: the restore succeeded and start_services, not approved
+     yet, waits — held exactly; then start_services approved and killed inside the follow-up delay;
+  3. between start_services and verify: verify needs no approval, so the kill comes the moment
+     start_services is seen to succeed (polled every 10 ms) — at the boundary or early in verify
+     (read-only: run again after the restart);
+  4. after verify, before ``verified``: the kill the moment verify is seen to succeed (the engine makes
+     the incident ``verified`` on its next claim, milliseconds later, so the kill lands at that boundary
+     or just after it; either way the restarted bot must end ``verified``).
+
+  At the end the incident is ``verified``, the data is the backup's plus the archived WAL, and nothing
+  destructive ran twice: by the hook records (stop, start, start_services each exactly once), the ledger
+  (one attempt per step), and the data directory's history (the restore journal holds one attempt, its
+  phases each once in order, and one ``asides`` entry; one ``.aegis-aside-`` directory, no
+  ``.aegis-failed-`` one).
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ from tests.harness.walk import Walk, close_with_modal
 
 DELAY = "AEGIS_TEST_FOLLOW_UP_DELAY"
 DELAY_SECONDS = 5   # how long the engine waits after an approval (and a restart's sweep) before it starts
+
+# the restore journal's phases of one attempt that went through (recovery/backup/restore/in_place.py)
+ONE_ATTEMPT = ("prechecked", "stopping", "stopped", "aside", "restored", "started", "verified")
 
 # stop/start hooks of the primary and the start_services hook: each call appended to calls.log first
 CONTROL = """#!/usr/bin/env bash
@@ -131,13 +142,13 @@ def start_bot(dead: DeadPrimary, emulator: EmulatorServer, delay: float = 0) -> 
     return bot.start()
 
 
-def plan_of(walk: Walk) -> tuple[Any, Any, Any, Any]:
+def plan_of(walk: Walk) -> tuple[Any, Any, Any]:
     steps = walk.steps()
-    assert [s.action for s in steps] == ["postgres_confirm_down", "postgres_restore", "hook", "verify"], \
+    assert [s.action for s in steps] == ["postgres_restore", "hook", "verify"], \
         [(s.action, s.title) for s in steps]
-    confirm, restore, services, verify = steps
+    restore, services, verify = steps
     assert services.params["hook"] == "start_services"
-    return confirm, restore, services, verify
+    return restore, services, verify
 
 
 def assert_restored(dead: DeadPrimary) -> None:
@@ -157,7 +168,7 @@ def test_database_failure_without_a_standby_walks_to_closed_through_an_in_place_
         walk.declare()
         walk.assemble_and_assess()
         assert walk.incident().strategy == "restore_from_backup"
-        _confirm, restore, services, _verify = plan_of(walk)
+        restore, services, _verify = plan_of(walk)
         # the approver reads what will happen: the backup, the data directory, that it is moved aside
         assert dead.run_id in restore.title and str(dead.data_dir) in restore.title
         assert restore.params["backup_id"] == dead.run_id and restore.params["control"] == "hooks"
@@ -216,39 +227,40 @@ def test_sigkill_at_every_step_boundary_resumes_and_runs_nothing_destructive_twi
         walk = Walk(bot, emulator)
         walk.declare()
         walk.assemble_and_assess()
-        confirm, restore, services, verify = plan_of(walk)
+        restore, services, verify = plan_of(walk)
 
-        # before step 1: start_services approved first (the incident starts recovering), killed before
-        # confirm_down starts
-        _kill_when_approved(walk, bot, services.id)
-        assert not walk.ledger(confirm.id)
-
-        # after step 1: confirm_down succeeded, the restore waits for its approval
-        walk.wait_step(confirm.id, "succeeded", timeout=30)
-        walk.wait_step(restore.id, "awaiting_approval", timeout=10)
-        _restart(bot)
-        assert dead.calls("stop") == 0 and not dead.asides()
-
-        # before step 2: the restore approved, killed before it starts
+        # 1. before the restore: approved (the incident starts recovering), killed before it starts
         _kill_when_approved(walk, bot, restore.id)
-        assert dead.calls("stop") == 0
+        assert walk.incident().state == "recovering"
+        assert dead.calls("stop") == 0 and not dead.asides(), "the restore started before its approval was kept"
 
-        # after step 2: the restore succeeded; start_services (approved already) follows at once
-        _kill_as_soon_as(walk, bot, restore.id, "succeeded")
-        # after step 3: start_services succeeded (or found done by its done_check after the kill); verify
-        # (read-only, no approval) follows at once
-        walk.wait_step(services.id, "succeeded", timeout=60)
+        # 2. between the restore and start_services: the restarted bot ran the restore; start_services
+        # waits for its approval (held exactly); killed there, then again once it is approved
+        walk.wait_step(restore.id, "succeeded", timeout=180)
+        assert walk.wait_step(services.id, "awaiting_approval", timeout=5)
+        _restart(bot)
+        assert (dead.calls("stop"), dead.calls("start"), dead.calls("start_services")) == (1, 1, 0)
+        assert len(dead.asides()) == 1 and dead.journal()["phase"] == "verified"
+        _kill_when_approved(walk, bot, services.id)
+        assert dead.calls("start_services") == 0
+
+        # 3. between start_services and verify (verify follows at once: killed at the boundary or early in it)
         _kill_as_soon_as(walk, bot, services.id, "succeeded")
+        # 4. after verify, before the incident is verified (the engine's next claim makes it so)
+        _kill_as_soon_as(walk, bot, verify.id, "succeeded")
         walk.wait_state("verified", timeout=60)
 
         # nothing destructive ran twice: by the hook records, the ledger and the data directory's history
         assert_restored(dead)
         assert (dead.calls("stop"), dead.calls("start"), dead.calls("start_services")) == (1, 1, 1)
-        assert [e.status for e in walk.ledger(restore.id)] == ["succeeded"]
-        assert [e.attempt for e in walk.ledger(services.id)] == [1]
+        assert [(e.attempt, e.status) for e in walk.ledger(restore.id)] == [(1, "succeeded")]
+        assert [(e.attempt, e.status) for e in walk.ledger(services.id)] == [(1, "succeeded")]
+        assert walk.wait_step(verify.id, "succeeded", timeout=5)
         journal = dead.journal()
-        assert journal["phase"] == "verified" and len(journal["asides"]) == 1, journal
-        assert len(dead.asides()) == 1 and not list(dead.data_dir.parent.glob("*.aegis-failed-*"))
-        walk.wait_step(verify.id, "succeeded", timeout=5)
+        phases = [h["phase"] for h in journal["history"]]
+        assert phases == list(ONE_ATTEMPT), journal   # one attempt, each phase once, no rollback
+        assert len(journal["asides"]) == 1 and not journal.get("failed"), journal
+        assert dead.asides() == [Path(journal["asides"][0])]
+        assert not list(dead.data_dir.parent.glob(f"{dead.data_dir.name}.aegis-failed-*"))
     finally:
         bot.stop()
