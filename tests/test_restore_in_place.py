@@ -301,6 +301,19 @@ def test_a_failed_verification_rolls_back_to_the_original_data_and_the_server_ru
     assert journal["phase"] == "rolled_back" and "integrity" in journal["reason"]
     assert world.action(backup).is_done() is False
 
+    # the failed step names the kept directory for the clean-up; the remover takes it, and only it
+    assert run.output["rolled_back"] is True
+    assert run.output["aside"] == [{"kind": "postgres_data_dir", "location": str(failed), "component": "postgres"}]
+    from recovery.actions.base import ActionError
+    from recovery.actions.postgres_restore import discard_postgres_aside
+
+    for refused in (str(failed.with_name(failed.name.replace("INC-7", "INC-8"))),
+                    str(failed.with_name(failed.name.replace(".aegis-failed-", ".aegis-aside-")))):
+        with pytest.raises(ActionError, match="refusing to remove"):
+            discard_postgres_aside(refused)
+    assert "the failed attempt of the restore for INC-7" in discard_postgres_aside(str(failed))
+    assert not failed.exists() and world.rows() == original
+
 
 HOOK = textwrap.dedent("""\
     import os, subprocess, sys

@@ -10,12 +10,14 @@ This action maps them onto the engine's contract (recovery/actions/base.py):
 - ``execute`` does the rest, verification included — a failing check must roll back, which it could
   not do later — and returns the evidence, what was put aside (``aside``), ``recovered_to`` and
   ``recovered_to_basis``; a rollback fails it with ``RolledBack`` (the engine sends the incident back
-  to ``assessed`` with the reason); a step whose restore the journal already records as verified returns
-  that output again instead of restoring twice;
+  to ``assessed`` with the reason), whose ``aside`` names the failed restore kept for diagnosis
+  (``<data_dir>.aegis-failed-…``, kind ``postgres_data_dir``; a later successful restore of the same
+  incident names it again, since the clean-up plan reads succeeded steps only); a step whose restore
+  the journal already records as verified returns that output again instead of restoring twice;
 - ``verify`` confirms the server still takes writes; ``is_done`` reads the journal.
 
 ``discard_postgres_aside`` is the clean-up piece the ``discard_aside`` step calls for kind
-``postgres_data_dir``.
+``postgres_data_dir``: the saved directory or a kept failed restore, only as the journal recorded them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from recovery.backup.restore.in_place import (
     InPlaceRestore,
     Prepared,
     RolledBackError,
+    aside_item,
     discard_aside,
 )
 from statemachines.json_types import JsonObject
@@ -76,7 +79,7 @@ class PostgresRestoreInPlace(Action):
             prepared = self.prepared or self.restore.precheck(progress)
             return self.restore.run(prepared, progress)
         except RolledBackError as exc:   # the original data is back: the engine returns the incident to assessed
-            raise RolledBack(str(exc)) from None
+            raise RolledBack(str(exc), aside=[aside_item(exc.kept)] if exc.kept else []) from None
         except InPlaceError as exc:
             raise ActionError(str(exc)) from None
         finally:

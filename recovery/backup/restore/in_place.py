@@ -29,12 +29,14 @@ before the next one starts:
    record of the backup's contents (exactly, when no WAL was replayed; after replay only the
    databases must all be there — later changes legitimately add, drop and change rows).
 7. **rollback**, on any failure after the stop: stop whatever runs on the data directory, rename the
-   restored directory to ``<data_dir>.aegis-failed-<incident>-<stamp>`` (kept for diagnosis), rename
-   the saved directory back, start it (only if it was running before: a primary that was already
+   restored directory to ``<data_dir>.aegis-failed-<incident>-<stamp>`` (kept for diagnosis, recorded
+   in the journal's ``failed`` and named by the error, ``RolledBackError.kept``), rename the saved
+   directory back, start it (only if it was running before: a primary that was already
    down stays down) and confirm it answers. The error says ``rolled back: <reason>``.
 
-The saved directory is never deleted here; ``discard_aside`` removes it later, only if its name is
-ours *and* this journal recorded it (an approved clean-up step after the incident closes).
+The saved directory is never deleted here; ``discard_aside`` removes it (or a kept failed restore)
+later, only if its name is ours *and* this journal recorded it (an approved clean-up step after the
+incident closes).
 
 After a crash, the journal decides (``is_done``): ``verified`` for this incident and backup → done;
 anything else → not done. A later attempt of the same step first completes the rollback of an
@@ -96,7 +98,9 @@ FAILED_MARK = ".aegis-failed-"
 JOURNAL_SUFFIX = ".aegis-restore.json"
 STAGE_SUFFIX = ".aegis-wal-stage"
 LOG_SUFFIX = ".aegis-restore.log"
-ASIDE_NAME = re.compile(r"^(?P<base>.+)\.aegis-aside-(?P<incident>[A-Za-z0-9_-]+)-(?P<stamp>\d{8}T\d{6}Z)$")
+# what discard_aside may remove: the saved directory, or a failed restore kept for diagnosis
+ASIDE_NAME = re.compile(
+    r"^(?P<base>.+)\.aegis-(?P<what>aside|failed)-(?P<incident>[A-Za-z0-9_-]+)-(?P<stamp>\d{8}T\d{6}Z)$")
 # production configuration carried over from the saved directory into the restored one
 PRODUCTION_FILES = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
 
@@ -113,7 +117,12 @@ class InPlaceError(RestoreError):
 
 
 class RolledBackError(InPlaceError):
-    """The restore failed after the stop and was rolled back: the server holds its original data again."""
+    """The restore failed after the stop and was rolled back: the server holds its original data again.
+    ``kept`` is the failed restore's directory (``<data_dir>.aegis-failed-…``) when one was kept."""
+
+    def __init__(self, message: str, kept: str | None = None) -> None:
+        super().__init__(message)
+        self.kept = kept
 
 
 def size_text(size: int) -> str:
@@ -336,13 +345,13 @@ class InPlaceRestore:
         except Exception as exc:
             reason = redact(str(exc)) or type(exc).__name__
             try:
-                self.rollback(reason, progress)
+                kept = self.rollback(reason, progress)
             except Exception as again:
                 entry = self.journal.read()
                 raise InPlaceError(
                     f"restore failed ({reason}) and the rollback failed too: {redact(str(again))}; the saved "
                     f"data directory is {entry.get('aside') or '(none)'}, put it back by hand") from None
-            raise RolledBackError(f"rolled back: {reason}") from None
+            raise RolledBackError(f"rolled back: {reason}", kept=str(kept) if kept else None) from None
         finally:
             shutil.rmtree(self.stage, ignore_errors=True)
 
@@ -388,9 +397,10 @@ class InPlaceRestore:
         failed = [f"{item['check']}: {item['observed']}" for item in observations if not item["ok"]]
         if failed:
             raise InPlaceError("verification failed: " + "; ".join(failed))
+        kept = [*([str(aside)] if aside else []), *self.failed_restores()]
         output: JsonObject = {
             "evidence": observations,
-            "aside": [{"kind": "postgres_data_dir", "location": str(aside), "component": "postgres"}] if aside else [],
+            "aside": [aside_item(location) for location in kept],
             "recovered_to": facts["recovered_to"],
             "recovered_to_basis": facts["recovered_to_basis"],
             "backup_id": prepared.run_id,
@@ -478,12 +488,22 @@ class InPlaceRestore:
 
     # -- rollback and crash recovery ---------------------------------------------------------
 
-    def rollback(self, reason: str, progress: Progress) -> None:
-        """Put the saved directory back and start it as it was (see the module docstring)."""
+    def failed_restores(self) -> list[str]:
+        """The failed restores of this incident kept for diagnosis (``.aegis-failed-<incident>-…``) that
+        still exist: a later successful restore names them in its ``aside`` too, so that the clean-up
+        plan (which reads succeeded steps) proposes removing them."""
+        mine = f"{self.data_dir.name}{FAILED_MARK}{self.incident}-"
+        return [str(p) for p in self.journal.read().get("failed", [])
+                if Path(p).name.startswith(mine) and Path(p).is_dir()]
+
+    def rollback(self, reason: str, progress: Progress) -> Path | None:
+        """Put the saved directory back and start it as it was (see the module docstring); returns the
+        failed restore's directory when one was kept for diagnosis."""
         entry = self.journal.write(ROLLING_BACK, reason=reason[:500])
         server, data_dir = self.server, self.data_dir
         progress(f"rolling back: {reason[:300]}")
         aside = Path(str(entry["aside"])) if entry.get("aside") else None
+        failed: Path | None = None
         # data_dir holds (part of) a restore when the saved directory is aside, or there was none before
         restored_here = data_dir.exists() and (aside.exists() if aside is not None
                                                else entry.get("had_data_dir") is False and _reached(entry, ASIDE))
@@ -506,6 +526,7 @@ class InPlaceRestore:
         else:
             progress(f"{server.label} was not running before the restore: left stopped")
         self.journal.write(ROLLED_BACK)
+        return failed
 
     def _stop_restored(self, progress: Progress) -> None:
         """Stop what runs on the restored directory: the stop hook, and pg_ctl immediate if it still runs."""
@@ -536,6 +557,11 @@ class InPlaceRestore:
         return output if self.is_done() and isinstance(output, dict) else None
 
 
+def aside_item(location: str) -> JsonObject:
+    """A step output's ``aside`` entry for a directory this restore left beside the data directory."""
+    return {"kind": "postgres_data_dir", "location": location, "component": "postgres"}
+
+
 def _reached(entry: JsonObject, phase: str) -> bool:
     return any(isinstance(h, dict) and h.get("phase") == phase for h in entry.get("history", []))
 
@@ -549,18 +575,21 @@ def _evidence(check: str, observed: str, expected: str, ok: bool) -> Evidence:
 def discard_aside(location: str) -> str:
     """Remove a data directory an in-place restore put aside; anything else is refused (``InPlaceError``).
 
-    Only a directory whose name is ``<data_dir>.aegis-aside-<incident>-<stamp>`` *and* that the journal
-    beside it (``<data_dir>.aegis-restore.json``) recorded as put aside is removed; never a symlink,
-    never one a postmaster runs on. Idempotent: one already removed is reported as such.
+    Only a directory whose name is ``<data_dir>.aegis-aside-<incident>-<stamp>`` (the saved data) or
+    ``<data_dir>.aegis-failed-<incident>-<stamp>`` (a failed restore kept for diagnosis) *and* that the
+    journal beside it (``<data_dir>.aegis-restore.json``) recorded under that role (``asides`` /
+    ``failed``) is removed; never a symlink, never one a postmaster runs on. Idempotent: one already
+    removed is reported as such.
     """
     path = Path(location)
     found = ASIDE_NAME.match(path.name)
     if not path.is_absolute() or found is None:
         raise InPlaceError(f"refusing to remove {location}: not a data directory Aegis put aside "
-                           "(<data_dir>.aegis-aside-<incident>-<stamp>)")
+                           "(<data_dir>.aegis-aside-<incident>-<stamp> or .aegis-failed-<incident>-<stamp>)")
     journal = Journal(journal_path(path.with_name(found["base"])))
     entry = journal.read()
-    if str(path) not in entry.get("asides", []):
+    recorded = entry.get("asides" if found["what"] == "aside" else "failed", [])
+    if str(path) not in recorded:
         raise InPlaceError(f"refusing to remove {location}: the restore journal {journal.path} does not record it")
     if str(path) in entry.get("discarded", []) and not path.exists():
         return f"{location} was already removed"
@@ -571,4 +600,5 @@ def discard_aside(location: str) -> str:
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
     shutil.rmtree(path)
     journal.write(str(entry.get("phase", "")), discarded=[*entry.get("discarded", []), str(path)])
-    return f"removed {location} ({size_text(size)}), put aside by the restore for {found['incident']}"
+    what = "put aside by" if found["what"] == "aside" else "the failed attempt of"
+    return f"removed {location} ({size_text(size)}), {what} the restore for {found['incident']}"
