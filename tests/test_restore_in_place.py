@@ -9,8 +9,10 @@ hooks that are real commands recording their calls and running pg_ctl themselves
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -103,21 +105,46 @@ class World:
         return table_digest(self.primary.dsn(), where)
 
 
-@pytest.fixture
-def world(shared_dir: Path) -> Iterator[World]:
+@pytest.fixture(scope="module")
+def server() -> Iterator[World]:
+    """One archiving primary and catalog for the module (initdb and the migration were most of each
+    test's setup). Every test takes its own backup and restores from it, so what an earlier test left
+    in the archive and the catalog (older backups, WAL of older timelines) is never restored again."""
     assert SERVER_AEGIS.exists(), "run ./scripts/setup (it installs .tools/server-venv)"
-    write_config(shared_dir, [local(shared_dir)])
-    migrate_shared_catalog(shared_dir)
-    archive_command = (f"AEGIS_CONFIG={shared_dir}/aegis.yaml AEGIS_DATABASE_URL=sqlite:///{shared_dir}/aegis.db "
+    workdir = Path(tempfile.mkdtemp(prefix="aegis-in-place-", dir="/tmp"))
+    workdir.chmod(0o777)   # the archive_command (as postgres) writes the catalog here
+    write_config(workdir, [local(workdir)])
+    migrate_shared_catalog(workdir)
+    archive_command = (f"AEGIS_CONFIG={workdir}/aegis.yaml AEGIS_DATABASE_URL=sqlite:///{workdir}/aegis.db "
                        f"{SERVER_AEGIS} wal push %p")
     pg = PgSingle.create(settings={"archive_command": archive_command})
     try:
-        write_config(shared_dir, [local(shared_dir)], dsn=pg.primary.dsn())
+        write_config(workdir, [local(workdir)], dsn=pg.primary.dsn())
         pg.primary.sql("CREATE TABLE t (id int primary key, batch text, v text)")
-        pg.primary.sql("INSERT INTO t SELECT g, 'A', md5(g::text) FROM generate_series(1, 500) g")
-        yield World(shared_dir, pg)
+        yield World(workdir, pg)
     finally:
         pg.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def world(server: World) -> World:
+    """The module's primary, running, with t holding batch A only and nothing of an earlier restore
+    beside its data directory (aside / failed directories, the journal, the staged WAL, logs)."""
+    data_dir = server.primary.data_dir
+    for leftover in data_dir.parent.iterdir():
+        if leftover.name.startswith(data_dir.name + ".aegis-"):
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+    for name in ("pg_hook.py", "hook-calls.txt", "hook-calls.txt.fail-start"):
+        (server.workdir / name).unlink(missing_ok=True)
+    if not server.primary.is_running():
+        server.primary.start()
+    server.primary.sql("TRUNCATE t")
+    server.primary.sql("INSERT INTO t SELECT g, 'A', md5(g::text) FROM generate_series(1, 500) g")
+    return server
 
 
 def _insert(world: World, batch: str, first: int, last: int) -> None:
@@ -249,9 +276,11 @@ def test_a_corrupted_wal_segment_is_found_before_anything_is_stopped(world: Worl
     _insert(world, "B", 501, 900)
     segment = world.archive_all()
     original, pid = world.rows(), world.pid()
-    flip_byte(world.workdir / "staging" / "wal" / f"{segment}.zst.aes", offset=400)
+    stored = world.workdir / "staging" / "wal" / f"{segment}.zst.aes"
+    flip_byte(stored, offset=400)
 
     message = _refused(world.action(backup))
+    flip_byte(stored, offset=400)   # mended again: the module's later tests archive on from here
 
     assert segment in message and "was not stopped" in message, message
     assert world.pid() == pid, "the server was never stopped"
