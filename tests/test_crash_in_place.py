@@ -16,18 +16,20 @@ approved) → verify.
      (``AEGIS_TEST_FOLLOW_UP_DELAY`` holds the engine that long after an approval or a restart's sweep);
   2. between the restore and start_services: the restore succeeded and start_services, not approved
      yet, waits — held exactly; then start_services approved and killed inside the follow-up delay;
-  3. between start_services and verify: verify needs no approval, so the kill comes the moment
-     start_services is seen to succeed (polled every 10 ms) — at the boundary or early in verify
-     (read-only: run again after the restart);
-  4. after verify, before ``verified``: the kill the moment verify is seen to succeed (the engine makes
-     the incident ``verified`` on its next claim, milliseconds later, so the kill lands at that boundary
-     or just after it; either way the restarted bot must end ``verified``).
+  3. between start_services and verify: killed while the start_services hook runs (its work done, the
+     hook held by a gate file the test opens after the kill); the restarted bot confirms the step done
+     by its ``done_check`` instead of running it again and then waits in the follow-up delay before
+     verify — the boundary held exactly (start_services succeeded, no ledger row for verify): killed there;
+  4. after verify, before ``verified``: the kill the moment verify is seen to succeed (polled every
+     10 ms). The engine makes the incident ``verified`` on its next claim, milliseconds later and with no
+     hook to hold it from outside, so this kill mostly lands just after ``verified``; either way the
+     restarted bot must end ``verified`` with nothing run again.
 
   At the end the incident is ``verified``, the data is the backup's plus the archived WAL, and nothing
-  destructive ran twice: by the hook records (stop, start, start_services each exactly once), the ledger
-  (one attempt per step), and the data directory's history (the restore journal holds one attempt, its
-  phases each once in order, and one ``asides`` entry; one ``.aegis-aside-`` directory, no
-  ``.aegis-failed-`` one).
+  destructive ran twice: by the hook records (stop, start, start_services each exactly once), the
+  ledger (one attempt per step; start_services's interrupted, then confirmed done), and the data
+  directory's history (the restore journal holds one attempt, its phases each once in order, and one
+  ``asides`` entry; one ``.aegis-aside-`` directory, no ``.aegis-failed-`` one).
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ pg_ctl() {{ /usr/sbin/runuser -u postgres -- "{pg_bin}/pg_ctl" -D "{data_dir}" "
 case "$1" in
   stop) if pg_ctl status >/dev/null; then pg_ctl -m fast -w -t 60 stop; fi ;;
   start) pg_ctl -l "{log}" -w -t 120 start ;;
-  start_services) touch "{workdir}/services.done"; echo "services started" ;;
+  # done (its done_check passes from here on), then held until the test opens the gate
+  start_services) touch "{workdir}/services.done"; echo "services started"
+                  while [ ! -e "{workdir}/services.gate" ]; do sleep 0.05; done ;;
 esac
 """
 
@@ -91,6 +95,10 @@ class DeadPrimary:
 
     def asides(self) -> list[Path]:
         return sorted(self.data_dir.parent.glob(f"{self.data_dir.name}.aegis-aside-*"))
+
+    def open_gate(self) -> None:
+        """Let the start_services hook return (it holds after doing its work, see CONTROL)."""
+        (self.workdir / "services.gate").touch()
 
     def journal(self) -> dict[str, Any]:
         path = self.data_dir.with_name(self.data_dir.name + ".aegis-restore.json")
@@ -162,6 +170,7 @@ def test_database_failure_without_a_standby_walks_to_closed_through_an_in_place_
     dead_primary: DeadPrimary, emulator: EmulatorServer,
 ) -> None:
     dead = dead_primary
+    dead.open_gate()
     bot = start_bot(dead, emulator)
     try:
         walk = Walk(bot, emulator)
@@ -211,8 +220,8 @@ def _kill_when_approved(walk: Walk, bot: AegisProcess, step_id: int) -> None:
 
 
 def _kill_as_soon_as(walk: Walk, bot: AegisProcess, step_id: int, status: str) -> None:
-    """SIGKILL the moment the step is seen in ``status`` (polled every 10 ms): at the boundary after it,
-    or early in the next step when that one needs no further approval."""
+    """SIGKILL the moment the step's ledger row is seen in ``status`` (polled every 10 ms): at the boundary
+    after it, or just past it when the engine moves on within milliseconds."""
     wait_for(lambda: walk.ledger(step_id) and walk.ledger(step_id)[-1].status == status, timeout=180,
              interval=0.01, what=f"step {step_id} {status}")
     _restart(bot)
@@ -244,9 +253,20 @@ def test_sigkill_at_every_step_boundary_resumes_and_runs_nothing_destructive_twi
         _kill_when_approved(walk, bot, services.id)
         assert dead.calls("start_services") == 0
 
-        # 3. between start_services and verify (verify follows at once: killed at the boundary or early in it)
-        _kill_as_soon_as(walk, bot, services.id, "succeeded")
-        # 4. after verify, before the incident is verified (the engine's next claim makes it so)
+        # 3. between start_services and verify: killed while the hook runs (its work done, held by the gate);
+        # the restarted bot confirms it done by its done_check instead of running it again, and then
+        # waits in the follow-up delay before verify — held exactly: killed there
+        wait_for(lambda: (dead.workdir / "services.done").exists(), timeout=60, interval=0.02,
+                 what="the start_services hook at work")
+        bot.kill()
+        assert [e.status for e in walk.ledger(services.id)] == ["running"] and not walk.ledger(verify.id)
+        dead.open_gate()   # the orphaned hook may end now: its work is done, nobody waits for it
+        bot.start()
+        walk.wait_step(services.id, "succeeded", timeout=30)
+        assert not walk.ledger(verify.id), "verify started before the kill"
+        _restart(bot)
+
+        # 4. after verify, before the incident is verified (its next claim, milliseconds later, makes it so)
         _kill_as_soon_as(walk, bot, verify.id, "succeeded")
         walk.wait_state("verified", timeout=60)
 
@@ -254,7 +274,9 @@ def test_sigkill_at_every_step_boundary_resumes_and_runs_nothing_destructive_twi
         assert_restored(dead)
         assert (dead.calls("stop"), dead.calls("start"), dead.calls("start_services")) == (1, 1, 1)
         assert [(e.attempt, e.status) for e in walk.ledger(restore.id)] == [(1, "succeeded")]
-        assert [(e.attempt, e.status) for e in walk.ledger(services.id)] == [(1, "succeeded")]
+        # start_services: its one attempt interrupted by the kill, then confirmed done (not run again)
+        assert [(e.attempt, e.status) for e in walk.ledger(services.id)] == [(1, "interrupted")]
+        assert walk.wait_step(services.id, "succeeded", timeout=5)
         assert walk.wait_step(verify.id, "succeeded", timeout=5)
         journal = dead.journal()
         phases = [h["phase"] for h in journal["history"]]
@@ -263,4 +285,5 @@ def test_sigkill_at_every_step_boundary_resumes_and_runs_nothing_destructive_twi
         assert dead.asides() == [Path(journal["asides"][0])]
         assert not list(dead.data_dir.parent.glob(f"{dead.data_dir.name}.aegis-failed-*"))
     finally:
+        dead.open_gate()
         bot.stop()
