@@ -34,7 +34,8 @@ from recovery.actions.partial_restore import PostgresPartialRestore
 from recovery.backup.runner import BackupRunner
 from statemachines.json_types import JsonObject
 from statemachines.store import Store
-from tests.harness.cli_workspace import SERVER_AEGIS, local, migrate_shared_catalog, write_config
+from tests.harness.archiving_primary import archive_all, archiving_primary
+from tests.harness.cli_workspace import local, write_config
 from tests.harness.pgcluster import PgNode, PgSingle
 
 TABLES = ("customers", "orders")
@@ -62,14 +63,6 @@ class World:
             return cur.fetchall() if cur.description else []
 
 
-def _wait_archived(primary: PgNode, timeout: float = 60) -> None:
-    last = primary.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
-    deadline = time.monotonic() + timeout
-    while primary.sql("SELECT coalesce(last_archived_wal, '') >= %s FROM pg_stat_archiver", last)[0][0] is False:
-        assert time.monotonic() < deadline, primary.log_tail()
-        time.sleep(0.2)
-
-
 def _store_and_runner(world: World) -> tuple[Store, BackupRunner]:
     from bot.backup_wiring import runner_from
     from bot.config import load_config
@@ -85,16 +78,10 @@ def backed_up() -> Iterator[World]:
     Taken once for the module (initdb, the backup and the archiving are most of the time); each test
     gets production's shop afresh from ``shop_template`` (made after the target, so no restore sees it).
     """
-    assert SERVER_AEGIS.exists(), "run ./scripts/setup (it installs .tools/server-venv)"
     workdir = Path(tempfile.mkdtemp(prefix="aegis-partial-", dir="/tmp"))
     workdir.chmod(0o777)   # the archive_command (as postgres) writes the catalog here
-    write_config(workdir, [local(workdir)])
-    migrate_shared_catalog(workdir)
-    archive_command = (f"AEGIS_CONFIG={workdir}/aegis.yaml AEGIS_DATABASE_URL=sqlite:///{workdir}/aegis.db "
-                       f"{SERVER_AEGIS} wal push %p")
-    pg = PgSingle.create(settings={"archive_command": archive_command})
+    pg = archiving_primary(workdir)
     try:
-        write_config(workdir, [local(workdir)], dsn=pg.primary.dsn())
         w = World(workdir, pg)
         pg.primary.sql("CREATE ROLE legacy")
         pg.primary.sql("CREATE DATABASE shop")
@@ -114,7 +101,7 @@ def backed_up() -> Iterator[World]:
         w.target = w.shop("SELECT clock_timestamp()")[0][0]  # type: ignore[assignment]
         time.sleep(0.3)  # separates batch C's commit time from the target (not a wait for a result)
         _batch(w, "C", customers=range(16, 21), orders=25)
-        _wait_archived(pg.primary)
+        archive_all(pg.primary)
         pg.primary.sql("CREATE DATABASE shop_template TEMPLATE shop STRATEGY file_copy")
         yield w
     finally:

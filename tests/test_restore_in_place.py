@@ -25,14 +25,8 @@ import pytest
 import yaml
 
 from statemachines.store import Store
-from tests.harness.cli_workspace import (
-    SERVER_AEGIS,
-    flip_byte,
-    local,
-    migrate_shared_catalog,
-    table_digest,
-    write_config,
-)
+from tests.harness.archiving_primary import archive_all, archiving_primary
+from tests.harness.cli_workspace import flip_byte, table_digest
 from tests.harness.engine_step import through_the_engine
 from tests.harness.pgcluster import PG_BIN, PgNode, PgSingle
 
@@ -87,13 +81,7 @@ class World:
         return report.run_id
 
     def archive_all(self) -> str:
-        last = str(self.primary.sql("SELECT pg_walfile_name(pg_switch_wal())")[0][0])
-        deadline = time.monotonic() + 60
-        while self.primary.sql("SELECT coalesce(last_archived_wal, '') >= %s FROM pg_stat_archiver",
-                               last)[0][0] is False:
-            assert time.monotonic() < deadline, self.primary.log_tail()
-            time.sleep(0.2)
-        return last
+        return archive_all(self.primary)
 
     def pid(self) -> int:
         return int((self.primary.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
@@ -110,16 +98,10 @@ def server() -> Iterator[World]:
     """One archiving primary and catalog for the module (initdb and the migration were most of each
     test's setup). Every test takes its own backup and restores from it, so what an earlier test left
     in the archive and the catalog (older backups, WAL of older timelines) is never restored again."""
-    assert SERVER_AEGIS.exists(), "run ./scripts/setup (it installs .tools/server-venv)"
     workdir = Path(tempfile.mkdtemp(prefix="aegis-in-place-", dir="/tmp"))
     workdir.chmod(0o777)   # the archive_command (as postgres) writes the catalog here
-    write_config(workdir, [local(workdir)])
-    migrate_shared_catalog(workdir)
-    archive_command = (f"AEGIS_CONFIG={workdir}/aegis.yaml AEGIS_DATABASE_URL=sqlite:///{workdir}/aegis.db "
-                       f"{SERVER_AEGIS} wal push %p")
-    pg = PgSingle.create(settings={"archive_command": archive_command})
+    pg = archiving_primary(workdir)
     try:
-        write_config(workdir, [local(workdir)], dsn=pg.primary.dsn())
         pg.primary.sql("CREATE TABLE t (id int primary key, batch text, v text)")
         yield World(workdir, pg)
     finally:

@@ -109,20 +109,26 @@ def graph_now(server: Neo4jServer) -> dict[str, Any]:
         return snapshot(driver)
 
 
-def neo4j_components(server: Neo4jServer, verify: dict[str, Any]) -> dict[str, Any]:
-    return {"neo4j": {"uri": server.uri, "verify": verify}}
+def neo4j_components(server: Neo4jServer, verify: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"neo4j": {"uri": server.uri, **({"verify": verify} if verify else {})}}
+
+
+def backed_up_graph(workdir: Path, server: Neo4jServer, s3: MotoS3,  # noqa: F811
+                    verify: dict[str, Any] | None = None) -> tuple[Config, Store, str]:
+    """The test graph built and backed up (local + S3); the config, the catalog and the backup's run id."""
+    config, store = setup_world(workdir, s3, neo4j_components(server, verify))
+    with server.driver() as driver:
+        build_graph(driver)
+    return config, store, backup(config, store, "neo4j")
 
 
 @pytest.mark.timeout(300)
 def test_neo4j_restore_in_place_leaves_the_backup_and_keeps_the_graph_as_it_was(
     tmp_path: Path, neo4j_clean: Neo4jServer, moto_s3: MotoS3,  # noqa: F811
 ) -> None:
-    config, store = setup_world(tmp_path, moto_s3, neo4j_components(
-        neo4j_clean, {"cypher": "MATCH (p:Person) RETURN count(p)", "min": 3}))
-    with neo4j_clean.driver() as driver:
-        build_graph(driver)
+    config, store, run_id = backed_up_graph(tmp_path, neo4j_clean, moto_s3,
+                                            {"cypher": "MATCH (p:Person) RETURN count(p)", "min": 3})
     backed_up = graph_now(neo4j_clean)
-    run_id = backup(config, store, "neo4j")
     mutate_graph(neo4j_clean)
     assert graph_now(neo4j_clean) != backed_up
 
@@ -158,11 +164,7 @@ def test_neo4j_failing_verification_rolls_back_to_the_graph_as_it_was(
     tmp_path: Path, neo4j_clean: Neo4jServer, moto_s3: MotoS3,  # noqa: F811
 ) -> None:
     # the configured query writes: a read transaction refuses it, so the check fails (and nothing is written)
-    config, store = setup_world(tmp_path, moto_s3, neo4j_components(
-        neo4j_clean, {"cypher": "CREATE (n:Intruder) RETURN 1"}))
-    with neo4j_clean.driver() as driver:
-        build_graph(driver)
-    run_id = backup(config, store, "neo4j")
+    config, store, run_id = backed_up_graph(tmp_path, neo4j_clean, moto_s3, {"cypher": "CREATE (n:Intruder) RETURN 1"})
     mutate_graph(neo4j_clean)
     before = graph_now(neo4j_clean)
 
@@ -180,10 +182,7 @@ def test_neo4j_failing_verification_rolls_back_to_the_graph_as_it_was(
 def test_neo4j_backup_missing_from_every_target_changes_nothing(
     tmp_path: Path, neo4j_clean: Neo4jServer, moto_s3: MotoS3,  # noqa: F811
 ) -> None:
-    config, store = setup_world(tmp_path, moto_s3, {"neo4j": {"uri": neo4j_clean.uri}})
-    with neo4j_clean.driver() as driver:
-        build_graph(driver)
-    run_id = backup(config, store, "neo4j")
+    config, store, run_id = backed_up_graph(tmp_path, neo4j_clean, moto_s3)
     repository = repository_from(config, store)
     for target in repository.targets:
         target.delete(f"{run_id}/neo4j-neo4j.jsonl.zst.aes")
@@ -203,10 +202,7 @@ def test_neo4j_backup_missing_from_every_target_changes_nothing(
 def test_neo4j_rerun_after_a_crash_rolls_back_from_the_first_attempts_export(
     tmp_path: Path, neo4j_clean: Neo4jServer, moto_s3: MotoS3,  # noqa: F811
 ) -> None:
-    config, store = setup_world(tmp_path, moto_s3, {"neo4j": {"uri": neo4j_clean.uri}})
-    with neo4j_clean.driver() as driver:
-        build_graph(driver)
-    run_id = backup(config, store, "neo4j")
+    config, store, run_id = backed_up_graph(tmp_path, neo4j_clean, moto_s3)
     mutate_graph(neo4j_clean)
     before = graph_now(neo4j_clean)
     params = {"backup_id": run_id, "database": "neo4j"}
