@@ -480,9 +480,15 @@ def expired_running(session: Session, *, now: datetime) -> list[LedgerEntry]:
 
 def succeeded_outputs(session: Session, incident_id: int) -> list[tuple[PlanStep, JsonObject]]:
     """Each succeeded execution of the incident's steps with its ledger output, oldest first (every revision)."""
+    return [(step, output) for step, status, output in finished_outputs(session, incident_id) if status == "succeeded"]
+
+
+def finished_outputs(session: Session, incident_id: int) -> list[tuple[PlanStep, str, JsonObject]]:
+    """Each succeeded or failed execution of the incident's steps: (step, ledger status, output), oldest first."""
     rows = session.exec(
         select(PlanStep, LedgerEntry).where(LedgerEntry.incident_id == incident_id,
-                                            LedgerEntry.step_id == PlanStep.id, LedgerEntry.status == "succeeded")
+                                            LedgerEntry.step_id == PlanStep.id,
+                                            col(LedgerEntry.status).in_(("succeeded", "failed")))
         .order_by(col(LedgerEntry.id))
     )
-    return [(step, dict(entry.output or {})) for step, entry in rows]
+    return [(step, entry.status, dict(entry.output or {})) for step, entry in rows]

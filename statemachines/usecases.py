@@ -953,10 +953,13 @@ def abandon_aftercare(session: Session, incident: Incident, step: PlanStep, user
 
 
 def aside_items(session: Session, incident_id: int) -> list[JsonObject]:
-    """What the incident's succeeded steps put aside (their outputs' ``aside``) and no clean-up removed yet."""
+    """What the incident's steps put aside (the ``aside`` of succeeded steps, and of failed steps that rolled
+    back: an in-place restore keeps its failed attempt's directory) and no clean-up removed yet."""
     found: dict[tuple[str, str], JsonObject] = {}
     removed: set[str] = set()
-    for step, output in svc.succeeded_outputs(session, incident_id):
+    for step, status, output in svc.finished_outputs(session, incident_id):
+        if status == "failed" and not output.get("rolled_back"):
+            continue
         if step.action == "discard_aside":
             removed.update(str(x) for x in output.get("removed") or [])
         for item in output.get("aside") or []:

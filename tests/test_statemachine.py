@@ -11,8 +11,9 @@ from sqlalchemy import inspect
 
 from statemachines import policy
 from statemachines import service as svc
+from statemachines.json_types import JsonObject
 from statemachines.machine import STATES, IllegalTransition, next_state, triggers_from
-from statemachines.models import require_id
+from statemachines.models import PlanStep, require_id
 from statemachines.service import StaleVersion, StepSpec
 from statemachines.store import Store
 
@@ -197,3 +198,35 @@ def test_gating_roles_are_claimed_only_from_the_roster_when_one_exists() -> None
     assert policy.roles_open(empty) and policy.roles_open({"security_lead": []})
     assert policy.may_claim("security_lead", "UOUT", roster=empty, declared_by="U1").allowed
     assert not policy.may_claim("security_lead", "UOUT", roster={"database_lead": ["UDB"]}, declared_by="U1").allowed
+
+
+def test_the_clean_up_sees_what_a_rolled_back_step_kept_aside_but_not_a_plain_failure(store: Store) -> None:
+    from statemachines import usecases
+
+    incident_id = _declare(store)
+    with store.session() as session:
+        svc.replace_plan(session, incident_id=incident_id, strategy="restore_from_backup", specs=[
+            StepSpec(title=f"restore {n}", action="postgres_restore", risk="critical", approver_roles=["database_lead"])
+            for n in (1, 2)])
+    outputs: list[tuple[str, JsonObject]] = [
+        ("failed", {"error": "rolled back: start failed", "rolled_back": True,
+                    "aside": [{"kind": "postgres_data_dir", "location": "/pg/main.aegis-failed-1",
+                               "component": "postgres"}]}),
+        ("failed", {"error": "backup missing", "aside": [{"kind": "postgres_data_dir", "location": "/pg/never"}]}),
+    ]
+    for (status, output), step_id in zip(outputs, [require_id(s) for s in _steps(store, incident_id)], strict=True):
+        with store.session() as session:
+            step = svc.get_step(session, step_id)
+            assert svc.move_step(session, step=step, to="approved", from_statuses=("awaiting_approval",))
+        with store.session() as session:
+            entry = svc.ledger_start(session, step=svc.get_step(session, step_id), owner="a",
+                                     lease=timedelta(seconds=30))
+            assert entry is not None
+            assert svc.ledger_finish(session, entry_id=require_id(entry), status=status, output=output)
+    with store.session() as session:
+        assert [i["location"] for i in usecases.aside_items(session, incident_id)] == ["/pg/main.aegis-failed-1"]
+
+
+def _steps(store: Store, incident_id: int) -> list[PlanStep]:
+    with store.session() as session:
+        return list(svc.current_steps(session, incident_id))
