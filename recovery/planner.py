@@ -17,7 +17,8 @@ Strategies and why (where the issue is silent):
   routing (hook, where configured). A database failover only starts the services that have their
   own ``start``/``restart`` hook (the application keeps running; it is repointed); a data-centre
   failover starts all of them.
-- **restore_from_backup** (S2 without a standby, C3/C4): fence (hook, if configured) →
+- **restore_from_backup** (S2 without a standby, C3/C4): stop writes (the fence hook if configured; a
+  manual step when the database is restored by hand, since an in-place restore stops it itself) →
   restore every configured database that has a backup (PostgreSQL in place when its ``control`` is
   configured, else a manual step naming the backup) → services → verify. The backup is the newest
   whose last verification or restore test did not fail; to the latest point (WAL). No "confirm the
@@ -325,12 +326,16 @@ def restore_from_backup(facts: Facts, rationale: str) -> Plan:
     # no confirm-down here (a failover precondition only): the in-place restore stops the server itself,
     # and a running but corrupted primary must be restorable
     steps: list[StepSpec] = []
-    if "fence_primary" in facts.hooks:
-        steps.append(_hook_or_manual(facts, "fence_primary", "Stop writes to the failed database", "", "high", [DB]))
     restores = _latest_restores(facts)
     if not restores:   # nothing configured: today's manual step
         restores = [_manual("Restore the latest good backup", "Restore the newest verified backup, then WAL",
                             "critical", [DB])]
+    # an in-place restore stops the server itself; a restore by hand needs the server stopped first
+    by_hand = not any(step.action == "postgres_restore" for step in restores)
+    if "fence_primary" in facts.hooks or by_hand:
+        steps.append(_hook_or_manual(facts, "fence_primary", "Stop writes to the failed database",
+                                     "Stop the failed server and keep its data directory for forensics",
+                                     "high", [DB]))
     steps += restores
     steps += _services(facts, all_services=True)
     steps.append(_verify_step(facts, postgres_node="primary" if facts.has_postgres_primary else None))

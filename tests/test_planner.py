@@ -156,11 +156,15 @@ def test_restore_without_control_or_without_a_backup_is_a_manual_step_saying_why
     empty = propose(facts(postgres_control=CONTROL, backups={"postgres": (bad,)}))
     step = next(s for s in empty.steps if "Restore" in s.title)
     assert step.action == "manual" and "no good PostgreSQL backup" in step.params["instruction"]
-    assert "fence_primary" not in actions(empty)      # fenced only when a hook can do it
+    # a restore by hand needs the server stopped first: that is a step of its own (manual without a hook)
+    assert empty.steps[0].title == "Stop writes to the failed database (manual)"
+    in_place = propose(facts(postgres_control=CONTROL, backups={"postgres": (NIGHTLY,)}))
+    assert "Stop writes" not in in_place.steps[0].title    # the in-place restore stops the server itself
+    assert in_place.steps[0].action == "postgres_restore"
 
     nothing = propose(Facts(scenario="database_failure"))
-    assert actions(nothing) == ["manual", "manual", "verify"]
-    assert nothing.steps[1].title == "Start application services in tier order (manual)"
+    assert actions(nothing) == ["manual", "manual", "manual", "verify"]
+    assert nothing.steps[2].title == "Start application services in tier order (manual)"
 
 
 def test_recovery_order_is_tier_then_dependencies() -> None:
