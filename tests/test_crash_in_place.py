@@ -58,7 +58,7 @@ DELAY = "AEGIS_TEST_FOLLOW_UP_DELAY"
 DELAY_SECONDS = 5   # how long the engine waits after an approval (and a restart's sweep) before it starts
 
 # the restore journal's phases of one attempt that went through (recovery/backup/restore/in_place.py)
-ONE_ATTEMPT = ("prechecked", "stopping", "stopped", "aside", "restored", "started", "verified")
+ONE_ATTEMPT = ("prechecked", "staged", "stopping", "stopped", "aside", "restored", "started", "verified")
 
 # stop/start hooks of the primary and the start_services hook: each call appended to calls.log first
 CONTROL = """#!/usr/bin/env bash

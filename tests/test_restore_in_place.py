@@ -286,6 +286,65 @@ def test_a_backup_deleted_from_every_target_fails_the_step_before_the_server_is_
     assert not world.siblings(".aegis-aside-")
 
 
+def test_a_tag_failure_at_the_last_chunk_leaves_no_restored_directory_and_nothing_stopped(world: World) -> None:
+    """One pass (issue 12): the backup streams into a staging directory before the stop; its last chunk
+    fails its tag only after every earlier byte was written there, and the staging directory goes."""
+    backup = world.backup()
+    original, pid = world.rows(), world.pid()
+    with sqlite3.connect(world.workdir / "aegis.db") as conn:
+        [(name,)] = conn.execute("SELECT object_name FROM backup_catalog WHERE run_id = ? AND kind = 'pg_full'",
+                                 (backup,)).fetchall()
+    stored = world.workdir / "staging" / name
+    action = world.action(backup)
+    from recovery.backup.stream.pipeline import verify_object
+
+    runner = action.restore.runner
+    chunks = verify_object(runner.targets[0], name, runner.repository.key).chunks
+    flip_byte(stored, offset=stored.stat().st_size - 8)   # inside the last chunk's tag
+
+    from recovery.actions.base import ActionError
+
+    with pytest.raises(ActionError) as failed:
+        action.precheck()
+    message, lines = str(failed.value), action.lines
+
+    assert backup in message and f"chunk {chunks - 1} failed" in message and "was not stopped" in message, message
+    assert any(line.startswith(f"streaming {backup} into ") for line in lines), lines
+    assert world.pid() == pid and world.rows() == original, "the server was never stopped"
+    assert not world.siblings(".aegis-staging-"), "the staged restore is removed"
+    assert not world.siblings(".aegis-aside-") and not world.siblings(".aegis-failed-")
+    assert not world.siblings(".aegis-wal-stage")
+
+
+def test_a_crash_after_staging_leaves_nothing_stopped_and_the_next_attempt_removes_the_staging(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from recovery.backup.restore.journal import Journal
+
+    backup = world.backup()
+    original, pid = world.rows(), world.pid()
+    real_write = Journal.write
+
+    def crash_after(self: Journal, written: str, **facts: object) -> Any:
+        entry = real_write(self, written, **facts)
+        if written == "staged":
+            raise Crash(written)
+        return entry
+
+    monkeypatch.setattr(Journal, "write", crash_after)
+    with pytest.raises(Crash):
+        _run(world.action(backup))
+    monkeypatch.setattr(Journal, "write", real_write)
+    [staging] = world.siblings(".aegis-staging-INC-7")
+    assert (staging / "PG_VERSION").is_file() and oct(staging.stat().st_mode & 0o777) == "0o700"
+    assert _journal(world)["phase"] == "staged" and world.action(backup).is_done() is False
+    assert world.pid() == pid, "nothing was stopped"
+
+    output, _ = _run(world.action(backup))
+    assert world.rows() == original and all(item["ok"] for item in output["evidence"])
+    assert not world.siblings(".aegis-staging-") and not world.siblings(".aegis-wal-stage")
+
+
 def test_a_failed_verification_rolls_back_to_the_original_data_and_the_server_runs(world: World) -> None:
     backup = world.backup()
     _insert(world, "B", 501, 900)

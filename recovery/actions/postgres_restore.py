@@ -4,8 +4,9 @@ The mechanics and their order are ``recovery.backup.restore.in_place`` (precheck
 is stopped → stop → aside → restore → start → verify, rollback on any failure after the stop).
 This action maps them onto the engine's contract (recovery/actions/base.py):
 
-- ``precheck`` runs the whole precheck (backup in the catalog, a copy that verifies, every WAL file
-  staged and gap-free), so a backup that vanished between plan and approval fails the step before
+- ``precheck`` runs the whole precheck (backup in the catalog, a full backup streamed once and
+  verified into its staging directory — a chain's copies verified —, every WAL file staged and
+  gap-free), so a backup that vanished between plan and approval fails the step before
   the server is touched; it also completes the rollback of an attempt a crash interrupted;
 - ``execute`` does the rest, verification included — a failing check must roll back, which it could
   not do later — and returns the evidence, what was put aside (``aside``), ``recovered_to`` and

@@ -28,14 +28,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from recovery.backup.catalog import KIND_INCREMENTAL, BackupNotFound, archived_wal, segment_of
+from recovery.backup.catalog import KIND_INCREMENTAL, BackupNotFound, archived_wal, previous_good, segment_of
 from recovery.backup.incremental import restore_chain
-from recovery.backup.repository import VerifiedCopy
+from recovery.backup.repository import (
+    CopyDamaged,
+    NoGoodCopy,
+    RestoreRefused,
+    VerifiedCopy,
+    first_good_copy,
+    holders,
+)
 from recovery.backup.restore.postgres import (
     PG_OS_USER,
     RestoredCluster,
     RestoreError,
     RestoreOptions,
+    extract_tar,
+    prepare_data_dir,
     restore_base_backup,
     shell_command,
 )
@@ -82,6 +91,47 @@ def plaintext(copy: VerifiedCopy, key: BackupKey, progress: Progress | None = No
 
     with produced(write) as reader:
         yield reader
+
+
+def stream_into(store: Store, record: BackupRecord, targets: list[Target], key: BackupKey, dest: Path,
+                owner: tuple[int, int] | None) -> VerifiedCopy:
+    """One pass instead of two: decrypt a full base backup straight into new ``dest`` (a staging
+    directory nobody starts a server on), every chunk's tag checked before its plaintext is written and
+    the stored bytes' sha256 pinned to the catalog's, checked after the final chunk's tag.
+
+    ``dest`` is usable only when this returns: on any failure of a copy (a tag, the final tag, the
+    checksum, the storage) it is removed and the next target holding the object is tried; when none
+    is good, ``RestoreRefused`` (as ``Repository.verified_copy``) and ``dest`` does not exist. The
+    caller moves ``dest`` into place only after this returned — so no byte of an unverified backup
+    reaches a usable data directory, as with the verify-first pass, at half the reading.
+    """
+    if not record.sha256:
+        raise RestoreError(f"{record.run_id} has no recorded checksum: it cannot be verified while streaming")
+    sha256 = record.sha256
+
+    def extract(target: Target) -> str:
+        prepare_data_dir(dest, owner)
+        try:
+            with plaintext(VerifiedCopy(record, target, sha256), key) as tar_stream:
+                extract_tar(tar_stream, dest, owner)
+                while tar_stream.read(1024 * 1024):   # the tar's padding: let the writer check the last tag
+                    pass
+        except StorageError:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        except Exception as exc:   # a tag, the final tag or the checksum (the writer's error wins)
+            shutil.rmtree(dest, ignore_errors=True)
+            raise CopyDamaged(redact(str(exc))[:300]) from None
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        return sha256
+
+    try:
+        _, target, skipped = first_good_copy(record.object_name, holders(record, targets), extract)
+    except NoGoodCopy as exc:
+        raise RestoreRefused(record, exc.problems or ["no target holds a copy"], previous_good(store, record)) from None
+    return VerifiedCopy(record, target, sha256, skipped)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------

@@ -4,17 +4,27 @@ The order is fixed, and every phase is written to a journal beside the data dire
 (``<data_dir>.aegis-restore.json``, ``recovery/backup/restore/journal.py``: replaced atomically)
 before the next one starts:
 
-1. **precheck** — nothing is stopped yet: the chosen backup is a good row of the catalog, one
-   stored copy of it (and of every object of its chain) verifies end to end (sha256 and every
-   chunk's tag), every archived WAL file the restore needs up to the target is decrypted into a
-   staging directory beside the data directory (``<data_dir>.aegis-wal-stage``) and the sequence
-   has no gap, and the disk beside the data directory has room for the backup. Any failure here
-   leaves the server exactly as it was.
+1. **precheck** — nothing is stopped yet: the chosen backup is a good row of the catalog and the
+   disk beside the data directory has room for it. A full base backup is then read **once**
+   (issue 12): decrypted straight into a staging directory beside the data directory
+   (``<data_dir>.aegis-staging-<incident>``, the server user's, 0700), every chunk's tag checked
+   before its plaintext is written, the final tag and the stored sha256 (pinned to the catalog's)
+   after the last chunk (``from_catalog.stream_into``); a failing copy is removed and the next
+   target's tried. Then pg_verifybackup checks it against its ``backup_manifest`` and parses the
+   backup's WAL, with ``--skip-checksums``: every byte was already authenticated, re-reading it
+   would only repeat that. An incremental chain (PostgreSQL 17) keeps the two reads: every object
+   verified here, extracted and combined after the stop (``pg_combinebackup`` needs the parts; one
+   pass did not fit it yet). Every archived WAL file the restore needs up to the target is
+   decrypted into ``<data_dir>.aegis-wal-stage`` and the sequence has no gap. The journal says
+   ``staged``. Any failure here removes both staging directories and leaves the server exactly as
+   it was. No byte of an unverified backup reaches a usable data directory: nothing starts on the
+   staging directory, and it is moved into place only after its final tag and checksum passed.
 2. **stop** — ``pg_ctl -D data_dir stop -m fast`` as the server's OS user, or the configured stop
    hook; then no postmaster may own the data directory any more (its ``postmaster.pid``).
 3. **aside** — the data directory is renamed (same filesystem: one ``rename``, nothing copied,
    nothing deleted) to ``<data_dir>.aegis-aside-<incident>-<UTC stamp>``.
-4. **restore** — the base backup (or its chain) is extracted into a new ``data_dir``; the
+4. **restore** — the staging directory is renamed to ``data_dir`` (a chain: extracted and combined
+   into a new ``data_dir`` now), so the downtime holds no backup reading; the
    production configuration files of the saved directory (``postgresql.conf``,
    ``postgresql.auto.conf``, ``pg_hba.conf``, ``pg_ident.conf``, where it has them) replace the
    backup's, so the server comes back on its own port, sockets, access rules and archive settings
@@ -39,10 +49,12 @@ later, only if its name is ours *and* this journal recorded it (an approved clea
 incident closes).
 
 After a crash, the journal decides (``is_done``): ``verified`` for this incident and backup → done;
-anything else → not done. A later attempt of the same step first completes the rollback of an
-interrupted attempt (its saved directory back in place and started as it was), then starts over
-from the precheck: a half-restored directory is never continued, because which files it holds
-cannot be known; a restored server that had not been verified yet is rolled back as well.
+anything else → not done (``prechecked``/``staged``: nothing was stopped; the next precheck, and any
+rollback, removes the leftover staging directories, ours by name). A later attempt of the same step
+first completes the rollback of an interrupted attempt (its saved directory back in place and
+started as it was), then starts over from the precheck: a half-restored directory is never
+continued, because which files it holds cannot be known; a restored server that had not been
+verified yet is rolled back as well.
 
 The data directory must be reachable from this host (the hooks replace ``pg_ctl``, e.g. with
 ``systemctl``, not the file operations). "Latest" means the end of the archive: WAL the server had
@@ -67,11 +79,13 @@ import psycopg
 from recovery.backup.catalog import POSTGRES_BASE_KINDS, chain_for, choose
 from recovery.backup.incremental import fill_from_chain
 from recovery.backup.repository import VerifiedCopy
-from recovery.backup.restore.from_catalog import stage_for_restore
+from recovery.backup.restore.from_catalog import stage_for_restore, stream_into
 from recovery.backup.restore.journal import Journal
 from recovery.backup.restore.postgres import (
     PG_OS_USER,
     RestoreError,
+    check_reachable,
+    check_staged,
     chown_to,
     clear_in_place,
     configure_in_place,
@@ -97,6 +111,7 @@ ASIDE_MARK = ".aegis-aside-"
 FAILED_MARK = ".aegis-failed-"
 JOURNAL_SUFFIX = ".aegis-restore.json"
 STAGE_SUFFIX = ".aegis-wal-stage"
+STAGING_MARK = ".aegis-staging-"   # the verified restore, streamed before the stop, renamed into place
 LOG_SUFFIX = ".aegis-restore.log"
 # what discard_aside may remove: the saved directory, or a failed restore kept for diagnosis
 ASIDE_NAME = re.compile(
@@ -104,8 +119,8 @@ ASIDE_NAME = re.compile(
 # production configuration carried over from the saved directory into the restored one
 PRODUCTION_FILES = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf")
 
-PRECHECKED, STOPPING, STOPPED, ASIDE, RESTORED, STARTED, VERIFIED = (
-    "prechecked", "stopping", "stopped", "aside", "restored", "started", "verified")
+PRECHECKED, STAGED, STOPPING, STOPPED, ASIDE, RESTORED, STARTED, VERIFIED = (
+    "prechecked", "staged", "stopping", "stopped", "aside", "restored", "started", "verified")
 ROLLING_BACK, ROLLED_BACK = "rolling_back", "rolled_back"
 # phases after which the saved directory may not be in place: a later attempt rolls back first
 INTERRUPTED = (STOPPING, STOPPED, ASIDE, RESTORED, STARTED, ROLLING_BACK)
@@ -267,6 +282,7 @@ class Prepared:
     backup_timeline: int
     contents: JsonObject = field(default_factory=dict)
     backup_end: datetime | None = None
+    staging: Path | None = None   # the verified restore beside the data directory (None: a chain, after the stop)
 
 
 class InPlaceRestore:
@@ -284,6 +300,7 @@ class InPlaceRestore:
         self.data_dir = server.data_dir
         self.journal = Journal(journal_path(self.data_dir))
         self.stage = self.data_dir.with_name(self.data_dir.name + STAGE_SUFFIX)
+        self.staging = self.data_dir.with_name(f"{self.data_dir.name}{STAGING_MARK}{self.incident}")
 
     # -- precheck ----------------------------------------------------------------------------
 
@@ -303,36 +320,67 @@ class InPlaceRestore:
             chain = chain_for(self.store, record)
         except (LookupError, RuntimeError) as exc:   # BackupNotFound, ChainError
             raise InPlaceError(f"backup {self.backup_id} cannot be restored: {exc}") from None
-        progress(f"verifying the stored copy of {record.run_id} ({len(chain)} object(s)) before stopping anything")
-        try:
-            copies = [self.runner.repository.verified_copy(r) for r in chain]
-        except RestoreError as exc:   # RestoreRefused: no intact copy on any target
-            raise InPlaceError(str(exc)) from None
-        needed = record.source_size or sum(c.record.source_size for c in copies)
+        needed = record.source_size or sum(r.source_size or 0 for r in chain)
         free = shutil.disk_usage(data_dir.parent).free
         if needed and free < needed:
             raise InPlaceError(f"{data_dir.parent} has {size_text(free)} free; restoring {record.run_id} needs "
                                f"{size_text(needed)} beside the current data directory (which is kept)")
-        shutil.rmtree(self.stage, ignore_errors=True)   # ours (by name): a leftover of an earlier attempt
-        progress(f"staging the archived WAL {record.run_id} needs"
-                 + (f" up to {self.target_time.isoformat()}" if self.target_time else " (to the end of the archive)"))
-        try:
-            restore_command, wal_files = stage_for_restore(
-                self.store, TargetWalStore(self.runner), record, self.stage, target_time=self.target_time,
-                os_user=self.server.os_user)
-        except (RestoreError, LookupError) as exc:   # WalGapError, BackupNotFound
-            shutil.rmtree(self.stage, ignore_errors=True)
-            raise InPlaceError(f"{redact(str(exc))}; {self.server.label} was not stopped") from None
-        prepared = Prepared(record, record.run_id, copies, restore_command, wal_files,
-                            needed, record.timeline or 1, dict(record.contents or {}), record.finished_at)
+        self.remove_staging()   # ours (by name): leftovers of an earlier attempt
+        one_pass = len(chain) == 1 and bool(record.sha256)
         # a new attempt: the phases start over; every directory ever put aside stays recorded
         self.journal.restart(PRECHECKED, keep=("asides", "failed", "discarded"), incident=self.incident,
                              backup_id=record.run_id, data_dir=str(data_dir),
                              target_time=self.target_time.isoformat() if self.target_time else None,
-                             wal_files=wal_files)
-        progress(f"precheck passed: {record.run_id} verified on {copies[-1].target.name}, "
-                 f"{wal_files} archived WAL file(s) staged and complete")
+                             staging=str(self.staging) if one_pass else None)
+        try:
+            copies = self._stage_backup(record, chain, one_pass, progress)
+            progress(f"staging the archived WAL {record.run_id} needs"
+                     + (f" up to {self.target_time.isoformat()}" if self.target_time
+                        else " (to the end of the archive)"))
+            restore_command, wal_files = stage_for_restore(
+                self.store, TargetWalStore(self.runner), record, self.stage, target_time=self.target_time,
+                os_user=self.server.os_user)
+        except (RestoreError, LookupError) as exc:   # RestoreRefused, a failed check, WalGapError, BackupNotFound
+            self.remove_staging()
+            raise InPlaceError(f"{redact(str(exc))}; {self.server.label} was not stopped") from None
+        except BaseException:
+            self.remove_staging()
+            raise
+        prepared = Prepared(record, record.run_id, copies, restore_command, wal_files,
+                            needed, record.timeline or 1, dict(record.contents or {}), record.finished_at,
+                            staging=self.staging if one_pass else None)
+        self.journal.write(STAGED, wal_files=wal_files)
+        progress(f"precheck passed: {record.run_id} verified on {copies[-1].target.name}"
+                 + (f" and staged in {self.staging}" if one_pass else "")
+                 + f", {wal_files} archived WAL file(s) staged and complete")
         return prepared
+
+    def _stage_backup(self, record: BackupRecord, chain: list[BackupRecord], one_pass: bool,
+                      progress: Progress) -> list[VerifiedCopy]:
+        """A full backup: streamed once into the staging directory, every chunk's tag, the final tag and
+        the stored sha256 checked on the way (``stream_into``), then pg_verifybackup without its checksum
+        pass — all before the stop. A chain (PostgreSQL 17 incrementals): every object verified now, the
+        extraction and ``pg_combinebackup`` after the stop (two reads, as before)."""
+        if not one_pass:
+            progress(f"verifying the stored copy of {record.run_id} ({len(chain)} object(s)) before stopping anything")
+            return [self.runner.repository.verified_copy(r) for r in chain]
+        owner = os_user_ids(self.server.os_user)
+        check_reachable(self.staging, owner)
+        progress(f"streaming {record.run_id} into {self.staging}, every chunk authenticated, before stopping anything")
+        copy = stream_into(self.store, record, self.runner.targets, self.runner.repository.key, self.staging, owner)
+        check_staged(self.staging, self.server.pg_bin)
+        return [copy]
+
+    def remove_staging(self) -> None:
+        """Remove what a precheck stages beside the data directory (the WAL and the streamed backup): only
+        names of ours (``<data_dir>.aegis-wal-stage``, ``<data_dir>.aegis-staging-<incident>``), never one a
+        server runs on."""
+        shutil.rmtree(self.stage, ignore_errors=True)
+        mine = self.data_dir.name + STAGING_MARK
+        for path in self.data_dir.parent.iterdir() if self.data_dir.parent.is_dir() else []:
+            if path.name.startswith(mine) and path.is_dir() and not path.is_symlink() \
+                    and not Server(path, "", "").postmaster_alive():
+                shutil.rmtree(path, ignore_errors=True)
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -353,7 +401,7 @@ class InPlaceRestore:
                     f"data directory is {entry.get('aside') or '(none)'}, put it back by hand") from None
             raise RolledBackError(f"rolled back: {reason}", kept=str(kept) if kept else None) from None
         finally:
-            shutil.rmtree(self.stage, ignore_errors=True)
+            self.remove_staging()
 
     def _replace(self, prepared: Prepared, progress: Progress) -> JsonObject:
         server, data_dir = self.server, self.data_dir
@@ -370,13 +418,18 @@ class InPlaceRestore:
             self.journal.write(STOPPED, aside=None)
             self.journal.write(ASIDE)
             progress(f"{data_dir} did not exist: nothing to put aside")
-        progress(f"restoring {prepared.run_id} ({size_text(prepared.source_size)}) into {data_dir} …")
-        fill_from_chain(self.store, prepared.record, self.runner.targets, self.runner.repository.key,
-                        data_dir, os_user=server.os_user, pg_bin=server.pg_bin, copies=prepared.copies)
+        if prepared.staging is not None:   # verified before the stop: one rename, nothing read again
+            progress(f"restoring {prepared.run_id} ({size_text(prepared.source_size)}) into {data_dir}: the copy "
+                     f"verified and staged before the stop is moved into place")
+            os.rename(prepared.staging, data_dir)
+        else:
+            progress(f"restoring {prepared.run_id} ({size_text(prepared.source_size)}) into {data_dir} …")
+            fill_from_chain(self.store, prepared.record, self.runner.targets, self.runner.repository.key,
+                            data_dir, os_user=server.os_user, pg_bin=server.pg_bin, copies=prepared.copies)
         if aside is not None:
             self._production_files(aside)
         configure_in_place(data_dir, restore_command=prepared.restore_command, target_time=self.target_time,
-                           os_user=server.os_user, pg_bin=server.pg_bin)
+                           os_user=server.os_user, pg_bin=server.pg_bin, checked=prepared.staging is not None)
         self.journal.write(RESTORED)
         if prepared.restore_command:
             progress(f"replaying WAL ({prepared.wal_files} archived file(s), "
@@ -517,7 +570,7 @@ class InPlaceRestore:
         if aside is not None and aside.exists() and not data_dir.exists():
             os.rename(aside, data_dir)
             progress(f"put the saved data directory back: {data_dir}")
-        shutil.rmtree(self.stage, ignore_errors=True)
+        self.remove_staging()
         if entry.get("was_running"):
             if not server.postmaster_alive():
                 server.start(progress)

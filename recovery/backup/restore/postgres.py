@@ -339,11 +339,15 @@ def _check_major(data_dir: Path, bin_dir: Path) -> None:
         raise RestoreError(f"backup is PostgreSQL {backup_major} but {bin_dir} has PostgreSQL {found.group(1)}")
 
 
-def _verify_manifest(data_dir: Path, bin_dir: Path) -> None:
-    """pg_verifybackup: every file's checksum and the WAL range against ``backup_manifest``."""
+def _verify_manifest(data_dir: Path, bin_dir: Path, skip_checksums: bool = False) -> None:
+    """pg_verifybackup: every file's checksum and the WAL range against ``backup_manifest``.
+    ``skip_checksums`` (``--skip-checksums``) keeps the file list, sizes and the WAL parse but not the
+    re-reading of every byte: for a restore whose stream was authenticated end to end (every chunk's
+    tag and the stored sha256), where the checksums would only repeat that."""
     if not (data_dir / "backup_manifest").exists():
         return
-    proc = run_command([str(bin_dir / "pg_verifybackup"), "--quiet", str(data_dir)], timeout=3600)
+    skip = ["--skip-checksums"] if skip_checksums else []
+    proc = run_command([str(bin_dir / "pg_verifybackup"), "--quiet", *skip, str(data_dir)], timeout=3600)
     if proc.returncode != 0:
         raise RestoreError(f"restored files fail verification against backup_manifest: {last_line(proc.stderr)}")
 
@@ -413,7 +417,7 @@ class RestoreOptions:
                 raise ValueError("point-in-time recovery needs a restore_command to fetch archived WAL")
 
 
-def _check_restored(data_dir: Path, bin_dir: Path, verify_manifest: bool) -> None:
+def _check_restored(data_dir: Path, bin_dir: Path, verify_manifest: bool, skip_checksums: bool = False) -> None:
     """A restored data directory is a complete base backup of the binaries' major version; the source
     server's leftovers (pid file, signal files) are removed."""
     _check_pg_ctl_path(data_dir, "data directory")
@@ -422,7 +426,7 @@ def _check_restored(data_dir: Path, bin_dir: Path, verify_manifest: bool) -> Non
         raise RestoreError(f"stream is not a pg_basebackup tar: missing {', '.join(missing)}")
     _check_major(data_dir, bin_dir)
     if verify_manifest:
-        _verify_manifest(data_dir, bin_dir)
+        _verify_manifest(data_dir, bin_dir, skip_checksums)
     for name in _STALE:
         (data_dir / name).unlink(missing_ok=True)
 
@@ -445,8 +449,15 @@ IN_PLACE_BEGIN = "# --- Aegis in-place restore: recovery settings (removed when 
 IN_PLACE_END = "# --- end of Aegis in-place restore ---"
 
 
+def check_staged(data_dir: Path, pg_bin: str | Path | None = None) -> None:
+    """The checks of a restored directory (``RestoreError``), run on an in-place restore's staging
+    directory while the server still runs; pg_verifybackup without its checksum pass, as the stream
+    that filled it was authenticated end to end (``from_catalog.stream_into``)."""
+    _check_restored(Path(data_dir), pg_bin_dir(pg_bin), True, skip_checksums=True)
+
+
 def configure_in_place(data_dir: Path, *, restore_command: str | None, target_time: datetime | None,
-                       os_user: str = PG_OS_USER, pg_bin: str | Path | None = None) -> None:
+                       os_user: str = PG_OS_USER, pg_bin: str | Path | None = None, checked: bool = False) -> None:
     """Make a restored data directory an archive recovery of *production* (the in-place restore, C4).
 
     Unlike ``start_restored`` nothing of the scratch isolation is applied (port, listen addresses,
@@ -458,7 +469,8 @@ def configure_in_place(data_dir: Path, *, restore_command: str | None, target_ti
     if target_time is not None and (target_time.tzinfo is None or not restore_command):
         raise ValueError("point-in-time recovery needs a timezone-aware target_time and a restore_command")
     owner = os_user_ids(os_user)
-    _check_restored(Path(data_dir), pg_bin_dir(pg_bin), True)
+    if not checked:   # else check_staged ran before the server was stopped
+        _check_restored(Path(data_dir), pg_bin_dir(pg_bin), True)
     settings = recovery_settings(restore_command, target_time)
     if not settings:
         return   # no archived WAL to replay: crash recovery to the backup's end point, then writable
