@@ -87,17 +87,7 @@ def malformed(body: JsonObject) -> str | None:
 
 def field(view: JsonObject, block: str) -> str:
     """One input's value from ``view.state.values``; "" for anything missing or not shaped like Slack's."""
-    state = view.get("state")
-    values = state.get("values") if isinstance(state, dict) else None
-    block_values = values.get(block) if isinstance(values, dict) else None
-    item = block_values.get("value") if isinstance(block_values, dict) else None
-    if not isinstance(item, dict):
-        return ""
-    option = item.get("selected_option")
-    if isinstance(option, dict):
-        return str(option.get("value") or "")
-    value = item.get("value")
-    return value.strip() if isinstance(value, str) else ""
+    return choice_forms.picked(view, block)
 
 
 def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, backups: BackupDesk,
