@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import stat
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -146,7 +148,9 @@ def test_reprotect_refuses_while_the_new_primary_is_still_a_standby(pg_pair: PgP
 def _service_hook(tmp_path: Path, port: int, *, start_server: bool = True) -> Path:
     """A real start hook: records its call, then (optionally) starts an HTTP service outside its group."""
     script = tmp_path / "start-service.sh"
-    serve = (f"setsid python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 </dev/null &\n"
+    # the test's own interpreter by its path: a `python3` shim (pyenv) can take seconds to start under load
+    serve = (f"setsid {shlex.quote(sys.executable)} -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1 "
+             "</dev/null &\n"
              f"echo $! > {tmp_path}/service.pid\n") if start_server else ""
     script.write_text(f"#!/bin/sh\necho \"$AEGIS_HOOK $AEGIS_INCIDENT $1\" >> {tmp_path}/calls.log\n{serve}")
     script.chmod(0o755)
