@@ -147,10 +147,14 @@ def test_a_signed_ransomware_signal_opens_one_incident_with_the_signal_as_eviden
     assert (incident.declared_by, incident.severity) == ("aegis", "critical")
     store = bot.store()
     try:
-        with store.session() as session:
-            events = session.exec(select(TimelineEvent).where(TimelineEvent.incident_id == incident.id,
-                                                              TimelineEvent.kind == "audit")).all()
-        opened = next(e for e in events if e.data.get("monitor_condition") == "ransomware:signal edr-falcon")
+        def opened_events() -> list[TimelineEvent]:
+            with store.session() as session:
+                events = session.exec(select(TimelineEvent).where(TimelineEvent.incident_id == incident.id,
+                                                                  TimelineEvent.kind == "audit")).all()
+            return [e for e in events if e.data.get("monitor_condition") == "ransomware:signal edr-falcon"]
+
+        # the audit line may commit a moment after the incident row: wait for it, do not read once
+        opened = wait_for(opened_events, timeout=15, what="the monitor's audit line with the signal")[0]
         evidence = opened.data["evidence"][0]
         assert evidence["check"] == "signal ransomware" and evidence["ok"] is False
         assert evidence["signal"]["id"] == first_id
