@@ -63,7 +63,7 @@ def _all(flags: Iterable[bool | None]) -> bool | None:
 
 
 def _collection(row: BackupRecord) -> str:
-    return row.object_name.removeprefix(f"{row.run_id}/milvus-").removesuffix(".jsonl.zst.aes")
+    return catalog.exported_name(row.object_name, "milvus") or row.object_name
 
 
 def candidate(rows: list[BackupRecord]) -> BackupCandidate:

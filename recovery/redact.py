@@ -145,3 +145,11 @@ def redact_data(data: object, *, keep: frozenset[str] = frozenset(),
         return node
 
     return walk(data)
+
+
+def error_line(exc: BaseException, limit: int = 300) -> str:
+    """One redacted line saying what went wrong: the error's own message (a driver error's ``message``
+    without its code), else its type's name."""
+    text = str(getattr(exc, "message", None) or exc).strip()
+    line = redact(text).splitlines()[0][:limit] if text else ""
+    return line or type(exc).__name__

@@ -112,7 +112,7 @@ def _milvus(args: argparse.Namespace) -> int:
     from pymilvus import MilvusClient
 
     from bot.backup_wiring import repository_from, sources_from
-    from recovery.backup.catalog import MILVUS_KIND
+    from recovery.backup.catalog import MILVUS_KIND, exported_name
     from recovery.backup.catalog import choose as choose_backup
     from recovery.backup.restore.from_catalog import restore_milvus
 
@@ -122,7 +122,7 @@ def _milvus(args: argparse.Namespace) -> int:
         raise RestoreUsageError("no Milvus to restore into: give --uri or configure components.milvus")
     records = choose_backup(store, (MILVUS_KIND,), args.id)
     if args.collection:
-        records = [r for r in records if r.object_name.endswith(f"/milvus-{args.collection}.jsonl.zst.aes")]
+        records = [r for r in records if exported_name(r.object_name, "milvus") == args.collection]
         if not records:
             raise RestoreUsageError(f"that backup has no collection {args.collection!r}")
     if args.as_name and len(records) != 1:

@@ -21,6 +21,7 @@ from bot.config import Config, config_file
 from bot.demo.config import DemoPostgres, data_directory, demo_config
 from bot.demo.postgres import DemoCluster, DemoPostgresError, find_pg_bin
 from bot.demo.service import SampleService
+from recovery.backup.restore.in_place import pid_alive
 from statemachines.json_types import JsonObject
 
 log = logging.getLogger("aegis.demo")
@@ -46,16 +47,6 @@ def _is_run_dir(path: Path) -> bool:
     return path.name.startswith(RUN_PREFIX) and path.parent in {Path("/tmp"), Path(tempfile.gettempdir())}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_leftovers(data_dir: Path) -> list[str]:
     """Stop and remove what a killed demo of this data directory left; lines saying what was removed."""
     state_file = data_dir / STATE_FILE
@@ -66,7 +57,7 @@ def remove_leftovers(data_dir: Path) -> list[str]:
     except (OSError, ValueError):
         state = {}
     pid = int(state.get("pid") or 0)
-    if pid and pid != os.getpid() and _pid_alive(pid):
+    if pid and pid != os.getpid() and pid_alive(pid):
         raise DemoError(f"another Aegis demo (pid {pid}) is running on {data_dir}; stop it first "
                         f"(or remove {state_file} if that process is not Aegis)")
     done = []

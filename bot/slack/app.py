@@ -410,19 +410,23 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     button(block_kit.SET_INFECTION_TIME, open_infection)
     button(block_kit.SET_PARTIAL_TARGET, open_partial)
 
+    def form_incident(view: JsonObject) -> Incident | None:
+        """The incident a modal was opened for (its id in ``private_metadata``); None when it is gone."""
+        incident_id = parse_id(view.get("private_metadata"))
+        if incident_id is None:
+            return None
+        with flows.store.session() as session:
+            try:
+                return svc.get(session, incident_id)
+            except svc.NotFound:
+                return None
+
     def choice_form(ack: Ack, body: JsonObject, view: JsonObject, name: str, first_block: str,
                     parse: Callable[[Incident], choice_forms.Parsed],
                     store: Callable[[str, int, JsonObject], Message]) -> None:
         """A recovery-choice form (the incident id in ``private_metadata``): bad input keeps the form
         open with its errors and stores nothing; a good one is decided before the ack."""
-        incident_id = parse_id(view.get("private_metadata"))
-        incident = None
-        if incident_id is not None:
-            with flows.store.session() as session:
-                try:
-                    incident = svc.get(session, incident_id)
-                except svc.NotFound:
-                    pass
+        incident = form_incident(view)
         if incident is None:
             ack(**form_error(first_block, block_kit.refusal("incident_gone", locale)))
             return
@@ -485,18 +489,11 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
     @app.view("aegis_close_submit")
     def close_submitted(ack: Ack, body: JsonObject, view: JsonObject) -> None:
         summary = field(view, "summary")
-        incident_id = parse_id(view.get("private_metadata"))
         if not summary:
             ack(**form_error("summary", block_kit.usage_error("missing_summary", locale)))
             return
         # One primary-key read before the ack: only the ack can keep the form open with the reason.
-        incident = None
-        if incident_id is not None:
-            with flows.store.session() as session:
-                try:
-                    incident = svc.get(session, incident_id)
-                except svc.NotFound:
-                    pass
+        incident = form_incident(view)
         if incident is None:
             ack(**form_error("summary", block_kit.refusal("incident_gone", locale)))
             return

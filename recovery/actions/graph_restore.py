@@ -55,7 +55,7 @@ from recovery.actions.restore_journal import (
     StepJournal,
 )
 from recovery.actions.verify import IntegrityQuery
-from recovery.backup.catalog import NEO4J_KIND, BackupNotFound, choose
+from recovery.backup.catalog import NEO4J_KIND, BackupNotFound, choose, exported_name
 from recovery.backup.repository import Repository, VerifiedCopy
 from recovery.backup.restore.journal import owner_only_directory
 from recovery.backup.restore.postgres import RestoreError
@@ -63,7 +63,7 @@ from recovery.backup.runner import Neo4jSource
 from recovery.backup.storage.local import LocalTarget
 from recovery.backup.stream.pipe import produced
 from recovery.backup.stream.pipeline import backup_stream, restore_stream
-from recovery.redact import redact
+from recovery.redact import error_line, redact
 from statemachines.json_types import JsonObject
 from statemachines.models import BackupRecord
 
@@ -78,13 +78,6 @@ ASIDE_DIR_NAME = "aegis-aside"
 _USER_INDEXES = ("SHOW INDEXES YIELD name, type, owningConstraint, state "
                  "WHERE type <> 'LOOKUP' AND owningConstraint IS NULL RETURN name, state ORDER BY name")
 _WIPE_BATCH = 10_000
-
-
-def _short(exc: BaseException) -> str:
-    """One redacted line for a message (a Neo4j error's own message, without its code)."""
-    text = str(getattr(exc, "message", None) or exc).strip()
-    line = redact(text).splitlines()[0][:300] if text else ""
-    return line or type(exc).__name__
 
 
 def wipe_graph(driver: Driver, database: str) -> None:
@@ -144,8 +137,7 @@ class Neo4jRestoreInPlace(Action):
             records = choose(self.repository.store, (NEO4J_KIND,), self.backup_id)
         except BackupNotFound as exc:
             raise ActionError(f"{exc}; nothing was changed") from None
-        suffix = f"/neo4j-{self.database}.jsonl.zst.aes"
-        found = [r for r in records if r.object_name.endswith(suffix)]
+        found = [r for r in records if exported_name(r.object_name, "neo4j") == self.database]
         if not found:
             raise ActionError(f"backup {self.backup_id} holds no export of Neo4j database {self.database!r}; "
                               "nothing was changed")
@@ -177,11 +169,11 @@ class Neo4jRestoreInPlace(Action):
             auth = (self.source["user"], password) if password else None
             driver = GraphDatabase.driver(self.source["uri"], auth=auth)
         except (DriverError, Neo4jError, ValueError) as exc:
-            raise ActionError(f"Neo4j at {self.source['uri']}: {_short(exc)}") from None
+            raise ActionError(f"Neo4j at {self.source['uri']}: {error_line(exc)}") from None
         try:
             yield driver
         except (DriverError, Neo4jError) as exc:
-            raise ActionError(f"Neo4j at {self.source['uri']}: {_short(exc)}") from None
+            raise ActionError(f"Neo4j at {self.source['uri']}: {error_line(exc)}") from None
         finally:
             driver.close()
 
@@ -209,10 +201,10 @@ class Neo4jRestoreInPlace(Action):
                 if failed:
                     raise VerificationFailed("verification failed: " + "; ".join(failed), observations)
             except Exception as exc:
-                self._roll_back(driver, export, progress, _short(exc))   # ActionError if that fails too
+                self._roll_back(driver, export, progress, error_line(exc))   # ActionError if that fails too
                 if isinstance(exc, VerificationFailed):
                     raise RolledBack(f"rolled back: {exc}", evidence=exc.evidence) from None
-                raise RolledBack(f"rolled back: the restore of {self.backup_id} failed ({_short(exc)}); "
+                raise RolledBack(f"rolled back: the restore of {self.backup_id} failed ({error_line(exc)}); "
                                  f"Neo4j database {self.database!r} holds the graph as it was before") from None
         self.journal.write(RESTORED, restored={"nodes": stats.nodes, "relationships": stats.relationships})
         progress(f"restored {self.backup_id}: {stats.nodes} nodes, {stats.relationships} relationships; "
@@ -255,7 +247,7 @@ class Neo4jRestoreInPlace(Action):
             with produced(lambda out: done.append(export_graph(driver, self.database, out=out))) as reader:
                 result = backup_stream(reader, name, [LocalTarget(self.aside_dir, "aside")], self.repository.key)
         except Exception as exc:
-            raise ActionError(f"could not export the current graph for rollback ({_short(exc)}); "
+            raise ActionError(f"could not export the current graph for rollback ({error_line(exc)}); "
                               "nothing was changed") from None
         if not result.ok or not done:
             problem = "; ".join(t.error or "failed" for t in result.targets.values())
@@ -282,7 +274,7 @@ class Neo4jRestoreInPlace(Action):
                 stats = import_graph(driver, self.database, source=reader)
         except Exception as exc:
             raise ActionError(
-                f"the restore failed ({reason}) and so did the rollback ({_short(exc)}): Neo4j database "
+                f"the restore failed ({reason}) and so did the rollback ({error_line(exc)}): Neo4j database "
                 f"{self.database!r} is NOT as it was. The graph as it was is kept, encrypted with the backup key, "
                 f"at {export['path']}; keep that file") from None
         self.journal.write(ROLLED_BACK, rolled_back={"nodes": stats.nodes, "relationships": stats.relationships})
@@ -330,7 +322,7 @@ class Neo4jRestoreInPlace(Action):
                     record = next(iter(result), None)
                     result.consume()
         except (DriverError, Neo4jError) as exc:
-            return evidence(name, f"query failed: {_short(exc)}", check.expected(), False)
+            return evidence(name, f"query failed: {error_line(exc)}", check.expected(), False)
         if record is None or len(record) == 0:
             return evidence(name, "no row", check.expected(), False)
         value = record[0]

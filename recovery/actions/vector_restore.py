@@ -48,11 +48,11 @@ from recovery.actions.base import (
     evidence,
 )
 from recovery.actions.restore_journal import RESTORED, RESTORING, ROLLED_BACK, StepJournal
-from recovery.backup.catalog import MILVUS_KIND, BackupNotFound, choose
+from recovery.backup.catalog import MILVUS_KIND, BackupNotFound, choose, exported_name
 from recovery.backup.repository import Repository, VerifiedCopy
 from recovery.backup.restore.journal import owner_only_directory
 from recovery.backup.restore.postgres import RestoreError
-from recovery.redact import redact
+from recovery.redact import error_line, redact
 from statemachines.json_types import JsonObject
 
 if TYPE_CHECKING:   # pymilvus loads only when a Milvus restore runs (an optional extra; ~2 s to import)
@@ -65,12 +65,6 @@ _READ_CHUNK = 1024 * 1024
 _MAX_NAME = 255   # Milvus's limit on a collection name
 
 
-def _short(exc: BaseException) -> str:
-    text = str(getattr(exc, "message", None) or exc).strip()
-    line = redact(text).splitlines()[0][:300] if text else ""
-    return line or type(exc).__name__
-
-
 @contextmanager
 def _client(uri: str) -> Iterator[MilvusClient]:
     from pymilvus import MilvusClient
@@ -78,7 +72,7 @@ def _client(uri: str) -> Iterator[MilvusClient]:
     try:
         client = MilvusClient(uri=uri)
     except Exception as exc:   # pymilvus raises MilvusException and plain connection errors alike
-        raise ActionError(f"Milvus at {uri} is unreachable: {_short(exc)}") from None
+        raise ActionError(f"Milvus at {uri} is unreachable: {error_line(exc)}") from None
     try:
         yield client
     finally:
@@ -147,13 +141,12 @@ class MilvusRestoreInPlace(Action):
         except BackupNotFound as exc:
             raise ActionError(f"{exc}; nothing was changed") from None
         if not self.collections:   # the plan's "every collection in the backup"
-            self.collections = [r.object_name.rsplit("/milvus-", 1)[-1].removesuffix(".jsonl.zst.aes")
-                                for r in records]
+            self.collections = [n for r in records if (n := exported_name(r.object_name, "milvus"))]
         copies: dict[str, VerifiedCopy] = {}
         for name in self.collections:
             if len(name) + len(ASIDE_MARK) + 16 > _MAX_NAME:
                 raise ActionError(f"collection name {name!r} is too long to put aside; nothing was changed")
-            found = [r for r in records if r.object_name.endswith(f"/milvus-{name}.jsonl.zst.aes")]
+            found = [r for r in records if exported_name(r.object_name, "milvus") == name]
             if not found:
                 raise ActionError(f"backup {self.backup_id} holds no export of Milvus collection {name!r}; "
                                   "nothing was changed")
@@ -200,14 +193,14 @@ class MilvusRestoreInPlace(Action):
                 if failed:
                     raise VerificationFailed("verification failed: " + "; ".join(failed), observations)
             except Exception as exc:
-                self._roll_back(client, done, planned, progress, _short(exc))   # ActionError if that fails too
+                self._roll_back(client, done, planned, progress, error_line(exc))   # ActionError if that fails too
                 self.journal.write(ROLLED_BACK, stamp=stamp, collections={})
                 if isinstance(exc, VerificationFailed):
                     raise RolledBack(f"rolled back: {exc}", evidence=exc.evidence) from None
                 if not done:   # failed before the first collection was touched: a plain failure (Retry/Abort)
-                    raise ActionError(f"the restore of {self.backup_id} failed ({_short(exc)}); "
+                    raise ActionError(f"the restore of {self.backup_id} failed ({error_line(exc)}); "
                                       "nothing was changed") from None
-                raise RolledBack(f"rolled back: the restore of {self.backup_id} failed ({_short(exc)}); "
+                raise RolledBack(f"rolled back: the restore of {self.backup_id} failed ({error_line(exc)}); "
                                  f"collection(s) {', '.join(done)} are as they were before") from None
             asides = [str(planned[name]["aside"]) for name in self.collections if planned[name].get("aside")]
             for aside in asides:
@@ -274,7 +267,7 @@ class MilvusRestoreInPlace(Action):
                     client.load_collection(name)
                 progress(f"rolled back {name}" + (f" (renamed {aside} back)" if aside else " (dropped)"))
             except Exception as exc:
-                problems.append(f"{name}: {_short(exc)}" + (f" — the original is still {aside}" if aside else ""))
+                problems.append(f"{name}: {error_line(exc)}" + (f" — the original is still {aside}" if aside else ""))
         if problems:
             raise ActionError(f"the restore failed ({reason}) and so did the rollback of "
                               f"{'; '.join(problems)}: rename the aside collection back by hand")
@@ -319,7 +312,7 @@ class MilvusRestoreInPlace(Action):
                 query = [float(x) for x in query]
             hits = client.search(name, data=[query], anns_field=vector, limit=5, output_fields=[primary])[0]
         except Exception as exc:
-            return evidence(check, f"search failed: {_short(exc)}", "that row first", False)
+            return evidence(check, f"search failed: {error_line(exc)}", "that row first", False)
         if not hits:
             return evidence(check, f"row {key}: no hits", "that row first", False)
         best = hits[0]["distance"]

@@ -82,6 +82,19 @@ def manifest_object_name(base_object: str) -> str:
     return base_object.removesuffix(".tar.zst.aes") + ".manifest.zst.aes"
 
 
+def export_object_name(run_id: str, component: str, name: str) -> str:
+    """A Neo4j database's or a Milvus collection's export: ``<run>/neo4j-<database>.jsonl.zst.aes``."""
+    return f"{run_id}/{component}-{name}.jsonl.zst.aes"
+
+
+def exported_name(object_name: str, component: str) -> str | None:
+    """The database / collection an export object holds (``export_object_name`` read back); None for others."""
+    prefix, sep, rest = object_name.rpartition(f"/{component}-")
+    if not sep or not prefix or not rest.endswith(".jsonl.zst.aes"):
+        return None
+    return rest.removesuffix(".jsonl.zst.aes")
+
+
 def wal_object(name: str) -> str:
     return f"wal/{check_wal_name(name)}.zst.aes"
 

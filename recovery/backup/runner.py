@@ -28,6 +28,7 @@ from recovery.backup.catalog import (
     MILVUS_KIND,
     NEO4J_KIND,
     base_object_name,
+    export_object_name,
     finish_record,
     insert_record,
     manifest_object_name,
@@ -260,7 +261,8 @@ class BackupRunner:
         database = cfg.get("database", "neo4j")
         with GraphDatabase.driver(cfg["uri"], auth=auth) as driver:
             source = produced(lambda out: export_graph(driver, database, out=out))
-            return [self.store_object(run_id, NEO4J_KIND, "neo4j", f"{run_id}/neo4j-{database}.jsonl.zst.aes", source)]
+            name = export_object_name(run_id, "neo4j", database)
+            return [self.store_object(run_id, NEO4J_KIND, "neo4j", name, source)]
 
     def _milvus(self, run_id: str) -> list[BackupRecord]:
         from pymilvus import MilvusClient
@@ -273,7 +275,7 @@ class BackupRunner:
             for collection in list_collections(client):
                 source = produced(functools.partial(export_collection, client, collection))
                 records.append(self.store_object(run_id, MILVUS_KIND, "milvus",
-                                                  f"{run_id}/milvus-{collection}.jsonl.zst.aes", source))
+                                                  export_object_name(run_id, "milvus", collection), source))
             return records
         finally:
             client.close()

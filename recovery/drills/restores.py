@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from recovery.backup.catalog import MILVUS_KIND, NEO4J_KIND, POSTGRES_BASE_KINDS
+from recovery.backup.catalog import MILVUS_KIND, NEO4J_KIND, POSTGRES_BASE_KINDS, exported_name
 from recovery.backup.restore.from_catalog import restore_milvus, restore_neo4j, restore_postgres
 from recovery.backup.restore.postgres import RestoredCluster
 from recovery.backup.wal.archive import TargetWalStore
@@ -144,7 +144,7 @@ def test_milvus(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> Re
         copy = ctx.runner.repository.verified_copy(record)
     except Exception as exc:
         return _fail(record, began, exc)
-    source = record.object_name.rsplit("/milvus-", 1)[-1].removesuffix(".jsonl.zst.aes")
+    source = exported_name(record.object_name, "milvus") or record.object_name
     server = ctx.milvus_uri if ctx.milvus_uri and _milvus_is_server(ctx.milvus_uri) else None
     uri = server or str(scratch.own_dir("milvus") / "milvus.db")
     name, index = scratch.milvus_collection(uri, source)
