@@ -18,6 +18,7 @@ from slack_emulator.driver import SlackDriver
 from slack_emulator.faults import fault_from_json
 from slack_emulator.server import EmulatorServer
 from statemachines import service as svc
+from statemachines.models import TimelineEvent
 from tests.harness.aegis_process import BOT_TOKEN, PG_PASSWORD, SIGNING_SECRET, AegisProcess, wait_for
 from tests.harness.concurrency import at_once
 from tests.harness.pgcluster import PgPair, PgSingle
@@ -346,6 +347,11 @@ def test_two_replicas_on_one_postgresql_store_execute_a_click_once(
         store_server.destroy()
 
 
+def slack_errors(walk: Walk) -> list[TimelineEvent]:
+    with walk.store.session() as session:
+        return [e for e in svc.timeline(session, walk.incident_id) if e.kind == "slack_error"]
+
+
 def test_slack_errors_are_retried_or_recorded_and_state_survives(
     workdir: Path, failed_primary: PgPair, emulator: EmulatorServer,
 ) -> None:
@@ -368,10 +374,9 @@ def test_slack_errors_are_retried_or_recorded_and_state_survives(
         fence = walk.step("hook", "fence_primary")
         walk.click("U0INFRA", "aegis_approve", str(fence.id))
         walk.wait_step(fence.id, "succeeded")
-        with walk.store.session() as session:
-            errors = wait_for(lambda: [e for e in svc.timeline(session, walk.incident_id)
-                                       if e.kind == "slack_error"], what="a recorded Slack error")
-            assert "channel_not_found" in errors[-1].text
+        # each poll reads in its own transaction: one long read would keep SQLite's first snapshot
+        errors = wait_for(lambda: slack_errors(walk), what="a recorded Slack error")
+        assert "channel_not_found" in errors[-1].text
         assert walk.incident().state == "recovering"
         faults.clear()
         walk.driver.slash("U0IC", f"status INC-{walk.incident_id}")
