@@ -240,6 +240,8 @@ def _dispatch(argv: list[str]) -> tuple[int, str | None]:
     """The exit code and the command that ran (None: the arguments did not parse)."""
     if (handed := wal_cli.fast_push(argv)) is not None:   # `wal push` answered by `aegis wal archiver`
         return handed, "wal"
+    if (fetched := wal_cli.fast_fetch(argv)) is not None:   # `wal fetch` by the archiver or the lean path
+        return fetched, "wal"
     # archive/restore_command read exit codes: a usage or config error must not look like "absent".
     error_exit = wal_cli.failure_exit(argv) or 2
     try:

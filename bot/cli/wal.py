@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from bot.cli.checks import OneLineParser
 from recovery.backup.wal.commands import FETCH_ERROR_EXIT, PUSH_FAILED_EXIT
-from recovery.backup.wal.handoff import default_socket, hand_over, segment_lock, wal_dir_of
+from recovery.backup.wal.handoff import default_socket, fetch_over, hand_over, segment_lock, wal_dir_of
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
 
@@ -103,6 +103,13 @@ def _stream(args: argparse.Namespace) -> int:
 
 def _push_words(argv: list[str]) -> tuple[str | None, Path] | None:
     """(the --config given, %p) when ``argv`` is exactly a ``wal push PATH`` command line, else None."""
+    words = _wal_words(argv, "push", 1)
+    return None if words is None else (words[0], Path(words[1][0]))
+
+
+def _wal_words(argv: list[str], command: str, count: int) -> tuple[str | None, list[str]] | None:
+    """(the --config given, the arguments) when ``argv`` is exactly ``wal COMMAND ARG…`` (``count`` of
+    them) with at most ``--config`` / ``--log-level`` before it, else None (the full parser's case)."""
     config: str | None = None
     words: list[str] = []
     rest = list(argv)
@@ -119,9 +126,9 @@ def _push_words(argv: list[str]) -> tuple[str | None, Path] | None:
             return None   # anything else (--help…) is for the full parser
         else:
             words.append(arg)
-    if len(words) != 3 or words[:2] != ["wal", "push"]:
+    if len(words) != 2 + count or words[:2] != ["wal", command]:
         return None
-    return config, Path(words[2])
+    return config, words[2:]
 
 
 def _archiver_settings(config_option: str | None) -> JsonObject:
@@ -177,6 +184,33 @@ def fast_push(argv: list[str]) -> int | None:
     return 0 if answer.durable else PUSH_FAILED_EXIT
 
 
+def fast_fetch(argv: list[str]) -> int | None:
+    """``aegis wal fetch %f %p`` without the full stack: its exit code, or None for the full command.
+
+    First the running archiver (it holds the key, targets and catalog: recovery/backup/wal/handoff.py),
+    then the lean path (recovery/backup/wal/lean_fetch.py: no ORM, no pydantic), which only ever
+    succeeds — an absent segment, a damaged copy or a config it does not read go to the full command.
+    """
+    words = _wal_words(argv, "fetch", 2)
+    if words is None:
+        return None
+    config_option, (name, dest) = words
+    try:
+        settings = _archiver_settings(config_option)
+    except Exception:  # noqa: BLE001 - a broken config is reported by the full path, one line
+        return None
+    # PostgreSQL runs restore_command in the data directory, %p being pg_wal/RECOVERYXLOG
+    socket_path = _socket_path(settings.get("socket"), wal_dir_of(Path(dest)).parent)
+    answer = fetch_over(socket_path, name, Path(dest))
+    if answer is not None:
+        if answer.exit_code == FETCH_ERROR_EXIT:
+            print(f"aegis wal fetch: {answer.message}", file=sys.stderr, flush=True)
+        return answer.exit_code
+    from recovery.backup.wal.lean_fetch import lean_fetch
+
+    return lean_fetch(name, Path(dest), config_option)
+
+
 def _archiver(args: argparse.Namespace) -> int:
     from bot.backup_wiring import BackupSetupError
     from bot.cli.common import setup
@@ -200,10 +234,22 @@ def _archiver(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     print(f"aegis wal archiver: listening on {socket_path} (pid {os.getpid()}, {archiver.parallel} at once)",
           file=sys.stderr, flush=True)
+    for line in _fast_command_lines(socket_path, wal_dir, args.config or os.environ.get("AEGIS_CONFIG")):
+        print(f"aegis wal archiver: {line}", file=sys.stderr, flush=True)
     stats = archiver.serve(stop)
     print(f"aegis wal archiver: stopped: {len(stats.pushed)} pushed, {len(stats.already_archived)} already "
           f"archived, {len(stats.failed)} failed attempt(s), {stats.answered} answered", file=sys.stderr)
     return 0
+
+
+def _fast_command_lines(socket_path: Path, wal_dir: Path | None, config: str | None) -> list[str]:
+    """The exact postgresql.conf lines of the stdlib-only fast path to this archiver (``aegis wal push %p``
+    and ``aegis wal fetch %f %p`` keep working; these start faster)."""
+    from recovery.backup.wal.handoff import command_lines
+
+    default = wal_dir is not None and socket_path == default_socket(wal_dir)
+    push, fetch = command_lines(None if default else socket_path, config)
+    return [f"fastest archive_command = '{push}'", f"fastest restore_command = '{fetch}'"]
 
 
 def add_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:

@@ -2,8 +2,10 @@
 
 Without it every segment costs a whole process (interpreter, imports, config, key, catalog, SDK
 clients) for ~0.1 s of real work. The archiver holds all of that once and listens on a Unix socket
-(mode 0600, refusing peers of another uid); ``archive_command = aegis wal push %p`` hands it the
-segment (recovery/backup/wal/handoff.py) and blocks until the answer.
+(mode 0600, refusing peers of another uid); ``archive_command = aegis wal push %p`` (or the stdlib-only
+``handoff.py push %p``) hands it the segment (recovery/backup/wal/handoff.py) and blocks until the
+answer. ``restore_command`` (``aegis wal fetch %f %p`` or ``handoff.py fetch %f %p``) is served the same
+way: the archiver decrypts the segment into ``%p`` with what it already holds.
 
 Each segment is pushed with exactly the rules of a one-shot push (``commands.push`` over a
 ``TargetWalStore``): durable only when the B6 rule holds (a remote target has it; with only a local
@@ -37,7 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recovery.backup.wal.commands import PushResult, WalError, WalStore, check_wal_name, push
+from recovery.backup.wal.commands import PushResult, WalError, WalStore, check_wal_name, fetch, push
 from recovery.backup.wal.handoff import check_socket_path, encode, peer_uid, read_line, segment_lock
 from recovery.redact import redact
 
@@ -79,6 +81,7 @@ class ArchiverStats:
     already_archived: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     answered: int = 0
+    fetched: int = 0                                         # restore_command requests served
 
 
 class WalArchiver:
@@ -153,8 +156,12 @@ class WalArchiver:
                 if line is None:
                     return
                 request = json.loads(line)
-                durable, message = self._archive(Path(str(request["path"])), str(request["name"]))
-                conn.sendall(encode({"durable": durable, "message": message}))
+                if request.get("op") == "fetch":
+                    status, message = self._fetch(str(request["name"]), str(request["dest"]))
+                    conn.sendall(encode({"status": status, "message": message}))
+                else:
+                    durable, message = self._archive(Path(str(request["path"])), str(request["name"]))
+                    conn.sendall(encode({"durable": durable, "message": message}))
                 with self._lock:
                     self.stats.answered += 1
             except (OSError, ValueError, KeyError) as exc:
@@ -186,6 +193,22 @@ class WalArchiver:
                     del self._jobs[name]   # answered (or failed): a retry pushes afresh
         state = "already archived" if result.already_archived else "archived"
         return True, f"{name} {state} by the archiver (pid {os.getpid()}, {result.size} bytes)"
+
+    def _fetch(self, name: str, dest: str) -> tuple[str, str]:
+        """restore_command through the archiver: ``commands.fetch`` with the store it holds (the key,
+        the targets, the catalog), so the copy is authenticated and checked against the catalog's
+        sha256 before it is renamed into ``dest``. (status: restored | absent | error, message)."""
+        if not os.path.isabs(dest):
+            return "error", f"refused: {dest!r} is not an absolute path"
+        try:
+            found = fetch(check_wal_name(name), Path(dest), self.store)
+        except Exception as exc:  # noqa: BLE001 - any failure must stop recovery, never read as "absent"
+            log.warning("archiver: fetch of %s failed: %s", name, redact(str(exc))[:300])
+            return "error", f"{name}: {redact(str(exc))[:500]}"
+        with self._lock:
+            self.stats.fetched += 1
+        log.info("archiver: fetched %s (%s)", name, "restored" if found else "absent")
+        return ("restored", f"{name} restored by the archiver") if found else ("absent", f"{name} is not archived")
 
     def _job_for(self, path: Path, *, ahead: bool) -> _Job:
         """The push of ``path``: the one in flight or pushed ahead for this very file, else a new one."""
