@@ -296,10 +296,20 @@ class Neo4jComponent(_Strict):
     @field_validator("uri")
     @classmethod
     def _bolt_uri(cls, value: str) -> str:
-        scheme = value.partition("://")[0] if "://" in value else ""
-        if scheme not in NEO4J_SCHEMES:
-            raise ValueError(f"a Neo4j URI starts with {', '.join(s + '://' for s in NEO4J_SCHEMES)}")
-        return _no_url_password(value, "name an environment variable in password_env")
+        return _neo4j_uri(value)
+
+
+def _neo4j_uri(value: str) -> str:
+    scheme = value.partition("://")[0] if "://" in value else ""
+    if scheme not in NEO4J_SCHEMES:
+        raise ValueError(f"a Neo4j URI starts with {', '.join(s + '://' for s in NEO4J_SCHEMES)}")
+    return _no_url_password(value, "name an environment variable in password_env")
+
+
+def _server_address(uri: str, default_port: int) -> tuple[str, int]:
+    """host and port a URI reaches (``localhost`` and 127.0.0.1 told apart only by name)."""
+    parts = urlsplit(uri)
+    return (parts.hostname or "").lower(), parts.port or default_port
 
 
 class MilvusComponent(_Strict):
@@ -681,6 +691,29 @@ class DrillSchedules(_Strict):
         return _crontab_or_none(value)
 
 
+class Neo4jScratch(_Strict):
+    """A Neo4j server the drills may restore into (``drills.scratch.neo4j``), for Neo4j Community, which
+    cannot create a scratch database beside production. The drill imports into ``database`` only when
+    it is empty and wipes afterwards only what it imported (recovery/drills/graph_scratch.py)."""
+
+    uri: str
+    user: str = "neo4j"
+    password_env: EnvName | None = None
+    database: str = Field(default="neo4j", min_length=1)
+
+    @field_validator("uri")
+    @classmethod
+    def _bolt_uri(cls, value: str) -> str:
+        return _neo4j_uri(value)
+
+
+class DrillScratch(_Strict):
+    """Scratch servers of the drills' own (never production); without one, a drill creates its scratch
+    copies beside production (a new Neo4j database, ``aegis_drill_*`` collections)."""
+
+    neo4j: Neo4jScratch | None = None
+
+
 class Drills(_Strict):
     scratch_dir: str = Field(default="/var/tmp/aegis-drills", min_length=1)  # the postgres user must traverse it
     report_dir: str | None = None             # default: <scratch_dir>/reports
@@ -688,6 +721,7 @@ class Drills(_Strict):
     retest_days: float = Field(default=7, gt=0)              # every retained backup tested at least this often
     pg_bin: str | None = None                 # binaries of the backups' major version (default: AEGIS_PG_BIN)
     schedules: DrillSchedules = Field(default_factory=DrillSchedules)
+    scratch: DrillScratch = Field(default_factory=DrillScratch)
 
 
 # --- reports and metrics: who may read /reports/ and /metrics (bot/reports/, bot/metrics.py) ----------
@@ -796,6 +830,14 @@ class Config(_Strict):
                 raise ValueError(f"storage[{index}]: the name {target.name!r} is used by an earlier target; "
                                  "give each target its own `name`")
             seen.add(target.name)
+        return self
+
+    @model_validator(mode="after")
+    def _scratch_is_not_production(self) -> Config:
+        scratch, production = self.drills.scratch.neo4j, self.components.neo4j
+        if scratch and production and _server_address(scratch.uri, 7687) == _server_address(production.uri, 7687):
+            raise ValueError("drills.scratch.neo4j names the production Neo4j server (components.neo4j); a drill "
+                             "never restores into production: name a separate scratch server")
         return self
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.backup_wiring import repository_from, sources_from
 from bot.config import Config
@@ -22,20 +23,42 @@ from bot.run_gate import RunGate
 from bot.slack.gateway import SlackCallFailed, SlackGateway
 from messages import drill_notices
 from messages.views import Message
-from recovery.backup.runner import BackupRunner
+from recovery.backup.runner import BackupRunner, Neo4jSource
 from recovery.drills.context import DrillContext, DrillSettings, Say, ServiceProbe
 from recovery.drills.drills import DrillOutcome, run_drill
 from recovery.drills.scoring import Objectives
 from recovery.drills.scratch import Droppers, sweep
 from statemachines.store import Store
 
+if TYPE_CHECKING:
+    from neo4j import Driver
+
 log = logging.getLogger("aegis.drills")
 
 
 # --- from config --------------------------------------------------------------------------------
 
+def neo4j_scratch_source(config: Config) -> Neo4jSource | None:
+    """``drills.scratch.neo4j`` with its password read from the environment at the moment of use."""
+    cfg = config.drills.scratch.neo4j
+    if cfg is None:
+        return None
+    password = os.environ.get(cfg.password_env) if cfg.password_env else None
+    return {"uri": cfg.uri, "user": cfg.user, "password": password, "database": cfg.database}
+
+
 def _droppers(config: Config) -> Droppers:
     sources = sources_from(config)
+    scratch_neo4j = neo4j_scratch_source(config)
+
+    def scratch_driver(uri: str) -> Driver:
+        from neo4j import GraphDatabase
+
+        # only the server the config names now: a resource row is data, never a reason to connect elsewhere
+        if scratch_neo4j is None or uri != scratch_neo4j["uri"]:
+            raise RuntimeError(f"{uri} is not the configured scratch Neo4j server (drills.scratch.neo4j)")
+        password = scratch_neo4j["password"]
+        return GraphDatabase.driver(uri, auth=(scratch_neo4j["user"], password) if password else None)
 
     def drop_neo4j(uri: str, database: str) -> None:
         from neo4j import GraphDatabase
@@ -57,7 +80,8 @@ def _droppers(config: Config) -> Droppers:
         finally:
             client.close()
 
-    return Droppers(neo4j=drop_neo4j if sources.neo4j else None, milvus=drop_milvus)
+    return Droppers(neo4j=drop_neo4j if sources.neo4j else None, milvus=drop_milvus,
+                    neo4j_scratch=scratch_driver if scratch_neo4j else None)
 
 
 def drill_settings(config: Config, budget_minutes: float | None = None) -> DrillSettings:
@@ -78,8 +102,9 @@ def drill_context(config: Config, store: Store, say: Say | None = None,
     objectives = Objectives(config.objectives.rto_minutes * 60, config.objectives.rpo_minutes * 60,
                             config.objectives.mttr_minutes * 60)
     services = [ServiceProbe(s.name, s.tier, tuple(s.depends_on), s.drill_url) for s in config.services]
-    return DrillContext(store, runner, drill_settings(config, budget_minutes), objectives, sources.neo4j,
-                        sources.milvus_uri, services, _droppers(config), say or (lambda _line: None))
+    return DrillContext(store, runner, drill_settings(config, budget_minutes), objectives, neo4j=sources.neo4j,
+                        neo4j_scratch=neo4j_scratch_source(config), milvus_uri=sources.milvus_uri,
+                        services=services, droppers=_droppers(config), say=say or (lambda _line: None))
 
 
 def sweep_leftovers(config: Config, store: Store) -> list[str]:

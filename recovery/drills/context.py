@@ -51,6 +51,7 @@ class DrillContext:
     settings: DrillSettings
     objectives: Objectives = field(default_factory=Objectives)
     neo4j: Neo4jSource | None = None
+    neo4j_scratch: Neo4jSource | None = None     # drills.scratch.neo4j: a server of the drills' own
     milvus_uri: str | None = None
     services: list[ServiceProbe] = field(default_factory=list)
     droppers: Droppers = field(default_factory=Droppers)

@@ -95,7 +95,7 @@ def _backup_restore_test(ctx: DrillContext, scratch: Scratch, steps: Steps, star
             continue
         with steps.step(f"restore-test {record.object_name}") as entry:
             result = test_backup(ctx, scratch, record)
-            entry["ok"] = result.ok is not False
+            entry["ok"] = result.ok is not False and not result.blocked   # blocked: the environment refused
             entry["detail"] = result.reason[:600]
         findings.restores.append(result)
         if result.ok is not None:
@@ -217,9 +217,9 @@ def _full_system_recovery_test(ctx: DrillContext, scratch: Scratch, steps: Steps
             continue
         with steps.step(f"restore {kind} {newest.run_id}") as entry:
             result = test_backup(ctx, scratch, newest)
-            entry["ok"], entry["detail"] = result.ok is not False, result.reason[:600]
+            entry["ok"], entry["detail"] = result.ok is not False and not result.blocked, result.reason[:600]
         findings.restores.append(result)
-        findings.checks_ok = findings.checks_ok and result.ok is not False
+        findings.checks_ok = findings.checks_ok and result.ok is not False and not result.blocked
     for service in _service_order(ctx):
         if not service.drill_url:
             findings.services.append({"service": service.name, "tier": service.tier, "ok": None,

@@ -17,8 +17,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from recovery.backup.catalog import MILVUS_KIND, NEO4J_KIND, POSTGRES_BASE_KINDS, exported_name
+from recovery.backup.repository import VerifiedCopy
 from recovery.backup.restore.from_catalog import restore_milvus, restore_neo4j, restore_postgres
 from recovery.backup.restore.postgres import RestoredCluster
+from recovery.backup.runner import Neo4jSource
 from recovery.backup.wal.archive import TargetWalStore
 from recovery.drills.contents import compare, snapshot
 from recovery.drills.context import DrillContext
@@ -29,6 +31,8 @@ from statemachines.models import BackupRecord, utcnow
 
 if TYPE_CHECKING:   # neo4j is imported where a drill first needs it, as before
     from neo4j import Driver
+
+    from recovery.backup.sources.neo4j import ImportStats
 
 
 @dataclass
@@ -43,10 +47,12 @@ class RestoreResult:
     details: list[str] = field(default_factory=list)
     wal_files: int = 0
     replay: JsonObject = field(default_factory=dict)
+    blocked: bool = False            # the drill's environment refused the test (a non-empty scratch server)
 
     def as_dict(self) -> JsonObject:
         return {"record_id": self.record_id, "run_id": self.run_id, "object": self.object_name, "kind": self.kind,
-                "ok": self.ok, "reason": self.reason, "seconds": round(self.seconds, 3), "details": self.details[:50]}
+                "ok": self.ok, "reason": self.reason, "seconds": round(self.seconds, 3), "details": self.details[:50],
+                "blocked": self.blocked}
 
 
 def _fail(record: BackupRecord, began: float, exc: BaseException) -> RestoreResult:
@@ -90,36 +96,54 @@ def test_postgres(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> 
                          reason, time.monotonic() - began, details)
 
 
-def _neo4j_driver(ctx: DrillContext) -> Driver:
+def _neo4j_driver(cfg: Neo4jSource) -> Driver:
     from neo4j import GraphDatabase
 
-    cfg = ctx.neo4j
-    assert cfg is not None
     auth = (cfg["user"], cfg["password"]) if cfg["password"] else None
     return GraphDatabase.driver(cfg["uri"], auth=auth)
 
 
-def test_neo4j(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> RestoreResult:
-    began = time.monotonic()
-    if ctx.neo4j is None:
-        return RestoreResult(record.id or 0, record.run_id, record.object_name, record.kind, None,
-                             "not tested: no Neo4j server is configured to restore into", 0.0)
-    from neo4j.exceptions import ClientError
+def _result(record: BackupRecord, ok: bool | None, reason: str, began: float, *,
+            details: list[str] | None = None, blocked: bool = False) -> RestoreResult:
+    return RestoreResult(record.id or 0, record.run_id, record.object_name, record.kind, ok, reason,
+                         time.monotonic() - began, details or [], blocked=blocked)
 
+
+def _imported(stats: ImportStats, where: str) -> tuple[str, list[str]]:
+    reason = (f"imported into {where}: {stats.nodes} nodes, {stats.relationships} relationships, "
+              f"{stats.constraints} constraints, {stats.indexes} indexes — equal to what the backup recorded "
+              "(its export's trailer), per label and relationship type too")
+    details = [f"label {k}: {v} nodes" for k, v in stats.labels.items()]
+    details += [f"type {k}: {v} relationships" for k, v in stats.relationship_types.items()]
+    return reason, details
+
+
+def test_neo4j(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> RestoreResult:
+    """Into the drills' own server when ``drills.scratch.neo4j`` is set, else a new database beside production."""
+    began = time.monotonic()
+    if ctx.neo4j_scratch is None and ctx.neo4j is None:
+        return _result(record, None, "not tested: no Neo4j server is configured to restore into "
+                                     "(drills.scratch.neo4j or components.neo4j)", began)
     try:
         copy = ctx.runner.repository.verified_copy(record)
     except Exception as exc:
         return _fail(record, began, exc)
-    with _neo4j_driver(ctx) as driver:
+    if ctx.neo4j_scratch is not None:
+        return _neo4j_scratch_server(ctx, scratch, record, copy, began)
+    from neo4j.exceptions import ClientError
+
+    assert ctx.neo4j is not None
+    with _neo4j_driver(ctx.neo4j) as driver:
         name, index = scratch.neo4j_database(ctx.neo4j["uri"])
         try:
             driver.execute_query("CREATE DATABASE $name WAIT", name=name, database_="system")
         except ClientError as exc:   # Community edition: one user database, no CREATE DATABASE
             scratch.mark(index, "removed")
-            return RestoreResult(record.id or 0, record.run_id, record.object_name, record.kind, None,
-                                 "not tested: the Neo4j server cannot create a scratch database "
-                                 f"({redact(exc.message or str(exc))[:200]}); the copy's checksum was verified",
-                                 time.monotonic() - began)
+            return _result(record, None, (
+                "not tested: the Neo4j server cannot create a scratch database "
+                f"({redact(exc.message or str(exc))[:200]}); Neo4j Community has one user database — name a "
+                "scratch server for drills in drills.scratch.neo4j: {uri, user, password_env}; the copy's "
+                "checksum was verified"), began)
         scratch.mark(index, "created")
         try:
             stats = restore_neo4j(copy, ctx.runner.key, driver, name)
@@ -127,9 +151,36 @@ def test_neo4j(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> Res
             return _fail(record, began, exc)
         finally:
             scratch.remove(index)
-    return RestoreResult(record.id or 0, record.run_id, record.object_name, record.kind, True,
-                         f"imported into a scratch database: {stats.nodes} nodes, {stats.relationships} relationships "
-                         "(counts checked against the export)", time.monotonic() - began)
+    reason, details = _imported(stats, f"a scratch database {name!r}")
+    return _result(record, True, reason, began, details=details)
+
+
+def _neo4j_scratch_server(ctx: DrillContext, scratch: Scratch, record: BackupRecord, copy: VerifiedCopy,
+                          began: float) -> RestoreResult:
+    from recovery.drills import graph_scratch
+
+    cfg = ctx.neo4j_scratch
+    assert cfg is not None
+    database = cfg["database"]
+    with _neo4j_driver(cfg) as driver:
+        try:
+            found = graph_scratch.contents(driver, database)
+        except Exception as exc:
+            return _fail(record, began, exc)
+        if not found.empty:   # never import over, nor later wipe, data the drill did not put there
+            return _result(record, None, graph_scratch.refusal(cfg["uri"], database, found), began, blocked=True)
+        index = scratch.neo4j_server(cfg["uri"], database)
+        try:
+            stats = restore_neo4j(copy, ctx.runner.key, driver, database)
+        except Exception as exc:
+            return _fail(record, began, exc)
+        finally:   # what the import left (whole or part) is the drill's: recorded, then wiped
+            try:
+                scratch.note(index, state="created", observed=graph_scratch.contents(driver, database).as_dict())
+            finally:
+                scratch.remove(index)
+    reason, details = _imported(stats, f"the scratch server's empty database {database!r}")
+    return _result(record, True, reason + "; emptied afterwards", began, details=details)
 
 
 def _milvus_is_server(uri: str) -> bool:

@@ -86,10 +86,15 @@ def register(store: Store, run_id: int, resource: JsonObject) -> int:
 
 
 def set_resource_state(store: Store, run_id: int, index: int, state: str) -> None:
+    update_resource(store, run_id, index, state=state)
+
+
+def update_resource(store: Store, run_id: int, index: int, **values: object) -> None:
+    """Change fields of one registered resource (its state, what it was seen to hold) under the row's lock."""
     with store.session() as session:
         row = session.exec(select(DrillRun).where(DrillRun.id == run_id).with_for_update()).one()
         items = [dict(item) for item in row.scratch]
-        items[index]["state"] = state
+        items[index].update(values)
         session.execute(update(DrillRun).where(col(DrillRun.id) == run_id).values(scratch=items))
 
 

@@ -3,11 +3,13 @@
 Everything a drill creates lives under ``<scratch_dir>/drill-<id>/`` (restored PostgreSQL data
 directories, their sockets, logs and staged WAL), on ports taken free at that moment and bound to
 127.0.0.1, or is a Neo4j database / Milvus collection named ``aegis_drill_<id>…``: never a
-production name, path or port. Each resource is written to the drill's row *before* it is created
-(``runs.register``), so when the process dies (SIGKILL, power loss) the next start finds the row
-(``runs.interrupted``) and removes every resource it lists (``sweep``): it stops the scratch
-servers (``pg_ctl stop -m immediate``), drops the scratch database and collections, deletes the
-directory. Removal is idempotent: an already-removed resource is simply gone.
+production name, path or port — or, with ``drills.scratch.neo4j``, the import into that scratch
+server's empty database (``graph_scratch``: wiped only when it provably is the drill's). Each
+resource is written to the drill's row *before* it is created (``runs.register``), so when the
+process dies (SIGKILL, power loss) the next start finds the row (``runs.interrupted``) and removes
+every resource it lists (``sweep``): it stops the scratch servers (``pg_ctl stop -m immediate``),
+drops the scratch database and collections, deletes the directory. Removal is idempotent: an
+already-removed resource is simply gone.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recovery.backup.restore.postgres import RestoredCluster, chown_to, os_user_ids
 from recovery.backup.sources.postgres import pg_bin_dir
@@ -26,6 +29,9 @@ from recovery.redact import redact
 from statemachines.json_types import JsonObject
 from statemachines.models import DrillRun, require_id
 from statemachines.store import Store
+
+if TYPE_CHECKING:
+    from neo4j import Driver
 
 log = logging.getLogger("aegis.drills")
 PREFIX = "aegis_drill_"
@@ -43,6 +49,8 @@ class Droppers:
 
     neo4j: Callable[[str, str], None] | None = None       # (uri, database) -> drop it
     milvus: Callable[[str, str], None] | None = None      # (uri, collection) -> drop it
+    # uri -> a driver to the configured scratch Neo4j server (drills.scratch.neo4j); refuses any other uri
+    neo4j_scratch: Callable[[str], Driver] | None = None
 
 
 def remove_resource(resource: JsonObject, droppers: Droppers) -> None:
@@ -65,6 +73,13 @@ def remove_resource(resource: JsonObject, droppers: Droppers) -> None:
         if droppers.neo4j is None:
             raise RuntimeError("no Neo4j connection to drop the scratch database with")
         droppers.neo4j(str(resource["uri"]), str(resource["name"]))
+    elif kind == "neo4j_scratch_server":
+        from recovery.drills import graph_scratch
+
+        if droppers.neo4j_scratch is None:
+            raise RuntimeError("no scratch Neo4j server is configured (drills.scratch.neo4j) to wipe in")
+        with droppers.neo4j_scratch(str(resource["uri"])) as driver:
+            graph_scratch.remove(driver, resource)
     elif kind == "milvus_collection":
         if not str(resource["name"]).startswith(PREFIX):
             raise ValueError(f"refusing to drop {resource['name']!r}: not a drill collection")
@@ -156,6 +171,15 @@ class Scratch:
         name = f"{PREFIX}{self.run_id}_{self._count + 1}"
         self._count += 1
         return name, runs.register(self.store, self.run_id, {"kind": "neo4j_database", "uri": uri, "name": name})
+
+    def neo4j_server(self, uri: str, database: str) -> int:
+        """Register the scratch Neo4j server's database as about to receive this drill's import."""
+        return runs.register(self.store, self.run_id, {"kind": "neo4j_scratch_server", "uri": uri,
+                                                       "database": database})
+
+    def note(self, index: int, **values: object) -> None:
+        """Record what a resource was seen to hold (e.g. a scratch graph after the import)."""
+        runs.update_resource(self.store, self.run_id, index, **values)
 
     def milvus_collection(self, uri: str, source: str) -> tuple[str, int]:
         self._count += 1
