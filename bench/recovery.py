@@ -74,6 +74,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -396,10 +397,11 @@ class InPlace:
                        if e.status == "succeeded"]
         self._check_restored()
         aside = [item["location"] for output in outputs for item in output.get("aside", []) if isinstance(item, dict)]
+        phases = journal_phases(self.node.data_dir, seconds)
         self._kill_server()
         for location in aside:   # the bench's own clean-up; Aegis removes them only by an approved step
             shutil.rmtree(location, ignore_errors=True)
-        return {"seconds": seconds, "aside": len(aside), "plan": plan_text(steps)}
+        return {"seconds": seconds, "aside": len(aside), "plan": plan_text(steps), "phases": phases}
 
     def pgbackrest(self) -> dict[str, Any]:
         self.rounds += 1
@@ -422,6 +424,29 @@ class InPlace:
     def destroy(self) -> None:
         if self.pg is not None:
             self.pg.destroy()
+
+
+def journal_phases(data_dir: Path, total: float) -> dict[str, float]:
+    """Where the time of one in-place restore went, from its journal's phase times (``in_place.py``):
+    precheck (prechecked → staged), stop → restored, start → writable (restored → started, the WAL replay),
+    verify (started → verified); "engine" is the rest of approval → verified (steps around it)."""
+    entry = json.loads(data_dir.with_name(data_dir.name + ".aegis-restore.json").read_text())
+    at: dict[str, float] = {}
+    for moment in entry.get("history", []):
+        at.setdefault(moment["phase"], datetime.fromisoformat(moment["at"]).timestamp())
+    span = {"precheck": ("prechecked", "staged"), "stop→restored": ("stopping", "restored"),
+            "start→writable": ("restored", "started"), "verify": ("started", "verified")}
+    got = {name: at[b] - at[a] for name, (a, b) in span.items() if a in at and b in at}
+    if "stopping" in at and "verified" in at:
+        inside = at["verified"] - (at["prechecked"] if entry.get("prepared_ahead") is None else at["stopping"])
+        got["engine"] = total - inside
+    got["ahead"] = 1.0 if entry.get("reused_ahead") else 0.0
+    return got
+
+
+def _phases_text(phases: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f} s" for k, v in phases.items() if k != "ahead") + (
+        " (staged ahead, reused)" if phases.get("ahead") else "")
 
 
 # --- part 3: RPO under load -------------------------------------------------------------------------------
@@ -756,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
             cleanups.append(bench.destroy)
             bench.setup()
             r: dict[str, Any] = {"aegis_s": [], "pgbackrest_s": [], "pgbackrest_restore_s": [], "plan": "",
-                                 "database_mib": bench.database_bytes / 2**20, "aside": []}
+                                 "database_mib": bench.database_bytes / 2**20, "aside": [], "phases": []}
             try:
                 for n in range(1, rounds + 1):
                     order = (bench.aegis, bench.pgbackrest) if n % 2 else (bench.pgbackrest, bench.aegis)
@@ -765,11 +790,13 @@ def main(argv: list[str] | None = None) -> int:
                         if "aside" in got:
                             r["aegis_s"].append(got["seconds"])
                             r["plan"], r["aside"] = got["plan"], [*r["aside"], got["aside"]]
+                            r["phases"].append(got["phases"])
                         else:
                             r["pgbackrest_s"].append(got["seconds"])
                             r["pgbackrest_restore_s"].append(got["restore_s"])
                     print(f"in-place {n}: aegis {r['aegis_s'][-1]:.2f} s, pgbackrest {r['pgbackrest_s'][-1]:.2f} s; "
                           f"load {_load()}", flush=True)
+                    print(f"  aegis phases: {_phases_text(r['phases'][-1])}", flush=True)
                 results["in-place"] = r
             except BenchError as exc:
                 results["in-place-error"] = str(exc).splitlines()[0]
