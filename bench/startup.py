@@ -10,6 +10,10 @@ is taken:
 - ``aegis wal fetch NAME DEST``: one archived 16 MiB segment fetched from a local target (decrypted,
   checked against the catalog's sha256, written to DEST), what PostgreSQL's restore_command does once
   per segment during recovery. The segment is archived by ``aegis wal push`` in the bench's setup.
+  Three ways: with no archiver running (the lean path: yaml + sqlite3, no ORM or pydantic); with
+  ``aegis wal archiver`` running beside the (pretend) data directory, DEST being ``pg_wal/RECOVERYXLOG``
+  (the archiver decrypts it); and the stdlib-only client ``python -I -S …/handoff.py fetch`` to the same
+  archiver (the fastest ``restore_command`` line the archiver prints).
 
 ``aegis`` is ``python -m bot.cli`` (the console script's entry, ``bot.cli.main:run``, fast exit
 included) by default, or the executable given with ``--aegis``. The bench prints the machine's load
@@ -38,7 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SEGMENT = "000000010000000000000042"
 SEGMENT_BYTES = 16 * 1024 * 1024
-GOALS = {"aegis --help": 0.25, "aegis wal fetch": 0.3}
+GOALS = {"aegis --help": 0.25, "aegis wal fetch": 0.3, "wal fetch, archiver": 0.3, "handoff.py fetch": 0.3}
+HANDOFF = ROOT / "recovery" / "backup" / "wal" / "handoff.py"
 
 
 def _environment(work: Path) -> dict[str, str]:
@@ -81,11 +86,44 @@ def _timed(argv: list[str], env: dict[str, str], cwd: Path, expect: int = 0) -> 
     return seconds
 
 
+def _start_archiver(work: Path, aegis: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``aegis wal archiver`` beside ``work/data`` (its socket: data/pg_wal/aegis-archiver.sock)."""
+    (work / "data" / "pg_wal" / "archive_status").mkdir(exist_ok=True)
+    log = open(work / "archiver.log", "wb")   # noqa: SIM115 - lives as long as the process
+    archiver = subprocess.Popen([*aegis, "wal", "archiver", "--data-dir", str(work / "data")], env=env, cwd=work,
+                                stdout=log, stderr=subprocess.STDOUT)
+    sock = work / "data" / "pg_wal" / "aegis-archiver.sock"
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        if archiver.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"setup: aegis wal archiver did not start: {(work / 'archiver.log').read_text()[-500:]}")
+        time.sleep(0.05)
+    return archiver
+
+
+def _python_of(aegis: list[str]) -> str:
+    """The interpreter that runs ``aegis`` (the console script's venv python, or this one)."""
+    if len(aegis) == 1 and (Path(aegis[0]).parent / "python").exists():
+        return str(Path(aegis[0]).parent / "python")
+    return sys.executable
+
+
 def _commands(aegis: list[str], work: Path) -> dict[str, Callable[[], list[str]]]:
     def fetch() -> list[str]:
         dest = work / "restored" / SEGMENT
         dest.unlink(missing_ok=True)   # restore_command writes a file that is not there yet
         return [*aegis, "wal", "fetch", SEGMENT, str(dest)]
+
+    def recoveryxlog() -> Path:
+        dest = work / "data" / "pg_wal" / "RECOVERYXLOG"
+        dest.unlink(missing_ok=True)
+        return dest
+
+    def fetch_archiver() -> list[str]:
+        return [*aegis, "wal", "fetch", SEGMENT, str(recoveryxlog())]
+
+    def fetch_handoff() -> list[str]:
+        return [_python_of(aegis), "-I", "-S", str(HANDOFF), "fetch", SEGMENT, str(recoveryxlog())]
 
     return {
         "python -c pass": lambda: [sys.executable, "-c", "pass"],
@@ -93,6 +131,8 @@ def _commands(aegis: list[str], work: Path) -> dict[str, Callable[[], list[str]]
         "aegis --version": lambda: [*aegis, "--version"],
         "aegis config check": lambda: [*aegis, "config", "check"],
         "aegis wal fetch": fetch,
+        "wal fetch, archiver": fetch_archiver,
+        "handoff.py fetch": fetch_handoff,
     }
 
 
@@ -109,10 +149,12 @@ def main() -> int:
     aegis = [str(Path(args.aegis).absolute()) if "/" in args.aegis else args.aegis] if args.aegis \
         else [sys.executable, "-m", "bot.cli"]
     work = Path(tempfile.mkdtemp(prefix="aegis-startup-"))
+    archiver: subprocess.Popen[bytes] | None = None
     try:
         env = _environment(work)
         (work / "restored").mkdir()
         _set_up(work, aegis, env)
+        archiver = _start_archiver(work, aegis, env)
         commands = _commands(aegis, work)
         for build in commands.values():   # warm the page cache and the bytecode once, untimed
             _timed(build(), env, work)
@@ -130,9 +172,13 @@ def main() -> int:
             goal = GOALS.get(name)
             verdict = "" if goal is None else f"≤ {goal:.2f} s: {'met' if median <= goal else 'MISSED'}"
             print(f"{name:<22} {median:8.3f} {min(values):7.3f} {max(values):7.3f} {median / floor:8.1f}  {verdict}")
-        print(f"\n{args.rounds} rounds each, seconds from spawn to exit")
+        print(f"\n{args.rounds} rounds each, seconds from spawn to exit; 'aegis wal fetch': no archiver "
+              "running (the lean path); 'wal fetch, archiver' and 'handoff.py fetch': served by aegis wal archiver")
         return 0
     finally:
+        if archiver is not None and archiver.poll() is None:
+            archiver.terminate()
+            archiver.wait(60)
         shutil.rmtree(work, ignore_errors=True)
 
 
