@@ -3,7 +3,8 @@
 Check names come from the config and are what people read in a warning or an incident's
 evidence: ``host db1:22``, ``disk /var/backups``, ``postgres primary`` (a node's label),
 ``postgres standby lag bytes``, ``postgres primary wal archiving``, ``backup postgres``,
-``neo4j``, ``milvus``, ``service <name>``, ``dns <endpoint>``, ``endpoint <endpoint>``,
+``neo4j`` (``RETURN 1`` through the driver), ``milvus`` (``list_collections``; a Milvus
+Lite path only for presence), ``service <name>``, ``dns <endpoint>``, ``endpoint <endpoint>``,
 ``canary <name>``, ``signal ransomware`` (``POST /signals``, when configured). ``monitoring.checks``
 overrides interval, threshold and timeout by that name;
 an unknown name is a config error that says the closest one.
@@ -11,17 +12,18 @@ an unknown name is a config error that says the closest one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from urllib.parse import urlsplit
 
-from bot.config import Config, ConfigError, Monitoring, PostgresNode, closest
+from bot.config import Config, ConfigError, Monitoring, Neo4jComponent, PostgresNode, closest
 from bot.flows.backup import newest_usable
 from bot.wiring import service_specs
 from recovery.monitor import checks as probes
 from recovery.monitor.checks import Check, Probe
+from recovery.monitor.graph_vector import MilvusProbe, Neo4jProbe, milvus_lite_probe
 from recovery.monitor.risk import RiskRules, RuleSetting
 from recovery.monitor.signals import KINDS, SignalStore, signal_probe
 from statemachines.store import Store
@@ -144,24 +146,21 @@ def _database(config: Config, store: Store) -> list[_Spec]:
                 specs.append(_Spec(f"{standby} lag {unit}", "database", f"replication_lag_{unit}",
                                    partial(_lag, node.full_dsn(), short, limit), limit, subject="standby"))
     specs += _backup_ages(config, store)
-    if config.components.neo4j is not None:
-        target = _host_port(config.components.neo4j.uri, 7687)
-        specs.append(_Spec("neo4j", "database", "neo4j", fixed(probes.tcp_probe(target)), subject="neo4j"))
+    neo4j = config.components.neo4j
+    if neo4j is not None:
+        probe = Neo4jProbe(neo4j.uri, partial(_neo4j_credentials, neo4j), neo4j.database)
+        specs.append(_Spec("neo4j", "database", "neo4j", fixed(probe), subject="neo4j"))
     if config.components.milvus is not None:
         uri = config.components.milvus.uri
-        if "://" in uri:
-            milvus_target = _host_port(uri, 19530)
-            specs.append(_Spec("milvus", "database", "milvus", fixed(probes.tcp_probe(milvus_target)),
-                               subject="milvus"))
-        else:
-            specs.append(_Spec("milvus", "database", "milvus", fixed(probes.milvus_lite_probe(uri)),
-                               subject="milvus"))
+        milvus: Probe = MilvusProbe(uri) if "://" in uri else milvus_lite_probe(uri)
+        specs.append(_Spec("milvus", "database", "milvus", fixed(milvus), subject="milvus"))
     return specs
 
 
-def _host_port(uri: str, default_port: int) -> str:
-    parts = urlsplit(uri)
-    return f"{parts.hostname or 'localhost'}:{parts.port or default_port}"
+def _neo4j_credentials(neo4j: Neo4jComponent) -> tuple[str, str] | None:
+    """Read when the probe builds its driver, as ``bot.backup_wiring.sources_from`` reads them."""
+    password = os.environ.get(neo4j.password_env) if neo4j.password_env else None
+    return (neo4j.user, password) if password else None
 
 
 _BACKUP_SCHEDULES = {"postgresql": ("postgres_full", "postgres_incremental"), "neo4j": ("neo4j",),

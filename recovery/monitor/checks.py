@@ -7,7 +7,8 @@ exception — into a :class:`Sample`; the loop (``recovery.monitor.loop``) adds 
 The probe factories below reuse ``recovery.health`` (TCP, HTTP, PostgreSQL reachability and
 replication facts) and add what monitoring needs beyond a health check: disk free, replication
 lag, WAL archiving (``pg_stat_archiver``), the age of the newest good backup, name resolution,
-and canaries (a file or a query whose value must not change: a ransomware signal).
+and canaries (a file or a query whose value must not change: a ransomware signal). Neo4j and
+Milvus probes, which keep a client across cycles, are in ``recovery.monitor.graph_vector``.
 """
 
 from __future__ import annotations
@@ -313,18 +314,6 @@ def backup_age_probe(component: str, max_age_seconds: float, newest: Callable[[]
         reason = (f"newest good {component} backup {hours} old" +
                   ("" if ok else f", older than {max_age_seconds / 3600:.1f} h (schedule + grace)"))
         return Observation(ok, age, "s", reason, {"component": component, "stale": not ok})
-    return probe
-
-
-def milvus_lite_probe(path: str) -> Probe:
-    """A Milvus Lite file: present and readable (there is no server to reach)."""
-    def probe(timeout: float) -> Observation:
-        file = Path(path)
-        if not file.is_file():
-            return Observation(False, None, "bytes", f"Milvus Lite file {path} is missing", {"reachable": False})
-        size = file.stat().st_size
-        return Observation(True, float(size), "bytes", f"Milvus Lite file present ({size} bytes)",
-                           {"reachable": True})
     return probe
 
 
