@@ -320,6 +320,23 @@ class MonitorCondition(SQLModel, table=True):
     evidence: list[JsonObject] = Field(default_factory=list, sa_column=Column(JSON))
 
 
+class MonitorStreak(SQLModel, table=True):
+    """How many consecutive samples a finding has held (``failing``) or a condition has been good.
+
+    One row per finding key, written with the cycle's samples (``recovery.monitor.history``), so a
+    restarted loop or a new leader continues counting. A streak whose ``last_at`` is older than its
+    checks' allowed gap (``recovery.monitor.risk.ConditionTracker``) starts again at 1.
+    """
+
+    __tablename__ = "monitor_streak"
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True)
+    failing: bool                                # True: a finding not yet a condition; False: an open one clearing
+    count: int
+    checks: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    last_at: datetime = Field(sa_type=UTCDateTime)
+
+
 class MonitorSignal(SQLModel, table=True):
     """A signal an endpoint-security tool sent to ``POST /signals`` (bot/signals.py), HMAC-verified.
 

@@ -1,7 +1,10 @@
-"""The monitor's state in the incident store: samples (``monitor_sample``) and conditions (``monitor_condition``).
+"""The monitor's state in the incident store: samples (``monitor_sample``), streaks (``monitor_streak``)
+and conditions (``monitor_condition``).
 
 Conditions are in the database, not in memory, so that one ongoing condition stays one condition
 across a restart of the loop and a change of scheduler leader (``open_key`` is unique while open).
+So are the streaks of consecutive samples, written in one transaction with the cycle's samples
+(:meth:`MonitorHistory.record_cycle`): a sample is never stored without the count it made.
 Samples are kept ``SAMPLES_KEPT`` for the availability figures (O4) and read by check and time.
 """
 
@@ -15,9 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 
 from recovery.monitor.checks import Sample
-from recovery.monitor.risk import Condition
+from recovery.monitor.risk import Condition, Streak
 from statemachines.json_types import JsonObject
-from statemachines.models import MonitorCondition, MonitorSample, utcnow
+from statemachines.models import MonitorCondition, MonitorSample, MonitorStreak, utcnow
 from statemachines.store import Store
 
 SAMPLES_KEPT = timedelta(days=400)
@@ -29,6 +32,11 @@ def _condition(row: MonitorCondition) -> Condition:
                      row.cleared_at)
 
 
+def _sample_row(s: Sample) -> MonitorSample:
+    return MonitorSample(check=s.check, domain=s.domain, ok=s.ok, value=s.value, unit=s.unit, threshold=s.threshold,
+                         reason=s.reason, at=s.at)
+
+
 class MonitorHistory:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -37,8 +45,30 @@ class MonitorHistory:
 
     def record_samples(self, samples: Iterable[Sample]) -> None:
         with self.store.session() as session:
-            session.add_all(MonitorSample(check=s.check, domain=s.domain, ok=s.ok, value=s.value, unit=s.unit,
-                                          threshold=s.threshold, reason=s.reason, at=s.at) for s in samples)
+            session.add_all(_sample_row(s) for s in samples)
+
+    def record_cycle(self, samples: Iterable[Sample], streaks: Iterable[Streak], removed: Iterable[str]) -> None:
+        """One cycle's samples and the streaks they made (written or deleted), in one transaction."""
+        written = {s.key: s for s in streaks}
+        gone = set(removed) - set(written)
+        with self.store.session() as session:
+            session.add_all(_sample_row(s) for s in samples)
+            if gone:
+                session.execute(delete(MonitorStreak).where(col(MonitorStreak.key).in_(gone)))
+            if written:
+                rows = {r.key: r for r in session.exec(select(MonitorStreak)
+                                                       .where(col(MonitorStreak.key).in_(written)))}
+                for key, streak in written.items():
+                    row = rows.get(key) or MonitorStreak(key=key, failing=streak.failing, count=streak.count,
+                                                         last_at=streak.last_at)
+                    row.failing, row.count, row.checks, row.last_at = (streak.failing, streak.count,
+                                                                       list(streak.checks), streak.last_at)
+                    session.add(row)
+
+    def streaks(self) -> dict[str, Streak]:
+        with self.store.session() as session:
+            return {r.key: Streak(r.key, r.failing, r.count, tuple(r.checks or ()), r.last_at)
+                    for r in session.exec(select(MonitorStreak))}
 
     def samples(self, check: str, since: datetime | None = None, until: datetime | None = None) -> list[MonitorSample]:
         """One check's samples in time order, optionally within [since, until)."""

@@ -3,8 +3,9 @@
 :meth:`Monitor.run_cycle` runs every due check on its own daemon thread (a hung endpoint holds
 only its own thread: the cycle waits for each check until its timeout and records a failed
 "timed out" sample; while that thread is still stuck, the check is not started again but recorded
-as still hanging). It stores the samples, evaluates the risk rules and updates the conditions, and
-returns plain data (:class:`CycleResult`). :class:`MonitorLoop` repeats cycles; a cycle that
+as still hanging). It evaluates the risk rules, stores the samples with the streaks of consecutive
+samples they make (one transaction), updates the conditions, and returns plain data
+(:class:`CycleResult`). :class:`MonitorLoop` repeats cycles; a cycle that
 fails (the store is down…) is logged and retried after ``retry_seconds`` — the loop never stops
 for good. Nothing here knows about Slack: the caller decides what to tell.
 """
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from recovery.monitor.checks import Check, Sample, failed_sample, take_sample
 from recovery.monitor.history import MonitorHistory
@@ -25,6 +26,7 @@ from recovery.monitor.risk import Changes, ConditionTracker, Finding, RiskRules
 log = logging.getLogger("aegis.monitor")
 TIMEOUT_SLACK_SECONDS = 0.5     # a probe given t seconds may take a little longer to return its failure
 DUE_FRACTION = 0.9              # a check is due a little early rather than a whole cycle late
+STREAK_GAP_INTERVALS = 2        # a stored streak continues if its newest sample is this many intervals old at most
 
 
 @dataclass
@@ -66,7 +68,7 @@ class Monitor:
         self.checks = {c.name: c for c in checks}
         self.history = history
         self.rules = rules or RiskRules()
-        self.tracker = ConditionTracker(history, consecutive)
+        self.tracker = ConditionTracker(history, consecutive, self.max_gap)
         self.now = now or (lambda: datetime.now(UTC))
         self.clock = clock                      # when checks are due (seconds, monotonic)
         self.cycle = 0
@@ -74,6 +76,26 @@ class Monitor:
         self._last_run: dict[str, float] = {}
         self._hung: dict[str, _Run] = {}
         self._lock = threading.Lock()           # one cycle at a time
+
+    def max_gap(self, checks: tuple[str, ...]) -> timedelta:
+        """How old a stored streak's newest sample may be for the next one to continue it.
+
+        Two intervals of its slowest check, plus the longest a cycle can take (the longest timeout
+        of any check, and a little): the leader was gone longer than that, so the samples are not
+        consecutive. A streak of checks no longer configured is never continued.
+        """
+        intervals = [self.checks[name].interval_seconds for name in checks if name in self.checks]
+        if not intervals:
+            return timedelta(0)
+        longest = max((c.timeout_seconds for c in self.checks.values()), default=0.0)
+        return timedelta(seconds=STREAK_GAP_INTERVALS * max(intervals) + longest + TIMEOUT_SLACK_SECONDS)
+
+    def close(self) -> None:
+        """Close what probes keep open across cycles (a Neo4j driver, a Milvus client)."""
+        for check in self.checks.values():
+            close = getattr(check.probe, "close", None)
+            if callable(close):
+                close()
 
     def due(self, at: float) -> list[Check]:
         return [c for c in self.checks.values()
@@ -109,10 +131,11 @@ class Monitor:
             for check in checks:
                 self._last_run[check.name] = tick
             samples = self.sample_checks(checks)
-            self.history.record_samples(samples)
             self._latest.update({s.check: s for s in samples})
             findings = self.rules.evaluate(self.checks, self._latest)
-            changes = self.tracker.update(findings, {s.check for s in samples}, started)
+            tally = self.tracker.count(findings, {s.check for s in samples}, started)
+            self.history.record_cycle(samples, tally.streaks.values(), tally.removed)   # one transaction
+            changes = self.tracker.apply(tally)
             self.cycle += 1
             return CycleResult(self.cycle, started, round(time.monotonic() - begun, 3), samples, findings, changes)
 

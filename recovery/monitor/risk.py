@@ -14,14 +14,15 @@ rules can be added):
 
 A finding has a stable ``key`` (``database_failure:postgres primary``), so one ongoing condition
 is one condition. :class:`ConditionTracker` opens a condition only after its finding held for N
-consecutive samples and clears it after N consecutive good ones (so a blip opens nothing).
+consecutive samples and clears it after N consecutive good ones (so a blip opens nothing); the
+counts are stored (``monitor_streak``), so a restart or a new leader keeps counting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from recovery.monitor.checks import Check, Sample
@@ -234,8 +235,19 @@ class Condition:
     cleared_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Streak:
+    """Consecutive samples of one finding key: ``failing`` (not yet a condition) or good (an open one)."""
+
+    key: str
+    failing: bool
+    count: int
+    checks: tuple[str, ...]
+    last_at: datetime           # the cycle that counted the newest sample
+
+
 class ConditionStore(Protocol):
-    """Where open conditions live (``recovery.monitor.history.MonitorHistory``: the database)."""
+    """Where open conditions and streaks live (``recovery.monitor.history.MonitorHistory``: the database)."""
 
     def open_conditions(self) -> dict[str, Condition]: ...
 
@@ -245,62 +257,108 @@ class ConditionStore(Protocol):
 
     def clear_condition(self, key: str, at: datetime) -> Condition | None: ...
 
+    def streaks(self) -> dict[str, Streak]: ...
+
 
 @dataclass
 class Changes:
     opened: list[Condition] = field(default_factory=list)
-    held: list[Condition] = field(default_factory=list)      # open before, still holding
+    held: list[Condition] = field(default_factory=list)      # open before, still holding (with this cycle's evidence)
     cleared: list[Condition] = field(default_factory=list)
     pending: dict[str, int] = field(default_factory=dict)    # key -> consecutive samples so far
+
+
+@dataclass
+class Tally:
+    """What one cycle counted (:meth:`ConditionTracker.count`), before any condition is opened or cleared.
+
+    ``streaks`` (written) and ``removed`` (deleted) go to the store in the cycle's transaction with its
+    samples; :meth:`ConditionTracker.apply` then opens, touches and clears conditions.
+    """
+
+    at: datetime
+    streaks: dict[str, Streak] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
+    to_open: list[Finding] = field(default_factory=list)
+    to_touch: list[tuple[Condition, Finding]] = field(default_factory=list)
+    to_clear: list[str] = field(default_factory=list)
+    pending: dict[str, int] = field(default_factory=dict)
+
+
+def never_stale(_checks: tuple[str, ...]) -> timedelta:
+    return timedelta.max
 
 
 class ConditionTracker:
     """Counts consecutive samples per finding key; opens, de-duplicates and clears conditions.
 
     Only cycles that sampled one of a finding's checks count (a check on a longer interval is not
-    "good" just because it was not run). Streaks live in memory; open conditions in the store, so
-    a restarted loop (or a new leader) continues the same condition instead of opening another.
+    "good" just because it was not run). Streaks and open conditions both live in the store, so a
+    restarted loop (or a new leader) continues the same count and the same condition: one stored
+    failing sample plus one new one is two in a row. ``max_gap(checks)`` says how old a stored
+    streak's newest sample may be for the next one to be consecutive with it (the loop gives
+    ``2 × interval + the longest timeout``); an older streak (the leader was gone) starts again at 1.
+
+    A streak that reached N stays stored until the next cycle sees its condition open (or cleared),
+    so a crash between counting and opening opens it at the next cycle instead of counting anew.
     """
 
-    def __init__(self, store: ConditionStore, consecutive: int = 2) -> None:
+    def __init__(self, store: ConditionStore, consecutive: int = 2,
+                 max_gap: Callable[[tuple[str, ...]], timedelta] = never_stale) -> None:
         if consecutive < 1:
             raise ValueError("consecutive must be at least 1")
-        self.store, self.consecutive = store, consecutive
-        self._bad: dict[str, tuple[int, tuple[str, ...]]] = {}   # key -> (streak, its checks)
-        self._good: dict[str, int] = {}
+        self.store, self.consecutive, self.max_gap = store, consecutive, max_gap
 
-    def update(self, findings: list[Finding], sampled: set[str], at: datetime) -> Changes:
-        changes = Changes()
+    def _continues(self, previous: Streak | None, failing: bool, at: datetime) -> int:
+        if previous is None or previous.failing != failing:
+            return 0
+        return previous.count if at - previous.last_at <= self.max_gap(previous.checks) else 0
+
+    def count(self, findings: list[Finding], sampled: set[str], at: datetime) -> Tally:
+        tally = Tally(at)
         current = {f.key: f for f in findings}
         open_now = self.store.open_conditions()
+        stored = self.store.streaks()
         for key, finding in current.items():
             if not sampled.intersection(finding.checks):
                 continue
-            self._good.pop(key, None)
             if key in open_now:
-                self.store.touch_condition(key, at, list(finding.evidence))
-                changes.held.append(open_now[key])
+                tally.to_touch.append((open_now[key], finding))
                 continue
-            streak = self._bad.get(key, (0, ()))[0] + 1
-            self._bad[key] = (streak, finding.checks)
-            changes.pending[key] = streak
-            if streak >= (finding.consecutive or self.consecutive):
-                self._bad.pop(key)
-                condition = _condition_of(finding, at)
-                if self.store.open_condition(condition):
-                    changes.opened.append(condition)
-        for key, (_streak, checks) in list(self._bad.items()):
-            if key not in current and sampled.intersection(checks):
-                self._bad.pop(key)          # the streak broke: a blip opens nothing
+            bad = self._continues(stored.get(key), True, at) + 1
+            tally.streaks[key] = Streak(key, True, bad, finding.checks, at)
+            tally.pending[key] = bad
+            if bad >= (finding.consecutive or self.consecutive):
+                tally.to_open.append(finding)
         for key, condition in open_now.items():
             if key in current or not sampled.intersection(condition.checks):
                 continue
-            self._good[key] = self._good.get(key, 0) + 1
-            if self._good[key] >= self.consecutive:
-                self._good.pop(key)
-                cleared = self.store.clear_condition(key, at)
-                if cleared is not None:
-                    changes.cleared.append(cleared)
+            good = self._continues(stored.get(key), False, at) + 1
+            tally.streaks[key] = Streak(key, False, good, condition.checks, at)
+            if good >= self.consecutive:
+                tally.to_clear.append(key)
+        for key, streak in stored.items():
+            if key in tally.streaks:
+                continue
+            broken = streak.failing and key not in current and bool(sampled.intersection(streak.checks))
+            settled = (key in open_now) == streak.failing     # failing but open now, or good but not open
+            if broken or settled or not self._continues(streak, streak.failing, at):
+                tally.removed.add(key)                        # a blip opens nothing; a stale one is gone
+        return tally
+
+    def apply(self, tally: Tally) -> Changes:
+        changes = Changes(pending=dict(tally.pending))
+        for condition, finding in tally.to_touch:
+            self.store.touch_condition(condition.key, tally.at, list(finding.evidence))
+            changes.held.append(replace(condition, last_seen=tally.at, evidence=list(finding.evidence)))
+        for finding in tally.to_open:
+            condition = _condition_of(finding, tally.at)
+            if self.store.open_condition(condition):
+                changes.opened.append(condition)
+        for key in tally.to_clear:
+            cleared = self.store.clear_condition(key, tally.at)
+            if cleared is not None:
+                changes.cleared.append(cleared)
         return changes
 
 
