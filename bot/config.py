@@ -390,6 +390,9 @@ class PostgresControl(_Strict):
     pg_bin: str | None = None         # default: AEGIS_PG_BIN, else the Debian path
     stop: Hook | None = None
     start: Hook | None = None
+    # while the restore step waits for its approval, stream and verify the backup into the staging
+    # directory beside data_dir (bot/prepare_ahead.py): approval → restored is then only the downtime
+    prepare_ahead: bool = True
 
     @field_validator("data_dir", "pg_bin")
     @classmethod

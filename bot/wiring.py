@@ -165,7 +165,8 @@ def postgres_restore(config: Config, params: JsonObject, context: dict[str, str]
     checks = restore_checks(dsn, label, PostgresVerification(dsn, label, integrity_queries(config)).observe)
     restore = InPlaceRestore(store, runner, server, backup_id=backup_id,
                              target_time=parse_time(params.get("target_time"), "target_time"),
-                             incident=context.get("incident", "manual"), checks=checks)
+                             incident=context.get("incident", "manual"), checks=checks,
+                             step=context.get("step") if control.prepare_ahead else None)
     backup_time = params.get("backup_time")
     return PostgresRestoreInPlace(restore, control=control.kind, backup_time=str(backup_time) if backup_time else None)
 

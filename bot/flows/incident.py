@@ -29,6 +29,7 @@ from bot import wiring
 from bot.bounded import BoundedPool, queue_limit
 from bot.config import Config
 from bot.flows import aftercare
+from bot.prepare_ahead import PrepareAhead
 from bot.presenters import incident_view, objective_report
 from bot.slack import choice_forms
 from bot.slack.gateway import SlackCallFailed, SlackGateway
@@ -81,6 +82,9 @@ class Flows:
             store, lambda step, ctx: wiring.build_action(config, step, ctx, store=store), self, owner=owner,
             lease=timedelta(seconds=config.engine.lease_seconds),
         )
+        # a waiting step's non-destructive part (a restore's staging), done before the approval arrives
+        self.preparer = PrepareAhead(store, lambda step, ctx: wiring.build_action(config, step, ctx, store=store),
+                                     self.submit, self.outbox.wake)
         self.follow_up_delay = float(os.environ.get(FOLLOW_UP_DELAY_ENV) or 0)
         # an approval is valid this long; the engine asks again for one that expired unused
         self.approval_ttl = timedelta(minutes=config.engine.approval_expiry_minutes)
@@ -103,6 +107,7 @@ class Flows:
         self.outbox.wake()
         if transition is not None:
             self._follow_up(transition)
+            self.submit(self.preparer.sync, transition.incident_id)   # a plan proposed, replaced, closed, …
 
     def _follow_up(self, transition: Transition) -> None:
         incident_id = transition.incident_id
@@ -354,6 +359,7 @@ class Flows:
             rejected = usecases.reject(session, step_id=step_id, user_id=user_id, roster=self.config.roster,
                                        reason=reason)
         self.committed(rejected.transition)
+        self.submit(self.preparer.sync, rejected.incident_id)   # the rejected step's preparation goes
         if rejected.transition is None:
             # reject in ``assessed``: re-plan unless someone else moved first
             self.submit(lambda: self.assess(rejected.incident_id, after_version=rejected.seen_version))
@@ -489,6 +495,8 @@ class Flows:
             stalled = [(require_id(i), i.state, i.version, self._needs_replan(session, i),
                         self.auto_recovery_on(i) and i.plan_revision <= 1, self._choice_pending(session, i))
                        for i in svc.open_incidents(session)]
+        for incident_id, *_rest in stalled:   # steps waiting since before a restart: prepared again (or reused)
+            self.submit(self.preparer.sync, incident_id)
         for incident_id, state, version, replan, auto, chosen in stalled:
             if state == "assessed" and chosen:
                 self.replan(incident_id, after_version=version)   # a choice stored, then a crash before its plan

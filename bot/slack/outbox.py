@@ -151,6 +151,7 @@ WHAT = {   # the timeline's words for a failed delivery ("could not …")
     "rejection": "post the rejection", "closing_report": "post the closing report",
     "closing_report_stakeholders": "post the closing report to stakeholders",
     "monitor_alert": "post the monitor's critical alert", "aftercare_done": "post that an aftercare plan is done",
+    "step_prepared": "post that a step was prepared ahead of its approval",
 }
 
 
@@ -172,7 +173,7 @@ class Dispatcher:
             "open_room": self._open_room, "card": self._card, "stakeholder_root": self._stakeholder_root,
             "stakeholder_update": self._stakeholder_update, "assessment": self._assessment,
             "plan_new": self._plan_new, "plan": self._plan, "plan_replaced": self._plan_replaced,
-            "step_result": self._step_post, "reapproval": self._step_post,
+            "step_result": self._step_post, "reapproval": self._step_post, "step_prepared": self._step_prepared,
             "manual_verification": self._manual_verification, "rejection": self._rejection,
             "closing_report": self._closing_report, "closing_report_stakeholders": self._closing_report_thread,
             "monitor_alert": self._monitor_alert, "aftercare_done": self._aftercare_done,
@@ -456,6 +457,12 @@ class Dispatcher:
         message = (incident_blocks.reapproval_request(view, step, self.locale) if row.kind == "reapproval"
                    else incident_blocks.step_result(view, step, self.locale))
         self._channel_post(batch, message)
+
+    def _step_prepared(self, batch: Batch, row: OutboxRow) -> None:
+        """A waiting step was prepared ahead of its approval (bot/prepare_ahead.py): one line in the channel."""
+        view, step = self._step_view(batch, row)
+        if step is not None:
+            self._channel_post(batch, incident_blocks.step_prepared(view, step, dict(row.payload or {}), self.locale))
 
     def _manual_verification(self, batch: Batch, row: OutboxRow) -> None:
         view, step = self._step_view(batch, row)

@@ -284,6 +284,13 @@ def step_result(v: IncidentView, step: StepView, locale: str) -> Message:
                     [section_block(body, f"step_{step.id}_result")], locale)
 
 
+def step_prepared(v: IncidentView, step: StepView, ready: Mapping[str, object], locale: str) -> Message:
+    """A waiting step was prepared ahead of its approval (e.g. a restore's backup staged and verified)."""
+    body = phrase(locale, "step_result", "prepared", v=v, step=step, ready=ready)
+    return as_message(phrase(locale, "step_result", "prepared_text", v=v, step=step, ready=ready),
+                      [section_block(body, f"step_{step.id}_prepared")], locale)
+
+
 def reminder(v: IncidentView, open_seconds: float, locale: str) -> Message:
     """Periodic nudge: still open, for how long, and what the incident is waiting for."""
     waiting, step = _waiting_for(v)

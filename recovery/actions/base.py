@@ -3,6 +3,16 @@
 An action is a small object built from config for one plan step. The engine calls, in order,
 ``precheck`` → ``execute`` → ``verify``; after a crash it calls ``is_done`` on a step whose ledger
 row was left ``running`` to decide between "mark succeeded" and "ask for approval again".
+
+Ahead of the approval (optional): while a step waits for its approval, a bot-side component
+(``bot/prepare_ahead.py``) may call ``prepare`` in the background to do the step's *non-destructive*
+preparation (an in-place restore streams and verifies its backup into a staging directory), so that
+the approval → done time is only the part that has to wait for the approval. ``prepare`` never changes
+the system the step acts on, is safe to call again (already prepared → nothing to do) and safe to
+abandon (a crash leaves what the action's own precheck removes or reuses); ``precheck`` must still
+re-check what can have changed since. When the step will not run any more (a new plan revision, a
+rejection, an abort, the incident closed) the component calls ``withdraw`` to remove what ``prepare``
+left. Both default to doing nothing.
 Actions never know they are driven from chat: they get a ``progress`` callback for human-readable
 progress lines and return plain JSON-able output.
 """
@@ -72,6 +82,17 @@ class Action(ABC):
     @abstractmethod
     def describe(self) -> str:
         """One line saying what will happen, for the plan message."""
+
+    #: True when ``prepare`` does something (the bot prepares such steps ahead of their approval)
+    prepares_ahead: bool = False
+
+    def prepare(self, progress: Progress) -> JsonObject | None:
+        """Non-destructive work ahead of the approval (see the module docstring); returns what is ready
+        (JSON-able), or None when nothing was done. Raise ActionError when it cannot be prepared."""
+        return None
+
+    def withdraw(self) -> None:
+        """Remove what ``prepare`` left: the step will not run."""
 
     def precheck(self) -> None:
         """Raise ActionError when the action cannot run now (e.g. target unreachable)."""

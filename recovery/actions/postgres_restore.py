@@ -15,7 +15,11 @@ This action maps them onto the engine's contract (recovery/actions/base.py):
   (``<data_dir>.aegis-failed-…``, kind ``postgres_data_dir``; a later successful restore of the same
   incident names it again, since the clean-up plan reads succeeded steps only); a step whose restore
   the journal already records as verified returns that output again instead of restoring twice;
-- ``verify`` confirms the server still takes writes; ``is_done`` reads the journal.
+- ``verify`` confirms the server still takes writes; ``is_done`` reads the journal;
+- ``prepare`` (ahead of the approval, ``Action.prepare``) runs the precheck's non-destructive part
+  while the step waits: the backup streamed and verified into the staging directory, the WAL staged;
+  the approved step's ``precheck`` reuses it after cheap re-checks (``InPlaceRestore.prepare_ahead``,
+  ``_reuse``); ``withdraw`` removes it when the step will not run.
 
 ``discard_postgres_aside`` is the clean-up piece the ``discard_aside`` step calls for kind
 ``postgres_data_dir``: the saved directory or a kept failed restore, only as the journal recorded them.
@@ -42,6 +46,7 @@ from statemachines.json_types import JsonObject
 class PostgresRestoreInPlace(Action):
     kind = "postgres_restore"
     destructive = True
+    prepares_ahead = True
 
     def __init__(self, restore: InPlaceRestore, *, control: str, backup_time: str | None = None) -> None:
         self.restore = restore
@@ -60,6 +65,17 @@ class PostgresRestoreInPlace(Action):
 
     def _remember(self, line: str) -> None:
         self.lines.append(line)
+
+    def prepare(self, progress: Progress) -> JsonObject | None:
+        if self.restore.recorded_output() is not None:
+            return None
+        try:
+            return self.restore.prepare_ahead(progress)
+        except InPlaceError as exc:
+            raise ActionError(str(exc)) from None
+
+    def withdraw(self) -> None:
+        self.restore.withdraw_ahead()
 
     def precheck(self) -> None:
         if self.restore.recorded_output() is not None:
@@ -85,6 +101,7 @@ class PostgresRestoreInPlace(Action):
             raise ActionError(str(exc)) from None
         finally:
             self.prepared = None
+            self.restore.release()
 
     def verify(self) -> None:
         server = self.restore.server

@@ -234,13 +234,16 @@ def check_wal_sequence(stage: Path, record: BackupRecord, last_needed: str | Non
 
 def stage_for_restore(store: Store, wal_store: TargetWalStore, record: BackupRecord, stage: Path, *,
                       target_time: datetime | None, os_user: str = PG_OS_USER,
-                      progress: Progress | None = None) -> tuple[str | None, int]:
+                      progress: Progress | None = None, keep_staged: bool = False) -> tuple[str | None, int]:
     """Stage (decrypt into new ``stage``, owned by ``os_user``) and check the archived WAL a restore of
     ``record`` to ``target_time`` (None: the end of the archive) needs; returns the ``restore_command``
     that reads it (None: no WAL after the backup) and the number of files staged.
 
     ``WalGapError`` for a segment no target delivers or a hole in the sequence; ``BackupNotFound`` for a
     point-in-time restore without any archived WAL. The caller removes ``stage`` when recovery is over.
+    ``keep_staged``: ``stage`` may exist from an earlier staging by the same caller (an in-place restore's
+    staging prepared ahead); the files already in it stay, only the ones archived since are fetched,
+    and the whole sequence is checked again.
     """
     archived = _archived(store, wal_store.targets)
     names = wal_after(store, wal_store.targets, record)
@@ -249,8 +252,12 @@ def stage_for_restore(store: Store, wal_store: TargetWalStore, record: BackupRec
                              "(is archive_command set to `aegis wal push %p`?)")
     if not names:
         return None, 0
-    _owned_dir(stage, os_user)
-    stage_wal(wal_store, names, stage, os_user, progress)
+    if keep_staged and stage.is_dir():
+        staged = {path.name for path in stage.iterdir()}
+        stage_wal(wal_store, [name for name in names if name not in staged], stage, os_user, progress)
+    else:
+        _owned_dir(stage, os_user)
+        stage_wal(wal_store, names, stage, os_user, progress)
     check_wal_sequence(stage, record, _last_needed(archived, target_time))
     return staged_restore_command(stage), len(names)
 

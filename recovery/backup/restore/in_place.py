@@ -64,6 +64,7 @@ not archived when it stopped is not in it (the RPO of archiving, ``archive_timeo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -78,7 +79,7 @@ import psycopg
 
 from recovery.backup.catalog import POSTGRES_BASE_KINDS, chain_for, choose
 from recovery.backup.incremental import fill_from_chain
-from recovery.backup.repository import VerifiedCopy
+from recovery.backup.repository import VerifiedCopy, holders
 from recovery.backup.restore.from_catalog import stage_for_restore, stream_into
 from recovery.backup.restore.journal import Journal
 from recovery.backup.restore.postgres import (
@@ -96,6 +97,7 @@ from recovery.backup.restore.postgres import (
 )
 from recovery.backup.runner import BackupRunner
 from recovery.backup.sources.postgres import pg_bin_dir
+from recovery.backup.storage.base import StorageError, Target
 from recovery.backup.wal.archive import TargetWalStore
 from recovery.drills.contents import compare, snapshot
 from recovery.redact import redact
@@ -113,6 +115,7 @@ JOURNAL_SUFFIX = ".aegis-restore.json"
 STAGE_SUFFIX = ".aegis-wal-stage"
 STAGING_MARK = ".aegis-staging-"   # the verified restore, streamed before the stop, renamed into place
 LOG_SUFFIX = ".aegis-restore.log"
+LOCK_SUFFIX = ".aegis-staging.lock"   # one writer of the staging directories at a time (flock)
 # what discard_aside may remove: the saved directory, or a failed restore kept for diagnosis
 ASIDE_NAME = re.compile(
     r"^(?P<base>.+)\.aegis-(?P<what>aside|failed)-(?P<incident>[A-Za-z0-9_-]+)-(?P<stamp>\d{8}T\d{6}Z)$")
@@ -122,6 +125,7 @@ PRODUCTION_FILES = ("postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "p
 PRECHECKED, STAGED, STOPPING, STOPPED, ASIDE, RESTORED, STARTED, VERIFIED = (
     "prechecked", "staged", "stopping", "stopped", "aside", "restored", "started", "verified")
 ROLLING_BACK, ROLLED_BACK = "rolling_back", "rolled_back"
+WITHDRAWN = "withdrawn"   # a staging prepared ahead was removed: its step will not run (re-plan, reject, close)
 # phases after which the saved directory may not be in place: a later attempt rolls back first
 INTERRUPTED = (STOPPING, STOPPED, ASIDE, RESTORED, STARTED, ROLLING_BACK)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -293,23 +297,117 @@ class InPlaceRestore:
 
     def __init__(self, store: Store, runner: BackupRunner, server: Server, *, backup_id: str,
                  target_time: datetime | None, incident: str,
-                 checks: Callable[[], list[Evidence]] | None = None) -> None:
+                 checks: Callable[[], list[Evidence]] | None = None, step: str | None = None) -> None:
         if target_time is not None and target_time.tzinfo is None:
             raise ValueError("target_time must be timezone-aware")
         self.store, self.runner, self.server = store, runner, server
         self.backup_id, self.target_time = backup_id, target_time
         self.incident = _UNSAFE.sub("_", incident) or "manual"
         self.checks = checks
+        self.step = step   # the plan step this restore is for: a staging prepared ahead is reused only by it
         self.data_dir = server.data_dir
         self.journal = Journal(journal_path(self.data_dir))
         self.stage = self.data_dir.with_name(self.data_dir.name + STAGE_SUFFIX)
         self.staging = self.data_dir.with_name(f"{self.data_dir.name}{STAGING_MARK}{self.incident}")
+        self._lock_fd: int | None = None
+
+    # -- one writer of the staging directories ---------------------------------------------------
+
+    def _lock(self, *, wait: bool) -> bool:
+        """Take the staging lock (``<data_dir>.aegis-staging.lock``, flock, this host); False when another
+        holds it and ``wait`` is false. Held from the precheck to the end of ``run``, or through a
+        ``prepare_ahead``/``withdraw_ahead``: never two writers to one staging directory."""
+        if self._lock_fd is not None:
+            return True
+        path = self.data_dir.with_name(self.data_dir.name + LOCK_SUFFIX)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+        return True
+
+    def release(self) -> None:
+        """Let the next writer of the staging directories in (idempotent)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)   # closing the descriptor drops the flock
+
+    def _staged_for(self) -> JsonObject:
+        """What a staging is valid for: this incident, this plan step, this backup, this target."""
+        return {"incident": self.incident, "step": self.step, "backup_id": self.backup_id,
+                "target_time": self.target_time.isoformat() if self.target_time else None}
+
+    def _ahead_matches(self, entry: JsonObject) -> bool:
+        """The journal records a complete staging prepared ahead for exactly this restore, still on disk."""
+        return (self.step is not None and entry.get("phase") == STAGED and entry.get("prepared_ahead") is True
+                and entry.get("prepared_for") == self._staged_for() and self.staging.is_dir())
+
+    # -- ahead of the approval (Action.prepare) ---------------------------------------------------
+
+    def prepare_ahead(self, progress: Progress) -> JsonObject | None:
+        """The precheck's non-destructive work while the step still waits for its approval: backup streamed,
+        authenticated and checked with pg_verifybackup into the staging directory, WAL staged. Touches only
+        the staging directories and the journal beside the data directory, never the server. Returns what
+        was staged, or None when nothing was done: another writer holds the staging (an execution, another
+        preparation), it is already staged for this step, or an interrupted attempt awaits its rollback
+        (which only an approved attempt may do). ``InPlaceError`` when the precheck fails (the staging is
+        removed; the approved step's own precheck will fail the same way, before anything is stopped)."""
+        if self.step is None or not self._lock(wait=False):
+            return None
+        try:
+            entry = self.journal.read()
+            if entry.get("phase") in INTERRUPTED or self._ahead_matches(entry):
+                return None
+            prepared = self._precheck_locked(progress, ahead=True)
+            if prepared.staging is None:   # a chain is extracted after the stop: nothing to keep staged
+                self.remove_staging()
+                return None
+            return {"backup_id": prepared.run_id, "staging": str(self.staging), "wal_files": prepared.wal_files,
+                    "restored_bytes": prepared.source_size}
+        finally:
+            self.release()
+
+    def withdraw_ahead(self) -> bool:
+        """Remove a staging prepared ahead for this step, which will not run now (re-planned, rejected,
+        aborted, the incident closed); True when one was removed. Waits for a preparation still running.
+        Only a staging the journal records as prepared ahead for this step, nothing after the stop."""
+        if self.step is None:
+            return False
+        self._lock(wait=True)
+        try:
+            entry = self.journal.read()
+            if entry.get("phase") not in (PRECHECKED, STAGED) or entry.get("prepared_ahead") is not True \
+                    or entry.get("prepared_for") != self._staged_for():
+                return False
+            self.remove_staging()
+            self.journal.write(WITHDRAWN)
+            return True
+        finally:
+            self.release()
 
     # -- precheck ----------------------------------------------------------------------------
 
     def precheck(self, progress: Progress) -> Prepared:
-        """Everything that can be checked before the server is stopped (``InPlaceError`` if not)."""
-        self.recover_interrupted(progress)
+        """Everything that can be checked before the server is stopped (``InPlaceError`` if not).
+
+        Takes the staging lock, waiting for a preparation ahead still running, and keeps it until ``run``
+        ends (or ``release``). A staging the journal records as prepared ahead and complete for this
+        restore is reused after cheap re-checks (``_reuse``) instead of being streamed again."""
+        self._lock(wait=True)
+        try:
+            self.recover_interrupted(progress)
+            return self._precheck_locked(progress, ahead=False)
+        except BaseException:
+            self.release()
+            raise
+
+    def _precheck_locked(self, progress: Progress, *, ahead: bool) -> Prepared:
         data_dir = self.data_dir
         if not data_dir.is_absolute():
             raise InPlaceError(f"data directory {data_dir} is not an absolute path")
@@ -324,17 +422,20 @@ class InPlaceRestore:
         except (LookupError, RuntimeError) as exc:   # BackupNotFound, ChainError
             raise InPlaceError(f"backup {self.backup_id} cannot be restored: {exc}") from None
         needed = record.source_size or sum(r.source_size or 0 for r in chain)
+        one_pass = len(chain) == 1 and bool(record.sha256)
+        if not ahead and one_pass and self._ahead_matches(self.journal.read()):
+            return self._reuse(record, needed, progress)   # its room was taken (and checked) ahead
         free = shutil.disk_usage(data_dir.parent).free
         if needed and free < needed:
             raise InPlaceError(f"{data_dir.parent} has {size_text(free)} free; restoring {record.run_id} needs "
                                f"{size_text(needed)} beside the current data directory (which is kept)")
         self.remove_staging()   # ours (by name): leftovers of an earlier attempt
-        one_pass = len(chain) == 1 and bool(record.sha256)
         # a new attempt: the phases start over; every directory ever put aside stays recorded
         self.journal.restart(PRECHECKED, keep=("asides", "failed", "discarded"), incident=self.incident,
                              backup_id=record.run_id, data_dir=str(data_dir),
                              target_time=self.target_time.isoformat() if self.target_time else None,
-                             staging=str(self.staging) if one_pass else None)
+                             staging=str(self.staging) if one_pass else None,
+                             prepared_ahead=ahead and one_pass, prepared_for=self._staged_for())
         try:
             copies = self._stage_backup(record, chain, one_pass, progress)
             progress(f"staging the archived WAL {record.run_id} needs"
@@ -352,11 +453,43 @@ class InPlaceRestore:
         prepared = Prepared(record, record.run_id, copies, restore_command, wal_files,
                             needed, record.timeline or 1, dict(record.contents or {}), record.finished_at,
                             staging=self.staging if one_pass else None)
-        self.journal.write(STAGED, wal_files=wal_files)
+        self.journal.write(STAGED, wal_files=wal_files, restore_command=restore_command,
+                           backup_timeline=prepared.backup_timeline)
         progress(f"precheck passed: {record.run_id} verified on {copies[-1].target.name}"
                  + (f" and staged in {self.staging}" if one_pass else "")
                  + f", {wal_files} archived WAL file(s) staged and complete")
         return prepared
+
+    def _reuse(self, record: BackupRecord, needed: int, progress: Progress) -> Prepared:
+        """The staging prepared ahead for this step, re-checked cheaply for what can have changed since: the
+        catalog row is still good (the caller chose it), a target still holds the backup object (a backup
+        deleted from every target fails the step here, before anything is stopped), and the WAL archived
+        since is staged too and the sequence checked again (for "latest", the end of the archive moved).
+        Nothing is streamed again; the journal notes ``reused_ahead`` without a new phase."""
+        present = [t.name for t in holders(record, self.runner.targets) if _holds(t, record)]
+        try:
+            if not present:
+                raise InPlaceError(f"backup {record.run_id} has no intact copy on any storage target any more "
+                                   f"(it was staged ahead, then removed from every target)")
+            progress(f"reusing {record.run_id}, streamed, authenticated and verified into {self.staging} while the "
+                     f"step waited for its approval (still stored on {', '.join(present)}); staging the WAL "
+                     "archived since")
+            before = len(list(self.stage.iterdir())) if self.stage.is_dir() else 0
+            restore_command, wal_files = stage_for_restore(
+                self.store, TargetWalStore(self.runner), record, self.stage, target_time=self.target_time,
+                os_user=self.server.os_user, keep_staged=True)
+        except (RestoreError, LookupError) as exc:
+            self.remove_staging()
+            self.journal.write(WITHDRAWN, reason=redact(str(exc))[:300])
+            raise InPlaceError(f"{redact(str(exc))}; {self.server.label} was not stopped") from None
+        except BaseException:
+            self.remove_staging()
+            raise
+        self.journal.note(reused_ahead=True, wal_files=wal_files, restore_command=restore_command)
+        progress(f"precheck passed: {record.run_id} staged ahead in {self.staging}, {wal_files} archived WAL "
+                 f"file(s) staged and complete ({max(wal_files - before, 0)} archived since the staging)")
+        return Prepared(record, record.run_id, [], restore_command, wal_files, needed, record.timeline or 1,
+                        dict(record.contents or {}), record.finished_at, staging=self.staging)
 
     def _stage_backup(self, record: BackupRecord, chain: list[BackupRecord], one_pass: bool,
                       progress: Progress) -> list[VerifiedCopy]:
@@ -405,6 +538,7 @@ class InPlaceRestore:
             raise RolledBackError(f"rolled back: {reason}", kept=str(kept) if kept else None) from None
         finally:
             self.remove_staging()
+            self.release()
 
     def _replace(self, prepared: Prepared, progress: Progress) -> JsonObject:
         server, data_dir = self.server, self.data_dir
@@ -616,6 +750,16 @@ class InPlaceRestore:
 def aside_item(location: str) -> JsonObject:
     """A step output's ``aside`` entry for a directory this restore left beside the data directory."""
     return {"kind": "postgres_data_dir", "location": location, "component": "postgres"}
+
+
+def _holds(target: Target, record: BackupRecord) -> bool:
+    """The target still has the object, at its stored size (a cheap look, not a read: the staged copy was
+    authenticated when it was streamed)."""
+    try:
+        return target.exists(record.object_name) and (
+            not record.stored_size or target.size(record.object_name) in (None, record.stored_size))
+    except StorageError:
+        return False
 
 
 def _reached(entry: JsonObject, phase: str) -> bool:

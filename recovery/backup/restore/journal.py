@@ -55,6 +55,13 @@ class Journal:
         self._replace(entry)
         return entry
 
+    def note(self, **facts: object) -> JsonObject:
+        """Merge ``facts`` into the last entry without a new phase (e.g. that a staging prepared ahead was
+        reused); durable when it returns."""
+        entry = {**self.read(), **facts}
+        self._replace(entry)
+        return entry
+
     def restart(self, phase: str, *, keep: tuple[str, ...] = (), **facts: object) -> JsonObject:
         """A new attempt: the phases and facts start over, but for the ``keep`` keys of the old entry."""
         old = self.read()
