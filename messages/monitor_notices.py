@@ -1,4 +1,5 @@
-"""The monitor's ops-channel notices (M2): a CRITICAL alert, a HIGH warning, the all-clear.
+"""The monitor's ops-channel notices (M2): a CRITICAL alert, a HIGH warning, the all-clear, and
+more evidence added to an open incident (a second source reporting the same ransomware).
 
 Plain values in (a condition's key, summary, evidence dicts), a ``Message`` out; every word comes
 from ``templates/<locale>/monitor.j2``.
@@ -45,3 +46,17 @@ def all_clear(*, key: str, since: datetime, cleared: datetime, locale: str) -> M
 
 def timeline_text(*, rule: str, summary: str, evidence: Sequence[Mapping[str, object]], locale: str) -> str:
     return f"{_t(locale, 'timeline', rule=rule, summary=summary)}\n{evidence_lines(evidence, locale)}"
+
+
+def evidence_attached(*, key: str, scenario: str, source: str, summary: str,
+                      evidence: Sequence[Mapping[str, object]], incident_key: str, locale: str) -> Message:
+    """A CRITICAL condition added to the incident already open for its scenario (no second incident)."""
+    body = _t(locale, "attached_body", source=source, summary=summary, incident_key=incident_key)
+    return block_kit.ops_notice(_t(locale, "attached_title", key=key, scenario=scenario),
+                             f"{body}\n{evidence_lines(evidence, locale)}", locale)
+
+
+def timeline_attached_text(*, rule: str, source: str, summary: str, evidence: Sequence[Mapping[str, object]],
+                           locale: str) -> str:
+    return f"{_t(locale, 'timeline_attached', rule=rule, source=source, summary=summary)}\n" \
+           f"{evidence_lines(evidence, locale)}"

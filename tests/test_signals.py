@@ -4,8 +4,11 @@ Every malformed request — unsigned, a wrong signature, a stale timestamp, an o
 non-JSON, an unknown kind, a wrong method — is a 4xx with a one-line JSON error and stores nothing
 (and its body never reaches the log). A good signal is 202 and stored; the monitor opens one
 CRITICAL ``ransomware`` incident with the signal as evidence, and a second signal from the same
-source, while the condition holds, opens no second one. Without a configured secret the route is
-404, with its variable unset 503 (no default secret).
+source, while the condition holds, opens no second one. A second source (another tool) joins the
+open ransomware incident — a timeline entry naming it and its evidence, a line in the incident and
+ops channels, nobody paged twice — and once that incident is closed (through Slack), a new signal
+opens a new one. Without a configured secret the route is 404, with its variable unset 503 (no
+default secret).
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from sqlmodel import func, select
 
 from bot.config import Config
 from bot.signals import SignalsApp
+from messages import monitor_notices
 from recovery.monitor.history import MonitorHistory
 from slack_emulator.server import EmulatorServer
-from statemachines.models import Incident, MonitorSignal, TimelineEvent
+from statemachines.models import Incident, MonitorSignal, TimelineEvent, require_id
 from statemachines.store import Store
 from tests.harness.aegis_process import AegisProcess, wait_for
 from tests.harness.slack_reading import all_text, channel_by_id
+from tests.harness.walk import Walk, close_with_modal
 
 SECRET_ENV = "AEGIS_TEST_SIGNALS_SECRET"
 SECRET = "signals-secret-for-tests-7f3a9c"
@@ -204,3 +209,75 @@ def test_without_a_configured_secret_the_route_is_404_and_with_its_variable_unse
         assert len(body.strip().splitlines()) == 1
     finally:
         store.dispose()
+
+
+def _channel_of(bot: AegisProcess, incident_id: int | None) -> str | None:
+    store = bot.store()
+    try:
+        with store.session() as session:
+            row = session.get(Incident, incident_id)
+            return row.channel_id if row else None
+    finally:
+        store.dispose()
+
+
+def _audit_lines(bot: AegisProcess, incident_id: int | None) -> list[TimelineEvent]:
+    store = bot.store()
+    try:
+        with store.session() as session:
+            return [e for e in session.exec(select(TimelineEvent).where(TimelineEvent.incident_id == incident_id,
+                                                                        TimelineEvent.kind == "audit")).all()
+                    if e.data.get("monitor_condition")]
+    finally:
+        store.dispose()
+
+
+def test_a_second_source_joins_the_open_ransomware_incident_and_a_signal_after_closing_opens_a_new_one(
+        bot: AegisProcess, emulator: EmulatorServer) -> None:
+    assert _post(bot, _body(source="edr-falcon")).status_code == 202
+    incident = wait_for(lambda: _ransomware_incidents(bot), timeout=15, what="the ransomware incident")[0]
+    assert _post(bot, _body(source="canary-grid", host="files-02", detail="decoy share rewritten")).status_code == 202
+    lines = wait_for(lambda: [e for e in _audit_lines(bot, incident.id) if e.data.get("source") == "canary-grid"],
+                     timeout=15, what="the second source on the open incident's timeline")
+    assert lines[0].data["attached"] is True and lines[0].data["monitor_condition"] == "ransomware:signal canary-grid"
+    assert "canary-grid" in lines[0].text and "files-02" in lines[0].text and "decoy share rewritten" in lines[0].text
+    assert lines[0].data["evidence"][0]["signal"]["source"] == "canary-grid"
+    assert {e.data["monitor_condition"] for e in _audit_lines(bot, incident.id)} == {
+        "ransomware:signal edr-falcon", "ransomware:signal canary-grid"}
+    assert [i.id for i in _ransomware_incidents(bot)] == [incident.id]         # one incident, not two
+    room = wait_for(lambda: _channel_of(bot, incident.id), timeout=15, what="the incident channel")
+    wait_for(lambda: [t for t in (all_text(m) for m in channel_by_id(emulator.state, room)["messages"])
+                      if "canary-grid" in t and incident.key in t], timeout=15, what="the line in the incident channel")
+    ops = wait_for(lambda: [t for t in (all_text(m) for m in channel_by_id(emulator.state, "C0OPS")["messages"])
+                            if "more evidence" in t], timeout=15, what="the line in the ops channel")
+    assert "canary-grid" in ops[0] and incident.key in ops[0]
+    assert len([m for m in channel_by_id(emulator.state, "C0OPS")["messages"]
+                if "CRITICAL" in all_text(m) and "detected by monitoring" in all_text(m)]) == 1   # paged once
+
+    # the commander closes it (a false alarm, through Slack); the next signal opens a new incident
+    walk = Walk(bot, emulator)
+    walk.channel_id, walk.incident_id = room, require_id(incident)
+    walk.click("U0IC", "aegis_claim_role", "incident_commander")
+    wait_for(lambda: walk.incident().state != "detected", timeout=30, what="the incident assembled")
+    close_with_modal(walk, emulator, "U0IC", "contained by the EDR")
+    walk.store.dispose()
+    assert _post(bot, _body(source="edr-falcon", detail="encryption resumed")).status_code == 202
+    incidents = wait_for(lambda: [i for i in _ransomware_incidents(bot) if i.id != incident.id], timeout=20,
+                         what="a new ransomware incident after the closing")
+    assert len(incidents) == 1 and incidents[0].state != "closed"
+    assert [e.data["monitor_condition"] for e in _audit_lines(bot, incidents[0].id)] == ["ransomware:signal edr-falcon"]
+
+
+@pytest.mark.parametrize(("locale", "words"), [("en", "instead of opening a second one"),
+                                               ("ko", "두 번째 인시던트를 열지 않고")])
+def test_the_added_evidence_notice_names_the_source_and_the_incident_in_both_languages(locale: str, words: str) -> None:
+    evidence = [{"check": "signal ransomware", "ok": False, "value": None, "unit": "", "threshold": None,
+                 "reason": "canary-grid reported ransomware on files-02"}]
+    message = monitor_notices.evidence_attached(key="ransomware:signal canary-grid", scenario="ransomware",
+                                                source="canary-grid", summary="decoy share rewritten",
+                                                evidence=evidence, incident_key="INC-7", locale=locale)
+    for text in (message.text, json.dumps(message.blocks, ensure_ascii=False)):
+        assert "canary-grid" in text and "INC-7" in text and words in text
+    line = monitor_notices.timeline_attached_text(rule="ransomware", source="canary-grid", summary="decoy",
+                                                  evidence=evidence, locale=locale)
+    assert "canary-grid" in line and "signal ransomware" in line

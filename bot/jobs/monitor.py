@@ -9,7 +9,14 @@ happened:
   of that scenario paged, the card and the stakeholder thread, as for a declared incident), writes
   the evidence that triggered it on the incident's timeline, and — through the outbox, with the
   incident — posts the critical alert in ``slack.ops_channel``. One incident per ongoing condition
-  (the condition row holds its incident id; a condition left without one by a crash gets it next cycle);
+  (the condition row holds its incident id; a condition left without one by a crash gets it next cycle).
+  Ransomware is one incident while one is open (``ONE_OPEN_INCIDENT``): a second source's CRITICAL
+  condition (another tool's signal, a changed canary) is added to the open ransomware incident — a
+  timeline entry naming the source and its evidence, a line in the incident and ops channels —
+  instead of declaring another; once that incident is closed, a new report opens a new one (also a
+  new signal from a source whose condition still holds). Conditions are handled one after another
+  on the monitor's thread, so two in one cycle see each other's incident; only the scheduler leader
+  runs it (two replicas overlapping during a leader change could each declare one);
 - a HIGH condition posts a warning in the ops channel, repeated at most every
   ``monitoring.warning_repeat_minutes`` while it holds (a compare-and-set on the condition row);
 - a cleared condition posts the all-clear in the ops channel.
@@ -27,7 +34,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+
+from sqlmodel import col, select
 
 from bot.config import Config
 from bot.flows.incident import Flows
@@ -39,12 +48,32 @@ from recovery.monitor.history import MonitorHistory
 from recovery.monitor.loop import CycleResult, Monitor, MonitorLoop
 from recovery.monitor.risk import CRITICAL, Condition
 from statemachines import service as svc
-from statemachines.models import require_id, utcnow
+from statemachines.json_types import JsonObject
+from statemachines.models import Incident, require_id, utcnow
 from statemachines.store import Store
 
 log = logging.getLogger("aegis.monitor")
 DETECTOR = "aegis"                 # declared_by of an incident the monitor opened
 ALERT_KIND = "monitor_alert"       # outbox row: the critical alert in the ops channel
+EVIDENCE_KIND = "monitor_evidence"  # outbox row: a condition added to an open incident (incident / ops channel)
+ONE_OPEN_INCIDENT = frozenset({"ransomware"})   # scenarios with one incident while one is open, whatever the source
+
+
+def source_of(condition: Condition) -> str:
+    """Who reported it: the signal's source (``POST /signals``), else the checks (``canary finance-share``)."""
+    sources = [str(e["signal"].get("source")) for e in condition.evidence
+               if isinstance(e.get("signal"), dict) and e["signal"].get("source")]
+    return ", ".join(dict.fromkeys(sources)) or ", ".join(condition.checks) or condition.key
+
+
+def _received_at(evidence: JsonObject) -> datetime:
+    signal = evidence.get("signal")
+    received = signal.get("received_at") if isinstance(signal, dict) else None
+    try:
+        at = datetime.fromisoformat(str(received)) if received else datetime.min.replace(tzinfo=UTC)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 class MonitorDuty:
@@ -69,6 +98,7 @@ class MonitorDuty:
 
     def stop(self) -> None:
         self.loop.stop()
+        self.monitor.close()
 
     # --- what a cycle found ------------------------------------------------------------------
 
@@ -78,6 +108,8 @@ class MonitorDuty:
         for condition in result.changes.held:
             if condition.level == CRITICAL and condition.incident_id is None:
                 self._open_incident(condition)      # opened by a cycle that crashed before declaring
+            elif condition.level == CRITICAL and self._reported_after_close(condition):
+                self._open_incident(condition)      # a new signal after its incident was closed
             elif condition.level != CRITICAL:
                 self._warn(condition)
         for condition in result.changes.cleared:
@@ -97,6 +129,11 @@ class MonitorDuty:
 
     def _open_incident(self, condition: Condition) -> None:
         scenario = condition.scenario or "database_failure"
+        if scenario in ONE_OPEN_INCIDENT:
+            already = self._open_incident_of(scenario)
+            if already is not None:
+                self._attach(condition, already)
+                return
         incident = self.flows.declare(user_id=DETECTOR, scenario=scenario, severity="critical",
                                       summary=condition.summary[:300])
         incident_id = require_id(incident)
@@ -113,6 +150,43 @@ class MonitorDuty:
         log.warning("incident %s opened for condition %s", incident.key, condition.key)
         if self.section.auto_recovery.get(scenario, False):
             self.flows.submit(self.flows.auto_recover, incident_id)   # assessed without waiting for a claim
+
+    def _open_incident_of(self, scenario: str) -> Incident | None:
+        """The oldest incident of ``scenario`` not closed yet (any declarer: a responder's counts too)."""
+        with self.store.session() as session:
+            return session.exec(select(Incident).where(Incident.scenario == scenario, Incident.state != "closed")
+                                .order_by(col(Incident.id))).first()
+
+    def _attach(self, condition: Condition, incident: Incident) -> None:
+        """Add ``condition`` to the open ``incident``: its timeline names the new source and evidence, and
+        the incident channel and the ops channel say so; nobody is paged a second time."""
+        incident_id, source = require_id(incident), source_of(condition)
+        self.history.link_incident(condition.key, incident_id)
+        with self.store.session() as session:
+            svc.add_event(session, incident_id=incident_id, kind="audit", actor=DETECTOR,
+                          text=monitor_notices.timeline_attached_text(rule=condition.rule, source=source,
+                                                                      summary=condition.summary,
+                                                                      evidence=condition.evidence, locale=self.locale),
+                          data={"monitor_condition": condition.key, "rule": condition.rule, "source": source,
+                                "attached": True, "evidence": condition.evidence})
+            for to in ("channel", "ops"):
+                svc.tell(session, incident_id=incident_id, kind=EVIDENCE_KIND, to=to, key=condition.key,
+                         source=source, summary=condition.summary, evidence=condition.evidence)
+        self.flows.committed()
+        log.warning("condition %s added to the open incident %s (no second %s incident)", condition.key,
+                    incident.key, incident.scenario)
+
+    def _reported_after_close(self, condition: Condition) -> bool:
+        """A held condition whose incident is closed, with a signal received after the closing: that is a
+        new report (a canary still changed, or the same signal, is not)."""
+        if condition.incident_id is None:
+            return False
+        with self.store.session() as session:
+            incident = session.get(Incident, condition.incident_id)
+        if incident is None or incident.state != "closed" or incident.closed_at is None:
+            return False
+        closed_at = incident.closed_at
+        return any(_received_at(e) > closed_at for e in condition.evidence)
 
     def _warn(self, condition: Condition) -> None:
         repeat = timedelta(minutes=self.section.warning_repeat_minutes)

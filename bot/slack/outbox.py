@@ -152,6 +152,7 @@ WHAT = {   # the timeline's words for a failed delivery ("could not …")
     "closing_report_stakeholders": "post the closing report to stakeholders",
     "monitor_alert": "post the monitor's critical alert", "aftercare_done": "post that an aftercare plan is done",
     "step_prepared": "post that a step was prepared ahead of its approval",
+    "monitor_evidence": "post the monitor's added evidence",
 }
 
 
@@ -177,6 +178,7 @@ class Dispatcher:
             "manual_verification": self._manual_verification, "rejection": self._rejection,
             "closing_report": self._closing_report, "closing_report_stakeholders": self._closing_report_thread,
             "monitor_alert": self._monitor_alert, "aftercare_done": self._aftercare_done,
+            "monitor_evidence": self._monitor_evidence,
         }
 
     # --- the thread ------------------------------------------------------------------------------
@@ -506,6 +508,21 @@ class Dispatcher:
         """An aftercare plan (re-protect, clean-up) finished: say so in the incident channel."""
         kind = str((row.payload or {}).get("aftercare") or "")
         self._channel_post(batch, incident_blocks.aftercare_done(batch.view, kind, self.locale))
+
+    def _monitor_evidence(self, batch: Batch, row: OutboxRow) -> None:
+        """A second CRITICAL condition added to this open incident (bot/jobs/monitor.py), told where the
+        row says: ``to`` is ``channel`` (the incident's) or ``ops`` (one row each, so a retry repeats neither)."""
+        payload = row.payload or {}
+        evidence = payload.get("evidence")
+        message = monitor_notices.evidence_attached(
+            key=str(payload.get("key", "")), scenario=batch.incident.scenario, source=str(payload.get("source", "")),
+            summary=str(payload.get("summary", "")),
+            evidence=[e for e in evidence if isinstance(e, dict)] if isinstance(evidence, list) else [],
+            incident_key=batch.incident.key or "", locale=self.locale)
+        if payload.get("to") == "ops":
+            self.gateway.post(self.config.slack.ops_channel, message.text, message.blocks)
+        else:
+            self._channel_post(batch, message)
 
     def _monitor_alert(self, batch: Batch, row: OutboxRow) -> None:
         """The ops channel's critical alert for an incident the monitor opened (bot/jobs/monitor.py)."""
