@@ -31,6 +31,7 @@ from bot.config import Config
 from bot.signals import SignalsApp
 from messages import monitor_notices
 from recovery.monitor.history import MonitorHistory
+from recovery.monitor.signals import Signal, SignalStore
 from slack_emulator.server import EmulatorServer
 from statemachines.models import Incident, MonitorSignal, TimelineEvent, require_id
 from statemachines.store import Store
@@ -281,3 +282,39 @@ def test_the_added_evidence_notice_names_the_source_and_the_incident_in_both_lan
     line = monitor_notices.timeline_attached_text(rule="ransomware", source="canary-grid", summary="decoy",
                                                   evidence=evidence, locale=locale)
     assert "canary-grid" in line and "signal ransomware" in line
+
+
+def test_two_sources_seen_in_the_same_cycle_open_one_incident(tmp_path: Path, emulator: EmulatorServer) -> None:
+    """Both signals are stored before the first cycle: both conditions open in one cycle, one incident."""
+    tmp_path.chmod(0o755)
+    url = f"sqlite:///{tmp_path}/aegis.db"
+    store = Store(url)
+    store.migrate()
+    signals = SignalStore(store)
+    for source in ("edr-falcon", "canary-grid"):
+        signals.record(Signal(source, "ransomware", "files-01", "mass encryption", datetime.now(UTC)),
+                       hashlib.sha256(source.encode()).hexdigest())
+    store.dispose()
+    process = AegisProcess(tmp_path, CONFIG, url, emulator.api_url)
+    process.env[SECRET_ENV] = SECRET
+    emulator.bot_url = process.url
+    process.start()
+    try:
+        def linked() -> dict[str, int | None]:
+            history = MonitorHistory(process.store())
+            try:
+                return {c.key: c.incident_id for c in history.conditions() if c.incident_id is not None}
+            finally:
+                history.store.dispose()
+
+        both = wait_for(lambda: len(linked()) == 2 and linked(), timeout=20, what="both conditions with an incident")
+        history = MonitorHistory(process.store())
+        first_cycle = {c.since for c in history.conditions()}
+        history.store.dispose()
+        assert len(first_cycle) == 1, "both conditions should have opened in the same cycle"
+        incidents = _ransomware_incidents(process)
+        assert len(incidents) == 1 and set(both.values()) == {incidents[0].id}
+        attached = [e for e in _audit_lines(process, incidents[0].id) if e.data.get("attached")]
+        assert len(attached) == 1
+    finally:
+        process.stop()
