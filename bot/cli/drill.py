@@ -45,10 +45,12 @@ def _say(line: str) -> None:
 
 
 def _gateway() -> SlackGateway | None:
+    token = os.environ.get("SLACK_BOT_TOKEN", "").strip()
+    if not token:
+        return None   # nothing to post: Slack's client is not even imported
     from bot.slack.gateway import DEFAULT_API_URL, SlackGateway
 
-    token = os.environ.get("SLACK_BOT_TOKEN", "").strip()
-    return SlackGateway(token, os.environ.get("SLACK_API_URL") or DEFAULT_API_URL) if token else None
+    return SlackGateway(token, os.environ.get("SLACK_API_URL") or DEFAULT_API_URL)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -20,9 +20,6 @@ from typing import TYPE_CHECKING
 from bot.backup_wiring import repository_from, sources_from
 from bot.config import Config
 from bot.run_gate import RunGate
-from bot.slack.gateway import SlackCallFailed, SlackGateway
-from messages import drill_notices
-from messages.views import Message
 from recovery.backup.runner import BackupRunner, Neo4jSource
 from recovery.drills.context import DrillContext, DrillSettings, Say, ServiceProbe
 from recovery.drills.drills import DrillOutcome, run_drill
@@ -30,8 +27,11 @@ from recovery.drills.scoring import Objectives
 from recovery.drills.scratch import Droppers, sweep
 from statemachines.store import Store
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:   # Slack, the messages and the driver load only where they are used (a drill's start-up)
     from neo4j import Driver
+
+    from bot.slack.gateway import SlackGateway
+    from messages.views import Message
 
 log = logging.getLogger("aegis.drills")
 
@@ -116,6 +116,8 @@ def sweep_leftovers(config: Config, store: Store) -> list[str]:
 
 def result_message(outcome: DrillOutcome, *, trigger: str, requested_by: str | None, config: Config,
                    report_url: str | None = None) -> Message:
+    from messages import drill_notices
+
     return drill_notices.result(
         run_id=outcome.run_id, name=outcome.name, status=outcome.status, trigger=trigger,
         requested_by=requested_by, objectives=[s.as_dict() for s in outcome.scores], steps=outcome.steps,
@@ -128,6 +130,9 @@ def post_outcome(gateway: SlackGateway | None, config: Config, outcome: DrillOut
     """The result, and a notice per backup that failed its restore test, to the ops channel."""
     if gateway is None or not config.slack.ops_channel:
         return False
+    from bot.slack.gateway import SlackCallFailed
+    from messages import drill_notices
+
     messages = [result_message(outcome, trigger=trigger, requested_by=requested_by, config=config,
                                report_url=report_url)]
     messages += [drill_notices.restore_failed(b.as_dict(), config.locale) for b in outcome.failed_backups]

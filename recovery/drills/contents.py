@@ -17,7 +17,11 @@ twice per backup); the comparison then says the checksum was not recorded and wh
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -28,6 +32,8 @@ from recovery.redact import redact
 from statemachines.json_types import JsonObject
 
 MAX_CHECKSUM_BYTES = 256 * 1024 * 1024
+SPLIT_BYTES = 16 * 1024 * 1024     # a table this big is read in page ranges on several connections
+RESTORE_TEST_WORKERS = min(4, max(2, os.cpu_count() or 2))   # connections a restore test reads on
 Snapshot = dict[str, dict[str, JsonObject]]   # database -> "schema.table" -> {"rows", "checksum"}
 
 _TABLES = """
@@ -44,7 +50,7 @@ ORDER BY 1, 2
 CHECKSUM_FORMAT = "v2"
 _CHECKSUM = ("SELECT count(*), coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint), 0), "
              "coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint), 0) "
-             "FROM (SELECT md5(t::text) AS h FROM {} t) s")
+             "FROM (SELECT md5(t::text) AS h FROM {} t{}) s")     # the table, then a ctid range or nothing
 
 
 def _databases(dsn: str) -> list[str]:
@@ -60,27 +66,108 @@ def _in_database(dsn: str, database: str) -> str:
 
 def _table_figures(conn: psycopg.Connection[TupleRow], schema: str, table: str, size: int,
                    max_checksum_bytes: int) -> JsonObject:
-    name = sql.Identifier(schema, table)
+    return _figures(_Part(schema, table, size, None, None, size > max_checksum_bytes).run(conn), size,
+                    max_checksum_bytes)
+
+
+def _figures(sums: tuple[int, int, int], size: int, max_checksum_bytes: int) -> JsonObject:
+    rows, low, high = sums
     if size > max_checksum_bytes:
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(name)).fetchone()
-        return {"rows": int(row[0]) if row else 0, "checksum": None,
+        return {"rows": rows, "checksum": None,
                 "checksum_skipped": f"table is {size} bytes, above the {max_checksum_bytes}-byte checksum limit"}
-    row = conn.execute(sql.SQL(_CHECKSUM).format(name)).fetchone()
-    return {"rows": int(row[0]) if row else 0, "checksum": f"{CHECKSUM_FORMAT}:{row[1]}:{row[2]}" if row else None}
+    return {"rows": rows, "checksum": f"{CHECKSUM_FORMAT}:{low}:{high}"}
 
 
-def snapshot(dsn: str, *, max_checksum_bytes: int = MAX_CHECKSUM_BYTES) -> Snapshot:
-    """Row count and checksum of every permanent user table in every database of the cluster."""
-    result: Snapshot = {}
-    for database in _databases(dsn):
-        tables: dict[str, JsonObject] = {}
-        # one REPEATABLE READ transaction per database: every table of it seen at one moment
-        with psycopg.connect(_in_database(dsn, database), connect_timeout=10) as conn:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            for schema, table, size in conn.execute(_TABLES).fetchall():
-                tables[f"{schema}.{table}"] = _table_figures(conn, schema, table, int(size), max_checksum_bytes)
-        result[database] = tables
+@dataclass(frozen=True)
+class _Part:
+    """One table, or one range of its pages (``ctid`` from/to block; PostgreSQL 14+ scans a TID range)."""
+
+    schema: str
+    table: str
+    size: int
+    first_block: int | None
+    end_block: int | None            # exclusive; None: to the end of the table
+    count_only: bool
+
+    def run(self, conn: psycopg.Connection[Any]) -> tuple[int, int, int]:
+        name = sql.Identifier(self.schema, self.table)
+        where: sql.Composable = sql.SQL("")
+        if self.first_block is not None:
+            where = sql.SQL(" WHERE ctid >= {}::tid").format(sql.Literal(f"({self.first_block},0)"))
+            if self.end_block is not None:
+                where += sql.SQL(" AND ctid < {}::tid").format(sql.Literal(f"({self.end_block},0)"))
+        if self.count_only:
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {} t{}").format(name, where)).fetchone()
+            return (int(row[0]) if row else 0), 0, 0
+        row = conn.execute(sql.SQL(_CHECKSUM).format(name, where)).fetchone()
+        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+
+
+def _parts(schema: str, table: str, size: int, count_only: bool, workers: int, block_size: int) -> list[_Part]:
+    """A big table is cut into ``workers`` page ranges (the sums add up: the checksum is order-free)."""
+    blocks = size // block_size
+    if workers < 2 or size < SPLIT_BYTES or blocks < workers:
+        return [_Part(schema, table, size, None, None, count_only)]
+    edges = [blocks * i // workers for i in range(workers)]
+    return [_Part(schema, table, size, start, edges[i + 1] if i + 1 < workers else None, count_only)
+            for i, start in enumerate(edges)]
+
+
+def _database_snapshot(dsn: str, max_checksum_bytes: int, workers: int) -> dict[str, JsonObject]:
+    """Every table of one database seen at one moment: one REPEATABLE READ transaction, whose snapshot the
+    other connections import (``pg_export_snapshot``) when ``workers`` > 1."""
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        tables = [(str(s), str(t), int(n)) for s, t, n in conn.execute(_TABLES).fetchall()]
+        row = conn.execute("SELECT pg_is_in_recovery(), current_setting('block_size')::int").fetchone()
+        in_recovery, block_size = (bool(row[0]), int(row[1])) if row else (True, 8192)
+        if workers < 2 or in_recovery or sum(n for _s, _t, n in tables) < SPLIT_BYTES:
+            return {f"{s}.{t}": _table_figures(conn, s, t, n, max_checksum_bytes) for s, t, n in tables}
+        exported = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert exported is not None
+        parts = [p for s, t, n in tables for p in _parts(s, t, n, n > max_checksum_bytes, workers, block_size)]
+        sums = _run_parts(dsn, str(exported[0]), parts, workers)   # the exporting transaction stays open meanwhile
+    result: dict[str, JsonObject] = {}
+    for schema, table, size in tables:
+        got = [sums[p] for p in parts if (p.schema, p.table) == (schema, table)]
+        result[f"{schema}.{table}"] = _figures((sum(g[0] for g in got), sum(g[1] for g in got),
+                                                sum(g[2] for g in got)), size, max_checksum_bytes)
     return result
+
+
+def _run_parts(dsn: str, snapshot_id: str, parts: list[_Part], workers: int) -> dict[_Part, tuple[int, int, int]]:
+    """Run the parts on ``workers`` connections at once, each in the exported snapshot; biggest first."""
+    queue = sorted(parts, key=lambda p: p.size if p.first_block is None else p.size // workers, reverse=True)
+    lock = threading.Lock()
+    sums: dict[_Part, tuple[int, int, int]] = {}
+
+    def worker() -> None:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    part = queue.pop(0)
+                result = part.run(conn)
+                with lock:
+                    sums[part] = result
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aegis-checksum") as pool:
+        for future in [pool.submit(worker) for _ in range(min(workers, len(parts)))]:
+            future.result()
+    return sums
+
+
+def snapshot(dsn: str, *, max_checksum_bytes: int = MAX_CHECKSUM_BYTES, workers: int = 1) -> Snapshot:
+    """Row count and checksum of every permanent user table in every database of the cluster.
+
+    ``workers`` > 1 reads on that many connections at once (tables, and page ranges of big ones), all
+    in one snapshot per database, so the figures are the same as a single connection's.
+    """
+    return {database: _database_snapshot(_in_database(dsn, database), max_checksum_bytes, workers)
+            for database in _databases(dsn)}
 
 
 def record_contents(before: Snapshot | None, after: Snapshot | None, error: str = "") -> JsonObject:

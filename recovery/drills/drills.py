@@ -40,7 +40,6 @@ from recovery.drills.report import write_report
 from recovery.drills.restores import RestoreResult, replay_point, restore_postgres_copy, test_backup
 from recovery.drills.scoring import SCENARIO_OF, Figure, Score, overall, score
 from recovery.drills.scratch import Scratch, sweep
-from recovery.health import HealthSpec, run_check
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
 from statemachines.models import BackupRecord, DrillRun, require_id, utcnow
@@ -196,6 +195,8 @@ def _service_order(ctx: DrillContext) -> list[ServiceProbe]:
 
 
 def _probe(url: str, name: str) -> tuple[bool, str]:
+    from recovery.health import HealthSpec, run_check  # requests: loaded only by drills that probe services
+
     if url.startswith("tcp://"):
         spec = HealthSpec(name, "tcp", url.removeprefix("tcp://"))
     else:
