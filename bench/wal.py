@@ -4,6 +4,7 @@ One throwaway PostgreSQL 15 primary (``tests.harness.pgcluster.PgSingle``, run a
 ``archive_command`` switched (``ALTER SYSTEM`` + reload, the backlog drained in between) among:
 
   fast        ``python -I -S …/handoff.py push %p`` (the stdlib-only client) with ``aegis wal archiver`` running
+  fast-local  the same, the archiver archiving to the local directory only: pgBackRest's targets
   archiver    ``aegis wal push %p`` with ``aegis wal archiver`` running beside the server
   one-shot    ``aegis wal push %p`` with no archiver (each segment pushed by its own process)
   pgbackrest  ``pgbackrest archive-push %p``, synchronous (``archive-async=n``), a local repository with
@@ -11,7 +12,8 @@ One throwaway PostgreSQL 15 primary (``tests.harness.pgcluster.PgSingle``, run a
 
 Aegis archives to a local staging directory and S3 (moto's server on 127.0.0.1) at once: zstd +
 AES-256-GCM, one catalog row per segment (SQLite). pgBackRest gets a local repository only (it
-cannot talk to moto's plain-http endpoint), so Aegis does strictly more work per segment.
+cannot talk to moto's plain-http endpoint), so Aegis does strictly more work per segment — except in
+``fast-local``, whose config has the local directory only (the same targets as pgBackRest's).
 
 Every ``archive_command`` runs inside a small shell wrapper that appends the command's start and
 end time to a log, so the per-segment wall is what PostgreSQL waits for. Per mode and round:
@@ -60,8 +62,8 @@ if str(REPO) not in sys.path:
 PG_BIN = Path(os.environ.get("AEGIS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 SERVER_AEGIS = REPO / ".tools" / "server-venv" / "bin" / "aegis"
 STANZA = "walbench"
-MODES = ("fast", "archiver", "one-shot", "pgbackrest")
-WITH_ARCHIVER = ("fast", "archiver")
+MODES = ("fast", "fast-local", "archiver", "one-shot", "pgbackrest")
+WITH_ARCHIVER = ("fast", "fast-local", "archiver")
 HANDOFF = REPO / "recovery" / "backup" / "wal" / "handoff.py"
 GOAL_WALL = 1.5      # fast / pgbackrest, per-segment wall
 GOAL_TPS = 0.95      # fast / pgbackrest, pgbench tps while archiving
@@ -104,6 +106,7 @@ class Bench:
         self.cleanups: list[Callable[[], None]] = []
         self.results: dict[str, dict[str, list[float]]] = {m: {} for m in MODES}
         self.archiver: subprocess.Popen[bytes] | None = None
+        self.archiver_env: dict[str, str] | None = None
 
     def log(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -132,6 +135,7 @@ class Bench:
 
         self.aegis_dir = self.workdir / "aegis"
         (self.aegis_dir / "staging").mkdir(parents=True)
+        (self.aegis_dir / "staging-local").mkdir()
         key = self.aegis_dir / "backup.key"
         key.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
         import yaml
@@ -139,6 +143,9 @@ class Bench:
         (self.aegis_dir / "aegis.yaml").write_text(yaml.safe_dump({
             "storage": [{"kind": "local", "path": str(self.aegis_dir / "staging"), "name": "local"},
                         {"kind": "s3", "bucket": bucket, "endpoint_url": self.moto.endpoint_url, "name": "s3"}],
+            "encryption": {"key_file": str(key)}}))
+        (self.aegis_dir / "aegis-local.yaml").write_text(yaml.safe_dump({
+            "storage": [{"kind": "local", "path": str(self.aegis_dir / "staging-local"), "name": "local"}],
             "encryption": {"key_file": str(key)}}))
         for p in [self.aegis_dir, *self.aegis_dir.iterdir()]:
             shutil.chown(p, "postgres", "postgres")
@@ -178,16 +185,18 @@ class Bench:
     def _command(self, mode: str) -> str:
         if mode == "pgbackrest":
             return f"pgbackrest --config={self.pgbr_conf} --stanza={STANZA} archive-push"
-        env = " ".join(f"{k}={v}" for k, v in self.aegis_env.items())
-        if mode == "fast":
+        env = " ".join(f"{k}={v}" for k, v in self._env(mode).items())
+        if mode in ("fast", "fast-local"):
             return f"env {env} {SERVER_AEGIS.parent / 'python'} -I -S {HANDOFF} push"
         return f"env {env} {SERVER_AEGIS} wal push"
 
     def use(self, mode: str, phase: str) -> Path:
         """Archive through ``mode`` from now on; the timing log of this phase."""
         self.drain()
+        if mode in WITH_ARCHIVER and self.archiver_env != self._env(mode):
+            self._stop_archiver()
         if mode in WITH_ARCHIVER and self.archiver is None:
-            self._start_archiver()
+            self._start_archiver(self._env(mode))
         if mode not in WITH_ARCHIVER:
             self._stop_archiver()
         timing = self.timing_dir / f"{mode}-{phase}-{time.monotonic_ns()}.log"
@@ -197,24 +206,37 @@ class Bench:
         time.sleep(0.3)   # the archiver process rereads its configuration
         return timing
 
-    def _start_archiver(self) -> None:
-        log = open(self.workdir / "archiver.log", "ab")   # noqa: SIM115 - lives as long as the process
+    def _env(self, mode: str) -> dict[str, str]:
+        if mode == "fast-local":
+            return {**self.aegis_env, "AEGIS_CONFIG": str(self.aegis_dir / "aegis-local.yaml")}
+        return self.aegis_env
+
+    def _start_archiver(self, env: dict[str, str]) -> None:
+        log_path = self.workdir / "archiver.log"
+        warm = log_path.read_text(errors="replace").count("archiver: warmed up") if log_path.exists() else 0
+        log = open(log_path, "ab")   # noqa: SIM115 - lives as long as the process
         self.archiver = subprocess.Popen(
             [str(SERVER_AEGIS), "wal", "archiver", "--data-dir", str(self.node.data_dir)],
-            env={**os.environ, **self.aegis_env}, cwd=self.aegis_dir, user="postgres", group="postgres",
+            env={**os.environ, **env}, cwd=self.aegis_dir, user="postgres", group="postgres",
             extra_groups=[], stdout=log, stderr=subprocess.STDOUT)
         sock = self.node.data_dir / "pg_wal" / "aegis-archiver.sock"
         wait_until(lambda: sock.exists() or self.archiver is None or self.archiver.poll() is not None,
                    "the archiver's socket", 60)
         if not sock.exists():
             raise BenchError("aegis wal archiver did not start: see " + str(self.workdir / "archiver.log"))
-        self.cleanups.append(self._stop_archiver)
+        # a long-running archiver is warm when PostgreSQL asks (catalog, SDK client, connection): wait for it
+        wait_until(lambda: log_path.read_text(errors="replace").count("archiver: warmed up") > warm
+                   or self.archiver is None or self.archiver.poll() is not None, "the archiver to warm up", 60)
+        self.archiver_env = env
+        if self._stop_archiver not in self.cleanups:
+            self.cleanups.append(self._stop_archiver)
 
     def _stop_archiver(self) -> None:
         if self.archiver is not None and self.archiver.poll() is None:
             self.archiver.terminate()
             self.archiver.wait(60)
         self.archiver = None
+        self.archiver_env = None
 
     def ready(self) -> int:
         return sum(1 for p in (self.node.data_dir / "pg_wal" / "archive_status").iterdir()
@@ -288,12 +310,12 @@ def medians(b: Bench) -> dict[str, dict[str, float]]:
 
 
 def render(m: dict[str, dict[str, float]], facts: dict[str, Any], rounds: int, seconds: int) -> str:
-    f, a, o, p = m["fast"], m["archiver"], m["one-shot"], m["pgbackrest"]
+    f, fl, a, o, p = m["fast"], m["fast-local"], m["archiver"], m["one-shot"], m["pgbackrest"]
     lines = [f"WAL archiving, medians of {rounds} rounds; pgbench -T {seconds} -c 2; {os.cpu_count()} cores; "
              f"load average {facts['load_start'][0]:.2f} at start, {facts['load_end'][0]:.2f} at end",
              f"{'':12} {'wall/segment':>13} {'under load':>11} {'segments/s':>11} {'tps':>9} {'backlog':>8} "
              f"{'WAL made':>9}"]
-    for name, r in (("fast", f), ("archiver", a), ("one-shot", o), ("pgbackrest", p)):
+    for name, r in (("fast", f), ("fast-local", fl), ("archiver", a), ("one-shot", o), ("pgbackrest", p)):
         lines.append(f"{name:12} {r['wall_s']:12.3f}s {r.get('wall_load_s', float('nan')):10.3f}s "
                      f"{r['segments_per_s']:11.2f} {r['tps']:9.0f} "
                      f"{r['backlog']:8.0f} {r['generated_segments']:9.1f}")
@@ -304,6 +326,8 @@ def render(m: dict[str, dict[str, float]], facts: dict[str, Any], rounds: int, s
               f"fast backlog {f['backlog']:.0f} after {seconds} s (goal <= {GOAL_BACKLOG}"
               f"{', the goal is for a 60 s run' if seconds != 60 else ''}: "
               f"{'met' if f['backlog'] <= GOAL_BACKLOG else 'missed'})",
+              f"fast-local (pgBackRest's targets)/pgbackrest wall {fl['wall_s'] / p['wall_s']:.2f}x, tps "
+              f"{fl['tps'] / p['tps']:.2f}x",
               f"archiver (aegis wal push %p)/pgbackrest wall {a['wall_s'] / p['wall_s']:.2f}x, tps "
               f"{a['tps'] / p['tps']:.2f}x; one-shot/pgbackrest wall {o['wall_s'] / p['wall_s']:.2f}x"]
     return "\n".join(lines)
@@ -342,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.setup()
         for round_no in range(1, max(args.rounds, 1) + 1):
-            for mode in MODES:
+            for mode in MODES[round_no - 1:] + MODES[:round_no - 1]:   # each mode first once: no order bias
                 bench.log(f"round {round_no}/{args.rounds}: {mode}")
                 bench.latency(mode)
                 bench.load(mode)

@@ -26,6 +26,7 @@ from tests.harness.pgcluster import PgNode, PgSingle
 from tests.harness.storage_servers import MotoS3, aws_env, moto_s3, moto_s3_outage, start_moto  # noqa: F401
 
 HOLD_ENV = "AEGIS_TEST_ARCHIVER_HOLD"   # recovery/backup/wal/archiver.py: hold every push while this file exists
+HANDOFF = Path(__file__).resolve().parents[1] / "recovery" / "backup" / "wal" / "handoff.py"
 
 
 class Archiver:
@@ -99,8 +100,9 @@ def assert_stored_everywhere(workdir: Path, s3: MotoS3, bucket: str, name: str) 
 
 
 @contextlib.contextmanager
-def archiving_primary(workdir: Path, s3: MotoS3) -> Iterator[tuple[PgSingle, str]]:
-    """A primary whose archive_command is ``aegis wal push %p``, archiving to local + S3."""
+def archiving_primary(workdir: Path, s3: MotoS3, *, fast: bool = False) -> Iterator[tuple[PgSingle, str]]:
+    """A primary whose archive_command is ``aegis wal push %p`` (``fast``: the stdlib-only client
+    ``python -I -S …/handoff.py push %p``), archiving to local + S3."""
     assert SERVER_AEGIS.exists(), "run ./scripts/install-server-side"
     bucket = s3.create_bucket()
     write_config(workdir, [local(workdir), {"kind": "s3", "bucket": bucket, "name": "s3",
@@ -108,8 +110,9 @@ def archiving_primary(workdir: Path, s3: MotoS3) -> Iterator[tuple[PgSingle, str
     migrate_shared_catalog(workdir)
     for leftover in workdir.glob("aegis.db-*"):   # SQLite's -wal/-shm, if the migrating process left them
         leftover.chmod(0o666)
+    client = f"{SERVER_AEGIS.parent / 'python'} -I -S {HANDOFF} push" if fast else f"{SERVER_AEGIS} wal push"
     archive_command = (f"AEGIS_CONFIG={workdir}/aegis.yaml AEGIS_DATABASE_URL=sqlite:///{workdir}/aegis.db "
-                       f"{SERVER_AEGIS} wal push %p")
+                       f"{client} %p")
     pg = PgSingle.create(settings={"archive_command": archive_command})
     try:
         pg.primary.sql("CREATE TABLE t (id int, v text)")
@@ -239,3 +242,67 @@ def test_an_archiver_crash_while_the_remote_is_down_leaves_postgresql_retrying_u
                 back.stop()
         finally:
             revived.stop()
+
+
+# --- the stdlib-only client as archive_command (python -I -S …/handoff.py push %p) ------------------------
+
+def good_rows(workdir: Path, name: str) -> int:
+    return len(catalog(workdir, f"object_name = 'wal/{name}.zst.aes' AND status = 'ok'"))
+
+
+@pytest.mark.timeout(300)
+def test_the_stdlib_client_falls_back_survives_a_kill_and_a_restart_mid_push(
+    shared_dir: Path, moto_s3: MotoS3,  # noqa: F811
+) -> None:
+    hold = shared_dir / "hold"
+    with archiving_primary(shared_dir, moto_s3, fast=True) as (pg, bucket):
+        primary = pg.primary
+        # 1. no archiver at all: the client execs `aegis wal push %p`, which pushes the segment itself
+        alone = switch(primary)
+        wait_for(lambda: archived(primary, alone), "the fallback without an archiver", primary.log_tail)
+        assert_stored_everywhere(shared_dir, moto_s3, bucket, alone)
+        assert archiver_counts(primary)[1] == 0, primary.log_tail()
+
+        # 2. the archiver is SIGKILLed mid-push: PostgreSQL has not counted the segment; the client's
+        # fallback archives it (under the segment's lock, which died with the archiver)
+        hold.touch()
+        killed = Archiver(shared_dir, primary.data_dir, env={HOLD_ENV: str(hold)})
+        try:
+            name = switch(primary)
+            segment = primary.data_dir / "pg_wal" / name
+            wait_for(lambda: push_in_flight(segment), "the archiver to start pushing", killed.text)
+            assert not archived(primary, name)
+            assert (primary.data_dir / "pg_wal" / "archive_status" / f"{name}.ready").exists()
+            killed.stop(signal.SIGKILL)
+        finally:
+            killed.stop(signal.SIGKILL)
+        wait_for(lambda: archived(primary, name), "the killed push to be archived", primary.log_tail)
+        assert_stored_everywhere(shared_dir, moto_s3, bucket, name)
+        assert good_rows(shared_dir, name) == 1 and not killed.pushed(name)
+
+        # 3. the archiver restarts while a segment is handed over: the old one (stopping) finishes or
+        # its client falls back; the new one takes the next segments. Nothing is lost, nothing doubled.
+        old = Archiver(shared_dir, primary.data_dir, env={HOLD_ENV: str(hold)})
+        try:
+            held = switch(primary)
+            wait_for(lambda: push_in_flight(primary.data_dir / "pg_wal" / held), "the push to start", old.text)
+            old.process.send_signal(signal.SIGTERM)       # stops listening at once, its push still held
+            wait_for(lambda: not old.socket.exists(), "the old archiver to leave its socket", old.text)
+            new = Archiver(shared_dir, primary.data_dir)  # binds while the old one still runs
+            try:
+                hold.unlink()                             # the old push completes
+                old.process.wait(timeout=60)
+                wait_for(lambda: archived(primary, held), "the segment handed over at the restart", primary.log_tail)
+                assert_stored_everywhere(shared_dir, moto_s3, bucket, held)
+                assert good_rows(shared_dir, held) == 1
+                later = switch(primary)
+                wait_for(lambda: archived(primary, later), "the new archiver to archive", primary.log_tail)
+                assert new.pushed(later), new.text()
+                assert "by the archiver" in primary.log_tail(20000)
+                assert_stored_everywhere(shared_dir, moto_s3, bucket, later)
+            finally:
+                new.stop()
+        finally:
+            hold.unlink(missing_ok=True)
+            old.stop(signal.SIGKILL)
+        assert archiver_counts(primary)[0] >= 4

@@ -48,6 +48,8 @@ log = logging.getLogger("aegis.wal.archiver")
 # Test hook: while this file exists the archiver holds every push (with the segment's lock taken),
 # so a test can kill it mid-push. Never set in production.
 HOLD_ENV = "AEGIS_TEST_ARCHIVER_HOLD"
+_WARM_UP_NAME = "00000000FFFFFFFF000000FF"   # a valid name no cluster writes (timeline 0)
+_LOOK_AHEAD_POLL_SECONDS = 0.2   # archive_status is listed this often (and at once after each push)
 _DONE_KEPT_SECONDS = 600.0   # a pushed-ahead result PostgreSQL never asked for is forgotten after this
 
 
@@ -129,6 +131,7 @@ class WalArchiver:
         if self._listener is None:
             self.bind()
         assert self._listener is not None
+        threading.Thread(target=self.warm_up, name="wal-warm-up", daemon=True).start()
         ahead = threading.Thread(target=self._look_ahead_loop, args=(stop,), name="wal-look-ahead", daemon=True)
         ahead.start()
         try:
@@ -145,6 +148,17 @@ class WalArchiver:
             self._wake.set()
             self._pool.shutdown(wait=True)
         return self.stats
+
+    def warm_up(self) -> None:
+        """Pay the first push's one-time costs now, not in PostgreSQL's wait: the catalog connection and its
+        statements, each target's SDK client and HTTP connection (a read-only look-up of a name the
+        archive does not hold)."""
+        started = time.monotonic()
+        try:
+            self.store.checksum(_WARM_UP_NAME)
+        except Exception as exc:  # noqa: BLE001 - a target down now is the pushes' business, not start-up's
+            log.warning("archiver: warm-up: %s", redact(str(exc))[:300])
+        log.info("archiver: warmed up in %.2f s", time.monotonic() - started)
 
     def _serve_one(self, conn: socket.socket) -> None:
         with conn:
@@ -246,7 +260,7 @@ class WalArchiver:
 
     def _look_ahead_loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            self._wake.wait(1.0)
+            self._wake.wait(_LOOK_AHEAD_POLL_SECONDS)
             self._wake.clear()
             if self.look_ahead and self._wal_dir is not None:
                 try:
