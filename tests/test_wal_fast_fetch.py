@@ -170,9 +170,18 @@ def test_the_stdlib_client_imports_only_the_standard_library(work: Path, archive
     assert dest.read_bytes() == (work / "data" / "pg_wal" / SEGMENT).read_bytes()
 
 
-def test_the_archiver_prints_the_fastest_command_lines(work: Path, archiver: subprocess.Popen[str]) -> None:
+def test_the_archiver_and_config_check_print_the_fastest_lines(work: Path, archiver: subprocess.Popen[str]) -> None:
+    env = f"AEGIS_CONFIG={work}/aegis.yaml AEGIS_DATABASE_URL=sqlite:///{work}/aegis.db"
+    push = f"{env} {sys.executable} -I -S {HANDOFF} push %p"
+    fetch = f"{env} {sys.executable} -I -S {HANDOFF} fetch %f %p"
     log = (work / "archiver.log").read_text()
-    push, fetch = handoff.command_lines(None, str(work / "aegis.yaml"))
     assert f"fastest archive_command = '{push}'" in log and f"fastest restore_command = '{fetch}'" in log, log
-    assert "-I -S" in push and push.endswith("handoff.py push %p") and fetch.endswith("handoff.py fetch %f %p")
-    assert "KEY" not in push and "backup.key" not in push   # no key or key path in the line (pg_settings)
+    checked = aegis(work, "config", "check")
+    assert checked.returncode == 0, checked.stderr
+    assert f"archive_command = '{push}'" in checked.stdout and f"restore_command = '{fetch}'" in checked.stdout
+    assert "KEY" not in checked.stdout and "backup.key" not in checked.stdout   # no key in pg_settings
+    # the printed line works as PostgreSQL runs it (a shell in the data directory, %p relative)
+    line = push.replace("%p", f"pg_wal/{SEGMENT}")
+    done = subprocess.run(line, shell=True, cwd=work / "data", capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("AEGIS_")})
+    assert done.returncode == 0 and "already archived by the archiver" in done.stderr, done.stderr

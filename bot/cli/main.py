@@ -147,6 +147,10 @@ def _config_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(f"config OK: locale {config.locale}, {len(config.services)} service(s), "
           f"{sum(len(v) for v in config.roster.values())} rostered user(s), {len(config.hooks)} hook(s)")
+    if config.storage:   # WAL archiving is configured: the exact postgresql.conf lines of the fastest path
+        for line in wal_cli.postgresql_conf_lines(args.config or os.environ.get("AEGIS_CONFIG"),
+                                                  config.backups.archiver.socket):
+            print(line)
     return 0
 
 

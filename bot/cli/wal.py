@@ -242,13 +242,27 @@ def _archiver(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_in_use(option: str | None) -> str | None:
+    """The config file a command read (--config, AEGIS_CONFIG, else ./aegis.yaml if there is one)."""
+    return option or os.environ.get("AEGIS_CONFIG") or ("aegis.yaml" if os.path.exists("aegis.yaml") else None)
+
+
+def postgresql_conf_lines(config: str | None, socket_setting: str | None) -> list[str]:
+    """``archive_command`` / ``restore_command`` of the stdlib-only fast path (with ``aegis wal archiver``
+    running beside the server; without it they run ``aegis wal push`` / ``fetch`` themselves)."""
+    from recovery.backup.wal.handoff import command_lines
+
+    push, fetch = command_lines(Path(socket_setting) if socket_setting else None, _config_in_use(config))
+    return [f"archive_command = '{push}'", f"restore_command = '{fetch}'"]
+
+
 def _fast_command_lines(socket_path: Path, wal_dir: Path | None, config: str | None) -> list[str]:
     """The exact postgresql.conf lines of the stdlib-only fast path to this archiver (``aegis wal push %p``
     and ``aegis wal fetch %f %p`` keep working; these start faster)."""
     from recovery.backup.wal.handoff import command_lines
 
     default = wal_dir is not None and socket_path == default_socket(wal_dir)
-    push, fetch = command_lines(None if default else socket_path, config)
+    push, fetch = command_lines(None if default else socket_path, _config_in_use(config))
     return [f"fastest archive_command = '{push}'", f"fastest restore_command = '{fetch}'"]
 
 

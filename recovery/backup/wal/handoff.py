@@ -222,11 +222,15 @@ def full_command() -> list[str]:
 
 def command_lines(socket_path: Path | None, config: str | None) -> tuple[str, str]:
     """The exact ``archive_command`` and ``restore_command`` lines of the stdlib-only fast path
-    (``socket_path`` None: the default beside the segments). Only the config's path goes in the
-    line's environment, never a secret: the key belongs in ``encryption.key_file``."""
+    (``socket_path`` None: the default beside the segments). Only the config's path and a SQLite
+    catalog's absolute URL go in the line's environment, never a secret (a PostgreSQL URL may hold a
+    password; the key belongs in ``encryption.key_file``)."""
     import shlex
 
     env = f"AEGIS_CONFIG={shlex.quote(os.path.abspath(config))} " if config else ""
+    url = os.environ.get("AEGIS_DATABASE_URL", "")
+    if url.startswith("sqlite:////"):
+        env += f"AEGIS_DATABASE_URL={shlex.quote(url)} "
     base = f"{env}{shlex.quote(sys.executable)} -I -S {shlex.quote(os.path.abspath(__file__))}"
     option = f" --socket {shlex.quote(os.fspath(socket_path))}" if socket_path else ""
     return f"{base} push{option} %p", f"{base} fetch{option} %f %p"
