@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from statemachines.store import MIGRATIONS, Store, migration_revisions
+from tests.harness.aegis_process import wait_for
 from tests.harness.flows_harness import pg_url
 from tests.harness.pgcluster import PgSingle, free_port
 
@@ -232,3 +233,34 @@ def test_the_fast_exit_runs_atexit_flushes_and_closes_the_store(tmp_path: Path) 
     (tmp_path / "aegis.yaml").write_text(yaml.safe_dump({"storage": [{"kind": "local", "path": str(tmp_path)}]}))
     absent = aegis(tmp_path, "wal", "fetch", SEGMENT, str(tmp_path / "out"))
     assert absent.returncode == 1, absent.stderr   # exit codes survive the fast exit (1: absent)
+
+
+def test_wal_push_and_fetch_through_the_archiver_load_no_heavy_library(tmp_path: Path) -> None:
+    """With ``aegis wal archiver`` running, ``aegis wal push %p`` / ``aegis wal fetch %f %p`` hand over and
+    exit: of the heavy libraries only yaml (to read ``backups.archiver``) is loaded."""
+    archive = {"kind": "local", "path": str(tmp_path / "archive"), "name": "local"}
+    (tmp_path / "aegis.yaml").write_text(yaml.safe_dump({"storage": [archive]}))
+    pg_wal = tmp_path / "data" / "pg_wal"
+    (pg_wal / "archive_status").mkdir(parents=True)
+    (pg_wal / SEGMENT).write_bytes(os.urandom(1024) * 1024)
+    log = tmp_path / "archiver.log"
+    with open(log, "w") as out:
+        archiver = subprocess.Popen([sys.executable, "-m", "bot.cli", "wal", "archiver", "--data-dir",
+                                     str(tmp_path / "data")], cwd=tmp_path, env=environment(tmp_path),
+                                    stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "listening on" in log.read_text() or archiver.poll() is not None, timeout=60,
+                 what="the archiver to listen")
+        pushed = aegis(tmp_path, "wal", "push", str(pg_wal / SEGMENT), importtime=True)
+        assert pushed.returncode == 0 and "archived by the archiver" in pushed.stderr, pushed.stderr[-2000:]
+        fetched = aegis(tmp_path, "wal", "fetch", SEGMENT, str(pg_wal / "RECOVERYXLOG"), importtime=True)
+        assert fetched.returncode == 0, fetched.stderr[-2000:]
+        assert (pg_wal / "RECOVERYXLOG").read_bytes() == (pg_wal / SEGMENT).read_bytes()
+        assert f"archiver: fetched {SEGMENT} (restored)" in log.read_text()   # the archiver did the work
+        for run in (pushed, fetched):
+            loaded = top_level(imported(run.stderr))
+            assert "bot" in loaded and "yaml" in loaded
+            assert loaded.isdisjoint(set(HEAVY) - {"yaml"}), sorted(loaded & set(HEAVY))
+    finally:
+        archiver.terminate()
+        archiver.wait(timeout=60)
