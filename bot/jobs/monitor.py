@@ -15,8 +15,9 @@ happened:
   timeline entry naming the source and its evidence, a line in the incident and ops channels —
   instead of declaring another; once that incident is closed, a new report opens a new one (also a
   new signal from a source whose condition still holds). Conditions are handled one after another
-  on the monitor's thread, so two in one cycle see each other's incident; only the scheduler leader
-  runs it (two replicas overlapping during a leader change could each declare one);
+  on the monitor's thread, and "find the open one or declare it" is one transaction serialised across
+  replicas (``lock_scenario``), so neither two conditions of one cycle nor two replicas overlapping
+  during a leader change declare two;
 - a HIGH condition posts a warning in the ops channel, repeated at most every
   ``monitoring.warning_repeat_minutes`` while it holds (a compare-and-set on the condition row);
 - a cleared condition posts the all-clear in the ops channel.
@@ -32,11 +33,13 @@ A ``POST /signals`` report (bot/signals.py) is seen by the ``signal ransomware``
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlmodel import col, select
+from sqlalchemy import text
+from sqlmodel import Session, col, select
 
 from bot.config import Config
 from bot.flows.incident import Flows
@@ -48,6 +51,7 @@ from recovery.monitor.history import MonitorHistory
 from recovery.monitor.loop import CycleResult, Monitor, MonitorLoop
 from recovery.monitor.risk import CRITICAL, Condition
 from statemachines import service as svc
+from statemachines import usecases
 from statemachines.json_types import JsonObject
 from statemachines.models import Incident, require_id, utcnow
 from statemachines.store import Store
@@ -57,6 +61,14 @@ DETECTOR = "aegis"                 # declared_by of an incident the monitor open
 ALERT_KIND = "monitor_alert"       # outbox row: the critical alert in the ops channel
 EVIDENCE_KIND = "monitor_evidence"  # outbox row: a condition added to an open incident (incident / ops channel)
 ONE_OPEN_INCIDENT = frozenset({"ransomware"})   # scenarios with one incident while one is open, whatever the source
+
+
+def lock_scenario(session: Session, scenario: str) -> None:
+    """Serialise "find the open incident of ``scenario`` or declare one" across replicas until commit."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"aegis:one-open-incident:{scenario}".encode()).digest()[:8], "big",
+                             signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def source_of(condition: Condition) -> str:
@@ -130,51 +142,71 @@ class MonitorDuty:
     def _open_incident(self, condition: Condition) -> None:
         scenario = condition.scenario or "database_failure"
         if scenario in ONE_OPEN_INCIDENT:
-            already = self._open_incident_of(scenario)
-            if already is not None:
-                self._attach(condition, already)
-                return
+            self._open_or_attach(condition, scenario)
+            return
         incident = self.flows.declare(user_id=DETECTOR, scenario=scenario, severity="critical",
                                       summary=condition.summary[:300])
         incident_id = require_id(incident)
         self.history.link_incident(condition.key, incident_id)
         with self.store.session() as session:
-            svc.add_event(session, incident_id=incident_id, kind="audit", actor=DETECTOR,
-                          text=monitor_notices.timeline_text(rule=condition.rule, summary=condition.summary,
-                                                             evidence=condition.evidence, locale=self.locale),
-                          data={"monitor_condition": condition.key, "rule": condition.rule,
-                                "evidence": condition.evidence})
-            svc.tell(session, incident_id=incident_id, kind=ALERT_KIND, version=incident.version,
-                     key=condition.key, scenario=scenario, summary=condition.summary, evidence=condition.evidence)
+            self._record_opened(session, condition, incident, scenario)
         self.flows.committed()
         log.warning("incident %s opened for condition %s", incident.key, condition.key)
         if self.section.auto_recovery.get(scenario, False):
             self.flows.submit(self.flows.auto_recover, incident_id)   # assessed without waiting for a claim
 
-    def _open_incident_of(self, scenario: str) -> Incident | None:
-        """The oldest incident of ``scenario`` not closed yet (any declarer: a responder's counts too)."""
+    def _open_or_attach(self, condition: Condition, scenario: str) -> None:
+        """Find the open incident of ``scenario`` or declare it, and record the condition on it, in one
+        transaction that is the only one doing so (PostgreSQL: an advisory transaction lock per scenario;
+        SQLite: every session begins IMMEDIATE, the only writer): two conditions, two cycles or two
+        replicas never declare two."""
         with self.store.session() as session:
-            return session.exec(select(Incident).where(Incident.scenario == scenario, Incident.state != "closed")
-                                .order_by(col(Incident.id))).first()
-
-    def _attach(self, condition: Condition, incident: Incident) -> None:
-        """Add ``condition`` to the open ``incident``: its timeline names the new source and evidence, and
-        the incident channel and the ops channel say so; nobody is paged a second time."""
-        incident_id, source = require_id(incident), source_of(condition)
-        self.history.link_incident(condition.key, incident_id)
-        with self.store.session() as session:
-            svc.add_event(session, incident_id=incident_id, kind="audit", actor=DETECTOR,
-                          text=monitor_notices.timeline_attached_text(rule=condition.rule, source=source,
-                                                                      summary=condition.summary,
-                                                                      evidence=condition.evidence, locale=self.locale),
-                          data={"monitor_condition": condition.key, "rule": condition.rule, "source": source,
-                                "attached": True, "evidence": condition.evidence})
-            for to in ("channel", "ops"):
-                svc.tell(session, incident_id=incident_id, kind=EVIDENCE_KIND, to=to, key=condition.key,
-                         source=source, summary=condition.summary, evidence=condition.evidence)
+            lock_scenario(session, scenario)
+            already = session.exec(select(Incident).where(Incident.scenario == scenario, Incident.state != "closed")
+                                   .order_by(col(Incident.id))).first()
+            if already is None:
+                incident = usecases.declare(session, scenario=scenario, severity="critical",
+                                            summary=condition.summary[:300], declared_by=DETECTOR, locale=self.locale,
+                                            stakeholder_channel=self.config.slack.stakeholder_channel)
+                self._record_opened(session, condition, incident, scenario)
+            else:
+                incident = already
+                self._record_attached(session, condition, incident)
+        incident_id = require_id(incident)
+        self.history.link_incident(condition.key, incident_id)   # a crash before it: the next cycle attaches
         self.flows.committed()
-        log.warning("condition %s added to the open incident %s (no second %s incident)", condition.key,
-                    incident.key, incident.scenario)
+        if already is not None:
+            log.warning("condition %s added to the open incident %s (no second %s incident)", condition.key,
+                        incident.key, scenario)
+            return
+        log.warning("incident %s opened for condition %s", incident.key, condition.key)
+        if self.section.auto_recovery.get(scenario, False):
+            self.flows.submit(self.flows.auto_recover, incident_id)
+
+    def _record_opened(self, session: Session, condition: Condition, incident: Incident, scenario: str) -> None:
+        """The evidence that opened ``incident`` on its timeline, and the critical alert (through the outbox)."""
+        incident_id = require_id(incident)
+        svc.add_event(session, incident_id=incident_id, kind="audit", actor=DETECTOR,
+                      text=monitor_notices.timeline_text(rule=condition.rule, summary=condition.summary,
+                                                         evidence=condition.evidence, locale=self.locale),
+                      data={"monitor_condition": condition.key, "rule": condition.rule,
+                            "evidence": condition.evidence})
+        svc.tell(session, incident_id=incident_id, kind=ALERT_KIND, version=incident.version,
+                 key=condition.key, scenario=scenario, summary=condition.summary, evidence=condition.evidence)
+
+    def _record_attached(self, session: Session, condition: Condition, incident: Incident) -> None:
+        """``condition`` added to the open ``incident``: its timeline names the new source and evidence, and
+        the incident channel and the ops channel say so (one outbox row each); nobody is paged again."""
+        incident_id, source = require_id(incident), source_of(condition)
+        svc.add_event(session, incident_id=incident_id, kind="audit", actor=DETECTOR,
+                      text=monitor_notices.timeline_attached_text(rule=condition.rule, source=source,
+                                                                  summary=condition.summary,
+                                                                  evidence=condition.evidence, locale=self.locale),
+                      data={"monitor_condition": condition.key, "rule": condition.rule, "source": source,
+                            "attached": True, "evidence": condition.evidence})
+        for to in ("channel", "ops"):
+            svc.tell(session, incident_id=incident_id, kind=EVIDENCE_KIND, to=to, key=condition.key,
+                     source=source, summary=condition.summary, evidence=condition.evidence)
 
     def _reported_after_close(self, condition: Condition) -> bool:
         """A held condition whose incident is closed, with a signal received after the closing: that is a
