@@ -12,7 +12,7 @@ is taken:
   per segment during recovery. The segment is archived by ``aegis wal push`` in the bench's setup.
   Three ways: with no archiver running (the lean path: yaml + sqlite3, no ORM or pydantic); with
   ``aegis wal archiver`` running beside the (pretend) data directory, DEST being ``pg_wal/RECOVERYXLOG``
-  (the archiver decrypts it); and the stdlib-only client ``python -I -S …/handoff.py fetch`` to the same
+  (the archiver decrypts it); and the stdlib-only client ``python -I -S …/client.py fetch`` to the same
   archiver (the fastest ``restore_command`` line the archiver prints).
 
 ``aegis`` is ``python -m bot.cli`` (the console script's entry, ``bot.cli.main:run``, fast exit
@@ -42,8 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SEGMENT = "000000010000000000000042"
 SEGMENT_BYTES = 16 * 1024 * 1024
-GOALS = {"aegis --help": 0.25, "aegis wal fetch": 0.3, "wal fetch, archiver": 0.3, "handoff.py fetch": 0.3}
-HANDOFF = ROOT / "recovery" / "backup" / "wal" / "handoff.py"
+GOALS = {"aegis --help": 0.25, "aegis wal fetch": 0.3, "wal fetch, archiver": 0.3, "client.py fetch": 0.3}
+HANDOFF = ROOT / "recovery" / "backup" / "wal" / "client.py"
 
 
 def _environment(work: Path) -> dict[str, str]:
@@ -132,7 +132,7 @@ def _commands(aegis: list[str], work: Path) -> dict[str, Callable[[], list[str]]
         "aegis config check": lambda: [*aegis, "config", "check"],
         "aegis wal fetch": fetch,
         "wal fetch, archiver": fetch_archiver,
-        "handoff.py fetch": fetch_handoff,
+        "client.py fetch": fetch_handoff,
     }
 
 
@@ -173,7 +173,7 @@ def main() -> int:
             verdict = "" if goal is None else f"≤ {goal:.2f} s: {'met' if median <= goal else 'MISSED'}"
             print(f"{name:<22} {median:8.3f} {min(values):7.3f} {max(values):7.3f} {median / floor:8.1f}  {verdict}")
         print(f"\n{args.rounds} rounds each, seconds from spawn to exit; 'aegis wal fetch': no archiver "
-              "running (the lean path); 'wal fetch, archiver' and 'handoff.py fetch': served by aegis wal archiver")
+              "running (the lean path); 'wal fetch, archiver' and 'client.py fetch': served by aegis wal archiver")
         return 0
     finally:
         if archiver is not None and archiver.poll() is None:

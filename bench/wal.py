@@ -3,7 +3,7 @@
 One throwaway PostgreSQL 15 primary (``tests.harness.pgcluster.PgSingle``, run as ``postgres``), its
 ``archive_command`` switched (``ALTER SYSTEM`` + reload, the backlog drained in between) among:
 
-  fast        ``python -I -S …/handoff.py push %p`` (the stdlib-only client) with ``aegis wal archiver`` running
+  fast        ``python -I -S …/client.py push %p`` (the stdlib-only client) with ``aegis wal archiver`` running
   fast-local  the same, the archiver archiving to the local directory only: pgBackRest's targets
   archiver    ``aegis wal push %p`` with ``aegis wal archiver`` running beside the server
   one-shot    ``aegis wal push %p`` with no archiver (each segment pushed by its own process)
@@ -64,7 +64,7 @@ SERVER_AEGIS = REPO / ".tools" / "server-venv" / "bin" / "aegis"
 STANZA = "walbench"
 MODES = ("fast", "fast-local", "archiver", "one-shot", "pgbackrest")
 WITH_ARCHIVER = ("fast", "fast-local", "archiver")
-HANDOFF = REPO / "recovery" / "backup" / "wal" / "handoff.py"
+HANDOFF = REPO / "recovery" / "backup" / "wal" / "client.py"
 GOAL_WALL = 1.5      # fast / pgbackrest, per-segment wall
 GOAL_TPS = 0.95      # fast / pgbackrest, pgbench tps while archiving
 GOAL_BACKLOG = 1     # segments left after the pgbench run

@@ -26,7 +26,7 @@ from tests.harness.pgcluster import PgNode, PgSingle
 from tests.harness.storage_servers import MotoS3, aws_env, moto_s3, moto_s3_outage, start_moto  # noqa: F401
 
 HOLD_ENV = "AEGIS_TEST_ARCHIVER_HOLD"   # recovery/backup/wal/archiver.py: hold every push while this file exists
-HANDOFF = Path(__file__).resolve().parents[1] / "recovery" / "backup" / "wal" / "handoff.py"
+HANDOFF = Path(__file__).resolve().parents[1] / "recovery" / "backup" / "wal" / "client.py"
 
 
 class Archiver:
@@ -102,7 +102,7 @@ def assert_stored_everywhere(workdir: Path, s3: MotoS3, bucket: str, name: str) 
 @contextlib.contextmanager
 def archiving_primary(workdir: Path, s3: MotoS3, *, fast: bool = False) -> Iterator[tuple[PgSingle, str]]:
     """A primary whose archive_command is ``aegis wal push %p`` (``fast``: the stdlib-only client
-    ``python -I -S …/handoff.py push %p``), archiving to local + S3."""
+    ``python -I -S …/client.py push %p``), archiving to local + S3."""
     assert SERVER_AEGIS.exists(), "run ./scripts/install-server-side"
     bucket = s3.create_bucket()
     write_config(workdir, [local(workdir), {"kind": "s3", "bucket": bucket, "name": "s3",
@@ -244,7 +244,7 @@ def test_an_archiver_crash_while_the_remote_is_down_leaves_postgresql_retrying_u
             revived.stop()
 
 
-# --- the stdlib-only client as archive_command (python -I -S …/handoff.py push %p) ------------------------
+# --- the stdlib-only client as archive_command (python -I -S …/client.py push %p) ------------------------
 
 def good_rows(workdir: Path, name: str) -> int:
     return len(catalog(workdir, f"object_name = 'wal/{name}.zst.aes' AND status = 'ok'"))

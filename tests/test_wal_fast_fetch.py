@@ -1,5 +1,5 @@
 """The fast paths of ``restore_command`` (issue 12): ``aegis wal fetch %f %p`` served by a running
-``aegis wal archiver``, the stdlib-only ``python -I -S …/handoff.py fetch %f %p``, and the lean path
+``aegis wal archiver``, the stdlib-only ``python -I -S …/client.py fetch %f %p``, and the lean path
 (no archiver: yaml + sqlite3, no ORM or pydantic).
 
 Each path must return the archived bytes, refuse a tampered copy with 255 (recovery stops; it never
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recovery.backup.wal import commands, handoff
+from recovery.backup.wal import client, commands, handoff
 from tests.harness.aegis_process import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-HANDOFF = ROOT / "recovery" / "backup" / "wal" / "handoff.py"
+HANDOFF = ROOT / "recovery" / "backup" / "wal" / "client.py"
 SEGMENT = "000000010000000000000042"
 OTHER = "000000010000000000000043"
 MISSING = "0000000100000000000000FF"
@@ -126,10 +126,10 @@ def check_paths(work: Path, fetch: list[str]) -> None:
 
 
 def test_exit_codes_agree_with_the_commands_module() -> None:
-    assert handoff.FETCH_RESTORED == 0
-    assert handoff.FETCH_ABSENT == commands.FETCH_ABSENT_EXIT
-    assert handoff.FETCH_ERROR == commands.FETCH_ERROR_EXIT
-    assert handoff.PUSH_FAILED == commands.PUSH_FAILED_EXIT
+    assert client.FETCH_RESTORED == handoff.FETCH_RESTORED == 0
+    assert client.FETCH_ABSENT == handoff.FETCH_ABSENT == commands.FETCH_ABSENT_EXIT
+    assert client.FETCH_ERROR == handoff.FETCH_ERROR == commands.FETCH_ERROR_EXIT
+    assert client.PUSH_FAILED == handoff.PUSH_FAILED == commands.PUSH_FAILED_EXIT
 
 
 def test_the_lean_path_without_an_archiver(work: Path) -> None:
@@ -152,7 +152,7 @@ def test_fetch_served_by_the_archiver(work: Path, archiver: subprocess.Popen[str
 
 
 def test_the_stdlib_client_imports_only_the_standard_library(work: Path, archiver: subprocess.Popen[str]) -> None:
-    """``python -I -S handoff.py`` loads nothing outside the standard library on either command."""
+    """``python -I -S client.py`` loads nothing outside the standard library on either command."""
     dest = work / "data" / "pg_wal" / "RECOVERYXLOG"
     dest.unlink(missing_ok=True)
     for args in (["fetch", SEGMENT, "pg_wal/RECOVERYXLOG"], ["push", f"pg_wal/{SEGMENT}"]):

@@ -187,7 +187,7 @@ def fast_push(argv: list[str]) -> int | None:
 def fast_fetch(argv: list[str]) -> int | None:
     """``aegis wal fetch %f %p`` without the full stack: its exit code, or None for the full command.
 
-    First the running archiver (it holds the key, targets and catalog: recovery/backup/wal/handoff.py),
+    First the running archiver (it holds the key, targets and catalog: recovery/backup/wal/client.py),
     then the lean path (recovery/backup/wal/lean_fetch.py: no ORM, no pydantic), which only ever
     succeeds — an absent segment, a damaged copy or a config it does not read go to the full command.
     """

@@ -3,9 +3,10 @@
 Without it every segment costs a whole process (interpreter, imports, config, key, catalog, SDK
 clients) for ~0.1 s of real work. The archiver holds all of that once and listens on a Unix socket
 (mode 0600, refusing peers of another uid); ``archive_command = aegis wal push %p`` (or the stdlib-only
-``handoff.py push %p``) hands it the segment (recovery/backup/wal/handoff.py) and blocks until the
-answer. ``restore_command`` (``aegis wal fetch %f %p`` or ``handoff.py fetch %f %p``) is served the same
-way: the archiver decrypts the segment into ``%p`` with what it already holds.
+``client.py push %p``) hands it the segment (recovery/backup/wal/handoff.py, client.py) and blocks until
+the answer. ``restore_command`` (``aegis wal fetch %f %p`` or ``client.py fetch %f %p``) is served the
+same way: the archiver decrypts the segment into ``%p`` with what it already holds. The answer's first
+key (``durable`` / ``status``) comes first on the line: client.py reads it by that prefix.
 
 Each segment is pushed with exactly the rules of a one-shot push (``commands.push`` over a
 ``TargetWalStore``): durable only when the B6 rule holds (a remote target has it; with only a local
@@ -243,6 +244,7 @@ class WalArchiver:
     def _push(self, path: Path) -> PushResult:
         with segment_lock(path):
             _hold_for_tests()
+            started = time.monotonic()
             try:
                 result = push(path, self.store)
             except Exception as exc:
@@ -252,8 +254,9 @@ class WalArchiver:
                 raise
         with self._lock:
             (self.stats.already_archived if result.already_archived else self.stats.pushed).append(path.name)
-        log.info("archiver: pushed %s (%s, %d bytes)", path.name,
-                 "already archived" if result.already_archived else "archived", result.size)
+        log.info("archiver: pushed %s (%s, %d bytes, %.3f s)", path.name,
+                 "already archived" if result.already_archived else "archived", result.size,
+                 time.monotonic() - started)
         return result
 
     # --- looking ahead ---------------------------------------------------------------------------

@@ -20,15 +20,10 @@ write a catalog row and the later upload would replace the ciphertext the earlie
 already holds, checks it against the catalog's sha256 and writes it to ``%p`` (temp file + rename);
 the answer is restored, absent or error — the last one also for a tampered copy.
 
-Run as a script this module is the fastest ``archive_command`` / ``restore_command`` (the standard
-library only, no ``site``)::
-
-    archive_command = 'AEGIS_CONFIG=… /opt/aegis/bin/python -I -S …/recovery/backup/wal/handoff.py push %p'
-    restore_command = 'AEGIS_CONFIG=… /opt/aegis/bin/python -I -S …/recovery/backup/wal/handoff.py fetch %f %p'
-
-When no archiver answers it replaces itself (``exec``) with ``aegis wal push %p`` / ``aegis wal fetch
-%f %p`` next to the interpreter, which push or fetch the segment themselves, exactly as without an
-archiver. ``aegis wal archiver`` prints both lines for its socket (``command_lines``).
+The fastest ``archive_command`` / ``restore_command`` is ``client.py`` run as a script (the standard
+library's os, sys, socket and struct only, no ``site``); ``command_lines`` gives both lines, which
+``aegis wal archiver`` and ``aegis config check`` print. ``hand_over`` and ``fetch_over`` are thin
+wrappers around its functions, so there is one client.
 """
 
 from __future__ import annotations
@@ -44,11 +39,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from recovery.backup.wal import client
+
 # The default socket: beside the segments, so it needs no setting and is private to the server's user
 # (pg_wal is inside the 0700 data directory; pg_basebackup and pg_rewind copy only WAL-named files from it).
-DEFAULT_SOCKET_NAME = "aegis-archiver.sock"
-PROTOCOL = 1
-_MAX_LINE = 64 * 1024
+DEFAULT_SOCKET_NAME = client.DEFAULT_SOCKET_NAME
+PROTOCOL = client.PROTOCOL
+_MAX_LINE = client.MAX_LINE
 _SUN_PATH_MAX = 107   # sockaddr_un.sun_path is 108 bytes including the terminating NUL
 
 
@@ -56,10 +53,8 @@ class HandoffError(Exception):
     """The archiver cannot be used as configured (e.g. a socket path too long to bind)."""
 
 
-# restore_command's exit codes (recovery/backup/wal/commands.py: FETCH_*), repeated here so that this
-# module imports nothing of Aegis; tests/test_wal_archiver.py checks they agree
-FETCH_RESTORED, FETCH_ABSENT, FETCH_ERROR = 0, 1, 255
-PUSH_FAILED = 1
+FETCH_RESTORED, FETCH_ABSENT, FETCH_ERROR, PUSH_FAILED = (client.FETCH_RESTORED, client.FETCH_ABSENT,
+                                                        client.FETCH_ERROR, client.PUSH_FAILED)
 
 
 @dataclass(frozen=True)
@@ -117,53 +112,13 @@ def hand_over(socket_path: Path, segment_path: Path, timeout: float = 600.0) -> 
     An archiver that accepted the segment but does not answer within ``timeout`` seconds is a
     failure (not durable), not a reason to push a second copy at once: PostgreSQL retries.
     """
-    absolute = Path(os.path.abspath(segment_path))
     try:
-        info = os.stat(absolute)
-    except OSError:
-        return None   # the caller's own push reports the missing file as today
-    try:
-        reply = _ask(socket_path, {"op": "push", "path": os.fspath(absolute), "name": absolute.name,
-                                   "size": info.st_size}, timeout)
-    except TimeoutError:
-        return Answer(False, f"the archiver gave no answer within {timeout:g} s")
-    if reply is None:
+        answer = client.ask(os.fspath(socket_path), client.push_request(os.fspath(segment_path)), timeout)
+    except client.AnswerTimeout as exc:
+        return Answer(False, str(exc))
+    except client.NoAnswer:
         return None
-    return Answer(bool(reply.get("durable")), str(reply.get("message", "")))
-
-
-def _ask(socket_path: Path, request: dict[str, object], timeout: float) -> dict[str, object] | None:
-    """One request/answer with the archiver at ``socket_path``; None: no archiver of ours answered
-    (no socket, refused, another user's, or it closed the connection before answering)."""
-    try:
-        owner = os.stat(socket_path).st_uid
-    except OSError:
-        return None
-    if owner != os.getuid():
-        return None   # not our archiver: never take another user's word that a segment is safe
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        conn.settimeout(5.0)
-        try:
-            conn.connect(os.fspath(socket_path))
-        except OSError:
-            return None   # refused (a stale socket of a dead archiver), or gone
-        if peer_uid(conn) != os.getuid():
-            return None
-        conn.settimeout(timeout)
-        try:
-            conn.sendall(encode({"v": PROTOCOL, **request}))
-            line = read_line(conn)
-        except TimeoutError:
-            raise
-        except OSError:
-            return None   # the archiver died mid-request
-        if line is None:
-            return None
-        reply = json.loads(line)
-        return reply if isinstance(reply, dict) else None
-    finally:
-        conn.close()
+    return Answer(client.durable(answer), client.message_of(answer))
 
 
 @dataclass(frozen=True)
@@ -177,14 +132,12 @@ class FetchAnswer:
 def fetch_over(socket_path: Path, name: str, dest: Path, timeout: float = 600.0) -> FetchAnswer | None:
     """Ask the archiver to restore ``name`` (``%f``) to ``dest`` (``%p``); None: no archiver answered."""
     try:
-        reply = _ask(socket_path, {"op": "fetch", "name": name, "dest": os.path.abspath(dest)}, timeout)
-    except TimeoutError:
-        return FetchAnswer(FETCH_ERROR, f"the archiver gave no answer within {timeout:g} s")
-    if reply is None:
+        answer = client.ask(os.fspath(socket_path), client.fetch_request(name, os.fspath(dest)), timeout)
+    except client.AnswerTimeout as exc:
+        return FetchAnswer(FETCH_ERROR, str(exc))
+    except client.NoAnswer:
         return None
-    status = reply.get("status")
-    code = {"restored": FETCH_RESTORED, "absent": FETCH_ABSENT}.get(str(status), FETCH_ERROR)
-    return FetchAnswer(code, str(reply.get("message", "")))
+    return FetchAnswer(client.fetch_exit_code(answer), client.message_of(answer))
 
 
 @contextlib.contextmanager
@@ -201,24 +154,7 @@ def segment_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-# --- run as a script: the stdlib-only archive_command / restore_command ----------------------------------
-
-def socket_for(wal_file: Path, socket_option: str | None) -> Path:
-    """``--socket`` if given (relative: to the data directory), else ``pg_wal/aegis-archiver.sock`` beside
-    ``%p`` (PostgreSQL runs both commands in the data directory, ``%p`` being ``pg_wal/<file>``)."""
-    wal_dir = wal_dir_of(wal_file)
-    if socket_option:
-        return wal_dir.parent / socket_option   # an absolute option replaces the data directory
-    return default_socket(wal_dir)
-
-
-def full_command() -> list[str]:
-    """``aegis`` beside this interpreter (the console script of its install), else ``python -P -m bot.cli``."""
-    beside = Path(sys.executable).parent / "aegis"
-    if os.access(beside, os.X_OK):
-        return [os.fspath(beside)]
-    return [sys.executable, "-P", "-m", "bot.cli"]
-
+# --- the stdlib-only client's postgresql.conf lines -------------------------------------------------------
 
 def command_lines(socket_path: Path | None, config: str | None) -> tuple[str, str]:
     """The exact ``archive_command`` and ``restore_command`` lines of the stdlib-only fast path
@@ -231,61 +167,6 @@ def command_lines(socket_path: Path | None, config: str | None) -> tuple[str, st
     url = os.environ.get("AEGIS_DATABASE_URL", "")
     if url.startswith("sqlite:////"):
         env += f"AEGIS_DATABASE_URL={shlex.quote(url)} "
-    base = f"{env}{shlex.quote(sys.executable)} -I -S {shlex.quote(os.path.abspath(__file__))}"
+    base = f"{env}{shlex.quote(sys.executable)} -I -S {shlex.quote(os.path.abspath(client.__file__))}"
     option = f" --socket {shlex.quote(os.fspath(socket_path))}" if socket_path else ""
     return f"{base} push{option} %p", f"{base} fetch{option} %f %p"
-
-
-def _options(args: list[str]) -> tuple[dict[str, str], list[str]]:
-    options: dict[str, str] = {}
-    words: list[str] = []
-    while args:
-        arg = args.pop(0)
-        if arg in ("--socket", "--timeout") and args:
-            options[arg[2:]] = args.pop(0)
-        elif arg.startswith("--socket=") or arg.startswith("--timeout="):
-            option, _, value = arg.partition("=")
-            options[option[2:]] = value
-        else:
-            words.append(arg)
-    return options, words
-
-
-def main(argv: list[str]) -> int:
-    """``handoff.py push [--socket S] [--timeout T] %p`` / ``handoff.py fetch [--socket S] %f %p``."""
-    options, words = _options(list(argv))
-    command = words[:1]
-    try:
-        timeout = float(options.get("timeout", "600"))
-    except ValueError:
-        timeout = -1.0
-    if command == ["push"] and len(words) == 2 and timeout > 0:
-        segment = Path(words[1])
-        answer = hand_over(socket_for(segment, options.get("socket")), segment, timeout)
-        if answer is not None:
-            print(f"aegis wal push: {answer.message}", file=sys.stderr, flush=True)
-            return 0 if answer.durable else PUSH_FAILED
-        full = ["wal", "push", words[1]]
-    elif command == ["fetch"] and len(words) == 3 and timeout > 0:
-        fetched = fetch_over(socket_for(Path(words[2]), options.get("socket")), words[1], Path(words[2]), timeout)
-        if fetched is not None:
-            if fetched.exit_code == FETCH_ERROR:
-                print(f"aegis wal fetch: {fetched.message}", file=sys.stderr, flush=True)
-            return fetched.exit_code
-        full = ["wal", "fetch", words[1], words[2]]
-    else:
-        print("usage: handoff.py push [--socket PATH] [--timeout S] %p | fetch [--socket PATH] %f %p",
-              file=sys.stderr)
-        return FETCH_ERROR if command == ["fetch"] else PUSH_FAILED   # never "absent" for a bad line
-    # no archiver answered: the full command pushes / fetches the segment itself
-    argv_full = [*full_command(), *full]
-    sys.stderr.flush()
-    try:
-        os.execv(argv_full[0], argv_full)
-    except OSError as exc:
-        print(f"aegis wal: cannot run {argv_full[0]}: {exc}", file=sys.stderr)
-    return FETCH_ERROR if command == ["fetch"] else PUSH_FAILED
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
