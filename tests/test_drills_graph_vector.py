@@ -198,7 +198,7 @@ def test_leftovers_of_an_interrupted_drill_are_removed_at_the_next_start_and_for
         tmp_path: Path, neo4j_clean: Neo4jServer, scratch_clean: Neo4jServer) -> None:
     from pymilvus import MilvusClient
 
-    from bot.flows.drills import _droppers, sweep_leftovers
+    from bot.flows.drills import droppers_for, sweep_leftovers
     from recovery.backup.sources.neo4j import IMPORT_INDEX, CorruptExportError, export_graph, import_graph
     from recovery.drills import runs
     from recovery.drills.scratch import Scratch
@@ -215,7 +215,7 @@ def test_leftovers_of_an_interrupted_drill_are_removed_at_the_next_start_and_for
     # server (the import's index and labelled nodes, no trailer reached) and a scratch Milvus collection
     run = runs.start(store, "backup_restore_test", "cli")
     run_id = int(run.id or 0)
-    scratch = Scratch.prepare(store, run_id, Path(config.drills.scratch_dir), _droppers(config))
+    scratch = Scratch.prepare(store, run_id, Path(config.drills.scratch_dir), droppers_for(config))
     scratch.neo4j_server(scratch_clean.uri, "neo4j")
     lines = export.getvalue().splitlines(keepends=True)
     with scratch_clean.driver() as driver, pytest.raises(CorruptExportError, match="no trailer"):
@@ -246,7 +246,7 @@ def test_leftovers_of_an_interrupted_drill_are_removed_at_the_next_start_and_for
     # the same interrupted drill, but someone wrote to the scratch server since: left untouched, reported
     run = runs.start(store, "backup_restore_test", "cli")
     run_id = int(run.id or 0)
-    scratch = Scratch.prepare(store, run_id, Path(config.drills.scratch_dir), _droppers(config))
+    scratch = Scratch.prepare(store, run_id, Path(config.drills.scratch_dir), droppers_for(config))
     scratch.neo4j_server(scratch_clean.uri, "neo4j")
     with scratch_clean.driver() as driver:
         with pytest.raises(CorruptExportError):

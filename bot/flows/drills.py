@@ -47,7 +47,7 @@ def neo4j_scratch_source(config: Config) -> Neo4jSource | None:
     return {"uri": cfg.uri, "user": cfg.user, "password": password, "database": cfg.database}
 
 
-def _droppers(config: Config) -> Droppers:
+def droppers_for(config: Config) -> Droppers:
     sources = sources_from(config)
     scratch_neo4j = neo4j_scratch_source(config)
 
@@ -104,12 +104,12 @@ def drill_context(config: Config, store: Store, say: Say | None = None,
     services = [ServiceProbe(s.name, s.tier, tuple(s.depends_on), s.drill_url) for s in config.services]
     return DrillContext(store, runner, drill_settings(config, budget_minutes), objectives, neo4j=sources.neo4j,
                         neo4j_scratch=neo4j_scratch_source(config), milvus_uri=sources.milvus_uri,
-                        services=services, droppers=_droppers(config), say=say or (lambda _line: None))
+                        services=services, droppers=droppers_for(config), say=say or (lambda _line: None))
 
 
 def sweep_leftovers(config: Config, store: Store) -> list[str]:
     """At start: remove what drills interrupted by a crash left behind (logged)."""
-    return sweep(store, _droppers(config))
+    return sweep(store, droppers_for(config))
 
 
 # --- results --------------------------------------------------------------------------------------
