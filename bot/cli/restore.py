@@ -1,8 +1,10 @@
 """``aegis restore postgres|neo4j|milvus [ID]``: the restore primitives behind a command.
 
-Without an id the newest good backup of that kind is restored. Every restore verifies one stored
-copy completely first; a damaged backup is refused with the previous good one named (exit 1), and
-nothing is written. Restores never overwrite: PostgreSQL goes into an empty data directory on a
+Without an id the newest good backup of that kind is restored. Nothing unverified is restored: a
+full PostgreSQL backup is authenticated chunk by chunk while it streams into a staging directory that
+becomes the data directory only after its final tag and checksum passed; every other restore
+verifies one stored copy completely first. A damaged backup is refused with the previous good one
+named (exit 1), and nothing is left written. Restores never overwrite: PostgreSQL goes into an empty data directory on a
 scratch port (left running, its DSN printed), Neo4j into an empty database, Milvus into a collection
 that does not exist yet (``--as`` renames it). Exit codes: 0 restored, 1 refused or failed, 2 usage.
 """
@@ -54,6 +56,7 @@ def _postgres(args: argparse.Namespace) -> int:
     from bot.backup_wiring import runner_from
     from recovery.backup.catalog import POSTGRES_BASE_KINDS
     from recovery.backup.catalog import choose as choose_backup
+    from recovery.backup.repository import RestoreRefused, VerifiedCopy
     from recovery.backup.restore.from_catalog import restore_postgres
     from recovery.backup.wal.archive import TargetWalStore
 
@@ -61,15 +64,26 @@ def _postgres(args: argparse.Namespace) -> int:
     config, store = setup(args)
     runner = runner_from(config, store)
     [record] = choose_backup(store, POSTGRES_BASE_KINDS, args.id)[:1]
-    copy = runner.repository.verified_copy(record)
     data_dir = Path(args.data_dir).absolute()
     port = args.port or _free_port()
     socket_dir = Path(args.socket_dir).absolute() if args.socket_dir else data_dir.with_name(data_dir.name + ".sock")
-    print(f"restoring {record.run_id} ({record.object_name}) from {copy.target.name} into {data_dir}", file=sys.stderr)
-    cluster, wal_files = restore_postgres(
-        store, copy, TargetWalStore(runner), data_dir, port=port, socket_dir=socket_dir,
-        target_time=target_time, replay_wal=not args.no_wal, pause_at_target=args.pause,
-        progress=_progress(args), pg_bin=args.pg_bin)
+    print(f"restoring {record.run_id} ({record.object_name}) into {data_dir}", file=sys.stderr)
+
+    def from_copy(copy: VerifiedCopy) -> None:
+        passed = f" ({'; '.join(copy.skipped)} passed over)" if copy.skipped else ""
+        print(f"{'' if args.quiet else chr(10)}{record.run_id} read from {copy.target.name}{passed}", file=sys.stderr)
+
+    try:   # a full backup in one pass: streamed, authenticated, into <data-dir>.aegis-restoring, then moved
+        cluster, wal_files = restore_postgres(
+            store, record, TargetWalStore(runner), data_dir, port=port, socket_dir=socket_dir,
+            target_time=target_time, replay_wal=not args.no_wal, pause_at_target=args.pause,
+            progress=_progress(args), pg_bin=args.pg_bin, on_copy=from_copy)
+    except RestoreRefused as refused:
+        if refused.previous is None:
+            raise
+        raise RestoreRefused(refused.record, refused.problems, refused.previous,
+                             f"to restore it: aegis restore postgres {refused.previous.run_id} "
+                             f"--data-dir {shlex.quote(str(data_dir))}") from None
     sys.stderr.write("\n")
     print(f"restored {record.run_id}: PostgreSQL is running on port {cluster.port} "
           f"(replayed from {wal_files} archived WAL file(s){', to ' + args.target_time if args.target_time else ''})")

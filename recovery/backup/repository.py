@@ -79,12 +79,13 @@ def first_good_copy(object_name: str, candidates: list[Target], read: Callable[[
 class RestoreRefused(RestoreError):
     """No stored copy of the backup is intact; ``previous`` is the newest earlier good one, if any."""
 
-    def __init__(self, record: BackupRecord, problems: list[str], previous: BackupRecord | None) -> None:
+    def __init__(self, record: BackupRecord, problems: list[str], previous: BackupRecord | None,
+                 hint: str | None = None) -> None:
         self.record, self.problems, self.previous = record, problems, previous
         offer = (f"the previous good backup is {previous.run_id} ({previous.object_name})" if previous
                  else "there is no earlier good backup of this kind")
         super().__init__(f"refusing to restore {record.run_id} ({record.object_name}): no intact copy — "
-                         f"{'; '.join(problems)}; nothing was written. {offer}")
+                         f"{'; '.join(problems)}; nothing was written. {offer}" + (f"; {hint}" if hint else ""))
 
 
 @dataclass

@@ -62,11 +62,12 @@ def _fail(record: BackupRecord, began: float, exc: BaseException) -> RestoreResu
 
 def restore_postgres_copy(ctx: DrillContext, scratch: Scratch, record: BackupRecord, *,
                           replay_wal: bool) -> tuple[RestoredCluster, int, int]:
-    """Verify one copy, restore it into a new scratch data dir; returns the cluster, WAL files, resource index."""
+    """Restore one good copy into a new scratch data dir; returns the cluster, WAL files, resource index.
+    A full base backup in one pass (authenticated while streamed into a staging directory, moved into
+    place after its final tag and checksum); an incremental chain verified first (``restore_postgres``)."""
     runner = ctx.runner
-    copy = runner.repository.verified_copy(record)
     data_dir, port, socket_dir, index = scratch.postgres()
-    cluster, wal_files = restore_postgres(ctx.store, copy, TargetWalStore(runner), data_dir, port=port,
+    cluster, wal_files = restore_postgres(ctx.store, record, TargetWalStore(runner), data_dir, port=port,
                                           socket_dir=socket_dir, replay_wal=replay_wal,
                                           os_user=ctx.settings.os_user, pg_bin=ctx.settings.pg_bin)
     scratch.mark(index, "created")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recovery.backup.restore.postgres import RestoredCluster, chown_to, os_user_ids
+from recovery.backup.restore.postgres import RESTORING_SUFFIX, RestoredCluster, chown_to, os_user_ids
 from recovery.backup.sources.postgres import pg_bin_dir
 from recovery.drills import runs
 from recovery.redact import redact
@@ -64,6 +64,7 @@ def remove_resource(resource: JsonObject, droppers: Droppers) -> None:
         if data_dir.is_dir() and (data_dir / "postmaster.pid").exists():
             cluster.stop("immediate")
         shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(data_dir.with_name(data_dir.name + RESTORING_SUFFIX), ignore_errors=True)   # a killed one-pass
         shutil.rmtree(Path(resource["socket_dir"]), ignore_errors=True)
     elif kind == "dir":
         shutil.rmtree(Path(resource["path"]), ignore_errors=True)

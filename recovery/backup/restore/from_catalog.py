@@ -1,16 +1,20 @@
 """Restores from the catalog: pick a backup, prove one stored copy good, then stream it into a database.
 
-Every restore starts with a full verification pass over one copy (sha256 of the stored bytes and
-every chunk's authentication tag, ``verify_object``); only then does a byte reach PostgreSQL, Neo4j
-or Milvus, and the restore pass is pinned to the checksum just verified, so a copy swapped between
-the two reads is caught as well. A damaged copy is skipped for the next target holding the object;
-when no copy is good the restore is refused (``RestoreRefused``) and names the newest earlier good
-backup of the same kind, for the operator to choose explicitly — Aegis never silently restores an
-older backup than the one asked for.
+A full PostgreSQL base backup is restored in one pass (``restore_postgres`` with a catalog record,
+``stream_into``): decrypted into a staging directory beside the data directory, every chunk's tag
+checked before its plaintext is written and the stored bytes' sha256 pinned to the catalog, and
+moved into place only after the final tag and the checksum passed. Every other restore (Neo4j,
+Milvus, a PostgreSQL 17 incremental chain, a copy a caller verified itself) starts with a full
+verification pass over one copy (sha256 of the stored bytes and every chunk's authentication tag,
+``verify_object``); only then does a byte reach the database, and the restore pass is pinned to the
+checksum just verified, so a copy swapped between the two reads is caught as well. A damaged copy
+is skipped for the next target holding the object; when no copy is good the restore is refused
+(``RestoreRefused``) and names the newest earlier good backup of the same kind, for the operator to
+choose explicitly — Aegis never silently restores an older backup than the one asked for.
 
 PostgreSQL: an incremental (17+) is combined with its chain by ``incremental.restore_chain``; a full
-base backup is extracted into an empty data directory and started on a scratch port
-(``postgres_restore.restore_base_backup``). WAL archived with ``aegis wal push`` is replayed — to
+base backup lands in an empty data directory (through its staging directory) and is started on a
+scratch port (``postgres_restore.start_restored``). WAL archived with ``aegis wal push`` is replayed — to
 the end of the archive or to ``target_time`` — after being decrypted into a staging directory next
 to the data directory, so the key never has to be handed to the server's ``restore_command``; the
 staging directory is removed once recovery is over. A restore never ends early at a WAL gap: a
@@ -25,6 +29,7 @@ import os
 import shlex
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -41,12 +46,18 @@ from recovery.backup.repository import (
 )
 from recovery.backup.restore.postgres import (
     PG_OS_USER,
+    RESTORING_SUFFIX,
     RestoredCluster,
     RestoreError,
     RestoreOptions,
+    check_pg_ctl_path,
+    check_reachable,
+    check_staged,
     extract_tar,
+    os_user_ids,
     prepare_data_dir,
     restore_base_backup,
+    start_restored,
 )
 from recovery.backup.storage.base import StorageError, Target
 from recovery.backup.stream.crypto import BackupKey
@@ -94,7 +105,7 @@ def plaintext(copy: VerifiedCopy, key: BackupKey, progress: Progress | None = No
 
 
 def stream_into(store: Store, record: BackupRecord, targets: list[Target], key: BackupKey, dest: Path,
-                owner: tuple[int, int] | None) -> VerifiedCopy:
+                owner: tuple[int, int] | None, progress: Progress | None = None) -> VerifiedCopy:
     """One pass instead of two: decrypt a full base backup straight into new ``dest`` (a staging
     directory nobody starts a server on), every chunk's tag checked before its plaintext is written and
     the stored bytes' sha256 pinned to the catalog's, checked after the final chunk's tag.
@@ -112,7 +123,7 @@ def stream_into(store: Store, record: BackupRecord, targets: list[Target], key: 
     def extract(target: Target) -> str:
         prepare_data_dir(dest, owner)
         try:
-            with plaintext(VerifiedCopy(record, target, sha256), key) as tar_stream:
+            with plaintext(VerifiedCopy(record, target, sha256), key, progress) as tar_stream:
                 extract_tar(tar_stream, dest, owner)
                 while tar_stream.read(1024 * 1024):   # the tar's padding: let the writer check the last tag
                     pass
@@ -277,34 +288,84 @@ def staged_restore_command(stage: Path) -> str:
 
 
 def restore_postgres(
-    store: Store, copy: VerifiedCopy, wal_store: TargetWalStore, data_dir: Path, *, port: int,
+    store: Store, source: BackupRecord | VerifiedCopy, wal_store: TargetWalStore, data_dir: Path, *, port: int,
     socket_dir: Path, target_time: datetime | None = None, replay_wal: bool = True,
     pause_at_target: bool = False, progress: Progress | None = None, os_user: str = PG_OS_USER,
-    pg_bin: str | Path | None = None,
+    pg_bin: str | Path | None = None, on_copy: Callable[[VerifiedCopy], None] | None = None,
 ) -> tuple[RestoredCluster, int]:
-    """Restore ``copy`` (a base backup) into empty ``data_dir`` and start it; returns it and WAL files staged.
+    """Restore a base backup into empty ``data_dir`` and start it; returns it and WAL files staged.
 
     The archived WAL is staged and checked for gaps first: a missing segment refuses the restore
     before ``data_dir`` is created or any server is started.
+
+    ``source`` a catalog record of a full base backup (with its checksum): **one pass** (issue 12) —
+    ``stream_into`` decrypts it into ``<data_dir>.aegis-restoring`` (every chunk's tag checked before
+    its plaintext is written, the final tag and the stored sha256 pinned to the catalog after the last
+    chunk; a failing copy is removed and the next target tried), then ``pg_verifybackup
+    --skip-checksums`` (file list, sizes, WAL range) on it, and only then is it renamed to ``data_dir``
+    (same parent, so one ``rename``). No byte of an unverified backup reaches a usable data directory;
+    on any failure neither directory is left. ``on_copy`` is told which copy was used.
+    ``source`` a ``VerifiedCopy`` (verified by the caller, e.g. a partial restore's precheck) or an
+    incremental (PostgreSQL 17: ``restore_chain`` verifies every link first): extracted as before.
     """
     restore_command = None
     stage = data_dir.with_name(data_dir.name + ".wal-stage")
     staged = 0
+    record = source.record if isinstance(source, VerifiedCopy) else source
+    one_pass = not isinstance(source, VerifiedCopy) and record.kind != KIND_INCREMENTAL and bool(record.sha256)
+    owner = os_user_ids(os_user)
+    if one_pass:   # refused before anything is downloaded: a data directory that is there and not empty
+        _refuse_unusable(data_dir, owner)
     try:
         if replay_wal or target_time is not None:
-            restore_command, staged = stage_for_restore(store, wal_store, copy.record, stage, target_time=target_time,
+            restore_command, staged = stage_for_restore(store, wal_store, record, stage, target_time=target_time,
                                                         os_user=os_user, progress=progress)
         options = RestoreOptions(
             port=port, socket_dir=socket_dir, restore_command=restore_command, target_time=target_time,
             target_action="pause" if pause_at_target else "promote", pg_bin=pg_bin, os_user=os_user)
-        if copy.record.kind == KIND_INCREMENTAL:  # PostgreSQL 17+: combine the chain back to its full
-            cluster = restore_chain(store, copy.record, wal_store.targets, wal_store.runner.key, data_dir, options)
+        if record.kind == KIND_INCREMENTAL:  # PostgreSQL 17+: combine the chain back to its full
+            cluster = restore_chain(store, record, wal_store.targets, wal_store.runner.key, data_dir, options)
             return cluster, staged
+        if one_pass:
+            _stream_and_move(store, record, wal_store.targets, wal_store.runner.key, data_dir, owner, pg_bin,
+                             progress, on_copy)
+            return start_restored(data_dir, replace(options, verify_manifest=False)), staged   # checked staged
+        copy = source if isinstance(source, VerifiedCopy) else wal_store.runner.repository.verified_copy(record)
+        if on_copy is not None:
+            on_copy(copy)
         with plaintext(copy, wal_store.runner.key, progress) as tar_stream:
             cluster = restore_base_backup(tar_stream, data_dir, options)
         return cluster, staged
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _refuse_unusable(data_dir: Path, owner: tuple[int, int] | None) -> None:
+    """What ``restore_base_backup`` checks before it extracts, for the staging path: the path pg_ctl can
+    take, an empty or new directory, a parent the server user can traverse."""
+    check_pg_ctl_path(data_dir, "data directory")
+    if data_dir.is_symlink() or (data_dir.exists() and not data_dir.is_dir()):
+        raise RestoreError(f"refusing to restore into {data_dir}: not a directory")
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise RestoreError(f"refusing to restore into {data_dir}: it is not empty (an existing data directory?)")
+    check_reachable(data_dir, owner)
+
+
+def _stream_and_move(store: Store, record: BackupRecord, targets: list[Target], key: BackupKey, data_dir: Path,
+                     owner: tuple[int, int] | None, pg_bin: str | Path | None, progress: Progress | None,
+                     on_copy: Callable[[VerifiedCopy], None] | None) -> None:
+    """``stream_into`` the staging directory beside ``data_dir``, check it, rename it into place."""
+    staging = data_dir.with_name(data_dir.name + RESTORING_SUFFIX)
+    shutil.rmtree(staging, ignore_errors=True)   # ours by name: a killed earlier restore's leftover
+    try:
+        copy = stream_into(store, record, targets, key, staging, owner, progress)
+        if on_copy is not None:
+            on_copy(copy)
+        check_staged(staging, pg_bin)   # pg_verifybackup --skip-checksums: every byte was authenticated
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, data_dir)    # onto nothing or an empty directory (checked): atomic, same parent
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # --- Neo4j and Milvus ---------------------------------------------------------------------------

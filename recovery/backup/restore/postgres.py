@@ -42,6 +42,7 @@ from recovery.backup.sources.postgres import pg_bin_dir
 from recovery.redact import redact
 
 PG_OS_USER = "postgres"
+RESTORING_SUFFIX = ".aegis-restoring"   # <data_dir>.aegis-restoring: a one-pass restore before its move
 CHUNK = 1024 * 1024
 TargetAction = Literal["promote", "pause"]
 TARGET_ACTIONS: tuple[TargetAction, ...] = get_args(TargetAction)
@@ -175,7 +176,7 @@ def check_reachable(path: Path, owner: tuple[int, int] | None) -> None:
             raise RestoreError(f"the postgres user cannot reach {path}: {parent} is not traversable for it")
 
 
-def _check_pg_ctl_path(path: Path, what: str) -> None:
+def check_pg_ctl_path(path: Path, what: str) -> None:
     if _UNSAFE_FOR_PG_CTL.search(str(path)):
         raise RestoreError(f"the {what} path {str(path)!r} contains a character pg_ctl cannot pass on "
                            "(\", `, $, \\ or a newline); choose another path")
@@ -420,7 +421,7 @@ class RestoreOptions:
 def _check_restored(data_dir: Path, bin_dir: Path, verify_manifest: bool, skip_checksums: bool = False) -> None:
     """A restored data directory is a complete base backup of the binaries' major version; the source
     server's leftovers (pid file, signal files) are removed."""
-    _check_pg_ctl_path(data_dir, "data directory")
+    check_pg_ctl_path(data_dir, "data directory")
     missing = [name for name in _REQUIRED if not (data_dir / name).is_file()]
     if missing:
         raise RestoreError(f"stream is not a pg_basebackup tar: missing {', '.join(missing)}")
@@ -505,7 +506,7 @@ def restore_base_backup(tar_stream: BinaryIO, data_dir: Path, options: RestoreOp
     data_dir = Path(data_dir)
     owner = os_user_ids(options.os_user)
 
-    _check_pg_ctl_path(data_dir, "data directory")
+    check_pg_ctl_path(data_dir, "data directory")
     check_reachable(data_dir, owner)
     check_reachable(Path(options.socket_dir), owner)
     prepare_data_dir(data_dir, owner)
@@ -554,7 +555,7 @@ def start_restored(data_dir: Path, options: RestoreOptions) -> RestoredCluster:
 
     _private_socket_dir(socket_dir, owner)
     log_path = Path(options.log_file) if options.log_file is not None else data_dir.with_name(data_dir.name + ".log")
-    _check_pg_ctl_path(log_path, "log file")
+    check_pg_ctl_path(log_path, "log file")
     log_path.touch()
     chown_to(log_path, owner)
     log_path.chmod(0o600)  # the server log can quote data (failed statements)
