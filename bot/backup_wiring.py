@@ -67,7 +67,9 @@ def repository_from(config: Config, store: Store) -> Repository:
 
 
 def runner_from(config: Config, store: Store, progress: Progress | None = None) -> BackupRunner:
-    return BackupRunner.on(repository_from(config, store), sources_from(config), progress)
+    runner = BackupRunner.on(repository_from(config, store), sources_from(config), progress)
+    runner.compress_threads = config.backups.compress_threads
+    return runner
 
 
 def retention_policy(config: Config) -> RetentionPolicy:

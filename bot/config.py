@@ -535,6 +535,8 @@ class Backups(_Strict):
     schedules: BackupSchedules = Field(default_factory=BackupSchedules)
     retention: BackupRetention = Field(default_factory=BackupRetention)
     archiver: WalArchiver = Field(default_factory=WalArchiver)
+    # zstd worker threads per backup stream (they release the GIL); null: the machine's cores - 1, at least 1
+    compress_threads: int | None = Field(default=None, ge=0, le=64)
 
 
 # --- monitoring (M1-M3): checks, thresholds, risk rules --------------------------------------------

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, TypedDict, cast
+from typing import TYPE_CHECKING, BinaryIO, Generic, TypedDict, TypeVar, cast
 
 from recovery.backup.catalog import (
     KIND_INCREMENTAL,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:   # incremental (and psycopg with it) loads only when a Postgr
     from recovery.backup.incremental import BasePlan
 
 Progress = Callable[[str, int], None]      # (object name, source bytes so far)
+T = TypeVar("T")
 
 
 class Neo4jSource(TypedDict):
@@ -91,12 +93,45 @@ class RunReport:
         return not self.errors and all(r.status == "ok" for r in self.records)
 
 
+class _Later(Generic[T]):
+    """``fn`` run on a thread of its own once ``start`` is called; ``result`` waits for it (and runs it
+    here when it was never started, e.g. a source without the callback)."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._fn = fn
+        self._value: list[T] = []
+        self._error: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name="backup-after", daemon=True)
+        self.started = False
+
+    def _run(self) -> None:
+        try:
+            self._value.append(self._fn())
+        except BaseException as exc:   # re-raised by result()
+            self._error.append(exc)
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self._thread.start()
+
+    def result(self) -> T:
+        if self.started:
+            self._thread.join()
+        else:
+            self._run()
+        if self._error:
+            raise self._error[0]
+        return self._value[0]
+
+
 class BackupRunner:
     def __init__(self, store: Store, targets: list[Target], key: BackupKey, sources: Sources,
                  progress: Progress | None = None) -> None:
         self.repository = Repository(store, targets, key)
         self.sources = sources
         self.progress = progress
+        self.compress_threads: int | None = None   # zstd workers (None: compress.default_threads())
 
     @classmethod
     def on(cls, repository: Repository, sources: Sources, progress: Progress | None = None) -> BackupRunner:
@@ -121,11 +156,12 @@ class BackupRunner:
 
     def store_object(self, run_id: str, kind: str, component: str, object_name: str,
                      source_cm: AbstractContextManager[object], reason: str = "", *,
-                     replace_failed: bool = False) -> BackupRecord:
+                     replace_failed: bool = False, source_done: Callable[[], object] | None = None) -> BackupRecord:
         """Stream one object to every target and record it; the row's status says whether it counts.
 
         ``replace_failed`` lets a retry of the same name (a WAL segment PostgreSQL re-archives) take
-        the place of an earlier failed attempt; a good row is never replaced.
+        the place of an earlier failed attempt; a good row is never replaced. ``source_done``: called
+        once the source's last byte was read, while the uploads finish (``pipeline.backup_stream``).
         """
         record = insert_record(self.store, BackupRecord(run_id=run_id, kind=kind, component=component,
                                                         object_name=object_name, reason=reason,
@@ -139,7 +175,8 @@ class BackupRunner:
                 # a PostgreSQL backup object exposes .stream; a file or an export pipe is the stream itself
                 stream = cast("BinaryIO | Iterable[bytes]", getattr(source, "stream", source))
                 result = backup_stream(stream, object_name, self.targets, self.key,
-                                       progress=(lambda n: progress(object_name, n)) if progress else None)
+                                       progress=(lambda n: progress(object_name, n)) if progress else None,
+                                       threads=self.compress_threads, source_done=source_done)
             facts = _SourceFacts(start_lsn=getattr(source, "start_lsn", None),
                                  stop_lsn=getattr(source, "stop_lsn", None), timeline=getattr(source, "timeline", None),
                                  source_sha256=getattr(source, "source_sha256", None))
@@ -231,10 +268,16 @@ class BackupRunner:
         capture = ManifestCapturingBackup(stream, manifest_path) if plan.capture_manifest else None
         # what the cluster held right before and right after: the restore test's yardstick (recovery/drills)
         before, why = safe_snapshot(dsn)
-        record = self.store_object(run_id, plan.kind, "postgres", name, capture or stream, plan.reason)
+        # "after" is taken once pg_basebackup's stream ended (the backup's end point is then in the past),
+        # on a thread of its own while the targets finish their uploads, instead of after them
+        after = _Later(lambda: safe_snapshot(dsn)) if before is not None else None
+        record = self.store_object(run_id, plan.kind, "postgres", name, capture or stream, plan.reason,
+                                   source_done=after.start if after is not None else None)
         if record.status == "ok":
-            after, why_after = safe_snapshot(dsn) if before is not None else (None, why)
-            record = self._set_row(record, contents=record_contents(before, after, why or why_after))
+            after_snapshot, why_after = after.result() if after is not None else (None, why)
+            record = self._set_row(record, contents=record_contents(before, after_snapshot, why or why_after))
+        elif after is not None and after.started:
+            after.result()   # let it finish: it must not outlive the run on a connection of its own
         if plan.parent is not None:
             record = self._set_row(record, parent_run_id=plan.parent.run_id)
         if record.status != "ok" or capture is None:

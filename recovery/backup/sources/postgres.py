@@ -32,6 +32,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
+from recovery.backup.stream.pipe import widen_pipe
 from recovery.redact import redact
 
 DEFAULT_PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -127,6 +128,8 @@ class SourceStream:
         except OSError as exc:
             self._stderr.close()
             raise BackupSourceError(f"cannot start {Path(self.argv[0]).name}: {exc.strerror}") from None
+        assert self._proc.stdout is not None
+        widen_pipe(self._proc.stdout.fileno())
         return self
 
     @property

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, TypedDict
 
 from recovery.backup.storage.base import (
+    DEFAULT_CONCURRENCY,
     DEFAULT_PART_SIZE,
     DEFAULT_READ_CHUNK,
     GuardedWriter,
@@ -74,7 +75,7 @@ class AzureTarget(RemoteTarget):
         connection_string_env: str = "AZURE_STORAGE_CONNECTION_STRING",
         prefix: str = "",
         block_size: int = DEFAULT_PART_SIZE,
-        concurrency: int = 4,
+        concurrency: int = DEFAULT_CONCURRENCY,
         api_version: str | None = None,
         name: str = "azure",
         retries: int = 3,

@@ -48,6 +48,7 @@ class _LocalWriter(Writer):
 
 class LocalTarget(Target):
     kind = "local"
+    size_is_cheap = True
 
     def __init__(self, path: str | os.PathLike[str], name: str = "local") -> None:
         self.name = name

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from recovery.backup.storage.base import (
+    DEFAULT_CONCURRENCY,
     DEFAULT_PART_SIZE,
     DEFAULT_READ_CHUNK,
     GuardedWriter,
@@ -65,7 +66,7 @@ class S3Target(RemoteTarget):
         endpoint_url: str | None = None,
         region: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
-        concurrency: int = 4,
+        concurrency: int = DEFAULT_CONCURRENCY,
         name: str = "s3",
         retries: int = 3,
     ) -> None:

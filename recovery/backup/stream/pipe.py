@@ -8,6 +8,20 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+PIPE_SIZE = 1024 * 1024   # Linux's default pipe-max-size
+_F_SETPIPE_SZ = 1031      # fcntl.F_SETPIPE_SZ on Linux
+
+
+def widen_pipe(fd: int, size: int = PIPE_SIZE) -> None:
+    """Give a pipe a 1 MiB kernel buffer instead of 64 KiB (best effort: elsewhere than Linux, or with a
+    lower ``/proc/sys/fs/pipe-max-size``, the default stays). With 64 KiB the writer and the reader take
+    turns: the writer blocks whenever the reader is busy for a moment (issue 12: pg_basebackup into the
+    backup pipeline, the decrypting writer into ``tarfile`` on a restore)."""
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", _F_SETPIPE_SZ), size)
+
 
 @contextlib.contextmanager
 def produced(write: Callable[[BinaryIO], object]) -> Iterator[BinaryIO]:
@@ -18,6 +32,7 @@ def produced(write: Callable[[BinaryIO], object]) -> Iterator[BinaryIO]:
     the consumer's own error (which is then only its consequence).
     """
     read_fd, write_fd = os.pipe()
+    widen_pipe(write_fd)
     reader, writer = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
     failure: list[BaseException] = []
 
