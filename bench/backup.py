@@ -11,11 +11,12 @@ One throwaway PostgreSQL 15 cluster (``tests.harness.pgcluster.PgSingle``, run a
                ``repo1-cipher-type=aes-256-cbc``, ``process-max`` 2, ``start-fast``; WAL archiving
                through ``pgbackrest archive-push``
 (b') Aegis restore of (b) from S3 into an empty data dir on a free port:
-               ``python -m bot.cli restore postgres RUN_ID --data-dir D --port P --no-wal`` (it verifies the
-               S3 copy end to end, then streams it into ``restore_base_backup``, which runs
-               ``pg_verifybackup`` and starts the server). Where that command does not exist, or with
-               ``--restore-via api``, the same through the Python API in a child process
-               (``python bench/backup.py --aegis-restore-child SPEC``), which also reports phase times.
+               ``python -m bot.cli restore postgres RUN_ID --data-dir D --port P --no-wal`` (one pass: the S3
+               copy streams into a staging directory beside D, every chunk authenticated, and is renamed to
+               D after the final tag and checksum; ``pg_verifybackup --skip-checksums``; the server starts).
+               Where that command does not exist, or with ``--restore-via api``, the older two-pass restore
+               through the Python API in a child process (``python bench/backup.py --aegis-restore-child
+               SPEC``: verify, then ``restore_base_backup``), which also reports phase times.
 (c') ``pgbackrest restore --type=immediate --target-action=promote --archive-mode=off``, then
                ``pg_ctl start`` on a free port
 
@@ -30,6 +31,9 @@ Usage::
     python bench/backup.py                  # scale 70, about 1 GB
     python bench/backup.py --scale 5 --json /tmp/backup-bench.json
     python bench/backup.py --rounds 3              # medians over three rounds
+    python bench/backup.py --scale 70,350 --rounds 3 --budget-minutes 12
+        # how cost grows: both sizes, one cluster each; at each scale up to --rounds rounds, but no new
+        # round once the next would end past --budget-minutes (counted from that scale's first round)
 
 The exit status is 0 whether or not the goals are met; 1 if a step fails; 130 when interrupted.
 Every server and temp dir is removed on exit.
@@ -228,19 +232,19 @@ def aegis_restore_child(spec_path: str) -> int:
 
         def write(self, data: bytes) -> int:
             marks.setdefault("verify_pass_done", time.monotonic() - t0)
-            return self.out.write(data)
+            return int(self.out.write(data))
 
     real_verify = postgres_restore._verify_manifest
 
-    def timed_verify(data_dir: Path, bin_dir: Path) -> None:
+    def timed_verify(data_dir: Path, bin_dir: Path, skip_checksums: bool = False) -> None:
         marks["extracted"] = time.monotonic() - t0
-        real_verify(data_dir, bin_dir)
+        real_verify(data_dir, bin_dir, skip_checksums)
         marks["pg_verifybackup_done"] = time.monotonic() - t0
 
     postgres_restore._verify_manifest = timed_verify  # a timing wrapper only; behaviour is unchanged
 
     def download(out: Any) -> None:
-        restore_stream(target, record.object_name, key, FirstByte(out), record.sha256)  # type: ignore[arg-type]
+        restore_stream(target, record.object_name, key, FirstByte(out), record.sha256)
         marks["download_done"] = time.monotonic() - t0
 
     with produced(download) as tar_stream:
@@ -616,7 +620,8 @@ def render(b: Bench, s: dict[str, dict[str, Any]], v: dict[str, Any], rounds: in
                  f"{last_b.detail['catalog_finished_at']} (the rest of the wall time is start-up)")
     restore = b.last("b'").detail
     if restore["via"] == "cli":
-        lines.append("Aegis restore: `aegis restore postgres RUN_ID --no-wal` (verifies the S3 copy, then restores it)")
+        lines.append("Aegis restore: `aegis restore postgres RUN_ID --no-wal` (one pass: streamed and authenticated "
+                     "into a staging dir, moved into place after the final tag and checksum)")
     else:
         lines.append("Aegis restore via the Python API; phases (s since the child's first line): "
                      + ", ".join(f"{k} {t:.2f}" for k, t in restore["marks"].items()))
@@ -645,8 +650,11 @@ def _pairs(values: list[str], what: str) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", type=int, default=70, help="pgbench scale (70 ≈ 1 GB; 5 for a quick run)")
+    parser.add_argument("--scale", type=_scales, default=[70],
+                        help="pgbench scale(s), comma-separated (70 ≈ 1 GB, 350 ≈ 5.5 GB; 5 for a quick run)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat a, b, c, b', c' this often; medians shown")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="per scale: start no round that would end after this (the first always runs)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--pgbackrest-processes", type=int, default=2, help="pgBackRest process-max (default 2)")
     parser.add_argument("--aegis-env", action="append", default=[], metavar="KEY=VALUE",
@@ -673,43 +681,97 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    results: list[dict[str, Any]] = []
+    reports: list[str] = []
+    for scale in args.scale:
+        code, result, report = _run_scale(scale, args, remote)
+        if code != 0:
+            return code
+        results.append(result)
+        reports.append(report)
+        print(report, flush=True)
+        print(flush=True)
+    if len(results) > 1:
+        print(growth(results))
+    if args.json:
+        args.json.write_text(json.dumps(results[0] if len(results) == 1 else {"scales": results}, indent=2,
+                                        default=str))
+    return 0
+
+
+def _scales(text: str) -> list[int]:
+    try:
+        scales = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scale takes integers separated by commas, got {text!r}") from None
+    if not scales or min(scales) < 1:
+        raise argparse.ArgumentTypeError("--scale needs at least one positive integer")
+    return scales
+
+
+def _run_scale(scale: int, args: argparse.Namespace, remote: dict[str, int]) -> tuple[int, dict[str, Any], str]:
+    """One cluster at ``scale``: set up, rounds (within the budget), summary; everything removed after."""
     workdir = Path(tempfile.mkdtemp(prefix="aegis-bench-"))
     workdir.chmod(0o755)
-    bench = Bench(args.scale, workdir, args.pgbackrest_processes, _pairs(args.aegis_env, "--aegis-env"), remote,
+    bench = Bench(scale, workdir, args.pgbackrest_processes, _pairs(args.aegis_env, "--aegis-env"), remote,
                   args.restore_via)
     bench.cleanups.append(lambda: shutil.rmtree(workdir, ignore_errors=True))
     try:
         bench.facts["load_start"] = os.getloadavg()
         bench.setup()
-        for round_no in range(1, args.rounds + 1):
+        began = time.monotonic()
+        rounds = 0
+        while rounds < args.rounds:
+            elapsed = time.monotonic() - began
+            if rounds and args.budget_minutes is not None and elapsed / rounds + elapsed > args.budget_minutes * 60:
+                bench.log(f"scale {scale}: {rounds} round(s) in {elapsed:.0f} s; another would pass the "
+                          f"{args.budget_minutes:g}-minute budget")
+                break
+            rounds += 1
             if args.rounds > 1:
-                bench.log(f"round {round_no}/{args.rounds}")
+                bench.log(f"scale {scale}: round {rounds}/{args.rounds}")
             bench.floor()
             bench.aegis_backup()
             bench.pgbackrest_backup()
             bench.aegis_restore()
             bench.pgbackrest_restore()
         bench.facts["load_end"] = os.getloadavg()
+        bench.facts["rounds"] = rounds
         s = summary(bench)
         v = verdicts(s)
-        print(render(bench, s, v, args.rounds))
-        if args.json:
-            args.json.write_text(json.dumps({
-                "scale": args.scale, "rounds": args.rounds, "facts": bench.facts, "summary": s, "ratios": v,
-                "runs": {k: [asdict(r) for r in runs] for k, runs in bench.steps.items()},
-                "aegis_env": bench.aegis_extra_env, "remote_options": remote, "cpus": os.cpu_count(),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }, indent=2, default=str))
-        return 0
+        result = {
+            "scale": scale, "rounds": rounds, "facts": bench.facts, "summary": s, "ratios": v,
+            "runs": {k: [asdict(r) for r in runs] for k, runs in bench.steps.items()},
+            "aegis_env": bench.aegis_extra_env, "remote_options": remote, "cpus": os.cpu_count(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        return 0, result, render(bench, s, v, rounds)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return 130, {}, ""
     except (BenchError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", None)
         print(f"bench failed: {exc}" + (f"\n{detail!r}" if detail else ""), file=sys.stderr)
-        return 1
+        return 1, {}, ""
     finally:
         bench.cleanup()
+
+
+def growth(results: list[dict[str, Any]]) -> str:
+    """How time and memory grow from the smallest scale to each larger one: linear time means the time
+    ratio equals the tar-size ratio; flat memory means the peak RSS stays the same."""
+    base = results[0]
+    lines = [f"how cost grows (against scale {base['scale']}; tar size ratio beside each step's time ratio):"]
+    for r in results[1:]:
+        size = r["facts"]["tar_bytes"] / base["facts"]["tar_bytes"]
+        steps = ", ".join(f"{key} {r['summary'][key]['seconds'] / base['summary'][key]['seconds']:.2f}x"
+                          for key in LABELS)
+        rss = (f"Aegis peak RSS backup {base['ratios']['rss_backup_mib']:.1f} -> {r['ratios']['rss_backup_mib']:.1f} "
+               f"MiB, restore {base['ratios']['rss_restore_mib']:.1f} -> {r['ratios']['rss_restore_mib']:.1f} MiB")
+        mbps = {key: r["facts"]["tar_bytes"] / MB / r["summary"][key]["seconds"] for key in ("b", "c")}
+        lines.append(f"  scale {r['scale']} ({r['rounds']} round(s)): tar {size:.2f}x; time {steps}; {rss}; "
+                     f"streaming {mbps['b']:.0f} MB/s (Aegis) vs {mbps['c']:.0f} MB/s (pgBackRest)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
