@@ -178,6 +178,42 @@ def test_backup_restore_test_validates_every_backup_and_a_corrupted_one_is_marke
     assert _production_fingerprint(world.primary) == before
 
 
+@pytest.mark.timeout(300)
+def test_a_row_changed_in_the_restored_scratch_copy_fails_the_v3_contents_check(world: World) -> None:
+    """The restore test's own pieces: restore into scratch, change one value there, then the check."""
+    import psycopg
+
+    from recovery.backup.catalog import restore_test_queue
+    from recovery.drills import runs
+    from recovery.drills.contents import RESTORE_TEST_WORKERS, compare, recorded_formats, snapshot
+    from recovery.drills.restores import restore_postgres_copy
+    from recovery.drills.scratch import Scratch, clean_run
+
+    _backup(world)
+    ctx = _context(world)
+    [record] = restore_test_queue(ctx.store)
+    contents = record.contents or {}
+    assert recorded_formats(contents) == {"postgres": {"public.t": "v3"}}   # what a new backup records
+    run_id = require_id(runs.start(ctx.store, "backup_restore_test", "cli"))
+    scratch = Scratch.prepare(ctx.store, run_id, ctx.settings.scratch_dir, ctx.droppers)
+    try:
+        cluster, _, _index = restore_postgres_copy(ctx, scratch, record, replay_wal=False)
+
+        def check() -> tuple[bool | None, list[str]]:
+            result = compare(contents, snapshot(cluster.dsn, workers=RESTORE_TEST_WORKERS,
+                                                formats=recorded_formats(contents)))
+            return result.ok, [f"{t.table}: {t.detail}" for t in result.tables]
+
+        assert check() == (True, ["public.t: 500 rows and checksum match"])
+        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+            conn.execute("UPDATE t SET v = upper(v) WHERE id = 250")   # one row, the count unchanged
+        assert check() == (False, ["public.t: 500 rows but the checksum differs from the recorded one"])
+    finally:
+        fresh = runs.get(ctx.store, run_id)
+        assert fresh is not None
+        assert clean_run(ctx.store, fresh, ctx.droppers) == []
+
+
 @pytest.mark.timeout(600)
 def test_backup_restore_test_stops_starting_restores_when_its_budget_is_spent_least_recently_tested_first(
         world: World) -> None:

@@ -22,7 +22,7 @@ from recovery.backup.restore.from_catalog import restore_milvus, restore_neo4j, 
 from recovery.backup.restore.postgres import RestoredCluster
 from recovery.backup.runner import Neo4jSource
 from recovery.backup.wal.archive import TargetWalStore
-from recovery.drills.contents import RESTORE_TEST_WORKERS, compare, snapshot
+from recovery.drills.contents import RESTORE_TEST_WORKERS, compare, recorded_formats, snapshot
 from recovery.drills.context import DrillContext
 from recovery.drills.scratch import Scratch
 from recovery.redact import redact
@@ -80,7 +80,9 @@ def test_postgres(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> 
     index = None
     try:
         cluster, _, index = restore_postgres_copy(ctx, scratch, record, replay_wal=False)
-        check = compare(record.contents or {}, snapshot(cluster.dsn, workers=RESTORE_TEST_WORKERS))
+        contents = record.contents or {}   # checksummed in the format the catalog recorded (v2 or v3)
+        check = compare(contents, snapshot(cluster.dsn, workers=RESTORE_TEST_WORKERS,
+                                           formats=recorded_formats(contents)))
     except Exception as exc:
         return _fail(record, began, exc)
     finally:
