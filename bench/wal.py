@@ -19,7 +19,8 @@ Every ``archive_command`` runs inside a small shell wrapper that appends the com
 end time to a log, so the per-segment wall is what PostgreSQL waits for. Per mode and round:
 
   latency     segments written one at a time (``INSERT`` of random rows, then ``pg_switch_wal()``),
-              each archived before the next: the median wall of one 16 MiB segment on its own
+              each archived before the next: the median wall of one 16 MiB segment on its own, and
+              ("its push") how long the archiver's own push of it took (from its log)
   load        ``CHECKPOINT``, then ``pgbench -T N -c 2`` while archiving (the full-page images after
               the checkpoint make WAL quickly): tps, the median wall per segment under load,
               segments archived during the run per second, and the backlog left at its end
@@ -260,6 +261,17 @@ class Bench:
         if failed:
             raise BenchError(f"{mode}: archive_command failed: {failed[:3]}")
         self._add(mode, "wall_s", statistics.median(walls))
+        pushes = self._archiver_push_seconds({n for n, *_ in _timings(timing)})
+        if pushes:   # of that wall, the archiver's own push (zstd, AES-GCM, fsync, upload, catalog row)
+            self._add(mode, "push_s", statistics.median(pushes))
+
+    def _archiver_push_seconds(self, names: set[str]) -> list[float]:
+        log = self.workdir / "archiver.log"
+        if not log.exists():
+            return []
+        found = re.findall(r"archiver: pushed (\S+) \(archived, \d+ bytes, ([0-9.]+) s\)",
+                           log.read_text(errors="replace"))
+        return [float(seconds) for name, seconds in found if name in names]
 
     def load(self, mode: str) -> None:
         timing = self.use(mode, "load")
@@ -313,10 +325,11 @@ def render(m: dict[str, dict[str, float]], facts: dict[str, Any], rounds: int, s
     f, fl, a, o, p = m["fast"], m["fast-local"], m["archiver"], m["one-shot"], m["pgbackrest"]
     lines = [f"WAL archiving, medians of {rounds} rounds; pgbench -T {seconds} -c 2; {os.cpu_count()} cores; "
              f"load average {facts['load_start'][0]:.2f} at start, {facts['load_end'][0]:.2f} at end",
-             f"{'':12} {'wall/segment':>13} {'under load':>11} {'segments/s':>11} {'tps':>9} {'backlog':>8} "
-             f"{'WAL made':>9}"]
+             f"{'':12} {'wall/segment':>13} {'its push':>9} {'under load':>11} {'segments/s':>11} {'tps':>9} "
+             f"{'backlog':>8} {'WAL made':>9}"]
     for name, r in (("fast", f), ("fast-local", fl), ("archiver", a), ("one-shot", o), ("pgbackrest", p)):
-        lines.append(f"{name:12} {r['wall_s']:12.3f}s {r.get('wall_load_s', float('nan')):10.3f}s "
+        push = f"{r['push_s']:8.3f}s" if "push_s" in r else f"{'':9}"
+        lines.append(f"{name:12} {r['wall_s']:12.3f}s {push} {r.get('wall_load_s', float('nan')):10.3f}s "
                      f"{r['segments_per_s']:11.2f} {r['tps']:9.0f} "
                      f"{r['backlog']:8.0f} {r['generated_segments']:9.1f}")
     wall, tps = f["wall_s"] / p["wall_s"], f["tps"] / p["tps"]
