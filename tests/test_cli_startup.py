@@ -264,3 +264,27 @@ def test_wal_push_and_fetch_through_the_archiver_load_no_heavy_library(tmp_path:
     finally:
         archiver.terminate()
         archiver.wait(timeout=60)
+
+
+def test_wal_fetch_from_a_postgresql_catalog_takes_the_lean_path(tmp_path: Path, pg_single: PgSingle) -> None:
+    """The segment's row read with psycopg and plain SQL: no ORM, no pydantic, the right bytes."""
+    url = pg_url(pg_single, "postgres")
+    (tmp_path / "aegis.yaml").write_text(yaml.safe_dump({"storage": [
+        {"kind": "local", "path": str(tmp_path / "archive"), "name": "local"}]}))
+    assert aegis(tmp_path, "migrate", AEGIS_DATABASE_URL=url).returncode == 0
+    segment = tmp_path / "data" / "pg_wal" / SEGMENT
+    segment.parent.mkdir(parents=True)
+    segment.write_bytes(os.urandom(1024) * 1024)
+    pushed = aegis(tmp_path, "wal", "push", str(segment), AEGIS_DATABASE_URL=url)
+    assert pushed.returncode == 0, pushed.stderr
+    fetched = aegis(tmp_path, "wal", "fetch", SEGMENT, str(tmp_path / "restored"), importtime=True,
+                    AEGIS_DATABASE_URL=url)
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    assert (tmp_path / "restored").read_bytes() == segment.read_bytes()
+    loaded = top_level(imported(fetched.stderr))
+    assert {"psycopg", "cryptography"} <= loaded   # the catalog read in PostgreSQL, the copy decrypted
+    never = LEAN_FETCH_NEVER - {"psycopg"}
+    assert loaded.isdisjoint(never), sorted(loaded & never)
+    absent = aegis(tmp_path, "wal", "fetch", "0000000100000000000000FF", str(tmp_path / "none"),
+                   AEGIS_DATABASE_URL=url)
+    assert absent.returncode == 1, absent.stderr   # absent: decided by the full command, as before

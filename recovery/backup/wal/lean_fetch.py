@@ -8,14 +8,14 @@ pydantic models, psycopg). This reads only what a fetch needs:
   as ``bot.config`` names them: ``<kind>`` for the first, ``<kind><index>`` after) and ``encryption``
   (``key_file`` or ``key_env``, default ``AEGIS_BACKUP_KEY``; the key file's permissions are checked
   by ``load_key`` as everywhere);
-- from the catalog, with the standard library's ``sqlite3`` opened read-only: the schema revision
-  (it must be this code's head) and the segment's good row (its ciphertext and plaintext sha256, the
-  targets holding it).
+- from the catalog, with plain SQL (the standard library's ``sqlite3`` opened read-only, or psycopg for a
+  PostgreSQL catalog): the schema revision (it must be this code's head) and the segment's good row (its
+  ciphertext and plaintext sha256, the targets holding it).
 
 The copy is decrypted chunk by chunk (every AES-GCM tag checked), pinned to the row's ciphertext
 sha256, its plaintext compared with the row's ``source_sha256``, written to a temp file beside ``%p``
 and renamed. The lean path only ever *succeeds*: anything it does not handle exactly as the full
-command would — a PostgreSQL catalog, a config it does not read, a schema that is not the head, a
+command would — a catalog URL it does not know, a config it does not read, a schema that is not the head, a
 segment without a good row (absent, or archived without a catalog), a copy that fails its checks — makes
 ``lean_fetch`` return None and the full command decides (and reports) with its own rules: absent
 exits 1, a damaged copy or a store error 255.
@@ -90,30 +90,46 @@ def _head_revision() -> str:
 
 def _sqlite_path(url: str) -> Path:
     if not url.startswith("sqlite:///") or "?" in url:
-        raise _NotLean("not a plain SQLite catalog")
+        raise _NotLean("not a plain SQLite or PostgreSQL catalog URL")
     path = Path(url.removeprefix("sqlite:///"))
     if not path.is_file():
         raise _NotLean("no catalog yet")
     return path
 
 
-def _good_row(name: str) -> tuple[str, str, dict[str, object]]:
-    """(ciphertext sha256, plaintext sha256, targets) of the segment's good catalog row."""
-    path = _sqlite_path(os.environ.get("AEGIS_DATABASE_URL") or _DEFAULT_DATABASE_URL)
+_ROWS = ("SELECT sha256, source_sha256, targets FROM backup_catalog WHERE run_id = {p} AND object_name = {p} "
+         "AND status = 'ok' ORDER BY id")
+
+
+def _catalog_rows(url: str, name: str) -> list[tuple[object, ...]]:
+    """The segment's good rows, read with plain SQL: ``sqlite3`` read-only, or psycopg for PostgreSQL
+    (the libpq form of the SQLAlchemy URL); the schema must be this code's head."""
+    params = (_WAL_RUN_ID, f"wal/{name}.zst.aes")
+    for prefix in ("postgresql+psycopg://", "postgresql://"):
+        if url.startswith(prefix):
+            import psycopg
+
+            with psycopg.connect("postgresql://" + url.removeprefix(prefix), connect_timeout=10) as pg:
+                if pg.execute("SELECT version_num FROM alembic_version").fetchall() != [(_head_revision(),)]:
+                    raise _NotLean("schema is not this code's head")
+                return list(pg.execute(_ROWS.format(p="%s"), params).fetchall())
+    path = _sqlite_path(url)
     conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=10)
     try:
-        revision = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-        if revision != [(_head_revision(),)]:
+        if conn.execute("SELECT version_num FROM alembic_version").fetchall() != [(_head_revision(),)]:
             raise _NotLean("schema is not this code's head")
-        rows = conn.execute("SELECT sha256, source_sha256, targets FROM backup_catalog WHERE run_id = ? "
-                            "AND object_name = ? AND status = 'ok' ORDER BY id",
-                            (_WAL_RUN_ID, f"wal/{name}.zst.aes")).fetchall()
+        return conn.execute(_ROWS.format(p="?"), params).fetchall()
     finally:
         conn.close()
+
+
+def _good_row(name: str) -> tuple[str, str, dict[str, object]]:
+    """(ciphertext sha256, plaintext sha256, targets) of the segment's good catalog row."""
+    rows = _catalog_rows(os.environ.get("AEGIS_DATABASE_URL") or _DEFAULT_DATABASE_URL, name)
     if not rows or not rows[0][0] or not rows[0][1]:
         raise _NotLean("no good row")
     sha256, source_sha256, targets = rows[0]
-    outcomes = json.loads(targets) if isinstance(targets, str) else {}
+    outcomes = json.loads(targets) if isinstance(targets, str) else targets   # PostgreSQL's json: already parsed
     return str(sha256), str(source_sha256), outcomes if isinstance(outcomes, dict) else {}
 
 
