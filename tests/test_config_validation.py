@@ -35,6 +35,7 @@ from bot.config import (
     closest,
     load_config,
 )
+from recovery.backup.storage.base import DEFAULT_CONCURRENCY
 from recovery.backup.stream.crypto import BackupKey
 from recovery.planner import Facts, propose
 
@@ -312,7 +313,7 @@ def test_storage_models_build_the_same_targets(tmp_path: Path) -> None:
     assert (s3.name, s3.bucket, s3.prefix, s3.concurrency, s3.retries) == ("s31", "aegis", "prod/", 8, 5)  # type: ignore[attr-defined]
     # keys the file leaves out keep storage.py's defaults
     assert (azure.name, azure.connection_string_env, azure.block_size, azure.concurrency) == (  # type: ignore[attr-defined]
-        "blob", "AZ_CONN", 4 * 2**20, 4)
+        "blob", "AZ_CONN", 4 * 2**20, DEFAULT_CONCURRENCY)
     sources = sources_from(config)
     assert sources.neo4j == {"uri": "neo4j+s://graph.internal:7687", "user": "backup", "password": None,
                              "database": "graph"}
