@@ -10,22 +10,18 @@ revisions named in the migration files, without importing Alembic.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
+from statemachines.revisions import MIGRATIONS, migration_revisions
+
 DEFAULT_DATABASE_URL = "sqlite:///aegis.db"
-MIGRATIONS = Path(__file__).parent / "migrations"
-# `revision = '0009'` / `down_revision = '0008'` (or None) at the top of each migration file.
-_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*['\"]?([^'\"\s]+)['\"]?", re.M)
 
 
 @dataclass(frozen=True)
@@ -44,23 +40,6 @@ class SchemaStatus:
     def behind(self) -> bool:
         """An older revision of ours: ``migrate()`` brings it up to date."""
         return self.current is not None and self.current in self.known and not self.up_to_date
-
-
-@cache
-def migration_revisions() -> tuple[str, frozenset[str]]:
-    """The head revision and all revisions, read from the migration files' text (no Alembic import)."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for path in (MIGRATIONS / "versions").glob("*.py"):
-        for field, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8")):
-            if field == "revision":
-                revisions.add(value)
-            elif value != "None":
-                parents.add(value)
-    heads = revisions - parents
-    if len(heads) != 1:
-        raise RuntimeError(f"statemachines/migrations has {len(heads)} heads ({sorted(heads)}); expected one")
-    return heads.pop(), frozenset(revisions)
 
 
 def database_url() -> str:

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from statemachines.store import MIGRATIONS, Store, migration_revisions
+from statemachines.revisions import MIGRATIONS, migration_revisions
+from statemachines.store import Store
 from tests.harness.aegis_process import wait_for
 from tests.harness.flows_harness import pg_url
 from tests.harness.pgcluster import PgSingle, free_port

@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import sqlite3
 import tempfile
 from collections.abc import Mapping
@@ -37,7 +36,6 @@ from recovery.backup.wal.commands import CHUNK, check_wal_name
 
 _DEFAULT_DATABASE_URL = "sqlite:///aegis.db"   # statemachines/store.py's default (importing it loads SQLAlchemy)
 _DEFAULT_KEY_ENV = "AEGIS_BACKUP_KEY"           # bot/config.py's default
-_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*['\"]?([^'\"\s]+)['\"]?", re.M)
 _WAL_RUN_ID = "wal"
 
 
@@ -72,20 +70,12 @@ def _read_config(config_option: str | None) -> Mapping[str, object]:
 
 
 def _head_revision() -> str:
-    import statemachines  # the package only: its __init__ imports nothing
+    from statemachines.revisions import migration_revisions  # standard library only
 
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for path in (Path(statemachines.__file__).parent / "migrations" / "versions").glob("*.py"):
-        for field, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8")):
-            if field == "revision":
-                revisions.add(value)
-            elif value != "None":
-                parents.add(value)
-    heads = revisions - parents
-    if len(heads) != 1:
-        raise _NotLean("not one head revision")
-    return heads.pop()
+    try:
+        return migration_revisions()[0]
+    except RuntimeError:
+        raise _NotLean("not one head revision") from None
 
 
 def _sqlite_path(url: str) -> Path:
