@@ -13,8 +13,9 @@ each round times, as processes, from spawn to exit (the order alternates between
   with what the catalog recorded at backup time, the scratch server stopped and removed, the result
   recorded in the catalog, scored, and the report written. No Slack is configured, so nothing is posted.
 
-It prints the load, each round, the medians, the ratio drill/bare, the drill's own step timings from its
-report (where the extra time goes), and the goal: ratio ≤ 1.2. Exit status 0 whether or not the goal is
+It prints the load, each round (with the restore test's own split from the drill's report: restore,
+contents check, scratch copy removed), the medians, the ratio drill/bare, the drill's step timings
+(where the extra time goes), and the goal: ratio ≤ 1.2. Exit status 0 whether or not the goal is
 met, 1 when a step fails, 130 on interrupt.
 
     python bench/drill_overhead.py                  # 3 rounds at scale 5, under a minute
@@ -141,6 +142,15 @@ def _steps(report: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _timings(report: dict[str, Any]) -> str:
+    """The restore test's own split (restore, contents check, scratch copy removed) from the report."""
+    for restore in (report.get("figures") or {}).get("restores", []):
+        for line in restore.get("details", []):
+            if str(line).startswith("timings: "):
+                return str(line).removeprefix("timings: ")
+    return "no timings in the report"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each (medians; default 3)")
@@ -171,7 +181,8 @@ def main() -> int:
                 bare.append(_bare_restore(ws, run_id, round_no))
             drill.append(seconds)
             reports.append(report)
-            print(f"{round_no:5d} {bare[-1]:8.2f} {drill[-1]:8.2f} {drill[-1] / bare[-1]:6.2f}  {_load()}", flush=True)
+            print(f"{round_no:5d} {bare[-1]:8.2f} {drill[-1]:8.2f} {drill[-1] / bare[-1]:6.2f}  {_load()}  "
+                  f"(drill: {_timings(report)})", flush=True)
         print(f"load after: {_load()}")
         ratio = statistics.median(drill) / statistics.median(bare)
         print(f"\nmedian of {args.rounds}: bare restore {statistics.median(bare):.2f} s, drill "

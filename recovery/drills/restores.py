@@ -80,21 +80,25 @@ def test_postgres(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> 
     index = None
     try:
         cluster, _, index = restore_postgres_copy(ctx, scratch, record, replay_wal=False)
+        restored_at = time.monotonic()
         contents = record.contents or {}   # checksummed in the format the catalog recorded (v2 or v3)
         check = compare(contents, snapshot(cluster.dsn, workers=RESTORE_TEST_WORKERS,
                                            formats=recorded_formats(contents)))
+        checked_at = time.monotonic()
     except Exception as exc:
         return _fail(record, began, exc)
     finally:
         if index is not None:
             scratch.remove(index)
+    timings = (f"timings: restore {restored_at - began:.2f} s, contents check {checked_at - restored_at:.2f} s, "
+               f"scratch copy removed {time.monotonic() - checked_at:.2f} s")
     if check.ok is False:
         reason = "restored, but its contents differ from the catalog's: " + "; ".join(check.problems)[:700]
     elif check.ok is None:
         reason = f"restored and started (pg_verifybackup passed); {check.basis}"
     else:
         reason = f"restored and started; {check.basis}"
-    details = [f"{t.database}.{t.table}: {t.detail}" for t in check.tables]
+    details = [timings] + [f"{t.database}.{t.table}: {t.detail}" for t in check.tables]
     return RestoreResult(record.id or 0, record.run_id, record.object_name, record.kind, check.ok is not False,
                          reason, time.monotonic() - began, details)
 
