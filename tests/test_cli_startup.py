@@ -289,3 +289,24 @@ def test_wal_fetch_from_a_postgresql_catalog_takes_the_lean_path(tmp_path: Path,
     absent = aegis(tmp_path, "wal", "fetch", "0000000100000000000000FF", str(tmp_path / "none"),
                    AEGIS_DATABASE_URL=url)
     assert absent.returncode == 1, absent.stderr   # absent: decided by the full command, as before
+
+
+def test_a_postgresql_backup_loads_no_driver_sdk_or_web_library_it_does_not_use(tmp_path: Path,
+                                                                                 pg_single: PgSingle) -> None:
+    """``aegis backup run postgresql`` to a local target (issue 12, peak RSS ≤ 150 MiB): no Milvus or Neo4j
+    driver, no Slack or web library, no storage SDK of a target that is not configured."""
+    pg_single.primary.sql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
+    (tmp_path / "aegis.yaml").write_text(yaml.safe_dump({
+        "components": {"postgres": {"primary": {"dsn": pg_single.primary.dsn()}}},
+        "storage": [{"kind": "local", "path": str(tmp_path / "staging"), "name": "local"}]}))
+    assert aegis(tmp_path, "migrate").returncode == 0   # a fresh store would be created (with Alembic) first
+    run = aegis(tmp_path, "backup", "run", "postgresql", "--quiet", importtime=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "(postgresql): ok" in run.stdout, run.stdout
+    loaded = top_level(imported(run.stderr))
+    assert {"psycopg", "zstandard", "cryptography"} <= loaded   # it did the real work
+    never = {"pymilvus", "neo4j", "numpy", "slack_sdk", "slack_bolt", "flask", "waitress", "jinja2", "alembic",
+             "boto3", "botocore", "requests"}
+    assert loaded.isdisjoint(never), sorted(loaded & never)
+    sdks = {name for name in imported(run.stderr) if name.startswith(("azure.storage.", "azure.core"))}
+    assert not sdks, sorted(sdks)
