@@ -99,7 +99,7 @@ from recovery.backup.runner import BackupRunner
 from recovery.backup.sources.postgres import pg_bin_dir
 from recovery.backup.storage.base import StorageError, Target
 from recovery.backup.wal.archive import TargetWalStore
-from recovery.drills.contents import compare, snapshot
+from recovery.drills.contents import compare, recorded_formats, snapshot
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
 from statemachines.models import BackupRecord
@@ -658,7 +658,8 @@ class InPlaceRestore:
         if contents.get("kind") != "postgres_tables":
             return []   # nothing recorded for this backup (older than the snapshots): nothing to compare
         try:
-            restored = snapshot(self.server.dsn, max_checksum_bytes=0 if prepared.wal_files else 256 * 1024 * 1024)
+            restored = snapshot(self.server.dsn, max_checksum_bytes=0 if prepared.wal_files else 256 * 1024 * 1024,
+                                formats=recorded_formats(contents))
         except psycopg.Error as exc:
             return [_evidence(check, f"could not read the restored tables: {redact(str(exc))[:200]}",
                               "the backup's tables", False)]
