@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import threading
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
@@ -168,17 +169,37 @@ class PartWriter(Writer, Generic[Part]):
         self._part_size = part_size
         self._max_parts = max_parts
         self._concurrency = concurrency
-        self._buf = bytearray()
+        # The pieces of the next part, by reference: the pipeline hands every target the same immutable
+        # frame, so the targets' writers share them instead of each copying into a buffer of its own.
+        self._pending: deque[bytes | memoryview] = deque()
+        self._pending_size = 0
         self._parts = 0
         self._uploads: _BoundedUploads[Part] | None = None
 
     def write(self, data: bytes) -> None:
-        self._buf += data
-        while len(self._buf) >= self._part_size:
-            with memoryview(self._buf) as view:  # one copy per part, not a slice and then a copy of it
-                part = bytes(view[: self._part_size])
-            del self._buf[: self._part_size]
-            self._send(part)
+        if not data:
+            return
+        self._pending.append(data if isinstance(data, bytes) else bytes(data))   # a mutable buffer is copied
+        self._pending_size += len(data)
+        while self._pending_size >= self._part_size:
+            self._send(self._take(self._part_size))
+
+    def _take(self, size: int) -> bytes:
+        """The first ``size`` pending bytes as one part: one copy (the join), none per piece."""
+        pieces: list[bytes | memoryview] = []
+        need = size
+        while need:
+            piece = self._pending[0]
+            if len(piece) <= need:
+                pieces.append(self._pending.popleft())
+                need -= len(piece)
+            else:
+                view = memoryview(piece)
+                pieces.append(view[:need])
+                self._pending[0] = view[need:]
+                need = 0
+        self._pending_size -= size
+        return b"".join(pieces)
 
     def _send(self, part: bytes) -> None:
         if self._parts >= self._max_parts:
@@ -192,15 +213,15 @@ class PartWriter(Writer, Generic[Part]):
     def commit(self) -> None:
         if self._uploads is None:
             # Small object: one request, no multipart bookkeeping.
-            self._put_whole(bytes(self._buf))
+            self._put_whole(self._take(self._pending_size))
             return
-        if self._buf:
-            self._send(bytes(self._buf))
-            self._buf.clear()
+        if self._pending_size:
+            self._send(self._take(self._pending_size))
         self._finish(self._uploads.wait())
 
     def abort(self) -> None:
-        self._buf.clear()
+        self._pending.clear()
+        self._pending_size = 0
         if self._uploads is not None:
             self._uploads.cancel()
             self._discard()
