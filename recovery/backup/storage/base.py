@@ -1,7 +1,8 @@
 """Storage targets for backup streams: a local directory, S3 and Azure Blob, behind one small interface.
 
 Writers are streaming: bytes arrive in arbitrary pieces and are cut into parts/blocks that upload
-concurrently from a bounded pool, so memory is at most ``(concurrency + 1) * part_size`` per writer.
+concurrently from a bounded pool: at most ``concurrency`` parts exist per writer (the next one is built
+when a slot is free), plus the pending frames, which the writers of one stream share by reference.
 Nothing is visible under the final name until ``commit()``; ``abort()`` leaves nothing behind that would
 be mistaken for a backup. Errors are :class:`StorageError` with secrets redacted.
 """
@@ -132,13 +133,14 @@ class _BoundedUploads(Generic[Part]):
         self._futures: list[Future[Part]] = []
         self._error: BaseException | None = None
 
-    def submit(self, fn: Callable[[int, bytes], Part], number: int, data: bytes) -> None:
+    def submit(self, fn: Callable[[int, bytes], Part], number: int, make: Callable[[], bytes]) -> None:
+        """``make()`` builds the part only once a slot is free: at most ``limit`` parts exist at a time."""
         # Fail the stream at the next write after a part fails, not only at commit.
         if self._error is not None:
             raise self._error
         self._slots.acquire()
         try:
-            future = self._pool.submit(fn, number, data)
+            future = self._pool.submit(fn, number, make())
         except BaseException:
             self._slots.release()
             raise
@@ -182,7 +184,7 @@ class PartWriter(Writer, Generic[Part]):
         self._pending.append(data if isinstance(data, bytes) else bytes(data))   # a mutable buffer is copied
         self._pending_size += len(data)
         while self._pending_size >= self._part_size:
-            self._send(self._take(self._part_size))
+            self._send(self._part_size)
 
     def _take(self, size: int) -> bytes:
         """The first ``size`` pending bytes as one part: one copy (the join), none per piece."""
@@ -201,14 +203,15 @@ class PartWriter(Writer, Generic[Part]):
         self._pending_size -= size
         return b"".join(pieces)
 
-    def _send(self, part: bytes) -> None:
+    def _send(self, size: int) -> None:
+        """Upload the next ``size`` pending bytes as a part (built when an upload slot is free)."""
         if self._parts >= self._max_parts:
             raise StorageError(f"{self._target}: object needs more than {self._max_parts} parts; raise part_size")
         if self._uploads is None:
             self._begin()
             self._uploads = _BoundedUploads(self._concurrency)
         self._parts += 1
-        self._uploads.submit(self._upload_part, self._parts, part)
+        self._uploads.submit(self._upload_part, self._parts, lambda: self._take(size))
 
     def commit(self) -> None:
         if self._uploads is None:
@@ -216,7 +219,7 @@ class PartWriter(Writer, Generic[Part]):
             self._put_whole(self._take(self._pending_size))
             return
         if self._pending_size:
-            self._send(self._take(self._pending_size))
+            self._send(self._pending_size)
         self._finish(self._uploads.wait())
 
     def abort(self) -> None:
