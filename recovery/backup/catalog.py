@@ -292,16 +292,6 @@ def insert_record(store: Store, record: BackupRecord, *, replace_failed: bool = 
     return record
 
 
-def insert_finished_record(store: Store, record: BackupRecord, *, ok: bool, replace_failed: bool = False,
-                           **values: object) -> BackupRecord:
-    """``insert_record`` and ``finish_record`` in one transaction: the row of an object already stored."""
-    record.status = STATUS_OK if ok else STATUS_FAILED
-    record.finished_at = utcnow()
-    for field_name, value in values.items():
-        setattr(record, field_name, value)
-    return insert_record(store, record, replace_failed=replace_failed)
-
-
 def update_record(store: Store, record_id: int, **values: object) -> BackupRecord:
     """Set columns of one row; returns the row as stored."""
     with store.session() as session:

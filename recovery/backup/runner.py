@@ -31,7 +31,6 @@ from recovery.backup.catalog import (
     base_object_name,
     export_object_name,
     finish_record,
-    insert_finished_record,
     insert_record,
     manifest_object_name,
     new_run_id,
@@ -157,20 +156,16 @@ class BackupRunner:
 
     def store_object(self, run_id: str, kind: str, component: str, object_name: str,
                      source_cm: AbstractContextManager[object], reason: str = "", *,
-                     replace_failed: bool = False, source_done: Callable[[], object] | None = None,
-                     record_at_end: bool = False) -> BackupRecord:
+                     replace_failed: bool = False, source_done: Callable[[], object] | None = None) -> BackupRecord:
         """Stream one object to every target and record it; the row's status says whether it counts.
 
         ``replace_failed`` lets a retry of the same name (a WAL segment PostgreSQL re-archives) take
         the place of an earlier failed attempt; a good row is never replaced. ``source_done``: called
         once the source's last byte was read, while the uploads finish (``pipeline.backup_stream``).
-        ``record_at_end``: no "running" row first; the finished row is written in one transaction after
-        the stream (a WAL segment's push: one commit instead of two; its pushes are serialised per name).
         """
-        record = BackupRecord(run_id=run_id, kind=kind, component=component, object_name=object_name,
-                              reason=reason, key_id=self.key.key_id)
-        if not record_at_end:
-            record = insert_record(self.store, record, replace_failed=replace_failed)
+        record = insert_record(self.store, BackupRecord(run_id=run_id, kind=kind, component=component,
+                                                        object_name=object_name, reason=reason,
+                                                        key_id=self.key.key_id), replace_failed=replace_failed)
         result: PipelineResult | None = None
         error = ""
         facts = _SourceFacts(start_lsn=None, stop_lsn=None, timeline=None, source_sha256=None)
@@ -189,10 +184,10 @@ class BackupRunner:
             error = redact(f"{type(exc).__name__}: {exc}")[:500]
             if result is not None:
                 self._delete_everywhere(object_name)
-        return self._finish(record, result, error, facts, replace_failed=replace_failed)
+        return self._finish(record, result, error, facts)
 
     def _finish(self, record: BackupRecord, result: PipelineResult | None, error: str,
-                facts: _SourceFacts, *, replace_failed: bool = False) -> BackupRecord:
+                facts: _SourceFacts) -> BackupRecord:
         targets: dict[str, _TargetOutcome] = {}
         if result is not None:
             targets = {name: {"ok": t.ok, "error": t.error} for name, t in result.targets.items()}
@@ -213,8 +208,6 @@ class BackupRunner:
             values["reason"] = (record.reason + " " if record.reason else "") + (f"{why} ({failed})" if failed else why)
         if result is not None:
             values.update(source_size=result.source_size, stored_size=result.stored_size, sha256=result.sha256)
-        if record.id is None:   # record_at_end: the finished row in one transaction
-            return insert_finished_record(self.store, record, ok=ok, replace_failed=replace_failed, **values)
         return finish_record(self.store, require_id(record), ok=ok, **values)
 
     def _drop_staging_copy(self, name: str, result: PipelineResult, targets: dict[str, _TargetOutcome]) -> None:

@@ -88,8 +88,7 @@ class TargetWalStore:
     def put(self, name: str, source: BinaryIO) -> str:
         reader = _HashingReader(source)
         record = self.runner.store_object(WAL_RUN_ID, WAL_KIND, "postgres", wal_object(name),
-                                          contextlib.nullcontext(reader), replace_failed=True,
-                                          record_at_end=True)
+                                          contextlib.nullcontext(reader), replace_failed=True)
         if record.status != "ok":
             raise WalError(f"{name} not archived: {record.reason}")
         return reader.source_sha256
