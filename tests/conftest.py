@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from recovery.monitor.history import MonitorHistory
 from slack_emulator.server import EmulatorServer
+from statemachines.store import Store
 from tests.harness.aegis_process import BOT_TOKEN, SIGNING_SECRET
 
 pytest_plugins = ["tests.harness.pgcluster", "tests.harness.neo4j_server", "tests.harness.cli_workspace"]
@@ -33,3 +35,14 @@ def pg_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Iterator[MonitorHistory]:
+    """The monitor's history on a fresh, migrated SQLite store."""
+    store = Store(f"sqlite:///{tmp_path / 'aegis.db'}")
+    store.migrate()
+    try:
+        yield MonitorHistory(store)
+    finally:
+        store.dispose()

@@ -27,16 +27,6 @@ from tests.harness.aegis_process import wait_for
 from tests.harness.pgcluster import PgPair
 
 
-@pytest.fixture
-def history(tmp_path: Path) -> Iterator[MonitorHistory]:
-    store = Store(f"sqlite:///{tmp_path / 'aegis.db'}")
-    store.migrate()
-    try:
-        yield MonitorHistory(store)
-    finally:
-        store.dispose()
-
-
 def _pair_config(pair: PgPair, **monitoring: object) -> Config:
     return Config.model_validate({
         "components": {"postgres": {"primary": {"dsn": pair.primary.tcp_dsn()},

@@ -27,7 +27,6 @@ from recovery.monitor.checks import Sample
 from recovery.monitor.graph_vector import MilvusProbe, Neo4jProbe
 from recovery.monitor.history import MonitorHistory
 from recovery.monitor.loop import Monitor
-from statemachines.store import Store
 from tests.harness.neo4j_auth_server import Neo4jAuthServer, neo4j_with_auth
 
 PASSWORD = "monitor-right-password-4711"
@@ -39,16 +38,6 @@ PASSWORD_ENV = "AEGIS_TEST_MONITOR_NEO4J_PASSWORD"
 def neo4j_auth() -> Iterator[Neo4jAuthServer]:
     with neo4j_with_auth(PASSWORD) as server:
         yield server
-
-
-@pytest.fixture
-def history(tmp_path: Path) -> Iterator[MonitorHistory]:
-    store = Store(f"sqlite:///{tmp_path / 'aegis.db'}")
-    store.migrate()
-    try:
-        yield MonitorHistory(store)
-    finally:
-        store.dispose()
 
 
 def every_cycle() -> Callable[[], float]:

@@ -26,22 +26,11 @@ from recovery.monitor.loop import Monitor
 from recovery.monitor.risk import Condition
 from slack_emulator.server import EmulatorServer
 from statemachines.models import MonitorStreak
-from statemachines.store import Store
 from tests.harness.aegis_process import start_on_sqlite, wait_for
 from tests.harness.pgcluster import free_port
 from tests.harness.slack_reading import all_text, channel_by_id
 
 KEY = "check_failed:endpoint api"
-
-
-@pytest.fixture
-def history(tmp_path: Path) -> Iterator[MonitorHistory]:
-    store = Store(f"sqlite:///{tmp_path / 'aegis.db'}")
-    store.migrate()
-    try:
-        yield MonitorHistory(store)
-    finally:
-        store.dispose()
 
 
 class Endpoint:
