@@ -13,6 +13,8 @@ from recovery.monitor.history import MonitorHistory
 from slack_emulator.server import EmulatorServer
 from statemachines.store import Store
 from tests.harness.aegis_process import BOT_TOKEN, SIGNING_SECRET
+from tests.harness.flows_harness import serve_pg, store_for
+from tests.harness.pgcluster import PgSingle
 
 pytest_plugins = ["tests.harness.pgcluster", "tests.harness.neo4j_server", "tests.harness.cli_workspace"]
 
@@ -46,3 +48,15 @@ def history(tmp_path: Path) -> Iterator[MonitorHistory]:
         yield MonitorHistory(store)
     finally:
         store.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[PgSingle]:
+    """One PostgreSQL server per test module (each test makes its own database on it)."""
+    yield from serve_pg()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A migrated store, once on SQLite and once on PostgreSQL (a module may define its own ``store``)."""
+    yield from store_for(request, tmp_path)

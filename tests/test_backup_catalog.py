@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,20 +35,8 @@ from recovery.backup.stream.crypto import BackupKey
 from statemachines import policy
 from statemachines.models import BackupRecord, require_id
 from statemachines.store import Store
-from tests.harness.flows_harness import serve_pg, store_for
-from tests.harness.pgcluster import PgSingle
 
 KEY = BackupKey.from_bytes(bytes(range(32)))
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PgSingle]:
-    yield from serve_pg()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    yield from store_for(request, tmp_path)
 
 
 def add(store: Store, run_id: str, kind: str = KIND_FULL, *, status: str = "ok", component: str = "postgres",

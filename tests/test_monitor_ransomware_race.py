@@ -10,11 +10,9 @@ condition is attached to it, and both conditions name it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 from sqlmodel import select
 
 from bot.jobs.monitor import MonitorDuty
@@ -27,18 +25,7 @@ from statemachines.models import Incident, TimelineEvent
 from statemachines.store import Store
 from tests.harness.aegis_process import BOT_TOKEN
 from tests.harness.concurrency import at_once
-from tests.harness.flows_harness import Harness, harness_for, serve_pg, store_for
-from tests.harness.pgcluster import PgSingle
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PgSingle]:
-    yield from serve_pg()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    yield from store_for(request, tmp_path)
+from tests.harness.flows_harness import Harness, harness_for
 
 
 def _condition(source: str) -> Condition:

@@ -34,19 +34,8 @@ from statemachines.service import StepSpec
 from statemachines.store import Store
 from tests.harness.aegis_process import wait_for
 from tests.harness.concurrency import at_once
-from tests.harness.flows_harness import harness_for, new_store, outcome_of, pg_url, serve_pg, store_for
+from tests.harness.flows_harness import harness_for, new_store, outcome_of, pg_url
 from tests.harness.pgcluster import PgSingle
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PgSingle]:
-    yield from serve_pg()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    yield from store_for(request, tmp_path)
-
 
 # --- 2a: a rejection and an approval of the same plan revision ------------------------------------
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,19 +21,7 @@ from statemachines.models import require_id
 from statemachines.service import StepSpec
 from statemachines.store import Store
 from tests.harness.concurrency import at_once
-from tests.harness.flows_harness import Harness, harness_for, serve_pg, store_for
-from tests.harness.pgcluster import PgSingle
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PgSingle]:
-    yield from serve_pg()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    yield from store_for(request, tmp_path)
-
+from tests.harness.flows_harness import Harness, harness_for
 
 SPECS = [
     StepSpec(title="fence", action="manual", risk="high", approver_roles=["database_lead"]),
