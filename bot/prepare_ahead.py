@@ -21,7 +21,9 @@ precheck.
 
 When a preparation is ready, one line is posted in the incident channel through the outbox
 (``step_prepared``, English and Korean) and recorded on the timeline. A preparation that fails is only
-logged: the approved step's precheck fails the same way, before anything is stopped, and says why.
+logged: the approved step's precheck fails the same way, before anything is stopped, and says why; one
+refused because it would leave the running server's filesystem less than its reserve free
+(``in_place.ahead_reserve``: 5 % of it, at least 1 GiB or a tenth) is simply done by the approved step.
 The switch is per component (``components.postgres.primary.control.prepare_ahead``, default true).
 """
 
@@ -103,7 +105,7 @@ class PrepareAhead:
         try:
             ready = action.prepare(lines.append)
         except ActionError as exc:
-            log.warning("preparing step %s ahead of its approval failed (its precheck will say so again): %s",
+            log.warning("step %s was not prepared ahead of its approval (the approved step prepares itself): %s",
                         step.id, exc)
             return
         with self._guard:

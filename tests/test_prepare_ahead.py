@@ -218,3 +218,46 @@ def test_a_backup_deleted_from_every_target_after_the_staging_fails_the_step_bef
     assert "no intact copy" in str(refused.value) and "was not stopped" in str(refused.value), refused.value
     assert world.pid() == pid and world.pg.primary.sql("SELECT count(*) FROM orders")[0][0] == 100
     assert not world.staging() and not list(world.data_dir.parent.glob(f"{world.data_dir.name}.aegis-aside-*"))
+
+
+def test_staging_ahead_leaves_the_running_servers_filesystem_its_reserve_and_the_approved_step_stages_instead(
+    running: Running, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot.config import load_config
+    from bot.wiring import build_action
+    from recovery.actions.base import ActionError
+    from recovery.backup.restore import in_place
+    from statemachines.models import PlanStep
+    from statemachines.store import Store
+
+    world = running
+    pid = world.pid()
+    path = world.workdir / "aegis.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["components"]["postgres"]["primary"]["control"] = {"data_dir": str(world.data_dir), "pg_bin": str(PG_BIN)}
+    path.write_text(yaml.safe_dump(data))
+    params = {"node": "primary", "backup_id": world.run_id, "data_dir": str(world.data_dir)}
+    step = PlanStep(id=6, incident_id=9, revision=1, position=1, title="restore", action="postgres_restore",
+                    params=params)
+
+    def action() -> Any:
+        return build_action(load_config(path), step, {"incident": "INC-9", "step": "6"},
+                            store=Store(f"sqlite:///{world.workdir}/aegis.db"))
+
+    # a filesystem this full: the reserve (here the whole disk) cannot be left beside the running server
+    monkeypatch.setattr(in_place, "AHEAD_RESERVE_FRACTION", 1.0)
+    with pytest.raises(ActionError) as refused:
+        action().prepare(lambda _line: None)
+    assert "not staged ahead" in str(refused.value) and "the approved step stages it" in str(refused.value)
+    assert not world.staging() and world.journal().get("phase") is None   # nothing written, nothing staged
+    assert world.pid() == pid
+
+    approved = action()
+    approved.precheck()    # the approved step: only the room for the backup itself is required
+    try:
+        assert world.staging() and world.journal()["phase"] == "staged"
+        assert not world.journal().get("prepared_ahead")
+    finally:
+        approved.restore.remove_staging()
+        approved.restore.release()
+    assert world.pid() == pid and world.pg.primary.sql("SELECT count(*) FROM orders")[0][0] == 100

@@ -132,6 +132,15 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # how often the stop and the start are polled: the downtime is counted in these (a connection attempt
 # or a stat of postmaster.pid each, cheap next to the WAL replay they wait for)
 POLL_SECONDS = 0.05
+# Staging ahead of the approval fills the filesystem of a server that is still running and writing:
+# it must leave this much free beside it (else the approved step stages, as the server stops anyway).
+AHEAD_RESERVE_FRACTION = 0.05
+AHEAD_RESERVE_MIN = 1024 ** 3
+
+
+def ahead_reserve(total: int) -> int:
+    """Bytes that staging ahead of an approval leaves free on a filesystem of ``total`` bytes."""
+    return max(int(total * AHEAD_RESERVE_FRACTION), min(AHEAD_RESERVE_MIN, total // 10))
 
 
 class InPlaceError(RestoreError):
@@ -425,10 +434,15 @@ class InPlaceRestore:
         one_pass = len(chain) == 1 and bool(record.sha256)
         if not ahead and one_pass and self._ahead_matches(self.journal.read()):
             return self._reuse(record, needed, progress)   # its room was taken (and checked) ahead
-        free = shutil.disk_usage(data_dir.parent).free
+        usage = shutil.disk_usage(data_dir.parent)
+        free = usage.free
         if needed and free < needed:
             raise InPlaceError(f"{data_dir.parent} has {size_text(free)} free; restoring {record.run_id} needs "
                                f"{size_text(needed)} beside the current data directory (which is kept)")
+        if ahead and free - needed < ahead_reserve(usage.total):
+            raise InPlaceError(f"not staged ahead: {record.run_id} ({size_text(needed)}) would leave less than "
+                               f"{size_text(ahead_reserve(usage.total))} free on {data_dir.parent} beside the running "
+                               "server; the approved step stages it instead")
         self.remove_staging()   # ours (by name): leftovers of an earlier attempt
         # a new attempt: the phases start over; every directory ever put aside stays recorded
         self.journal.restart(PRECHECKED, keep=("asides", "failed", "discarded"), incident=self.incident,
