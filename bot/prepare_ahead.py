@@ -69,29 +69,37 @@ class PrepareAhead:
             mine = {step_id for step_id, owner in self._prepared.items() if owner == incident_id}
             old = [svc.get_step(session, step_id) for step_id in sorted(mine)]
         context = {"incident": key, "scenario": scenario}
-        for step in steps:
-            if step.status == "awaiting_approval" and step.revision == revision:
-                self._start(step, {**context, "step": str(step.id)}, self._prepare)
+        jobs: list[tuple[PlanStep, dict[str, str], Callable[[PlanStep, dict[str, str]], None]]] = []
+        # withdrawals first, on the same worker as the preparations after them: a re-plan's new step then
+        # finds the staging lock free (a preparation refused by a busy lock would not be tried again)
         for step in old:
             keeps = state in PREPARING_STATES and step.revision == revision and step.status in KEEPING
             if not keeps:
-                self._start(step, {**context, "step": str(step.id)}, self._withdraw)
+                jobs.append((step, {**context, "step": str(step.id)}, self._withdraw))
+        for step in steps:
+            if step.status == "awaiting_approval" and step.revision == revision:
+                jobs.append((step, {**context, "step": str(step.id)}, self._prepare))
+        claimed = [job for job in jobs if self._claim(job[0], preparing=job[2] == self._prepare)]
+        if claimed:
+            self.submit(lambda: self._run_all(claimed))
 
-    def _start(self, step: PlanStep, context: dict[str, str],
-               work: Callable[[PlanStep, dict[str, str]], None]) -> None:
+    def _claim(self, step: PlanStep, *, preparing: bool) -> bool:
         step_id = require_id(step)
         with self._guard:
-            if step_id in self._busy or (work == self._prepare and step_id in self._prepared):
-                return
+            if step_id in self._busy or (preparing and step_id in self._prepared):
+                return False
             self._busy.add(step_id)
+            return True
 
-        def run() -> None:
+    def _run_all(self, jobs: list[tuple[PlanStep, dict[str, str], Callable[[PlanStep, dict[str, str]], None]]]) -> None:
+        for step, context, work in jobs:
             try:
                 work(step, context)
+            except Exception:   # one step's surprise must not keep the others claimed for ever
+                log.exception("preparing or withdrawing step %s ahead of its approval failed", step.id)
             finally:
                 with self._guard:
-                    self._busy.discard(step_id)
-        self.submit(run)
+                    self._busy.discard(require_id(step))
 
     def _prepare(self, step: PlanStep, context: dict[str, str]) -> None:
         try:
