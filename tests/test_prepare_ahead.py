@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,28 +182,32 @@ def test_a_replan_replaces_the_staging_and_closing_the_incident_withdraws_it(
         walk.bot.stop()
 
 
-def test_a_backup_deleted_from_every_target_after_the_staging_fails_the_step_before_anything_stops(
-    running: Running,
-) -> None:
+def direct_action(world: Running, step_id: int) -> Callable[[], Any]:
+    """A factory of the restore step's action as the engine builds it (no bot), control by pg_ctl."""
     from bot.config import load_config
     from bot.wiring import build_action
-    from recovery.actions.base import ActionError
     from statemachines.models import PlanStep
     from statemachines.store import Store
 
-    world = running
-    pid = world.pid()
     path = world.workdir / "aegis.yaml"
     data = yaml.safe_load(path.read_text())
     data["components"]["postgres"]["primary"]["control"] = {"data_dir": str(world.data_dir), "pg_bin": str(PG_BIN)}
     path.write_text(yaml.safe_dump(data))
     params = {"node": "primary", "backup_id": world.run_id, "data_dir": str(world.data_dir)}
-    step = PlanStep(id=5, incident_id=9, revision=1, position=1, title="restore", action="postgres_restore",
+    step = PlanStep(id=step_id, incident_id=9, revision=1, position=1, title="restore", action="postgres_restore",
                     params=params)
+    return lambda: build_action(load_config(path), step, {"incident": "INC-9", "step": str(step_id)},
+                                store=Store(f"sqlite:///{world.workdir}/aegis.db"))
 
-    def action() -> Any:
-        return build_action(load_config(path), step, {"incident": "INC-9", "step": "5"},
-                            store=Store(f"sqlite:///{world.workdir}/aegis.db"))
+
+def test_a_backup_deleted_from_every_target_after_the_staging_fails_the_step_before_anything_stops(
+    running: Running,
+) -> None:
+    from recovery.actions.base import ActionError
+
+    world = running
+    pid = world.pid()
+    action = direct_action(world, 5)
 
     ready = action().prepare(lambda _line: None)
     assert ready is not None and ready["backup_id"] == world.run_id and world.staging()
@@ -223,26 +227,12 @@ def test_a_backup_deleted_from_every_target_after_the_staging_fails_the_step_bef
 def test_staging_ahead_leaves_the_running_servers_filesystem_its_reserve_and_the_approved_step_stages_instead(
     running: Running, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from bot.config import load_config
-    from bot.wiring import build_action
     from recovery.actions.base import ActionError
     from recovery.backup.restore import in_place
-    from statemachines.models import PlanStep
-    from statemachines.store import Store
 
     world = running
     pid = world.pid()
-    path = world.workdir / "aegis.yaml"
-    data = yaml.safe_load(path.read_text())
-    data["components"]["postgres"]["primary"]["control"] = {"data_dir": str(world.data_dir), "pg_bin": str(PG_BIN)}
-    path.write_text(yaml.safe_dump(data))
-    params = {"node": "primary", "backup_id": world.run_id, "data_dir": str(world.data_dir)}
-    step = PlanStep(id=6, incident_id=9, revision=1, position=1, title="restore", action="postgres_restore",
-                    params=params)
-
-    def action() -> Any:
-        return build_action(load_config(path), step, {"incident": "INC-9", "step": "6"},
-                            store=Store(f"sqlite:///{world.workdir}/aegis.db"))
+    action = direct_action(world, 6)
 
     # a filesystem this full: the reserve (here the whole disk) cannot be left beside the running server
     monkeypatch.setattr(in_place, "AHEAD_RESERVE_FRACTION", 1.0)
