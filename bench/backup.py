@@ -230,7 +230,7 @@ def aegis_restore_child(spec_path: str) -> int:
         def __init__(self, out: Any) -> None:
             self.out = out
 
-        def write(self, data: bytes) -> int:
+        def write(self, data: bytes | memoryview) -> int:
             marks.setdefault("verify_pass_done", time.monotonic() - t0)
             return int(self.out.write(data))
 

@@ -85,7 +85,7 @@ class _Counting:
     def __init__(self, sink: BinaryIO, label: str, progress: Progress | None) -> None:
         self.sink, self.label, self.progress, self.done = sink, label, progress, 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self.sink.write(data)
         self.done += len(data)
         if self.progress is not None:
@@ -95,12 +95,12 @@ class _Counting:
 
 @contextlib.contextmanager
 def plaintext(copy: VerifiedCopy, key: BackupKey, progress: Progress | None = None) -> Iterator[BinaryIO]:
-    """A readable stream of the verified copy's plaintext (decrypted in a thread through a pipe)."""
+    """A readable stream of the verified copy's plaintext (decrypted in a thread, handed over in process)."""
     def write(out: BinaryIO) -> None:
         restore_stream(copy.target, copy.record.object_name, key, _Counting(out, copy.record.object_name, progress),
                        copy.sha256, verify_first=False)  # verified just before; pinned to that checksum
 
-    with produced(write) as reader:
+    with produced(write, in_process=True) as reader:
         yield reader
 
 

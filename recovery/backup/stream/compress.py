@@ -62,17 +62,18 @@ class _IterReader(io.RawIOBase):
         return n
 
 
-def decompress_chunks(chunks: Iterable[bytes], piece_size: int = DEFAULT_PIECE) -> Iterator[bytes]:
+def decompress_chunks(chunks: Iterable[bytes], piece_size: int = DEFAULT_PIECE) -> Iterator[memoryview]:
     """Decompress a zstd stream, yielding at most ``piece_size`` bytes at a time.
 
-    Reading through a stream reader bounds memory even when a small input expands enormously.
+    Reading through a stream reader bounds memory even when a small input expands enormously. Every
+    piece is a view of one reused buffer, valid until the next is asked for (a sink's ``write`` copies
+    it): a fresh 1 MiB object per piece is an allocation per MiB of plaintext and, once glibc maps such
+    buffers (``pipeline.return_big_buffers``), a page fault per 4 KiB of it.
     """
     dctx = zstandard.ZstdDecompressor()
     # zstd only calls read() on its source; the stubs ask for the whole IO[bytes] interface.
     source = cast("IO[bytes]", _IterReader(chunks))
+    buffer = memoryview(bytearray(piece_size))
     with dctx.stream_reader(source, read_size=piece_size, read_across_frames=True) as reader:
-        while True:
-            piece = reader.read(piece_size)
-            if not piece:
-                return
-            yield piece
+        while n := reader.readinto(buffer):
+            yield buffer[:n]

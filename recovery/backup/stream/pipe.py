@@ -6,7 +6,9 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import BinaryIO, cast
+
+from recovery.backup.stream.channel import Channel
 
 PIPE_SIZE = 1024 * 1024   # Linux's default pipe-max-size
 _F_SETPIPE_SZ = 1031      # fcntl.F_SETPIPE_SZ on Linux
@@ -24,16 +26,24 @@ def widen_pipe(fd: int, size: int = PIPE_SIZE) -> None:
 
 
 @contextlib.contextmanager
-def produced(write: Callable[[BinaryIO], object]) -> Iterator[BinaryIO]:
+def produced(write: Callable[[BinaryIO], object], *, in_process: bool = False) -> Iterator[BinaryIO]:
     """Run ``write(out)`` in a thread feeding a pipe; yield the pipe's read end.
 
     The exporters write to a file object, the pipeline reads one: a pipe joins them with a bounded
     kernel buffer, so memory stays flat. A writer error is re-raised when the block exits, and wins over
-    the consumer's own error (which is then only its consequence).
+    the consumer's own error (which is then only its consequence). ``in_process``: a ``channel.Channel``
+    instead of an OS pipe, for a consumer that reads in big pieces (a restore's extraction): no copy
+    through the kernel. The exporters keep the OS pipe (not measured with the channel).
     """
-    read_fd, write_fd = os.pipe()
-    widen_pipe(write_fd)
-    reader, writer = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
+    reader: BinaryIO
+    writer: BinaryIO
+    if in_process:
+        channel = Channel()
+        reader, writer = cast("BinaryIO", channel.reader()), cast("BinaryIO", channel.writer())
+    else:
+        read_fd, write_fd = os.pipe()
+        widen_pipe(write_fd)
+        reader, writer = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb")
     failure: list[BaseException] = []
 
     def run() -> None:

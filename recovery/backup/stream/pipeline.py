@@ -100,9 +100,10 @@ class RestoreResult:
 
 
 class Sink(Protocol):
-    """Where a restore writes plaintext: a file, a pipe, or a wrapper that counts."""
+    """Where a restore writes plaintext: a file, a pipe, or a wrapper that counts. ``data`` is valid only
+    during the call (a view of the decompressor's reused buffer): a sink that keeps it must copy it."""
 
-    def write(self, data: bytes, /) -> object: ...
+    def write(self, data: bytes | memoryview, /) -> object: ...
 
 
 def _source_chunks(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
