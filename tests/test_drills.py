@@ -214,6 +214,69 @@ def test_a_row_changed_in_the_restored_scratch_copy_fails_the_v3_contents_check(
         assert clean_run(ctx.store, fresh, ctx.droppers) == []
 
 
+@pytest.mark.timeout(300)
+def test_a_restore_test_copy_is_stopped_at_once_and_stays_listed_until_its_deletion_is_joined(
+        world: World) -> None:
+    """The removal overlapping the drill's bookkeeping: the server is gone when ``remove_postgres_soon``
+    returns, the row still lists the copy until ``finish_removals``, and a drill that died in between
+    (its row as it was) is swept like any other."""
+    import os
+
+    from recovery.backup.catalog import restore_test_queue
+    from recovery.drills import runs
+    from recovery.drills.restores import restore_postgres_copy
+    from recovery.drills.scratch import Scratch, clean_run
+
+    _backup(world)
+    ctx = _context(world)
+    [record] = restore_test_queue(ctx.store)
+    run_id = require_id(runs.start(ctx.store, "backup_restore_test", "cli"))
+    scratch = Scratch.prepare(ctx.store, run_id, ctx.settings.scratch_dir, ctx.droppers)
+    first, _, one = restore_postgres_copy(ctx, scratch, record, replay_wal=False)
+    second, _, two = restore_postgres_copy(ctx, scratch, record, replay_wal=False)
+    pid = int((second.data_dir / "postmaster.pid").read_text().split()[0])
+    scratch.remove_postgres_soon(one)
+    scratch.remove_postgres_soon(two)
+    assert not _port_open(first.port) and not _port_open(second.port)
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    listed = runs.get(ctx.store, run_id)
+    assert listed is not None and [r["state"] for r in listed.scratch] == ["registered", "created", "created"]
+    assert scratch.finish_removals() == []
+    assert not first.data_dir.exists() and not second.data_dir.exists()
+    fresh = runs.get(ctx.store, run_id)
+    assert fresh is not None and [r["state"] for r in fresh.scratch] == ["registered", "removed", "removed"]
+    # a drill killed before the join: its row still lists the copy; the sweep's clean_run removes it
+    third, _, three = restore_postgres_copy(ctx, scratch, record, replay_wal=False)
+    scratch.remove_postgres_soon(three)
+    killed = runs.get(ctx.store, run_id)
+    assert killed is not None and killed.scratch[three]["state"] == "created"
+    scratch.finish_removals()   # (the thread of the dead process, not left running by the test)
+    os.makedirs(third.data_dir / "base")   # what the deletion had not reached yet when the process died
+    assert clean_run(ctx.store, killed, ctx.droppers) == []
+    _assert_scratch_gone(ctx, run_id)
+
+
+def test_stop_immediately_never_signals_a_process_a_stale_pid_file_names(tmp_path: Path) -> None:
+    """A scratch dir whose postmaster.pid names a live process that is not its postmaster (the number
+    reused after a crash): nothing is signalled (pg_ctl would send it SIGQUIT)."""
+    import subprocess
+
+    from recovery.backup.restore.postgres import RestoredCluster
+    from recovery.backup.sources.postgres import pg_bin_dir
+    from recovery.drills.scratch import stop_immediately
+
+    data_dir = tmp_path / "pg-1"
+    data_dir.mkdir()
+    other = subprocess.Popen(["sleep", "30"], cwd=tmp_path)
+    try:
+        (data_dir / "postmaster.pid").write_text(f"{other.pid}\n{data_dir}\n")
+        stop_immediately(RestoredCluster(data_dir, 1, tmp_path / "sock", tmp_path / "log", pg_bin_dir(None)))
+        assert other.poll() is None, "the unrelated process was signalled"
+    finally:
+        other.kill()
+        other.wait()
+
+
 @pytest.mark.timeout(600)
 def test_backup_restore_test_stops_starting_restores_when_its_budget_is_spent_least_recently_tested_first(
         world: World) -> None:

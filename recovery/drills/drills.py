@@ -263,6 +263,7 @@ def run_drill(ctx: DrillContext, name: str, trigger: str, requested_by: str | No
     run_id = require_id(run)
     steps = Steps(ctx.store, run_id, ctx.say, ctx.settings.step_delay_seconds)
     findings, error = Findings(checks_ok=False), ""
+    scratch: Scratch | None = None
     with lease_renewed(ctx.store, run_id):
         try:
             with steps.step("prepare scratch environment") as entry:
@@ -274,13 +275,15 @@ def run_drill(ctx: DrillContext, name: str, trigger: str, requested_by: str | No
             error = redact(f"{type(exc).__name__}: {exc}")[:1500]
             log.warning("drill %s (%s) stopped: %s", run_id, name, error)
         finally:
-            _clean_up(ctx, steps, run_id)
+            _clean_up(ctx, steps, run_id, scratch)
     return _finish(ctx, run_id, name, findings, error, steps, swept)
 
 
-def _clean_up(ctx: DrillContext, steps: Steps, run_id: int) -> None:
+def _clean_up(ctx: DrillContext, steps: Steps, run_id: int, scratch: Scratch | None) -> None:
     try:
         with steps.step("clean up") as entry:
+            if scratch is not None:   # restore-test copies still being deleted: joined, then marked
+                scratch.finish_removals()
             fresh = runs.get(ctx.store, run_id)
             if fresh is None:
                 return
