@@ -14,7 +14,7 @@ each round times, as processes, from spawn to exit (the order alternates between
   recorded in the catalog, scored, and the report written. No Slack is configured, so nothing is posted.
 
 It prints the load, each round (with the restore test's own split from the drill's report: restore,
-contents check, scratch copy removed), the medians, the ratio drill/bare, the drill's step timings
+contents check, scratch server stopped), the medians, the ratio drill/bare, the drill's step timings
 (where the extra time goes), and the goal: ratio ≤ 1.2. Exit status 0 whether or not the goal is
 met, 1 when a step fails, 130 on interrupt.
 
@@ -143,7 +143,7 @@ def _steps(report: dict[str, Any]) -> str:
 
 
 def _timings(report: dict[str, Any]) -> str:
-    """The restore test's own split (restore, contents check, scratch copy removed) from the report."""
+    """The restore test's own split (restore, contents check, scratch server stopped) from the report."""
     for restore in (report.get("figures") or {}).get("restores", []):
         for line in restore.get("details", []):
             if str(line).startswith("timings: "):
