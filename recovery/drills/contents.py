@@ -245,6 +245,17 @@ def snapshot(dsn: str, *, max_checksum_bytes: int = MAX_CHECKSUM_BYTES, workers:
             for database in _databases(dsn)}
 
 
+def table_names(dsn: str) -> dict[str, set[str]]:
+    """The permanent user tables (``schema.table``) of every database, as ``snapshot`` names them, without
+    reading a row: what an in-place restore that replayed WAL can compare (later changes legitimately alter
+    the rows; counting a big table only to ignore the count cost most of its verify phase)."""
+    names: dict[str, set[str]] = {}
+    for database in _databases(dsn):
+        with psycopg.connect(_in_database(dsn, database), autocommit=True, connect_timeout=10) as conn:
+            names[database] = {f"{s}.{t}" for s, t, _n in conn.execute(_TABLES).fetchall()}
+    return names
+
+
 def record_contents(before: Snapshot | None, after: Snapshot | None, error: str = "") -> JsonObject:
     """The ``contents`` of a catalog row: both snapshots (or why there are none)."""
     if error or before is None or after is None:
