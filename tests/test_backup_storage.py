@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from recovery.backup.storage.azure import AzureTarget
-from recovery.backup.storage.base import StorageError, Target, target_from_config
+from recovery.backup.storage.base import (
+    PART_GROWTH_EVERY,
+    PartWriter,
+    StorageError,
+    Target,
+    part_size_of,
+    target_from_config,
+)
 from recovery.backup.storage.local import LocalTarget
 from recovery.backup.storage.s3 import S3Target
 from tests.harness.storage_servers import Azurite, MotoS3, aws_env, azurite, moto_s3, moto_s3_outage  # noqa: F401
@@ -82,6 +89,35 @@ def test_unsafe_names_are_refused(target: Target) -> None:
     for bad in ("../escape", "/abs", "a//b", "a/./b", ""):
         with pytest.raises(StorageError, match="invalid backup object name"):
             target.open_writer(bad)
+
+
+def test_part_sizes_grow_with_the_object() -> None:
+    def size(n: int) -> int:
+        return part_size_of(n, 5 * MiB, 5 * 1024 * MiB)
+
+    assert [size(n) for n in (1, PART_GROWTH_EVERY, PART_GROWTH_EVERY + 1, 2 * PART_GROWTH_EVERY + 1)] \
+        == [5 * MiB, 5 * MiB, 10 * MiB, 20 * MiB]
+    assert size(12 * PART_GROWTH_EVERY) == 5 * 1024 * MiB   # capped at S3's largest part
+    # the largest object of S3's 10,000 parts: ~303 GiB (fixed 8 MiB parts: 78 GiB)
+    assert sum(size(n) for n in range(1, 10_001)) > 300 * 1024 * MiB
+
+
+@pytest.mark.parametrize("backend", ["s3", "azure"])
+def test_an_object_of_growing_parts_reads_back_whole(backend: str, request: pytest.FixtureRequest,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # growth after every part, so a few MiB already spans three sizes: the servers accept mixed sizes
+    monkeypatch.setattr(PartWriter, "growth_every", 1)
+    if backend == "s3":
+        s3: MotoS3 = request.getfixturevalue("moto_s3")
+        target: Target = S3Target(s3.create_bucket(), endpoint_url=s3.endpoint_url, part_size=5 * MiB)
+        data = os.urandom(5 * MiB + 10 * MiB + 3 * MiB)   # parts of 5, 10 and 3 MiB
+    else:
+        az: Azurite = request.getfixturevalue("azurite")
+        target = AzureTarget(az.create_container(), block_size=256 * 1024)
+        data = os.urandom(256 * 1024 * (1 + 2 + 4 + 8) + 1000)   # blocks of 256 KiB, 512 KiB, 1, 2 MiB, 1000 B
+    write(target, "pg/full/grown.enc", data)
+    assert target.size("pg/full/grown.enc") == len(data)
+    assert b"".join(target.read("pg/full/grown.enc", chunk_size=MiB)) == data
 
 
 def test_s3_abort_removes_the_multipart_upload(moto_s3: MotoS3) -> None:  # noqa: F811

@@ -14,6 +14,7 @@ from recovery.backup.storage.base import (
     DEFAULT_PART_SIZE,
     DEFAULT_READ_CHUNK,
     GuardedWriter,
+    MiB,
     PartWriter,
     RemoteTarget,
     StorageError,
@@ -26,10 +27,12 @@ if TYPE_CHECKING:
 
 
 _AZURE_MAX_BLOCKS = 50_000
+_AZURE_MAX_BLOCK_SIZE = 4000 * MiB
 
 class _AzureWriter(PartWriter[str]):
     def __init__(self, target: AzureTarget, key: str) -> None:
-        super().__init__(target.name, target.block_size, target.concurrency, _AZURE_MAX_BLOCKS)
+        super().__init__(target.name, target.block_size, target.concurrency, _AZURE_MAX_BLOCKS,
+                         _AZURE_MAX_BLOCK_SIZE)
         self._blob = target.container_client.get_blob_client(key)
         self._ids: list[str] = []
 

@@ -23,7 +23,12 @@ T = TypeVar("T")
 Part = TypeVar("Part")   # what one uploaded part leaves for the final commit (S3: number + ETag, Azure: block id)
 
 MiB = 1024 * 1024
-DEFAULT_PART_SIZE = 8 * MiB
+# The first parts are small, later ones grow (``PartWriter.part_size_of``): a backup's memory is its parts
+# in flight, and most objects are small enough never to reach a bigger part. 5 MiB is S3's smallest part.
+DEFAULT_PART_SIZE = 5 * MiB
+# every this many parts the part size doubles: 2,000 × 5 MiB = 9.8 GiB before the first growth; S3's
+# 10,000 parts then hold 5 × (1+2+4+8+16) × 2,000 MiB ≈ 303 GiB (fixed 8 MiB parts held 78 GiB)
+PART_GROWTH_EVERY = 2_000
 # parts in flight per remote writer: 2 kept a scale-70 backup's uploads ahead of the stream on 2 cores and
 # 14-20 MiB less resident than 4 (bench/backup.py); more for a link with a long round trip
 DEFAULT_CONCURRENCY = 2
@@ -163,12 +168,28 @@ class _BoundedUploads(Generic[Part]):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class PartWriter(Writer, Generic[Part]):
-    """Cuts the stream into fixed-size parts; subclasses upload parts and finish the object."""
+def part_size_of(number: int, first: int, largest: int, every: int = PART_GROWTH_EVERY) -> int:
+    """The size of part ``number`` (from 1) of a large object (the last part may be smaller): ``first``,
+    doubled after every ``every`` parts, at most ``largest``."""
+    return min(first << ((number - 1) // every), max(first, largest))
 
-    def __init__(self, target: str, part_size: int, concurrency: int, max_parts: int) -> None:
+
+class PartWriter(Writer, Generic[Part]):
+    """Cuts the stream into parts that grow with the object; subclasses upload parts and finish it.
+
+    Part ``n`` (from 1) is ``part_size × 2^((n-1) // PART_GROWTH_EVERY)``, at most ``max_part_size``:
+    small parts keep a backup's resident memory low (at most ``concurrency`` parts per writer), the growth
+    keeps the largest object far beyond what fixed small parts would allow. Both S3 and Azure accept
+    parts of different sizes in one object (every S3 part but the last ≥ 5 MiB)."""
+
+    growth_every = PART_GROWTH_EVERY
+
+    def __init__(self, target: str, part_size: int, concurrency: int, max_parts: int,
+                 max_part_size: int | None = None) -> None:
         self._target = target
-        self._part_size = part_size
+        self._first_part_size = part_size
+        self._max_part_size = max(part_size, max_part_size or part_size)
+        self._part_size = part_size   # the size of the next part
         self._max_parts = max_parts
         self._concurrency = concurrency
         # The pieces of the next part, by reference: the pipeline hands every target the same immutable
@@ -212,6 +233,10 @@ class PartWriter(Writer, Generic[Part]):
             self._uploads = _BoundedUploads(self._concurrency)
         self._parts += 1
         self._uploads.submit(self._upload_part, self._parts, lambda: self._take(size))
+        self._part_size = self.part_size_of(self._parts + 1)
+
+    def part_size_of(self, number: int) -> int:
+        return part_size_of(number, self._first_part_size, self._max_part_size, self.growth_every)
 
     def commit(self) -> None:
         if self._uploads is None:

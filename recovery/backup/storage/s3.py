@@ -18,6 +18,7 @@ from recovery.backup.storage.base import (
 )
 
 _S3_MAX_PARTS = 10_000
+_S3_MAX_PART_SIZE = 5 * 1024 * MiB
 
 # boto3 ships no types: its client and responses are the one Any of this module.
 _S3Part = dict[str, int | str]   # {"PartNumber": n, "ETag": "..."}, as complete_multipart_upload wants it
@@ -25,7 +26,7 @@ _S3Part = dict[str, int | str]   # {"PartNumber": n, "ETag": "..."}, as complete
 
 class _S3Writer(PartWriter[_S3Part]):
     def __init__(self, target: S3Target, key: str) -> None:
-        super().__init__(target.name, target.part_size, target.concurrency, _S3_MAX_PARTS)
+        super().__init__(target.name, target.part_size, target.concurrency, _S3_MAX_PARTS, _S3_MAX_PART_SIZE)
         self._s3 = target.client
         self._bucket = target.bucket
         self._key = key
