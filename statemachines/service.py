@@ -370,6 +370,21 @@ def record_vote(
     return True
 
 
+def renew_expired_vote(session: Session, *, step: PlanStep, user_id: str, roles_used: list[str],
+                       expires_in: timedelta | None) -> bool:
+    """Renew this user's approval of the step's current attempt if it has expired (True); False when they
+    have no such vote (none, a valid one, or a rejection, which is never turned into an approval)."""
+    now = utcnow()
+    # one compare-and-set: two clicks of the same person racing renew it once
+    renewed = _updated_one(session, update(Approval).where(
+        col(Approval.step_id) == step.id, col(Approval.attempt) == step.attempt, col(Approval.user_id) == user_id,
+        col(Approval.decision) == "approve", col(Approval.expires_at).is_not(None), col(Approval.expires_at) <= now,
+    ).values(roles=roles_used, at=now, expires_at=now + expires_in if expires_in else None))
+    for loaded in [obj for obj in session.identity_map.values() if isinstance(obj, Approval)] if renewed else []:
+        session.expire(loaded)   # loaded before the UPDATE: stale now
+    return renewed
+
+
 # --- the action ledger (the narrow interface recovery/ uses) ----------------------------------
 
 def ledger_start(

@@ -324,14 +324,17 @@ def approve(session: Session, *, step_id: int, user_id: str, roster: dict[str, l
         if any(a.user_id == user_id for a in svc.approvals(session, step)):
             raise Refused("already_approved", step_title=step.title)
         raise Refused("step_not_awaiting", step_title=step.title, status=step.status)
+    # a vote of this person that expired while the step waited is renewed: their click counts again
     if not svc.record_vote(session, step=step, user_id=user_id, decision="approve",
-                           roles_used=list(decision.roles), expires_in=approval_ttl):
+                           roles_used=list(decision.roles), expires_in=approval_ttl) \
+            and not svc.renew_expired_vote(session, step=step, user_id=user_id, roles_used=list(decision.roles),
+                                           expires_in=approval_ttl):
         raise Refused("already_approved", step_title=step.title)
     incident_id = require_id(incident)
     svc.add_event(session, incident_id=incident_id, kind="approval", actor=user_id,
                   text=f"approved step {step.position}: {step.title}",
                   data={"step_id": step.id, **_step_event("step_approved", step)})
-    votes = [(a.user_id, tuple(a.roles)) for a in svc.approvals(session, step) if a.decision == "approve"]
+    votes = _valid_votes(session, step)   # an expired first vote does not make a two-person step approved
     satisfied = policy.approvals_satisfied(votes, step.approvals_required)
     if satisfied and not svc.move_step(session, step=step, to="approved", from_statuses=("awaiting_approval",)):
         raise Refused("already_approved", step_title=step.title)
@@ -657,12 +660,16 @@ def start_step(session: Session, *, incident_id: int, owner: str, lease: timedel
     return NextStep(verified=finish_plan(session, incident_id=incident_id))
 
 
+def _valid_votes(session: Session, step: PlanStep) -> list[tuple[str, tuple[str, ...]]]:
+    """The approvals of the step's current attempt that have not expired: (user, roles used)."""
+    now = utcnow()
+    return [(a.user_id, tuple(a.roles)) for a in svc.approvals(session, step)
+            if a.decision == "approve" and (a.expires_at is None or a.expires_at > now)]
+
+
 def _still_approved(session: Session, step: PlanStep) -> bool:
     """Whether the step's valid (unexpired) votes still satisfy the approval policy."""
-    now = utcnow()
-    votes = [a for a in svc.approvals(session, step) if a.decision == "approve"]
-    valid = [(a.user_id, tuple(a.roles)) for a in votes if a.expires_at is None or a.expires_at > now]
-    return policy.approvals_satisfied(valid, step.approvals_required)
+    return policy.approvals_satisfied(_valid_votes(session, step), step.approvals_required)
 
 
 def _sent_back_for_approval(session: Session, step: PlanStep) -> bool:

@@ -9,7 +9,7 @@ then opens the gate. The destructive step is a hook that appends to a marker fil
 
 The same walk with the default expiry (60 min) is the control: the same vote, as old, runs the step.
 A two-person step (ransomware: two approvers, one the security lead) gets one vote that expired and
-one fresh: not enough. A store-level case also covers what the e2e cannot reach: a pre-approval
+one fresh: not enough until its owner clicks again, which renews it. A store-level case also covers what the e2e cannot reach: a pre-approval
 (no expiry) never expires, and the new attempt starts with no votes.
 """
 
@@ -162,7 +162,7 @@ def test_a_still_valid_approval_of_the_same_age_runs_the_step(tmp_path: Path, em
 
 # --- 3. a two-person step: one expired vote and one fresh are not enough --------------------------
 
-def test_a_two_person_step_with_one_expired_and_one_fresh_vote_does_not_run(
+def test_a_two_person_step_with_one_expired_and_one_fresh_vote_waits_until_the_expired_one_is_renewed(
     tmp_path: Path, emulator: EmulatorServer,
 ) -> None:
     marker = tmp_path / "isolate.count"
@@ -182,22 +182,19 @@ def test_a_two_person_step_with_one_expired_and_one_fresh_vote_does_not_run(
         wait_aged(walk, first, SHORT_EXPIRY)
         assert first.expires_at < utcnow() and walk.step("hook", "isolate_systems").status == "awaiting_approval"
 
-        # the security lead's fresh vote makes two, but only one of them is still valid
+        # the security lead's fresh vote makes two, but only one of them is still valid: not approved
         walk.click("U0SEC", "aegis_approve", str(isolate.id))
-        sent_back = wait_for(lambda: (s := walk.step("hook", "isolate_systems")).attempt == 2 and s,
-                             what="the step sent back for approval")
-        assert sent_back.status == "awaiting_approval" and sent_back.detail == EXPIRED_DETAIL
-        assert runs(marker) == 0 and walk.ledger(isolate.id) == []
-        [event] = expired_events(walk)
-        fresh = next(a for a in votes(walk, isolate.id, attempt=1) if a.user_id == "U0SEC")
-        assert fresh.expires_at is not None and event.at < fresh.expires_at   # sent back while it was valid
-        assert first.expires_at < event.at
+        wait_for(lambda: len(votes(walk, isolate.id)) == 2, what="the security lead's vote")
+        waiting = walk.step("hook", "isolate_systems")
+        assert (waiting.status, waiting.attempt) == ("awaiting_approval", 1)
+        assert runs(marker) == 0 and walk.ledger(isolate.id) == [] and expired_events(walk) == []
 
-        # two fresh votes on the new attempt run it once
-        walk.click("U0SEC", "aegis_approve", str(isolate.id))
-        wait_for(lambda: votes(walk, isolate.id, attempt=2), what="the first new vote")
+        # the infrastructure lead clicks again: the expired vote is renewed, and the two valid votes run it once
         walk.click("U0INFRA", "aegis_approve", str(isolate.id))
-        assert walk.wait_step(isolate.id, "succeeded").attempt == 2 and runs(marker) == 1
+        done = walk.wait_step(isolate.id, "succeeded")
+        assert done.attempt == 1 and runs(marker) == 1
+        renewed = next(a for a in votes(walk, isolate.id, attempt=1) if a.user_id == "U0INFRA")
+        assert renewed.expires_at is not None and renewed.expires_at > first.expires_at
     finally:
         bot.stop()
 
@@ -268,3 +265,23 @@ def test_the_expiry_check_at_the_step_counts_only_unexpired_votes(recovering: tu
     claimed = _claim(store, incident_id).claimed
     assert claimed is not None and claimed.step.id == two and claimed.step.attempt == 2
 
+
+
+def test_an_expired_vote_is_renewed_by_a_new_click_and_a_valid_one_is_not_doubled(
+    recovering: tuple[Store, int, list[int]],
+) -> None:
+    store, incident_id, (_one, two) = recovering
+    with store.session() as session:
+        usecases.approve(session, step_id=two, user_id="U0IC", roster=ROSTER, approval_ttl=timedelta(hours=1))
+    with store.session() as session, pytest.raises(usecases.Refused):   # still valid: already approved
+        usecases.approve(session, step_id=two, user_id="U0IC", roster=ROSTER, approval_ttl=timedelta(hours=1))
+    _age_votes(store, two, {"U0IC"})
+    with store.session() as session:   # the second person's vote with the first one expired: not enough
+        result = usecases.approve(session, step_id=two, user_id="U0SEC", roster=ROSTER, approval_ttl=timedelta(hours=1))
+        assert not result.satisfied
+    with store.session() as session:   # the first person clicks again: renewed, and now two valid votes
+        result = usecases.approve(session, step_id=two, user_id="U0IC", roster=ROSTER, approval_ttl=timedelta(hours=1))
+        assert result.satisfied
+        step = svc.get_step(session, two)
+        assert step.status == "approved" and len(svc.approvals(session, step)) == 2
+        assert all(a.expires_at is not None and a.expires_at > utcnow() for a in svc.approvals(session, step))
