@@ -49,7 +49,9 @@ NAME_FILTERS: dict[str, str] = {
     "check_kind": "check_kinds",
     "operation": "operations",
 }
-NAME_TABLES: tuple[str, ...] = (*NAME_FILTERS.values(), "durations")
+# "own_details": the step details Aegis writes itself (statemachines.vocabulary.OWN_DETAILS), keyed by
+# their English text; any other detail is an action's output and shown unchanged (``own_detail``)
+NAME_TABLES: tuple[str, ...] = (*NAME_FILTERS.values(), "durations", "own_details")
 
 _SLACK_ID = re.compile(r"^[A-Z0-9]+$")
 
@@ -143,6 +145,12 @@ def _lookup(table: dict[str, str], key: object) -> str:
     return escape_mrkdwn(table.get(text, text.replace("_", " ")))
 
 
+def _own_detail(table: dict[str, str], detail: object) -> str:
+    """A step's detail for the channel: Aegis's own words translated, an action's output as it is."""
+    text = str(detail)
+    return escape_mrkdwn(table.get(text, text))
+
+
 def _load_names(env: Environment) -> dict[str, dict[str, str]]:
     module = env.get_template("names.j2").module
     tables: dict[str, dict[str, str]] = {}
@@ -168,6 +176,7 @@ def _make_env(locale: str) -> tuple[Environment, dict[str, dict[str, str]]]:
         "dt": format_dt,
         "esc": escape_mrkdwn,
         "duration": partial(format_duration, names["durations"]),
+        "own_detail": partial(_own_detail, names["own_details"]),
     }
     for filter_name, table in NAME_FILTERS.items():
         filters[filter_name] = partial(_lookup, names[table])

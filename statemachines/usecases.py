@@ -30,7 +30,13 @@ from statemachines.json_types import JsonObject
 from statemachines.machine import IllegalTransition
 from statemachines.models import Incident, LedgerEntry, PlanStep, require_id, utcnow
 from statemachines.service import StaleVersion, StepSpec, Transition
-from statemachines.vocabulary import COMMANDER, ROLES
+from statemachines.vocabulary import (
+    COMMANDER,
+    DETAIL_APPROVAL_EXPIRED,
+    DETAIL_CONFIRMED_AFTER_RESTART,
+    DETAIL_INTERRUPTED,
+    ROLES,
+)
 
 log = logging.getLogger("aegis.incident")
 AEGIS = "aegis"   # the actor of what the engine and the assessment do
@@ -675,7 +681,7 @@ def _still_approved(session: Session, step: PlanStep) -> bool:
 def _sent_back_for_approval(session: Session, step: PlanStep) -> bool:
     """An approved step whose approvals expired waits for new ones (False: someone moved it first)."""
     if not svc.move_step(session, step=step, to="awaiting_approval", from_statuses=("approved",),
-                         new_attempt=True, detail="approval expired: approve again"):
+                         new_attempt=True, detail=DETAIL_APPROVAL_EXPIRED):
         return False
     svc.add_event(session, incident_id=step.incident_id, kind="step", actor=AEGIS,
                   text=f"approval of step {step.position} expired",
@@ -809,13 +815,13 @@ def record_interruption(session: Session, *, entry: LedgerEntry, step: PlanStep,
     done → succeeded; otherwise a read-only step runs again and a destructive one waits for a new approval."""
     if done:
         svc.move_step(session, step=step, to="succeeded", from_statuses=("running",),
-                      detail="confirmed done after a restart (is_done)")
+                      detail=DETAIL_CONFIRMED_AFTER_RESTART)
         _store_rpo(session, entry.incident_id, rpo)
         result = Interrupted("succeeded", "confirmed done after a restart")
     else:
         again = "awaiting_approval" if destructive else "pending"
         svc.move_step(session, step=step, to=again, from_statuses=("running",), new_attempt=True,
-                      detail="interrupted by a restart; outcome unknown — not re-run")
+                      detail=DETAIL_INTERRUPTED)
         result = Interrupted("reapproval" if destructive else "requeued", "interrupted by a restart; " + (
             "approve again to run it" if destructive else "will run again"))
     svc.add_event(session, incident_id=entry.incident_id, kind="step", actor=AEGIS,

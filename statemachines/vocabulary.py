@@ -25,6 +25,13 @@ SCENARIOS = (DATACENTER_OUTAGE, DATABASE_FAILURE, RANSOMWARE)
 # --- severities ----------------------------------------------------------------------------------
 SEVERITIES = ("critical", "high", "medium", "low")
 
+# --- step details Aegis writes itself (every other detail is an action's own output, shown as it is) ----
+# messages/ shows these in the channel's language (the ``own_details`` table of each locale's names.j2).
+DETAIL_APPROVAL_EXPIRED = "approval expired: approve again"
+DETAIL_CONFIRMED_AFTER_RESTART = "confirmed done after a restart (is_done)"
+DETAIL_INTERRUPTED = "interrupted by a restart; outcome unknown — not re-run"
+OWN_DETAILS = (DETAIL_APPROVAL_EXPIRED, DETAIL_CONFIRMED_AFTER_RESTART, DETAIL_INTERRUPTED)
+
 # --- hooks (the site-specific steps a plan can hand to a configured hook; recovery.planner) ---------
 # Here rather than in the planner so that loading the config (`aegis config check`, every one-shot
 # command) does not import the planner's ORM stack for this one list.

@@ -9,8 +9,9 @@ then opens the gate. The destructive step is a hook that appends to a marker fil
 
 The same walk with the default expiry (60 min) is the control: the same vote, as old, runs the step.
 A two-person step (ransomware: two approvers, one the security lead) gets one vote that expired and
-one fresh: not enough until its owner clicks again, which renews it. A store-level case also covers what the e2e cannot reach: a pre-approval
-(no expiry) never expires, and the new attempt starts with no votes.
+one fresh: not enough until the expired vote's owner clicks again, which renews it. A store-level
+case also covers what the e2e cannot reach: a pre-approval (no expiry) never expires, the new
+attempt starts with no votes, a valid vote is not doubled by a second click.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -24,6 +25,7 @@ from messages.views import (
     TimelineItem,
     TransitionView,
 )
+from statemachines.vocabulary import DETAIL_APPROVAL_EXPIRED, OWN_DETAILS
 from tests.harness.message_samples import (
     REFUSALS,
     T0,
@@ -127,6 +129,7 @@ def test_name_tables_have_the_same_keys_in_both_locales(table: str) -> None:
     ("strategies", ["failover", "restore_from_backup", "partial_recovery", "manual"]),
     ("check_kinds", ["tcp", "http", "postgres"]),
     ("operations", ["claim", "claim_role", "approve", "reject", "retry", "abort", "close"]),
+    ("own_details", list(OWN_DETAILS)),
 ])
 def test_every_known_id_has_a_display_name(table: str, keys: list[str]) -> None:
     for locale in LOCALES:
@@ -256,6 +259,18 @@ def test_plan_buttons_only_where_a_decision_is_needed(locale: str) -> None:
     else:
         assert labels[("aegis_approve", "13")] == "승인"
         assert labels[("aegis_approve", "15")] == "완료 표시"
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_aegis_own_step_details_are_translated_and_an_actions_output_is_shown_as_it_is(locale: str) -> None:
+    view = make_view()
+    expired = replace(view.steps[0], detail=DETAIL_APPROVAL_EXPIRED)
+    output = replace(view.steps[1], detail="the server did not start (exit 1)")
+    text = all_text(incident_blocks.plan_message(replace(view, steps=[expired, output]), locale))
+    assert (DETAIL_APPROVAL_EXPIRED in text) == (locale == "en")
+    if locale == "ko":
+        assert "승인이 만료되었습니다: 다시 승인하세요" in text
+    assert "the server did not start (exit 1)" in text   # an action's own output: never translated
 
 
 @pytest.mark.parametrize("locale", LOCALES)
