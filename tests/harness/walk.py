@@ -63,11 +63,18 @@ class Walk:
         return next(s for s in self.steps() if s.action == action and (hook is None or s.params.get("hook") == hook))
 
     def wait_step(self, step_id: int, status: str, timeout: float = 60) -> Any:
-        def current() -> Any:
+        seen: list[str] = []   # the statuses it went through, for the failure message
+
+        def reached() -> Any:
             with self.store.session() as session:
-                return svc.get_step(session, step_id)
-        return wait_for(lambda: current().status == status and current(), timeout=timeout,
-                        what=f"step {step_id} {status} (now {current().status})")
+                step = svc.get_step(session, step_id)
+            if not seen or seen[-1] != step.status:
+                seen.append(step.status)
+            return step if step.status == status else None
+        try:
+            return wait_for(reached, timeout=timeout, what=f"step {step_id} {status}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} (it went through: {' → '.join(seen)})") from None
 
     def assemble_and_assess(self) -> None:
         self.click("U0IC", "aegis_claim_role", "incident_commander")
