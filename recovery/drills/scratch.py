@@ -77,8 +77,12 @@ def _postmaster(data_dir: Path) -> int:
         pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
     except (OSError, ValueError):
         return 0
-    if pid <= 0:
-        return 0
+    return _working_in(pid, data_dir) if pid > 0 else 0
+
+
+def _working_in(pid: int, data_dir: Path) -> int:
+    """``pid`` when that process is alive and works in ``data_dir``; 0 when not (gone, a zombie, another
+    directory); ``UNKNOWN`` when it cannot be told (no ``/proc``, another user's process)."""
     try:
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except FileNotFoundError:   # no such process (a zombie too), unless there is no /proc at all
@@ -103,7 +107,8 @@ def stop_immediately(cluster: RestoredCluster) -> None:
     except ProcessLookupError:
         return   # it exited meanwhile
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    while _postmaster(data_dir) == pid:   # the postmaster removes postmaster.pid as it exits
+    # the postmaster removes postmaster.pid as it exits, and runs on a little after that: wait for both
+    while _postmaster(data_dir) == pid or _working_in(pid, data_dir) == pid:
         if time.monotonic() > deadline:
             raise RestoreError(f"the scratch server in {data_dir} did not stop within {STOP_TIMEOUT_SECONDS:.0f} s")
         time.sleep(STOP_POLL_SECONDS)
