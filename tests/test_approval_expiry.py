@@ -33,6 +33,7 @@ from statemachines.models import Approval, TimelineEvent, require_id, utcnow
 from statemachines.service import StepSpec
 from statemachines.store import Store
 from tests.harness.aegis_process import AegisProcess, start_on_sqlite, wait_for
+from tests.harness.incidents import recovering_incident
 from tests.harness.slack_reading import all_text, message_with_button
 from tests.harness.team import ROSTER, SERVE_CONFIG
 from tests.harness.walk import Walk
@@ -206,15 +207,10 @@ def test_a_two_person_step_with_one_expired_and_one_fresh_vote_waits_until_the_e
 def recovering(store: Store) -> Iterator[tuple[Store, int, list[int]]]:
     """A recovering incident with a one-person and a two-person step (no approvals yet)."""
     with store.session() as session:
-        incident = svc.declare(session, scenario="ransomware", severity="high", summary="expiry",
-                               declared_by="U0IC", locale="en", stakeholder_channel=None)
-        incident_id = require_id(incident)
-        svc.replace_plan(session, incident_id=incident_id, strategy="restore_from_backup", specs=[
+        incident_id = recovering_incident(session, [
             StepSpec(title="one", action="manual", risk="high", approver_roles=["incident_commander"]),
             StepSpec(title="two", action="manual", risk="critical", approvals_required=2,
-                     approver_roles=["security_lead", "incident_commander"])])
-        for trigger in ("assemble", "assess", "start_recovery"):
-            svc.transition(session, incident_id=incident_id, trigger=trigger, actor="U0IC")
+                     approver_roles=["security_lead", "incident_commander"])], scenario="ransomware", summary="expiry")
         step_ids = [require_id(s) for s in svc.current_steps(session, incident_id)]
     yield store, incident_id, step_ids
 

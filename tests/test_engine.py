@@ -22,6 +22,7 @@ from statemachines import service as svc
 from statemachines.models import Approval, LedgerEntry, PlanStep, require_id, utcnow
 from statemachines.service import StepSpec
 from statemachines.store import Store
+from tests.harness.incidents import recovering_incident
 
 
 class Recorder:
@@ -62,15 +63,11 @@ def setup(tmp_path: Path, listening: str) -> tuple[Store, Engine, Recorder, int,
     recorder = Recorder()
     engine = Engine(store, factory, recorder, owner="me", lease=timedelta(seconds=30))
     with store.session() as session:
-        incident = svc.declare(session, scenario="database_failure", severity="high", summary="x",
-                               declared_by="U1", locale="en", stakeholder_channel=None)
-        svc.replace_plan(session, incident_id=require_id(incident), strategy="failover", specs=[
+        incident_id = recovering_incident(session, [
             StepSpec(title="hook", action="hook", risk="high", approver_roles=["database_lead"]),
             StepSpec(title="check", action="verify", approvals_required=0),
-        ])
-        for trigger in ("assemble", "assess", "start_recovery"):
-            svc.transition(session, incident_id=require_id(incident), trigger=trigger, actor="U1")
-    return store, engine, recorder, require_id(incident), count
+        ], strategy="failover", actor="U1")
+    return store, engine, recorder, incident_id, count
 
 
 def _approve(store: Store, step_id: int, expires_in: timedelta) -> None:

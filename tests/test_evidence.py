@@ -28,6 +28,7 @@ from statemachines.store import Store
 from tests.harness.aegis_process import wait_for
 from tests.harness.flows_harness import Harness, harness_for, new_store, outcome_of
 from tests.harness.http_health import HealthyHandler
+from tests.harness.incidents import recovering_incident
 from tests.harness.pgcluster import PgSingle, free_port
 from tests.harness.slack_reading import all_text, channel_by_id, message_with_button
 
@@ -196,13 +197,8 @@ def test_rto_is_met_only_for_an_incident_verified_with_evidence(
     harness = harness_for(sqlite_store, emulator, tmp_path)
     try:
         with sqlite_store.session() as session:
-            incident = svc.declare(session, scenario="database_failure", severity="high", summary="x",
-                                   declared_by="U0IC", locale="en", stakeholder_channel=None)
-            incident_id = require_id(incident)
-            svc.replace_plan(session, incident_id=incident_id, strategy="failover", specs=[
-                StepSpec(title="verify", action="verify", approvals_required=0)])
-            for trigger in ("assemble", "assess", "start_recovery"):
-                svc.transition(session, incident_id=incident_id, trigger=trigger, actor="U0IC")
+            incident_id = recovering_incident(
+                session, [StepSpec(title="verify", action="verify", approvals_required=0)], strategy="failover")
             # a store written by an older Aegis: verified although its verification checked nothing
             (step,) = svc.current_steps(session, incident_id)
             svc.move_step(session, step=step, to="succeeded", detail="services_checked=0, database_checked=False")

@@ -35,6 +35,7 @@ from statemachines.store import Store
 from tests.harness.aegis_process import wait_for
 from tests.harness.concurrency import at_once
 from tests.harness.flows_harness import harness_for, new_store, outcome_of, pg_url
+from tests.harness.incidents import recovering_incident
 from tests.harness.pgcluster import PgSingle
 
 # --- 2a: a rejection and an approval of the same plan revision ------------------------------------
@@ -213,15 +214,10 @@ def _engine(store: Store, tmp_path: Path, owner: str, lease: float, listening: s
 def _recovering_incident(store: Store) -> tuple[int, int]:
     """An incident in ``recovering`` whose destructive hook step is approved, then a verification."""
     with store.session() as session:
-        incident = svc.declare(session, scenario="database_failure", severity="high", summary="x",
-                               declared_by="U0IC", locale="en", stakeholder_channel=None)
-        incident_id = require_id(incident)
-        svc.replace_plan(session, incident_id=incident_id, strategy="failover", specs=[
+        incident_id = recovering_incident(session, [
             StepSpec(title="fence", action="hook", risk="high", approver_roles=["database_lead"]),
             StepSpec(title="verify", action="verify", approvals_required=0),
-        ])
-        for trigger in ("assemble", "assess", "start_recovery"):
-            svc.transition(session, incident_id=incident_id, trigger=trigger, actor="U0IC")
+        ], strategy="failover")
         hook = svc.current_steps(session, incident_id)[0]
         svc.record_vote(session, step=hook, user_id="U0DB", decision="approve", roles_used=["database_lead"],
                         expires_in=None)

@@ -18,6 +18,7 @@ from statemachines import service as svc
 from statemachines.models import PlanStep, require_id
 from statemachines.service import StepSpec
 from statemachines.store import Store
+from tests.harness.incidents import recovering_incident
 
 
 class _Listener:
@@ -39,13 +40,8 @@ def through_the_engine(store: Store, action: Action, *, kind: str, scenario: str
     """Declare an incident, give it a one-step plan of ``kind`` (no approval needed), start the recovery
     and let the engine run ``action`` as that step."""
     with store.session() as session:
-        incident = svc.declare(session, scenario=scenario, severity="high", summary="restore",
-                               declared_by="U1", locale="en", stakeholder_channel=None)
-        incident_id = require_id(incident)
-        svc.replace_plan(session, incident_id=incident_id, strategy="restore_from_backup", specs=[
-            StepSpec(title=f"Run {kind}", action=kind, approvals_required=0)])
-        for trigger in ("assemble", "assess", "start_recovery"):
-            svc.transition(session, incident_id=incident_id, trigger=trigger, actor="U1")
+        incident_id = recovering_incident(session, [StepSpec(title=f"Run {kind}", action=kind, approvals_required=0)],
+                                          scenario=scenario, summary="restore", actor="U1")
     engine = Engine(store, lambda _step, _ctx: action, _Listener(), owner="test", lease=timedelta(seconds=30))
     engine.advance(incident_id)
     with store.session() as session:

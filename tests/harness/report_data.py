@@ -32,6 +32,7 @@ from recovery.monitor.history import MonitorHistory
 from statemachines import service as svc
 from statemachines.service import StepSpec
 from statemachines.store import Store
+from tests.harness.incidents import recovering_incident
 from tests.harness.team import ROSTER
 
 REPORTS_SECRET_ENV = "AEGIS_TEST_REPORTS_SECRET"
@@ -117,12 +118,8 @@ def walk_to_closed(store: Store, *, scenario: str, severity: str, rto: timedelta
 
 def leave_recovering(store: Store) -> None:
     with store.session() as session:
-        incident = svc.declare(session, scenario="datacenter_outage", severity="high", summary="still going",
-                               declared_by="U0IC", locale="en", stakeholder_channel=None)
-        svc.replace_plan(session, incident_id=incident.id or 0, strategy="manual",
-                         specs=[StepSpec(title="fail over", action="manual")])
-        for trigger in ("assemble", "assess", "start_recovery"):
-            svc.transition(session, incident_id=incident.id or 0, trigger=trigger, actor="U0IC")
+        recovering_incident(session, [StepSpec(title="fail over", action="manual")], scenario="datacenter_outage",
+                            strategy="manual", summary="still going")
 
 
 def _step(name: str, seconds: float, ok: bool = True, detail: str = "") -> dict[str, Any]:
