@@ -380,8 +380,10 @@ def renew_expired_vote(session: Session, *, step: PlanStep, user_id: str, roles_
         col(Approval.step_id) == step.id, col(Approval.attempt) == step.attempt, col(Approval.user_id) == user_id,
         col(Approval.decision) == "approve", col(Approval.expires_at).is_not(None), col(Approval.expires_at) <= now,
     ).values(roles=roles_used, at=now, expires_at=now + expires_in if expires_in else None))
-    for loaded in [obj for obj in session.identity_map.values() if isinstance(obj, Approval)] if renewed else []:
-        session.expire(loaded)   # loaded before the UPDATE: stale now
+    if renewed:   # Approval rows loaded before the UPDATE are stale now: the next read reloads them
+        for loaded in list(session.identity_map.values()):
+            if isinstance(loaded, Approval):
+                session.expire(loaded)
     return renewed
 
 

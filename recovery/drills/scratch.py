@@ -107,8 +107,8 @@ def stop_immediately(cluster: RestoredCluster) -> None:
     except ProcessLookupError:
         return   # it exited meanwhile
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    # the postmaster removes postmaster.pid as it exits, and runs on a little after that: wait for both
-    while _postmaster(data_dir) == pid or _working_in(pid, data_dir) == pid:
+    # not until postmaster.pid is gone: the postmaster removes it as it exits and runs on a little after that
+    while _working_in(pid, data_dir) == pid:
         if time.monotonic() > deadline:
             raise RestoreError(f"the scratch server in {data_dir} did not stop within {STOP_TIMEOUT_SECONDS:.0f} s")
         time.sleep(STOP_POLL_SECONDS)

@@ -23,7 +23,7 @@ T = TypeVar("T")
 Part = TypeVar("Part")   # what one uploaded part leaves for the final commit (S3: number + ETag, Azure: block id)
 
 MiB = 1024 * 1024
-# The first parts are small, later ones grow (``PartWriter.part_size_of``): a backup's memory is its parts
+# The first parts are small, later ones grow (``part_size_of``): a backup's memory is its parts
 # in flight, and most objects are small enough never to reach a bigger part. 5 MiB is S3's smallest part.
 DEFAULT_PART_SIZE = 5 * MiB
 # every this many parts the part size doubles: 2,000 × 5 MiB = 9.8 GiB before the first growth; S3's
@@ -188,8 +188,7 @@ class PartWriter(Writer, Generic[Part]):
                  max_part_size: int | None = None) -> None:
         self._target = target
         self._first_part_size = part_size
-        self._max_part_size = max(part_size, max_part_size or part_size)
-        self._part_size = part_size   # the size of the next part
+        self._max_part_size = max_part_size or part_size
         self._max_parts = max_parts
         self._concurrency = concurrency
         # The pieces of the next part, by reference: the pipeline hands every target the same immutable
@@ -204,8 +203,8 @@ class PartWriter(Writer, Generic[Part]):
             return
         self._pending.append(data if isinstance(data, bytes) else bytes(data))   # a mutable buffer is copied
         self._pending_size += len(data)
-        while self._pending_size >= self._part_size:
-            self._send(self._part_size)
+        while self._pending_size >= (size := self._next_part_size()):
+            self._send(size)
 
     def _take(self, size: int) -> bytes:
         """The first ``size`` pending bytes as one part: one copy (the join), none per piece."""
@@ -233,10 +232,9 @@ class PartWriter(Writer, Generic[Part]):
             self._uploads = _BoundedUploads(self._concurrency)
         self._parts += 1
         self._uploads.submit(self._upload_part, self._parts, lambda: self._take(size))
-        self._part_size = self.part_size_of(self._parts + 1)
 
-    def part_size_of(self, number: int) -> int:
-        return part_size_of(number, self._first_part_size, self._max_part_size, self.growth_every)
+    def _next_part_size(self) -> int:
+        return part_size_of(self._parts + 1, self._first_part_size, self._max_part_size, self.growth_every)
 
     def commit(self) -> None:
         if self._uploads is None:
