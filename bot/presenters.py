@@ -186,14 +186,15 @@ def objective_report(session: Session, incident: Incident, config: Config) -> Ob
     evidence = _evidence_of(step)
     figures = objectives.incident_figures(
         declared_at=incident.declared_at, verified_at=incident.verified_at, closed_at=incident.closed_at,
-        rpo_seconds=incident.rpo_seconds, rpo_basis=incident.rpo_basis,
+        rpo_seconds=incident.rpo_seconds,
+        rpo_basis=objectives.Basis.stored(incident.rpo_basis, incident.rpo_basis_data),
         evidence_ok=bool(evidence) and all(e.ok for e in evidence),
         targets=objectives.Targets(targets.rto_minutes * 60, targets.rpo_minutes * 60, targets.mttr_minutes * 60),
         scenario=incident.scenario)
     return ObjectiveReport(
         rto_seconds=figures.rto.seconds, rto_target_seconds=figures.rto.target_seconds,
         rpo_seconds=figures.rpo.seconds, rpo_target_seconds=figures.rpo.target_seconds,
-        rpo_basis=figures.rpo.basis,
+        rpo_basis=figures.rpo.basis.text, rpo_basis_data=figures.rpo.basis.as_data(),
         mttr_seconds=figures.mttr.seconds, mttr_target_seconds=figures.mttr.target_seconds,
         evidence=evidence,
         verified_manually_by=next((e.by for e in evidence if e.by), None),

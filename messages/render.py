@@ -29,7 +29,7 @@ from functools import partial
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 LOCALES = ("en", "ko")
@@ -151,6 +151,32 @@ def _own_detail(table: dict[str, str], detail: object) -> str:
     return escape_mrkdwn(table.get(text, text))
 
 
+def _basis(env: Environment, text: object, data: object = None) -> str:
+    """A figure's basis in the template's language, as plain text (the caller escapes it): the macro of
+    its code in ``basis.j2`` called with its params (and ``measured_by`` when it names a step), else
+    the stored English ``text`` — also when the params do not fit the macro (a row of an older
+    version), so that a live post never breaks on it."""
+    code = data.get("code") if isinstance(data, dict) else None
+    params = data.get("params") if isinstance(data, dict) else None
+    module = env.get_template("basis.j2").module
+    macro = getattr(module, str(code), None) if code else None
+    if macro is None or not isinstance(params, dict):
+        return str(text or "")
+    try:
+        said = str(macro(params))
+        if "step_position" in params:
+            said += str(module.measured_by(params))     # type: ignore[attr-defined]
+    except (TemplateError, TypeError, AttributeError):
+        return str(text or "")
+    return said
+
+
+def basis_text(locale: str, text: object, data: object = None) -> str:
+    """A figure's basis (recovery/objectives.py ``Basis``: its stored English text and ``{code, params}``)
+    in ``locale``'s words, as plain text."""
+    return _basis(_ENVS[resolve_locale(locale)][0], text, data)
+
+
 def _load_names(env: Environment) -> dict[str, dict[str, str]]:
     module = env.get_template("names.j2").module
     tables: dict[str, dict[str, str]] = {}
@@ -177,6 +203,7 @@ def _make_env(locale: str) -> tuple[Environment, dict[str, dict[str, str]]]:
         "esc": escape_mrkdwn,
         "duration": partial(format_duration, names["durations"]),
         "own_detail": partial(_own_detail, names["own_details"]),
+        "basis": partial(_basis, env),
     }
     for filter_name, table in NAME_FILTERS.items():
         filters[filter_name] = partial(_lookup, names[table])

@@ -95,6 +95,7 @@ def _make_env(locale: str) -> Environment:
         "scenario": partial(_name, render.name_table(locale, "scenarios")),
         "state": partial(_name, render.name_table(locale, "states")),
         "severity": partial(_name, render.name_table(locale, "severities")),
+        "basis": partial(render.basis_text, locale),
     })
     env.globals.update(line_chart=line_chart, bar_chart=bar_chart)
     return env

@@ -188,3 +188,4 @@ class ObjectiveReport:
     declared_at: datetime | None = None        # RTO's evidence: declared → verified
     verified_at: datetime | None = None
     verify_step: int | None = None             # position of the verification step whose checks are listed
+    rpo_basis_data: Mapping[str, object] | None = None   # the basis as {code, params}, in the channel's language

@@ -266,7 +266,7 @@ class Engine:
                 done = self._probe(step, context)
                 # a promotion or restore confirmed done by its probe: what it recovered was never recorded
                 lost = objectives.lost_rpo(step.action) if done else None
-                rpo = Rpo(None, lost) if lost else None
+                rpo = Rpo(None, lost.text, lost.as_data()) if lost else None
                 destructive = not done and self.factory(step, context).destructive
                 interrupted = usecases.record_interruption(session, entry=entry, step=step, done=done,
                                                            destructive=destructive, rpo=rpo)
@@ -296,7 +296,8 @@ def _rpo_of(session: Session, step: PlanStep, outcome: Outcome) -> Rpo | None:
                                                      declared_at=incident.declared_at)
     else:
         return None
-    return Rpo(seconds, f"{basis} — {objectives.measured_by(step.position, step.title)}")
+    named = objectives.measured_by(basis, step.position, step.title)
+    return Rpo(seconds, named.text, named.as_data())
 
 
 def _one_line(exc: BaseException) -> str:

@@ -79,7 +79,9 @@ class Incident(SQLModel, table=True):
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     close_summary: str | None = None
     rpo_seconds: float | None = None
-    rpo_basis: str | None = None
+    rpo_basis: str | None = None      # in English (logs, the CLI, the JSON API)
+    # the same basis as {"code", "params"} for the channel's language (recovery/objectives.py Basis)
+    rpo_basis_data: JsonObject | None = Field(default=None, sa_column=Column(JSON))
     last_reminder_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # what responders chose in forms: {"strategy", "infection_time", "partial": {...}} (bot/flows/incident.py)
     recovery_options: JsonObject = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -609,10 +609,12 @@ class StepOutcome:
 
 @dataclass(frozen=True)
 class Rpo:
-    """The RPO to store with a step's outcome (recovery/objectives.py computes it)."""
+    """The RPO to store with a step's outcome (recovery/objectives.py computes it): its basis in English
+    and as ``{"code", "params"}`` for the channel's language."""
 
     seconds: float | None
     basis: str
+    basis_data: JsonObject | None = None
 
 
 @dataclass(frozen=True)
@@ -762,7 +764,8 @@ def _finish_late(session: Session, step: PlanStep, entry_id: int, owner: str, ou
 
 def _store_rpo(session: Session, incident_id: int, rpo: Rpo | None) -> None:
     if rpo is not None:
-        svc.set_fields(session, incident_id=incident_id, rpo_seconds=rpo.seconds, rpo_basis=rpo.basis)
+        svc.set_fields(session, incident_id=incident_id, rpo_seconds=rpo.seconds, rpo_basis=rpo.basis,
+                       rpo_basis_data=rpo.basis_data)
 
 
 def _log_result(session: Session, step: PlanStep, outcome: StepOutcome, *, late: bool = False) -> None:

@@ -220,10 +220,10 @@ def test_rto_is_met_only_for_an_incident_verified_with_evidence(
 def test_an_unknown_rpo_is_unknown_with_its_reason_never_zero() -> None:
     assert rpo_from_promotion({"unreplayed_bytes": None, "replay_lag_seconds": None})[0] is None
     rpo, basis = rpo_from_promotion({"unreplayed_bytes": None, "replay_lag_seconds": 3.0})
-    assert rpo is None and basis.startswith("unknown:")
+    assert rpo is None and basis.text.startswith("unknown:")
     rpo, basis = rpo_from_promotion({"already_promoted": True, "promoted": True})
-    assert rpo is None and "already a primary" in basis
+    assert rpo is None and "already a primary" in basis.text
     assert rpo_from_promotion({"unreplayed_bytes": 0, "replay_lag_seconds": 12.0})[0] == 0.0
-    assert rpo_from_promotion({"unreplayed_bytes": 4096, "replay_lag_seconds": 2.5}) == (
-        2.5, "replication lag at failover (4096 bytes unreplayed)")
+    rpo, basis = rpo_from_promotion({"unreplayed_bytes": 4096, "replay_lag_seconds": 2.5})
+    assert (rpo, basis.text) == (2.5, "replication lag at failover (4096 bytes unreplayed)")
     assert rpo_from_promotion({"unreplayed_bytes": 4096, "replay_lag_seconds": None})[0] is None

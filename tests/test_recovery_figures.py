@@ -28,6 +28,7 @@ from recovery.objectives import (
     LOST_PROMOTION_RPO,
     LOST_RESTORE_RPO,
     NO_PROMOTION_RPO,
+    Basis,
     Targets,
     incident_figures,
     lost_rpo,
@@ -48,7 +49,7 @@ T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 TARGETS = Targets(rto_seconds=4 * 3600, rpo_seconds=15 * 60, mttr_seconds=2 * 3600)
 
 
-def figures(scenario: str, *, verified_after: timedelta | None, rpo: tuple[float | None, str],
+def figures(scenario: str, *, verified_after: timedelta | None, rpo: tuple[float | None, Basis | None],
             evidence_ok: bool = True) -> objectives.IncidentFigures:
     return incident_figures(declared_at=T0, verified_at=None if verified_after is None else T0 + verified_after,
                             closed_at=None, rpo_seconds=rpo[0], rpo_basis=rpo[1], evidence_ok=evidence_ok,
@@ -63,7 +64,7 @@ def test_a_promotion_loses_its_replication_lag_at_failover() -> None:
     rpo = figures("database_failure", verified_after=timedelta(minutes=40), rpo=measured).rpo
     assert (rpo.seconds, rpo.met, rpo.requirement) == (4.0, True, "O2")
     assert rpo.expected is not None and rpo.expected.range.requirement == "S2" and rpo.expected.verdict == "within"
-    assert "replication lag at failover (8192 bytes unreplayed)" in rpo.basis
+    assert "replication lag at failover (8192 bytes unreplayed)" in rpo.basis.text
 
 
 def test_an_in_place_restore_loses_from_its_last_recovered_transaction_to_the_failure() -> None:
@@ -72,7 +73,7 @@ def test_an_in_place_restore_loses_from_its_last_recovered_transaction_to_the_fa
               "recovered_to_basis": "pg_last_xact_replay_timestamp()"}
     seconds, basis = rpo_from_restore(output, failure_at=failure, declared_at=T0)
     assert seconds == 90.0
-    assert basis == ("failure at 2024-05-01 11:50:00Z − last recovered transaction 2024-05-01 11:48:30Z "
+    assert basis.text == ("failure at 2024-05-01 11:50:00Z − last recovered transaction 2024-05-01 11:48:30Z "
                      "(pg_last_xact_replay_timestamp())")
     rpo = figures("database_failure", verified_after=timedelta(hours=1), rpo=(seconds, basis)).rpo
     assert rpo.met is True and rpo.expected is not None and rpo.expected.verdict == "within"
@@ -83,7 +84,7 @@ def test_without_a_failure_time_the_declaration_time_stands_in_and_the_basis_say
               "recovered_to_basis": "pg_last_xact_replay_timestamp()"}
     seconds, basis = rpo_from_restore(output, failure_at=None, declared_at=T0)
     assert seconds == 20 * 60
-    assert "declaration time" in basis and "upper bound" in basis and "2024-05-01 12:00:00Z" in basis
+    assert "declaration time" in basis.text and "upper bound" in basis.text and "2024-05-01 12:00:00Z" in basis.text
     rpo = figures("database_failure", verified_after=timedelta(hours=1), rpo=(seconds, basis)).rpo
     assert rpo.met is False and rpo.expected is not None and rpo.expected.verdict == "over"   # O2 15 min, S2 5 min
 
@@ -93,7 +94,7 @@ def test_a_point_in_time_restore_before_the_infection_loses_what_came_between() 
     target = infection - timedelta(minutes=1)
     output = {"recovered_to": target.isoformat(), "recovered_to_basis": "recovery target (recovery_target_time)"}
     seconds, basis = rpo_from_restore(output, failure_at=infection, declared_at=T0)
-    assert seconds == 60.0 and "recovery target" in basis and "failure at 2024-05-01 09:00:00Z" in basis
+    assert seconds == 60.0 and "recovery target" in basis.text and "failure at 2024-05-01 09:00:00Z" in basis.text
     rpo = figures("ransomware", verified_after=timedelta(hours=5), rpo=(seconds, basis)).rpo
     assert rpo.expected is not None and (rpo.expected.range.requirement, rpo.expected.verdict) == ("S3", "within")
 
@@ -101,7 +102,7 @@ def test_a_point_in_time_restore_before_the_infection_loses_what_came_between() 
 def test_a_recovery_past_the_failure_time_lost_nothing_before_it() -> None:
     output = {"recovered_to": (T0 + timedelta(minutes=2)).isoformat(), "recovered_to_basis": "replay"}
     seconds, basis = rpo_from_restore(output, failure_at=T0, declared_at=T0)
-    assert seconds == 0.0 and "nothing before it was lost" in basis
+    assert seconds == 0.0 and "nothing before it was lost" in basis.text
 
 
 def test_a_naive_recovered_to_is_read_as_utc() -> None:
@@ -116,7 +117,7 @@ def test_a_naive_recovered_to_is_read_as_utc() -> None:
 ])
 def test_a_restore_that_cannot_say_what_it_recovered_has_an_unknown_rpo(output: dict[str, Any], said: str) -> None:
     seconds, basis = rpo_from_restore(output, failure_at=T0, declared_at=T0)
-    assert seconds is None and basis.startswith("unknown:") and said in basis
+    assert seconds is None and basis.text.startswith("unknown:") and said in basis.text
     rpo = figures("database_failure", verified_after=timedelta(hours=1), rpo=(seconds, basis)).rpo
     assert rpo.seconds is None and rpo.met is None and rpo.expected is not None and rpo.expected.verdict == "unknown"
 
@@ -125,25 +126,26 @@ def test_unknown_when_nothing_measured_or_the_measuring_process_died() -> None:
     assert lost_rpo("postgres_promote") == LOST_PROMOTION_RPO
     assert lost_rpo("postgres_restore") == lost_rpo("postgres_partial_restore") == LOST_RESTORE_RPO
     assert lost_rpo("neo4j_restore") is None and lost_rpo("hook") is None
-    nothing = figures("datacenter_outage", verified_after=timedelta(hours=3), rpo=(None, "")).rpo
+    nothing = figures("datacenter_outage", verified_after=timedelta(hours=3), rpo=(None, None)).rpo
     assert nothing.seconds is None and nothing.met is None and nothing.basis == NO_PROMOTION_RPO
-    assert nothing.basis.startswith("unknown:")
+    assert nothing.basis.text.startswith("unknown:")
 
 
 # --- RTO, and the scenario ranges -----------------------------------------------------------
 
 
 def test_rto_is_declared_to_verified_named_by_its_timestamps_and_met_only_on_evidence() -> None:
-    fast = figures("database_failure", verified_after=timedelta(minutes=50), rpo=(0.0, "x")).rto
+    fast = figures("database_failure", verified_after=timedelta(minutes=50), rpo=(0.0, Basis("", "x"))).rto
     assert (fast.seconds, fast.met, fast.requirement) == (3000.0, True, "O1")
-    assert fast.basis == "declared 2024-05-01 12:00:00Z → verified 2024-05-01 12:50:00Z"
+    assert fast.basis.text == "declared 2024-05-01 12:00:00Z → verified 2024-05-01 12:50:00Z"
     assert fast.expected is not None and fast.expected.verdict == "within"
-    slow = figures("database_failure", verified_after=timedelta(hours=5), rpo=(0.0, "x")).rto
+    slow = figures("database_failure", verified_after=timedelta(hours=5), rpo=(0.0, Basis("", "x"))).rto
     assert slow.met is False and slow.expected is not None and slow.expected.verdict == "over"
-    unproven = figures("database_failure", verified_after=timedelta(minutes=50), rpo=(0.0, "x"), evidence_ok=False)
+    unproven = figures("database_failure", verified_after=timedelta(minutes=50), rpo=(0.0, Basis("", "x")),
+                       evidence_ok=False)
     assert unproven.rto.met is False and unproven.rto.reason == "verified without passing evidence"
     assert unproven.rto.expected is not None and unproven.rto.expected.verdict == "unknown"
-    never = figures("database_failure", verified_after=None, rpo=(0.0, "x")).rto
+    never = figures("database_failure", verified_after=None, rpo=(0.0, Basis("", "x"))).rto
     assert never.seconds is None and never.met is None and never.expected is not None
     assert never.expected.verdict == "unknown"
 
@@ -167,13 +169,13 @@ def test_the_scenario_ranges_are_the_plans_table(scenario: str, requirement: str
 
 
 def test_a_datacenter_failover_faster_than_s1_is_better_than_expected() -> None:
-    result = figures("datacenter_outage", verified_after=timedelta(minutes=20), rpo=(2.0, "lag"))
+    result = figures("datacenter_outage", verified_after=timedelta(minutes=20), rpo=(2.0, Basis("", "lag")))
     assert result.rto.expected is not None and result.rto.expected.verdict == "better" and result.rto.met
     assert result.rpo.expected is not None and result.rpo.expected.verdict == "better" and result.rpo.met
 
 
 def test_an_unknown_scenario_has_no_range() -> None:
-    assert figures("drill", verified_after=timedelta(minutes=5), rpo=(1.0, "x")).rto.expected is None
+    assert figures("drill", verified_after=timedelta(minutes=5), rpo=(1.0, Basis("", "x"))).rto.expected is None
 
 
 # --- the presenter on a real store ------------------------------------------------------------
@@ -211,8 +213,9 @@ def verified_restore(store: Store, *, failure_at: datetime | None) -> int:
         seconds, basis = rpo_from_restore(
             {"recovered_to": ((failure_at or declared) - timedelta(seconds=42)).isoformat(),
              "recovered_to_basis": "pg_last_xact_replay_timestamp()"}, failure_at=failure_at, declared_at=declared)
-        svc.set_fields(session, incident_id=incident_id, rpo_seconds=seconds,
-                       rpo_basis=f"{basis} — {objectives.measured_by(1, 'Restore backup_20240501_110000 in place')}")
+        named = objectives.measured_by(basis, 1, "Restore backup_20240501_110000 in place")
+        svc.set_fields(session, incident_id=incident_id, rpo_seconds=seconds, rpo_basis=named.text,
+                       rpo_basis_data=named.as_data())
         svc.transition(session, incident_id=incident_id, trigger="verify", actor="aegis",
                        values={"verified_at": utcnow()})
     with store.session() as session:
@@ -245,7 +248,9 @@ def test_status_and_closing_post_show_a_restores_figures_with_evidence(store: St
         assert "O1" in rto_line and "S2" in rto_line and ("step 2" if locale == "en" else "2단계") in rto_line
         assert "O2" in rpo_line and "S2" in rpo_line and ("42s" if locale == "en" else "42초") in rpo_line
         assert "pg_last_xact_replay_timestamp()" in rpo_line
-        assert "measured by step 1 (Restore backup_20240501_110000 in place)" in rpo_line
+        assert ("measured by step 1 (Restore backup_20240501_110000 in place)" if locale == "en"
+                else "1단계(Restore backup_20240501_110000 in place)에서 측정") in rpo_line
+        assert ("failure at" if locale == "en" else "장애 시각") in rpo_line
         assert ("✅ met" if locale == "en" else "✅ 목표 달성") in rpo_line
         assert ("✅ within" if locale == "en" else "✅ 범위 내") in rpo_line
         assert "replication probe" not in text and "lag 0 bytes" not in text
@@ -321,7 +326,9 @@ def test_a_failovers_closing_post_and_status_show_rto_and_rpo_with_evidence(
         check_figures(all_text(closing), locale, promote, verify.position, closing=True)
         incident = walk.incident()
         assert incident.rpo_seconds is not None
-        assert incident.rpo_basis.endswith(objectives.measured_by(promote.position, promote.title))
+        assert incident.rpo_basis.endswith(f" — measured by step {promote.position} ({promote.title})")
+        assert incident.rpo_basis_data is not None and incident.rpo_basis_data["code"] in ("promotion_all_replayed",
+                                                                                          "promotion_lag")
     finally:
         bot.stop()
 
@@ -336,7 +343,11 @@ def check_figures(text: str, locale: str, promote: PlanStep, verify: int, *, clo
     assert ("✅ better than expected" if locale == "en" else "✅ 예상보다 좋음") in rto_line, rto_line
     assert (f"on the checks of step {verify}" if locale == "en" else f"{verify}단계의 검증 결과") in rto_line, rto_line
     assert "O2" in rpo_line and met in rpo_line and "S2" in rpo_line and within in rpo_line, rpo_line
-    assert "replication lag at failover" in rpo_line, rpo_line
-    assert objectives.measured_by(promote.position, promote.title) in rpo_line, rpo_line
+    if locale == "en":
+        assert "replication lag at failover" in rpo_line, rpo_line
+        assert f"measured by step {promote.position} ({promote.title})" in rpo_line, rpo_line
+    else:
+        assert "장애 조치 시점의 복제 지연" in rpo_line, rpo_line
+        assert f"{promote.position}단계({promote.title})에서 측정" in rpo_line, rpo_line
     assert "postgres_promote" not in text     # the step as the plan showed it, not the action's internal name
     assert ("MTTR" in text) is closing

@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     for score in outcome.scores:
         value = "unknown" if score.value is None else f"{score.value:.1f} s"
         verdict = {True: "met", False: "MISSED", None: "unknown"}[score.passed]
-        print(f"{score.objective}: {value} (target {score.target:.0f} s) {verdict} — {score.basis}")
+        print(f"{score.objective}: {value} (target {score.target:.0f} s) {verdict} — {score.basis.text}")
     if outcome.error:
         print(f"error: {outcome.error}")
     print(f"drill {outcome.run_id} {outcome.name}: {outcome.status.upper()}; report: {outcome.report_path}")

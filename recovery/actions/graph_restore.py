@@ -63,6 +63,7 @@ from recovery.backup.runner import Neo4jSource
 from recovery.backup.storage.local import LocalTarget
 from recovery.backup.stream.pipe import produced
 from recovery.backup.stream.pipeline import backup_stream, restore_stream
+from recovery.objectives import RECOVERED_TO_GRAPH_EXPORT
 from recovery.redact import error_line, redact
 from statemachines.json_types import JsonObject
 from statemachines.models import BackupRecord
@@ -217,7 +218,7 @@ class Neo4jRestoreInPlace(Action):
             "nodes": stats.nodes, "relationships": stats.relationships,
             "replaced": {"nodes": export["nodes"], "relationships": export["relationships"]},
             "recovered_to": finished.isoformat() if finished else None,
-            "recovered_to_basis": "when the backup's export finished (a read-committed export, not a snapshot)",
+            "recovered_to_basis": RECOVERED_TO_GRAPH_EXPORT,
         }
 
     def _rollback_copy(self, driver: Driver, progress: Progress) -> JsonObject:

@@ -52,6 +52,7 @@ from recovery.backup.catalog import MILVUS_KIND, BackupNotFound, choose, exporte
 from recovery.backup.repository import Repository, VerifiedCopy
 from recovery.backup.restore.journal import owner_only_directory
 from recovery.backup.restore.postgres import RestoreError
+from recovery.objectives import RECOVERED_TO_VECTOR_EXPORT
 from recovery.redact import error_line, redact
 from statemachines.json_types import JsonObject
 
@@ -214,7 +215,7 @@ class MilvusRestoreInPlace(Action):
             "aside": [{"kind": ASIDE_KIND, "location": aside, "component": "milvus"} for aside in asides],
             "backup_id": self.backup_id, "backup_time": self.backup_time, "collections": self.collections,
             "recovered_to": finished.isoformat() if finished else None,
-            "recovered_to_basis": "when the backup's export of the collections finished",
+            "recovered_to_basis": RECOVERED_TO_VECTOR_EXPORT,
         }
 
     def _put_aside(self, client: MilvusClient, name: str, planned: dict[str, JsonObject], stamp: str,

@@ -40,12 +40,15 @@ from recovery.drills.report import write_report
 from recovery.drills.restores import RestoreResult, replay_point, restore_postgres_copy, test_backup
 from recovery.drills.scoring import SCENARIO_OF, Figure, Score, overall, score
 from recovery.drills.scratch import Scratch, sweep
+from recovery.objectives import Basis
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
 from statemachines.models import BackupRecord, DrillRun, require_id, utcnow
 
 log = logging.getLogger("aegis.drills")
 DRILLS = ("backup_restore_test", "database_failover_test", "full_system_recovery_test")
+#: a drill recovers once, so its MTTR is its RTO
+ONE_RECOVERY = Basis("drill_mttr_one_recovery", "one recovery: its time to recover (drill start → verified)")
 
 
 @dataclass
@@ -111,14 +114,18 @@ def _backup_restore_test(ctx: DrillContext, scratch: Scratch, steps: Steps, star
                       "budget_seconds": budget, "restores": [r.as_dict() for r in findings.restores]}
     if tested:
         slowest = max(tested, key=lambda r: r.seconds)
-        findings.figures["rto"] = Figure(round(slowest.seconds, 3), (
+        findings.figures["rto"] = Figure(round(slowest.seconds, 3), Basis(
+            "drill_rto_restore_tests",
             f"the slowest of {len(tested)} restore(s): {slowest.object_name} took {slowest.seconds:.1f} s from the "
-            "first read of its stored copy to its contents validated"))
+            "first read of its stored copy to its contents validated",
+            {"count": len(tested), "object": slowest.object_name, "seconds": round(slowest.seconds, 1)}))
     else:
-        findings.figures["rto"] = Figure(None, "unknown: no backup could be restore-tested")
-    findings.figures["rpo"] = Figure(None, "unknown: a restore test restores base backups without WAL; the "
-                                           "database_failover_test measures RPO")
-    findings.figures["mttr"] = Figure(None, "unknown: a restore test recovers no service")
+        findings.figures["rto"] = Figure(None, Basis("drill_rto_no_restore",
+                                                     "unknown: no backup could be restore-tested"))
+    findings.figures["rpo"] = Figure(None, Basis("drill_rpo_restore_test", "unknown: a restore test restores base "
+                                                 "backups without WAL; the database_failover_test measures RPO"))
+    findings.figures["mttr"] = Figure(None, Basis("drill_mttr_restore_test",
+                                                  "unknown: a restore test recovers no service"))
     return findings
 
 
@@ -131,15 +138,20 @@ def _newest_archived(ctx: DrillContext) -> BackupRecord | None:
 def _rpo(replay: JsonObject, archived: BackupRecord | None, base: BackupRecord) -> Figure:
     last_xact: datetime | None = replay.get("last_xact_at")
     if archived is None or archived.finished_at is None:
-        return Figure(None, "unknown: no WAL segment is archived (is archive_command `aegis wal push %p`?)")
+        return Figure(None, Basis("drill_rpo_no_archive", "unknown: no WAL segment is archived (is archive_command "
+                                  "`aegis wal push %p`?)"))
     if last_xact is None:
-        return Figure(None, f"unknown: recovery replayed no transaction after backup {base.run_id} (nothing "
-                            "committed since it, or no WAL after it reached the archive)")
+        return Figure(None, Basis("drill_rpo_nothing_replayed", f"unknown: recovery replayed no transaction after "
+                                  f"backup {base.run_id} (nothing committed since it, or no WAL after it reached "
+                                  "the archive)", {"backup": base.run_id}))
     seconds = max(0.0, (archived.finished_at - last_xact).total_seconds())
-    return Figure(round(seconds, 3), (
-        f"newest recovered transaction committed {last_xact.isoformat()} (pg_last_xact_replay_timestamp on the "
+    committed, pushed = last_xact.isoformat(), archived.finished_at.isoformat()
+    return Figure(round(seconds, 3), Basis(
+        "drill_rpo",
+        f"newest recovered transaction committed {committed} (pg_last_xact_replay_timestamp on the "
         f"promoted standby) against the newest archived WAL segment {archived.object_name} pushed "
-        f"{archived.finished_at.isoformat()} (catalog); an idle database overstates it"))
+        f"{pushed} (catalog); an idle database overstates it",
+        {"committed": committed, "segment": archived.object_name, "pushed": pushed}))
 
 
 def _failover(ctx: DrillContext, scratch: Scratch, steps: Steps, started: datetime, findings: Findings) -> None:
@@ -164,9 +176,11 @@ def _failover(ctx: DrillContext, scratch: Scratch, steps: Steps, started: dateti
         entry["detail"] = f"promoted (not in recovery), wrote and read back a row; replayed to {replay['replay_lsn']}"
     verified = utcnow()
     rto = (verified - started).total_seconds()
-    findings.figures["rto"] = Figure(round(rto, 3), (f"drill start {started.isoformat()} → write verified on the "
-                                                     f"promoted standby {verified.isoformat()}"))
-    findings.figures["mttr"] = Figure(round(rto, 3), "one recovery: its time to recover (drill start → verified)")
+    span = {"started": started.isoformat(), "verified": verified.isoformat()}
+    findings.figures["rto"] = Figure(round(rto, 3), Basis(
+        "drill_rto_failover", f"drill start {span['started']} → write verified on the promoted standby "
+        f"{span['verified']}", span))
+    findings.figures["mttr"] = Figure(round(rto, 3), ONE_RECOVERY)
     archived = _newest_archived(ctx)
     findings.figures["rpo"] = _rpo(replay, archived, base)
     findings.facts.update(base_backup=base.run_id, wal_files=wal_files, replay_lsn=replay["replay_lsn"],
@@ -233,10 +247,11 @@ def _full_system_recovery_test(ctx: DrillContext, scratch: Scratch, steps: Steps
         findings.checks_ok = findings.checks_ok and ok
     verified = utcnow()
     rto = (verified - started).total_seconds()
-    findings.figures["rto"] = Figure(round(rto, 3), (
-        f"drill start {started.isoformat()} → every component restored and every service with a drill_url "
-        f"answered {verified.isoformat()}"))
-    findings.figures["mttr"] = Figure(round(rto, 3), "one recovery: its time to recover (drill start → verified)")
+    span = {"started": started.isoformat(), "verified": verified.isoformat()}
+    findings.figures["rto"] = Figure(round(rto, 3), Basis(
+        "drill_rto_full", f"drill start {span['started']} → every component restored and every service with a "
+        f"drill_url answered {span['verified']}", span))
+    findings.figures["mttr"] = Figure(round(rto, 3), ONE_RECOVERY)
     findings.facts["services"] = findings.services
     findings.facts["restores"] = [r.as_dict() for r in findings.restores]
     return findings

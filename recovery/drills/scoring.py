@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from recovery.objectives import EXPECTED_RANGES
+from recovery.objectives import EXPECTED_RANGES, Basis
 from statemachines.json_types import JsonObject
 
 
 @dataclass(frozen=True)
 class Figure:
     value: float | None          # seconds; None = unknown
-    basis: str                   # what it was measured from, or why it is unknown
+    basis: Basis                 # what it was measured from, or why it is unknown
 
     def as_dict(self) -> JsonObject:
-        return {"value": self.value, "unit": "seconds", "basis": self.basis}
+        return {"value": self.value, "unit": "seconds", "basis": self.basis.text, "basis_data": self.basis.as_data()}
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,11 @@ class Score:
     low: float | None            # the range's lower bound (ranges only)
     value: float | None
     passed: bool | None          # None: unknown (the figure could not be measured)
-    basis: str
+    basis: Basis
 
     def as_dict(self) -> JsonObject:
-        return {**asdict(self), "unit": "seconds"}
+        scored = {**asdict(self), "basis": self.basis.text, "basis_data": self.basis.as_data()}
+        return {**scored, "unit": "seconds"}
 
 
 def _score(objective: str, target: float, figure: Figure, low: float | None = None) -> Score:

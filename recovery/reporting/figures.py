@@ -31,6 +31,7 @@ class IncidentFigure:
     closed_at: datetime | None
     rpo_seconds: float | None
     rpo_basis: str | None
+    rpo_basis_data: JsonObject | None = None     # the basis as {code, params}, for the page's language
 
     @property
     def rto_seconds(self) -> float | None:
@@ -47,7 +48,7 @@ def incident_figures(store: Store) -> list[IncidentFigure]:
              .order_by(col(Incident.declared_at), col(Incident.id)))
     with store.session() as session:
         return [IncidentFigure(i.key or f"#{i.id}", i.scenario, i.severity, i.state, i.declared_at, i.verified_at,
-                               i.closed_at, i.rpo_seconds, i.rpo_basis) for i in session.exec(query)]
+                               i.closed_at, i.rpo_seconds, i.rpo_basis, i.rpo_basis_data) for i in session.exec(query)]
 
 
 def _figure_value(figures: JsonObject, name: str) -> float | None:

@@ -26,9 +26,11 @@ from bot.backup_wiring import runner_from
 from bot.config import load_config
 from recovery.backup.catalog import WAL_KIND, mark_restore_test, wal_object
 from recovery.drills import runs
+from recovery.drills.drills import ONE_RECOVERY
 from recovery.drills.scoring import Figure, Objectives, score
 from recovery.monitor.checks import Sample
 from recovery.monitor.history import MonitorHistory
+from recovery.objectives import Basis
 from statemachines import service as svc
 from statemachines.service import StepSpec
 from statemachines.store import Store
@@ -134,9 +136,14 @@ def record_drills(store: Store) -> tuple[int, int]:
     for step in (_step("prepare scratch environment", 1.25), _step("standby from backup_x + archived WAL", 20.5),
                  _step("promote and accept a write", 3.75), _step(HOSTILE_STEP, 2.0), _step("clean up", 0.5)):
         runs.add_step(store, passed_id, step)
-    figures = {"rto": Figure(754.5, "drill start → write verified on the promoted standby"),
-               "rpo": Figure(42.0, "newest recovered transaction against the newest archived WAL segment"),
-               "mttr": Figure(754.5, "one recovery: its time to recover (drill start → verified)")}
+    span = {"started": "2026-11-01T02:00:00+00:00", "verified": "2026-11-01T02:12:34.500000+00:00"}
+    pushed = {"committed": "2026-11-01T01:59:18+00:00", "segment": "wal/000000010000000000000003.zst.aes",
+              "pushed": "2026-11-01T02:00:00+00:00"}
+    figures = {"rto": Figure(754.5, Basis("drill_rto_failover", f"drill start {span['started']} → write verified on "
+                                          f"the promoted standby {span['verified']}", span)),
+               "rpo": Figure(42.0, Basis("drill_rpo", "newest recovered transaction against the newest archived WAL "
+                                         "segment", pushed)),
+               "mttr": Figure(754.5, ONE_RECOVERY)}
     scores = score("database_failure", figures, Objectives())
     runs.finish(store, passed_id, status="passed", objectives=[s.as_dict() for s in scores], report_path=None,
                 figures={**{n: f.as_dict() for n, f in figures.items()}, "wal_files": 3})
@@ -145,7 +152,7 @@ def record_drills(store: Store) -> tuple[int, int]:
     failed_id = failed.id or 0
     runs.add_step(store, failed_id, _step("restore-test backup_1/postgres-base.tar.zst.aes", 5.0, ok=False,
                                           detail="checksum mismatch"))
-    figures = {"rto": Figure(None, "unknown: no backup could be restore-tested")}
+    figures = {"rto": Figure(None, Basis("drill_rto_no_restore", "unknown: no backup could be restore-tested"))}
     scores = score("ransomware", figures, Objectives())
     runs.finish(store, failed_id, status="failed", objectives=[s.as_dict() for s in scores], report_path=None,
                 figures={n: f.as_dict() for n, f in figures.items()})

@@ -102,6 +102,12 @@ from recovery.backup.sources.postgres import pg_bin_dir
 from recovery.backup.storage.base import StorageError, Target
 from recovery.backup.wal.archive import TargetWalStore
 from recovery.drills.contents import compare, recorded_formats, snapshot, table_names
+from recovery.objectives import (
+    RECOVERED_TO_BACKUP_END,
+    RECOVERED_TO_LAST_REPLAYED,
+    RECOVERED_TO_TARGET,
+    RECOVERED_TO_UNKNOWN,
+)
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
 from statemachines.models import BackupRecord
@@ -650,15 +656,14 @@ class InPlaceRestore:
         replayed = row[1]
         if isinstance(replayed, datetime):
             return {"timeline": timeline, "recovered_to": replayed.astimezone(UTC).isoformat(),
-                    "recovered_to_basis": "pg_last_xact_replay_timestamp() (the last transaction replayed)"}
+                    "recovered_to_basis": RECOVERED_TO_LAST_REPLAYED}
         if self.target_time is not None:
             return {"timeline": timeline, "recovered_to": self.target_time.astimezone(UTC).isoformat(),
-                    "recovered_to_basis": "the recovery target time (no transaction was replayed)"}
+                    "recovered_to_basis": RECOVERED_TO_TARGET}
         end = prepared.backup_end
         return {"timeline": timeline,
                 "recovered_to": end.replace(tzinfo=end.tzinfo or UTC).astimezone(UTC).isoformat() if end else None,
-                "recovered_to_basis": "the backup's end (no transaction was replayed after it)" if end
-                else "unknown: no transaction replayed and the backup's end time is not recorded"}
+                "recovered_to_basis": RECOVERED_TO_BACKUP_END if end else RECOVERED_TO_UNKNOWN}
 
     def _evidence(self, prepared: Prepared, facts: JsonObject) -> list[Evidence]:
         observations = list(self.checks()) if self.checks is not None else []
