@@ -151,14 +151,15 @@ def _own_detail(table: dict[str, str], detail: object) -> str:
     return escape_mrkdwn(table.get(text, text))
 
 
-def _basis(env: Environment, text: object, data: object = None) -> str:
-    """A figure's basis in the template's language, as plain text (the caller escapes it): the macro of
-    its code in ``basis.j2`` called with its params (and ``measured_by`` when it names a step), else
-    the stored English ``text`` — also when the params do not fit the macro (a row of an older
-    version), so that a live post never breaks on it."""
+def _coded(env: Environment, words: str, text: object, data: object = None) -> str:
+    """Words Aegis stored as English ``text`` plus ``{code, params}`` (a figure's basis, a drill step's
+    name), in the template's language and as plain text (the caller escapes it): the macro named by the
+    code in the template ``words`` (``basis.j2``, ``drill_steps.j2``), called with the params — and,
+    for a basis naming a step, ``measured_by`` — else ``text``; also when the params do not fit the
+    macro (a row of an older version), so that a live post never breaks on it."""
     code = data.get("code") if isinstance(data, dict) else None
     params = data.get("params") if isinstance(data, dict) else None
-    module = env.get_template("basis.j2").module
+    module = env.get_template(words).module
     macro = getattr(module, str(code), None) if code else None
     if macro is None or not isinstance(params, dict):
         return str(text or "")
@@ -171,10 +172,20 @@ def _basis(env: Environment, text: object, data: object = None) -> str:
     return said
 
 
+def _coded_step(env: Environment, step: object) -> str:
+    entry = step if isinstance(step, dict) else {}
+    return _coded(env, "drill_steps.j2", entry.get("name", ""), entry.get("name_data"))
+
+
 def basis_text(locale: str, text: object, data: object = None) -> str:
     """A figure's basis (recovery/objectives.py ``Basis``: its stored English text and ``{code, params}``)
     in ``locale``'s words, as plain text."""
-    return _basis(_ENVS[resolve_locale(locale)][0], text, data)
+    return _coded(_ENVS[resolve_locale(locale)][0], "basis.j2", text, data)
+
+
+def drill_step_text(locale: str, step: object) -> str:
+    """A drill step's name (a ``drill_run.steps`` entry: ``name`` and ``name_data``) in ``locale``'s words."""
+    return _coded_step(_ENVS[resolve_locale(locale)][0], step)
 
 
 def _load_names(env: Environment) -> dict[str, dict[str, str]]:
@@ -203,7 +214,8 @@ def _make_env(locale: str) -> tuple[Environment, dict[str, dict[str, str]]]:
         "esc": escape_mrkdwn,
         "duration": partial(format_duration, names["durations"]),
         "own_detail": partial(_own_detail, names["own_details"]),
-        "basis": partial(_basis, env),
+        "basis": partial(_coded, env, "basis.j2"),
+        "drill_step": partial(_coded_step, env),
     }
     for filter_name, table in NAME_FILTERS.items():
         filters[filter_name] = partial(_lookup, names[table])

@@ -96,6 +96,7 @@ def _make_env(locale: str) -> Environment:
         "state": partial(_name, render.name_table(locale, "states")),
         "severity": partial(_name, render.name_table(locale, "severities")),
         "basis": partial(render.basis_text, locale),
+        "drill_step": partial(render.drill_step_text, locale),
     })
     env.globals.update(line_chart=line_chart, bar_chart=bar_chart)
     return env

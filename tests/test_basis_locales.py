@@ -1,4 +1,5 @@
-"""A figure's basis (what an RTO, RPO or MTTR was measured from) in the channel's language.
+"""A figure's basis (what an RTO, RPO or MTTR was measured from) and a drill step's name in the
+channel's language.
 
 Aegis stores each basis as its English sentence plus ``{code, params}`` (recovery/objectives.py
 ``Basis``); Korean renders the code with its params (templates/ko/basis.j2). The bases here are the
@@ -9,14 +10,18 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from messages import drill_notices, render
 from recovery import objectives
+from recovery.drills import runs
+from recovery.drills.context import STEP_CODES, Steps
 from recovery.drills.drills import ONE_RECOVERY
 from recovery.drills.scoring import Figure, Objectives, score
 from recovery.objectives import BASIS_CODES, RECOVERED_TO_BASES, Basis
+from statemachines.store import Store
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 HANGUL = re.compile("[\uac00-\ud7a3]")
@@ -100,3 +105,35 @@ def test_a_drill_result_shows_its_figures_bases_in_the_channels_language() -> No
     assert "write verified on the promoted standby" in messages["en"]
     assert "승격된 스탠바이에서 쓰기 검증" in messages["ko"] and "write verified" not in messages["ko"]
     assert span["verified"] in messages["ko"] and "복구 1회" in messages["ko"]
+
+
+def test_every_drill_step_code_has_korean_words() -> None:
+    module = render._ENVS["ko"][0].get_template("drill_steps.j2").module
+    missing = [code for code in STEP_CODES if not callable(getattr(module, code, None))]
+    assert not missing, missing
+
+
+def test_a_drill_posts_its_step_names_in_the_channels_language(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/aegis.db")
+    store.migrate()
+    run_id = runs.start(store, "database_failover_test", "cli").id or 0
+    steps = Steps(store, run_id, lambda _line: None)
+    with steps.step("standby from backup_20261101_020000 + archived WAL", "standby",
+                    {"backup": "backup_20261101_020000"}):
+        pass
+    with pytest.raises(RuntimeError), steps.step("service auth (tier 1)", "service", {"service": "auth", "tier": 1}):
+        raise RuntimeError("connection refused")
+    recorded = runs.get(store, run_id)
+    assert recorded is not None
+    posts = {locale: drill_notices.result(
+        run_id=run_id, name="database_failover_test", status="failed", trigger="cli", requested_by=None,
+        objectives=[], steps=recorded.steps, figures={}, error="", report_path=None, locale=locale).text
+        for locale in render.LOCALES}
+    assert "standby from backup_20261101_020000 + archived WAL" in posts["en"]
+    assert "service auth (tier 1)" in posts["en"]
+    assert "backup_20261101_020000 + 아카이브된 WAL로 스탠바이 구성" in posts["ko"]
+    assert "서비스 auth (티어 1)" in posts["ko"] and "connection refused" in posts["ko"]
+    assert "standby from" not in posts["ko"]
+    listing = drill_notices.listing([{"id": run_id, "name": "database_failover_test", "status": "failed",
+                                      "started_at": recorded.started_at, "trigger": "cli"}], "ko").text
+    assert "실패" in listing and "명령줄" in listing

@@ -58,6 +58,10 @@ class DrillContext:
     say: Say = field(default=lambda _line: None)
 
 
+#: the drills' step names (``Steps.step``'s ``code``); each locale's drill_steps.j2 has a macro for each
+STEP_CODES = ("prepare", "restore_test", "standby", "promote_write", "restore_component", "service", "clean_up")
+
+
 class Steps:
     """Per-step timings written to the drill's row as each step ends (plain dicts, in order)."""
 
@@ -66,10 +70,13 @@ class Steps:
         self.failed: list[str] = []
 
     @contextmanager
-    def step(self, name: str) -> Iterator[JsonObject]:
-        """Time ``name``; the body may fill ``detail``/``ok`` in the yielded dict; an exception fails it."""
+    def step(self, name: str, code: str, params: JsonObject | None = None) -> Iterator[JsonObject]:
+        """Time ``name`` (English; ``code`` + ``params`` name it in other languages: one of STEP_CODES,
+        rendered by templates/<locale>/drill_steps.j2); the body may fill ``detail``/``ok`` in the
+        yielded dict; an exception fails it."""
         began, started = time.monotonic(), utcnow()
-        entry: JsonObject = {"name": name, "ok": True, "detail": ""}
+        entry: JsonObject = {"name": name, "name_data": {"code": code, "params": params or {}}, "ok": True,
+                             "detail": ""}
         self.say(f"… {name}")
         try:
             yield entry

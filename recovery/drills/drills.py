@@ -95,7 +95,8 @@ def _backup_restore_test(ctx: DrillContext, scratch: Scratch, steps: Steps, star
         if time.monotonic() - began >= budget:
             not_reached.append(record)
             continue
-        with steps.step(f"restore-test {record.object_name}") as entry:
+        with steps.step(f"restore-test {record.object_name}", "restore_test",
+                        {"object": record.object_name}) as entry:
             result = test_backup(ctx, scratch, record)
             entry["ok"] = result.ok is not False and not result.blocked   # blocked: the environment refused
             entry["detail"] = result.reason[:600]
@@ -158,10 +159,10 @@ def _failover(ctx: DrillContext, scratch: Scratch, steps: Steps, started: dateti
     base = newest_good(ctx.store, POSTGRES_BASE_KINDS, restore_test_ok=True)
     if base is None:
         raise DrillError("no PostgreSQL base backup to build a standby from (or every one failed its restore test)")
-    with steps.step(f"standby from {base.run_id} + archived WAL") as entry:
+    with steps.step(f"standby from {base.run_id} + archived WAL", "standby", {"backup": base.run_id}) as entry:
         cluster, wal_files, _index = restore_postgres_copy(ctx, scratch, base, replay_wal=True)
         entry["detail"] = f"recovered from {wal_files} archived WAL file(s), port {cluster.port}"
-    with steps.step("promote and accept a write") as entry:
+    with steps.step("promote and accept a write", "promote_write") as entry:
         replay = replay_point(cluster)
         if replay["in_recovery"]:
             raise DrillError("the standby is still in recovery after the end of the archive")
@@ -230,7 +231,8 @@ def _full_system_recovery_test(ctx: DrillContext, scratch: Scratch, steps: Steps
             findings.checks_ok = False
             steps.say(f"FAILED {kind}: no good backup to restore")
             continue
-        with steps.step(f"restore {kind} {newest.run_id}") as entry:
+        with steps.step(f"restore {kind} {newest.run_id}", "restore_component",
+                        {"component": kind, "backup": newest.run_id}) as entry:
             result = test_backup(ctx, scratch, newest)
             entry["ok"], entry["detail"] = result.ok is not False and not result.blocked, result.reason[:600]
         findings.restores.append(result)
@@ -240,7 +242,8 @@ def _full_system_recovery_test(ctx: DrillContext, scratch: Scratch, steps: Steps
             findings.services.append({"service": service.name, "tier": service.tier, "ok": None,
                                       "detail": "not checked: no drill_url configured"})
             continue
-        with steps.step(f"service {service.name} (tier {service.tier})") as entry:
+        with steps.step(f"service {service.name} (tier {service.tier})", "service",
+                        {"service": service.name, "tier": service.tier}) as entry:
             ok, detail = _probe(service.drill_url, service.name)
             entry["ok"], entry["detail"] = ok, detail
         findings.services.append({"service": service.name, "tier": service.tier, "ok": ok, "detail": detail})
@@ -281,7 +284,7 @@ def run_drill(ctx: DrillContext, name: str, trigger: str, requested_by: str | No
     scratch: Scratch | None = None
     with lease_renewed(ctx.store, run_id):
         try:
-            with steps.step("prepare scratch environment") as entry:
+            with steps.step("prepare scratch environment", "prepare") as entry:
                 scratch = Scratch.prepare(ctx.store, run_id, ctx.settings.scratch_dir, ctx.droppers,
                                           ctx.settings.os_user, ctx.settings.pg_bin)
                 entry["detail"] = str(scratch.root)
@@ -296,7 +299,7 @@ def run_drill(ctx: DrillContext, name: str, trigger: str, requested_by: str | No
 
 def _clean_up(ctx: DrillContext, steps: Steps, run_id: int, scratch: Scratch | None) -> None:
     try:
-        with steps.step("clean up") as entry:
+        with steps.step("clean up", "clean_up") as entry:
             if scratch is not None:   # restore-test copies still being deleted: joined, then marked
                 scratch.finish_removals()
             fresh = runs.get(ctx.store, run_id)
