@@ -12,15 +12,14 @@ an unknown name is a config error that says the closest one.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from bot.config import Config, ConfigError, Monitoring, Neo4jComponent, PostgresNode, closest
+from bot.config import Config, ConfigError, Monitoring, PostgresNode, closest
 from bot.flows.backup import newest_usable
-from bot.wiring import service_specs
+from bot.wiring import neo4j_credentials, service_specs
 from recovery.monitor import checks as probes
 from recovery.monitor.checks import Check, Probe
 from recovery.monitor.graph_vector import MilvusProbe, Neo4jProbe, milvus_lite_probe
@@ -148,19 +147,13 @@ def _database(config: Config, store: Store) -> list[_Spec]:
     specs += _backup_ages(config, store)
     neo4j = config.components.neo4j
     if neo4j is not None:
-        probe = Neo4jProbe(neo4j.uri, partial(_neo4j_credentials, neo4j), neo4j.database)
+        probe = Neo4jProbe(neo4j.uri, partial(neo4j_credentials, neo4j), neo4j.database)
         specs.append(_Spec("neo4j", "database", "neo4j", fixed(probe), subject="neo4j"))
     if config.components.milvus is not None:
         uri = config.components.milvus.uri
         milvus: Probe = MilvusProbe(uri) if "://" in uri else milvus_lite_probe(uri)
         specs.append(_Spec("milvus", "database", "milvus", fixed(milvus), subject="milvus"))
     return specs
-
-
-def _neo4j_credentials(neo4j: Neo4jComponent) -> tuple[str, str] | None:
-    """Read when the probe builds its driver, as ``bot.backup_wiring.sources_from`` reads them."""
-    password = os.environ.get(neo4j.password_env) if neo4j.password_env else None
-    return (neo4j.user, password) if password else None
 
 
 _BACKUP_SCHEDULES = {"postgresql": ("postgres_full", "postgres_incremental"), "neo4j": ("neo4j",),

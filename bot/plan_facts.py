@@ -112,4 +112,21 @@ def build_facts(config: Config, scenario: str, results: list[CheckResult], *, st
         infection_time=parse_time(options.get("infection_time")) or infection_time,
         # the standby's check is named as wiring.component_specs names it: its label, else "postgres standby"
         standby_check=(pg.standby.label or "postgres standby") if pg and pg.standby else None,
+        component_checks=_component_checks(config),
     )
+
+
+#: the names of the Neo4j and Milvus checks of an assessment (``bot.wiring.component_specs``)
+NEO4J_CHECK, MILVUS_CHECK = "neo4j", "milvus"
+
+
+def _component_checks(config: Config) -> dict[str, str]:
+    """Each configured database's check, named as ``bot.wiring.component_specs`` names it."""
+    pg, found = config.components.postgres, {}
+    if pg is not None:
+        found["postgres"] = pg.primary.label or "postgres primary"
+    if config.components.neo4j is not None:
+        found["neo4j"] = NEO4J_CHECK
+    if config.components.milvus is not None:
+        found["milvus"] = MILVUS_CHECK
+    return found

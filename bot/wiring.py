@@ -11,8 +11,8 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from bot.config import Config, Hook, PostgresNode
-from bot.plan_facts import build_facts
+from bot.config import Config, Hook, Neo4jComponent, PostgresNode
+from bot.plan_facts import MILVUS_CHECK, NEO4J_CHECK, build_facts
 from recovery.actions.base import Action, ActionError, Progress
 from recovery.actions.discard_aside import DiscardAside, Discarder, discard_postgres_data_dir
 from recovery.actions.hook import HookAction
@@ -22,7 +22,9 @@ from recovery.actions.reprotect import ASIDE_INFIX as REPROTECT_ASIDE
 from recovery.actions.reprotect import NodeControl, PostgresReprotect
 from recovery.actions.service_start import ServiceStart
 from recovery.actions.verify import IntegrityQuery, PostgresVerification, VerifyRecovery
-from recovery.health import CheckResult, HealthSpec
+from recovery.health import Ask, CheckResult, HealthSpec
+from recovery.monitor.checks import Observation
+from recovery.monitor.graph_vector import MilvusProbe, Neo4jProbe, milvus_lite_probe
 from recovery.planner import Facts
 from statemachines.json_types import JsonObject
 from statemachines.models import PlanStep
@@ -42,13 +44,43 @@ def _label(node: PostgresNode, which: str) -> str:
     return node.label or f"postgres {which}"
 
 
+def neo4j_credentials(neo4j: Neo4jComponent) -> tuple[str, str] | None:
+    """Read when a probe builds its driver, as ``bot.backup_wiring.sources_from`` reads them."""
+    password = os.environ.get(neo4j.password_env) if neo4j.password_env else None
+    return (neo4j.user, password) if password else None
+
+
+def _asked_once(make: Callable[[], Callable[[float], Observation]]) -> Ask:
+    """An assessment's question to a server: a fresh probe, asked once, its client closed after."""
+    def ask(timeout: float) -> tuple[bool, str]:
+        probe = make()
+        try:
+            seen = probe(timeout)
+        finally:
+            if isinstance(probe, Neo4jProbe | MilvusProbe):
+                probe.close()
+        return seen.ok, seen.reason
+    return ask
+
+
 def component_specs(config: Config) -> list[HealthSpec]:
+    """The assessment's checks of the databases: PostgreSQL primary and standby, Neo4j (``RETURN 1``),
+    Milvus (``list_collections``; Milvus Lite: present and readable)."""
     specs: list[HealthSpec] = []
     pg = config.components.postgres
     if pg:
         specs.append(HealthSpec(_label(pg.primary, "primary"), "postgres", pg.primary.full_dsn()))
         if pg.standby:
             specs.append(HealthSpec(_label(pg.standby, "standby"), "postgres", pg.standby.full_dsn()))
+    neo4j = config.components.neo4j
+    if neo4j is not None:
+        specs.append(HealthSpec(NEO4J_CHECK, "neo4j", neo4j.uri, ask=_asked_once(
+            lambda: Neo4jProbe(neo4j.uri, lambda: neo4j_credentials(neo4j), neo4j.database))))
+    milvus = config.components.milvus
+    if milvus is not None:
+        uri = milvus.uri
+        specs.append(HealthSpec(MILVUS_CHECK, "milvus", uri, ask=_asked_once(
+            lambda: MilvusProbe(uri) if "://" in uri else milvus_lite_probe(uri))))
     return specs
 
 

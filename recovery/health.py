@@ -24,13 +24,18 @@ from psycopg.rows import TupleRow
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
 
+#: a server's own round trip (kinds "neo4j" and "milvus": recovery/monitor/graph_vector.py's probes):
+#: timeout in seconds -> (answered, what it saw)
+Ask = Callable[[float], tuple[bool, str]]
+
 
 @dataclass(frozen=True)
 class HealthSpec:
     name: str
-    kind: str  # "tcp" | "http" | "postgres"
-    target: str  # "host:port" | URL | libpq DSN
+    kind: str  # "tcp" | "http" | "postgres" | "neo4j" | "milvus"
+    target: str  # "host:port" | URL | libpq DSN | the server's URI (neo4j, milvus)
     timeout_seconds: float = 3.0
+    ask: Ask | None = field(default=None, compare=False, repr=False)   # neo4j, milvus: the probe to ask
 
 
 @dataclass(frozen=True)
@@ -186,10 +191,21 @@ def check_postgres(spec: HealthSpec) -> CheckResult:
     return CheckResult(spec.name, spec.kind, True, _postgres_detail(facts), _elapsed_ms(started), facts)
 
 
+def check_server(spec: HealthSpec) -> CheckResult:
+    """A Neo4j or Milvus server asked by its probe (``spec.ask``), which never raises."""
+    started = time.monotonic()
+    if spec.ask is None:
+        return CheckResult(spec.name, spec.kind, False, "no probe for this server", 0.0, {"reachable": False})
+    ok, detail = spec.ask(spec.timeout_seconds)
+    return CheckResult(spec.name, spec.kind, ok, redact(detail)[:300], _elapsed_ms(started), {"reachable": ok})
+
+
 _CHECKS: dict[str, Callable[[HealthSpec], CheckResult]] = {
     "tcp": check_tcp,
     "http": check_http,
     "postgres": check_postgres,
+    "neo4j": check_server,
+    "milvus": check_server,
 }
 
 

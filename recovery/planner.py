@@ -19,12 +19,14 @@ Strategies and why (where the issue is silent):
   failover starts all of them.
 - **restore_from_backup** (S2 without a standby, C3/C4): stop writes (the fence hook if configured; a
   manual step when the database is restored by hand, since an in-place restore stops it itself) →
-  restore every configured database that has a backup (PostgreSQL in place when its ``control`` is
-  configured, else a manual step naming the backup) → services → verify. The backup is the newest
-  whose last verification or restore test did not fail; to the latest point (WAL). No "confirm the
-  primary is down" step (that is a failover precondition: a promoted standby must never run beside a
-  live primary): the in-place restore stops the server itself, and a database failure whose primary
-  still runs but holds corrupted data must be restorable.
+  restore the configured databases that have a backup (PostgreSQL in place when its ``control`` is
+  configured, else a manual step naming the backup) → services → verify. Only those whose health
+  check failed (``restore_scope``): a PostgreSQL failure does not wipe a healthy graph; when no
+  database check failed (corruption no probe sees) every one is restored, and the plan says which.
+  The backup is the newest whose last verification or restore test did not fail; to the latest
+  point (WAL). No "confirm the primary is down" step (that is a failover precondition: a promoted
+  standby must never run beside a live primary): the in-place restore stops the server itself, and
+  a database failure whose primary still runs but holds corrupted data must be restorable.
 - **ransomware** (S3, a restore_from_backup to a clean point): isolate → restore each component from
   its clean point (``recovery/clean_point.py``), PostgreSQL to one second before the infection →
   services → verify. Every destructive step needs two approvers, one of them the security lead.
@@ -105,6 +107,8 @@ class Facts:
     options: JsonObject = field(default_factory=dict)   # incident.recovery_options
     infection_time: datetime | None = None     # ransomware: the responders' time of infection
     standby_check: str | None = None           # the name of the standby's health check (failing: no failover)
+    # per configured database component (postgres | neo4j | milvus) the name of its health check
+    component_checks: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -326,30 +330,60 @@ def restore_from_backup(facts: Facts, rationale: str) -> Plan:
     # no confirm-down here (a failover precondition only): the in-place restore stops the server itself,
     # and a running but corrupted primary must be restorable
     steps: list[StepSpec] = []
-    restores = _latest_restores(facts)
+    scope = restore_scope(facts)
+    restores = _latest_restores(facts, scope["restored"])
     if not restores:   # nothing configured: today's manual step
         restores = [_manual("Restore the latest good backup", "Restore the newest verified backup, then WAL",
                             "critical", [DB])]
     # an in-place restore stops the server itself; a restore by hand needs the server stopped first
     by_hand = not any(step.action == "postgres_restore" for step in restores)
-    if "fence_primary" in facts.hooks or by_hand:
+    fenced = "postgres" in scope["restored"] or not scope["restored"]
+    if fenced and ("fence_primary" in facts.hooks or by_hand):
         steps.append(_hook_or_manual(facts, "fence_primary", "Stop writes to the failed database",
                                      "Stop the failed server and keep its data directory for forensics",
                                      "high", [DB]))
     steps += restores
     steps += _services(facts, all_services=True)
     steps.append(_verify_step(facts, postgres_node="primary" if facts.has_postgres_primary else None))
-    return Plan(RESTORE, steps, rationale)
+    said = rationale
+    if scope["spared"]:
+        said += (f"; restoring {', '.join(scope['restored'])} (its check failed); "
+                 f"{', '.join(scope['spared'])} passed its check and is left as it is")
+    return Plan(RESTORE, steps, said, reason_ctx={"scope": scope})
 
 
-def _latest_restores(facts: Facts) -> list[StepSpec]:
-    steps: list[StepSpec] = []
+def _restorable(facts: Facts) -> list[str]:
+    """The database components a restore plan can restore: PostgreSQL when configured (by hand
+    without a backup), Neo4j and Milvus when configured and the catalog holds a backup."""
+    found = []
     if facts.has_postgres_primary:
+        found.append("postgres")
+    if facts.neo4j_database is not None and facts.backups.get("neo4j"):
+        found.append("neo4j")
+    if facts.has_milvus and facts.backups.get("milvus"):
+        found.append("milvus")
+    return found
+
+
+def restore_scope(facts: Facts) -> JsonObject:
+    """Which components a (non-ransomware) restore plan restores: those whose health check failed —
+    a PostgreSQL failure does not wipe a healthy graph — or, when none failed (corruption that no
+    probe sees), every one it can; ``{"restored", "spared", "basis": "failed_checks" | "no_check_failed"}``."""
+    restorable = _restorable(facts)
+    failed = [c for c in restorable if facts.component_checks.get(c) in facts.failing]
+    restored = failed or restorable
+    return {"restored": restored, "spared": [c for c in restorable if c not in restored],
+            "basis": "failed_checks" if failed else "no_check_failed"}
+
+
+def _latest_restores(facts: Facts, components: list[str]) -> list[StepSpec]:
+    steps: list[StepSpec] = []
+    if "postgres" in components:
         backup = _newest_usable(facts.backups.get("postgres", ()))
         steps.append(_postgres_restore(facts, backup, None, _no_backup("PostgreSQL"), [DB]))
-    if facts.neo4j_database is not None and facts.backups.get("neo4j"):
+    if "neo4j" in components:
         steps.append(_neo4j_restore(facts, _newest_usable(facts.backups["neo4j"]), _no_backup("Neo4j"), [DB]))
-    if facts.has_milvus and facts.backups.get("milvus"):
+    if "milvus" in components:
         steps.append(_milvus_restore(_newest_usable(facts.backups["milvus"]), _no_backup("Milvus"), [DB]))
     return steps
 

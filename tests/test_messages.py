@@ -127,7 +127,7 @@ def test_name_tables_have_the_same_keys_in_both_locales(table: str) -> None:
     ("step_statuses", ["pending", "awaiting_approval", "approved", "running", "succeeded", "failed",
                        "rejected", "skipped"]),
     ("strategies", ["failover", "restore_from_backup", "partial_recovery", "manual"]),
-    ("check_kinds", ["tcp", "http", "postgres"]),
+    ("check_kinds", ["tcp", "http", "postgres", "neo4j", "milvus"]),
     ("operations", ["claim", "claim_role", "approve", "reject", "retry", "abort", "close"]),
     ("own_details", list(OWN_DETAILS)),
 ])

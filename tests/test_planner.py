@@ -16,6 +16,7 @@ import pytest
 
 from bot import wiring
 from bot.config import validate_config
+from messages.blocks.plan_reason import plan_reason
 from recovery.backup import catalog
 from recovery.clean_point import BackupCandidate, choose, describe
 from recovery.planner import (
@@ -91,14 +92,15 @@ def test_a_chosen_strategy_wins_when_possible_and_is_refused_with_the_reason_whe
     chosen = propose(facts(has_postgres_standby=True, options={"strategy": RESTORE}))
     assert chosen.strategy == RESTORE and "chosen by the responders" in chosen.rationale
     # the same as data for the messages (rendered per locale): the default's code, the choice
-    assert (chosen.reason, chosen.reason_ctx) == ("standby_failover",
-                                                  {"choice": {"strategy": RESTORE, "outcome": "chosen"}})
+    pg_only = {"restored": ["postgres"], "spared": [], "basis": "no_check_failed"}
+    assert (chosen.reason, chosen.reason_ctx) == ("standby_failover", {
+        "choice": {"strategy": RESTORE, "outcome": "chosen"}, "scope": pg_only})
 
     no_standby = propose(facts(options={"strategy": FAILOVER}))
     assert no_standby.strategy == RESTORE
     assert "failover is not possible: no PostgreSQL standby is configured" in no_standby.rationale
     assert (no_standby.reason, no_standby.reason_ctx) == ("no_standby_restore", {"choice": {
-        "strategy": FAILOVER, "outcome": "refused", "why_not": "no_standby", "why_not_ctx": {}}})
+        "strategy": FAILOVER, "outcome": "refused", "why_not": "no_standby", "why_not_ctx": {}}, "scope": pg_only})
     assert "postgres_promote" not in actions(no_standby)
 
     ransomware = propose(facts("ransomware", has_postgres_standby=True, options={"strategy": FAILOVER}))
@@ -106,7 +108,8 @@ def test_a_chosen_strategy_wins_when_possible_and_is_refused_with_the_reason_whe
 
     down = facts(has_postgres_standby=True, standby_check="pg-b", failing=frozenset({"pg-b"}))
     assert propose(down).strategy == RESTORE and "the standby is unreachable (pg-b failed)" in propose(down).rationale
-    assert (propose(down).reason, propose(down).reason_ctx) == ("standby_down_restore", {"check": "pg-b"})
+    assert (propose(down).reason, propose(down).reason_ctx) == ("standby_down_restore",
+                                                                {"check": "pg-b", "scope": pg_only})
     refused = propose(replace(down, options={"strategy": FAILOVER}))
     assert refused.strategy == RESTORE and "failover is not possible: the standby is unreachable" in refused.rationale
 
@@ -165,6 +168,54 @@ def test_restore_without_control_or_without_a_backup_is_a_manual_step_saying_why
     nothing = propose(Facts(scenario="database_failure"))
     assert actions(nothing) == ["manual", "manual", "manual", "verify"]
     assert nothing.steps[2].title == "Start application services in tier order (manual)"
+
+
+CHECKS = {"postgres": "pg-a", "neo4j": "neo4j", "milvus": "milvus"}
+EVERY_DATABASE = {"postgres": (NIGHTLY, NOON), "neo4j": (NEO4J,), "milvus": (MILVUS,)}
+
+
+def scoped(failing: set[str], scenario: str = "database_failure") -> Plan:
+    return propose(facts(scenario, hooks=frozenset({"fence_primary"}), postgres_control=CONTROL,
+                         neo4j_database="graph", has_milvus=True, backups=EVERY_DATABASE, component_checks=CHECKS,
+                         failing=frozenset(failing), infection_time=at(13)))
+
+
+def test_a_restore_restores_the_databases_whose_check_failed_and_leaves_the_healthy_ones() -> None:
+    postgres = scoped({"pg-a"})
+    assert actions(postgres) == ["fence_primary", "postgres_restore", "manual", "verify"]
+    assert postgres.reason_ctx["scope"] == {"restored": ["postgres"], "spared": ["neo4j", "milvus"],
+                                            "basis": "failed_checks"}
+    assert "neo4j, milvus passed its check and is left as it is" in postgres.rationale
+
+    graph = scoped({"neo4j"})   # PostgreSQL answers: nothing stops or fences it
+    assert actions(graph) == ["neo4j_restore", "manual", "verify"]
+    assert graph.reason_ctx["scope"]["spared"] == ["postgres", "milvus"]
+
+    two = scoped({"pg-a", "milvus", "some service"})
+    assert actions(two) == ["fence_primary", "postgres_restore", "milvus_restore", "manual", "verify"]
+
+
+def test_with_no_failed_database_check_every_database_is_restored_and_ransomware_always_restores_all() -> None:
+    unseen = scoped({"some service"})          # corruption that no probe sees
+    assert actions(unseen)[:4] == ["fence_primary", "postgres_restore", "neo4j_restore", "milvus_restore"]
+    assert unseen.reason_ctx["scope"] == {"restored": ["postgres", "neo4j", "milvus"], "spared": [],
+                                          "basis": "no_check_failed"}
+    # ransomware: every component from its clean point, whatever its check says (the attacker may be quiet)
+    attacked = scoped({"neo4j"}, "ransomware")
+    assert {"postgres_restore", "neo4j_restore", "milvus_restore"} <= set(actions(attacked))
+    assert "scope" not in attacked.reason_ctx
+
+
+@pytest.mark.parametrize("locale", ["en", "ko"])
+def test_the_plan_says_which_databases_it_restores_and_which_it_leaves(locale: str) -> None:
+    plan = scoped({"pg-a"})
+    said = plan_reason(locale, plan.reason, plan.reason_ctx)
+    restored, left = ("*Restored:* PostgreSQL", "*Left as it is:* Neo4j, Milvus") if locale == "en" else (
+        "*복원:* PostgreSQL", "*그대로 둠:* Neo4j, Milvus")
+    assert restored in said and left in said, said
+    every = plan_reason(locale, "no_standby_restore", scoped(set()).reason_ctx)
+    assert ("every configured database with a backup is restored" if locale == "en"
+            else "백업이 있는 모든 데이터베이스를 복원합니다") in every, every
 
 
 def test_recovery_order_is_tier_then_dependencies() -> None:
