@@ -30,8 +30,7 @@ def aegis(workdir: Path, *args: str, key: str | None = KEY) -> subprocess.Comple
 
 def configure(workdir: Path, pg: PgSingle, s3: MotoS3, az: Azurite | None) -> dict[str, Any]:
     storage: list[dict[str, Any]] = [{"kind": "local", "path": str(workdir / "staging"), "name": "local"},
-                                     {"kind": "s3", "bucket": s3.create_bucket(), "endpoint_url": s3.endpoint_url,
-                                      "name": "s3"}]
+                                     s3.target(s3.create_bucket())]
     if az is not None:
         storage.append({"kind": "azure", "container": az.create_container(), "name": "azure",
                         "connection_string_env": "AZURE_STORAGE_CONNECTION_STRING"})

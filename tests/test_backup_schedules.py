@@ -131,7 +131,7 @@ def backup_config(tmp_path: Path, pg: PgSingle, s3: MotoS3) -> Config:
         "slack": {"ops_channel": "C0OPS"},
         "components": {"postgres": {"primary": {"dsn": pg.primary.dsn()}}},
         "storage": [{"kind": "local", "path": str(tmp_path / "staging"), "name": "local"},
-                    {"kind": "s3", "bucket": s3.create_bucket(), "endpoint_url": s3.endpoint_url, "name": "s3"}],
+                    s3.target(s3.create_bucket())],
     })
 
 
@@ -204,8 +204,7 @@ def test_a_run_that_lost_one_remote_target_warns_the_ops_channel_naming_it(
     emulator: EmulatorServer, emulator_gateway: SlackGateway,
 ) -> None:
     config = backup_config(tmp_path, pg_single, moto_s3)
-    config.storage.append(S3Storage(kind="s3", bucket=moto_s3_outage.create_bucket(),
-                                    endpoint_url=moto_s3_outage.endpoint_url, name="s3-dr"))
+    config.storage.append(S3Storage.model_validate(moto_s3_outage.target(moto_s3_outage.create_bucket(), "s3-dr")))
     moto_s3_outage.stop()
     duty = BackupDuty(config, store, emulator_gateway)
     run_id = fire(store, duty, "replica-a", "backup.postgres_full", "backup-postgres_full",

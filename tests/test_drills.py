@@ -408,7 +408,9 @@ def test_a_drill_killed_mid_run_leaves_scratch_that_the_next_start_removes_then_
     _wait_archived(world.primary)
     _slack_config(world)
     before = _production_fingerprint(world.primary)
-    env = {**_cli_env(world), "AEGIS_TEST_DRILL_STEP_DELAY": "60"}
+    # each step is held this long after it ends (the prepare step too), so the kill below lands while the
+    # throwaway standby runs: ample for a poll, short enough not to wait on the prepare step's hold
+    env = {**_cli_env(world), "AEGIS_TEST_DRILL_STEP_DELAY": "10"}
     child = subprocess.Popen([sys.executable, "-m", "bot.cli", "drill", "run", "database_failover_test"],
                              cwd=world.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     store = Store(world.db_url)

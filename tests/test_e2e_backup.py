@@ -39,7 +39,7 @@ def make_config(workdir: Path, pg: PgSingle, s3: MotoS3, locale: str = "en") -> 
         "roster": ROSTER,
         "components": {"postgres": {"primary": {"dsn": pg.primary.dsn()}}},
         "storage": [{"kind": "local", "path": str(workdir / "staging"), "name": "local"},
-                    {"kind": "s3", "bucket": s3.create_bucket(), "endpoint_url": s3.endpoint_url, "name": "s3"}],
+                    s3.target(s3.create_bucket())],
     }
 
 

@@ -213,8 +213,7 @@ def test_push_fails_while_every_remote_target_is_down_and_succeeds_on_retry(
     shared_dir: Path, moto_s3_outage: MotoS3,  # noqa: F811
 ) -> None:
     bucket = moto_s3_outage.create_bucket()
-    write_config(shared_dir, [local(shared_dir), {"kind": "s3", "bucket": bucket, "name": "s3",
-                                                  "endpoint_url": moto_s3_outage.endpoint_url}])
+    write_config(shared_dir, [local(shared_dir), moto_s3_outage.target(bucket)])
     segment = shared_dir / SEGMENT
     segment.write_bytes(os.urandom(64 * 1024))
     port = moto_s3_outage.port

@@ -105,8 +105,7 @@ def archiving_primary(workdir: Path, s3: MotoS3, *, fast: bool = False) -> Itera
     ``python -I -S …/client.py push %p``), archiving to local + S3."""
     assert SERVER_AEGIS.exists(), "run ./scripts/install-server-side"
     bucket = s3.create_bucket()
-    write_config(workdir, [local(workdir), {"kind": "s3", "bucket": bucket, "name": "s3",
-                                             "endpoint_url": s3.endpoint_url}])
+    write_config(workdir, [local(workdir), s3.target(bucket)])
     migrate_shared_catalog(workdir)
     for leftover in workdir.glob("aegis.db-*"):   # SQLite's -wal/-shm, if the migrating process left them
         leftover.chmod(0o666)

@@ -63,6 +63,9 @@ class MotoS3:
     server: Any
     port: int
     stopped: bool = False
+    # a server its test stops (moto_s3_outage): its targets get ``retries: 0``, so a refused connection
+    # fails at once, not after the SDK's backoff, which no outage test measures
+    fails_fast: bool = False
 
     @property
     def endpoint_url(self) -> str:
@@ -72,6 +75,11 @@ class MotoS3:
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1")
+
+    def target(self, bucket: str, name: str = "s3") -> dict[str, Any]:
+        """A ``storage:`` entry of this server's ``bucket``."""
+        fast = {"retries": 0} if self.fails_fast else {}
+        return {"kind": "s3", "bucket": bucket, "endpoint_url": self.endpoint_url, "name": name, **fast}
 
     def create_bucket(self, name: str | None = None) -> str:
         bucket = name or unique("aegis-test")
@@ -123,6 +131,7 @@ def moto_s3(aws_env: dict[str, str]) -> Iterator[MotoS3]:
 def moto_s3_outage(aws_env: dict[str, str]) -> Iterator[MotoS3]:
     """A server of the test's own, so stopping it cannot break other tests."""
     server = start_moto()
+    server.fails_fast = True
     try:
         yield server
     finally:
