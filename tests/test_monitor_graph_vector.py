@@ -11,6 +11,7 @@ is stopped the check is down; a Milvus Lite path is only checked to be there, an
 from __future__ import annotations
 
 import itertools
+import logging
 import socket
 import threading
 import time
@@ -186,3 +187,44 @@ def test_milvus_lite_served_over_a_uri_is_queried_and_a_lite_path_is_only_looked
     assert "not queried: it has one owner" in present.reason
     missing = _sample(_monitor({"components": {"milvus": {"uri": str(tmp_path / "gone.db")}}}, history), "milvus")
     assert not missing.ok and "is missing" in missing.reason
+
+
+class _Collected(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_down_milvus_is_one_line_of_the_probe_not_a_pymilvus_traceback_per_cycle(tmp_path: Path) -> None:
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    path = str(tmp_path / "milvus.db")
+    uri = server_manager_instance.start_and_get_uri(path)
+    assert uri is not None
+    # pymilvus's loggers do not propagate: a handler beside its own stderr handler sees what it prints
+    # (the probe puts its filter on every handler of the "pymilvus" logger, this one included)
+    seen_by_pymilvus = _Collected()
+    logging.getLogger("pymilvus").addHandler(seen_by_pymilvus)
+    probe = MilvusProbe(uri)
+    bystander = MilvusClient(uri=uri)         # another caller's client (a backup's), made while it is up
+    try:
+        assert probe(2.0).ok
+        server_manager_instance.release_server(path)      # the server goes down under both clients
+        for _cycle in range(2):
+            seen = probe(1.0)
+            assert not seen.ok and seen.reason.startswith("unreachable: "), seen.reason
+        noisy = [r for r in seen_by_pymilvus.records if r.levelno >= logging.WARNING]
+        assert not noisy, [r.getMessage()[:200] for r in noisy]
+        # outside a probe pymilvus still logs its failures (what the filter must not hide)
+        with pytest.raises(MilvusException):
+            bystander.list_collections(timeout=1.0)
+        assert any(r.levelno >= logging.ERROR and "RPC error" in r.getMessage() for r in seen_by_pymilvus.records)
+    finally:
+        logging.getLogger("pymilvus").removeHandler(seen_by_pymilvus)
+        probe.close()
+        bystander.close()
+        server_manager_instance.release_server(path)

@@ -19,6 +19,7 @@ The observed value is the round trip in ms; a failure's reason is the error in o
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -34,6 +35,27 @@ if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
 Credentials = Callable[[], tuple[str, str] | None]     # (user, password), or None: no authentication
+
+_probing = threading.local()      # set while this thread runs a Milvus probe's call
+
+
+class _QuietWhileProbing(logging.Filter):
+    """pymilvus logs every failed call at ERROR with a traceback (and its reconnects at WARNING) to its
+    own stderr handlers; while the Milvus server is down the monitor would print that every cycle. The
+    probe reports the failure itself, in one line, so pymilvus's records are dropped — for the probe's
+    calls only (a backup's or restore's failure stays logged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_probing, "active", False)
+
+
+def _quiet_pymilvus_while_probing() -> None:
+    """Put the filter on pymilvus's handlers (its loggers do not propagate); after pymilvus is imported,
+    since importing it configures them."""
+    for name in ("pymilvus", "pymilvus.milvus_client"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _QuietWhileProbing) for f in handler.filters):
+                handler.addFilter(_QuietWhileProbing())
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
@@ -118,6 +140,7 @@ class MilvusProbe:
     def _get(self, timeout: float) -> MilvusClient:
         from pymilvus import MilvusClient
 
+        _quiet_pymilvus_while_probing()
         with self._lock:
             if self._client is None:
                 self._client = MilvusClient(uri=self.uri, timeout=timeout)
@@ -135,11 +158,14 @@ class MilvusProbe:
 
     def __call__(self, timeout: float) -> Observation:
         started = time.monotonic()
+        _probing.active = True
         try:
             names = self._get(timeout).list_collections(timeout=timeout)
         except Exception as exc:
             self.close()
             return Observation(False, None, "ms", f"unreachable: {one_line(exc)}", {"reachable": False})
+        finally:
+            _probing.active = False
         took = _ms(started)
         return Observation(True, took, "ms", f"list_collections answered in {took:g} ms: {len(names)} collection(s)",
                            {"reachable": True, "collections": len(names)})
