@@ -19,7 +19,7 @@ from datetime import datetime
 from bot.config import Config, Hook, PostgresNode, Service
 from recovery.backup import catalog
 from recovery.clean_point import BackupCandidate
-from recovery.health import CheckResult
+from recovery.health import CREDENTIALS_REFUSED, CheckResult
 from recovery.planner import Facts, PostgresControlInfo, ServiceInfo, command_preview, parse_time
 from statemachines.json_types import JsonObject
 from statemachines.models import BackupRecord
@@ -104,6 +104,7 @@ def build_facts(config: Config, scenario: str, results: list[CheckResult], *, st
         hook_commands={name: hook_preview(hook) for name, hook in config.hooks.items()},
         services=tuple(service_info(s) for s in config.services),
         failing=frozenset(r.name for r in results if not r.ok),
+        inconclusive=frozenset(r.name for r in results if not r.ok and r.facts.get(CREDENTIALS_REFUSED)),
         backups=backup_candidates(store) if store is not None else {},
         postgres_control=control_info(pg.primary if pg else None),
         neo4j_database=neo4j.database if neo4j else None,

@@ -52,14 +52,14 @@ def neo4j_credentials(neo4j: Neo4jComponent) -> tuple[str, str] | None:
 
 def _asked_once(make: Callable[[], Callable[[float], Observation]]) -> Ask:
     """An assessment's question to a server: a fresh probe, asked once, its client closed after."""
-    def ask(timeout: float) -> tuple[bool, str]:
+    def ask(timeout: float) -> tuple[bool, str, JsonObject]:
         probe = make()
         try:
             seen = probe(timeout)
         finally:
             if isinstance(probe, Neo4jProbe | MilvusProbe):
                 probe.close()
-        return seen.ok, seen.reason
+        return seen.ok, seen.reason, seen.facts
     return ask
 
 

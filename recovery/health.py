@@ -25,8 +25,12 @@ from recovery.redact import redact
 from statemachines.json_types import JsonObject
 
 #: a server's own round trip (kinds "neo4j" and "milvus": recovery/monitor/graph_vector.py's probes):
-#: timeout in seconds -> (answered, what it saw)
-Ask = Callable[[float], tuple[bool, str]]
+#: timeout in seconds -> (answered, what it saw, its facts)
+Ask = Callable[[float], tuple[bool, str, JsonObject]]
+#: a failed check's fact: the server answered and refused Aegis's credentials — it says nothing about
+#: the data, so a restore plan does not count it as a broken database (recovery/planner.py restore_scope)
+CREDENTIALS_REFUSED = "credentials_refused"
+_REFUSALS = ("password authentication failed", "no pg_hba.conf entry")
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,8 @@ def check_postgres(spec: HealthSpec) -> CheckResult:
             facts = postgres_facts(conn)
     except Exception as exc:  # a check reports, it never raises
         facts = {"reachable": False, "server_answered": server_answered(exc)}
+        if any(refusal in str(exc).lower() for refusal in _REFUSALS):
+            facts[CREDENTIALS_REFUSED] = True
         detail = f"unreachable: {describe_error(exc, dsn_password(spec.target))}"
         return CheckResult(spec.name, spec.kind, False, detail, _elapsed_ms(started), facts)
     return CheckResult(spec.name, spec.kind, True, _postgres_detail(facts), _elapsed_ms(started), facts)
@@ -196,8 +202,9 @@ def check_server(spec: HealthSpec) -> CheckResult:
     started = time.monotonic()
     if spec.ask is None:
         return CheckResult(spec.name, spec.kind, False, "no probe for this server", 0.0, {"reachable": False})
-    ok, detail = spec.ask(spec.timeout_seconds)
-    return CheckResult(spec.name, spec.kind, ok, redact(detail)[:300], _elapsed_ms(started), {"reachable": ok})
+    ok, detail, facts = spec.ask(spec.timeout_seconds)
+    return CheckResult(spec.name, spec.kind, ok, redact(detail)[:300], _elapsed_ms(started),
+                       {"reachable": ok, **facts})
 
 
 _CHECKS: dict[str, Callable[[HealthSpec], CheckResult]] = {

@@ -97,6 +97,7 @@ class Facts:
     hooks: frozenset[str] = frozenset()
     services: tuple[ServiceInfo, ...] = ()
     failing: frozenset[str] = frozenset()       # names of checks that failed
+    inconclusive: frozenset[str] = frozenset()  # of those, the ones whose server refused Aegis's credentials
     notes: list[str] = field(default_factory=list)
     hook_commands: Mapping[str, str] = field(default_factory=dict)   # hook name -> its command / webhook
     # per component (postgres | neo4j | milvus) the candidate backups from the catalog, any order
@@ -368,11 +369,15 @@ def _restorable(facts: Facts) -> list[str]:
 def restore_scope(facts: Facts) -> JsonObject:
     """Which components a (non-ransomware) restore plan restores: those whose health check failed —
     a PostgreSQL failure does not wipe a healthy graph — or, when none failed (corruption that no
-    probe sees), every one it can; ``{"restored", "spared", "basis": "failed_checks" | "no_check_failed"}``."""
+    probe sees), every one it can. A check refused Aegis's credentials says nothing about the data:
+    it is not a failure here (``inconclusive``). ``{"restored", "spared", "inconclusive", "basis":
+    "failed_checks" | "no_check_failed"}``."""
     restorable = _restorable(facts)
-    failed = [c for c in restorable if facts.component_checks.get(c) in facts.failing]
+    checks = {c: facts.component_checks.get(c) for c in restorable}
+    failed = [c for c in restorable if checks[c] in facts.failing and checks[c] not in facts.inconclusive]
     restored = failed or restorable
     return {"restored": restored, "spared": [c for c in restorable if c not in restored],
+            "inconclusive": [c for c in restorable if checks[c] in facts.inconclusive],
             "basis": "failed_checks" if failed else "no_check_failed"}
 
 

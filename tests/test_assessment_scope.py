@@ -20,7 +20,7 @@ import pytest
 from bot import wiring
 from bot.config import Config, validate_config
 from recovery.backup import catalog
-from recovery.health import run_checks
+from recovery.health import CREDENTIALS_REFUSED, run_checks
 from recovery.planner import propose
 from statemachines.models import BackupRecord
 from statemachines.store import Store
@@ -109,3 +109,24 @@ def test_a_graph_that_does_not_answer_is_restored_within_the_timeout_and_postgre
     assert "neo4j_restore" in actions and "milvus_restore" in actions
     assert "postgres_restore" not in actions and not any(s.params.get("hook") == "fence_primary" for s in plan.steps)
     assert not any("Stop writes" in s.title for s in plan.steps)
+
+
+def test_a_postgres_that_refuses_our_password_is_not_restored_over(
+        tmp_path: Path, pg_single: PgSingle, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    primary = pg_single.primary
+    primary.sql("ALTER ROLE postgres PASSWORD 'right'")
+    (primary.data_dir / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    primary.sql("SELECT pg_reload_conf()")
+    monkeypatch.setenv("SCOPE_TEST_PG_PASSWORD", "wrong")
+    config = validate_config({"components": {"postgres": {"primary": {
+        "dsn": primary.tcp_dsn(), "password_env": "SCOPE_TEST_PG_PASSWORD",
+        "control": {"data_dir": str(primary.data_dir), "os_user": "postgres"}}}}}, "test.yaml")
+    [result] = run_checks(wiring.component_specs(config))
+    assert not result.ok and "password authentication failed" in result.detail and "wrong" not in result.detail
+    assert result.facts.get(CREDENTIALS_REFUSED) is True
+    facts = wiring.facts(config, "database_failure", [result], store=catalog_with_every_database(tmp_path))
+    assert facts.inconclusive == {"postgres primary"}
+    plan = propose(facts)
+    # nothing else is configured, so the restore is still proposed (no check showed damage) — and says why
+    assert plan.reason_ctx["scope"] == {"restored": ["postgres"], "spared": [], "inconclusive": ["postgres"],
+                                        "basis": "no_check_failed"}

@@ -113,6 +113,13 @@ def test_neo4j_with_a_wrong_password_is_down_with_the_refusal_and_no_password(
     assert stored == [sample.reason]
     for text in (sample.reason, *stored):
         assert WRONG not in text and PASSWORD not in text
+    # the assessment's check of the same server says so too: a refusal, which is no sign of a broken graph
+    from bot import wiring
+    from recovery.health import CREDENTIALS_REFUSED, run_checks
+
+    [assessed] = run_checks(wiring.component_specs(Config.model_validate(_neo4j(neo4j_auth.uri))))
+    assert not assessed.ok and assessed.facts.get(CREDENTIALS_REFUSED) is True, assessed
+    assert assessed.detail.startswith("authentication refused: ") and WRONG not in assessed.detail
     # the password is fixed: the next cycle builds a new driver and is up (the failed one was dropped)
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     assert _sample(monitor, "neo4j").ok

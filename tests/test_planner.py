@@ -92,7 +92,7 @@ def test_a_chosen_strategy_wins_when_possible_and_is_refused_with_the_reason_whe
     chosen = propose(facts(has_postgres_standby=True, options={"strategy": RESTORE}))
     assert chosen.strategy == RESTORE and "chosen by the responders" in chosen.rationale
     # the same as data for the messages (rendered per locale): the default's code, the choice
-    pg_only = {"restored": ["postgres"], "spared": [], "basis": "no_check_failed"}
+    pg_only = {"restored": ["postgres"], "spared": [], "inconclusive": [], "basis": "no_check_failed"}
     assert (chosen.reason, chosen.reason_ctx) == ("standby_failover", {
         "choice": {"strategy": RESTORE, "outcome": "chosen"}, "scope": pg_only})
 
@@ -174,17 +174,17 @@ CHECKS = {"postgres": "pg-a", "neo4j": "neo4j", "milvus": "milvus"}
 EVERY_DATABASE = {"postgres": (NIGHTLY, NOON), "neo4j": (NEO4J,), "milvus": (MILVUS,)}
 
 
-def scoped(failing: set[str], scenario: str = "database_failure") -> Plan:
+def scoped(failing: set[str], scenario: str = "database_failure", refused: frozenset[str] = frozenset()) -> Plan:
     return propose(facts(scenario, hooks=frozenset({"fence_primary"}), postgres_control=CONTROL,
                          neo4j_database="graph", has_milvus=True, backups=EVERY_DATABASE, component_checks=CHECKS,
-                         failing=frozenset(failing), infection_time=at(13)))
+                         failing=frozenset(failing) | refused, inconclusive=refused, infection_time=at(13)))
 
 
 def test_a_restore_restores_the_databases_whose_check_failed_and_leaves_the_healthy_ones() -> None:
     postgres = scoped({"pg-a"})
     assert actions(postgres) == ["fence_primary", "postgres_restore", "manual", "verify"]
     assert postgres.reason_ctx["scope"] == {"restored": ["postgres"], "spared": ["neo4j", "milvus"],
-                                            "basis": "failed_checks"}
+                                            "inconclusive": [], "basis": "failed_checks"}
     assert "neo4j, milvus passed its check and is left as it is" in postgres.rationale
 
     graph = scoped({"neo4j"})   # PostgreSQL answers: nothing stops or fences it
@@ -199,11 +199,21 @@ def test_with_no_failed_database_check_every_database_is_restored_and_ransomware
     unseen = scoped({"some service"})          # corruption that no probe sees
     assert actions(unseen)[:4] == ["fence_primary", "postgres_restore", "neo4j_restore", "milvus_restore"]
     assert unseen.reason_ctx["scope"] == {"restored": ["postgres", "neo4j", "milvus"], "spared": [],
-                                          "basis": "no_check_failed"}
+                                          "inconclusive": [], "basis": "no_check_failed"}
     # ransomware: every component from its clean point, whatever its check says (the attacker may be quiet)
     attacked = scoped({"neo4j"}, "ransomware")
     assert {"postgres_restore", "neo4j_restore", "milvus_restore"} <= set(actions(attacked))
     assert "scope" not in attacked.reason_ctx
+
+
+def test_a_check_refused_our_credentials_is_not_a_broken_database() -> None:
+    # PostgreSQL refuses connections (broken); Neo4j refused the password (says nothing about its graph)
+    plan = scoped({"pg-a"}, refused=frozenset({"neo4j"}))
+    assert [s.action for s in plan.steps if s.action.endswith("_restore")] == ["postgres_restore"]
+    assert plan.reason_ctx["scope"]["inconclusive"] == ["neo4j"]
+    for locale, said in (("en", "The check of Neo4j was refused Aegis's credentials"),
+                         ("ko", "Neo4j 점검은 Aegis의 자격 증명이 거부되어")):
+        assert said in plan_reason(locale, plan.reason, plan.reason_ctx)
 
 
 @pytest.mark.parametrize("locale", ["en", "ko"])

@@ -114,7 +114,7 @@ class Neo4jProbe:
         except AuthError as exc:
             self.close()
             return Observation(False, None, "ms", f"authentication refused: {one_line(exc)}",
-                               {"reachable": True, "answered": False})
+                               {"reachable": True, "answered": False, "credentials_refused": True})
         except Neo4jError as exc:
             self.close()
             return Observation(False, None, "ms", f"query failed on database {self.database}: {one_line(exc)}",
