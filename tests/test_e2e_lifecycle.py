@@ -265,8 +265,8 @@ def test_sigkill_mid_step_resumes_by_the_ledger_rule(
     workdir: Path, failed_primary: PgPair, emulator: EmulatorServer,
 ) -> None:
     bot = start_bot(workdir, failed_primary, emulator)
-    bot.env["HOOK_SLEEP_FENCE"] = "6"
-    bot.env["HOOK_SLEEP_TRAFFIC"] = "6"
+    bot.env["HOOK_SLEEP_FENCE"] = "3"    # long enough for the kill below to land while it runs
+    bot.env["HOOK_SLEEP_TRAFFIC"] = "3"
     bot.stop()
     bot.start()
     bots = [bot]
