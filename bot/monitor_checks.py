@@ -22,7 +22,7 @@ from bot.flows.backup import newest_usable
 from bot.wiring import neo4j_credentials, service_specs
 from recovery.monitor import checks as probes
 from recovery.monitor.checks import Check, Probe
-from recovery.monitor.graph_vector import MilvusProbe, Neo4jProbe, milvus_lite_probe
+from recovery.monitor.graph_vector import Neo4jProbe, milvus_probe
 from recovery.monitor.risk import RiskRules, RuleSetting
 from recovery.monitor.signals import KINDS, SignalStore, signal_probe
 from statemachines.store import Store
@@ -150,8 +150,7 @@ def _database(config: Config, store: Store) -> list[_Spec]:
         probe = Neo4jProbe(neo4j.uri, partial(neo4j_credentials, neo4j), neo4j.database)
         specs.append(_Spec("neo4j", "database", "neo4j", fixed(probe), subject="neo4j"))
     if config.components.milvus is not None:
-        uri = config.components.milvus.uri
-        milvus: Probe = MilvusProbe(uri) if "://" in uri else milvus_lite_probe(uri)
+        milvus = milvus_probe(config.components.milvus.uri)
         specs.append(_Spec("milvus", "database", "milvus", fixed(milvus), subject="milvus"))
     return specs
 

@@ -24,7 +24,7 @@ from recovery.actions.service_start import ServiceStart
 from recovery.actions.verify import IntegrityQuery, PostgresVerification, VerifyRecovery
 from recovery.health import Ask, CheckResult, HealthSpec
 from recovery.monitor.checks import Observation
-from recovery.monitor.graph_vector import MilvusProbe, Neo4jProbe, milvus_lite_probe
+from recovery.monitor.graph_vector import MilvusProbe, Neo4jProbe, milvus_probe
 from recovery.planner import Facts
 from statemachines.json_types import JsonObject
 from statemachines.models import PlanStep
@@ -79,8 +79,7 @@ def component_specs(config: Config) -> list[HealthSpec]:
     milvus = config.components.milvus
     if milvus is not None:
         uri = milvus.uri
-        specs.append(HealthSpec(MILVUS_CHECK, "milvus", uri, ask=_asked_once(
-            lambda: MilvusProbe(uri) if "://" in uri else milvus_lite_probe(uri))))
+        specs.append(HealthSpec(MILVUS_CHECK, "milvus", uri, ask=_asked_once(lambda: milvus_probe(uri))))
     return specs
 
 

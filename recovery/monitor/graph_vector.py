@@ -171,6 +171,11 @@ class MilvusProbe:
                            {"reachable": True, "collections": len(names)})
 
 
+def milvus_probe(uri: str) -> Callable[[float], Observation]:
+    """The probe of ``components.milvus.uri``: a server (``http(s)://…``) is asked, a Lite path looked at."""
+    return MilvusProbe(uri) if "://" in uri else milvus_lite_probe(uri)
+
+
 def milvus_lite_probe(path: str) -> Callable[[float], Observation]:
     """A Milvus Lite database (a file, or the directory milvus-lite 3 keeps): present and readable.
 
