@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from bot.config import Config, ConfigError, Monitoring, PostgresNode, closest
+from bot.config import Config, ConfigError, Monitoring, closest
 from bot.flows.backup import newest_usable
+from bot.plan_facts import node_label
 from bot.wiring import neo4j_credentials, service_specs
 from recovery.monitor import checks as probes
 from recovery.monitor.checks import Check, Probe
@@ -122,22 +123,18 @@ def _infrastructure(config: Config) -> list[_Spec]:
     return specs
 
 
-def _label(node: PostgresNode, which: str) -> str:
-    return node.label or f"postgres {which}"
-
-
 def _database(config: Config, store: Store) -> list[_Spec]:
     specs: list[_Spec] = []
     pg, mon = config.components.postgres, config.monitoring
     if pg is not None:
-        primary = _label(pg.primary, "primary")
+        primary = node_label(pg.primary, "primary")
         specs.append(_Spec(primary, "database", "postgres",
                            fixed(probes.postgres_probe(pg.primary.full_dsn(), "primary")), subject="primary"))
         rpo = config.objectives.rpo_minutes * 60
         specs.append(_Spec(f"{primary} wal archiving", "database", "wal_archiving",
                            partial(_archiving, pg.primary.full_dsn(), rpo), rpo, subject="primary"))
         if pg.standby is not None:
-            standby, node = _label(pg.standby, "standby"), pg.standby
+            standby, node = node_label(pg.standby, "standby"), pg.standby
             specs.append(_Spec(standby, "database", "postgres",
                                fixed(probes.postgres_probe(node.full_dsn(), "standby")), subject="standby"))
             for unit, limit in (("bytes", mon.replication_lag_bytes), ("seconds", mon.replication_lag_seconds)):

@@ -26,6 +26,11 @@ from statemachines.models import BackupRecord
 from statemachines.store import Store
 
 
+def node_label(node: PostgresNode, which: str) -> str:
+    """A PostgreSQL node's name in checks, steps and messages: its label, else ``postgres <which>``."""
+    return node.label or f"postgres {which}"
+
+
 def hook_preview(hook: Hook) -> str:
     return command_preview(hook.command, hook.webhook)
 
@@ -111,8 +116,8 @@ def build_facts(config: Config, scenario: str, results: list[CheckResult], *, st
         has_milvus=config.components.milvus is not None,
         options=options,
         infection_time=parse_time(options.get("infection_time")) or infection_time,
-        # the standby's check is named as wiring.component_specs names it: its label, else "postgres standby"
-        standby_check=(pg.standby.label or "postgres standby") if pg and pg.standby else None,
+        # the standby's check, named as wiring.component_specs names it
+        standby_check=node_label(pg.standby, "standby") if pg and pg.standby else None,
         component_checks=_component_checks(config),
     )
 
@@ -125,7 +130,7 @@ def _component_checks(config: Config) -> dict[str, str]:
     """Each configured database's check, named as ``bot.wiring.component_specs`` names it."""
     pg, found = config.components.postgres, {}
     if pg is not None:
-        found["postgres"] = pg.primary.label or "postgres primary"
+        found["postgres"] = node_label(pg.primary, "primary")
     if config.components.neo4j is not None:
         found["neo4j"] = NEO4J_CHECK
     if config.components.milvus is not None:

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bot.config import Config, Hook, Neo4jComponent, PostgresNode
-from bot.plan_facts import MILVUS_CHECK, NEO4J_CHECK, build_facts
+from bot.plan_facts import MILVUS_CHECK, NEO4J_CHECK, build_facts, node_label
 from recovery.actions.base import Action, ActionError, Progress
 from recovery.actions.discard_aside import DiscardAside, Discarder, discard_postgres_data_dir
 from recovery.actions.hook import HookAction
@@ -40,10 +40,6 @@ def _node(config: Config, which: str) -> PostgresNode:
     return node
 
 
-def _label(node: PostgresNode, which: str) -> str:
-    return node.label or f"postgres {which}"
-
-
 def neo4j_credentials(neo4j: Neo4jComponent) -> tuple[str, str] | None:
     """Read when a probe builds its driver, as ``bot.backup_wiring.sources_from`` reads them."""
     password = os.environ.get(neo4j.password_env) if neo4j.password_env else None
@@ -69,9 +65,9 @@ def component_specs(config: Config) -> list[HealthSpec]:
     specs: list[HealthSpec] = []
     pg = config.components.postgres
     if pg:
-        specs.append(HealthSpec(_label(pg.primary, "primary"), "postgres", pg.primary.full_dsn()))
+        specs.append(HealthSpec(node_label(pg.primary, "primary"), "postgres", pg.primary.full_dsn()))
         if pg.standby:
-            specs.append(HealthSpec(_label(pg.standby, "standby"), "postgres", pg.standby.full_dsn()))
+            specs.append(HealthSpec(node_label(pg.standby, "standby"), "postgres", pg.standby.full_dsn()))
     neo4j = config.components.neo4j
     if neo4j is not None:
         specs.append(HealthSpec(NEO4J_CHECK, "neo4j", neo4j.uri, ask=_asked_once(
@@ -121,10 +117,10 @@ def build_action(config: Config, step: PlanStep, context: dict[str, str], *, sto
         return restore(config, params, context, store)
     if step.action == "postgres_confirm_down":
         node = _node(config, params.get("node", "primary"))
-        return PostgresConfirmDown(node.full_dsn(), _label(node, "primary"))
+        return PostgresConfirmDown(node.full_dsn(), node_label(node, "primary"))
     if step.action == "postgres_promote":
         node = _node(config, params.get("node", "standby"))
-        return PostgresPromote(node.full_dsn(), _label(node, "standby"))
+        return PostgresPromote(node.full_dsn(), node_label(node, "standby"))
     if step.action == "hook":
         name = str(params.get("hook"))
         hook = config.hooks.get(name)
@@ -141,7 +137,7 @@ def build_action(config: Config, step: PlanStep, context: dict[str, str], *, sto
         if params.get("postgres_writable"):
             which = str(params["postgres_writable"])
             node = _node(config, which)
-            database = PostgresVerification(node.full_dsn(), _label(node, which), integrity_queries(config))
+            database = PostgresVerification(node.full_dsn(), node_label(node, which), integrity_queries(config))
         return VerifyRecovery(service_specs(config) if params.get("services") else [], database)
     if step.action in AFTERCARE_ACTIONS:   # failover aftercare and service start (issue 9)
         return AFTERCARE_ACTIONS[step.action](config, params, context)
@@ -188,7 +184,7 @@ def postgres_restore(config: Config, params: JsonObject, context: dict[str, str]
         runner = runner_from(config, store)
     except FRIENDLY_ERRORS as exc:
         raise ActionError(str(exc)) from None
-    label, dsn = _label(node, which), node.full_dsn()
+    label, dsn = node_label(node, which), node.full_dsn()
     server = Server(
         Path(control.data_dir), dsn, label, os_user=control.os_user, pg_bin=control.pg_bin,
         stop_hook=_server_hook("postgres_stop", control.stop, context) if control.stop else None,
@@ -227,7 +223,7 @@ def postgres_partial_restore(config: Config, params: JsonObject, context: dict[s
                               pg_bin=(control.pg_bin if control else None) or config.drills.pg_bin)
     table, backup_time = params.get("table"), params.get("backup_time")
     return PostgresPartialRestore(
-        store=store, runner=runner, dsn=node.full_dsn(), label=_label(node, "primary"), backup_id=backup_id,
+        store=store, runner=runner, dsn=node.full_dsn(), label=node_label(node, "primary"), backup_id=backup_id,
         target_time=parse_time(params.get("target_time"), "target_time"), database=database,
         table=str(table) if table else None, scratch=scratch, context=context,
         backup_time=str(backup_time) if backup_time else None)
@@ -256,8 +252,8 @@ def _hook(name: str, hook: Hook, context: dict[str, str]) -> HookAction:
 def _reprotect(config: Config, params: JsonObject, context: dict[str, str]) -> Action:
     old, new = str(params.get("old_primary", "primary")), str(params.get("new_primary", "standby"))
     new_node = _node(config, new)
-    return PostgresReprotect(_control(config, old), _label(_node(config, old), old), new_node.full_dsn(),
-                             _label(new_node, new), method=str(params.get("method", "pg_rewind")))
+    return PostgresReprotect(_control(config, old), node_label(_node(config, old), old), new_node.full_dsn(),
+                             node_label(new_node, new), method=str(params.get("method", "pg_rewind")))
 
 
 def _service_start(config: Config, params: JsonObject, context: dict[str, str]) -> Action:

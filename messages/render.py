@@ -151,36 +151,42 @@ def _own_detail(table: dict[str, str], detail: object) -> str:
     return escape_mrkdwn(table.get(text, text))
 
 
-def _coded(env: Environment, words: str, text: object, data: object = None) -> str:
-    """Words Aegis stored as English ``text`` plus ``{code, params}`` (a figure's basis, a drill step's
-    name), in the template's language and as plain text (the caller escapes it): the macro named by the
-    code in the template ``words`` (``basis.j2``, ``drill_steps.j2``), called with the params — and,
-    for a basis naming a step, ``measured_by`` — else ``text``; also when the params do not fit the
-    macro (a row of an older version), so that a live post never breaks on it."""
+def _translated(env: Environment, words: str, data: object) -> str | None:
+    """Words Aegis stored as ``{code, params}`` beside their English text (a figure's basis, a drill
+    step's name) in the template's language, as plain text (the caller escapes it): the macro named by
+    the code in the template ``words``, called with the params. None when there is no such macro or the
+    params do not fit it (a row of an older version): the caller shows the English, and a live post
+    never breaks on it."""
     code = data.get("code") if isinstance(data, dict) else None
     params = data.get("params") if isinstance(data, dict) else None
-    module = env.get_template(words).module
-    macro = getattr(module, str(code), None) if code else None
+    macro = getattr(env.get_template(words).module, str(code), None) if code else None
     if macro is None or not isinstance(params, dict):
-        return str(text or "")
+        return None
     try:
-        said = str(macro(params))
-        if "step_position" in params:
-            said += str(module.measured_by(params))     # type: ignore[attr-defined]
+        return str(macro(params))
     except (TemplateError, TypeError, AttributeError):
+        return None
+
+
+def _coded_basis(env: Environment, text: object, data: object = None) -> str:
+    said = _translated(env, "basis.j2", data)
+    if said is None:
         return str(text or "")
+    params = data.get("params") if isinstance(data, dict) else {}
+    if isinstance(params, dict) and "step_position" in params:   # named the step that measured it
+        said += _translated(env, "basis.j2", {"code": "measured_by", "params": params}) or ""
     return said
 
 
 def _coded_step(env: Environment, step: object) -> str:
     entry = step if isinstance(step, dict) else {}
-    return _coded(env, "drill_steps.j2", entry.get("name", ""), entry.get("name_data"))
+    return _translated(env, "drill_steps.j2", entry.get("name_data")) or str(entry.get("name", ""))
 
 
 def basis_text(locale: str, text: object, data: object = None) -> str:
     """A figure's basis (recovery/objectives.py ``Basis``: its stored English text and ``{code, params}``)
     in ``locale``'s words, as plain text."""
-    return _coded(_ENVS[resolve_locale(locale)][0], "basis.j2", text, data)
+    return _coded_basis(_ENVS[resolve_locale(locale)][0], text, data)
 
 
 def drill_step_text(locale: str, step: object) -> str:
@@ -214,7 +220,7 @@ def _make_env(locale: str) -> tuple[Environment, dict[str, dict[str, str]]]:
         "esc": escape_mrkdwn,
         "duration": partial(format_duration, names["durations"]),
         "own_detail": partial(_own_detail, names["own_details"]),
-        "basis": partial(_coded, env, "basis.j2"),
+        "basis": partial(_coded_basis, env),
         "drill_step": partial(_coded_step, env),
     }
     for filter_name, table in NAME_FILTERS.items():

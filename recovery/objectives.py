@@ -52,6 +52,10 @@ class Basis:
         """What is stored beside ``text`` (incident.rpo_basis_data, a drill figure's ``basis_data``)."""
         return {"code": self.code, "params": dict(self.params)}
 
+    def as_fields(self) -> JsonObject:
+        """The two JSON fields a drill's figure or score keeps it in: ``basis`` (text) and ``basis_data``."""
+        return {"basis": self.text, "basis_data": self.as_data()}
+
     @classmethod
     def stored(cls, text: str | None, data: object) -> Basis | None:
         """The basis kept as ``text`` and ``data`` (``as_data``); a row written before the data was kept
@@ -96,6 +100,22 @@ RECOVERED_TO_GRAPH_EXPORT = "when the backup's export finished (a read-committed
 RECOVERED_TO_VECTOR_EXPORT = "when the backup's export of the collections finished"
 RECOVERED_TO_BASES = (RECOVERED_TO_LAST_REPLAYED, RECOVERED_TO_TARGET, RECOVERED_TO_BACKUP_END,
                       RECOVERED_TO_UNKNOWN, RECOVERED_TO_GRAPH_EXPORT, RECOVERED_TO_VECTOR_EXPORT)
+
+
+
+def recovered_point(last_replayed: object, target_time: datetime | None,
+                    backup_end: datetime | None) -> tuple[str | None, str]:
+    """What a restored PostgreSQL holds data up to (ISO, UTC) and what that was measured from: its
+    last replayed transaction (``pg_last_xact_replay_timestamp()``), else the recovery target, else the
+    backup's end (a naive time is UTC), else unknown."""
+    if isinstance(last_replayed, datetime):
+        return last_replayed.astimezone(UTC).isoformat(), RECOVERED_TO_LAST_REPLAYED
+    if target_time is not None:
+        return target_time.astimezone(UTC).isoformat(), RECOVERED_TO_TARGET
+    if backup_end is not None:
+        return backup_end.replace(tzinfo=backup_end.tzinfo or UTC).astimezone(UTC).isoformat(), RECOVERED_TO_BACKUP_END
+    return None, RECOVERED_TO_UNKNOWN
+
 
 #: the steps whose output gives the incident's RPO
 PROMOTION_ACTIONS = ("postgres_promote",)

@@ -20,7 +20,7 @@ class Figure:
     basis: Basis                 # what it was measured from, or why it is unknown
 
     def as_dict(self) -> JsonObject:
-        return {"value": self.value, "unit": "seconds", "basis": self.basis.text, "basis_data": self.basis.as_data()}
+        return {"value": self.value, "unit": "seconds", **self.basis.as_fields()}
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,7 @@ class Score:
     basis: Basis
 
     def as_dict(self) -> JsonObject:
-        scored = {**asdict(self), "basis": self.basis.text, "basis_data": self.basis.as_data()}
-        return {**scored, "unit": "seconds"}
+        return {**asdict(self), **self.basis.as_fields(), "unit": "seconds"}
 
 
 def _score(objective: str, target: float, figure: Figure, low: float | None = None) -> Score:

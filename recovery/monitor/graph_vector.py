@@ -140,9 +140,9 @@ class MilvusProbe:
     def _get(self, timeout: float) -> MilvusClient:
         from pymilvus import MilvusClient
 
-        _quiet_pymilvus_while_probing()
         with self._lock:
             if self._client is None:
+                _quiet_pymilvus_while_probing()
                 self._client = MilvusClient(uri=self.uri, timeout=timeout)
                 self.clients_built += 1
             return self._client

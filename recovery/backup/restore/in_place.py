@@ -102,12 +102,7 @@ from recovery.backup.sources.postgres import pg_bin_dir
 from recovery.backup.storage.base import StorageError, Target
 from recovery.backup.wal.archive import TargetWalStore
 from recovery.drills.contents import compare, recorded_formats, snapshot, table_names
-from recovery.objectives import (
-    RECOVERED_TO_BACKUP_END,
-    RECOVERED_TO_LAST_REPLAYED,
-    RECOVERED_TO_TARGET,
-    RECOVERED_TO_UNKNOWN,
-)
+from recovery.objectives import recovered_point
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
 from statemachines.models import BackupRecord
@@ -652,18 +647,8 @@ class InPlaceRestore:
             row = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn()), pg_last_xact_replay_timestamp()"
                                ).fetchone()
         assert row is not None
-        timeline = int(str(row[0])[:8], 16)
-        replayed = row[1]
-        if isinstance(replayed, datetime):
-            return {"timeline": timeline, "recovered_to": replayed.astimezone(UTC).isoformat(),
-                    "recovered_to_basis": RECOVERED_TO_LAST_REPLAYED}
-        if self.target_time is not None:
-            return {"timeline": timeline, "recovered_to": self.target_time.astimezone(UTC).isoformat(),
-                    "recovered_to_basis": RECOVERED_TO_TARGET}
-        end = prepared.backup_end
-        return {"timeline": timeline,
-                "recovered_to": end.replace(tzinfo=end.tzinfo or UTC).astimezone(UTC).isoformat() if end else None,
-                "recovered_to_basis": RECOVERED_TO_BACKUP_END if end else RECOVERED_TO_UNKNOWN}
+        recovered, basis = recovered_point(row[1], self.target_time, prepared.backup_end)
+        return {"timeline": int(str(row[0])[:8], 16), "recovered_to": recovered, "recovered_to_basis": basis}
 
     def _evidence(self, prepared: Prepared, facts: JsonObject) -> list[Evidence]:
         observations = list(self.checks()) if self.checks is not None else []

@@ -58,12 +58,7 @@ from recovery.backup.restore.in_place import pid_alive
 from recovery.backup.restore.postgres import PG_OS_USER, RestoredCluster, RestoreError, last_line, run_command
 from recovery.backup.sources.postgres import client_env, pg_bin_dir, split_password
 from recovery.backup.wal.archive import TargetWalStore
-from recovery.objectives import (
-    RECOVERED_TO_BACKUP_END,
-    RECOVERED_TO_LAST_REPLAYED,
-    RECOVERED_TO_TARGET,
-    RECOVERED_TO_UNKNOWN,
-)
+from recovery.objectives import recovered_point
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
 from statemachines.store import Store
@@ -194,14 +189,7 @@ def recovered_to(cluster: RestoredCluster, target_time: datetime | None,
     """The time the scratch copy holds data up to, and what that figure was measured from."""
     with _connect(cluster.dsn) as conn:
         row = conn.execute("SELECT pg_last_xact_replay_timestamp()").fetchone()
-    last = row[0] if row else None
-    if isinstance(last, datetime):
-        return last.astimezone(UTC).isoformat(), RECOVERED_TO_LAST_REPLAYED
-    if target_time is not None:
-        return target_time.astimezone(UTC).isoformat(), RECOVERED_TO_TARGET
-    if backup_end is not None:
-        return backup_end.astimezone(UTC).isoformat(), RECOVERED_TO_BACKUP_END
-    return None, RECOVERED_TO_UNKNOWN
+    return recovered_point(row[0] if row else None, target_time, backup_end)
 
 
 def databases_of(dsn: str) -> list[str]:
