@@ -27,6 +27,7 @@ from bot.config import Config, ConfigError, load_config
 from recovery.actions.base import Action, ActionError, RolledBack
 from recovery.actions.graph_restore import discard_neo4j_aside
 from recovery.actions.vector_restore import discard_milvus_aside
+from recovery.backup.sources.neo4j import ImportStats
 from statemachines.models import PlanStep
 from statemachines.store import Store
 from tests.harness.engine_step import through_the_engine
@@ -144,6 +145,25 @@ def test_neo4j_restore_in_place_leaves_the_backup_and_keeps_the_graph_as_it_was(
     assert checks["neo4j query: MATCH (p:Person) RETURN count(p)"]["observed"] == "3"
     assert out["replaced"]["nodes"] == len(backed_up["nodes"]) + 1   # the mutated graph: -bob +mallory +loot
     assert action.is_done() is True and any("exporting the current graph" in line for line in lines)
+    assert "company_name" in checks["neo4j neo4j: indexes"]["expected"]
+
+    # the schema checks compare names: as many indexes, one of them another name, does not pass
+    with neo4j_clean.driver() as driver:
+        names = [r["name"] for r in driver.execute_query(
+            "SHOW INDEXES YIELD name, type, owningConstraint WHERE type <> 'LOOKUP' AND owningConstraint IS NULL "
+            "RETURN name").records]
+        constraint_names = [r["name"] for r in driver.execute_query("SHOW CONSTRAINTS YIELD name").records]
+        backup_schema = ImportStats(nodes=len(backed_up["nodes"]), relationships=len(backed_up["rels"]),
+                                    constraints=len(constraint_names), indexes=len(names),
+                                    constraint_names=constraint_names, index_names=names)
+        assert all(e["ok"] for e in action.observe(driver, backup_schema))     # type: ignore[attr-defined]
+        driver.execute_query("DROP INDEX company_name")
+        driver.execute_query("CREATE INDEX company_label FOR (c:Company) ON (c.name)")
+        driver.execute_query("CALL db.awaitIndexes(60)")
+        rechecked = {e["check"]: e for e in action.observe(driver, backup_schema)}  # type: ignore[attr-defined]
+    assert rechecked["neo4j neo4j: indexes"]["ok"] is False
+    assert "company_label" in rechecked["neo4j neo4j: indexes"]["observed"]
+    assert rechecked["neo4j neo4j: nodes"]["ok"] and rechecked["neo4j neo4j: constraints"]["ok"]
 
     # the graph as it was is kept: one encrypted, owner-only file, named in the step's output
     [kept] = aside_files(tmp_path)

@@ -14,9 +14,10 @@ What the issue leaves open, decided here:
   empties it in place (batched ``DETACH DELETE``, then every constraint and every index but the LOOKUP
   ones every database has), which is what ``import_graph`` requires.
 - **Verification** (inside ``execute``, so that a failure can still roll back; ``verify`` adds nothing):
-  node and relationship counts equal the backup's (its trailer), as many constraints and indexes as the
-  backup declares, every index ONLINE, and the configured query (``components.neo4j.verify``) run in a
-  read transaction under its timeout. Each is evidence ``{check, observed, expected, ok}``.
+  node and relationship counts equal the backup's (its trailer), the constraints and indexes the backup
+  created, by name (none missing, none extra), every index ONLINE, and the configured query
+  (``components.neo4j.verify``) run in a read transaction under its timeout.
+  Each is evidence ``{check, observed, expected, ok}``.
 - **Failure.** A rollback that worked fails the step with ``RolledBack`` (with the checks, when a
   verification failed): the engine sends the incident back to ``assessed`` with the reason. A refusal
   before the graph was touched, or a rollback that failed, is a plain ``ActionError`` (Retry / Abort).
@@ -71,7 +72,7 @@ from statemachines.models import BackupRecord
 if TYPE_CHECKING:   # the driver loads only when a Neo4j restore runs (it is an optional extra)
     from neo4j import Driver
 
-    from recovery.backup.sources.neo4j import ExportStats
+    from recovery.backup.sources.neo4j import ExportStats, ImportStats
 
 EXPORT_KIND = "neo4j_export"
 _EXPORT_NAME = re.compile(r"^neo4j-[A-Za-z0-9_.-]+-\d{8}_\d{6}\.jsonl\.zst\.aes$")
@@ -195,8 +196,7 @@ class Neo4jRestoreInPlace(Action):
                 from recovery.backup.restore.from_catalog import restore_neo4j
 
                 stats = restore_neo4j(copy, self.repository.key, driver, self.database)
-                observations = self.observe(driver, {"nodes": stats.nodes, "relationships": stats.relationships,
-                                                     "constraints": stats.constraints, "indexes": stats.indexes})
+                observations = self.observe(driver, stats)
                 failed = [f"{o['check']}: {o['observed']} (expected {o['expected']})" for o in observations
                           if not o["ok"]]
                 if failed:
@@ -283,8 +283,14 @@ class Neo4jRestoreInPlace(Action):
 
     # --- checks -------------------------------------------------------------------------------
 
-    def observe(self, driver: Driver, expected: dict[str, int]) -> list[Evidence]:
-        """Evidence that ``database`` holds what the backup holds (and passes the configured query)."""
+    def observe(self, driver: Driver, expected: ImportStats) -> list[Evidence]:
+        """Evidence that ``database`` holds what the backup holds (and passes the configured query).
+
+        Constraints and indexes are compared by name (the names the backup's schema lines created), so a
+        database with as many but different ones does not pass.
+        """
+        from recovery.backup.sources.neo4j import schema_name_problems
+
         where = f"neo4j {self.database}"
         with driver.session(database=self.database) as session:
             nodes = session.run("MATCH (n) RETURN count(n) AS c").single(strict=True)["c"]
@@ -292,17 +298,21 @@ class Neo4jRestoreInPlace(Action):
             constraints = [r["name"] for r in session.run("SHOW CONSTRAINTS YIELD name RETURN name ORDER BY name")]
             indexes = [(r["name"], r["state"]) for r in session.run(_USER_INDEXES)]
         offline = [name for name, state in indexes if state != "ONLINE"]
+        wrong_constraints = schema_name_problems("constraints", expected.constraint_names, constraints)
+        wrong_indexes = schema_name_problems("indexes", expected.index_names, [name for name, _ in indexes])
         backup = f"as in backup {self.backup_id}"
         found = [
-            evidence(f"{where}: nodes", str(nodes), f"{expected['nodes']} {backup}", nodes == expected["nodes"]),
-            evidence(f"{where}: relationships", str(rels), f"{expected['relationships']} {backup}",
-                     rels == expected["relationships"]),
+            evidence(f"{where}: nodes", str(nodes), f"{expected.nodes} {backup}", nodes == expected.nodes),
+            evidence(f"{where}: relationships", str(rels), f"{expected.relationships} {backup}",
+                     rels == expected.relationships),
             evidence(f"{where}: constraints", f"{len(constraints)} ({', '.join(constraints) or 'none'})"[:200],
-                     f"{expected['constraints']} {backup}", len(constraints) == expected["constraints"]),
+                     _named(expected.constraint_names, backup),
+                     len(constraints) == expected.constraints and not wrong_constraints),
             evidence(f"{where}: indexes", f"{len(indexes)}, {len(indexes) - len(offline)} online"
+                     + (f" ({', '.join(name for name, _ in indexes)})"[:150] if indexes else "")
                      + (f" (not online: {', '.join(offline)})"[:150] if offline else ""),
-                     f"{expected['indexes']} {backup}, all online",
-                     len(indexes) == expected["indexes"] and not offline),
+                     _named(expected.index_names, backup) + ", all online",
+                     len(indexes) == expected.indexes and not offline and not wrong_indexes),
         ]
         if self.check is not None:
             found.append(self._configured(driver))
@@ -332,3 +342,8 @@ class Neo4jRestoreInPlace(Action):
     def is_done(self) -> bool | None:
         """From the journal: this step restored and verified the graph → True; otherwise False."""
         return self.journal.done()
+
+
+def _named(names: list[str], backup: str) -> str:
+    """What a schema check expects: how many and which, as the backup created them."""
+    return (f"{len(names)} ({', '.join(sorted(names))}) {backup}" if names else f"none {backup}")[:200]

@@ -115,6 +115,9 @@ class ImportStats:
     constraints: int = 0
     indexes: int = 0
     source_server_version: str = ""
+    # the names the export's schema lines created: a restore's checks compare names, not only how many
+    constraint_names: list[str] = field(default_factory=list)
+    index_names: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------------- values
@@ -502,15 +505,26 @@ def _verify(driver: Driver, database: str, trailer: JsonObject, stats: ImportSta
         leftover = session.run(f"MATCH (n:{_IMPORT_LABEL_Q}) RETURN count(n) AS c").single(strict=True)["c"]
         if leftover:
             problems.append(f"{leftover} nodes still carry the temporary label {IMPORT_LABEL}")
-        constraints = len(list(session.run("SHOW CONSTRAINTS YIELD name")))
-        indexes = len(list(session.run(_USER_INDEXES)))
-        if constraints != trailer["constraints"] or indexes != trailer["indexes"]:
+        constraints = sorted(str(r["name"]) for r in session.run("SHOW CONSTRAINTS YIELD name"))
+        indexes = sorted(str(r["name"]) for r in session.run(_USER_INDEXES))
+        if len(constraints) != trailer["constraints"] or len(indexes) != trailer["indexes"]:
             problems.append(
                 f"schema: export says {trailer['constraints']} constraints / {trailer['indexes']} indexes, "
-                f"database has {constraints} / {indexes}"
+                f"database has {len(constraints)} / {len(indexes)}"
             )
+        problems += schema_name_problems("constraints", stats.constraint_names, constraints)
+        problems += schema_name_problems("indexes", stats.index_names, indexes)
     if problems:
         raise CorruptExportError("import verification failed: " + "; ".join(problems))
+
+
+def schema_name_problems(what: str, expected: list[str], found: list[str]) -> list[str]:
+    """``what`` the export created that the database lacks, and those it has that the export never named."""
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    problems = [f"{what}: the export's {', '.join(missing)} missing from the database"] if missing else []
+    if extra:
+        problems.append(f"{what}: the database has {', '.join(extra)}, which the export does not name")
+    return problems
 
 
 def import_graph(
@@ -557,8 +571,10 @@ def import_graph(
                 session.run(entry["create"]).consume()
             if kind == "constraint":
                 stats.constraints += 1
+                stats.constraint_names.append(str(entry.get("name", "")))
             else:
                 stats.indexes += 1
+                stats.index_names.append(str(entry.get("name", "")))
         elif kind == "nodes":
             rows = entry["rows"]
             for start in range(0, len(rows), batch_size):
