@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import stat
 import threading
 import time
@@ -267,24 +269,34 @@ def test_failover_through_slack_is_reprotected_then_cleaned_up_after_close(
         assert reprotect.status == "awaiting_approval" and str(pg_pair.primary.data_dir) in reprotect.title
         assert ("aegis_pg_a", "streaming") not in _streaming_names(pg_pair.standby)   # nothing before approval
 
-        # closed before the re-protect ran: the re-protect plan stays (still approvable), no clean-up
-        # replaces it, and the closed card keeps saying the system runs without a standby
-        close_with_modal(walk, emulator, "U0IC", "Failed over; the old primary is rebuilt after the close.")
-        assert walk.incident().aftercare == "reprotect" and walk.step("postgres_reprotect").id == reprotect.id
-        assert walk.ledger(reprotect.id) == [] and walk.incident().protected is False
-        wait_for(lambda: "Running without a standby" in _card_text(walk) and "closed" in _card_text(walk).lower(),
-                 what="the closed card's warning")
+        # approved, then closed while it runs: the new primary's checkpointer is held (SIGSTOP), so the
+        # re-protect's pg_basebackup --checkpoint=fast waits on it, and the close lands mid-step
+        [(checkpointer,)] = pg_pair.standby.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+        os.kill(checkpointer, signal.SIGSTOP)
+        try:
+            walk.click("U0DB", "aegis_approve", str(reprotect.id))
+            walk.wait_step(reprotect.id, "running")
+            close_with_modal(walk, emulator, "U0IC", "Failed over; the old primary is being rebuilt.")
+            # the running step is neither replaced nor stopped by the close, and no clean-up plan yet
+            assert walk.step("postgres_reprotect").status == "running"
+            assert walk.incident().aftercare == "reprotect" and walk.incident().protected is False
+            assert [s.action for s in walk.steps()] == ["postgres_reprotect"]
+            wait_for(lambda: "Running without a standby" in _card_text(walk) and "closed" in _card_text(walk).lower(),
+                     what="the closed card's warning")
+        finally:
+            os.kill(checkpointer, signal.SIGCONT)
 
-        # approved after the close, it runs; once it finished, the clean-up plan follows by itself
-        walk.click("U0DB", "aegis_approve", str(reprotect.id))
+        # once it finished after the close, the clean-up plan follows by itself
         walk.wait_step(reprotect.id, "succeeded", timeout=120)
         assert ("aegis_pg_a", "streaming") in _streaming_names(pg_pair.standby)
         assert walk.incident().state == "closed" and walk.incident().protected is True
+        closed_at = walk.incident().closed_at
+        [entry] = walk.ledger(reprotect.id)
+        assert closed_at is not None and entry.started_at < closed_at < entry.finished_at   # it ran across the close
         wait_for(lambda: "Re-protected" in _card_text(walk) and "replication lag" in _card_text(walk)
                  and "Running without a standby" not in _card_text(walk), what="the re-protected card")
         wait_for(lambda: [m for m in walk.chan()["messages"] if "is protected again" in all_text(m)],
                  what="the aftercare post")
-        [entry] = walk.ledger(reprotect.id)
         assert entry.output["method"] == "base_backup"
         [aside] = entry.output["aside"]
         kept = Path(aside["location"])
