@@ -19,6 +19,7 @@ from recovery.actions.hook import HookAction
 from recovery.actions.manual import ManualStep
 from recovery.actions.postgres import PostgresConfirmDown, PostgresPromote
 from recovery.actions.reprotect import ASIDE_INFIX as REPROTECT_ASIDE
+from recovery.actions.reprotect import INCOMING_INFIX as REPROTECT_INCOMING
 from recovery.actions.reprotect import NodeControl, PostgresReprotect
 from recovery.actions.service_start import ServiceStart
 from recovery.actions.verify import IntegrityQuery, PostgresVerification, VerifyRecovery
@@ -253,7 +254,8 @@ def _reprotect(config: Config, params: JsonObject, context: dict[str, str]) -> A
     old, new = str(params.get("old_primary", "primary")), str(params.get("new_primary", "standby"))
     new_node = _node(config, new)
     return PostgresReprotect(_control(config, old), node_label(_node(config, old), old), new_node.full_dsn(),
-                             node_label(new_node, new), method=str(params.get("method", "pg_rewind")))
+                             node_label(new_node, new), method=str(params.get("method", "pg_rewind")),
+                             step_key=f"{context.get('incident', '')}#{context.get('step', '')}")
 
 
 def _service_start(config: Config, params: JsonObject, context: dict[str, str]) -> Action:
@@ -275,11 +277,12 @@ def _live_data_dirs(config: Config) -> tuple[str, ...]:
 
 
 def _discard_data_dir(config: Config) -> Discarder:
-    """A data directory a re-protect moved aside (its own name and marker), else an in-place restore's."""
+    """A data directory a re-protect moved aside or left incomplete (its own names and marker), else an
+    in-place restore's."""
     from recovery.actions.postgres_restore import discard_postgres_aside
 
     def discard(location: str) -> str:
-        if REPROTECT_ASIDE in Path(location).name:
+        if REPROTECT_ASIDE in Path(location).name or REPROTECT_INCOMING in Path(location).name:
             return discard_postgres_data_dir(location, live_data_dirs=_live_data_dirs(config))
         return discard_postgres_aside(location)
     return discard

@@ -22,6 +22,7 @@ import pytest
 
 from bot.flows import aftercare
 from recovery.actions.base import ActionError
+from recovery.actions.discard_aside import discard_postgres_data_dir
 from recovery.actions.hook import HookAction
 from recovery.actions.reprotect import NodeControl, PostgresReprotect
 from recovery.actions.service_start import ServiceStart
@@ -69,9 +70,10 @@ def _wait_rows(node: PgNode, query: str, expected: object, timeout: float = 30) 
     raise AssertionError(f"{query} on {node.name}: {seen!r}, wanted {expected!r}")
 
 
-def _reprotect(pair: PgPair, method: str) -> PostgresReprotect:
+def _reprotect(pair: PgPair, method: str, step_key: str = "") -> PostgresReprotect:
     control = NodeControl(data_dir=pair.primary.data_dir, os_user="postgres", pg_bin=pair.primary.pg_bin)
-    return PostgresReprotect(control, "pg-a", pair.standby.dsn(), "pg-b", method=method, stream_timeout=60)
+    return PostgresReprotect(control, "pg-a", pair.standby.dsn(), "pg-b", method=method, stream_timeout=60,
+                             step_key=step_key)
 
 
 def _streaming_names(node: PgNode) -> list[tuple[str, str]]:
@@ -121,6 +123,63 @@ def test_reprotect_takes_a_base_backup_when_pg_rewind_is_impossible(pg_pair: PgP
     assert ("aegis_pg_a", "streaming") in _streaming_names(pg_pair.standby)
     _wait_rows(pg_pair.primary, "SELECT count(*) FROM orders", [(60,)])
     assert pg_pair.primary.sql("SELECT pg_is_in_recovery()") == [(True,)]
+
+
+class _Crash(BaseException):
+    """Stands in for SIGKILL: raised from a progress line, it skips whatever the step would do next."""
+
+
+def _crash_at(prefix: str) -> Any:
+    def progress(line: str) -> None:
+        if line.startswith(prefix):
+            raise _Crash(line)
+    return progress
+
+
+def test_a_reprotect_killed_part_way_reruns_and_forgets_nothing_it_put_aside(pg_pair: PgPair) -> None:
+    _fail_over(pg_pair)
+    data_dir = pg_pair.primary.data_dir
+    (data_dir / "original-node.txt").write_text("the old primary's own directory\n")   # a copy never has it
+    step_key = "INC-7#3"
+
+    # killed as its pg_basebackup starts: the data directory is untouched, an empty copy is left beside it
+    with pytest.raises(_Crash):
+        _reprotect(pg_pair, "base_backup", step_key).execute(_crash_at("pg-a: fresh base backup"))
+    [stale] = list(data_dir.parent.glob(f"{data_dir.name}.aegis-reprotect-incoming-*"))
+    assert (data_dir / "original-node.txt").is_file() and not (data_dir / "AEGIS_ASIDE.json").exists()
+
+    # approved again, killed after the swap, before it started: the original is aside, marked with the step
+    with pytest.raises(_Crash):
+        _reprotect(pg_pair, "base_backup", step_key).execute(_crash_at("pg-a: starting it as a standby"))
+    [original] = list(data_dir.parent.glob(f"{data_dir.name}.aegis-reprotect-aside-*"))
+    assert (original / "original-node.txt").is_file() and (original / "PG_VERSION").is_file()
+    assert json.loads((original / "AEGIS_ASIDE.json").read_text())["step"] == step_key
+    assert not (data_dir / "original-node.txt").exists() and (data_dir / "standby.signal").is_file()
+
+    # the state of a kill between the two renames: no data directory, the complete copy beside it
+    half = data_dir.with_name(f"{data_dir.name}.aegis-reprotect-incoming-29991231T000000Z")
+    data_dir.rename(half)
+
+    # approved a third time: it runs through, and its output lists everything every attempt left
+    action = _reprotect(pg_pair, "base_backup", step_key)
+    action.precheck()   # a missing data directory with a complete copy beside it is not refused
+    lines: list[str] = []
+    out = action.execute(lines.append)
+    assert ("aegis_pg_a", "streaming") in _streaming_names(pg_pair.standby)
+    _wait_rows(pg_pair.primary, "SELECT count(*) FROM orders", [(60,)])
+    assert any("moving it into place" in line for line in lines) and not half.exists()
+    listed = sorted(Path(str(item["location"])) for item in out["aside"])
+    asides = sorted(data_dir.parent.glob(f"{data_dir.name}.aegis-reprotect-aside-*"))
+    assert original in asides and len(asides) == 2   # the original, and the copy this attempt replaced
+    assert listed == sorted([stale, *asides])
+    assert all(json.loads((p / "AEGIS_ASIDE.json").read_text())["step"] == step_key for p in listed)
+
+    # the clean-up removes each of them (the live directory it refuses), and the original was only ever moved
+    with pytest.raises(ActionError, match="live data directory"):
+        discard_postgres_data_dir(str(data_dir), live_data_dirs=(str(data_dir),))
+    for path in listed:
+        assert "removed" in discard_postgres_data_dir(str(path), live_data_dirs=(str(data_dir),))
+    assert (data_dir / "PG_VERSION").is_file() and pg_pair.primary.sql("SELECT pg_is_in_recovery()") == [(True,)]
 
 
 def test_reprotect_keeps_the_password_out_of_every_file_but_a_0600_passfile(pg_pair: PgPair) -> None:

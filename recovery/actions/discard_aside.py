@@ -33,10 +33,20 @@ MARKER = "AEGIS_ASIDE.json"   # written into a data directory the moment Aegis m
 Discarder = Callable[[str], str]   # location → what was done ("removed …", "… was already removed")
 
 
-def mark_aside(aside: Path, *, original: Path, reason: str) -> None:
-    """Record in a moved-aside data directory that Aegis put it there (the clean-up checks for it)."""
-    (aside / MARKER).write_text(json.dumps({"original": str(original), "reason": reason,
+def mark_aside(aside: Path, *, original: Path, reason: str, step: str = "") -> None:
+    """Record in a moved-aside data directory that Aegis put it there (the clean-up checks for it);
+    ``step`` names the step that did it, so a re-run of that step after a crash can list it again."""
+    (aside / MARKER).write_text(json.dumps({"original": str(original), "reason": reason, "step": step,
                                             "at": datetime.now(UTC).isoformat()}) + "\n", encoding="utf-8")
+
+
+def aside_mark(path: Path) -> JsonObject | None:
+    """The marker :func:`mark_aside` wrote in ``path``; None when there is none (or it is unreadable)."""
+    try:
+        found = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def discard_postgres_data_dir(location: str, *, live_data_dirs: tuple[str, ...] = ()) -> str:

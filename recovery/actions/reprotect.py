@@ -8,9 +8,16 @@ What was decided where the issue is silent:
   ``stop``/``start`` hooks when the config gives them.
 - **Rewind or base backup.** ``pg_rewind`` needs ``wal_log_hints = on`` or data checksums on the old
   cluster; both are read from ``pg_controldata`` first. When neither is on — or ``pg_rewind`` fails
-  — a fresh ``pg_basebackup -R`` is taken instead, after the old directory is **moved aside**
-  (renamed next to itself, never deleted; the output lists it under ``aside`` so that only an
-  approved clean-up step removes it).
+  — a fresh ``pg_basebackup -R`` is taken instead, into ``<data_dir>.aegis-reprotect-incoming-<stamp>``
+  beside the old directory, which stays untouched until the copy is complete. Then the old directory
+  is **moved aside** (renamed next to itself, never deleted; the output lists it under ``aside`` so that
+  only an approved clean-up step removes it) and the copy renamed into its place.
+- **A crash part-way** (the step is approved again and re-runs; ``step_key`` names it): a re-run lists
+  again what an earlier attempt of the same step moved aside (the marker records the step), marks and
+  lists an incomplete copy a killed ``pg_basebackup`` left (removed by the clean-up, not on the spot:
+  an orphaned ``pg_basebackup`` may still be writing it), and when the crash fell between the two
+  renames (no data directory) it first moves the complete copy into place. So nothing an attempt put
+  aside is forgotten and a re-run never refuses a data directory it left half made.
 - **The node keeps its own configuration.** Both tools copy the new primary's ``postgresql.conf``,
   ``pg_hba.conf``, ``pg_ident.conf`` and ``postgresql.auto.conf`` (its port, its paths); the old
   node's own files are put back, then ``standby.signal`` and ``primary_conninfo`` are written.
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -37,7 +45,7 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from recovery.actions.base import Action, ActionError, Evidence, Progress, evidence
-from recovery.actions.discard_aside import mark_aside
+from recovery.actions.discard_aside import aside_mark, mark_aside
 from recovery.actions.postgres import connect_action, is_in_recovery
 from recovery.backup.restore.postgres import chown_to, last_line, os_user_ids, run_as
 from recovery.backup.sources.postgres import pg_bin_dir, split_password
@@ -48,6 +56,7 @@ CONFIG_FILES = ("postgresql.conf", "pg_hba.conf", "pg_ident.conf", "postgresql.a
 PASSFILE = "aegis-primary.pgpass"
 START_LOG = "aegis-pg_ctl.log"
 ASIDE_INFIX = ".aegis-reprotect-aside-"   # <data_dir>.aegis-reprotect-aside-<stamp>: the old directory, kept
+INCOMING_INFIX = ".aegis-reprotect-incoming-"   # <data_dir>.aegis-reprotect-incoming-<stamp>: a copy being taken
 _TOOL_TIMEOUT = 3600.0
 
 
@@ -95,7 +104,8 @@ class PostgresReprotect(Action):
     destructive = True
 
     def __init__(self, old: NodeControl, old_label: str, new_primary_dsn: str, new_label: str, *,
-                 method: str = "pg_rewind", stream_timeout: float = 120.0, poll: float = 0.2) -> None:
+                 method: str = "pg_rewind", stream_timeout: float = 120.0, poll: float = 0.2,
+                 step_key: str = "") -> None:
         if method not in METHODS:
             raise ActionError(f"unknown re-protect method {method!r}: use {' or '.join(METHODS)}")
         self.old = old
@@ -109,6 +119,7 @@ class PostgresReprotect(Action):
         self.app = application_name(old_label)
         self.owner = os_user_ids(old.os_user)
         self.observed: list[Evidence] = []
+        self.step_key = step_key   # "<incident>#<step>": what this step moved aside, found again after a crash
 
     def describe(self) -> str:
         return (f"Rebuild {self.old_label} ({self.old.data_dir}) as a streaming standby of {self.new_label} "
@@ -120,7 +131,7 @@ class PostgresReprotect(Action):
         with connect_action(self.new_dsn, self.new_label) as conn:
             if is_in_recovery(conn):
                 raise ActionError(f"{self.new_label} is still a standby: promote it before re-protecting")
-        if not (self.old.data_dir / "PG_VERSION").is_file():
+        if not (self.old.data_dir / "PG_VERSION").is_file() and self._complete_copy() is None:
             raise ActionError(f"{self.old.data_dir} is not a PostgreSQL data directory "
                               f"(no PG_VERSION): check components.postgres.*.control.data_dir")
         for tool in ("pg_ctl", "pg_rewind", "pg_basebackup", "pg_controldata"):
@@ -142,6 +153,8 @@ class PostgresReprotect(Action):
     # --- the work -------------------------------------------------------------------------------
 
     def execute(self, progress: Progress) -> JsonObject:
+        self._finish_interrupted_swap(progress)
+        earlier = self._left_by_earlier_attempts(progress)
         self._stop_old(progress)
         method, why, aside = self.method, "", None
         if method == "pg_rewind":
@@ -162,7 +175,8 @@ class PostgresReprotect(Action):
             "method": method, "method_reason": why, "standby": self.old_label, "primary": self.new_label,
             "application_name": self.app, "state": standby.state,
             "lag_bytes": standby.lag_bytes, "lag_seconds": standby.lag_seconds,
-            "aside": [{"kind": "postgres_data_dir", "location": str(aside), "component": "postgres"}] if aside else [],
+            "aside": [{"kind": "postgres_data_dir", "location": str(path), "component": "postgres"}
+                      for path in [*earlier, *([aside] if aside else [])]],
             "evidence": self.observed,
         }
         return output
@@ -227,9 +241,9 @@ class PostgresReprotect(Action):
     def _saved_config(self, data_dir: Path) -> dict[str, bytes]:
         return {name: (data_dir / name).read_bytes() for name in CONFIG_FILES if (data_dir / name).is_file()}
 
-    def _put_config_back(self, saved: dict[str, bytes]) -> None:
+    def _put_config_back(self, saved: dict[str, bytes], *, into: Path | None = None) -> None:
         for name, content in saved.items():
-            path = self.old.data_dir / name
+            path = (into or self.old.data_dir) / name
             path.write_bytes(content)
             chown_to(path, self.owner)
             path.chmod(0o600)
@@ -254,26 +268,71 @@ class PostgresReprotect(Action):
         return ""
 
     def _base_backup(self, progress: Progress) -> Path:
-        """Move the old directory aside (never deleted), then pg_basebackup -R a fresh copy; the aside path."""
+        """pg_basebackup -R a fresh copy beside the old directory, then move the old one aside (never
+        deleted) and the copy into its place; the aside path."""
         data_dir = self.old.data_dir
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        aside = data_dir.with_name(f"{data_dir.name}{ASIDE_INFIX}{stamp}")
-        progress(f"{self.old_label}: moving {data_dir} aside to {aside}")
-        data_dir.rename(aside)
-        mark_aside(aside, original=data_dir, reason=f"re-protect of {self.old_label}: replaced by a base backup")
-        data_dir.mkdir(mode=0o700)
-        chown_to(data_dir, self.owner)
-        progress(f"{self.old_label}: fresh base backup from {self.new_label} (pg_basebackup -R)")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")   # microseconds: a re-run never meets its own names
+        incoming = data_dir.with_name(f"{data_dir.name}{INCOMING_INFIX}{stamp}")
+        incoming.mkdir(mode=0o700)
+        chown_to(incoming, self.owner)
+        progress(f"{self.old_label}: fresh base backup from {self.new_label} into {incoming} (pg_basebackup -R); "
+                 f"{data_dir} stays as it is until the copy is complete")
         proc = self._with_passfile(lambda conninfo, passfile: self._tool(
-            ["pg_basebackup", "-d", conninfo, "-D", str(data_dir), "-X", "stream", "-R", "--checkpoint=fast"],
+            ["pg_basebackup", "-d", conninfo, "-D", str(incoming), "-X", "stream", "-R", "--checkpoint=fast"],
             password_file=passfile))
         if proc.returncode != 0:
+            shutil.rmtree(incoming, ignore_errors=True)   # our own incomplete copy, nobody's data
             raise ActionError(f"pg_basebackup from {self.new_label} failed: {last_line(proc.stderr)}; "
-                              f"the old data directory is kept at {aside}")
-        self._put_config_back(self._saved_config(aside))
+                              f"{data_dir} is untouched")
+        self._put_config_back(self._saved_config(data_dir), into=incoming)
+        aside = data_dir.with_name(f"{data_dir.name}{ASIDE_INFIX}{stamp}")
+        progress(f"{self.old_label}: moving {data_dir} aside to {aside} and the fresh copy into its place")
+        # marked before the rename: a crash between the two cannot leave an aside directory unmarked
+        mark_aside(data_dir, original=data_dir, reason=f"re-protect of {self.old_label}: replaced by a base backup",
+                   step=self.step_key)
+        data_dir.rename(aside)
+        incoming.rename(data_dir)
         self.observed.append(evidence("base backup", f"fresh copy of {self.new_label}; old directory kept at "
                                       f"{aside}", "a fresh copy, the old one kept", True))
         return aside
+
+    # --- after a crash part-way -------------------------------------------------------------------
+
+    def _siblings(self, infix: str) -> list[Path]:
+        data_dir = self.old.data_dir
+        parent = data_dir.parent
+        return sorted(p for p in parent.glob(f"{data_dir.name}{infix}*") if p.is_dir()) if parent.is_dir() else []
+
+    def _complete_copy(self) -> Path | None:
+        """A finished base backup an interrupted attempt left beside a missing data directory, if any."""
+        if self.old.data_dir.exists():
+            return None
+        done = [p for p in self._siblings(INCOMING_INFIX)
+                if all((p / name).is_file() for name in ("PG_VERSION", "backup_manifest", "standby.signal"))]
+        return done[-1] if done else None
+
+    def _finish_interrupted_swap(self, progress: Progress) -> None:
+        """A crash between moving the old directory aside and the copy into its place: finish the move."""
+        copy = self._complete_copy()
+        if copy is not None:
+            progress(f"{self.old_label}: an interrupted re-protect left the data directory missing and a complete "
+                     f"copy at {copy}: moving it into place")
+            copy.rename(self.old.data_dir)
+
+    def _left_by_earlier_attempts(self, progress: Progress) -> list[Path]:
+        """What an interrupted attempt of this step put aside, and incomplete copies a killed pg_basebackup
+        left (marked now, so that the clean-up may remove them): listed in this attempt's output."""
+        found = [p for p in self._siblings(ASIDE_INFIX)
+                 if self.step_key and (aside_mark(p) or {}).get("step") == self.step_key]
+        for stale in self._siblings(INCOMING_INFIX):
+            if aside_mark(stale) is None:
+                mark_aside(stale, original=self.old.data_dir, step=self.step_key,
+                           reason=f"re-protect of {self.old_label}: an interrupted attempt's incomplete base backup")
+            found.append(stale)
+        if found:
+            progress(f"{self.old_label}: an interrupted attempt of this step left {', '.join(map(str, found))}; "
+                     "kept for the clean-up")
+        return found
 
     def _make_standby(self) -> None:
         """standby.signal and primary_conninfo (no password: a passfile when the DSN has one)."""
