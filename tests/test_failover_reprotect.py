@@ -297,9 +297,8 @@ def _card_text(walk: Walk) -> str:
     return all_text(next((m for m in walk.chan()["messages"] if m.get("ts") == card_ts), {}))
 
 
-def test_failover_through_slack_is_reprotected_then_cleaned_up_after_close(
-    tmp_path: Path, pg_pair: PgPair, emulator: EmulatorServer,
-) -> None:
+def _failed_over_through_slack(tmp_path: Path, pg_pair: PgPair, emulator: EmulatorServer) -> tuple[AegisProcess, Walk]:
+    """The primary dies; through Slack: declared, assessed, the failover plan approved step by step, verified."""
     tmp_path.chmod(0o755)
     pg_pair.primary.sql("CREATE TABLE orders (id int PRIMARY KEY)")
     pg_pair.primary.sql("INSERT INTO orders SELECT generate_series(1, 20)")
@@ -319,9 +318,25 @@ def test_failover_through_slack_is_reprotected_then_cleaned_up_after_close(
             walk.click(user, "aegis_approve", str(step.id))
             walk.wait_step(step.id, "succeeded")
         walk.wait_state("verified")
-
-        # verified, but alone: the card says so, and the re-protect plan waits for an approval
         wait_for(lambda: walk.incident().aftercare == "reprotect", what="the re-protect plan")
+    except BaseException:
+        bot.stop()
+        raise
+    return bot, walk
+
+
+def _checkpointer(node: PgNode) -> int:
+    """The pid of the server's checkpointer: SIGSTOPped, it holds a pg_basebackup --checkpoint=fast."""
+    [(pid,)] = node.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+    return int(pid)
+
+
+def test_failover_through_slack_is_reprotected_then_cleaned_up_after_close(
+    tmp_path: Path, pg_pair: PgPair, emulator: EmulatorServer,
+) -> None:
+    bot, walk = _failed_over_through_slack(tmp_path, pg_pair, emulator)
+    try:
+        # verified, but alone: the card says so, and the re-protect plan waits for an approval
         assert walk.incident().protected is False
         wait_for(lambda: "Running without a standby" in _card_text(walk), what="the card's warning")
         reprotect = walk.step("postgres_reprotect")
@@ -330,7 +345,7 @@ def test_failover_through_slack_is_reprotected_then_cleaned_up_after_close(
 
         # approved, then closed while it runs: the new primary's checkpointer is held (SIGSTOP), so the
         # re-protect's pg_basebackup --checkpoint=fast waits on it, and the close lands mid-step
-        [(checkpointer,)] = pg_pair.standby.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+        checkpointer = _checkpointer(pg_pair.standby)
         os.kill(checkpointer, signal.SIGSTOP)
         try:
             walk.click("U0DB", "aegis_approve", str(reprotect.id))
@@ -376,6 +391,53 @@ def test_failover_through_slack_is_reprotected_then_cleaned_up_after_close(
     finally:
         bot.stop()
     assert PG_PASSWORD not in json.dumps(emulator.state.calls()) and PG_PASSWORD not in bot.log()
+
+
+def test_aegis_killed_during_a_reprotect_asks_again_and_the_rerun_keeps_everything_for_the_clean_up(
+    tmp_path: Path, pg_pair: PgPair, emulator: EmulatorServer,
+) -> None:
+    bot, walk = _failed_over_through_slack(tmp_path, pg_pair, emulator)
+    data_dir = pg_pair.primary.data_dir
+    (data_dir / "original-node.txt").write_text("the old primary's own directory\n")
+    checkpointer = _checkpointer(pg_pair.standby)
+    try:
+        reprotect = walk.step("postgres_reprotect")
+        os.kill(checkpointer, signal.SIGSTOP)   # its pg_basebackup waits on the new primary's checkpoint
+        walk.click("U0DB", "aegis_approve", str(reprotect.id))
+        walk.wait_step(reprotect.id, "running")
+        wait_for(lambda: list(data_dir.parent.glob(f"{data_dir.name}.aegis-reprotect-incoming-*")),
+                 what="the copy being taken")
+        bot.kill()   # SIGKILL mid-step; its pg_basebackup lives on, still waiting
+        os.kill(checkpointer, signal.SIGCONT)
+        assert (data_dir / "original-node.txt").is_file()   # the data directory was not touched
+
+        # restarted: the step cannot be known done (nothing streams), so it asks for an approval again
+        bot.start()
+        walk.wait_step(reprotect.id, "awaiting_approval", timeout=60)
+        assert (data_dir / "original-node.txt").is_file()
+        walk.click("U0DB", "aegis_approve", str(reprotect.id))
+        walk.wait_step(reprotect.id, "succeeded", timeout=120)
+        assert ("aegis_pg_a", "streaming") in _streaming_names(pg_pair.standby)
+        entries = walk.ledger(reprotect.id)
+        assert [e.status for e in entries][-1] == "succeeded" and len(entries) == 2
+        listed = sorted(Path(str(item["location"])) for item in entries[-1].output["aside"])
+        [original] = [p for p in listed if ".aegis-reprotect-aside-" in p.name]
+        [stale] = [p for p in listed if ".aegis-reprotect-incoming-" in p.name]   # the killed attempt's copy
+        assert (original / "original-node.txt").is_file() and not (data_dir / "original-node.txt").exists()
+
+        # closed: the clean-up plan lists both, and removes them after its approval
+        close_with_modal(walk, emulator, "U0IC", "Failed over and re-protected after a restart.")
+        wait_for(lambda: walk.incident().aftercare == "cleanup", what="the clean-up plan")
+        cleanup = walk.step("discard_aside")
+        assert str(original) in cleanup.title and str(stale) in cleanup.title
+        walk.click("U0DB", "aegis_approve", str(cleanup.id))
+        walk.wait_step(cleanup.id, "succeeded")
+        assert not original.exists() and not stale.exists()
+        assert (data_dir / "PG_VERSION").is_file() and pg_pair.primary.sql("SELECT pg_is_in_recovery()") == [(True,)]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(checkpointer, signal.SIGCONT)
+        bot.stop()
 
 
 # --- a failing re-protect step: Retry, Abort and Reject (flows in-process, the emulator as Slack) ---
