@@ -13,6 +13,12 @@ abandon (a crash leaves what the action's own precheck removes or reuses); ``pre
 re-check what can have changed since. When the step will not run any more (a new plan revision, a
 rejection, an abort, the incident closed) the component calls ``withdraw`` to remove what ``prepare``
 left. Both default to doing nothing.
+Undoing a change is the action's own job, inside ``execute``: only the action knows how far it got
+(an in-place restore puts the saved data directory back, a partial restore's swap is one transaction,
+a Neo4j restore re-imports its fresh export, a Milvus restore renames the collection back); it then
+raises ``RolledBack``. The engine never undoes a step after ``execute`` returned: by then the change is
+in production and may already be in use (writes to a restored table), so a later failing check fails
+the step (Retry/Abort) or, for a verification step, sends the incident back to ``assessed``.
 Actions never know they are driven from chat: they get a ``progress`` callback for human-readable
 progress lines and return plain JSON-able output.
 """
@@ -103,9 +109,6 @@ class Action(ABC):
 
     def verify(self) -> None:
         """Raise ActionError when the effect of ``execute`` cannot be observed."""
-
-    def rollback(self) -> None:
-        """Undo what can be undone; the default is that nothing can."""
 
     def is_done(self) -> bool | None:
         """After a crash: True = the effect is in place, False = it is not, None = cannot tell."""

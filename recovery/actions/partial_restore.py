@@ -18,8 +18,9 @@ Step params (contract, issue 9): ``{"backup_id", "backup_time", "target_time": I
   the restored database dropped and the aside one renamed back) fails the step with ``RolledBack``:
   the engine sends the incident back to ``assessed`` with the reason. A refusal before production
   was touched, or an undo that failed, is a plain ``ActionError`` (Retry / Abort).
-- ``verify``: production's row count of the restored object is still the scratch copy's.
-- ``rollback`` (after a committed swap): drop the restored object, rename the aside one back.
+- ``verify``: the restored object is in production under its name and can be read (its row count was
+  compared inside the swap; from then on the application may write to it). There is no undo after a
+  committed swap: the aside object is the way back, listed for the clean-up step.
 - ``is_done`` (after a crash): the aside object this step made is found by the comment it carries
   (``aegis: put aside by INC-n step m …; restored rows=N``) and the restored object holds N rows →
   True; no such aside → False when the object is absent, None ("cannot tell") when it exists — a
@@ -166,27 +167,17 @@ class PostgresPartialRestore(Action):
         return sum(partial.table_counts(partial.in_database(self.dsn, self.database)).values())
 
     def verify(self) -> None:
+        """The restored object is in production under its name and can be read. Its row count is not
+        compared again: the swap compared it inside its transaction (the step's evidence), and the
+        application may write to the restored object from the moment that transaction committed."""
         if self._swap is None:
             return
         try:
             rows = self._rows_now()
         except psycopg.Error as exc:
             raise ActionError(f"{self.what}: {describe_error(exc)}") from None
-        if rows != self._swap.rows:
-            raise ActionError(f"{self.what} holds {rows} rows after the restore, expected {self._swap.rows}")
-
-    def rollback(self) -> None:
-        swap = self._swap
-        if swap is None:
-            return
-        try:
-            if self.table:
-                partial.undo_table(self.dsn, self.database, self.table, swap)
-            else:
-                partial.undo_database(self.dsn, self.database, swap.location, created=True)
-        except psycopg.Error as exc:
-            raise ActionError(f"rolling back {self.what} failed: {describe_error(exc)}") from None
-        self._swap = None
+        if rows is None:
+            raise ActionError(f"{self.what} is not in {self.label} after the restore")
 
     def is_done(self) -> bool | None:
         partial.remove_leftovers(self.scratch)   # asked after a crash: the dead process's scratch copy goes now

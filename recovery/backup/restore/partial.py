@@ -375,18 +375,6 @@ def restore_table(scratch_dsn: str, prod_dsn: str, database: str, table: str, *,
     return swap
 
 
-def undo_table(prod_dsn: str, database: str, table: str, swap: Swap) -> None:
-    """After a committed restore: drop the restored table, rename everything aside back, in one transaction."""
-    schema, name = split_table(table)
-    with _connect(in_database(prod_dsn, database), autocommit=False) as prod, prod.transaction():
-        prod.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, name)))
-        for kind, old, new in reversed(swap.renamed):
-            _rename(prod, kind, schema, new, old)
-        if swap.renamed:
-            prod.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(sql.Identifier(schema, name),
-                                                                     sql.Literal(swap.comment)))
-
-
 def find_table_aside(prod_dsn: str, database: str, table: str, step: str) -> tuple[str, int] | None:
     """The aside table ``step`` left for ``table`` and the rows it restored (from the aside's comment), if any."""
     schema, name = split_table(table)
