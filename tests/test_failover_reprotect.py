@@ -24,7 +24,7 @@ from bot.flows import aftercare
 from recovery.actions.base import ActionError
 from recovery.actions.discard_aside import discard_postgres_data_dir
 from recovery.actions.hook import HookAction
-from recovery.actions.reprotect import NodeControl, PostgresReprotect
+from recovery.actions.reprotect import NodeControl, PostgresReprotect, rewind_running_on
 from recovery.actions.service_start import ServiceStart
 from recovery.health import HealthSpec
 from slack_emulator.server import EmulatorServer
@@ -180,6 +180,67 @@ def test_a_reprotect_killed_part_way_reruns_and_forgets_nothing_it_put_aside(pg_
     for path in listed:
         assert "removed" in discard_postgres_data_dir(str(path), live_data_dirs=(str(data_dir),))
     assert (data_dir / "PG_VERSION").is_file() and pg_pair.primary.sql("SELECT pg_is_in_recovery()") == [(True,)]
+
+
+def _fetching_pg_rewind(pair: PgPair) -> int:
+    """The pid of the re-protect's pg_rewind once it copies blocks from the new primary (its fetch phase)."""
+    fetching = ("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND query LIKE '%pg_read_binary_file%' AND pid <> pg_backend_pid()")
+    wait_for(lambda: pair.standby.sql(fetching) == [(1,)], timeout=30, interval=0.005, what="pg_rewind copying")
+    pid = rewind_running_on(pair.primary.data_dir)
+    assert pid is not None
+    return pid
+
+
+def test_a_reprotect_whose_pg_rewind_was_killed_never_rewinds_that_directory_again(pg_pair: PgPair) -> None:
+    _restart_with(pg_pair.primary, "wal_log_hints = on")
+    _fail_over(pg_pair)
+    # written on the new primary after the failover: pg_rewind has a table to copy, which takes a moment
+    pg_pair.standby.sql("CREATE TABLE bulk AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 200000) g")
+    data_dir, step_key = pg_pair.primary.data_dir, "INC-8#2"
+    own_conf = (data_dir / "postgresql.conf").read_bytes()
+    journal = data_dir.with_name(data_dir.name + ".aegis-reprotect-rewind.json")
+
+    # the first attempt: its pg_rewind is held (SIGSTOP) while it copies, then killed with Aegis
+    crashed: list[BaseException] = []
+
+    def first_attempt() -> None:
+        try:
+            _reprotect(pg_pair, "pg_rewind", step_key).execute(_crash_at("pg-a: pg_rewind failed"))
+        except BaseException as exc:
+            crashed.append(exc)
+
+    attempt = threading.Thread(target=first_attempt)
+    attempt.start()
+    rewind = _fetching_pg_rewind(pg_pair)
+    os.kill(rewind, signal.SIGSTOP)
+    try:
+        assert journal.is_file() and stat.S_IMODE(journal.stat().st_mode) == 0o600
+
+        # approved again while that pg_rewind still lives (orphaned): refused, nothing touched
+        with pytest.raises(ActionError, match=rf"pg_rewind \(pid {rewind}\) of an earlier attempt is still running"):
+            _reprotect(pg_pair, "pg_rewind", step_key).execute(lambda _line: None)
+        assert not list(data_dir.parent.glob(f"{data_dir.name}.aegis-reprotect-*-*"))
+    finally:
+        os.kill(rewind, signal.SIGKILL)
+    attempt.join(60)
+    assert len(crashed) == 1 and isinstance(crashed[0], _Crash)
+    # what pg_rewind also does part-way: the new primary's configuration (its port) lands in the directory
+    (data_dir / "postgresql.conf").write_bytes((pg_pair.standby.data_dir / "postgresql.conf").read_bytes())
+
+    # approved a third time: no second pg_rewind over a half-rewound directory, a fresh base backup instead
+    lines: list[str] = []
+    out = _reprotect(pg_pair, "pg_rewind", step_key).execute(lines.append)
+    assert out["method"] == "base_backup" and "pg_rewind did not finish" in str(out["method_reason"])
+    assert not any("pg_rewind from" in line for line in lines)
+    [aside] = out["aside"]
+    kept = Path(str(aside["location"]))
+    assert kept.parent == data_dir.parent and (kept / "PG_VERSION").is_file()   # the damaged one, moved aside
+    assert (data_dir / "postgresql.conf").read_bytes() == own_conf, "the node's own configuration, its port"
+    assert not journal.exists()
+    assert ("aegis_pg_a", "streaming") in _streaming_names(pg_pair.standby)
+    _wait_rows(pg_pair.primary, "SELECT count(*) FROM bulk", [(200000,)])
+    assert pg_pair.primary.sql("SELECT pg_is_in_recovery()") == [(True,)]
 
 
 def test_reprotect_keeps_the_password_out_of_every_file_but_a_0600_passfile(pg_pair: PgPair) -> None:
@@ -508,6 +569,67 @@ def test_a_failing_reprotect_step_retries_on_a_new_approval_and_abort_or_reject_
         assert harness.incident().aftercare == "reprotect" and [s.id for s in harness.steps()] == [step_id]
         with store.session() as session:
             assert len(svc.ledger_for_step(session, step_id)) == 2
+    finally:
+        harness.stop()
+        store.dispose()
+
+
+def test_a_crash_between_the_reprotect_end_and_the_clean_up_proposal_is_made_good_by_the_sweep(
+    tmp_path: Path, pg_pair: PgPair, emulator: EmulatorServer,
+) -> None:
+    tmp_path.chmod(0o755)
+    pg_pair.primary.stop("immediate")   # no wal_log_hints: the re-protect takes a base backup, the old one aside
+    config = _walk_config(pg_pair, tmp_path)
+    for node in config["components"]["postgres"].values():
+        node.pop("password_env")   # trust auth; in-process there is no aegis serve environment to pass it
+    store = Store(f"sqlite:///{tmp_path}/aegis.db")
+    store.migrate()
+    harness = harness_for(store, emulator, tmp_path, extra={k: config[k] for k in ("components", "hooks", "engine")})
+    flows = harness.flows
+    try:
+        harness.walk_to_assessed()
+        for action, user in (("hook", "U0INFRA"), ("postgres_promote", "U0DB"), ("hook", "U0INFRA")):
+            step = next(s for s in harness.steps() if s.action == action and s.status == "awaiting_approval")
+            flows.approve(user_id=user, step_id=require_id(step))
+            harness.wait_step(require_id(step), "succeeded")
+        harness.wait_state("verified")
+        wait_for(lambda: harness.incident().aftercare == "reprotect", what="the re-protect plan")
+        flows.close(user_id="U0IC", incident_id=harness.incident_id, summary="Failed over; rebuilding the old one.")
+        harness.wait_state("closed")
+        assert harness.incident().aftercare == "reprotect"   # the clean-up waits for the re-protect to settle
+
+        # the process dies the moment the re-protect's end has committed: the clean-up is never proposed
+        moments: list[int] = []
+        flows.propose_aftercare = moments.append   # type: ignore[method-assign]
+        [reprotect] = harness.steps()
+        flows.approve(user_id="U0DB", step_id=require_id(reprotect))
+        harness.wait_step(require_id(reprotect), "succeeded", timeout=120)
+        wait_for(lambda: moments == [harness.incident_id], what="the moment the clean-up would have been proposed")
+        incident = harness.incident()
+        assert incident.aftercare == "reprotect" and incident.protected is True
+        assert [s.id for s in harness.steps()] == [reprotect.id]
+        with store.session() as session:
+            [entry] = svc.ledger_for_step(session, require_id(reprotect))
+            assert harness.incident_id in aftercare.pending_ids(session)
+        assert entry.output["method"] == "base_backup"
+        [aside] = entry.output["aside"]
+        kept = Path(str(aside["location"]))
+        assert kept.is_dir()
+
+        # restarted: the sweep proposes the clean-up of what the re-protect put aside, and it runs on approval
+        del flows.propose_aftercare
+        flows.sweep()
+        assert harness.incident().aftercare == "cleanup"
+        cleanup = next(s for s in harness.steps() if s.action == "discard_aside")
+        assert str(kept) in cleanup.title and kept.is_dir()
+        flows.approve(user_id="U0DB", step_id=require_id(cleanup))
+        harness.wait_step(require_id(cleanup), "succeeded")
+        assert not kept.exists() and (pg_pair.primary.data_dir / "PG_VERSION").is_file()
+        assert pg_pair.primary.sql("SELECT pg_is_in_recovery()") == [(True,)]
+        with store.session() as session:
+            assert harness.incident_id not in aftercare.pending_ids(session)   # its aftercare is over
+        flows.sweep()
+        assert [s.action for s in harness.steps()] == ["discard_aside"] and harness.incident().state == "closed"
     finally:
         harness.stop()
         store.dispose()

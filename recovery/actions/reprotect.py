@@ -18,6 +18,13 @@ What was decided where the issue is silent:
   an orphaned ``pg_basebackup`` may still be writing it), and when the crash fell between the two
   renames (no data directory) it first moves the complete copy into place. So nothing an attempt put
   aside is forgotten and a re-run never refuses a data directory it left half made.
+- **A pg_rewind that never finished** (its process killed with Aegis's, or failed part-way) leaves a
+  directory that may be unusable — pg_rewind's own documentation says to take a fresh backup then —
+  and may already hold the new primary's configuration files. So before pg_rewind starts, the node's
+  own files are saved in ``<data_dir>.aegis-reprotect-rewind.json`` (removed once the directory is
+  good again); a re-run that finds it never rewinds again: it takes a fresh base backup (the damaged
+  directory moved aside, as always) with the saved files. A pg_rewind of an earlier attempt that is
+  still running on the directory (orphaned when Aegis was killed) makes the step refuse until it ended.
 - **The node keeps its own configuration.** Both tools copy the new primary's ``postgresql.conf``,
   ``pg_hba.conf``, ``pg_ident.conf`` and ``postgresql.auto.conf`` (its port, its paths); the old
   node's own files are put back, then ``standby.signal`` and ``primary_conninfo`` are written.
@@ -31,6 +38,8 @@ What was decided where the issue is silent:
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
@@ -57,6 +66,9 @@ PASSFILE = "aegis-primary.pgpass"
 START_LOG = "aegis-pg_ctl.log"
 ASIDE_INFIX = ".aegis-reprotect-aside-"   # <data_dir>.aegis-reprotect-aside-<stamp>: the old directory, kept
 INCOMING_INFIX = ".aegis-reprotect-incoming-"   # <data_dir>.aegis-reprotect-incoming-<stamp>: a copy being taken
+# <data_dir>.aegis-reprotect-rewind.json: a pg_rewind under way and the node's own configuration files.
+# Beside the directory, not in it: pg_rewind removes what the source does not have.
+REWIND_JOURNAL = ".aegis-reprotect-rewind.json"
 _TOOL_TIMEOUT = 3600.0
 
 
@@ -91,6 +103,21 @@ def pgpass_line(user: str, password: str) -> str:
     def esc(value: str) -> str:
         return value.replace("\\", "\\\\").replace(":", "\\:")
     return f"*:*:*:{esc(user)}:{esc(password)}\n"
+
+
+def rewind_running_on(data_dir: Path) -> int | None:
+    """The pid of a pg_rewind whose target is ``data_dir`` (an earlier attempt's, orphaned by a crash), if any."""
+    target = str(data_dir)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        if argv and Path(argv[0]).name == "pg_rewind" and target in argv:
+            return int(entry.name)
+    return None
 
 
 def _conf_string(value: str) -> str:
@@ -153,11 +180,21 @@ class PostgresReprotect(Action):
     # --- the work -------------------------------------------------------------------------------
 
     def execute(self, progress: Progress) -> JsonObject:
+        orphan = rewind_running_on(self.old.data_dir)
+        if orphan is not None:
+            raise ActionError(f"pg_rewind (pid {orphan}) of an earlier attempt is still running on "
+                              f"{self.old.data_dir}: wait until it has ended (or stop it), then Retry; "
+                              "nothing was changed")
         self._finish_interrupted_swap(progress)
         earlier = self._left_by_earlier_attempts(progress)
+        own_config = self._interrupted_rewind()
         self._stop_old(progress)
         method, why, aside = self.method, "", None
-        if method == "pg_rewind":
+        if own_config is not None:
+            method, why = "base_backup", ("an earlier attempt's pg_rewind did not finish, and a directory pg_rewind "
+                                          "left half done may be unusable: took a fresh base backup")
+            progress(f"{self.old_label}: {why}")
+        elif method == "pg_rewind":
             possible, why = self.rewind_possible()
             if possible:
                 failure = self._rewind(progress)
@@ -167,7 +204,8 @@ class PostgresReprotect(Action):
                 method = "base_backup"
             progress(f"{self.old_label}: {why}")
         if method == "base_backup":
-            aside = self._base_backup(progress)
+            aside = self._base_backup(progress, own_config)
+        self._rewind_journal().unlink(missing_ok=True)   # the directory is a whole one again
         self._make_standby()
         self._start_old(progress)
         standby = self._wait_streaming(progress)
@@ -258,18 +296,50 @@ class PostgresReprotect(Action):
         except ActionError as exc:
             progress(f"{self.new_label}: CHECKPOINT before pg_rewind failed ({exc}); rewinding anyway")
         saved = self._saved_config(self.old.data_dir)
+        self._write_rewind_journal(saved)
         proc = self._with_passfile(lambda conninfo, passfile: self._tool(
             ["pg_rewind", "--target-pgdata", str(self.old.data_dir), "--source-server", conninfo],
             password_file=passfile))
         self._put_config_back(saved)
         if proc.returncode != 0:
-            return last_line(proc.stderr or proc.stdout)
+            return last_line(proc.stderr or proc.stdout)   # the journal stays: the base backup follows
         self.observed.append(evidence("pg_rewind", last_line(proc.stdout + proc.stderr), "done", True))
         return ""
 
-    def _base_backup(self, progress: Progress) -> Path:
+    def _rewind_journal(self) -> Path:
+        return self.old.data_dir.with_name(self.old.data_dir.name + REWIND_JOURNAL)
+
+    def _write_rewind_journal(self, config: dict[str, bytes]) -> None:
+        """Before pg_rewind: record that it starts, with the node's own configuration files (0600)."""
+        path = self._rewind_journal()
+        temporary = path.with_name(path.name + ".tmp")
+        body = {"step": self.step_key, "at": datetime.now(UTC).isoformat(),
+                "config": {name: base64.b64encode(content).decode() for name, content in config.items()}}
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(body, f)
+            f.flush()
+            os.fsync(f.fileno())
+        temporary.replace(path)
+
+    def _interrupted_rewind(self) -> dict[str, bytes] | None:
+        """The node's own configuration files a pg_rewind that never finished saved; None when none did.
+        An unreadable journal still means an interrupted pg_rewind (with nothing saved)."""
+        try:
+            body = json.loads(self._rewind_journal().read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        saved = body.get("config") if isinstance(body, dict) else None
+        if not isinstance(saved, dict):
+            return {}
+        return {name: base64.b64decode(str(content)) for name, content in saved.items() if name in CONFIG_FILES}
+
+    def _base_backup(self, progress: Progress, own_config: dict[str, bytes] | None = None) -> Path:
         """pg_basebackup -R a fresh copy beside the old directory, then move the old one aside (never
-        deleted) and the copy into its place; the aside path."""
+        deleted) and the copy into its place; the aside path. ``own_config``: the node's configuration
+        files an interrupted pg_rewind saved (the old directory's may be the new primary's by now)."""
         data_dir = self.old.data_dir
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")   # microseconds: a re-run never meets its own names
         incoming = data_dir.with_name(f"{data_dir.name}{INCOMING_INFIX}{stamp}")
@@ -284,7 +354,7 @@ class PostgresReprotect(Action):
             shutil.rmtree(incoming, ignore_errors=True)   # our own incomplete copy, nobody's data
             raise ActionError(f"pg_basebackup from {self.new_label} failed: {last_line(proc.stderr)}; "
                               f"{data_dir} is untouched")
-        self._put_config_back(self._saved_config(data_dir), into=incoming)
+        self._put_config_back(own_config or self._saved_config(data_dir), into=incoming)
         aside = data_dir.with_name(f"{data_dir.name}{ASIDE_INFIX}{stamp}")
         progress(f"{self.old_label}: moving {data_dir} aside to {aside} and the fresh copy into its place")
         # marked before the rename: a crash between the two cannot leave an aside directory unmarked
