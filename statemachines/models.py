@@ -58,6 +58,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 class Incident(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     key: str | None = Field(default=None, index=True, unique=True)   # "INC-7"
+    # the request that declared it (a slash command's trigger_id, a form's view id): a retried or
+    # redelivered request finds this incident instead of declaring a second one
+    request_key: str | None = Field(default=None, index=True, unique=True)
     scenario: str
     severity: str
     summary: str

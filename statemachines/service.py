@@ -87,11 +87,11 @@ class StepSpec:
 
 def declare(
     session: Session, *, scenario: str, severity: str, summary: str, declared_by: str,
-    locale: str, stakeholder_channel: str | None,
+    locale: str, stakeholder_channel: str | None, request_key: str | None = None,
 ) -> Incident:
     incident = Incident(
         scenario=scenario, severity=severity, summary=summary, declared_by=declared_by,
-        locale=locale, stakeholder_channel=stakeholder_channel,
+        locale=locale, stakeholder_channel=stakeholder_channel, request_key=request_key,
     )
     session.add(incident)
     session.flush()
@@ -102,6 +102,11 @@ def declare(
     ))
     session.flush()
     return incident
+
+
+def find_by_request(session: Session, request_key: str) -> Incident | None:
+    """The incident a request (``Incident.request_key``) declared, if any."""
+    return session.exec(select(Incident).where(Incident.request_key == request_key)).first()
 
 
 def get(session: Session, incident_id: int) -> Incident:

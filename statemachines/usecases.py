@@ -155,10 +155,20 @@ def _authorise_step(session: Session, incident: Incident, step: PlanStep, user_i
 # --- declare and roles --------------------------------------------------------------------------
 
 def declare(session: Session, *, scenario: str, severity: str, summary: str, declared_by: str, locale: str,
-            stakeholder_channel: str | None) -> Incident:
-    """Open an incident: the room (channel, invites, reminders), the card and the stakeholder thread."""
+            stakeholder_channel: str | None, request_key: str | None = None) -> Incident:
+    """Open an incident: the room (channel, invites, reminders), the card and the stakeholder thread.
+
+    With ``request_key`` (the Slack request that asks for it), a request seen before gets the incident it
+    declared then — Slack redelivering an envelope after a restart, a client retrying — and nothing new."""
+    if request_key is not None:
+        earlier = svc.find_by_request(session, request_key)
+        if earlier is not None:
+            _log_on_commit(session, require_id(earlier), f"declaration request seen again: answered with "
+                           f"{earlier.key}, nothing declared", event="declare_repeated", actor=declared_by)
+            return earlier
     incident = svc.declare(session, scenario=scenario, severity=severity, summary=summary,
-                           declared_by=declared_by, locale=locale, stakeholder_channel=stakeholder_channel)
+                           declared_by=declared_by, locale=locale, stakeholder_channel=stakeholder_channel,
+                           request_key=request_key)
     incident_id = require_id(incident)
     for kind in ("open_room", "card", "stakeholder_root"):
         svc.tell(session, incident_id=incident_id, kind=kind, version=incident.version)

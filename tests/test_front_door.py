@@ -182,6 +182,18 @@ def test_slash_commands_with_the_word_payload_are_handled(bot: AegisProcess, emu
 
 # --- 4. authenticate before parsing -------------------------------------------------------------
 
+def test_a_declaration_slack_sends_again_declares_one_incident(bot: AegisProcess, emulator: EmulatorServer) -> None:
+    with bot.store().session() as session:
+        before = {i.key for i in svc.open_incidents(session)}
+    first = emulator.driver.slash("U0IC", "incident database_failure critical declared once, sent twice")
+    assert first.status_code == 200
+    again = emulator.driver.resend(retry_num=1)   # the same request (its trigger_id), as Slack retries it
+    assert again.status_code == 200
+    with bot.store().session() as session:
+        new = [i.key for i in svc.open_incidents(session) if i.key not in before]
+    assert len(new) == 1 and new[0] in first.text and new[0] in again.text, (first.text, again.text)
+
+
 @pytest.mark.parametrize("timestamp", ["abc", "1.5", "", "-5", "0x10", "１２３"])
 def test_bad_timestamps_are_unauthenticated(bot: AegisProcess, timestamp: str) -> None:
     body = slash_body("help")

@@ -296,3 +296,26 @@ def test_the_socket_mode_manifest_is_the_http_one_without_request_urls() -> None
     http["settings"]["interactivity"].pop("request_url")
     http["settings"]["socket_mode_enabled"] = True
     assert socket == http
+
+
+def test_a_declaration_redelivered_after_a_restart_declares_no_second_incident(
+    bot: AegisProcess, socket_emulator: EmulatorServer,
+) -> None:
+    socket = socket_of(socket_emulator)
+    walk = Walk(bot, socket_emulator)
+    walk.declare()
+    first = walk.incident()
+
+    # the bot restarts (its memory of acked envelopes is gone) and Slack delivers the declaration again
+    bot.stop()
+    opened = len(socket.connections())
+    bot.start()
+    socket.wait_for_connection(after=opened)
+    again = walk.driver.redeliver(retry_attempt=1)
+    assert again.status_code == 200, again.text
+    assert first.key in again.text, again.text   # answered with the incident it declared the first time
+    wait_for(lambda: "declaration request seen again" in bot.log(), what="the bot recognising the request")
+    with walk.store.session() as session:
+        assert [i.key for i in svc.open_incidents(session)] == [first.key]
+    inc_channels = [c for c in socket_emulator.state.channels() if c["name"].startswith("inc-")]
+    assert len(inc_channels) == 1

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, tzinfo
 from typing import TypeVar
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from bot import wiring
@@ -140,11 +141,24 @@ class Flows:
 
     # --- declare -----------------------------------------------------------------------------
 
-    def declare(self, *, user_id: str, scenario: str, severity: str, summary: str) -> Incident:
-        with self.store.session() as session:
-            incident = usecases.declare(session, scenario=scenario, severity=severity, summary=summary,
-                                        declared_by=user_id, locale=self.locale,
-                                        stakeholder_channel=self.config.slack.stakeholder_channel)
+    def declare(self, *, user_id: str, scenario: str, severity: str, summary: str,
+                request_key: str | None = None) -> Incident:
+        """Declare an incident; a ``request_key`` seen before answers with the incident it declared."""
+        try:
+            with self.store.session() as session:
+                incident = usecases.declare(session, scenario=scenario, severity=severity, summary=summary,
+                                            declared_by=user_id, locale=self.locale,
+                                            stakeholder_channel=self.config.slack.stakeholder_channel,
+                                            request_key=request_key)
+        except IntegrityError:
+            # the same request, delivered twice at once, committed first on another thread or replica
+            if request_key is None:
+                raise
+            with self.store.session() as session:
+                earlier = svc.find_by_request(session, request_key)
+            if earlier is None:
+                raise
+            return earlier
         self.committed()
         return incident
 
