@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -165,3 +167,43 @@ def test_a_directory_entry_with_a_size_is_refused(tmp_path: Path) -> None:
         info.type, info.size = tarfile.DIRTYPE, 3
         tar.addfile(info, io.BytesIO(b"abc"))
     _refused(tmp_path, _tar(add), "gives directory")
+
+
+BIG = {   # written with O_DIRECT: whole pieces, the last one padded and the file truncated to its size
+    "base/5/16396": os.urandom(BUFFER * 3 + 4095),
+    "base/5/16397": os.urandom(BUFFER),            # exactly the threshold, no padding
+    "base/5/16398": os.urandom(BUFFER + 1),
+    "pg_wal/000000010000000000000003": os.urandom(BUFFER * 2),
+}
+
+
+def _big_tar() -> bytes:
+    def add(tar: tarfile.TarFile) -> None:
+        for name in ("base", "base/5", "pg_wal"):
+            _dir(tar, name)
+        for name, data in BIG.items():
+            _file(tar, name, data)
+    return _tar(add)
+
+
+@pytest.mark.parametrize("where", ["disk", "tmpfs"])
+def test_big_members_go_past_the_page_cache_and_end_byte_for_byte_at_their_size(
+        tmp_path: Path, where: str) -> None:
+    if where == "tmpfs":   # tmpfs refuses O_DIRECT: the same files, written through the page cache
+        shm = Path("/dev/shm")
+        if not shm.is_dir():
+            pytest.skip("no /dev/shm here")
+        base = Path(tempfile.mkdtemp(dir=shm))
+    else:
+        base = tmp_path
+    root = base / "d"
+    root.mkdir()
+    try:
+        assert extract(io.BufferedReader(_Trickle(_big_tar(), 4096 * 3 + 5)), root, None) == \
+            sum(len(v) for v in BIG.values())   # type: ignore[arg-type]
+        for name, content in BIG.items():
+            assert (root / name).stat().st_size == len(content), name
+            assert (root / name).read_bytes() == content, name
+    finally:
+        if where == "tmpfs":
+            shutil.rmtree(base)

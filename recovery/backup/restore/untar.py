@@ -18,10 +18,23 @@ stream that ends inside a member or before the end-of-archive block, and a heade
 fields do not parse. Directories are 0700 and files 0600, owned by ``owner`` when given (the server's
 OS user). The bytes are not checked here: the caller authenticates the stream (AES-GCM tags and the
 stored sha256) and discards the directory when that fails.
+
+Members of ``DIRECT_MIN`` bytes or more (relation segments, WAL segments: most of the bytes) are
+written with ``O_DIRECT``, past the page cache: on this VM, filling page cache whose memory lay idle
+costs a host page fault per 4 KiB, which made ``os.write`` three quarters of a restore's extraction —
+913 MB extracted in 1.81–2.32 s buffered and 0.83–1.07 s direct (3 s apart, one thread), and
+``dd oflag=direct`` writes at 1.8 GB/s where buffered ``dd`` after a pause reaches 0.6–1.1. The writes
+stay whole 1 MiB pieces from a page-aligned buffer; a member's last piece is padded to ``ALIGN`` and
+the file truncated to its size. A filesystem that refuses ``O_DIRECT`` (tmpfs) or a write it rejects
+(an unusual alignment) gets the buffered write instead. The restored server then reads those files
+from disk rather than from cache, as it would after any reboot.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import mmap
 import os
 import tarfile
 from pathlib import Path, PurePosixPath
@@ -31,6 +44,8 @@ BLOCK = 512
 BUFFER = 1024 * 1024
 _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+DIRECT_MIN = BUFFER     # members at least this big are written with O_DIRECT
+ALIGN = 4096            # O_DIRECT: length and offset of every write a multiple of this
 
 
 class TarRefused(ValueError):
@@ -90,9 +105,41 @@ def _write_all(fd: int, view: memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+def _set_direct(fd: int, on: bool) -> bool:
+    """Switch ``O_DIRECT`` on ``fd`` on or off; False when the filesystem does not take it (tmpfs)."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
+    except OSError:
+        return False
+    return True
+
+
+def _write_direct(fd: int, view: memoryview, data: int) -> bool:
+    """Write ``data`` bytes of ``view`` (padded to ``ALIGN``, the caller truncates); False when the write
+    was refused for its alignment and made buffered instead (the file stays buffered from then on)."""
+    padded = data + (-data % ALIGN)
+    try:
+        written = os.write(fd, view[:padded])
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        _set_direct(fd, False)
+        _write_all(fd, view[:data])
+        return False
+    if written != padded:   # a short direct write: the rest goes buffered, at the right offset
+        _set_direct(fd, False)
+        if written < data:
+            _write_all(fd, view[written:data])
+        return False
+    return True
+
+
 def _copy_member(stream: BinaryIO, fd: int, size: int, buffer: memoryview, name: str) -> None:
     """The member's ``size`` bytes into ``fd``, then the padding to the next block boundary."""
-    left = size + (-size % BLOCK)
+    direct = size >= DIRECT_MIN and _set_direct(fd, True)
+    padded = direct
+    total, left = size, size + (-size % BLOCK)
     while left:
         want = min(left, len(buffer))
         got = _read_exactly(stream, buffer[:want])
@@ -100,9 +147,14 @@ def _copy_member(stream: BinaryIO, fd: int, size: int, buffer: memoryview, name:
             raise TarRefused(f"backup tar ends inside {name!r}: the stream is truncated")
         data = min(got, size)
         if data:
-            _write_all(fd, buffer[:data])
+            if direct:
+                direct = _write_direct(fd, buffer, data)
+            else:
+                _write_all(fd, buffer[:data])
         size -= data
         left -= got
+    if padded and total % ALIGN:
+        os.ftruncate(fd, total)   # the last direct write was padded
 
 
 def _header(stream: BinaryIO, block: memoryview) -> tarfile.TarInfo | None:
@@ -120,7 +172,7 @@ def _header(stream: BinaryIO, block: memoryview) -> tarfile.TarInfo | None:
 
 def extract(stream: BinaryIO, root: Path, owner: tuple[int, int] | None) -> int:
     """Extract every member of ``stream`` under existing, empty ``root``; returns the file bytes written."""
-    block, buffer = memoryview(bytearray(BLOCK)), memoryview(bytearray(BUFFER))
+    block, buffer = memoryview(bytearray(BLOCK)), memoryview(mmap.mmap(-1, BUFFER))   # page-aligned: O_DIRECT
     directories, total = _Directories(root, owner), 0
     while (member := _header(stream, block)) is not None:
         rel = member_path(member.name)
