@@ -65,6 +65,33 @@ def restored(target: Target, name: str, key: BackupKey, sha: str | None = None, 
     return sink.getvalue()
 
 
+def test_a_pipe_read_in_uneven_pieces_into_reused_buffers_comes_back_byte_for_byte(tmp_path: Path,
+                                                                                  key: BackupKey) -> None:
+    """The source is read into a few buffers used over and over (pipeline._read_ahead): a piece is
+    overwritten only after the compressor took it, whatever sizes the pipe hands out."""
+    import threading
+
+    data = mixed_data(9 * MiB + 12345, 5 * MiB)   # ~14 MiB: every buffer is reused a few times
+    read_fd, write_fd = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_fd, "wb", buffering=0) as out:
+            view, size = memoryview(data), 1
+            while view:
+                size = size * 7 % 300_007 + 1   # uneven writes: the reads come back uneven too
+                out.write(view[:size])
+                view = view[size:]
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    target = LocalTarget(tmp_path / "local")
+    with os.fdopen(read_fd, "rb", buffering=0) as source:
+        result = backup_stream(source, "pipe.enc", [target], key)
+    writer.join()
+    assert result.ok and result.source_size == len(data)
+    assert restored(target, "pipe.enc", key, result.sha256) == data
+
+
 def frame_offsets(blob: bytes) -> list[tuple[int, int]]:
     """(start, end) of each stored frame, length prefix included."""
     offsets, pos = [], HEADER_SIZE

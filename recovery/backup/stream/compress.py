@@ -23,9 +23,12 @@ def default_threads() -> int:
 
 
 def compress_chunks(
-    chunks: Iterable[bytes], level: int = DEFAULT_LEVEL, threads: int | None = None, piece_size: int = DEFAULT_PIECE
+    chunks: Iterable[bytes | memoryview], level: int = DEFAULT_LEVEL, threads: int | None = None,
+    piece_size: int = DEFAULT_PIECE,
 ) -> Iterator[bytes]:
     """Compress ``chunks`` into one zstd frame, yielding pieces of exactly ``piece_size`` (the last may be short).
+
+    Each chunk is copied into zstd's input before the next is taken, so it may be a reused buffer.
 
     Fixed-size pieces let the encryptor use full chunks without another buffering layer.
     """
