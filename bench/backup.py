@@ -7,6 +7,8 @@ One throwaway PostgreSQL 15 cluster (``tests.harness.pgcluster.PgSingle``, run a
 (b) Aegis      ``python -m bot.cli backup run postgresql --quiet``: zstd + AES-256-GCM to a local dir,
                S3 (moto's server) and Azure Blob (Azurite) at once; the local staging copy is then
                deleted because two remote targets hold the backup (B6)
+(bL) Aegis      the same backup with a config holding the local directory only — pgBackRest's targets
+               (not a goal: it shows what the emulated S3 and Azure servers, on the same two cores, cost b)
 (c) pgBackRest ``pgbackrest backup --type=full`` into a local repository, ``compress-type=zst``,
                ``repo1-cipher-type=aes-256-cbc``, ``process-max`` 2, ``start-fast``; WAL archiving
                through ``pgbackrest archive-push``
@@ -376,6 +378,9 @@ class Bench:
             ],
         }
         (self.aegis_dir / "aegis.yaml").write_text(yaml.safe_dump(config))
+        local_only = {**config, "storage": [{"kind": "local", "path": str(self.aegis_dir / "local-only"),
+                                             "name": "local"}]}
+        (self.aegis_dir / "aegis-local.yaml").write_text(yaml.safe_dump(local_only))
         self.aegis_env = {
             **os.environ,
             "AEGIS_CONFIG": str(self.aegis_dir / "aegis.yaml"),
@@ -389,9 +394,13 @@ class Bench:
             probe = subprocess.run([sys.executable, "-m", "bot.cli", "restore", "postgres", "--help"],
                                    env=self.aegis_env, cwd=self.aegis_dir, capture_output=True, check=False)
             self.restore_via = "cli" if probe.returncode == 0 else "api"
-        # The first CLI call migrates the catalog; keep that one-off out of (b).
-        checked("aegis backup list", run_measured([sys.executable, "-m", "bot.cli", "backup", "list"],
-                                                  env=self.aegis_env, cwd=self.aegis_dir))
+        # (bL) keeps a catalog of its own, so (b') restores from (b)'s
+        self.local_env = {**self.aegis_env, "AEGIS_CONFIG": str(self.aegis_dir / "aegis-local.yaml"),
+                          "AEGIS_DATABASE_URL": f"sqlite:///{self.aegis_dir}/aegis-local.db"}
+        # The first CLI call migrates the catalog; keep that one-off out of (b) and (bL).
+        for env in (self.aegis_env, self.local_env):
+            checked("aegis backup list", run_measured([sys.executable, "-m", "bot.cli", "backup", "list"],
+                                                      env=env, cwd=self.aegis_dir))
 
     def pgbr(self, args: list[str]) -> list[str]:
         return ["pgbackrest", f"--config={self.pgbr_conf}", f"--stanza={STANZA}", *args]
@@ -434,6 +443,18 @@ class Bench:
             "run_id": self.run_id, "copies": sum(1 for t in targets.values() if t.get("ok") and not t.get("removed")),
             "targets": targets, "local_staging_files_left": staging_left,
             "catalog_started_at": str(row[2]), "catalog_finished_at": str(row[3]), "stdout": m.stdout.strip()}))
+
+    def aegis_backup_local(self) -> None:
+        warm_cache(self.pg.primary.data_dir)
+        load = os.getloadavg()
+        m = checked("aegis backup run (local only)", run_measured(
+            [sys.executable, "-m", "bot.cli", "backup", "run", "postgresql", "--quiet"],
+            env=self.local_env, cwd=self.aegis_dir, sample_rss=True))
+        if ": ok" not in (m.stdout.splitlines() or [""])[0]:
+            raise BenchError(f"aegis backup (local only) did not report success:\n{m.stdout}\n{m.stderr[-2000:]}")
+        stored = dir_size(self.aegis_dir / "local-only")
+        self.add(Step("bL", m.seconds, m.cpu_seconds, stored, m.peak_rss_mib, load, {"stdout": m.stdout.strip()}))
+        shutil.rmtree(self.aegis_dir / "local-only")   # one round's copy at a time on the disk
 
     def pgbackrest_backup(self) -> None:
         warm_cache(self.pg.primary.data_dir)
@@ -575,6 +596,7 @@ def verdicts(s: dict[str, dict[str, Any]]) -> dict[str, Any]:
 LABELS = {
     "a": "a  floor: pg_basebackup | zstd -1 -T2",
     "b": "b  Aegis backup (local+S3+Azure, AES-GCM)",
+    "bL": "bL Aegis backup, local target only",
     "c": "c  pgBackRest backup (zst, aes-256-cbc)",
     "b'": "b' Aegis restore from S3 → writable",
     "c'": "c' pgBackRest restore → writable",
@@ -606,7 +628,9 @@ def render(b: Bench, s: dict[str, dict[str, Any]], v: dict[str, Any], rounds: in
     lines += [
         "",
         f"backup  b/a   = {v['backup_b_over_a']:.2f}  (goal <= {GOAL_BACKUP_FLOOR})",
-        f"backup  b/c   = {v['backup_b_over_c']:.2f}  (goal <= {GOAL_BACKUP_PEER})",
+        f"backup  b/c   = {v['backup_b_over_c']:.2f}  (goal <= {GOAL_BACKUP_PEER}); with pgBackRest's targets "
+        f"bL/c = {s['bL']['seconds'] / s['c']['seconds']:.2f}, bL/a = {s['bL']['seconds'] / s['a']['seconds']:.2f} "
+        "(not goals)",
         f"restore b'/c' = {v['restore_b_over_c']:.2f}  (goal <= {GOAL_RESTORE_PEER})",
         f"Aegis peak RSS (VmHWM of the Aegis process, max over rounds): backup {v['rss_backup_mib']:.1f} MiB, "
         f"restore {v['rss_restore_mib']:.1f} MiB (goal <= {GOAL_RSS_MB:.0f} MiB)",
@@ -732,6 +756,7 @@ def _run_scale(scale: int, args: argparse.Namespace, remote: dict[str, int]) -> 
                 bench.log(f"scale {scale}: round {rounds}/{args.rounds}")
             bench.floor()
             bench.aegis_backup()
+            bench.aegis_backup_local()
             bench.pgbackrest_backup()
             bench.aegis_restore()
             bench.pgbackrest_restore()
