@@ -334,7 +334,11 @@ class PostgresReprotect(Action):
         saved = body.get("config") if isinstance(body, dict) else None
         if not isinstance(saved, dict):
             return {}
-        return {name: base64.b64decode(str(content)) for name, content in saved.items() if name in CONFIG_FILES}
+        try:
+            return {name: base64.b64decode(str(content), validate=True) for name, content in saved.items()
+                    if name in CONFIG_FILES}
+        except ValueError:   # a damaged journal: the base backup keeps whatever configuration it finds
+            return {}
 
     def _base_backup(self, progress: Progress, own_config: dict[str, bytes] | None = None) -> Path:
         """pg_basebackup -R a fresh copy beside the old directory, then move the old one aside (never
