@@ -418,16 +418,20 @@ class Bench:
         self.add(Step("a", m.seconds, m.cpu_seconds, out.stat().st_size, load_before=load))
         out.unlink()
 
-    def aegis_backup(self) -> None:
+    def _run_aegis_backup(self, env: dict[str, str], what: str) -> tuple[Measured, tuple[float, float, float]]:
+        """``aegis backup run postgresql`` with ``env``, timed; the measurement and the load before it."""
         warm_cache(self.pg.primary.data_dir)
         load = os.getloadavg()
-        m = checked("aegis backup run", run_measured(
-            [sys.executable, "-m", "bot.cli", "backup", "run", "postgresql", "--quiet"],
-            env=self.aegis_env, cwd=self.aegis_dir, sample_rss=True))
+        m = checked(what, run_measured([sys.executable, "-m", "bot.cli", "backup", "run", "postgresql", "--quiet"],
+                                       env=env, cwd=self.aegis_dir, sample_rss=True))
         first = m.stdout.split()[0] if m.stdout.split() else ""
         if not first.startswith("backup_") or ": ok" not in m.stdout.splitlines()[0]:
-            raise BenchError(f"aegis backup did not report success:\n{m.stdout}\n{m.stderr[-2000:]}")
-        self.run_id = first
+            raise BenchError(f"{what} did not report success:\n{m.stdout}\n{m.stderr[-2000:]}")
+        return m, load
+
+    def aegis_backup(self) -> None:
+        m, load = self._run_aegis_backup(self.aegis_env, "aegis backup run")
+        self.run_id = m.stdout.split()[0]
         from sqlalchemy import create_engine, text
 
         engine = create_engine(self.aegis_env["AEGIS_DATABASE_URL"])
@@ -445,13 +449,7 @@ class Bench:
             "catalog_started_at": str(row[2]), "catalog_finished_at": str(row[3]), "stdout": m.stdout.strip()}))
 
     def aegis_backup_local(self) -> None:
-        warm_cache(self.pg.primary.data_dir)
-        load = os.getloadavg()
-        m = checked("aegis backup run (local only)", run_measured(
-            [sys.executable, "-m", "bot.cli", "backup", "run", "postgresql", "--quiet"],
-            env=self.local_env, cwd=self.aegis_dir, sample_rss=True))
-        if ": ok" not in (m.stdout.splitlines() or [""])[0]:
-            raise BenchError(f"aegis backup (local only) did not report success:\n{m.stdout}\n{m.stderr[-2000:]}")
+        m, load = self._run_aegis_backup(self.local_env, "aegis backup run (local only)")
         stored = dir_size(self.aegis_dir / "local-only")
         self.add(Step("bL", m.seconds, m.cpu_seconds, stored, m.peak_rss_mib, load, {"stdout": m.stdout.strip()}))
         shutil.rmtree(self.aegis_dir / "local-only")   # one round's copy at a time on the disk

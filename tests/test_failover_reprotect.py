@@ -32,7 +32,7 @@ from statemachines import service as svc
 from statemachines.models import require_id
 from statemachines.store import Store
 from tests.harness.aegis_process import PG_PASSWORD, AegisProcess, wait_for
-from tests.harness.flows_harness import harness_for, outcome_of
+from tests.harness.flows_harness import Harness, harness_for, outcome_of
 from tests.harness.pgcluster import PgNode, PgPair
 from tests.harness.slack_reading import all_text
 from tests.harness.walk import Walk, close_with_modal
@@ -503,10 +503,11 @@ def test_aegis_killed_during_a_reprotect_asks_again_and_the_rerun_keeps_everythi
 
 # --- a failing re-protect step: Retry, Abort and Reject (flows in-process, the emulator as Slack) ---
 
-@pytest.mark.parametrize("give_up", ["abort", "reject"])
-def test_a_failing_reprotect_step_retries_on_a_new_approval_and_abort_or_reject_abandons_it(
-    tmp_path: Path, pg_pair: PgPair, emulator: EmulatorServer, give_up: str,
-) -> None:
+@contextlib.contextmanager
+def _failed_over_in_process(tmp_path: Path, pg_pair: PgPair,
+                            emulator: EmulatorServer) -> Iterator[tuple[Store, Harness]]:
+    """The primary dies (no wal_log_hints: a re-protect takes a base backup); the flows in-process with the
+    emulator as Slack: assessed, the failover plan approved step by step, verified, the re-protect plan waiting."""
     tmp_path.chmod(0o755)
     pg_pair.primary.stop("immediate")
     config = _walk_config(pg_pair, tmp_path)
@@ -515,15 +516,26 @@ def test_a_failing_reprotect_step_retries_on_a_new_approval_and_abort_or_reject_
     store = Store(f"sqlite:///{tmp_path}/aegis.db")
     store.migrate()
     harness = harness_for(store, emulator, tmp_path, extra={k: config[k] for k in ("components", "hooks", "engine")})
-    flows = harness.flows
     try:
         harness.walk_to_assessed()
         for action, user in (("hook", "U0INFRA"), ("postgres_promote", "U0DB"), ("hook", "U0INFRA")):
             step = next(s for s in harness.steps() if s.action == action and s.status == "awaiting_approval")
-            flows.approve(user_id=user, step_id=require_id(step))
+            harness.flows.approve(user_id=user, step_id=require_id(step))
             harness.wait_step(require_id(step), "succeeded")
         harness.wait_state("verified")
         wait_for(lambda: harness.incident().aftercare == "reprotect", what="the re-protect plan")
+        yield store, harness
+    finally:
+        harness.stop()
+        store.dispose()
+
+
+@pytest.mark.parametrize("give_up", ["abort", "reject"])
+def test_a_failing_reprotect_step_retries_on_a_new_approval_and_abort_or_reject_abandons_it(
+    tmp_path: Path, pg_pair: PgPair, emulator: EmulatorServer, give_up: str,
+) -> None:
+    with _failed_over_in_process(tmp_path, pg_pair, emulator) as (store, harness):
+        flows = harness.flows
         [reprotect] = harness.steps()
         step_id = require_id(reprotect)
 
@@ -569,31 +581,13 @@ def test_a_failing_reprotect_step_retries_on_a_new_approval_and_abort_or_reject_
         assert harness.incident().aftercare == "reprotect" and [s.id for s in harness.steps()] == [step_id]
         with store.session() as session:
             assert len(svc.ledger_for_step(session, step_id)) == 2
-    finally:
-        harness.stop()
-        store.dispose()
 
 
 def test_a_crash_between_the_reprotect_end_and_the_clean_up_proposal_is_made_good_by_the_sweep(
     tmp_path: Path, pg_pair: PgPair, emulator: EmulatorServer,
 ) -> None:
-    tmp_path.chmod(0o755)
-    pg_pair.primary.stop("immediate")   # no wal_log_hints: the re-protect takes a base backup, the old one aside
-    config = _walk_config(pg_pair, tmp_path)
-    for node in config["components"]["postgres"].values():
-        node.pop("password_env")   # trust auth; in-process there is no aegis serve environment to pass it
-    store = Store(f"sqlite:///{tmp_path}/aegis.db")
-    store.migrate()
-    harness = harness_for(store, emulator, tmp_path, extra={k: config[k] for k in ("components", "hooks", "engine")})
-    flows = harness.flows
-    try:
-        harness.walk_to_assessed()
-        for action, user in (("hook", "U0INFRA"), ("postgres_promote", "U0DB"), ("hook", "U0INFRA")):
-            step = next(s for s in harness.steps() if s.action == action and s.status == "awaiting_approval")
-            flows.approve(user_id=user, step_id=require_id(step))
-            harness.wait_step(require_id(step), "succeeded")
-        harness.wait_state("verified")
-        wait_for(lambda: harness.incident().aftercare == "reprotect", what="the re-protect plan")
+    with _failed_over_in_process(tmp_path, pg_pair, emulator) as (store, harness):
+        flows = harness.flows
         flows.close(user_id="U0IC", incident_id=harness.incident_id, summary="Failed over; rebuilding the old one.")
         harness.wait_state("closed")
         assert harness.incident().aftercare == "reprotect"   # the clean-up waits for the re-protect to settle
@@ -630,6 +624,3 @@ def test_a_crash_between_the_reprotect_end_and_the_clean_up_proposal_is_made_goo
             assert harness.incident_id not in aftercare.pending_ids(session)   # its aftercare is over
         flows.sweep()
         assert [s.action for s in harness.steps()] == ["discard_aside"] and harness.incident().state == "closed"
-    finally:
-        harness.stop()
-        store.dispose()

@@ -153,11 +153,15 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             return lambda: answer_for(failure)
         return lambda: result
 
-    def declare(user: str, scenario: str, severity: str, summary: str, request_key: str | None) -> Message:
+    def request_key(kind: str, value: object) -> str | None:
+        """The Slack request's own id (a command's ``trigger_id``, a form's view id) as ``kind:id``."""
+        return f"{kind}:{value}" if isinstance(value, str) and value else None
+
+    def declare(user: str, scenario: str, severity: str, summary: str, request: str | None) -> Message:
         """Declare, and the declarer's confirmation naming whom the roster invites (nobody: how to add one).
-        ``request_key`` names the Slack request: the same request again gets the same incident and answer."""
+        ``request`` names the Slack request: the same request again gets the same incident and answer."""
         key = flows.declare(user_id=user, scenario=scenario, severity=severity, summary=summary,
-                            request_key=request_key).key or ""
+                            request_key=request).key or ""
         invited = [u for u in flows.config.response_team(scenario) if u != user]
         return modal_blocks.declared_ack(key, locale, scenario=scenario, invited=invited)
 
@@ -253,8 +257,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
             return
 
         if isinstance(parsed, commands.Declare):
-            trigger = command.get("trigger_id")
-            request = f"command:{trigger}" if isinstance(trigger, str) and trigger else None
+            request = request_key("command", command.get("trigger_id"))
             answer = decide(lambda: declare(user, parsed.scenario, parsed.severity, parsed.summary, request))
             declared = answer()   # a declaration's answers never call Slack: the ack carries them
             if declared is None:
@@ -486,8 +489,7 @@ def create_app(flows: Flows, *, token: str, signing_secret: str, api_url: str, b
         reply = private_reply(user, metadata if isinstance(metadata, str) and metadata else None)
 
         # the same confirmation as the slash command, where the form was opened (or as a DM)
-        view_id = view.get("id")
-        request = f"view:{view_id}" if isinstance(view_id, str) and view_id else None
+        request = request_key("view", view.get("id"))
         answer = decide(lambda: declare(user, scenario, severity, summary[:1000], request))
         ack()
         reply_later(reply, answer)

@@ -39,7 +39,6 @@ What was decided where the issue is silent:
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import shutil
@@ -56,6 +55,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from recovery.actions.base import Action, ActionError, Evidence, Progress, evidence
 from recovery.actions.discard_aside import aside_mark, mark_aside
 from recovery.actions.postgres import connect_action, is_in_recovery
+from recovery.backup.restore.journal import Journal
 from recovery.backup.restore.postgres import chown_to, last_line, os_user_ids, run_as
 from recovery.backup.sources.postgres import pg_bin_dir, split_password
 from statemachines.json_types import JsonObject
@@ -69,6 +69,7 @@ INCOMING_INFIX = ".aegis-reprotect-incoming-"   # <data_dir>.aegis-reprotect-inc
 # <data_dir>.aegis-reprotect-rewind.json: a pg_rewind under way and the node's own configuration files.
 # Beside the directory, not in it: pg_rewind removes what the source does not have.
 REWIND_JOURNAL = ".aegis-reprotect-rewind.json"
+REWINDING = "rewinding"
 _TOOL_TIMEOUT = 3600.0
 
 
@@ -205,7 +206,7 @@ class PostgresReprotect(Action):
             progress(f"{self.old_label}: {why}")
         if method == "base_backup":
             aside = self._base_backup(progress, own_config)
-        self._rewind_journal().unlink(missing_ok=True)   # the directory is a whole one again
+        self._rewind_journal().path.unlink(missing_ok=True)   # the directory is a whole one again
         self._make_standby()
         self._start_old(progress)
         standby = self._wait_streaming(progress)
@@ -306,32 +307,21 @@ class PostgresReprotect(Action):
         self.observed.append(evidence("pg_rewind", last_line(proc.stdout + proc.stderr), "done", True))
         return ""
 
-    def _rewind_journal(self) -> Path:
-        return self.old.data_dir.with_name(self.old.data_dir.name + REWIND_JOURNAL)
+    def _rewind_journal(self) -> Journal:
+        return Journal(self.old.data_dir.with_name(self.old.data_dir.name + REWIND_JOURNAL))
 
     def _write_rewind_journal(self, config: dict[str, bytes]) -> None:
         """Before pg_rewind: record that it starts, with the node's own configuration files (0600)."""
-        path = self._rewind_journal()
-        temporary = path.with_name(path.name + ".tmp")
-        body = {"step": self.step_key, "at": datetime.now(UTC).isoformat(),
-                "config": {name: base64.b64encode(content).decode() for name, content in config.items()}}
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(body, f)
-            f.flush()
-            os.fsync(f.fileno())
-        temporary.replace(path)
+        self._rewind_journal().restart(REWINDING, step=self.step_key, config={
+            name: base64.b64encode(content).decode() for name, content in config.items()})
 
     def _interrupted_rewind(self) -> dict[str, bytes] | None:
         """The node's own configuration files a pg_rewind that never finished saved; None when none did.
         An unreadable journal still means an interrupted pg_rewind (with nothing saved)."""
-        try:
-            body = json.loads(self._rewind_journal().read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        journal = self._rewind_journal()
+        if not journal.path.exists():
             return None
-        except (OSError, ValueError):
-            return {}
-        saved = body.get("config") if isinstance(body, dict) else None
+        saved = journal.read().get("config")
         if not isinstance(saved, dict):
             return {}
         try:

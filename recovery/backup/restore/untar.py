@@ -138,7 +138,6 @@ def _write_direct(fd: int, view: memoryview, data: int) -> bool:
 def _copy_member(stream: BinaryIO, fd: int, size: int, buffer: memoryview, name: str) -> None:
     """The member's ``size`` bytes into ``fd``, then the padding to the next block boundary."""
     direct = size >= DIRECT_MIN and _set_direct(fd, True)
-    padded = direct
     total, left = size, size + (-size % BLOCK)
     while left:
         want = min(left, len(buffer))
@@ -153,8 +152,8 @@ def _copy_member(stream: BinaryIO, fd: int, size: int, buffer: memoryview, name:
                 _write_all(fd, buffer[:data])
         size -= data
         left -= got
-    if padded and total % ALIGN:
-        os.ftruncate(fd, total)   # the last direct write was padded
+    if total >= DIRECT_MIN and total % ALIGN:
+        os.ftruncate(fd, total)   # a last direct write was padded (to the size it has: no change otherwise)
 
 
 def _header(stream: BinaryIO, block: memoryview) -> tarfile.TarInfo | None:

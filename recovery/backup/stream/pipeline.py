@@ -115,31 +115,38 @@ def _source_chunks(source: BinaryIO | Iterable[bytes]) -> Iterator[bytes | memor
     if callable(read):
         # A file object is also iterable, but by lines: read fixed pieces instead, on a thread of their own.
         readinto = getattr(source, "readinto", None)
-        yield from _read_ahead(read, readinto=readinto if callable(readinto) else None)
+        yield from _read_ahead(readinto if callable(readinto) else _filling(read))
         return
     yield from source
 
 
-def _read_ahead(read: Callable[[int], bytes], depth: int = READ_AHEAD, *,
-                readinto: Callable[[memoryview], int | None] | None = None) -> Iterator[bytes | memoryview]:
-    """``read(1 MiB)`` on its own thread, up to ``depth`` pieces ahead of the consumer.
+def _filling(read: Callable[[int], bytes]) -> Callable[[memoryview], int]:
+    """``readinto`` for a source that has only ``read`` (the WAL push's hashing wrapper): one copy more."""
+    def readinto(buffer: memoryview) -> int:
+        data = read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+    return readinto
+
+
+def _read_ahead(readinto: Callable[[memoryview], int | None], depth: int = READ_AHEAD) -> Iterator[memoryview]:
+    """1 MiB pieces read on their own thread, up to ``depth`` ahead of the consumer.
 
     The child behind a pipe (pg_basebackup, an exporter) then never waits while the pipeline compresses
     and encrypts: the read blocks in the kernel with the GIL released, and the consumer takes pieces
     from the queue. Order is kept (one reader); a read error is raised to the consumer; a consumer that
     stops early (an exception, ``close()``) stops the reader at its next piece.
 
-    With ``readinto`` the pieces are read into ``depth + 2`` buffers used over and over, and each piece
-    is valid until the consumer asks for the next (the compressor copies it in first). A fresh 1 MiB
-    object per piece is fresh memory: mapped by glibc (``return_big_buffers``), every 4 KiB of it is a
-    page fault on first touch — reading 4 GiB from a pipe took 4.38 s that way (3.9 s of it in the
-    kernel) and 1.62 s into reused buffers, on this VM.
+    The pieces are read into ``depth + 2`` buffers used over and over, and each piece is valid until the
+    consumer asks for the next (the compressor copies it in first). A fresh 1 MiB object per piece is
+    fresh memory: mapped by glibc (``return_big_buffers``), every 4 KiB of it is a page fault on first
+    touch — reading 4 GiB from a pipe took 4.38 s that way (3.9 s of it in the kernel) and 1.62 s into
+    reused buffers, on this VM.
     """
     pieces: queue.Queue[object] = queue.Queue(maxsize=depth)
     free: queue.Queue[memoryview] = queue.Queue()
-    if readinto is not None:
-        for _ in range(depth + 2):   # queued, the consumer's, the one being filled
-            free.put(memoryview(bytearray(SOURCE_READ_SIZE)))
+    for _ in range(depth + 2):   # queued, the consumer's, the one being filled
+        free.put(memoryview(bytearray(SOURCE_READ_SIZE)))
     stop = threading.Event()
 
     def put(item: object) -> bool:
@@ -151,22 +158,20 @@ def _read_ahead(read: Callable[[int], bytes], depth: int = READ_AHEAD, *,
                 continue
         return False
 
-    def next_piece() -> tuple[memoryview | None, bytes | memoryview] | None:
-        if readinto is None:
-            piece = read(SOURCE_READ_SIZE)
-            return (None, piece) if piece else None
+    def filled() -> tuple[memoryview, int] | None:
+        """The next buffer and how much of it was read; None at the end (or when the consumer stopped)."""
         while not stop.is_set():
             try:
                 buffer = free.get(timeout=0.25)
             except queue.Empty:
                 continue
             n = readinto(buffer) or 0
-            return (buffer, buffer[:n]) if n else None
+            return (buffer, n) if n else None
         return None
 
     def run() -> None:
         try:
-            while (item := next_piece()) is not None:
+            while (item := filled()) is not None:
                 if not put(item):
                     return
             put(_DONE)
@@ -183,10 +188,9 @@ def _read_ahead(read: Callable[[int], bytes], depth: int = READ_AHEAD, *,
                 return
             if isinstance(item, _Failure):
                 raise item.error
-            buffer, piece = cast("tuple[memoryview | None, bytes | memoryview]", item)
-            yield piece
-            if buffer is not None:
-                free.put(buffer)   # the consumer asked for the next piece: it is done with this one
+            buffer, n = cast("tuple[memoryview, int]", item)
+            yield buffer[:n]
+            free.put(buffer)   # the consumer asked for the next piece: it is done with this one
     finally:
         stop.set()
         if not reader.is_alive() or item is _DONE:   # the normal end: the reader is finished with ``read``
