@@ -1,9 +1,12 @@
 """The restore test's yardstick (recovery/drills/contents.py) against a real PostgreSQL 15 cluster.
 
-- ``v3`` (the format new backups record) is the same on one connection and in page ranges on three, does
-  not depend on the session's output settings (TimeZone, DateStyle, extra_float_digits, bytea_output) —
-  which ``v2`` does — and catches a changed value, a value swapped between two rows and a row replaced
-  by a copy of another while the row count stays the same;
+- ``v4`` (the format new backups record) and ``v3`` (older backups) are the same on one connection and in
+  page ranges on three, do not depend on the session's output settings (TimeZone, DateStyle,
+  extra_float_digits, bytea_output) — which ``v2`` does — and catch a changed value, a value swapped
+  between two rows and a row replaced by a copy of another while the row count stays the same;
+- ``v4``'s typed columns: NULL is not zero, ``int8`` values whose halves XOR alike differ, a value swapped
+  between two columns of a row or between two rows is seen, an unconstrained ``bpchar``'s trailing blank
+  counts, a text column's collation does not matter;
 - a catalog row recorded in ``v2`` is recomputed in ``v2`` (``recorded_formats``) and still compared,
   and two checksums of different formats are never compared.
 """
@@ -40,12 +43,18 @@ def _checks(recorded: contents.Snapshot, restored: contents.Snapshot) -> dict[st
     return {t.table: t.detail for t in result.tables}
 
 
-def test_v3_is_order_free_session_independent_and_catches_a_changed_row(
-        cluster: PgSingle, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("fmt", ["v4", "v3"])
+def test_the_checksum_is_order_free_session_independent_and_catches_a_changed_row(
+        cluster: PgSingle, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
     dsn = cluster.primary.dsn()
     monkeypatch.setattr(contents, "SPLIT_BYTES", 64 * 1024)   # the 6000-row table is read in page ranges
+    formats = {"postgres": {"public.a": fmt, "public.small": fmt}}
+
+    def snapshot(dsn: str, **kwargs: object) -> contents.Snapshot:   # in the format under test
+        return contents.snapshot(dsn, **{"formats": formats, **kwargs})  # type: ignore[arg-type]
+
     one = snapshot(dsn)
-    assert str(one["postgres"]["public.a"]["checksum"]).startswith("v3:"), one
+    assert str(one["postgres"]["public.a"]["checksum"]).startswith(f"{fmt}:"), one
     assert one["postgres"]["public.a"]["rows"] == 6000
     assert snapshot(dsn, workers=3) == one                       # three connections, one exported snapshot
     assert snapshot(f"{dsn} {OTHER_SESSION}") == one             # the output settings are pinned
@@ -79,7 +88,44 @@ def test_a_v2_row_is_recomputed_in_v2_and_formats_are_never_compared_across(clus
     assert _checks(v2, again)["public.a"] == "6000 rows and checksum match"
     cluster.primary.sql("UPDATE a SET n = n + 1 WHERE id = 10")
     assert "checksum differs" in _checks(v2, snapshot(dsn, formats=recorded_formats(recorded)))["public.a"]
-    # computed in v3 against a v2 record: counts compared, checksums not (and said so)
+    # computed in v4 against a v2 record: counts compared, checksums not (and said so)
     detail = _checks(v2, snapshot(dsn))["public.a"]
-    assert detail == ("6000 rows match; the checksum was recorded as v2 and the restored copy's computed as v3: "
+    assert detail == ("6000 rows match; the checksum was recorded as v2 and the restored copy's computed as v4: "
                       "not compared"), detail
+
+
+def test_v4_hashes_typed_columns_by_value_and_position(pg_single: PgSingle) -> None:
+    primary = pg_single.primary
+    dsn = primary.dsn()
+    primary.sql("CREATE TABLE typed (i2 int2, i4 int4 NOT NULL, i8 int8, b bool, o oid, t text COLLATE \"C\", "
+                "v varchar(20), c char(5), u uuid, x int4, bp bpchar, n numeric)")
+    primary.sql("INSERT INTO typed SELECT g, g, g * 4294967297, g % 2 = 0, g, 'row ' || g, 'v' || g, 'c' || g, "
+                "md5(g::text)::uuid, g + 1, 'p', 1.0 FROM generate_series(1, 50) g")
+
+    def checksum() -> str:
+        figures = snapshot(dsn)["postgres"]["public.typed"]
+        assert figures["rows"] == 50 and str(figures["checksum"]).startswith("v4:"), figures
+        return str(figures["checksum"])
+
+    recorded = checksum()
+    changes = [   # (a change, its undo): each must move the checksum, its undo bring it back
+        ("UPDATE typed SET i2 = NULL WHERE i4 = 7", "UPDATE typed SET i2 = 7 WHERE i4 = 7"),
+        ("UPDATE typed SET x = 0 WHERE i4 = 3", "UPDATE typed SET x = 4 WHERE i4 = 3"),
+        ("UPDATE typed SET i8 = 0 WHERE i4 = 1", "UPDATE typed SET i8 = 4294967297 WHERE i4 = 1"),
+        ("UPDATE typed SET i8 = 1 WHERE i4 = 1", "UPDATE typed SET i8 = 4294967297 WHERE i4 = 1"),
+        ("UPDATE typed SET i2 = x, x = i2 WHERE i4 = 5", "UPDATE typed SET i2 = x, x = i2 WHERE i4 = 5"),
+        ("UPDATE typed SET t = CASE i4 WHEN 1 THEN 'row 2' ELSE 'row 1' END WHERE i4 IN (1, 2)",
+         "UPDATE typed SET t = 'row ' || i4 WHERE i4 IN (1, 2)"),
+        ("UPDATE typed SET bp = 'p ' WHERE i4 = 9", "UPDATE typed SET bp = 'p' WHERE i4 = 9"),
+        ("UPDATE typed SET n = 1.00 WHERE i4 = 9", "UPDATE typed SET n = 1.0 WHERE i4 = 9"),
+        ("UPDATE typed SET b = NULL WHERE i4 = 2", "UPDATE typed SET b = true WHERE i4 = 2"),
+        ("UPDATE typed SET u = NULL WHERE i4 = 4", "UPDATE typed SET u = md5('4')::uuid WHERE i4 = 4"),
+    ]
+    for change, undo in changes:
+        primary.sql(change)
+        assert checksum() != recorded, change
+        primary.sql(undo)
+        assert checksum() == recorded, undo
+    # the text column's bytes, not its collation's idea of equality: the same figure under another collation
+    primary.sql("ALTER TABLE typed ALTER COLUMN t TYPE text COLLATE \"POSIX\"")
+    assert checksum() == recorded

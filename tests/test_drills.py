@@ -179,7 +179,7 @@ def test_backup_restore_test_validates_every_backup_and_a_corrupted_one_is_marke
 
 
 @pytest.mark.timeout(300)
-def test_a_row_changed_in_the_restored_scratch_copy_fails_the_v3_contents_check(world: World) -> None:
+def test_a_row_changed_in_the_restored_scratch_copy_fails_the_v4_contents_check(world: World) -> None:
     """The restore test's own pieces: restore into scratch, change one value there, then the check."""
     import psycopg
 
@@ -193,7 +193,7 @@ def test_a_row_changed_in_the_restored_scratch_copy_fails_the_v3_contents_check(
     ctx = _context(world)
     [record] = restore_test_queue(ctx.store)
     contents = record.contents or {}
-    assert recorded_formats(contents) == {"postgres": {"public.t": "v3"}}   # what a new backup records
+    assert recorded_formats(contents) == {"postgres": {"public.t": "v4"}}   # what a new backup records
     run_id = require_id(runs.start(ctx.store, "backup_restore_test", "cli"))
     scratch = Scratch.prepare(ctx.store, run_id, ctx.settings.scratch_dir, ctx.droppers)
     try:
