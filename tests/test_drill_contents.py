@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from recovery.drills import contents
@@ -48,10 +50,7 @@ def test_the_checksum_is_order_free_session_independent_and_catches_a_changed_ro
         cluster: PgSingle, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
     dsn = cluster.primary.dsn()
     monkeypatch.setattr(contents, "SPLIT_BYTES", 64 * 1024)   # the 6000-row table is read in page ranges
-    formats = {"postgres": {"public.a": fmt, "public.small": fmt}}
-
-    def snapshot(dsn: str, **kwargs: object) -> contents.Snapshot:   # in the format under test
-        return contents.snapshot(dsn, **{"formats": formats, **kwargs})  # type: ignore[arg-type]
+    snapshot = partial(contents.snapshot, formats={"postgres": {"public.a": fmt, "public.small": fmt}})
 
     one = snapshot(dsn)
     assert str(one["postgres"]["public.a"]["checksum"]).startswith(f"{fmt}:"), one

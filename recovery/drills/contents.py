@@ -57,7 +57,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
-from recovery.drills.row_hash import COLUMNS, Column, row_hash
+from recovery.drills.row_hash import Column, row_hash
 from recovery.redact import redact
 from statemachines.json_types import JsonObject
 
@@ -67,12 +67,21 @@ RESTORE_TEST_WORKERS = min(4, max(2, os.cpu_count() or 2))   # connections a res
 Snapshot = dict[str, dict[str, JsonObject]]   # database -> "schema.table" -> {"rows", "checksum"}
 Formats = Mapping[str, Mapping[str, str]]     # database -> "schema.table" -> checksum format to compute
 
-_TABLES = """
+# the permanent user tables a snapshot reads (``c``, ``n``: pg_class and pg_namespace)
+_USER_TABLES = """c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%' AND c.relpersistence = 'p'"""
+_TABLES = f"""
 SELECT n.nspname, c.relname, pg_relation_size(c.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
-  AND c.relpersistence = 'p'
+WHERE {_USER_TABLES}
 ORDER BY 1, 2
+"""
+# their columns in attnum order (a dropped column is gone from the row): what v4 hashes
+_COLUMNS = f"""
+SELECT n.nspname, c.relname, a.attname, a.atttypid::int, a.atttypmod, a.attnotnull
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE {_USER_TABLES} AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY 1, 2, a.attnum
 """
 
 
@@ -187,7 +196,7 @@ def _parts(schema: str, table: str, size: int, count_only: bool, workers: int, b
 def _columns(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[Column, ...]]:
     """Every snapshot table's columns, in order (what v4 hashes), read in the snapshot's transaction."""
     found: dict[tuple[str, str], list[Column]] = {}
-    for schema, table, name, type_oid, typmod, not_null in conn.execute(COLUMNS).fetchall():
+    for schema, table, name, type_oid, typmod, not_null in conn.execute(_COLUMNS).fetchall():
         found.setdefault((str(schema), str(table)), []).append(Column(str(name), int(type_oid), int(typmod),
                                                                       bool(not_null)))
     return {key: tuple(columns) for key, columns in found.items()}

@@ -38,15 +38,6 @@ _BOOL, _INT8, _INT2, _INT4, _TEXT, _OID, _BPCHAR, _VARCHAR, _UUID = 16, 20, 21, 
 _ZERO = {_BOOL: "false", _INT8: "0", _INT2: "0", _INT4: "0", _OID: "0", _TEXT: "''", _VARCHAR: "''",
          _BPCHAR: "''", _UUID: "'00000000-0000-0000-0000-000000000000'"}
 
-# every column of the snapshot's tables, in attnum order (dropped ones are gone from the row)
-COLUMNS = """
-SELECT n.nspname, c.relname, a.attname, a.atttypid::int, a.atttypmod, a.attnotnull
-FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
-  AND c.relpersistence = 'p' AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY 1, 2, a.attnum
-"""
-
 
 @dataclass(frozen=True)
 class Column:
