@@ -1,8 +1,9 @@
 """The restore test's yardstick (recovery/drills/contents.py) against a real PostgreSQL 15 cluster.
 
-- ``v4`` (the format new backups record) and ``v3`` (older backups) are the same on one connection and in
-  page ranges on three, do not depend on the session's output settings (TimeZone, DateStyle,
-  extra_float_digits, bytea_output) — which ``v2`` does — and catch a changed value, a value swapped
+- ``v4`` (the format new backups record) and ``v3`` (older backups) are the same from a serial scan and
+  from a parallel one (PostgreSQL's workers, each summing a share of the pages), do not depend on the
+  session's output settings (TimeZone, DateStyle, extra_float_digits, bytea_output) — which ``v2`` does —
+  and catch a changed value, a value swapped
   between two rows and a row replaced by a copy of another while the row count stays the same;
 - ``v4``'s typed columns: NULL is not zero, ``int8`` values whose halves XOR alike differ, a value swapped
   between two columns of a row or between two rows is seen, an unconstrained ``bpchar``'s trailing blank
@@ -15,10 +16,13 @@ from __future__ import annotations
 
 from functools import partial
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from recovery.drills import contents
 from recovery.drills.contents import compare, record_contents, recorded_formats, snapshot
+from recovery.drills.row_hash import row_hash
 from tests.harness.pgcluster import PgSingle
 
 pytestmark = pytest.mark.timeout(300)
@@ -40,6 +44,22 @@ def cluster(pg_single: PgSingle) -> PgSingle:
     return pg_single
 
 
+def _plan_parallel_scans(cluster: PgSingle) -> None:
+    """Make even a 6000-row table worth a parallel scan, for the sessions that connect from now on."""
+    for setting in ("parallel_setup_cost = 0", "parallel_tuple_cost = 0", "min_parallel_table_scan_size = 0",
+                    "parallel_leader_participation = on"):
+        cluster.primary.sql(f"ALTER DATABASE postgres SET {setting}")
+
+
+def _checksum_plan(cluster: PgSingle, fmt: str) -> str:
+    """The plan of the snapshot's checksum query of table ``a`` with 3 parallel workers allowed, as run."""
+    with psycopg.connect(cluster.primary.dsn()) as conn:
+        conn.execute("SET max_parallel_workers_per_gather = 3")
+        columns = contents._columns(conn)[("public", "a")]
+        query = sql.SQL(contents._CHECKSUMS[fmt]).format(table=sql.Identifier("public", "a"), row=row_hash(columns))
+        return "\n".join(str(r[0]) for r in conn.execute(sql.SQL("EXPLAIN (ANALYZE, COSTS OFF) ") + query))
+
+
 def _checks(recorded: contents.Snapshot, restored: contents.Snapshot) -> dict[str, str]:
     result = compare(record_contents(recorded, recorded), restored)
     return {t.table: t.detail for t in result.tables}
@@ -47,15 +67,16 @@ def _checks(recorded: contents.Snapshot, restored: contents.Snapshot) -> dict[st
 
 @pytest.mark.parametrize("fmt", ["v4", "v3"])
 def test_the_checksum_is_order_free_session_independent_and_catches_a_changed_row(
-        cluster: PgSingle, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+        cluster: PgSingle, fmt: str) -> None:
     dsn = cluster.primary.dsn()
-    monkeypatch.setattr(contents, "SPLIT_BYTES", 64 * 1024)   # the 6000-row table is read in page ranges
     snapshot = partial(contents.snapshot, formats={"postgres": {"public.a": fmt, "public.small": fmt}})
 
-    one = snapshot(dsn)
+    one = snapshot(dsn, parallel_workers=0)
     assert str(one["postgres"]["public.a"]["checksum"]).startswith(f"{fmt}:"), one
     assert one["postgres"]["public.a"]["rows"] == 6000
-    assert snapshot(dsn, workers=3) == one                       # three connections, one exported snapshot
+    _plan_parallel_scans(cluster)
+    assert "Workers Launched: 3" in _checksum_plan(cluster, fmt)   # the 6000-row table on four processes
+    assert snapshot(dsn, parallel_workers=3) == one
     assert snapshot(f"{dsn} {OTHER_SESSION}") == one             # the output settings are pinned
     v2 = {"postgres": {"public.a": "v2", "public.small": "v2"}}
     assert snapshot(f"{dsn} {OTHER_SESSION}", formats=v2) != snapshot(dsn, formats=v2)   # v2 is not
@@ -64,10 +85,10 @@ def test_the_checksum_is_order_free_session_independent_and_catches_a_changed_ro
 
     primary = cluster.primary
     primary.sql("UPDATE a SET ts = ts + interval '1 microsecond' WHERE id = 4321")   # one value of one row
-    assert _checks(one, snapshot(dsn, workers=3))["public.a"] == "6000 rows but the checksum differs from the " \
-                                                                  "recorded one"
+    changed = _checks(one, snapshot(dsn, parallel_workers=3))["public.a"]
+    assert changed == "6000 rows but the checksum differs from the recorded one"
     primary.sql("UPDATE a SET ts = ts - interval '1 microsecond' WHERE id = 4321")
-    assert snapshot(dsn, workers=3) == one
+    assert snapshot(dsn, parallel_workers=3) == one
     # a column's values swapped between two rows: every column's multiset of values is unchanged
     primary.sql("UPDATE a SET v = CASE id WHEN 1 THEN (SELECT v FROM a WHERE id = 2) "
                 "ELSE (SELECT v FROM a WHERE id = 1) END WHERE id IN (1, 2)")
@@ -83,7 +104,7 @@ def test_a_v2_row_is_recomputed_in_v2_and_formats_are_never_compared_across(clus
     assert str(v2["postgres"]["public.a"]["checksum"]).startswith("v2:"), v2
     recorded = record_contents(v2, v2)
     assert recorded_formats(recorded) == {"postgres": {"public.a": "v2", "public.small": "v2"}}
-    again = snapshot(dsn, workers=2, formats=recorded_formats(recorded))
+    again = snapshot(dsn, parallel_workers=2, formats=recorded_formats(recorded))
     assert _checks(v2, again)["public.a"] == "6000 rows and checksum match"
     cluster.primary.sql("UPDATE a SET n = n + 1 WHERE id = 10")
     assert "checksum differs" in _checks(v2, snapshot(dsn, formats=recorded_formats(recorded)))["public.a"]

@@ -200,7 +200,7 @@ def test_a_row_changed_in_the_restored_scratch_copy_fails_the_v4_contents_check(
         cluster, _, _index = restore_postgres_copy(ctx, scratch, record, replay_wal=False)
 
         def check() -> tuple[bool | None, list[str]]:
-            result = compare(contents, snapshot(cluster.dsn, workers=RESTORE_TEST_WORKERS,
+            result = compare(contents, snapshot(cluster.dsn, parallel_workers=RESTORE_TEST_WORKERS,
                                                 formats=recorded_formats(contents)))
             return result.ok, [f"{t.table}: {t.detail}" for t in result.tables]
 

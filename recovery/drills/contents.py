@@ -9,8 +9,8 @@ snapshots, so:
 - a table written to during the backup can only be checked loosely: its restored row count must lie
   between the two counts, and its checksum is not comparable (said so, never passed silently).
 
-A checksum is an order-free multiset hash of the table's rows, so no sort is needed and a table read in
-page ranges on several connections gives the same figure (the sums add up). Its format is the prefix
+A checksum is an order-free multiset hash of the table's rows, so no sort is needed and a parallel scan
+(PostgreSQL's own workers, each summing its share of the pages) gives the same figure. Its format is the prefix
 of the stored string; a restored copy is always checksummed in the format the catalog recorded for that
 table (``recorded_formats``), and two checksums of different formats are never compared (said so):
 
@@ -46,9 +46,7 @@ twice per backup); the comparison then says the checksum was not recorded and wh
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,8 +60,9 @@ from recovery.redact import redact
 from statemachines.json_types import JsonObject
 
 MAX_CHECKSUM_BYTES = 256 * 1024 * 1024
-SPLIT_BYTES = 16 * 1024 * 1024     # a table this big is read in page ranges on several connections
-RESTORE_TEST_WORKERS = min(4, max(2, os.cpu_count() or 2))   # connections a restore test reads on
+# parallel workers PostgreSQL may add to each table's scan in a restore test (a scratch copy: its own
+# max_parallel_workers_per_gather is production's, which may be 0 for an OLTP primary)
+RESTORE_TEST_WORKERS = min(4, max(2, os.cpu_count() or 2))
 Snapshot = dict[str, dict[str, JsonObject]]   # database -> "schema.table" -> {"rows", "checksum"}
 Formats = Mapping[str, Mapping[str, str]]     # database -> "schema.table" -> checksum format to compute
 
@@ -85,21 +84,19 @@ ORDER BY 1, 2, a.attnum
 """
 
 
-# What each format computes (see the module's docstring): the row count, then the format's sums; the
-# placeholders are the table, then a ctid range or nothing.
+# What each format computes (see the module's docstring): the row count, then the format's sums.
 CHECKSUM_FORMAT = "v4"      # what new snapshots record
 _CHECKSUMS = {
-    "v4": "SELECT count(*), coalesce(sum({row}), 0) FROM {table} t{where}",   # {row}: row_hash.row_hash
-    "v3": "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {table} t{where}",
+    "v4": "SELECT count(*), coalesce(sum({row}), 0) FROM {table} t",   # {row}: row_hash.row_hash
+    "v3": "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {table} t",
     "v2": ("SELECT count(*), coalesce(sum(('x' || substr(h, 1, 15))::bit(60)::bigint), 0), "
            "coalesce(sum(('x' || substr(h, 16, 15))::bit(60)::bigint), 0) "
-           "FROM (SELECT md5(t::text) AS h FROM {table} t{where}) s"),
+           "FROM (SELECT md5(t::text) AS h FROM {table} t) s"),
 }
 # v3 hashes each row's text, v4 the columns it cannot hash by type: every setting that changes how a value
 # prints is pinned for the transaction
 _V3_SETTINGS = ("TimeZone = 'UTC'", "DateStyle = 'ISO, YMD'", "IntervalStyle = 'postgres'",
                 "extra_float_digits = 1", "bytea_output = 'hex'", "lc_monetary = 'C'", "search_path = pg_catalog")
-Sums = tuple[int, ...]      # (rows, the format's sums...)
 
 
 def _databases(dsn: str) -> list[str]:
@@ -141,56 +138,15 @@ def _pin_settings(conn: psycopg.Connection[Any], formats: Mapping[str, str]) -> 
 
 def _table_figures(conn: psycopg.Connection[TupleRow], schema: str, table: str, size: int,
                    max_checksum_bytes: int, fmt: str, columns: tuple[Column, ...]) -> JsonObject:
-    part = _Part(schema, table, size, None, None, size > max_checksum_bytes, fmt, columns)
-    return _figures(part.run(conn), size, max_checksum_bytes, fmt)
-
-
-def _figures(sums: Sums, size: int, max_checksum_bytes: int, fmt: str) -> JsonObject:
-    rows = sums[0]
+    """One table's row count and checksum (a count only above ``max_checksum_bytes``)."""
+    name = sql.Identifier(schema, table)
     if size > max_checksum_bytes:
-        return {"rows": rows, "checksum": None,
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {} t").format(name)).fetchone()
+        return {"rows": int(row[0]) if row else 0, "checksum": None,
                 "checksum_skipped": f"table is {size} bytes, above the {max_checksum_bytes}-byte checksum limit"}
-    return {"rows": rows, "checksum": ":".join([fmt, *(str(s) for s in sums[1:])])}
-
-
-@dataclass(frozen=True)
-class _Part:
-    """One table, or one range of its pages (``ctid`` from/to block; PostgreSQL 14+ scans a TID range)."""
-
-    schema: str
-    table: str
-    size: int
-    first_block: int | None
-    end_block: int | None            # exclusive; None: to the end of the table
-    count_only: bool
-    fmt: str = CHECKSUM_FORMAT
-    columns: tuple[Column, ...] = ()    # what v4 hashes
-
-    def run(self, conn: psycopg.Connection[Any]) -> Sums:
-        name = sql.Identifier(self.schema, self.table)
-        where: sql.Composable = sql.SQL("")
-        if self.first_block is not None:
-            where = sql.SQL(" WHERE ctid >= {}::tid").format(sql.Literal(f"({self.first_block},0)"))
-            if self.end_block is not None:
-                where += sql.SQL(" AND ctid < {}::tid").format(sql.Literal(f"({self.end_block},0)"))
-        if self.count_only:
-            row = conn.execute(sql.SQL("SELECT count(*) FROM {} t{}").format(name, where)).fetchone()
-            return ((int(row[0]) if row else 0),)
-        query = sql.SQL(_CHECKSUMS[self.fmt]).format(table=name, where=where, row=row_hash(self.columns))
-        row = conn.execute(query).fetchone()
-        assert row is not None   # an aggregate without GROUP BY returns one row
-        return tuple(int(v) for v in row)
-
-
-def _parts(schema: str, table: str, size: int, count_only: bool, workers: int, block_size: int,
-           fmt: str, columns: tuple[Column, ...]) -> list[_Part]:
-    """A big table is cut into ``workers`` page ranges (the sums add up: the checksum is order-free)."""
-    blocks = size // block_size
-    if workers < 2 or size < SPLIT_BYTES or blocks < workers:
-        return [_Part(schema, table, size, None, None, count_only, fmt, columns)]
-    edges = [blocks * i // workers for i in range(workers)]
-    return [_Part(schema, table, size, start, edges[i + 1] if i + 1 < workers else None, count_only, fmt, columns)
-            for i, start in enumerate(edges)]
+    sums = conn.execute(sql.SQL(_CHECKSUMS[fmt]).format(table=name, row=row_hash(columns))).fetchone()
+    assert sums is not None   # an aggregate without GROUP BY returns one row
+    return {"rows": int(sums[0]), "checksum": ":".join([fmt, *(str(int(v)) for v in sums[1:])])}
 
 
 def _columns(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[Column, ...]]:
@@ -202,78 +158,35 @@ def _columns(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], tuple[Colum
     return {key: tuple(columns) for key, columns in found.items()}
 
 
-def _database_snapshot(dsn: str, max_checksum_bytes: int, workers: int,
+def _database_snapshot(dsn: str, max_checksum_bytes: int, parallel_workers: int | None,
                        formats: Mapping[str, str]) -> dict[str, JsonObject]:
-    """Every table of one database seen at one moment: one REPEATABLE READ transaction, whose snapshot the
-    other connections import (``pg_export_snapshot``) when ``workers`` > 1. ``formats``: the checksum
-    format per table (``CHECKSUM_FORMAT`` for a table not named)."""
+    """Every table of one database seen at one moment: one REPEATABLE READ transaction. ``formats``: the
+    checksum format per table (``CHECKSUM_FORMAT`` for a table not named)."""
     with psycopg.connect(dsn, connect_timeout=10) as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         _pin_settings(conn, formats)
+        if parallel_workers is not None:
+            conn.execute(sql.SQL("SET LOCAL max_parallel_workers_per_gather = {}").format(
+                sql.Literal(max(0, parallel_workers))))
         tables = [(str(s), str(t), int(n)) for s, t, n in conn.execute(_TABLES).fetchall()]
-        row = conn.execute("SELECT pg_is_in_recovery(), current_setting('block_size')::int").fetchone()
-        in_recovery, block_size = (bool(row[0]), int(row[1])) if row else (True, 8192)
-
         columns = _columns(conn)
-
-        def fmt(schema: str, table: str) -> str:
-            return formats.get(f"{schema}.{table}", CHECKSUM_FORMAT)
-
-        if workers < 2 or in_recovery or sum(n for _s, _t, n in tables) < SPLIT_BYTES:
-            return {f"{s}.{t}": _table_figures(conn, s, t, n, max_checksum_bytes, fmt(s, t), columns.get((s, t), ()))
-                    for s, t, n in tables}
-        exported = conn.execute("SELECT pg_export_snapshot()").fetchone()
-        assert exported is not None
-        parts = [p for s, t, n in tables
-                 for p in _parts(s, t, n, n > max_checksum_bytes, workers, block_size, fmt(s, t),
-                                 columns.get((s, t), ()))]
-        # the exporting transaction stays open meanwhile
-        sums = _run_parts(dsn, str(exported[0]), parts, workers, formats)
-    result: dict[str, JsonObject] = {}
-    for schema, table, size in tables:
-        got = [sums[p] for p in parts if (p.schema, p.table) == (schema, table)]
-        result[f"{schema}.{table}"] = _figures(tuple(sum(column) for column in zip(*got, strict=True)), size,
-                                               max_checksum_bytes, fmt(schema, table))
-    return result
+        return {f"{s}.{t}": _table_figures(conn, s, t, n, max_checksum_bytes,
+                                           formats.get(f"{s}.{t}", CHECKSUM_FORMAT), columns.get((s, t), ()))
+                for s, t, n in tables}
 
 
-def _run_parts(dsn: str, snapshot_id: str, parts: list[_Part], workers: int,
-               formats: Mapping[str, str]) -> dict[_Part, Sums]:
-    """Run the parts on ``workers`` connections at once, each in the exported snapshot; biggest first."""
-    queue = sorted(parts, key=lambda p: p.size if p.first_block is None else p.size // workers, reverse=True)
-    lock = threading.Lock()
-    sums: dict[_Part, Sums] = {}
-
-    def worker() -> None:
-        with psycopg.connect(dsn, connect_timeout=10) as conn:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
-            _pin_settings(conn, formats)
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    part = queue.pop(0)
-                result = part.run(conn)
-                with lock:
-                    sums[part] = result
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aegis-checksum") as pool:
-        for future in [pool.submit(worker) for _ in range(min(workers, len(parts)))]:
-            future.result()
-    return sums
-
-
-def snapshot(dsn: str, *, max_checksum_bytes: int = MAX_CHECKSUM_BYTES, workers: int = 1,
+def snapshot(dsn: str, *, max_checksum_bytes: int = MAX_CHECKSUM_BYTES, parallel_workers: int | None = None,
              formats: Formats | None = None) -> Snapshot:
     """Row count and checksum of every permanent user table in every database of the cluster.
 
-    ``workers`` > 1 reads on that many connections at once (tables, and page ranges of big ones), all
-    in one snapshot per database, so the figures are the same as a single connection's. ``formats``
-    (``recorded_formats`` of a catalog row): the checksum format per table, ``CHECKSUM_FORMAT`` for the rest.
+    ``parallel_workers``: how many parallel workers PostgreSQL may add to each table's scan
+    (``max_parallel_workers_per_gather`` in the snapshot's transaction; None: the server's own setting, as
+    for production's snapshots at backup time). The sums are order-free, so a parallel scan gives the
+    figures a serial one does. ``formats`` (``recorded_formats`` of a catalog row): the checksum format per
+    table, ``CHECKSUM_FORMAT`` for the rest.
     """
     formats = formats or {}
-    return {database: _database_snapshot(_in_database(dsn, database), max_checksum_bytes, workers,
+    return {database: _database_snapshot(_in_database(dsn, database), max_checksum_bytes, parallel_workers,
                                          formats.get(database, {}))
             for database in _databases(dsn)}
 

@@ -82,7 +82,7 @@ def test_postgres(ctx: DrillContext, scratch: Scratch, record: BackupRecord) -> 
         cluster, _, index = restore_postgres_copy(ctx, scratch, record, replay_wal=False)
         restored_at = time.monotonic()
         contents = record.contents or {}   # checksummed in the format the catalog recorded (v2 or v3)
-        check = compare(contents, snapshot(cluster.dsn, workers=RESTORE_TEST_WORKERS,
+        check = compare(contents, snapshot(cluster.dsn, parallel_workers=RESTORE_TEST_WORKERS,
                                            formats=recorded_formats(contents)))
         checked_at = time.monotonic()
     except Exception as exc:
