@@ -9,11 +9,15 @@ One throwaway PostgreSQL 15 primary (``tests.harness.pgcluster.PgSingle``, run a
   one-shot    ``aegis wal push %p`` with no archiver (each segment pushed by its own process)
   pgbackrest  ``pgbackrest archive-push %p``, synchronous (``archive-async=n``), a local repository with
               ``compress-type=zst`` and ``repo1-cipher-type=aes-256-cbc``
+  pgbackrest-s3  the same with a second repository in S3 (the same moto server, bucket of its own):
+              pgBackRest pushes each segment to both, as Aegis's ``fast`` does to its two targets
 
 Aegis archives to a local staging directory and S3 (moto's server on 127.0.0.1) at once: zstd +
-AES-256-GCM, one catalog row per segment (SQLite). pgBackRest gets a local repository only (it
-cannot talk to moto's plain-http endpoint), so Aegis does strictly more work per segment — except in
-``fast-local``, whose config has the local directory only (the same targets as pgBackRest's).
+AES-256-GCM, one catalog row per segment (SQLite). pgBackRest speaks to S3 over TLS only, so both tools
+reach moto through one HTTPS front (``bench/tls_proxy.py``: nginx, a throwaway certificate that Aegis
+trusts through ``AWS_CA_BUNDLE`` and pgBackRest does not check): the same
+TLS, hop and server for both. The goals compare ``fast`` with ``pgbackrest-s3`` (the same targets);
+``fast-local`` (the local directory only) compares with ``pgbackrest``.
 
 Every ``archive_command`` runs inside a small shell wrapper that appends the command's start and
 end time to a log, so the per-segment wall is what PostgreSQL waits for. Per mode and round:
@@ -63,11 +67,12 @@ if str(REPO) not in sys.path:
 PG_BIN = Path(os.environ.get("AEGIS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 SERVER_AEGIS = REPO / ".tools" / "server-venv" / "bin" / "aegis"
 STANZA = "walbench"
-MODES = ("fast", "fast-local", "archiver", "one-shot", "pgbackrest")
+MODES = ("fast", "fast-local", "archiver", "one-shot", "pgbackrest", "pgbackrest-s3")
+PGBACKREST_MODES = ("pgbackrest", "pgbackrest-s3")
 WITH_ARCHIVER = ("fast", "fast-local", "archiver")
 HANDOFF = REPO / "recovery" / "backup" / "wal" / "client.py"
-GOAL_WALL = 1.5      # fast / pgbackrest, per-segment wall
-GOAL_TPS = 0.95      # fast / pgbackrest, pgbench tps while archiving
+GOAL_WALL = 1.5      # fast / pgbackrest-s3 (the same targets), per-segment wall
+GOAL_TPS = 0.95      # fast / pgbackrest-s3, pgbench tps while archiving
 GOAL_BACKLOG = 1     # segments left after the pgbench run
 
 _WRAPPER = """#!/bin/sh
@@ -115,7 +120,8 @@ class Bench:
     # -- set-up --
 
     def setup(self) -> None:
-        from tests.harness.pgcluster import PgSingle
+        from bench.tls_proxy import TlsProxy
+        from tests.harness.pgcluster import PgSingle, free_port
         from tests.harness.storage_servers import AWS_ENV, start_moto
 
         os.environ.update(AWS_ENV)   # before the server starts: archive_command inherits its environment
@@ -123,6 +129,10 @@ class Bench:
         self.moto = start_moto()
         self.cleanups.append(self.moto.stop)
         bucket = self.moto.create_bucket("aegis-wal-bench")
+        pgbr_bucket = self.moto.create_bucket("pgbackrest-wal-bench")
+        # both tools reach moto through one HTTPS front (pgBackRest speaks TLS only)
+        self.tls = TlsProxy(self.workdir / "tls", int(self.moto.endpoint_url.rsplit(":", 1)[1]), free_port())
+        self.cleanups.append(self.tls.stop)
         self.log("PostgreSQL 15 primary + pgbench -i --scale 10")
         self.pg = PgSingle.create(self.workdir, settings={
             "shared_buffers": "128MB", "max_wal_size": "4GB", "checkpoint_timeout": "30min",
@@ -143,7 +153,7 @@ class Bench:
 
         (self.aegis_dir / "aegis.yaml").write_text(yaml.safe_dump({
             "storage": [{"kind": "local", "path": str(self.aegis_dir / "staging"), "name": "local"},
-                        {"kind": "s3", "bucket": bucket, "endpoint_url": self.moto.endpoint_url, "name": "s3"}],
+                        {"kind": "s3", "bucket": bucket, "endpoint_url": self.tls.endpoint_url, "name": "s3"}],
             "encryption": {"key_file": str(key)}}))
         (self.aegis_dir / "aegis-local.yaml").write_text(yaml.safe_dump({
             "storage": [{"kind": "local", "path": str(self.aegis_dir / "staging-local"), "name": "local"}],
@@ -152,24 +162,30 @@ class Bench:
             shutil.chown(p, "postgres", "postgres")
         key.chmod(0o600)
         self.aegis_env = {"AEGIS_CONFIG": str(self.aegis_dir / "aegis.yaml"),
-                          "AEGIS_DATABASE_URL": f"sqlite:///{self.aegis_dir}/aegis.db"}
+                          "AEGIS_DATABASE_URL": f"sqlite:///{self.aegis_dir}/aegis.db",
+                          "AWS_CA_BUNDLE": str(self.tls.cert)}
         as_postgres([str(SERVER_AEGIS), "migrate"], self.aegis_dir, env={**os.environ, **self.aegis_env})
 
         self.pgbr_dir = self.workdir / "pgbackrest"
-        for sub in ("repo", "log", "lock", "spool"):
+        for sub in ("repo", "repo-s3-local", "log", "lock", "spool"):
             (self.pgbr_dir / sub).mkdir(parents=True)
+        common = (f"compress-type=zst\narchive-async=n\n"
+                  f"log-path={self.pgbr_dir / 'log'}\nlock-path={self.pgbr_dir / 'lock'}\n"
+                  f"spool-path={self.pgbr_dir / 'spool'}\nlog-level-console=warn\nlog-level-file=off\n")
+        stanza = f"\n[{STANZA}]\npg1-path={node.data_dir}\npg1-port={node.port}\npg1-socket-path={node.socket_dir}\n"
+        # pgbackrest: a local repository only; pgbackrest-s3: a local one and S3, as Aegis's fast mode
         self.pgbr_conf = self.pgbr_dir / "pgbackrest.conf"
         self.pgbr_conf.write_text(
-            "[global]\n"
-            f"repo1-path={self.pgbr_dir / 'repo'}\nrepo1-cipher-type=aes-256-cbc\n"
-            f"repo1-cipher-pass={secrets.token_urlsafe(32)}\ncompress-type=zst\narchive-async=n\n"
-            f"log-path={self.pgbr_dir / 'log'}\nlock-path={self.pgbr_dir / 'lock'}\n"
-            f"spool-path={self.pgbr_dir / 'spool'}\nlog-level-console=warn\nlog-level-file=off\n"
-            f"\n[{STANZA}]\npg1-path={node.data_dir}\npg1-port={node.port}\npg1-socket-path={node.socket_dir}\n")
+            "[global]\n" + _pgbr_local_repo(1, self.pgbr_dir / "repo") + common + stanza)
+        self.pgbr_s3_conf = self.pgbr_dir / "pgbackrest-s3.conf"
+        self.pgbr_s3_conf.write_text(
+            "[global]\n" + _pgbr_local_repo(1, self.pgbr_dir / "repo-s3-local")
+            + _pgbr_s3_repo(2, pgbr_bucket, self.tls.port, AWS_ENV) + common + stanza)
         for p in [self.pgbr_dir, *self.pgbr_dir.iterdir()]:
             shutil.chown(p, "postgres", "postgres")
-        self.pgbr_conf.chmod(0o600)
-        as_postgres(["pgbackrest", f"--config={self.pgbr_conf}", f"--stanza={STANZA}", "stanza-create"], self.workdir)
+        for conf in (self.pgbr_conf, self.pgbr_s3_conf):
+            conf.chmod(0o600)
+            as_postgres(["pgbackrest", f"--config={conf}", f"--stanza={STANZA}", "stanza-create"], self.workdir)
 
         self.wrapper = self.workdir / "timed.sh"
         self.wrapper.write_text(_WRAPPER)
@@ -184,8 +200,9 @@ class Bench:
     # -- modes --
 
     def _command(self, mode: str) -> str:
-        if mode == "pgbackrest":
-            return f"pgbackrest --config={self.pgbr_conf} --stanza={STANZA} archive-push"
+        if mode in PGBACKREST_MODES:
+            conf = self.pgbr_conf if mode == "pgbackrest" else self.pgbr_s3_conf
+            return f"pgbackrest --config={conf} --stanza={STANZA} archive-push"
         env = " ".join(f"{k}={v}" for k, v in self._env(mode).items())
         if mode in ("fast", "fast-local"):
             return f"env {env} {SERVER_AEGIS.parent / 'python'} -I -S {HANDOFF} push"
@@ -307,6 +324,23 @@ class Bench:
                 print(f"cleanup: {exc}", file=sys.stderr)
 
 
+def _pgbr_cipher(n: int) -> str:
+    return f"repo{n}-cipher-type=aes-256-cbc\nrepo{n}-cipher-pass={secrets.token_urlsafe(32)}\n"
+
+
+def _pgbr_local_repo(n: int, path: Path) -> str:
+    return f"repo{n}-path={path}\n" + _pgbr_cipher(n)
+
+
+def _pgbr_s3_repo(n: int, bucket: str, port: int, aws: dict[str, str]) -> str:
+    """A pgBackRest S3 repository in moto, through the HTTPS front (its throwaway certificate not checked)."""
+    return (f"repo{n}-type=s3\nrepo{n}-path=/repo\nrepo{n}-s3-bucket={bucket}\nrepo{n}-s3-endpoint=127.0.0.1\n"
+            f"repo{n}-storage-port={port}\nrepo{n}-storage-verify-tls=n\nrepo{n}-s3-region=us-east-1\n"
+            f"repo{n}-s3-uri-style=path\nrepo{n}-s3-key={aws['AWS_ACCESS_KEY_ID']}\n"
+            f"repo{n}-s3-key-secret={aws['AWS_SECRET_ACCESS_KEY']}\n"
+            + _pgbr_cipher(n))
+
+
 def _timings(path: Path) -> list[tuple[str, int, int, int]]:
     if not path.exists():
         return []
@@ -322,27 +356,30 @@ def medians(b: Bench) -> dict[str, dict[str, float]]:
 
 
 def render(m: dict[str, dict[str, float]], facts: dict[str, Any], rounds: int, seconds: int) -> str:
-    f, fl, a, o, p = m["fast"], m["fast-local"], m["archiver"], m["one-shot"], m["pgbackrest"]
+    f, fl, a, o, p, ps = (m[mode] for mode in MODES)
     lines = [f"WAL archiving, medians of {rounds} rounds; pgbench -T {seconds} -c 2; {os.cpu_count()} cores; "
              f"load average {facts['load_start'][0]:.2f} at start, {facts['load_end'][0]:.2f} at end",
-             f"{'':12} {'wall/segment':>13} {'its push':>9} {'under load':>11} {'segments/s':>11} {'tps':>9} "
+             f"{'':14} {'wall/segment':>13} {'its push':>9} {'under load':>11} {'segments/s':>11} {'tps':>9} "
              f"{'backlog':>8} {'WAL made':>9}"]
-    for name, r in (("fast", f), ("fast-local", fl), ("archiver", a), ("one-shot", o), ("pgbackrest", p)):
+    for name in MODES:
+        r = m[name]
         push = f"{r['push_s']:8.3f}s" if "push_s" in r else f"{'':9}"
-        lines.append(f"{name:12} {r['wall_s']:12.3f}s {push} {r.get('wall_load_s', float('nan')):10.3f}s "
+        lines.append(f"{name:14} {r['wall_s']:12.3f}s {push} {r.get('wall_load_s', float('nan')):10.3f}s "
                      f"{r['segments_per_s']:11.2f} {r['tps']:9.0f} "
                      f"{r['backlog']:8.0f} {r['generated_segments']:9.1f}")
-    wall, tps = f["wall_s"] / p["wall_s"], f["tps"] / p["tps"]
-    lines += [f"fast/pgbackrest wall {wall:.2f}x "
+    wall, tps = f["wall_s"] / ps["wall_s"], f["tps"] / ps["tps"]
+    lines += [f"fast/pgbackrest-s3 (both local + S3) wall {wall:.2f}x "
               f"(goal <= {GOAL_WALL}x: {'met' if wall <= GOAL_WALL else 'missed'})",
-              f"fast/pgbackrest tps {tps:.2f}x (goal >= {GOAL_TPS}x: {'met' if tps >= GOAL_TPS else 'missed'})",
+              f"fast/pgbackrest-s3 tps {tps:.2f}x (goal >= {GOAL_TPS}x: {'met' if tps >= GOAL_TPS else 'missed'})",
               f"fast backlog {f['backlog']:.0f} after {seconds} s (goal <= {GOAL_BACKLOG}"
               f"{', the goal is for a 60 s run' if seconds != 60 else ''}: "
               f"{'met' if f['backlog'] <= GOAL_BACKLOG else 'missed'})",
-              f"fast-local (pgBackRest's targets)/pgbackrest wall {fl['wall_s'] / p['wall_s']:.2f}x, tps "
+              f"fast-local/pgbackrest (both local only) wall {fl['wall_s'] / p['wall_s']:.2f}x, tps "
               f"{fl['tps'] / p['tps']:.2f}x",
-              f"archiver (aegis wal push %p)/pgbackrest wall {a['wall_s'] / p['wall_s']:.2f}x, tps "
-              f"{a['tps'] / p['tps']:.2f}x; one-shot/pgbackrest wall {o['wall_s'] / p['wall_s']:.2f}x"]
+              f"fast/pgbackrest (Aegis local + S3, pgBackRest local only) wall {f['wall_s'] / p['wall_s']:.2f}x, "
+              f"tps {f['tps'] / p['tps']:.2f}x",
+              f"archiver (aegis wal push %p)/pgbackrest-s3 wall {a['wall_s'] / ps['wall_s']:.2f}x, tps "
+              f"{a['tps'] / ps['tps']:.2f}x; one-shot/pgbackrest-s3 wall {o['wall_s'] / ps['wall_s']:.2f}x"]
     return "\n".join(lines)
 
 
@@ -359,9 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("run as root: PostgreSQL, the archiver and pgBackRest run as the postgres user", file=sys.stderr)
         return 1
-    for tool in ("pgbackrest",):
-        if shutil.which(tool) is None:
-            print(f"{tool} is missing: apt-get install {tool}", file=sys.stderr)
+    for tool, package in (("pgbackrest", "pgbackrest"), ("nginx", "nginx-light"), ("openssl", "openssl")):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            print(f"{tool} is missing: apt-get install {package}", file=sys.stderr)
             return 1
     if not SERVER_AEGIS.exists():
         print("run ./scripts/install-server-side first (Aegis for the postgres user)", file=sys.stderr)
